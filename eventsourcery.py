@@ -1,0 +1,2023 @@
+"""eventsourcery: event sourcing and CQRS in one file of standard-library Python.
+
+You model your domain with events and aggregates; the library stores the
+events, replays them, and feeds them to projectors and reactors::
+
+    import eventsourcery as es
+
+    class TodoAdded(es.Event):             # every subclass is a frozen dataclass
+        title: str
+
+    class Todo(es.Aggregate):
+        added = False
+
+        @es.on(TodoAdded)
+        def _added(self, event):
+            self.added = True
+
+        def add(self, title):
+            if self.added:
+                raise ValueError("already added")
+            self.apply_event(TodoAdded, title=title)
+
+    store = es.open_store("memory:")       # or "todo.db", or "postgresql://..."
+    repo = es.Repository(store)
+    todo = repo.load(Todo, "todo-1")
+    todo.add("Buy milk")
+    repo.save(todo)
+    assert [e.title for e in store.get_next_from(1)] == ["Buy milk"]
+
+The sections below follow that story: errors, serialisation, configuration,
+events, event stores, aggregates, event processing, the multiprocess runner,
+and the command line (``python -m eventsourcery STORE COMMAND``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as _dt
+import decimal
+import enum
+import json
+import logging
+import multiprocessing
+import os
+import re
+import signal
+import sqlite3
+import sys
+import threading
+import time
+import types
+import typing
+import uuid as _uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar, Union
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Event", "Aggregate", "Repository", "on",
+    "EventStore", "MemoryEventStore", "SQLiteEventStore", "open_store",
+    "EventStreamProcessor", "Projector", "Reactor",
+    "Tracker", "MemoryTracker", "SQLiteTracker", "ProcessorStatus", "processor_statuses",
+    "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry", "run_processor",
+    "ESPRunner", "BodySerializer", "Config", "config", "configure",
+    "Error", "ConcurrencyError", "DuplicateEventError", "AtomicWriteToMultipleAggregatesNotSupported",
+    "UnknownEventError", "EventProcessingError", "UndeclaredEventEmissionError",
+    "MultipleCatchAllHandlersDefined", "UnableToLockProcessorError", "InvalidEventError",
+    "StoreError", "CorruptEventError",
+]
+
+E = TypeVar("E", bound="Event")
+A = TypeVar("A", bound="Aggregate")
+
+
+# ---------------------------------------------------------------------------
+# Errors: every error the library raises on purpose derives from Error.
+# ---------------------------------------------------------------------------
+
+class Error(Exception):
+    """Base class of every eventsourcery error."""
+
+
+class ConcurrencyError(Error):
+    """A write's ``expected_version`` did not match the aggregate's version; nothing was written."""
+
+
+class DuplicateEventError(ConcurrencyError):
+    """An event with this uuid is already stored (the same event was written twice); nothing was written."""
+
+
+class AtomicWriteToMultipleAggregatesNotSupported(Error):
+    """``sink`` was given an empty list, or events for more than one aggregate."""
+
+
+class UnknownEventError(Error):
+    """An aggregate met an event type it has no handler for."""
+
+
+class EventProcessingError(Error):
+    """A processor's handler raised; the original exception is ``__cause__``."""
+
+    def __init__(self, event: Event, processor: EventStreamProcessor) -> None:
+        self.event = event
+        self.processor = processor
+        cause = sys.exc_info()[1]
+        super().__init__(
+            f"{processor.processor_name} failed on event {event.id} ({event.type}, uuid {event.uuid}): {cause!r}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_processing_error, (str(self),))
+
+
+def _rebuild_processing_error(message: str) -> Error:
+    return Error(message)
+
+
+class UndeclaredEventEmissionError(Error):
+    """A reactor emitted an event class missing from its ``emits_events``."""
+
+
+class MultipleCatchAllHandlersDefined(Error):
+    """A processor declared more than one ``@es.on()`` catch-all handler."""
+
+
+class UnableToLockProcessorError(Error):
+    """Another live process is already running a processor of this name against this store."""
+
+
+class InvalidEventError(Error, ValueError):
+    """An event cannot be stored as given (empty aggregate id, bad type name, ...); nothing was written."""
+
+
+class StoreError(Error):
+    """An event store cannot be opened or used: a missing, corrupt or foreign file, a bad URL, ..."""
+
+
+class CorruptEventError(StoreError):
+    """A stored event cannot be decoded; the message names its id."""
+
+
+# ---------------------------------------------------------------------------
+# Serialisation: field values of annotated types to JSON-ready values and back.
+# Encoders and decoders are compiled once per event class, never per event.
+# ---------------------------------------------------------------------------
+
+Converter = Callable[[Any], Any]
+
+
+def _none_safe(fn: Converter) -> Converter:
+    return lambda value: None if value is None else fn(value)
+
+
+class BodySerializer:
+    """Knows how to turn values of each annotated type into JSON and back.
+
+    Built in: ``str int float bool None``, ``list/tuple/set/dict`` of those,
+    ``datetime date time Decimal UUID Enum``, nested dataclasses and
+    ``X | None``. Add more with :meth:`add`.
+    """
+
+    def __init__(self) -> None:
+        self._custom: dict[Any, tuple[Converter, Converter]] = {}
+
+    def add(self, type_: type, to_json: Converter, from_json: Converter) -> BodySerializer:
+        """Register ``to_json``/``from_json`` for fields annotated with ``type_``; returns self."""
+        self._custom[type_] = (to_json, from_json)
+        _codecs.clear()
+        return self
+
+    def converters(self, annotation: Any) -> tuple[Converter | None, Converter | None]:
+        """Return ``(encode, decode)`` for a type annotation; ``None`` means "leave as is"."""
+        if annotation in self._custom:
+            return self._custom[annotation]
+        if annotation in (str, int, bool, type(None), None, Any, object):
+            return None, None
+        if annotation is float:
+            return None, lambda v: float(v) if isinstance(v, int) else v
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        if origin is typing.Annotated:
+            return self.converters(args[0])
+        if origin is typing.Literal:
+            return None, None
+        if origin is Union or origin is types.UnionType:
+            options = [a for a in args if a is not type(None)]
+            if len(options) == 1:
+                return self.converters(options[0])
+            if all(self.converters(a) == (None, None) for a in options):
+                return None, None
+            return _encode_any, None
+        if isinstance(annotation, type):
+            if issubclass(annotation, _dt.datetime):
+                return _dt.datetime.isoformat, _dt.datetime.fromisoformat
+            if issubclass(annotation, _dt.date):
+                return _dt.date.isoformat, _dt.date.fromisoformat
+            if issubclass(annotation, _dt.time):
+                return _dt.time.isoformat, _dt.time.fromisoformat
+            if issubclass(annotation, decimal.Decimal):
+                return str, decimal.Decimal
+            if issubclass(annotation, _uuid.UUID):
+                return str, _uuid.UUID
+            if issubclass(annotation, enum.Enum):
+                return _enum_value, annotation
+            if dataclasses.is_dataclass(annotation):
+                return self._dataclass_converters(annotation)
+        if origin in (list, Sequence, tuple, set, frozenset) or annotation in (tuple, set, frozenset):
+            return self._collection_converters(origin or annotation, args)
+        if origin in (dict, Mapping):
+            key_enc, key_dec = self.converters(args[0]) if args else (None, None)
+            val_enc, val_dec = self.converters(args[1]) if args else (None, None)
+            enc = _mapping_converter(key_enc or str, val_enc)
+            dec = _mapping_converter(key_dec, val_dec) if (key_dec or val_dec) else None
+            return enc, dec
+        if annotation in (list, dict):
+            return _encode_any, None
+        return _encode_any, None
+
+    def _collection_converters(self, origin: Any, args: tuple[Any, ...]) -> tuple[Converter, Converter | None]:
+        make: Callable[[Iterable[Any]], Any] = {tuple: tuple, set: set, frozenset: frozenset}.get(origin, list)
+        if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
+            pairs = [self.converters(a) for a in args]
+            encs = [_none_safe(e) if e else None for e, _ in pairs]
+            decs = [_none_safe(d) if d else None for _, d in pairs]
+            return (
+                lambda v: [f(x) if f else x for f, x in zip(encs, v, strict=True)],
+                lambda v: tuple(f(x) if f else x for f, x in zip(decs, v, strict=True)),
+            )
+        item_enc, item_dec = self.converters(args[0]) if args else (_encode_any, None)
+        enc = _none_safe(item_enc) if item_enc else None
+        dec = _none_safe(item_dec) if item_dec else None
+        if enc is None:
+            encoder: Converter = list if origin in (set, frozenset) else (lambda v: v if type(v) is list else list(v))
+        else:
+            encoder = lambda v: [enc(x) for x in v]  # noqa: E731
+        if dec is None:
+            decoder: Converter | None = None if make is list else make
+        else:
+            decoder = lambda v: make(dec(x) for x in v)  # noqa: E731
+        return encoder, decoder
+
+    def _dataclass_converters(self, cls: type) -> tuple[Converter, Converter]:
+        codec = _FieldCodec(cls, self, [f.name for f in dataclasses.fields(cls)])
+
+        def decode(value: Any) -> Any:
+            return cls(**codec.decode_fields(value))
+
+        return codec.encode_fields, decode
+
+
+def _enum_value(value: enum.Enum) -> Any:
+    return value.value
+
+
+def _mapping_converter(key: Converter | None, value: Converter | None) -> Converter:
+    value = _none_safe(value) if value else None
+    if key and value:
+        return lambda d: {key(k): value(v) for k, v in d.items()}
+    if key:
+        return lambda d: {key(k): v for k, v in d.items()}
+    return lambda d: {k: value(v) for k, v in d.items()}  # type: ignore[misc]
+
+
+def _encode_any(value: Any) -> Any:
+    """Encode a value whose annotation does not say how: by its runtime type."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_encode_any(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode_any(v) for k, v in value.items()}
+    custom = config.body_serializer._custom.get(type(value))
+    if custom:
+        return custom[0](value)
+    if isinstance(value, (_dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, _uuid.UUID)):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode_any(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable; "
+                    "register it with es.config.body_serializer.add(type, to_json, from_json)")
+
+
+class _FieldCodec:
+    """Encoder/decoder for a fixed list of dataclass fields, compiled from their annotations."""
+
+    def __init__(self, cls: type, serializer: BodySerializer, names: list[str]) -> None:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # an unresolvable forward reference: encode by runtime type
+            hints = {}
+        self.names = tuple(names)
+        self.name_set = frozenset(names)
+        self.encoders: list[tuple[str, Converter]] = []
+        self.decoders: list[tuple[str, Converter]] = []
+        for name in names:
+            enc, dec = serializer.converters(hints.get(name, Any))
+            if enc is not None:
+                self.encoders.append((name, enc))
+            if dec is not None:
+                self.decoders.append((name, dec))
+
+    def encode_fields(self, obj: Any) -> dict[str, Any]:
+        values = obj.__dict__ if hasattr(obj, "__dict__") else {n: getattr(obj, n) for n in self.names}
+        body = {name: values[name] for name in self.names}
+        for name, enc in self.encoders:
+            value = body[name]
+            if value is not None:
+                body[name] = enc(value)
+        return body
+
+    def decode_fields(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        values = {name: body[name] for name in self.names if name in body}
+        for name, dec in self.decoders:
+            value = values.get(name)
+            if value is not None:
+                values[name] = dec(value)
+        return values
+
+
+_json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_json_decode = json.JSONDecoder().decode
+
+
+# ---------------------------------------------------------------------------
+# Configuration: one module-level object, changed with configure().
+# ---------------------------------------------------------------------------
+
+def _raise_unknown_event(event: Event, aggregate: Aggregate) -> None:
+    raise UnknownEventError(f"{event.type} is unknown to {type(aggregate).__name__}")
+
+
+def _ignore_error(exc: BaseException, processor_name: str) -> None:
+    return None
+
+
+@dataclasses.dataclass
+class Config:
+    """Library-wide settings; change them with :func:`configure`."""
+
+    logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("eventsourcery"))
+    on_unknown_event: Callable[[Event, Aggregate], None] = _raise_unknown_event
+    on_event_processor_error: Callable[[BaseException, str], None] = _ignore_error
+    on_event_processor_critical_error: Callable[[BaseException, str], None] = _ignore_error
+    error_handler: Callable[[], ErrorHandler] | None = None  # None: ConstantRetry
+    subscription_batch_size: int = 1000
+    body_serializer: BodySerializer = dataclasses.field(default_factory=BodySerializer)
+
+
+config = Config()
+
+
+def configure(**options: Any) -> Config:
+    """Set fields of ``es.config`` by name, e.g. ``configure(subscription_batch_size=500)``."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}")
+    for name, value in options.items():
+        setattr(config, name, value)
+    _codecs.clear()
+    return config
+
+
+# ---------------------------------------------------------------------------
+# Events: dataclass subclasses of Event, a registry of type names, and the
+# conversion of events to stored rows and back.
+# ---------------------------------------------------------------------------
+
+_METADATA = ("id", "uuid", "aggregate_id", "version", "created_at", "correlation_id", "causation_id")
+_registry: dict[str, type[Event]] = {}
+_codecs: dict[type, _FieldCodec] = {}
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def new_uuid() -> str:
+    """A new time-ordered (version 7) UUID as a lower-case string."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class _TypeName:
+    """``Event.type``: the class's type name, or a generic event's own."""
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        return owner.__dict__.get("_type_name")
+
+
+class _Body:
+    """``Event.body``: the event's own fields as a JSON-ready dict."""
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        if obj is None:
+            return self
+        return _codec(owner).encode_fields(obj)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False, init=False, repr=False)
+class Event:
+    """Base class of domain events. Subclasses become frozen, keyword-only dataclasses.
+
+    ``class TodoAdded(Event)`` has type name ``"todo_added"``;
+    ``class TodoAdded(Event, type="todo.added")`` chooses another. A plain
+    ``Event(type="x", body={...})`` is a generic event: stores return one for
+    a stored type that has no class.
+    """
+
+    id: int | None = None
+    uuid: str = dataclasses.field(default_factory=new_uuid)
+    aggregate_id: str = ""
+    version: int | None = None
+    created_at: _dt.datetime | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+    type: ClassVar[Any] = _TypeName()
+    body: ClassVar[Any] = _Body()
+
+    def __init__(self, *, type: str | None = None, body: Mapping[str, Any] | None = None,
+                 **metadata: Any) -> None:
+        unknown = set(metadata) - set(_METADATA)
+        if unknown:
+            raise TypeError(f"Event() got unexpected field(s) {sorted(unknown)}; "
+                            "define an Event subclass for typed fields, or pass body={...}")
+        for field in dataclasses.fields(Event):
+            if field.name in metadata:
+                value = metadata[field.name]
+            elif field.default_factory is not dataclasses.MISSING:
+                value = field.default_factory()
+            else:
+                value = field.default
+            object.__setattr__(self, field.name, value)
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "body", dict(body or {}))
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        aggregate_id = self.__dict__["aggregate_id"]
+        if isinstance(aggregate_id, _uuid.UUID):
+            object.__setattr__(self, "aggregate_id", str(aggregate_id))
+
+    def __init_subclass__(cls, type: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__annotations__", {})
+        for reserved in ("type", "body"):
+            if reserved in own:
+                raise TypeError(f"{cls.__qualname__}: '{reserved}' is reserved by es.Event; name the field otherwise")
+        if type is None:
+            name = _snake_case(cls.__name__)
+        elif not isinstance(type, str) or not type:
+            raise TypeError(f"{cls.__qualname__}: type= must be a non-empty str, not {type!r}")
+        else:
+            name = type
+        dataclasses.dataclass(frozen=True, kw_only=True, eq=False)(cls)
+        existing = _registry.get(name)
+        if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"event type name {name!r} is claimed by both "
+                            f"{existing.__module__}.{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
+                            "pass type='...' to one of them")
+        cls._type_name = name  # type: ignore[attr-defined]
+        _registry[name] = cls
+        _codecs.pop(cls, None)
+
+    @classmethod
+    def upcast(cls, body: dict[str, Any]) -> dict[str, Any]:
+        """Override to turn a stored body of an older shape into today's; applied on every read."""
+        return body
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.uuid))
+
+    def __repr__(self) -> str:
+        return (f"Event(type={self.type!r}, id={self.id!r}, aggregate_id={self.aggregate_id!r}, "
+                f"version={self.version!r}, uuid={self.uuid!r}, body={self.body!r})")
+
+
+def event_class(type_name: str) -> type[Event] | None:
+    """The Event subclass registered for a type name, or None."""
+    return _registry.get(type_name)
+
+
+def _codec(cls: type) -> _FieldCodec:
+    codec = _codecs.get(cls)
+    if codec is None:
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in _METADATA]
+        codec = _codecs[cls] = _FieldCodec(cls, config.body_serializer, names)
+        codec.defaults = {  # type: ignore[attr-defined]
+            f.name: (f.default_factory, True) if f.default_factory is not dataclasses.MISSING else (f.default, False)
+            for f in dataclasses.fields(cls)
+            if f.name not in _METADATA and (f.default is not dataclasses.MISSING
+                                           or f.default_factory is not dataclasses.MISSING)}
+        codec.upcast = cls.__dict__.get("upcast") is not None or any(  # type: ignore[attr-defined]
+            "upcast" in k.__dict__ for k in cls.__mro__[1:] if k is not Event and issubclass(k, Event))
+    return codec
+
+
+def _with_metadata(event: E, **metadata: Any) -> E:
+    """A copy of ``event`` with some metadata fields replaced (no validation, no __init__)."""
+    copy = object.__new__(event.__class__)
+    copy.__dict__.update(event.__dict__)
+    copy.__dict__.update(metadata)
+    return copy
+
+
+def _type_names(event_types: Iterable[str | type[Event]] | None) -> tuple[str, ...] | None:
+    if event_types is None:
+        return None
+    if isinstance(event_types, (str, type)):
+        event_types = (event_types,)
+    names = []
+    for t in event_types:
+        if isinstance(t, str):
+            names.append(t)
+        elif isinstance(t, type) and issubclass(t, Event) and t is not Event:
+            names.append(t._type_name)  # type: ignore[attr-defined]
+        else:
+            raise TypeError(f"event_types must hold type names or Event subclasses, not {t!r}")
+    return tuple(names)
+
+
+# A stored row, the same shape in every store:
+# (id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body_json)
+Row = tuple[int, str, str, str, int, _dt.datetime, "str | None", "str | None", str]
+
+
+def _encode_body(event: Event) -> str:
+    """The event's body as JSON text; a clear TypeError names the field that cannot be encoded."""
+    cls = event.__class__
+    try:
+        if cls is Event:
+            return _json_encode(event.__dict__["body"])
+        return _json_encode(_codec(cls).encode_fields(event))
+    except (TypeError, ValueError) as exc:
+        raise _field_error(event, exc) from exc
+
+
+def _field_error(event: Event, exc: Exception) -> TypeError:
+    fields = event.__dict__["body"].items() if event.__class__ is Event else (
+        (n, event.__dict__[n]) for n in _codec(event.__class__).names)
+    for name, value in fields:
+        try:
+            _json_encode(_encode_any(value))
+        except (TypeError, ValueError) as field_exc:
+            return TypeError(f"cannot serialise field {name!r} of event type {event.type!r}: {field_exc}")
+    return TypeError(f"cannot serialise event of type {event.type!r}: {exc}")
+
+
+def _prepare_rows(event_or_events: Event | Sequence[Event]) -> tuple[list[Event], str, list[tuple[Any, ...]]]:
+    """Validate a sink's events and encode them; raises before anything touches a database.
+
+    Returns the events, their aggregate id and one tuple per event of
+    ``(uuid, aggregate_id, type, created_at, correlation_id, causation_id, body_json)``,
+    where created_at is an aware UTC datetime (now, when the event had none).
+    """
+    events = [event_or_events] if isinstance(event_or_events, Event) else list(event_or_events)
+    if not events:
+        raise AtomicWriteToMultipleAggregatesNotSupported("sink() needs at least one event")
+    for e in events:
+        if not isinstance(e, Event):
+            raise TypeError(f"sink() takes Event instances, not {type(e).__name__}")
+    aggregate_id = events[0].aggregate_id
+    if not isinstance(aggregate_id, str) or not aggregate_id:
+        raise InvalidEventError(f"event {events[0].type!r} has an empty or non-string aggregate_id: {aggregate_id!r}")
+    if any(e.aggregate_id != aggregate_id for e in events):
+        ids = sorted({str(e.aggregate_id) for e in events})
+        raise AtomicWriteToMultipleAggregatesNotSupported(f"one sink() writes one aggregate, got {ids}")
+    now = None
+    rows = []
+    for e in events:
+        d = e.__dict__
+        type_name = e.type
+        if not isinstance(type_name, str) or not type_name:
+            raise InvalidEventError(f"event type name must be a non-empty str, got {type_name!r}")
+        if not isinstance(d["uuid"], str) or not d["uuid"]:
+            raise InvalidEventError(f"event uuid must be a non-empty str, got {d['uuid']!r}")
+        created_at = d["created_at"]
+        if created_at is None:
+            created_at = now = now or _dt.datetime.now(_dt.timezone.utc)
+        elif not isinstance(created_at, _dt.datetime):
+            raise InvalidEventError(f"created_at must be a datetime, got {created_at!r}")
+        elif created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=_dt.timezone.utc)
+        elif created_at.utcoffset():
+            created_at = created_at.astimezone(_dt.timezone.utc)
+        rows.append((d["uuid"], aggregate_id, type_name, created_at,
+                     d["correlation_id"], d["causation_id"], _encode_body(e)))
+    return events, aggregate_id, rows
+
+
+def _stored_copies(events: list[Event], rows: list[tuple[Any, ...]], first_id: int,
+                   first_version: int) -> list[Event]:
+    return [_with_metadata(e, id=first_id + i, version=first_version + i, created_at=row[3])
+            for i, (e, row) in enumerate(zip(events, rows, strict=True))]
+
+
+def _event_from_row(event_id: int, event_uuid: str, aggregate_id: str, type_name: str, version: int,
+                    created_at: _dt.datetime, correlation_id: str | None, causation_id: str | None,
+                    body: str | Mapping[str, Any]) -> Event:
+    """Build the event a stored row describes: its class when one is registered, else a generic Event."""
+    try:
+        data = _json_decode(body) if isinstance(body, str) else body
+        cls = _registry.get(type_name)
+        if cls is None:
+            event = object.__new__(Event)
+            event.__dict__.update(id=event_id, uuid=event_uuid, aggregate_id=aggregate_id, version=version,
+                                  created_at=created_at, correlation_id=correlation_id,
+                                  causation_id=causation_id, type=type_name, body=dict(data))
+            return event
+        codec = _codec(cls)
+        if codec.upcast:  # type: ignore[attr-defined]
+            data = cls.upcast(dict(data))
+        event = object.__new__(cls)
+        d = event.__dict__
+        d["id"] = event_id
+        d["uuid"] = event_uuid
+        d["aggregate_id"] = aggregate_id
+        d["version"] = version
+        d["created_at"] = created_at
+        d["correlation_id"] = correlation_id
+        d["causation_id"] = causation_id
+        if data.keys() == codec.name_set:
+            d.update(data)
+        else:
+            _fill_fields(d, data, codec, cls)
+        for name, dec in codec.decoders:
+            value = d[name]
+            if value is not None:
+                d[name] = dec(value)
+        return event
+    except CorruptEventError:
+        raise
+    except Exception as exc:
+        raise CorruptEventError(f"stored event {event_id} ({type_name}) cannot be decoded: {exc!r}") from exc
+
+
+def _fill_fields(d: dict[str, Any], data: Mapping[str, Any], codec: _FieldCodec, cls: type) -> None:
+    """Fill fields from a stored body that lacks some (defaults apply) or has extra keys (ignored)."""
+    defaults = codec.defaults  # type: ignore[attr-defined]
+    for name in codec.names:
+        if name in data:
+            d[name] = data[name]
+        elif name in defaults:
+            default, is_factory = defaults[name]
+            d[name] = default() if is_factory else default
+        else:
+            raise ValueError(f"stored body has no value for required field {name!r}")
+
+
+# ---------------------------------------------------------------------------
+# Event stores: one contract (EventStore), kept by MemoryEventStore and
+# SQLiteEventStore here and by eventsourcery_pg.PostgresEventStore.
+# ---------------------------------------------------------------------------
+
+StopSignal = Union[threading.Event, Callable[[], bool], None]
+
+
+class _Stopper:
+    """Normalises a ``stop`` argument (threading.Event, callable or None) and sleeps until it is set."""
+
+    def __init__(self, stop: StopSignal) -> None:
+        self._event = stop if isinstance(stop, threading.Event) else None
+        self._callable: Callable[[], bool] | None = None if isinstance(stop, threading.Event) else stop
+
+    def is_set(self) -> bool:
+        if self._event is not None:
+            return self._event.is_set()
+        return bool(self._callable()) if self._callable is not None else False
+
+    def sleep(self, seconds: float) -> None:
+        if self._event is not None:
+            self._event.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+
+class EventStore:
+    """The contract every event store keeps (see each method).
+
+    Guarantees, under concurrent writers in several processes: ids are 1, 2,
+    3, ... in commit order, so a subscriber never skips or repeats an event;
+    two writers to one aggregate with ``expected_version`` never both succeed.
+    """
+
+    def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
+        """Append events of one aggregate atomically; return the stored copies.
+
+        ``expected_version`` is the aggregate's version before the write
+        (0: it must not exist yet); a mismatch raises ConcurrencyError and
+        writes nothing. ``None`` appends unconditionally.
+        """
+        raise NotImplementedError
+
+    def get_next_from(self, id: int, event_types: Iterable[str | type[Event]] | None = None,
+                      limit: int = 1000) -> list[Event]:
+        """Events with ``id >= id`` in id order, optionally of these types only, at most ``limit``."""
+        raise NotImplementedError
+
+    def latest_event_id(self, event_types: Iterable[str | type[Event]] | None = None) -> int:
+        """The highest stored id (among these types); 0 when there is none."""
+        raise NotImplementedError
+
+    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
+        """One aggregate's events in version order."""
+        raise NotImplementedError
+
+    def each_by_range(self, from_id: int, to_id: int,
+                      event_types: Iterable[str | type[Event]] | None = None) -> Iterator[Event]:
+        """Events with ``from_id <= id <= to_id`` (of these types), read in pages, never past ``to_id``."""
+        names = _type_names(event_types)
+        position = from_id
+        while position <= to_id:
+            page = self.get_next_from(position, names, limit=min(1000, to_id - position + 1))
+            for event in page:
+                if event.id > to_id:  # type: ignore[operator]
+                    return
+                yield event
+            if not page:
+                return
+            position = page[-1].id + 1  # type: ignore[operator]
+
+    def subscribe(self, from_id: int, event_types: Iterable[str | type[Event]] | None = None, *,
+                  stop: StopSignal = None) -> Iterator[list[Event]]:
+        """Yield non-empty batches from ``from_id`` on: stored events first, then new ones as any
+        process commits them; return once ``stop`` (a threading.Event or a callable) is set."""
+        names = _type_names(event_types)
+        stopper = _Stopper(stop)
+        position = from_id
+        while not stopper.is_set():
+            token = self._change_token()
+            batch = self.get_next_from(position, names, limit=config.subscription_batch_size)
+            if batch:
+                yield batch
+                position = batch[-1].id + 1  # type: ignore[operator]
+            else:
+                self._wait_for_change(token, stopper)
+
+    def _change_token(self) -> Any:
+        """Something that differs once another event may have been committed."""
+        return None
+
+    def _wait_for_change(self, token: Any, stopper: _Stopper) -> None:
+        """Block until the store may have changed since ``token`` was taken, or a short while passed."""
+        stopper.sleep(0.05)
+
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """A context in which ``sink`` calls and the store tracker's writes commit together (or not at all)."""
+        raise NotImplementedError
+
+    def tracker(self) -> Tracker:
+        """A tracker that keeps processor positions in this store's own database."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; the store reconnects if used again."""
+
+    def __enter__(self: Any) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MemoryEventStore(EventStore):
+    """An event store in this process's memory, for tests and experiments.
+
+    Events are kept as encoded rows and decoded on read, exactly as the
+    database stores do, so behaviour (round trips, upcasting) is the same.
+    ``subscribe`` works across threads.
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[Row] = []
+        self._by_aggregate: dict[str, list[int]] = {}
+        self._uuids: set[str] = set()
+        self._changed = threading.Condition(threading.RLock())
+        self._tracker = MemoryTracker()
+        self._depth = 0
+
+    def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
+        events, aggregate_id, rows = _prepare_rows(event_or_events)
+        with self.transaction():
+            current = len(self._by_aggregate.get(aggregate_id, ()))
+            if expected_version is not None and current != expected_version:
+                raise ConcurrencyError(f"aggregate {aggregate_id!r} is at version {current}, "
+                                       f"expected {expected_version}")
+            uuids = [r[0] for r in rows]
+            if len(set(uuids)) != len(uuids) or self._uuids.intersection(uuids):
+                raise DuplicateEventError(f"an event uuid in {uuids} is already stored")
+            first_id = len(self._rows) + 1
+            positions = self._by_aggregate.setdefault(aggregate_id, [])
+            for i, (u, agg, type_name, created_at, corr, caus, body) in enumerate(rows):
+                self._rows.append((first_id + i, u, agg, type_name, current + 1 + i, created_at, corr, caus, body))
+                positions.append(first_id + i - 1)
+                self._uuids.add(u)
+        return _stored_copies(events, rows, first_id, current + 1)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._changed:
+            if self._depth:
+                yield None
+                return
+            saved = (len(self._rows), {k: len(v) for k, v in self._by_aggregate.items()},
+                     dict(self._tracker._positions))
+            self._depth = 1
+            try:
+                yield None
+            except BaseException:
+                for row in self._rows[saved[0]:]:
+                    self._uuids.discard(row[1])
+                del self._rows[saved[0]:]
+                for key in list(self._by_aggregate):
+                    del self._by_aggregate[key][saved[1].get(key, 0):]
+                    if not self._by_aggregate[key]:
+                        del self._by_aggregate[key]
+                self._tracker._positions = saved[2]
+                raise
+            finally:
+                self._depth = 0
+            self._changed.notify_all()
+
+    def _decode(self, row: Row) -> Event:
+        return _event_from_row(*row)
+
+    def get_next_from(self, id: int, event_types: Iterable[str | type[Event]] | None = None,
+                      limit: int = 1000) -> list[Event]:
+        names = _type_names(event_types)
+        with self._changed:
+            rows = self._rows[max(id, 1) - 1:]
+            if names is not None:
+                wanted = set(names)
+                rows = [r for r in rows if r[3] in wanted]
+            rows = rows[:limit]
+        return [self._decode(r) for r in rows]
+
+    def latest_event_id(self, event_types: Iterable[str | type[Event]] | None = None) -> int:
+        names = _type_names(event_types)
+        with self._changed:
+            if names is None:
+                return len(self._rows)
+            wanted = set(names)
+            return next((r[0] for r in reversed(self._rows) if r[3] in wanted), 0)
+
+    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
+        with self._changed:
+            rows = [self._rows[i] for i in self._by_aggregate.get(str(aggregate_id), ())]
+        return [self._decode(r) for r in rows]
+
+    def _change_token(self) -> Any:
+        return len(self._rows)
+
+    def _wait_for_change(self, token: Any, stopper: _Stopper) -> None:
+        with self._changed:
+            if len(self._rows) == token:
+                self._changed.wait(0.05)
+
+    def tracker(self) -> Tracker:
+        return self._tracker
+
+
+class _SQLiteDatabase:
+    """One SQLite connection per process (re-opened after a fork), with a reentrant transaction().
+
+    The connection is in autocommit mode; every write transaction starts with
+    BEGIN IMMEDIATE, because a deferred transaction that has read cannot be
+    upgraded to a writer and fails at once with "database is locked".
+    """
+
+    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection, *, synchronous: str = "FULL",
+                 busy_timeout: float = 30.0, schema: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self._given = db if isinstance(db, sqlite3.Connection) else None
+        self.path = "" if isinstance(db, sqlite3.Connection) else os.fspath(db)
+        if self._given is None and not self.path:
+            raise StoreError("an SQLite database needs a file path")
+        self.synchronous = synchronous.upper()
+        self.busy_timeout = busy_timeout
+        self._schema = schema
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.commits = 0  # commits made through this object, in this process
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._given is not None:
+            raise TypeError("an SQLite database given as an open connection cannot be sent to another process; "
+                            "pass its file path instead")
+        state = self.__dict__.copy()
+        state.update(_conn=None, _pid=0, _lock=None, _depth=0, commits=0)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """This process's connection, opened on first use (and again after a fork)."""
+        if self._pid != os.getpid():
+            self._open()
+        assert self._conn is not None
+        return self._conn
+
+    def ensure_open(self) -> None:
+        """Open this process's connection now if it is not open yet."""
+        if self._pid != os.getpid():
+            self._open()
+
+    @property
+    def lock(self) -> threading.RLock:
+        if self._pid != os.getpid():
+            self._open()
+        return self._lock
+
+    def _open(self) -> None:
+        if self._conn is not None and self._pid != os.getpid():
+            # Never use nor close a connection inherited across fork(): closing it
+            # could disturb the parent's locks. Keep it referenced and forget it.
+            _abandoned_connections.append(self._conn)
+            self._conn = None
+            self._lock = threading.RLock()
+            self._depth = 0
+        if self._given is not None:
+            if self._pid and self._pid != os.getpid():
+                raise StoreError("this SQLite connection was opened in another process; pass a file path instead")
+            self._given.isolation_level = None
+            self._conn, self._pid = self._given, os.getpid()
+            if self._schema:
+                self._schema(self._given)
+            return
+        path = self.path
+        try:
+            if os.path.isdir(path):
+                raise StoreError(f"cannot open SQLite database {path!r}: it is a directory")
+            conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                if path != ":memory:" and not path.startswith("file:"):
+                    conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                if self._schema:
+                    self._schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from exc
+        self._conn, self._pid = conn, os.getpid()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; nested use is a savepoint inside the outer transaction."""
+        with self.lock:
+            conn = self.connection
+            if self._depth:
+                self._depth += 1
+                name = f"sp{self._depth}"
+                conn.execute(f"SAVEPOINT {name}")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute(f"ROLLBACK TO {name}")
+                    conn.execute(f"RELEASE {name}")
+                    raise
+                else:
+                    conn.execute(f"RELEASE {name}")
+                finally:
+                    self._depth -= 1
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield conn
+            except BaseException:
+                self._depth = 0
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+            self.commits += 1
+
+    def close(self) -> None:
+        with self.lock:
+            if self._conn is not None and self._given is None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn, self._pid = None, 0
+
+
+_abandoned_connections: list[Any] = []
+
+SQLITE_SCHEMA_VERSION = 1
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS eventsourcery_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    aggregate_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    correlation_id TEXT,
+    causation_id TEXT,
+    body TEXT NOT NULL,
+    UNIQUE (aggregate_id, version)
+);
+CREATE INDEX IF NOT EXISTS events_type_id ON events (type, id);
+"""
+
+
+def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'eventsourcery_schema'").fetchone()
+    if row:
+        version = conn.execute("SELECT max(version) FROM eventsourcery_schema").fetchone()[0]
+        if version == SQLITE_SCHEMA_VERSION:
+            return
+        if version is not None and version > SQLITE_SCHEMA_VERSION:
+            raise StoreError(f"this store has schema version {version}; this eventsourcery "
+                             f"({__version__}) knows version {SQLITE_SCHEMA_VERSION}: upgrade eventsourcery")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SQLITE_SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        _create_sqlite_tracker_table(conn)
+        if conn.execute("SELECT count(*) FROM eventsourcery_schema").fetchone()[0] == 0:
+            conn.execute("INSERT INTO eventsourcery_schema (version) VALUES (?)", (SQLITE_SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+class SQLiteEventStore(EventStore):
+    """An event store in one SQLite file, shared safely by several processes on one host.
+
+    The file is created with its schema on first use, in WAL mode. By default
+    ``synchronous="FULL"``: a committed event survives power loss. With
+    ``"NORMAL"`` commits are about twice as fast and still survive any
+    application crash, but a power loss may roll back the last commits.
+    Processor positions are kept in the same file (``tracker()``).
+    """
+
+    _SELECT = ("SELECT id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body "
+               "FROM events ")
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 30.0,
+                 poll_interval: float = 0.005) -> None:
+        self._db = _SQLiteDatabase(path, synchronous=synchronous, busy_timeout=busy_timeout,
+                                   schema=_create_sqlite_store_schema)
+        self.path = self._db.path
+        self.poll_interval = poll_interval
+        self._db.ensure_open()  # so that a bad path fails here, with a clear error
+
+    def __repr__(self) -> str:
+        return f"SQLiteEventStore({self.path!r})"
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """This process's connection to the store's file."""
+        return self._db.connection
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._db.transaction()
+
+    def tracker(self) -> Tracker:
+        return SQLiteTracker(self._db)
+
+    def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
+        events, aggregate_id, rows = _prepare_rows(event_or_events)
+        try:
+            with self._db.transaction() as conn:
+                current = conn.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
+                                       (aggregate_id,)).fetchone()[0] or 0
+                if expected_version is not None and current != expected_version:
+                    raise ConcurrencyError(f"aggregate {aggregate_id!r} is at version {current}, "
+                                           f"expected {expected_version}")
+                first_id = (conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0) + 1
+                conn.executemany(
+                    "INSERT INTO events (id, uuid, aggregate_id, type, version, created_at, correlation_id, "
+                    "causation_id, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(first_id + i, u, agg, t, current + 1 + i, c.isoformat(), corr, caus, body)
+                     for i, (u, agg, t, c, corr, caus, body) in enumerate(rows)])
+        except sqlite3.IntegrityError as exc:
+            if "uuid" in str(exc):
+                raise DuplicateEventError(f"an event with one of these uuids is already stored: "
+                                          f"{[r[0] for r in rows]}") from exc
+            raise ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {exc}") from exc
+        return _stored_copies(events, rows, first_id, current + 1)
+
+    def _decode(self, rows: list[Any]) -> list[Event]:
+        fromiso = _dt.datetime.fromisoformat
+        return [_event_from_row(i, u, a, t, v, fromiso(c), corr, caus, b) for i, u, a, t, v, c, corr, caus, b in rows]
+
+    def get_next_from(self, id: int, event_types: Iterable[str | type[Event]] | None = None,
+                      limit: int = 1000) -> list[Event]:
+        names = _type_names(event_types)
+        with self._db.lock:
+            conn = self._db.connection
+            if names is None:
+                rows = conn.execute(self._SELECT + "WHERE id >= ? ORDER BY id LIMIT ?", (id, limit)).fetchall()
+            else:
+                marks = ",".join("?" * len(names))
+                rows = conn.execute(self._SELECT + f"WHERE id >= ? AND type IN ({marks}) ORDER BY id LIMIT ?",
+                                    (id, *names, limit)).fetchall()
+        return self._decode(rows)
+
+    def latest_event_id(self, event_types: Iterable[str | type[Event]] | None = None) -> int:
+        names = _type_names(event_types)
+        with self._db.lock:
+            conn = self._db.connection
+            if names is None:
+                row = conn.execute("SELECT max(id) FROM events").fetchone()
+            else:
+                marks = ",".join("?" * len(names))
+                row = conn.execute(f"SELECT max(id) FROM events WHERE type IN ({marks})", names).fetchone()
+        return row[0] or 0
+
+    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
+        with self._db.lock:
+            rows = self._db.connection.execute(self._SELECT + "WHERE aggregate_id = ? ORDER BY version",
+                                               (str(aggregate_id),)).fetchall()
+        return self._decode(rows)
+
+    def _change_token(self) -> Any:
+        with self._db.lock:
+            return (self._db.connection.execute("PRAGMA data_version").fetchone()[0], self._db.commits)
+
+    def _wait_for_change(self, token: Any, stopper: _Stopper) -> None:
+        # PRAGMA data_version changes when another connection commits; our own
+        # commits are counted in-process. Either is only a hint to read again:
+        # correctness comes from reading on from the saved position.
+        waited = 0.0
+        interval = 0.001
+        while not stopper.is_set() and self._change_token() == token and waited < 1.0:
+            stopper.sleep(interval)
+            waited += interval
+            interval = min(interval * 2, self.poll_interval)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_store(url: str | os.PathLike[str]) -> EventStore:
+    """Open an event store from ``memory:``, a file path, ``sqlite:///path`` or ``postgresql://...``."""
+    text = os.fspath(url)
+    if text == "memory:":
+        return MemoryEventStore()
+    if text.startswith(("postgresql://", "postgres://")):
+        import eventsourcery_pg
+        store: EventStore = eventsourcery_pg.PostgresEventStore(text)
+        return store
+    if text.startswith("sqlite:///"):
+        return SQLiteEventStore(text[len("sqlite:///"):])
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) or not text:
+        raise StoreError(f"cannot open store {text!r}: use memory:, a file path, sqlite:///path or postgresql://...")
+    return SQLiteEventStore(text)
+
+
+# ---------------------------------------------------------------------------
+# Aggregates: state rebuilt from events; commands check, then apply_event().
+# The Repository loads them from a store and saves their changes.
+# ---------------------------------------------------------------------------
+
+def on(*event_types: type[Event] | str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method as the handler of these event classes (or type names).
+
+    On an Aggregate it changes state; on a processor it handles events.
+    ``@es.on()`` with no classes, on a processor, receives every event.
+    """
+    names = _type_names(event_types) or ()
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__es_handles__ = names  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def _collect_handlers(cls: type) -> list[tuple[tuple[str, ...], Callable[..., Any]]]:
+    """Handlers marked with @on along the MRO, base classes first, each in definition order."""
+    found: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in klass.__dict__.items():
+            names = getattr(value, "__es_handles__", None)
+            if names is not None:
+                found.pop(attr, None)
+                found[attr] = (names, value)
+            elif attr in found:
+                del found[attr]  # overridden by something that is not a handler
+    return list(found.values())
+
+
+class Aggregate:
+    """Base class of aggregates: state rebuilt from events; commands call apply_event().
+
+    ``Aggregate(id, events=())`` replays ``events``. ``version`` counts the
+    events applied (history and new); ``changes`` holds the new ones.
+    """
+
+    _handlers: ClassVar[dict[str, list[Callable[..., Any]]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers: dict[str, list[Callable[..., Any]]] = {}
+        for names, fn in _collect_handlers(cls):
+            for name in names:
+                handlers.setdefault(name, []).append(fn)
+        cls._handlers = handlers
+
+    def __init__(self, id: str | _uuid.UUID, events: Iterable[Event] = ()) -> None:
+        self.id = str(id)
+        self.version = 0
+        self.changes: list[Event] = []
+        for event in events:
+            self._mutate(event)
+
+    def _mutate(self, event: Event) -> None:
+        handlers = self._handlers.get(event.type)
+        if handlers:
+            for handler in handlers:
+                handler(self, event)
+        else:
+            config.on_unknown_event(event, self)
+        self.version += 1
+
+    def apply_event(self, event: type[E] | E, **fields: Any) -> E:
+        """Build (from a class and fields) or take an event, apply it to state and record it in changes."""
+        if isinstance(event, type):
+            instance = event(aggregate_id=self.id, **fields)
+        else:
+            if fields:
+                raise TypeError("apply_event(instance) takes no fields; use apply_event(EventClass, **fields)")
+            if event.aggregate_id and event.aggregate_id != self.id:
+                raise InvalidEventError(f"event for aggregate {event.aggregate_id!r} applied to {self.id!r}")
+            instance = event if event.aggregate_id else _with_metadata(event, aggregate_id=self.id)
+        self._mutate(instance)
+        self.changes.append(instance)
+        return instance
+
+    def clear_changes(self) -> None:
+        """Forget the unsaved events (the Repository calls this after saving them)."""
+        self.changes = []
+
+
+class Repository:
+    """Loads aggregates from an event store and saves their changes with optimistic concurrency."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    def load(self, aggregate_class: type[A], aggregate_id: str | _uuid.UUID) -> A:
+        """Replay one aggregate's events into a new instance of ``aggregate_class``."""
+        return aggregate_class(aggregate_id, self.store.get_events_for_aggregate_id(aggregate_id))
+
+    def save(self, aggregate: Aggregate) -> list[Event]:
+        """Sink the aggregate's changes with ``expected_version = version - len(changes)``; return them stored.
+
+        A concurrent write since the load raises ConcurrencyError and writes nothing.
+        """
+        changes = aggregate.changes
+        if not changes:
+            return []
+        stored = self.store.sink(changes, expected_version=aggregate.version - len(changes))
+        aggregate.clear_changes()
+        return stored
+
+
+# ---------------------------------------------------------------------------
+# Event processing: trackers keep each processor's position; processors
+# (projectors, reactors) handle events in batches; error handlers decide
+# what happens when a handler fails.
+# ---------------------------------------------------------------------------
+
+class Tracker:
+    """Keeps each processor's last processed event id, by processor name.
+
+    ``lock(name)`` guards against two live instances of one processor: it
+    raises UnableToLockProcessorError while another holds it, and the lock
+    is released when its holder ends, even by ``kill -9``.
+    """
+
+    def setup(self, name: str) -> None:
+        """Start tracking ``name`` at 0, keeping an existing position."""
+        raise NotImplementedError
+
+    def last_processed_event_id(self, name: str) -> int:
+        """The position of ``name``; 0 when it has none."""
+        raise NotImplementedError
+
+    def processed_event(self, name: str, event_id: int) -> None:
+        """Record that ``name`` has processed everything up to ``event_id``."""
+        raise NotImplementedError
+
+    def reset(self, name: str) -> None:
+        """Set the position of ``name`` back to 0."""
+        raise NotImplementedError
+
+    def positions(self) -> dict[str, int]:
+        """Every tracked processor name with its position."""
+        raise NotImplementedError
+
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the single-instance lock of ``name``, or raise UnableToLockProcessorError."""
+        raise NotImplementedError
+
+    def is_running(self, name: str) -> bool:
+        """Whether a live process holds the lock of ``name``."""
+        raise NotImplementedError
+
+
+class _ProcessLocks:
+    """Single-instance locks held in this process (for stores without files)."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._mutex = threading.Lock()
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        with self._mutex:
+            if name in self._held:
+                raise UnableToLockProcessorError(f"processor {name!r} is already running in this process")
+            self._held.add(name)
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._held.discard(name)
+
+    def is_running(self, name: str) -> bool:
+        return name in self._held
+
+
+class _FileLocks:
+    """Single-instance locks as flock()ed files beside a database file; the OS releases them on death."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def _path(self, name: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", lambda m: f"%{ord(m.group()):02x}", name)
+        return os.path.join(self.directory, safe + ".lock")
+
+    def _try(self, name: str) -> int | None:
+        import fcntl
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(self._path(name), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        fd = self._try(name)
+        if fd is None:
+            raise UnableToLockProcessorError(f"processor {name!r} is already running against this store "
+                                             f"(lock file {self._path(name)})")
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)
+
+    def is_running(self, name: str) -> bool:
+        if not os.path.exists(self._path(name)):
+            return False
+        fd = self._try(name)
+        if fd is None:
+            return True
+        os.close(fd)
+        return False
+
+
+class MemoryTracker(Tracker):
+    """Positions in this process's memory: they start again at 0 in every new process."""
+
+    def __init__(self) -> None:
+        self._positions: dict[str, int] = {}
+        self._locks = _ProcessLocks()
+
+    def setup(self, name: str) -> None:
+        self._positions.setdefault(name, 0)
+
+    def last_processed_event_id(self, name: str) -> int:
+        return self._positions.get(name, 0)
+
+    def processed_event(self, name: str, event_id: int) -> None:
+        self._positions[name] = event_id
+
+    def reset(self, name: str) -> None:
+        self._positions[name] = 0
+
+    def positions(self) -> dict[str, int]:
+        return dict(self._positions)
+
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._locks.lock(name)
+
+    def is_running(self, name: str) -> bool:
+        return self._locks.is_running(name)
+
+
+def _create_sqlite_tracker_table(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS eventsourcery_trackers "
+                 "(name TEXT PRIMARY KEY, position INTEGER NOT NULL DEFAULT 0)")
+
+
+class SQLiteTracker(Tracker):
+    """Positions in a table of an SQLite database: the event store's file, or a projection's.
+
+    Writes join the database's current transaction, so a projector's writes
+    and its new position commit together.
+    """
+
+    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection | _SQLiteDatabase) -> None:
+        self._db = db if isinstance(db, _SQLiteDatabase) else _SQLiteDatabase(db)
+        path = self._db.path
+        self._locks: _FileLocks | _ProcessLocks = (
+            _FileLocks(path + ".locks") if path and path != ":memory:" and not path.startswith("file:")
+            else _ProcessLocks())
+        self._ready_pid = 0
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = self._db.connection
+        if self._ready_pid != os.getpid():
+            with self._db.transaction():
+                _create_sqlite_tracker_table(conn)
+            self._ready_pid = os.getpid()
+        return conn
+
+    def setup(self, name: str) -> None:
+        self._conn()
+        with self._db.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO eventsourcery_trackers (name, position) VALUES (?, 0)", (name,))
+
+    def last_processed_event_id(self, name: str) -> int:
+        with self._db.lock:
+            row = self._conn().execute("SELECT position FROM eventsourcery_trackers WHERE name = ?",
+                                       (name,)).fetchone()
+        return row[0] if row else 0
+
+    def processed_event(self, name: str, event_id: int) -> None:
+        self._conn()
+        with self._db.transaction() as conn:
+            conn.execute("INSERT INTO eventsourcery_trackers (name, position) VALUES (?, ?) "
+                         "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (name, event_id))
+
+    def reset(self, name: str) -> None:
+        self.processed_event(name, 0)
+
+    def positions(self) -> dict[str, int]:
+        with self._db.lock:
+            return dict(self._conn().execute("SELECT name, position FROM eventsourcery_trackers ORDER BY name"))
+
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._locks.lock(name)
+
+    def is_running(self, name: str) -> bool:
+        return self._locks.is_running(name)
+
+
+class EventStreamProcessor:
+    """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
+
+    ``EventStreamProcessor(tracker=None)`` keeps its position in ``tracker``
+    (in memory when None). ``subscribe_to(store, stop)`` resumes after the
+    last processed event and handles batches until ``stop`` is set; it
+    raises UnableToLockProcessorError if another live instance of this
+    processor name is running against the same tracker.
+    """
+
+    processor_name: ClassVar[str] = "event_stream_processor"
+    processes_event_types: ClassVar[tuple[str, ...] | None] = None
+    _dispatch: ClassVar[dict[str, tuple[Callable[..., Any], ...]]] = {}
+    _catch_all: ClassVar[tuple[Callable[..., Any], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "processor_name" not in cls.__dict__:
+            cls.processor_name = _snake_case(cls.__name__)
+        dispatch: dict[str, list[Callable[..., Any]]] = {}
+        catch_all: list[Callable[..., Any]] = []
+        for names, fn in _collect_handlers(cls):
+            if not names:
+                if catch_all:
+                    raise MultipleCatchAllHandlersDefined(
+                        f"{cls.__qualname__} declares more than one @es.on() catch-all handler")
+                catch_all.append(fn)
+            for name in names:
+                dispatch.setdefault(name, []).append(fn)
+        cls._catch_all = tuple(catch_all)
+        cls._dispatch = {name: tuple(fns) + cls._catch_all for name, fns in dispatch.items()}
+        if "processes_event_types" not in cls.__dict__:
+            cls.processes_event_types = None if catch_all or not dispatch else tuple(dispatch)
+
+    def __init__(self, tracker: Tracker | None = None) -> None:
+        self.tracker: Tracker = tracker if tracker is not None else MemoryTracker()
+        self._current_event: Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.processor_name!r}>"
+
+    def process(self, event: Event) -> None:
+        """Run this processor's handlers for one event; a handler's error is raised as EventProcessingError."""
+        handlers = self._dispatch.get(event.type, self._catch_all)
+        if not handlers:
+            return
+        self._current_event = event
+        try:
+            for handler in handlers:
+                handler(self, event)
+        except Exception as exc:
+            raise EventProcessingError(event, self) from exc
+        finally:
+            self._current_event = None
+
+    def process_batch(self, events: list[Event]) -> None:
+        """Process a batch and record the position. The base class records it after the batch, or up to
+        the last event processed when a handler fails (at-least-once for effects outside the tracker)."""
+        done: Event | None = None
+        try:
+            for event in events:
+                self.process(event)
+                done = event
+        finally:
+            if done is not None:
+                self.tracker.processed_event(self.processor_name, done.id)  # type: ignore[arg-type]
+
+    def setup(self) -> None:
+        """Prepare for processing (create tables, tracker row); keeps an existing position."""
+        self.tracker.setup(self.processor_name)
+
+    def reset(self) -> None:
+        """Forget the position, so the next run processes every event again."""
+        self.tracker.reset(self.processor_name)
+
+    @property
+    def last_processed_event_id(self) -> int:
+        """The id of the last event this processor has processed (0 if none)."""
+        return self.tracker.last_processed_event_id(self.processor_name)
+
+    def subscribe_to(self, store: EventStore, stop: StopSignal = None) -> None:
+        """Lock this processor name, set up, then process batches from the last position until ``stop``."""
+        log = config.logger
+        name = self.processor_name
+        with self.tracker.lock(name):
+            self.setup()
+            start = self.last_processed_event_id + 1
+            log.info("[%s] starting at event %d", name, start)
+            for batch in store.subscribe(start, self.processes_event_types, stop=stop):
+                self.process_batch(batch)
+                log.info("[%s] processed up to event %d", name, batch[-1].id)
+            log.info("[%s] stopped", name)
+
+
+class _SQLiteTables:
+    """Creates and drops a processor's own tables (its ``schema``) in an SQLite database."""
+
+    placeholder = "?"
+
+    @staticmethod
+    def statements(schema: str) -> list[str]:
+        return [s.strip() for s in schema.split(";") if s.strip()]
+
+    @staticmethod
+    def table_names(schema: str) -> list[str]:
+        return re.findall(r"CREATE\s+(?:TEMP\w*\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?[\"`\[]?([\w.]+)",
+                          schema, flags=re.IGNORECASE)
+
+    def create(self, conn: Any, schema: str) -> None:
+        for statement in self.statements(schema):
+            conn.execute(statement)
+
+    def drop(self, conn: Any, tables: Iterable[str]) -> None:
+        for table in tables:
+            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+
+class _TableOwner(EventStreamProcessor):
+    """A processor with its own tables (``schema``) in a database it writes in one transaction per batch."""
+
+    schema: ClassVar[str] = ""
+    tables: ClassVar[tuple[str, ...] | None] = None  # default: the tables schema creates
+    batch_size: int | None = None  # default: the subscription's batch
+
+    _database: Any  # has .connection and .transaction()
+    _tables: Any = _SQLiteTables()
+
+    @property
+    def db(self) -> Any:
+        """The connection to this processor's database (open it in the process that processes)."""
+        return self._database.connection
+
+    def _owned_tables(self) -> list[str]:
+        return list(self.tables) if self.tables is not None else self._tables.table_names(self.schema)
+
+    def setup(self) -> None:
+        """Create the schema's tables (if missing) and the tracker row."""
+        with self._database.transaction() as conn:
+            if self.schema:
+                self._tables.create(conn, self.schema)
+            super().setup()
+
+    def reset(self) -> None:
+        """Drop this processor's tables and position, then set up again."""
+        with self._database.transaction() as conn:
+            self._tables.drop(conn, self._owned_tables())
+            super().reset()
+        self.setup()
+
+    def _commit_scope(self) -> contextlib.AbstractContextManager[Any]:
+        return self._database.transaction()  # type: ignore[no-any-return]
+
+    def process_batch(self, events: list[Event]) -> None:
+        """Process events in transactions of ``batch_size``: each commits its writes and position together."""
+        size = self.batch_size or len(events)
+        for start in range(0, len(events), size):
+            chunk = events[start:start + size]
+            with self._commit_scope():
+                for event in chunk:
+                    self.process(event)
+                self.tracker.processed_event(self.processor_name, chunk[-1].id)  # type: ignore[arg-type]
+
+
+class Projector(_TableOwner):
+    """Builds a read model in an SQLite database (a path or an open connection).
+
+    The projection's tables (``schema``) and the processor's position live in
+    that database, and each batch's writes and its new position commit in one
+    transaction: a crash at any point, even ``kill -9``, neither loses nor
+    repeats an event's effect. Handlers write with ``self.db``.
+    """
+
+    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection, *, batch_size: int | None = None,
+                 synchronous: str = "NORMAL") -> None:
+        self._database = _SQLiteDatabase(db, synchronous=synchronous)
+        super().__init__(SQLiteTracker(self._database))
+        if batch_size is not None:
+            self.batch_size = batch_size
+
+
+class Reactor(_TableOwner):
+    """Reacts to events by doing things and emitting new events (``emit_event``).
+
+    Where the reactor's position lives in the event store's own database
+    (``db=None`` with an SQLite or Postgres store), each batch's emitted
+    events and its new position commit in one transaction: after a crash the
+    reactor neither skips an event nor emits twice. Effects outside that
+    database (sending mail, calling an API) are at-least-once: a crash after
+    the effect and before the commit repeats it on restart, so make them
+    idempotent (the processed event's ``uuid`` is a good key). With a
+    separate ``db``, emitted events commit apart from the position, so
+    emission is at-least-once too.
+    """
+
+    emits_events: ClassVar[tuple[type[Event], ...]] = ()
+
+    def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | None = None, *,
+                 batch_size: int | None = None) -> None:
+        self.store = store
+        self._shares_store_db = db is None
+        if db is None:
+            self._database = _StoreDatabase(store)
+            tracker = store.tracker()
+        else:
+            self._database = _SQLiteDatabase(db)
+            tracker = SQLiteTracker(self._database)
+        self._tables = getattr(store, "_processor_tables", _SQLiteTables()) if db is None else _SQLiteTables()
+        super().__init__(tracker)
+        if batch_size is not None:
+            self.batch_size = batch_size
+
+    def emit_event(self, event: Event) -> Event:
+        """Sink ``event`` caused by the event being processed; returns it as stored.
+
+        ``causation_id`` becomes that event's uuid and ``correlation_id`` its
+        correlation id (or its uuid when it has none).
+        """
+        if not isinstance(event, self.emits_events) or type(event) is Event:
+            raise UndeclaredEventEmissionError(
+                f"{self.processor_name} emitted {type(event).__name__} ({event.type!r}), which is not in "
+                f"emits_events {[c.__name__ for c in self.emits_events]}")
+        cause = self._current_event
+        if cause is not None:
+            event = _with_metadata(event, causation_id=cause.uuid,
+                                   correlation_id=cause.correlation_id or cause.uuid)
+        return self.store.sink(event)[0]
+
+
+class _StoreDatabase:
+    """The event store's own database, seen as a processor database (connection + transaction)."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    @property
+    def connection(self) -> Any:
+        return getattr(self.store, "connection", None)
+
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        return self.store.transaction()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessorStatus:
+    """One tracked processor: its position, how many events it is behind, and whether it runs now."""
+
+    name: str
+    position: int
+    lag: int
+    running: bool
+
+
+def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> list[ProcessorStatus]:
+    """The status of every processor whose position is kept in ``tracker`` (default: the store's)."""
+    tracker = tracker or store.tracker()
+    latest = store.latest_event_id()
+    return [ProcessorStatus(name, pos, max(latest - pos, 0), tracker.is_running(name))
+            for name, pos in sorted(tracker.positions().items())]
+
+
+class ErrorHandler:
+    """Decides what a processor does after an error: retry after an interval, or stop.
+
+    Every error is reported (unwrapped from EventProcessingError) to the
+    logger and to ``config.on_event_processor_error``. ``sleep`` is
+    injectable, so tests need not wait.
+    """
+
+    def __init__(self, *, sleep: Callable[[float], None] | None = None) -> None:
+        self.sleep = sleep
+
+    def retry_interval(self, error: BaseException) -> float | None:
+        """Seconds to wait before retrying after ``error``; None to stop."""
+        raise NotImplementedError
+
+    def handle(self, error: BaseException, processor_name: str) -> float | None:
+        """Report ``error`` and return the retry interval (None: stop)."""
+        cause = error.__cause__ if isinstance(error, EventProcessingError) and error.__cause__ else error
+        config.logger.error("[%s] processor failed: %s", processor_name, error, exc_info=cause)
+        config.on_event_processor_error(cause, processor_name)
+        interval = self.retry_interval(error)
+        if interval is not None:
+            config.logger.info("[%s] retrying in %s s", processor_name, interval)
+        return interval
+
+
+class NoRetry(ErrorHandler):
+    """Stop the processor at its first error (under ESPRunner its process exits with status 1)."""
+
+    def retry_interval(self, error: BaseException) -> float | None:
+        return None
+
+
+class ConstantRetry(ErrorHandler):
+    """Retry forever, ``interval`` seconds after every error (the default)."""
+
+    def __init__(self, interval: float = 1.0, *, sleep: Callable[[float], None] | None = None) -> None:
+        super().__init__(sleep=sleep)
+        self.interval = interval
+
+    def retry_interval(self, error: BaseException) -> float | None:
+        return self.interval
+
+
+class ExponentialBackoffRetry(ErrorHandler):
+    """Retry after ``initial`` seconds, doubling up to ``maximum`` while the same event keeps failing.
+
+    An error on another event, or an error that is not an
+    EventProcessingError, starts again at ``initial``.
+    """
+
+    def __init__(self, initial: float = 1.0, maximum: float = 64.0, *,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        super().__init__(sleep=sleep)
+        self.initial = initial
+        self.maximum = maximum
+        self._interval = initial
+        self._last_uuid: str | None = None
+
+    def retry_interval(self, error: BaseException) -> float | None:
+        event_uuid = error.event.uuid if isinstance(error, EventProcessingError) else None
+        if event_uuid is not None and event_uuid == self._last_uuid:
+            self._interval = min(self._interval * 2, self.maximum)
+        else:
+            self._interval = self.initial
+        self._last_uuid = event_uuid
+        return self._interval
+
+
+def _make_error_handler() -> ErrorHandler:
+    factory = config.error_handler or ConstantRetry
+    return factory if isinstance(factory, ErrorHandler) else factory()
+
+
+def run_processor(processor: EventStreamProcessor, store: EventStore, *, stop: StopSignal = None,
+                  error_handler: ErrorHandler | None = None) -> None:
+    """Run ``processor.subscribe_to(store, stop)``, letting the error handler retry or stop after errors.
+
+    Returns when ``stop`` is set; raises the error when the handler gives up.
+    """
+    handler = error_handler or _make_error_handler()
+    stopper = _Stopper(stop)
+    while not stopper.is_set():
+        try:
+            processor.subscribe_to(store, stop)
+            return
+        except Exception as exc:
+            interval = handler.handle(exc, processor.processor_name)
+            if interval is None:
+                raise
+            (handler.sleep or stopper.sleep)(interval)
+
+
+# ---------------------------------------------------------------------------
+# The runner: one child process per processor, supervised by the parent.
+# ---------------------------------------------------------------------------
+
+def _set_process_title(title: str) -> None:
+    with contextlib.suppress(OSError):
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(title[:15])
+
+
+def _child_main(processor: EventStreamProcessor, store: EventStore,
+                after_fork: Callable[[EventStreamProcessor], None] | None) -> None:
+    name = processor.processor_name
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    _set_process_title(f"es:{name}")
+    try:
+        if after_fork is not None:
+            after_fork(processor)
+        run_processor(processor, store, stop=stop)
+    except BaseException as exc:
+        config.logger.critical("[%s] processor stopped by %r", name, exc, exc_info=exc)
+        with contextlib.suppress(Exception):
+            config.on_event_processor_critical_error(exc, name)
+        sys.stderr.flush()
+        os._exit(1)
+    config.logger.info("[%s] process exiting", name)
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+class ESPRunner:
+    """Runs each processor in its own process until SIGTERM/SIGINT or ``shutdown()``.
+
+    Children open their own connections (processors and stores are sent to
+    them unconnected; works with the fork and spawn start methods). On
+    shutdown each child gets SIGTERM, finishes its current batch and exits;
+    children still alive after ``max_seconds_for_processes_to_terminate``
+    get SIGKILL. With ``restart=True`` a child that dies is started again
+    after a growing delay (1 s, 2 s, ... up to 30 s). ``start()`` returns
+    True only if every child ended cleanly (exit status 0).
+    ``after_subprocess_termination(processor, runner, exit_status)`` is
+    called for every child that ends.
+    """
+
+    def __init__(self, processors: Iterable[EventStreamProcessor], store: EventStore, *,
+                 max_seconds_for_processes_to_terminate: float = 30,
+                 after_fork: Callable[[EventStreamProcessor], None] | None = None,
+                 after_subprocess_termination: Callable[[EventStreamProcessor, ESPRunner, int], None] | None = None,
+                 restart: bool = False, start_method: str | None = None) -> None:
+        self.processors = list(processors)
+        names = [p.processor_name for p in self.processors]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"processor names must be unique; repeated: {duplicates}")
+        self.store = store
+        self.max_seconds_for_processes_to_terminate = max_seconds_for_processes_to_terminate
+        self.after_fork = after_fork
+        self.after_subprocess_termination = after_subprocess_termination
+        self.restart = restart
+        self._context: Any = multiprocessing.get_context(start_method)
+        self._shutdown = threading.Event()
+        self._children: dict[str, Any] = {}
+        self._restart_at: dict[str, float] = {}
+        self._restart_delay: dict[str, float] = {}
+        self.exit_statuses: dict[str, list[int]] = {n: [] for n in names}
+
+    def shutdown(self) -> None:
+        """Ask the runner to stop its children and return from start()."""
+        self._shutdown.set()
+
+    def shutdown_requested(self) -> bool:
+        """Whether shutdown() was called or a stop signal received."""
+        return self._shutdown.is_set()
+
+    def start_processor(self, processor: EventStreamProcessor) -> None:
+        """Start one child process for ``processor``."""
+        name = processor.processor_name
+        proc = self._context.Process(target=_child_main, args=(processor, self.store, self.after_fork),
+                                     name=f"eventsourcery:{name}", daemon=False)
+        proc.start()
+        self._children[name] = (processor, proc)
+        config.logger.info("ESPRunner: started %s (pid %s)", name, proc.pid)
+
+    def start(self) -> bool:
+        """Run until shutdown; return True when every child ended cleanly."""
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda signum, frame: self._shutdown.set())
+        try:
+            if hasattr(self.store, "close"):
+                self.store.close()  # never hand an open connection to a child
+            for processor in self.processors:
+                self.start_processor(processor)
+            while not self._shutdown.is_set() and (self._children or self._restart_at):
+                self._reap()
+                self._restart_due()
+                self._shutdown.wait(0.05)
+            self._terminate_children()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        config.logger.info("ESPRunner: processes shut down")
+        return all(code == 0 for codes in self.exit_statuses.values() for code in codes)
+
+    def _reap(self) -> None:
+        for name, (processor, proc) in list(self._children.items()):
+            if proc.exitcode is None:
+                continue
+            proc.join()
+            del self._children[name]
+            status = proc.exitcode
+            self.exit_statuses[name].append(status)
+            log = config.logger.info if status == 0 else config.logger.error
+            log("ESPRunner: process %s (pid %s) ended with exit status %s", name, proc.pid, status)
+            if status < 0 and -status != signal.SIGTERM:
+                with contextlib.suppress(Exception):
+                    config.on_event_processor_critical_error(
+                        Error(f"process {name} killed by signal {-status}"), name)
+            if self.after_subprocess_termination is not None:
+                self.after_subprocess_termination(processor, self, status)
+            if self.restart and not self._shutdown.is_set() and name not in self._children:
+                delay = self._restart_delay.get(name, 0.5) * 2
+                self._restart_delay[name] = min(delay, 30.0)
+                self._restart_at[name] = time.monotonic() + self._restart_delay[name] / 2
+                config.logger.info("ESPRunner: restarting %s in %.1f s", name, self._restart_delay[name] / 2)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for name, when in list(self._restart_at.items()):
+            if when <= now and not self._shutdown.is_set():
+                del self._restart_at[name]
+                processor = next(p for p in self.processors if p.processor_name == name)
+                self.start_processor(processor)
+
+    def _terminate_children(self) -> None:
+        self._restart_at.clear()
+        alive = [(name, proc) for name, (_, proc) in self._children.items() if proc.exitcode is None]
+        if alive:
+            config.logger.info("ESPRunner: sending TERM to %s", [name for name, _ in alive])
+        for _, proc in alive:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+        deadline = time.monotonic() + self.max_seconds_for_processes_to_terminate
+        while any(proc.exitcode is None for _, proc in alive) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for name, proc in alive:
+            if proc.exitcode is None:
+                config.logger.warning("ESPRunner: sending KILL to %s", name)
+                with contextlib.suppress(OSError):
+                    proc.kill()
+        for _, proc in alive:
+            proc.join()
+        self._reap()
+
+
+# ---------------------------------------------------------------------------
+# Command line: python -m eventsourcery STORE COMMAND ...
+# ---------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m eventsourcery",
+                                     description="Look inside an eventsourcery event store.")
+    parser.add_argument("--version", action="version", version=f"eventsourcery {__version__}")
+    parser.add_argument("store", help="an SQLite file path or a postgresql:// URL")
+    parser.parse_args(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
