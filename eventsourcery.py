@@ -1070,6 +1070,9 @@ class SQLiteEventStore(EventStore):
     _SELECT = ("SELECT id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body "
                "FROM events ")
 
+    _INSERT = ("INSERT INTO events (uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, "
+               "body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 30.0,
                  poll_interval: float = 0.005) -> None:
         self._db = _SQLiteDatabase(path, synchronous=synchronous, busy_timeout=busy_timeout,
@@ -1101,12 +1104,15 @@ class SQLiteEventStore(EventStore):
                 if expected_version is not None and current != expected_version:
                     raise ConcurrencyError(f"aggregate {aggregate_id!r} is at version {current}, "
                                            f"expected {expected_version}")
-                first_id = (conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0) + 1
-                conn.executemany(
-                    "INSERT INTO events (id, uuid, aggregate_id, type, version, created_at, correlation_id, "
-                    "causation_id, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(first_id + i, u, agg, t, current + 1 + i, c.isoformat(), corr, caus, body)
-                     for i, (u, agg, t, c, corr, caus, body) in enumerate(rows)])
+                # Rowids are max + 1 under the write lock, so a batch's ids are contiguous.
+                values = [(u, agg, t, current + 1 + i, c.isoformat(), corr, caus, body)
+                          for i, (u, agg, t, c, corr, caus, body) in enumerate(rows)]
+                if len(values) == 1:
+                    last_id = conn.execute(self._INSERT, values[0]).lastrowid or 0
+                else:
+                    conn.executemany(self._INSERT, values)
+                    last_id = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                first_id = last_id - len(values) + 1
         except sqlite3.IntegrityError as exc:
             if "uuid" in str(exc):
                 raise DuplicateEventError(f"an event with one of these uuids is already stored: "
@@ -1964,10 +1970,6 @@ class ESPRunner:
             self.exit_statuses[name].append(status)
             log = config.logger.info if status == 0 else config.logger.error
             log("ESPRunner: process %s (pid %s) ended with exit status %s", name, proc.pid, status)
-            if status < 0 and -status != signal.SIGTERM:
-                with contextlib.suppress(Exception):
-                    config.on_event_processor_critical_error(
-                        Error(f"process {name} killed by signal {-status}"), name)
             if self.after_subprocess_termination is not None:
                 self.after_subprocess_termination(processor, self, status)
             if self.restart and not self._shutdown.is_set() and name not in self._children:
