@@ -1348,6 +1348,12 @@ class _ProcessLocks:
         self._held: set[str] = set()
         self._mutex = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         with self._mutex:
@@ -1893,7 +1899,9 @@ class ESPRunner:
     shutdown each child gets SIGTERM, finishes its current batch and exits;
     children still alive after ``max_seconds_for_processes_to_terminate``
     get SIGKILL. With ``restart=True`` a child that dies is started again
-    after a growing delay (1 s, 2 s, ... up to 30 s). ``start()`` returns
+    after ``restart_delay`` seconds, doubling while it keeps dying within
+    ``max_restart_delay`` seconds of its start (up to that maximum).
+    ``start()`` returns
     True only if every child ended cleanly (exit status 0).
     ``after_subprocess_termination(processor, runner, exit_status)`` is
     called for every child that ends.
@@ -1903,7 +1911,8 @@ class ESPRunner:
                  max_seconds_for_processes_to_terminate: float = 30,
                  after_fork: Callable[[EventStreamProcessor], None] | None = None,
                  after_subprocess_termination: Callable[[EventStreamProcessor, ESPRunner, int], None] | None = None,
-                 restart: bool = False, start_method: str | None = None) -> None:
+                 restart: bool = False, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
+                 start_method: str | None = None) -> None:
         self.processors = list(processors)
         names = [p.processor_name for p in self.processors]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -1914,6 +1923,9 @@ class ESPRunner:
         self.after_fork = after_fork
         self.after_subprocess_termination = after_subprocess_termination
         self.restart = restart
+        self.restart_delay = restart_delay
+        self.max_restart_delay = max_restart_delay
+        self._started_at: dict[str, float] = {}
         self._context: Any = multiprocessing.get_context(start_method)
         self._shutdown = threading.Event()
         self._children: dict[str, Any] = {}
@@ -1936,6 +1948,7 @@ class ESPRunner:
                                      name=f"eventsourcery:{name}", daemon=False)
         proc.start()
         self._children[name] = (processor, proc)
+        self._started_at[name] = time.monotonic()
         config.logger.info("ESPRunner: started %s (pid %s)", name, proc.pid)
 
     def start(self) -> bool:
@@ -1972,11 +1985,14 @@ class ESPRunner:
             log("ESPRunner: process %s (pid %s) ended with exit status %s", name, proc.pid, status)
             if self.after_subprocess_termination is not None:
                 self.after_subprocess_termination(processor, self, status)
-            if self.restart and not self._shutdown.is_set() and name not in self._children:
-                delay = self._restart_delay.get(name, 0.5) * 2
-                self._restart_delay[name] = min(delay, 30.0)
-                self._restart_at[name] = time.monotonic() + self._restart_delay[name] / 2
-                config.logger.info("ESPRunner: restarting %s in %.1f s", name, self._restart_delay[name] / 2)
+            if self.restart and not self._shutdown.is_set():
+                lived = time.monotonic() - self._started_at.get(name, 0.0)
+                previous = self._restart_delay.get(name)
+                delay = (self.restart_delay if previous is None or lived > self.max_restart_delay
+                         else min(previous * 2, self.max_restart_delay))
+                self._restart_delay[name] = delay
+                self._restart_at[name] = time.monotonic() + delay
+                config.logger.info("ESPRunner: restarting %s in %.2f s", name, delay)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
