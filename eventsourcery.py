@@ -67,7 +67,7 @@ __all__ = [
     "ESPRunner", "BodySerializer", "Config", "config", "configure",
     "Error", "ConcurrencyError", "DuplicateEventError", "AtomicWriteToMultipleAggregatesNotSupported",
     "UnknownEventError", "EventProcessingError", "UndeclaredEventEmissionError",
-    "MultipleCatchAllHandlersDefined", "UnableToLockProcessorError", "InvalidEventError",
+    "MultipleCatchAllHandlersDefined", "UnableToLockProcessorError", "InvalidEventError", "DuplicateEventTypeError",
     "StoreError", "CorruptEventError",
 ]
 
@@ -132,6 +132,10 @@ class UnableToLockProcessorError(Error):
 
 class InvalidEventError(Error, ValueError):
     """An event cannot be stored as given (empty aggregate id, bad type name, ...); nothing was written."""
+
+
+class DuplicateEventTypeError(Error, TypeError):
+    """Two different Event classes claim one type name (raised when the second class is created)."""
 
 
 class StoreError(Error):
@@ -444,6 +448,7 @@ class Event:
             object.__setattr__(self, field.name, value)
         object.__setattr__(self, "type", type)
         object.__setattr__(self, "body", dict(body or {}))
+        object.__setattr__(self, "__dataclass_fields__", _GENERIC_FIELDS)
         self.__post_init__()
 
     def __post_init__(self) -> None:
@@ -466,7 +471,7 @@ class Event:
         dataclasses.dataclass(frozen=True, kw_only=True, eq=False)(cls)
         existing = _registry.get(name)
         if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"event type name {name!r} is claimed by both "
+            raise DuplicateEventTypeError(f"event type name {name!r} is claimed by both "
                             f"{existing.__module__}.{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
                             "pass type='...' to one of them")
         cls._type_name = name  # type: ignore[attr-defined]
@@ -489,6 +494,21 @@ class Event:
     def __repr__(self) -> str:
         return (f"Event(type={self.type!r}, id={self.id!r}, aggregate_id={self.aggregate_id!r}, "
                 f"version={self.version!r}, uuid={self.uuid!r}, body={self.body!r})")
+
+
+def _generic_fields() -> dict[str, dataclasses.Field[Any]]:
+    # A generic event's type and body are per instance. Listing them in the
+    # instance's own __dataclass_fields__ lets dataclasses.replace() keep them,
+    # while dataclasses.fields() still lists only the metadata fields.
+    fields = dict(Event.__dataclass_fields__)
+    for name in ("type", "body"):
+        field: dataclasses.Field[Any] = dataclasses.field()
+        field.name = name
+        fields[name] = field
+    return fields
+
+
+_GENERIC_FIELDS = _generic_fields()
 
 
 def event_class(type_name: str) -> type[Event] | None:
@@ -552,11 +572,16 @@ def _encode_body(event: Event) -> str:
 
 
 def _field_error(event: Event, exc: Exception) -> TypeError:
-    fields = event.__dict__["body"].items() if event.__class__ is Event else (
-        (n, event.__dict__[n]) for n in _codec(event.__class__).names)
-    for name, value in fields:
+    fields: list[tuple[str, Any, Converter | None]]
+    if event.__class__ is Event:
+        fields = [(name, value, None) for name, value in event.__dict__["body"].items()]
+    else:
+        codec = _codec(event.__class__)
+        encoders = dict(codec.encoders)
+        fields = [(name, event.__dict__[name], encoders.get(name)) for name in codec.names]
+    for name, value, encode in fields:
         try:
-            _json_encode(_encode_any(value))
+            _json_encode(encode(value) if encode is not None and value is not None else value)
         except (TypeError, ValueError) as field_exc:
             return TypeError(f"cannot serialise field {name!r} of event type {event.type!r}: {field_exc}")
     return TypeError(f"cannot serialise event of type {event.type!r}: {exc}")
@@ -596,7 +621,7 @@ def _prepare_rows(event_or_events: Event | Sequence[Event]) -> tuple[list[Event]
         elif not isinstance(created_at, _dt.datetime):
             raise InvalidEventError(f"created_at must be a datetime, got {created_at!r}")
         elif created_at.tzinfo is None:
-            created_at = created_at.replace(tzinfo=_dt.timezone.utc)
+            raise InvalidEventError(f"created_at of a {type_name!r} event must be timezone-aware, got {created_at!r}")
         elif created_at.utcoffset():
             created_at = created_at.astimezone(_dt.timezone.utc)
         rows.append((d["uuid"], aggregate_id, type_name, created_at,
@@ -611,17 +636,20 @@ def _stored_copies(events: list[Event], rows: list[tuple[Any, ...]], first_id: i
 
 
 def _event_from_row(event_id: int, event_uuid: str, aggregate_id: str, type_name: str, version: int,
-                    created_at: _dt.datetime, correlation_id: str | None, causation_id: str | None,
+                    created_at: _dt.datetime | str, correlation_id: str | None, causation_id: str | None,
                     body: str | Mapping[str, Any]) -> Event:
     """Build the event a stored row describes: its class when one is registered, else a generic Event."""
     try:
+        if isinstance(created_at, str):
+            created_at = _dt.datetime.fromisoformat(created_at)
         data = _json_decode(body) if isinstance(body, str) else body
         cls = _registry.get(type_name)
         if cls is None:
             event = object.__new__(Event)
             event.__dict__.update(id=event_id, uuid=event_uuid, aggregate_id=aggregate_id, version=version,
                                   created_at=created_at, correlation_id=correlation_id,
-                                  causation_id=causation_id, type=type_name, body=dict(data))
+                                  causation_id=causation_id, type=type_name, body=dict(data),
+                                  __dataclass_fields__=_GENERIC_FIELDS)
             return event
         codec = _codec(cls)
         if codec.upcast:  # type: ignore[attr-defined]
@@ -1121,8 +1149,7 @@ class SQLiteEventStore(EventStore):
         return _stored_copies(events, rows, first_id, current + 1)
 
     def _decode(self, rows: list[Any]) -> list[Event]:
-        fromiso = _dt.datetime.fromisoformat
-        return [_event_from_row(i, u, a, t, v, fromiso(c), corr, caus, b) for i, u, a, t, v, c, corr, caus, b in rows]
+        return [_event_from_row(*row) for row in rows]
 
     def get_next_from(self, id: int, event_types: Iterable[str | type[Event]] | None = None,
                       limit: int = 1000) -> list[Event]:
@@ -2027,14 +2054,432 @@ class ESPRunner:
 # Command line: python -m eventsourcery STORE COMMAND ...
 # ---------------------------------------------------------------------------
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m eventsourcery",
-                                     description="Look inside an eventsourcery event store.")
-    parser.add_argument("--version", action="version", version=f"eventsourcery {__version__}")
-    parser.add_argument("store", help="an SQLite file path or a postgresql:// URL")
-    parser.parse_args(argv)
+class _CLIError(Exception):
+    """A failure the command line reports as one line on stderr, with exit status 1."""
+
+
+def _cli_sqlite_path(target: str) -> str | None:
+    """The file path an SQLite store argument names, or None when it is not an SQLite store."""
+    if target == "memory:" or target.startswith(("postgresql://", "postgres://")):
+        return None
+    if target.startswith("sqlite:///"):
+        return target[len("sqlite:///"):]
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", target) or not target:
+        return None  # open_store() rejects it with a StoreError
+    return target
+
+
+def _cli_open_store(target: str) -> EventStore:
+    """Open an existing store; an SQLite file is checked read-only first, so nothing is ever created."""
+    path = _cli_sqlite_path(target)
+    if path is not None:
+        if not os.path.exists(path):
+            raise _CLIError(f"no such store: {path!r} does not exist (the command line never creates one)")
+        if os.path.isdir(path):
+            raise _CLIError(f"cannot open store {path!r}: it is a directory, not an SQLite file")
+        from urllib.parse import quote
+        uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            raise _CLIError(f"cannot open SQLite database {path!r}: {exc}") from exc
+        if "events" not in tables:
+            raise _CLIError(f"{path!r} is not an eventsourcery event store (it has no events table)")
+    return open_store(target)
+
+
+def _cli_time(value: _dt.datetime | None) -> str:
+    if value is None:
+        return ""
+    return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _cli_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _cli_event_dict(event: Event) -> dict[str, Any]:
+    """An event as one JSON object: every metadata field and the body."""
+    return {"id": event.id, "uuid": event.uuid, "type": event.type, "aggregate_id": event.aggregate_id,
+            "version": event.version,
+            "created_at": event.created_at.isoformat() if event.created_at is not None else None,
+            "correlation_id": event.correlation_id, "causation_id": event.causation_id, "body": event.body}
+
+
+class _CLIProgress:
+    """A progress line on stderr, drawn only when stderr is a terminal and cleared before other output."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total = label, total
+        self.enabled = sys.stderr.isatty()
+        self._shown = 0
+        self._last = float("-inf")
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.1:
+            return
+        self._last = now
+        text = f"{self.label}: {done:,} of {self.total:,}"
+        sys.stderr.write("\r" + text.ljust(self._shown))
+        sys.stderr.flush()
+        self._shown = len(text)
+
+    def clear(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r" + " " * self._shown + "\r")
+            sys.stderr.flush()
+            self._shown = 0
+            self._last = float("-inf")
+
+
+class _CLIEventPrinter:
+    """Writes events as an aligned table (columns widen as needed) or as JSON lines."""
+
+    HEADER = ("id", "created_at", "type", "aggregate_id", "version")
+
+    def __init__(self, as_json: bool, width: int | None) -> None:
+        self.as_json = as_json
+        self.width = width
+        self.widths = [len(h) for h in self.HEADER]
+        self.printed = 0
+
+    def _line(self, cells: Sequence[str], body: str) -> str:
+        parts = [c.rjust(w) if i in (0, 4) else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(cells, self.widths, strict=True))]
+        line = "  ".join(parts) + "  " + body
+        if self.width is not None and len(line) > self.width:
+            line = line[:max(self.width - 1, 0)] + "…"
+        return line.rstrip()
+
+    def write(self, events: Sequence[Event]) -> None:
+        out = sys.stdout
+        if self.as_json:
+            out.writelines(json.dumps(_cli_event_dict(e), default=str) + "\n" for e in events)
+        else:
+            rows = [(str(e.id), _cli_time(e.created_at), str(e.type), e.aggregate_id, str(e.version),
+                     _cli_json(e.body)) for e in events]
+            for row in rows:
+                self.widths = [max(w, len(c)) for w, c in zip(self.widths, row, strict=False)]
+            if not self.printed and rows:
+                out.write(self._line(self.HEADER, "body") + "\n")
+            out.writelines(self._line(row[:5], row[5]) + "\n" for row in rows)
+        self.printed += len(events)
+        out.flush()
+
+
+def _cli_printer(args: argparse.Namespace) -> _CLIEventPrinter:
+    width: int | None = None
+    if not args.wide and (sys.stdout.isatty() or "COLUMNS" in os.environ):
+        import shutil
+        width = shutil.get_terminal_size().columns
+    return _CLIEventPrinter(args.json, width)
+
+
+def _cli_matches(args: argparse.Namespace) -> Callable[[Event], bool]:
+    types = set(args.type or ())
+    aggregate = args.aggregate
+    return lambda e: (not types or e.type in types) and (aggregate is None or e.aggregate_id == aggregate)
+
+
+def _cli_events(store: EventStore, args: argparse.Namespace) -> int:
+    printer = _cli_printer(args)
+    limit: int | None = args.limit
+    if args.aggregate is not None:
+        matches = _cli_matches(args)
+        history = [e for e in store.get_events_for_aggregate_id(args.aggregate)
+                   if (e.id or 0) >= args.from_id and matches(e)]
+        printer.write(history[:limit])
+    else:
+        latest = store.latest_event_id()
+        progress = _CLIProgress("reading events", latest)
+        position = args.from_id
+        remaining = limit
+        try:
+            while position <= latest and (remaining is None or remaining > 0):
+                page = store.get_next_from(position, args.type, limit=min(1000, remaining or 1000))
+                page = [e for e in page if (e.id or 0) <= latest]
+                if not page:
+                    break
+                progress.clear()
+                printer.write(page)
+                position = (page[-1].id or 0) + 1
+                if remaining is not None:
+                    remaining -= len(page)
+                progress.update(position - 1)
+        finally:
+            progress.clear()
+    if not printer.printed and not args.json:
+        sys.stderr.write("no events\n")
     return 0
+
+
+def _cli_follow(store: EventStore, args: argparse.Namespace) -> int:
+    printer = _cli_printer(args)
+    matches = _cli_matches(args)
+    start = args.from_id if args.from_id is not None else store.latest_event_id() + 1
+    stopping = False
+
+    def stop(signum: int, frame: types.FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:  # a second Ctrl-C while the store is busy: stop at once
+            raise KeyboardInterrupt
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for batch in store.subscribe(start, args.type, stop=lambda: stopping):
+            selected = [e for e in batch if matches(e)]
+            if selected:
+                printer.write(selected)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _cli_aggregate(store: EventStore, args: argparse.Namespace) -> int:
+    history = store.get_events_for_aggregate_id(args.aggregate_id)
+    if not history:
+        raise _CLIError(f"no events for aggregate {args.aggregate_id!r}")
+    _cli_printer(args).write(history)
+    return 0
+
+
+def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
+    statuses = processor_statuses(store)
+    if args.json:
+        sys.stdout.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in statuses)
+        return 0
+    if not statuses:
+        sys.stderr.write("no processors keep their position in this store\n")
+        return 0
+    rows = [("name", "position", "lag", "running")] + [
+        (s.name, str(s.position), str(s.lag), "yes" if s.running else "no") for s in statuses]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        sys.stdout.write(f"{row[0].ljust(widths[0])}  {row[1].rjust(widths[1])}  {row[2].rjust(widths[2])}  "
+                         f"{row[3]}\n")
+    return 0
+
+
+def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
+    name = args.name
+    tracker = store.tracker()
+    positions = tracker.positions()
+    if name not in positions:
+        known = ", ".join(sorted(positions)) or "none"
+        raise _CLIError(f"unknown processor {name!r} (processors in this store: {known})")
+    position = positions[name]
+    if not args.yes:
+        sys.stderr.write(f"Reset processor {name} (position {position})? [y/N] ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            sys.stderr.write(f"not reset: {name} stays at position {position}\n")
+            return 1
+    try:
+        with tracker.lock(name):
+            tracker.reset(name)
+    except UnableToLockProcessorError as exc:
+        raise _CLIError(f"cannot reset {name!r} while it is running; stop it first ({exc})") from exc
+    sys.stdout.write(f"reset {name}: position {position} -> 0; it will process every event again\n")
+    return 0
+
+
+def _cli_stats(store: EventStore, args: argparse.Namespace) -> int:
+    stats: dict[str, Any] = {"store": args.store}
+    if isinstance(store, SQLiteEventStore):
+        conn = store.connection
+        stats["events"], stats["aggregates"] = conn.execute(
+            "SELECT count(*), count(DISTINCT aggregate_id) FROM events").fetchone()
+        first = conn.execute("SELECT created_at FROM events ORDER BY id LIMIT 1").fetchone()
+        last = conn.execute("SELECT created_at FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        stats["first_created_at"] = first[0] if first else None
+        stats["last_created_at"] = last[0] if last else None
+        stats["types"] = dict(conn.execute("SELECT type, count(*) FROM events GROUP BY type "
+                                           "ORDER BY count(*) DESC, type"))
+        stats["file_size"] = os.path.getsize(store.path)
+        wal = store.path + "-wal"
+        stats["wal_size"] = os.path.getsize(wal) if os.path.exists(wal) else 0
+    else:  # any other store: read every event once
+        latest = store.latest_event_id()
+        progress = _CLIProgress("counting events", latest)
+        counts: dict[str, int] = {}
+        aggregates: set[str] = set()
+        first_at = last_at = None
+        try:
+            for event in store.each_by_range(1, latest):
+                counts[event.type] = counts.get(event.type, 0) + 1
+                aggregates.add(event.aggregate_id)
+                first_at = first_at or event.created_at
+                last_at = event.created_at
+                if (event.id or 0) % 1000 == 0:
+                    progress.update(event.id or 0)
+        finally:
+            progress.clear()
+        stats.update(events=sum(counts.values()), aggregates=len(aggregates),
+                     first_created_at=first_at.isoformat() if first_at else None,
+                     last_created_at=last_at.isoformat() if last_at else None,
+                     types=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
+    if args.json:
+        sys.stdout.write(json.dumps(stats) + "\n")
+        return 0
+
+    def when(text: str | None) -> str:
+        return _cli_time(_dt.datetime.fromisoformat(text)) if text else "-"
+
+    lines = [("store", str(stats["store"])), ("events", f"{stats['events']:,}"),
+             ("aggregates", f"{stats['aggregates']:,}"), ("first event", when(stats["first_created_at"])),
+             ("last event", when(stats["last_created_at"]))]
+    if "file_size" in stats:
+        lines.append(("file size", f"{stats['file_size']:,} bytes (+ {stats['wal_size']:,} bytes of WAL)"))
+    out = [f"{label + ':':<13}{value}" for label, value in lines]
+    if stats["types"]:
+        out.append("events by type:")
+        width = max(len(t) for t in stats["types"])
+        digits = max(len(f"{n:,}") for n in stats["types"].values())
+        out.extend(f"  {t.ljust(width)}  {n:>{digits},}" for t, n in stats["types"].items())
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+_CLI_EPILOG = """\
+exit status: 0 ok, 1 error (a one-line message on stderr), 2 bad usage.
+
+examples:
+  python -m eventsourcery todo.db events --type todo_added --limit 20
+  python -m eventsourcery todo.db events --json | jq .body
+  python -m eventsourcery todo.db follow
+  python -m eventsourcery postgresql://localhost/todo processors
+"""
+
+_CLI_RESET_HELP = """\
+Set the processor's position in the store's tracker back to 0, so that it
+processes every event again the next time it runs. Only the position is
+reset: the command line does not know a processor's tables, so a projector's
+or reactor's own tables (in the store's database or elsewhere) are NOT
+dropped; clear them yourself, or call processor.reset() in your code, which
+drops its schema's tables too. Refuses while the processor is running.
+"""
+
+
+def _cli_parser() -> argparse.ArgumentParser:
+    prog = "eventsourcery" if os.path.basename(sys.argv[0]) == "eventsourcery" else "python -m eventsourcery"
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Look inside an eventsourcery event store: list, filter and follow events, "
+                               "show an aggregate's history, list and reset processors.",
+        epilog=_CLI_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"eventsourcery {__version__}")
+    parser.add_argument("store", metavar="STORE",
+                        help="an SQLite file path or sqlite:///path (it must exist: it is never created), "
+                             "or a postgresql:// URL")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def positive(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        return value
+
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true",
+                        help="one JSON object per line (every metadata field and the body) instead of a table")
+    output.add_argument("--wide", action="store_true", help="do not truncate the body to the terminal's width")
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--type", action="append", metavar="NAME",
+                         help="only events of this type (repeat for several types)")
+    filters.add_argument("--aggregate", metavar="ID", help="only events of this aggregate")
+
+    events = commands.add_parser("events", parents=[filters, output], help="list events (oldest first)",
+                                 description="List stored events, oldest first.")
+    events.add_argument("--from", dest="from_id", type=positive, default=1, metavar="ID",
+                        help="start at this event id (default: 1)")
+    events.add_argument("--limit", type=positive, metavar="N", help="list at most N events")
+    events.set_defaults(run=_cli_events)
+
+    follow = commands.add_parser("tail", aliases=["follow"], parents=[filters, output],
+                                 help="print new events as they are stored, until Ctrl-C",
+                                 description="Print events as they are stored, until Ctrl-C or SIGTERM "
+                                             "(exit status 0).")
+    follow.add_argument("--from", dest="from_id", type=positive, metavar="ID",
+                        help="first print the stored events from this id (default: only new events)")
+    follow.set_defaults(run=_cli_follow)
+
+    aggregate = commands.add_parser("aggregate", parents=[output], help="show one aggregate's history",
+                                    description="Show one aggregate's events in version order.")
+    aggregate.add_argument("aggregate_id", metavar="ID")
+    aggregate.set_defaults(run=_cli_aggregate)
+
+    processors = commands.add_parser(
+        "processors", help="list processors with their position and lag",
+        description="List the processors whose position is kept in this store (reactors, and processors "
+                    "using store.tracker()), with their position, lag and whether one is running now. "
+                    "Projectors that keep their position in their own database are not listed.")
+    processors.add_argument("--json", action="store_true", help="one JSON object per line")
+    processors.set_defaults(run=_cli_processors)
+
+    reset = commands.add_parser("reset", help="reset a processor's position to 0 (its tables are not dropped)",
+                                description=_CLI_RESET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    reset.add_argument("name", metavar="NAME", help="the processor's name")
+    reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    reset.set_defaults(run=_cli_reset)
+
+    stats = commands.add_parser("stats", help="count events by type; first and last; file size",
+                                description="Count events (in all and by type) and aggregates, show when the "
+                                            "first and last events were stored and, for SQLite, the file size.")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    stats.set_defaults(run=_cli_stats)
+    return parser
+
+
+def _cli_one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (_CLIError, Error)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line, ``python -m eventsourcery STORE COMMAND ...``; returns the exit status."""
+    if __name__ == "__main__":
+        # Run as a script, this file is the module __main__; eventsourcery_pg imports it again as
+        # eventsourcery. Run that copy, so that there is one EventStore class and one set of errors.
+        import eventsourcery
+        return eventsourcery.main(argv)
+    args = _cli_parser().parse_args(argv)
+    if sys.stdout is not None and hasattr(sys.stdout, "reconfigure"):
+        with contextlib.suppress(Exception):
+            sys.stdout.reconfigure(errors="backslashreplace")
+    try:
+        try:
+            store = _cli_open_store(args.store)
+        except ImportError as exc:
+            raise _CLIError(f"cannot open {args.store!r}: {exc} (the Postgres store needs psycopg: "
+                            "pip install 'eventsourcery[postgres]')") from exc
+        try:
+            status: int = args.run(store, args)
+        finally:
+            store.close()
+        return status
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, and keep Python from complaining at exit.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        return 130
+    except Exception as exc:
+        sys.stderr.write(f"eventsourcery: error: {_cli_one_line(exc)}\n")
+        return 1
 
 
 if __name__ == "__main__":
