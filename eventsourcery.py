@@ -1536,7 +1536,7 @@ class EventStreamProcessor:
     (in memory when None). ``subscribe_to(store, stop)`` resumes after the
     last processed event and handles batches until ``stop`` is set; it
     raises UnableToLockProcessorError if another live instance of this
-    processor name is running against the same tracker.
+    processor name is running against the same store.
     """
 
     processor_name: ClassVar[str] = "event_stream_processor"
@@ -1613,7 +1613,7 @@ class EventStreamProcessor:
         """Lock this processor name, set up, then process batches from the last position until ``stop``."""
         log = config.logger
         name = self.processor_name
-        with self.tracker.lock(name):
+        with store.tracker().lock(name):  # one running instance per name and store, whatever the tracker
             self.setup()
             start = self.last_processed_event_id + 1
             log.info("[%s] starting at event %d", name, start)
@@ -1892,6 +1892,9 @@ def _set_process_title(title: str) -> None:
             comm.write(title[:15])
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _child_main(processor: EventStreamProcessor, store: EventStore,
                 after_fork: Callable[[EventStreamProcessor], None] | None) -> None:
     name = processor.processor_name
@@ -1902,6 +1905,7 @@ def _child_main(processor: EventStreamProcessor, store: EventStore,
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent until now
     _set_process_title(f"es:{name}")
     try:
         if after_fork is not None:
@@ -1973,7 +1977,13 @@ class ESPRunner:
         name = processor.processor_name
         proc = self._context.Process(target=_child_main, args=(processor, self.store, self.after_fork),
                                      name=f"eventsourcery:{name}", daemon=False)
-        proc.start()
+        # The child starts with TERM and INT blocked (the mask survives fork and exec) and
+        # unblocks them once its handlers are in place, so an early TERM is a clean stop.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._children[name] = (processor, proc)
         self._started_at[name] = time.monotonic()
         config.logger.info("ESPRunner: started %s (pid %s)", name, proc.pid)
@@ -1985,16 +1995,15 @@ class ESPRunner:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, lambda signum, frame: self._shutdown.set())
         try:
-            if hasattr(self.store, "close"):
-                self.store.close()  # never hand an open connection to a child
+            self.store.close()  # never hand an open connection to a child
             for processor in self.processors:
                 self.start_processor(processor)
             while not self._shutdown.is_set() and (self._children or self._restart_at):
                 self._reap()
                 self._restart_due()
                 self._shutdown.wait(0.05)
-            self._terminate_children()
         finally:
+            self._terminate_children()  # also when starting a child failed: leave none running
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         config.logger.info("ESPRunner: processes shut down")
@@ -2153,6 +2162,13 @@ class _CLIEventPrinter:
             line = line[:max(self.width - 1, 0)] + "…"
         return line.rstrip()
 
+    def fit(self, events: Sequence[Event], next_id: int = 0) -> None:
+        """Widen the columns for these events (and for ids up to ``next_id``), printing nothing."""
+        for e in events:
+            cells = (str(e.id), _cli_time(e.created_at), str(e.type), e.aggregate_id, str(e.version))
+            self.widths = [max(w, len(c)) for w, c in zip(self.widths, cells, strict=True)]
+        self.widths[0] = max(self.widths[0], len(str(next_id)))
+
     def write(self, events: Sequence[Event]) -> None:
         out = sys.stdout
         if self.as_json:
@@ -2160,8 +2176,7 @@ class _CLIEventPrinter:
         else:
             rows = [(str(e.id), _cli_time(e.created_at), str(e.type), e.aggregate_id, str(e.version),
                      _cli_json(e.body)) for e in events]
-            for row in rows:
-                self.widths = [max(w, len(c)) for w, c in zip(self.widths, row, strict=False)]
+            self.fit(events)
             if not self.printed and rows:
                 out.write(self._line(self.HEADER, "body") + "\n")
             out.writelines(self._line(row[:5], row[5]) + "\n" for row in rows)
@@ -2202,7 +2217,8 @@ def _cli_events(store: EventStore, args: argparse.Namespace) -> int:
                 page = [e for e in page if (e.id or 0) <= latest]
                 if not page:
                     break
-                progress.clear()
+                if sys.stdout.isatty():  # the same terminal, maybe: no progress line amid the rows
+                    progress.clear()
                 printer.write(page)
                 position = (page[-1].id or 0) + 1
                 if remaining is not None:
@@ -2218,7 +2234,10 @@ def _cli_events(store: EventStore, args: argparse.Namespace) -> int:
 def _cli_follow(store: EventStore, args: argparse.Namespace) -> int:
     printer = _cli_printer(args)
     matches = _cli_matches(args)
-    start = args.from_id if args.from_id is not None else store.latest_event_id() + 1
+    latest = store.latest_event_id()
+    start = args.from_id if args.from_id is not None else latest + 1
+    if not args.json:  # size the columns for what the latest events hold, so that new rows stay aligned
+        printer.fit(store.get_next_from(max(latest - 999, 1)), next_id=latest + 1000)
     stopping = False
 
     def stop(signum: int, frame: types.FrameType | None) -> None:
@@ -2277,8 +2296,10 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     if not args.yes:
         sys.stderr.write(f"Reset processor {name} (position {position})? [y/N] ")
         sys.stderr.flush()
-        answer = sys.stdin.readline().strip().lower()
-        if answer not in ("y", "yes"):
+        line = sys.stdin.readline()
+        if not line.endswith("\n") or not sys.stdin.isatty():
+            sys.stderr.write("\n")  # the answer was not echoed: end the prompt's line
+        if line.strip().lower() not in ("y", "yes"):
             sys.stderr.write(f"not reset: {name} stays at position {position}\n")
             return 1
     try:
