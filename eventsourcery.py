@@ -714,8 +714,13 @@ class _Stopper:
     def sleep(self, seconds: float) -> None:
         if self._event is not None:
             self._event.wait(seconds)
-        else:
-            time.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not self.is_set():  # in slices, so a stop set by a signal handler is seen soon
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
 
 
 class EventStore:
@@ -1782,10 +1787,15 @@ class ProcessorStatus:
 
 
 def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> list[ProcessorStatus]:
-    """The status of every processor whose position is kept in ``tracker`` (default: the store's)."""
-    tracker = tracker or store.tracker()
+    """The status of every processor whose position is kept in ``tracker`` (default: the store's).
+
+    ``lag`` counts the events after the position, of every type; ``running``
+    says whether a live process holds the processor's lock on this store.
+    """
+    store_tracker = store.tracker()
+    tracker = tracker or store_tracker
     latest = store.latest_event_id()
-    return [ProcessorStatus(name, pos, max(latest - pos, 0), tracker.is_running(name))
+    return [ProcessorStatus(name, pos, max(latest - pos, 0), store_tracker.is_running(name))
             for name, pos in sorted(tracker.positions().items())]
 
 
@@ -1898,10 +1908,15 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 def _child_main(processor: EventStreamProcessor, store: EventStore,
                 after_fork: Callable[[EventStreamProcessor], None] | None) -> None:
     name = processor.processor_name
-    stop = threading.Event()
+    # A signal handler must not call threading.Event.set(): the signal may arrive while
+    # this thread holds that Event's lock, and the handler would deadlock. Set a flag.
+    stop_requested: list[bool] = []
 
     def request_stop(signum: int, frame: Any) -> None:
-        stop.set()
+        stop_requested.append(True)
+
+    def stop() -> bool:
+        return bool(stop_requested)
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
@@ -1958,7 +1973,8 @@ class ESPRunner:
         self.max_restart_delay = max_restart_delay
         self._started_at: dict[str, float] = {}
         self._context: Any = multiprocessing.get_context(start_method)
-        self._shutdown = threading.Event()
+        self._shutdown = threading.Event()  # set by shutdown(), from any thread
+        self._signalled = False  # set by the signal handler (which must not touch locks)
         self._children: dict[str, Any] = {}
         self._restart_at: dict[str, float] = {}
         self._restart_delay: dict[str, float] = {}
@@ -1970,7 +1986,10 @@ class ESPRunner:
 
     def shutdown_requested(self) -> bool:
         """Whether shutdown() was called or a stop signal received."""
-        return self._shutdown.is_set()
+        return self._signalled or self._shutdown.is_set()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = True
 
     def start_processor(self, processor: EventStreamProcessor) -> None:
         """Start one child process for ``processor``."""
@@ -1993,15 +2012,15 @@ class ESPRunner:
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, lambda signum, frame: self._shutdown.set())
+                previous[sig] = signal.signal(sig, self._on_signal)
         try:
             self.store.close()  # never hand an open connection to a child
             for processor in self.processors:
                 self.start_processor(processor)
-            while not self._shutdown.is_set() and (self._children or self._restart_at):
+            while not self.shutdown_requested() and (self._children or self._restart_at):
                 self._reap()
                 self._restart_due()
-                self._shutdown.wait(0.05)
+                time.sleep(0.05)
         finally:
             self._terminate_children()  # also when starting a child failed: leave none running
             for sig, handler in previous.items():
@@ -2021,7 +2040,7 @@ class ESPRunner:
             log("ESPRunner: process %s (pid %s) ended with exit status %s", name, proc.pid, status)
             if self.after_subprocess_termination is not None:
                 self.after_subprocess_termination(processor, self, status)
-            if self.restart and not self._shutdown.is_set():
+            if self.restart and not self.shutdown_requested():
                 lived = time.monotonic() - self._started_at.get(name, 0.0)
                 previous = self._restart_delay.get(name)
                 delay = (self.restart_delay if previous is None or lived > self.max_restart_delay
@@ -2033,7 +2052,7 @@ class ESPRunner:
     def _restart_due(self) -> None:
         now = time.monotonic()
         for name, when in list(self._restart_at.items()):
-            if when <= now and not self._shutdown.is_set():
+            if when <= now and not self.shutdown_requested():
                 del self._restart_at[name]
                 processor = next(p for p in self.processors if p.processor_name == name)
                 self.start_processor(processor)

@@ -1,0 +1,587 @@
+"""The command line, ``python -m eventsourcery STORE COMMAND ...``, run as a subprocess.
+
+Every test builds its own SQLite store with generic events (``es.Event(type=..., body=...)``):
+the command line has no event classes, so this is also how it sees a store of unknown types.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import pty
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+import eventsourcery as es
+from tests._util import WAIT
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("EVENTSOURCERY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+JSON_KEYS = {"id", "uuid", "type", "aggregate_id", "version", "created_at", "correlation_id", "causation_id", "body"}
+LONG_NOTE = "x" * 300
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env.update(extra)
+    return env
+
+
+def cli(*args: object, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eventsourcery", *map(str, args)], cwd=ROOT,
+                          input=input if input is not None else "", capture_output=True, text=True,
+                          env=env or cli_env(), timeout=WAIT)
+
+
+def cli_popen(*args: object, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "eventsourcery", *map(str, args)], cwd=ROOT,
+                            env=cli_env(), text=True, **kwargs)
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("eventsourcery: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+class CLICounter(es.EventStreamProcessor):
+    """Counts events; its position lives in the store's tracker when given ``store.tracker()``."""
+
+    processor_name = "cli_counter"
+
+    @es.on()
+    def _any(self, event: es.Event) -> None:
+        pass
+
+
+def run_counter(store: es.EventStore) -> None:
+    counter = CLICounter(tracker=store.tracker())
+    latest = store.latest_event_id()
+    counter.subscribe_to(store, stop=lambda: counter.last_processed_event_id >= latest)
+
+
+@pytest.fixture
+def db(tmp_path: pathlib.Path) -> pathlib.Path:
+    """An SQLite store holding five events of two todos (ids 1..5)."""
+    path = tmp_path / "todo.db"
+    with es.SQLiteEventStore(path) as store:
+        store.sink(es.Event(type="todo_added", aggregate_id="todo-1", body={"title": "Buy milk"}))
+        store.sink(es.Event(type="todo_added", aggregate_id="todo-2", body={"title": "Walk the dog",
+                                                                            "note": LONG_NOTE}))
+        store.sink(es.Event(type="todo_completed", aggregate_id="todo-1", body={"completed_on": "2024-05-02"}))
+        store.sink(es.Event(type="todo_amended", aggregate_id="todo-2", body={"title": "Walk the cat ✓"}))
+        store.sink(es.Event(type="todo_abandoned", aggregate_id="todo-2", body={}))
+    return path
+
+
+@pytest.fixture
+def big_db(tmp_path: pathlib.Path) -> pathlib.Path:
+    """An SQLite store holding 3000 events: more than a pipe's buffer when listed."""
+    path = tmp_path / "big.db"
+    with es.SQLiteEventStore(path) as store:
+        store.sink([es.Event(type="bulk", aggregate_id="bulk", body={"i": i}) for i in range(3000)])
+    return path
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["id", "created_at", "type", "aggregate_id", "version", "body"]
+    return [line.split(None, 5) for line in lines[1:]]
+
+
+# --- general ---------------------------------------------------------------------
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"eventsourcery {es.__version__}"
+
+
+def test_help_lists_commands_and_reset_explains_tables_are_kept(db: pathlib.Path) -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("events", "tail", "follow", "aggregate", "processors", "reset", "stats"):
+        assert command in result.stdout
+    reset_help = cli(db, "reset", "--help")
+    assert reset_help.returncode == 0
+    assert "NOT\ndropped" in reset_help.stdout or "NOT dropped" in reset_help.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("events", "--limit", "0"), ("events", "--from", "x"), ("frobnicate",),
+                                  ("reset",), ("aggregate",)])
+def test_usage_errors_exit_2(db: pathlib.Path, args: tuple[str, ...]) -> None:
+    result = cli(db, *args)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- events ----------------------------------------------------------------------
+
+
+def test_events_table(db: pathlib.Path) -> None:
+    result = cli(db, "events")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    rows = table_rows(result.stdout)
+    assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert [r[2] for r in rows] == ["todo_added", "todo_added", "todo_completed", "todo_amended", "todo_abandoned"]
+    assert [r[3] for r in rows] == ["todo-1", "todo-2", "todo-1", "todo-2", "todo-2"]
+    assert [r[4] for r in rows] == ["1", "1", "2", "2", "3"]
+    assert json.loads(rows[0][5]) == {"title": "Buy milk"}
+    assert json.loads(rows[1][5]) == {"title": "Walk the dog", "note": LONG_NOTE}  # not a terminal: whole body
+    assert json.loads(rows[3][5]) == {"title": "Walk the cat ✓"}
+    assert json.loads(rows[4][5]) == {}
+    created = datetime.datetime.strptime(rows[0][1], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    assert abs(datetime.datetime.now(datetime.timezone.utc) - created) < datetime.timedelta(minutes=5)
+    # aligned: every row's body starts in the same column as the header's
+    lines = result.stdout.splitlines()
+    column = lines[0].index("body")
+    assert all(line[column] == "{" for line in lines[1:])
+
+
+def test_events_table_body_is_truncated_to_the_terminal_width(db: pathlib.Path) -> None:
+    result = cli(db, "events", env=cli_env(COLUMNS="70"))
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 70 for line in lines)
+    assert lines[2].endswith("…")  # the long body
+    wide = cli(db, "events", "--wide", env=cli_env(COLUMNS="70"))
+    assert LONG_NOTE in wide.stdout
+
+
+def test_events_json(db: pathlib.Path) -> None:
+    result = cli(db, "events", "--json")
+    assert result.returncode == 0, result.stderr
+    events = json_lines(result.stdout)
+    assert [e["id"] for e in events] == [1, 2, 3, 4, 5]
+    for e in events:
+        assert set(e) == JSON_KEYS
+        assert uuid.UUID(e["uuid"])
+        assert datetime.datetime.fromisoformat(e["created_at"]).tzinfo is not None
+    assert events[1] | {"uuid": None, "created_at": None} == {
+        "id": 2, "uuid": None, "type": "todo_added", "aggregate_id": "todo-2", "version": 1, "created_at": None,
+        "correlation_id": None, "causation_id": None, "body": {"title": "Walk the dog", "note": LONG_NOTE}}
+    assert events[3]["body"] == {"title": "Walk the cat ✓"}
+    with es.SQLiteEventStore(db) as store:  # the very events the store holds
+        assert [e["uuid"] for e in events] == [e.uuid for e in store.get_next_from(1)]
+
+
+@pytest.mark.parametrize(("args", "ids"), [
+    (("--type", "todo_added"), [1, 2]),
+    (("--type", "todo_added", "--type", "todo_abandoned"), [1, 2, 5]),
+    (("--type", "no_such_type"), []),
+    (("--aggregate", "todo-2"), [2, 4, 5]),
+    (("--aggregate", "todo-2", "--type", "todo_amended"), [4]),
+    (("--from", "3"), [3, 4, 5]),
+    (("--from", "3", "--type", "todo_added"), []),
+    (("--limit", "2"), [1, 2]),
+    (("--from", "2", "--limit", "2"), [2, 3]),
+    (("--aggregate", "todo-2", "--from", "3", "--limit", "1"), [4]),
+    (("--from", "99"), []),
+])
+def test_events_filters(db: pathlib.Path, args: tuple[str, ...], ids: list[int]) -> None:
+    result = cli(db, "events", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    assert [e["id"] for e in json_lines(result.stdout)] == ids
+    table = cli(db, "events", *args)
+    assert table.returncode == 0
+    if ids:
+        assert [int(r[0]) for r in table_rows(table.stdout)] == ids
+    else:
+        assert table.stdout == ""
+        assert table.stderr == "no events\n"
+
+
+def test_events_over_several_pages_and_into_a_closed_pipe(big_db: pathlib.Path) -> None:
+    result = cli(big_db, "events", "--json")
+    assert result.returncode == 0
+    assert [e["id"] for e in json_lines(result.stdout)] == list(range(1, 3001))
+    # a reader that goes away after one line (like `| head -1`): no traceback, status 0
+    for fmt in ((), ("--json",)):
+        proc = cli_popen(big_db, "events", *fmt, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline()
+        proc.stdout.close()
+        assert proc.wait(timeout=WAIT) == 0
+        assert proc.stderr.read() == ""
+        proc.stderr.close()
+
+
+def test_progress_is_shown_on_a_terminal_only(big_db: pathlib.Path) -> None:
+    quiet = cli(big_db, "events")
+    assert quiet.stderr == ""
+    master, slave = pty.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-m", "eventsourcery", str(big_db), "events"], cwd=ROOT,
+                                env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+                                timeout=WAIT)
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert result.returncode == 0
+    assert len(result.stdout.splitlines()) == 3001  # the progress never goes to stdout
+    assert b"reading events: " in seen and b"of 3,000" in seen
+    assert seen.endswith(b"\r")  # cleared at the end
+
+
+# --- aggregate -------------------------------------------------------------------
+
+
+def test_aggregate_history(db: pathlib.Path) -> None:
+    result = cli(db, "aggregate", "todo-2")
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout)
+    assert [(r[0], r[2], r[4]) for r in rows] == [("2", "todo_added", "1"), ("4", "todo_amended", "2"),
+                                                 ("5", "todo_abandoned", "3")]
+    events = json_lines(cli(db, "aggregate", "todo-1", "--json").stdout)
+    assert [(e["id"], e["version"], e["body"]) for e in events] == [
+        (1, 1, {"title": "Buy milk"}), (3, 2, {"completed_on": "2024-05-02"})]
+
+
+def test_aggregate_unknown(db: pathlib.Path) -> None:
+    assert_one_line_error(cli(db, "aggregate", "todo-9"), "todo-9")
+
+
+# --- processors and reset --------------------------------------------------------
+
+
+def test_processors(db: pathlib.Path) -> None:
+    empty = cli(db, "processors")
+    assert empty.returncode == 0 and empty.stdout == ""
+    assert cli(db, "processors", "--json").stdout == ""
+    with es.SQLiteEventStore(db) as store:
+        run_counter(store)
+        store.sink(es.Event(type="todo_added", aggregate_id="todo-3", body={"title": "New"}))
+    result = cli(db, "processors")
+    assert result.returncode == 0, result.stderr
+    assert [line.split() for line in result.stdout.splitlines()] == [
+        ["name", "position", "lag", "running"], ["cli_counter", "5", "1", "no"]]
+    assert json_lines(cli(db, "processors", "--json").stdout) == [
+        {"name": "cli_counter", "position": 5, "lag": 1, "running": False}]
+
+
+def test_processors_shows_running_and_reset_refuses_a_running_processor(db: pathlib.Path) -> None:
+    with es.SQLiteEventStore(db) as store:
+        run_counter(store)
+        tracker = store.tracker()
+        with tracker.lock("cli_counter"):  # as a live instance of the processor holds it
+            assert json_lines(cli(db, "processors", "--json").stdout) == [
+                {"name": "cli_counter", "position": 5, "lag": 0, "running": True}]
+            assert_one_line_error(cli(db, "reset", "cli_counter", "--yes"), "cli_counter", "running")
+        assert tracker.last_processed_event_id("cli_counter") == 5
+
+
+def position(db: pathlib.Path, name: str = "cli_counter") -> int:
+    with es.SQLiteEventStore(db) as store:
+        return store.tracker().last_processed_event_id(name)
+
+
+@pytest.mark.parametrize("flag", ["--yes", "-y"])
+def test_reset_with_yes(db: pathlib.Path, flag: str) -> None:
+    with es.SQLiteEventStore(db) as store:
+        run_counter(store)
+    assert position(db) == 5
+    result = cli(db, "reset", "cli_counter", flag)
+    assert result.returncode == 0, result.stderr
+    assert "[y/N]" not in result.stderr
+    assert "5 -> 0" in result.stdout
+    assert position(db) == 0
+    assert json_lines(cli(db, "processors", "--json").stdout)[0]["lag"] == 5
+    with es.SQLiteEventStore(db) as store:  # the processor starts again from the first event
+        counter = CLICounter(tracker=store.tracker())
+        seen: list[int] = []
+        counter.process = lambda event: seen.append(event.id)  # type: ignore[method-assign]
+        counter.subscribe_to(store, stop=lambda: counter.last_processed_event_id >= 5)
+        assert seen == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("answer", ["n\n", "\n", "", "nope\n"])
+def test_reset_declined(db: pathlib.Path, answer: str) -> None:
+    with es.SQLiteEventStore(db) as store:
+        run_counter(store)
+    result = cli(db, "reset", "cli_counter", input=answer)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Reset processor cli_counter (position 5)? [y/N] ")
+    assert "not reset" in result.stderr and "Traceback" not in result.stderr
+    assert position(db) == 5
+
+
+@pytest.mark.parametrize("answer", ["y\n", "YES\n"])
+def test_reset_confirmed(db: pathlib.Path, answer: str) -> None:
+    with es.SQLiteEventStore(db) as store:
+        run_counter(store)
+    result = cli(db, "reset", "cli_counter", input=answer)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("Reset processor cli_counter (position 5)? [y/N] ")
+    assert position(db) == 0
+
+
+def test_reset_unknown_processor(db: pathlib.Path) -> None:
+    assert_one_line_error(cli(db, "reset", "nobody", "--yes"), "unknown processor", "nobody")
+    with es.SQLiteEventStore(db) as store:
+        run_counter(store)
+    assert_one_line_error(cli(db, "reset", "nobody"), "unknown processor", "nobody", "cli_counter")
+    assert position(db) == 5
+
+
+# --- stats -----------------------------------------------------------------------
+
+
+def test_stats(db: pathlib.Path) -> None:
+    result = cli(db, "stats", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["events"] == 5
+    assert stats["aggregates"] == 2
+    assert stats["types"] == {"todo_added": 2, "todo_abandoned": 1, "todo_amended": 1, "todo_completed": 1}
+    assert stats["file_size"] == db.stat().st_size > 0
+    first = datetime.datetime.fromisoformat(stats["first_created_at"])
+    last = datetime.datetime.fromisoformat(stats["last_created_at"])
+    assert first <= last
+    table = cli(db, "stats")
+    assert table.returncode == 0
+    text = table.stdout
+    assert "events:      5" in text and "aggregates:  2" in text and "file size:" in text
+    assert [line.split() for line in text.split("events by type:\n")[1].splitlines()] == [
+        ["todo_added", "2"], ["todo_abandoned", "1"], ["todo_amended", "1"], ["todo_completed", "1"]]
+
+
+def test_stats_of_an_empty_store(tmp_path: pathlib.Path) -> None:
+    es.SQLiteEventStore(tmp_path / "empty.db").close()
+    stats = json.loads(cli(tmp_path / "empty.db", "stats", "--json").stdout)
+    assert (stats["events"], stats["aggregates"], stats["types"], stats["first_created_at"]) == (0, 0, {}, None)
+    assert cli(tmp_path / "empty.db", "stats").returncode == 0
+
+
+def test_sqlite_url(db: pathlib.Path) -> None:
+    result = cli(f"sqlite:///{db}", "events", "--json")  # sqlite:/// + an absolute path
+    assert result.returncode == 0, result.stderr
+    assert len(json_lines(result.stdout)) == 5
+
+
+# --- errors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [("events",), ("stats",), ("processors",), ("tail",)])
+def test_missing_file_is_an_error_and_is_not_created(tmp_path: pathlib.Path, command: tuple[str, ...]) -> None:
+    missing = tmp_path / "missing.db"
+    assert_one_line_error(cli(missing, *command), str(missing), "does not exist")
+    assert_one_line_error(cli(f"sqlite:///{missing}", *command), "does not exist")
+    assert os.listdir(tmp_path) == []
+
+
+def test_directory_is_an_error(tmp_path: pathlib.Path) -> None:
+    assert_one_line_error(cli(tmp_path, "events"), str(tmp_path), "directory")
+
+
+def test_corrupt_file_is_an_error(tmp_path: pathlib.Path) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not an SQLite database\n" * 200)
+    assert_one_line_error(cli(corrupt, "events"), str(corrupt))
+    assert_one_line_error(cli(corrupt, "stats"), str(corrupt))
+
+
+def test_other_sqlite_database_is_an_error_and_is_left_alone(tmp_path: pathlib.Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    assert_one_line_error(cli(empty, "events"), "not an eventsourcery event store")
+    assert empty.read_bytes() == b""
+
+
+@pytest.mark.parametrize("url", ["mysql://localhost/db", "http://example.com/x"])
+def test_bad_url_scheme_is_an_error(url: str) -> None:
+    assert_one_line_error(cli(url, "events"), url)
+
+
+def test_unreachable_postgres_is_an_error() -> None:
+    assert_one_line_error(cli("postgresql://nobody@127.0.0.1:9/nowhere?connect_timeout=2", "stats"))
+
+
+# --- follow ----------------------------------------------------------------------
+
+
+class LineReader:
+    """Reads a process's stdout lines on a thread, so that the test can wait for each with a bound."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.proc = proc
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def next(self, timeout: float = WAIT) -> str:
+        return self.lines.get(timeout=timeout)
+
+
+def append(db: pathlib.Path, type_name: str, aggregate_id: str = "live", **body: object) -> es.Event:
+    with es.SQLiteEventStore(db) as store:
+        return store.sink(es.Event(type=type_name, aggregate_id=aggregate_id, body=body))[0]
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[int, str]:
+    proc.send_signal(sig)
+    try:
+        code = proc.wait(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.stderr is not None
+    return code, proc.stderr.read()
+
+
+@pytest.mark.parametrize("command", ["follow", "tail"])
+def test_follow_prints_only_new_events_by_default(db: pathlib.Path, command: str) -> None:
+    proc = cli_popen(db, command, "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        reader = LineReader(proc)
+        # We cannot tell when it has started listening: append until one event shows up.
+        deadline = time.monotonic() + WAIT
+        first = None
+        while first is None and time.monotonic() < deadline:
+            append(db, "ping")
+            try:
+                first = json.loads(reader.next(timeout=0.3))
+            except queue.Empty:
+                pass
+        assert first is not None and first["type"] == "ping" and first["id"] > 5  # none of the stored ones
+        with es.SQLiteEventStore(db) as store:
+            pings = store.latest_event_id() - first["id"]
+        for _ in range(pings):
+            assert json.loads(reader.next())["type"] == "ping"
+        new = append(db, "todo_added", "todo-9", title="Live")
+        line = json.loads(reader.next())
+        assert (line["id"], line["uuid"], line["body"]) == (new.id, new.uuid, {"title": "Live"})
+        assert set(line) == JSON_KEYS
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert "Traceback" not in err
+
+
+def test_follow_from_an_id_prints_stored_events_first_then_new_ones(db: pathlib.Path) -> None:
+    proc = cli_popen(db, "follow", "--from", "4", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        reader = LineReader(proc)
+        assert reader.next().split()[:6] == ["id", "created_at", "type", "aggregate_id", "version", "body"]
+        assert reader.next().split()[0::2][:2] == ["4", "todo_amended"]
+        assert reader.next().split()[0::2][:2] == ["5", "todo_abandoned"]
+        append(db, "todo_added", "todo-3", title="Three")
+        row = reader.next().split(None, 5)
+        assert (row[0], row[2], row[3], json.loads(row[5])) == ("6", "todo_added", "todo-3", {"title": "Three"})
+    finally:
+        code, err = stop(proc, signal.SIGTERM)
+    assert code == 0, err
+    assert "Traceback" not in err
+
+
+def test_follow_filters(db: pathlib.Path) -> None:
+    proc = cli_popen(db, "follow", "--from", "1", "--json", "--type", "todo_added", "--aggregate", "todo-3",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        reader = LineReader(proc)
+        append(db, "todo_added", "todo-4", title="Not this one")
+        append(db, "todo_completed", "todo-3")
+        wanted = append(db, "todo_added", "todo-3", title="This one")
+        assert json.loads(reader.next())["id"] == wanted.id
+        with pytest.raises(queue.Empty):
+            reader.next(timeout=0.5)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+
+
+# --- Postgres ---------------------------------------------------------------------
+
+
+def postgres_store() -> es.EventStore:
+    """The Postgres store at POSTGRES_URL; skips when it is not built yet, or unreachable outside CI."""
+    try:
+        import eventsourcery_pg
+
+        store = eventsourcery_pg.PostgresEventStore(POSTGRES_URL)
+        store.latest_event_id()
+        return store
+    except NotImplementedError:
+        pytest.skip("eventsourcery_pg.PostgresEventStore is not implemented yet")
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Postgres at {POSTGRES_URL} is unreachable in CI: {exc!r}")
+        pytest.skip(f"Postgres at {POSTGRES_URL} is unreachable: {exc!r}")
+
+
+def test_postgres_events_and_stats() -> None:
+    store = postgres_store()
+    aggregate_id = f"cli-{uuid.uuid4()}"
+    type_name = f"cli_probe_{uuid.uuid4().hex}"
+    try:
+        stored = store.sink([es.Event(type=type_name, aggregate_id=aggregate_id, body={"n": n}) for n in range(3)])
+    finally:
+        store.close()
+    result = cli(POSTGRES_URL, "events", "--json", "--aggregate", aggregate_id)
+    assert result.returncode == 0, result.stderr
+    assert [(e["id"], e["type"], e["body"]) for e in json_lines(result.stdout)] == [
+        (e.id, type_name, {"n": n}) for n, e in enumerate(stored)]
+    by_type = cli(POSTGRES_URL, "events", "--json", "--type", type_name, "--from", stored[0].id)
+    assert [e["uuid"] for e in json_lines(by_type.stdout)] == [e.uuid for e in stored]
+    table = cli(POSTGRES_URL, "events", "--type", type_name)
+    assert table.returncode == 0 and len(table.stdout.splitlines()) == 4
+    stats = cli(POSTGRES_URL, "stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    data = json.loads(stats.stdout)
+    assert data["types"][type_name] == 3
+    assert data["events"] >= 3
+    assert cli(POSTGRES_URL, "stats").returncode == 0
+
+
+def test_postgres_processors_and_reset() -> None:
+    store = postgres_store()
+    name = f"cli_counter_{uuid.uuid4().hex}"
+    counter_class = type("PgCounter", (CLICounter,), {"processor_name": name})
+    try:
+        store.sink(es.Event(type="cli_probe", aggregate_id=f"cli-{uuid.uuid4()}", body={}))
+        counter = counter_class(tracker=store.tracker())
+        latest = store.latest_event_id()
+        counter.subscribe_to(store, stop=lambda: counter.last_processed_event_id >= latest)
+        statuses = {s["name"]: s for s in json_lines(cli(POSTGRES_URL, "processors", "--json").stdout)}
+        assert statuses[name]["position"] >= latest and statuses[name]["running"] is False
+        result = cli(POSTGRES_URL, "reset", name, "--yes")
+        assert result.returncode == 0, result.stderr
+        assert store.tracker().last_processed_event_id(name) == 0
+    finally:
+        store.close()
