@@ -1933,6 +1933,11 @@ def _child_main(processor: EventStreamProcessor, store: EventStore,
         sys.stderr.flush()
         os._exit(1)
     config.logger.info("[%s] process exiting", name)
+    # Python restores the default action of handled signals while it shuts down, so the
+    # runner's TERM arriving after a Ctrl-C to the whole group would kill us mid-exit.
+    # We are stopping anyway: ignore further stop signals.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     sys.stdout.flush()
     sys.stderr.flush()
 

@@ -17,3 +17,10 @@ def test_readme_has_code_blocks() -> None:
 def test_readme_block_runs(index: int, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {"__name__": f"readme_block_{index}"})
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    commands = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
+    test_command = next(c.strip() for c in commands if "pytest" in c)
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert test_command in ci.splitlines()
