@@ -2003,6 +2003,10 @@ class ESPRunner:
                                      name=f"eventsourcery:{name}", daemon=False)
         # The child starts with TERM and INT blocked (the mask survives fork and exec) and
         # unblocks them once its handlers are in place, so an early TERM is a clean stop.
+        if self._context.get_start_method() != "fork":
+            # Starting multiprocessing's resource tracker unblocks TERM and INT: do it first.
+            from multiprocessing import resource_tracker
+            resource_tracker.ensure_running()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             proc.start()
@@ -2044,7 +2048,10 @@ class ESPRunner:
             log = config.logger.info if status == 0 else config.logger.error
             log("ESPRunner: process %s (pid %s) ended with exit status %s", name, proc.pid, status)
             if self.after_subprocess_termination is not None:
-                self.after_subprocess_termination(processor, self, status)
+                try:
+                    self.after_subprocess_termination(processor, self, status)
+                except Exception:
+                    config.logger.exception("ESPRunner: after_subprocess_termination failed for %s", name)
             if self.restart and not self.shutdown_requested():
                 lived = time.monotonic() - self._started_at.get(name, 0.0)
                 previous = self._restart_delay.get(name)

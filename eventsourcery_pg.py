@@ -1,19 +1,708 @@
-"""eventsourcery_pg: the Postgres event store, tracker and projector for eventsourcery (psycopg 3)."""
+"""eventsourcery_pg: the Postgres event store, tracker and projector for eventsourcery (psycopg 3).
+
+One Postgres database can serve app servers and processors on many hosts::
+
+    import eventsourcery as es
+    import eventsourcery_pg as es_pg
+
+    store = es_pg.PostgresEventStore("postgresql://app@db/app")   # or es.open_store(url)
+
+    class Outstanding(es_pg.Projector):
+        schema = "CREATE TABLE IF NOT EXISTS outstanding (id TEXT PRIMARY KEY, title TEXT)"
+
+        @es.on(TodoAdded)
+        def _added(self, event):
+            self.db.execute("INSERT INTO outstanding VALUES (%s, %s)", (event.aggregate_id, event.title))
+
+    es.ESPRunner([Outstanding("postgresql://app@db/app"), Notifier(store)], store).start()
+
+How it keeps the store contract:
+
+* **Gapless, commit-ordered ids.** Every ``sink`` is one call of a server-side
+  function (one round trip). It first takes a transaction-scoped advisory
+  lock (one per store schema), so at most one transaction at a time is
+  between "take ids" and "commit"; ids are then ``max(id) + 1, + 2, ...`` of
+  the committed log. A reader that has seen id ``n`` can never later meet a
+  smaller id, and a rolled-back write leaves no hole. (Without the lock two
+  writers would take the same ids, and the primary key would turn one away.)
+* **Optimistic concurrency.** Under that lock the function compares
+  ``expected_version`` with the aggregate's highest stored version (read from
+  the ``(aggregate_id, version)`` index): no other write can come between the
+  check and the commit. Every conflict, including two first writes of one new
+  aggregate, is an ``es.ConcurrencyError``; a unique-index violation, should
+  one ever happen, is reported as one too, and a duplicate event uuid as
+  ``es.DuplicateEventError``. The cost of the lock: writes to one store are
+  serialised, and a transaction that sinks (a reactor's batch) holds the lock
+  until it commits.
+* **subscribe** listens (LISTEN/NOTIFY) on a connection of its own: catch up,
+  then read again on each (coalesced) notification, and at least every
+  ``poll_interval`` seconds in case one is missed. A dead listener connection
+  is replaced; if no new one can be opened, subscribe raises ``es.StoreError``.
+* **Trackers** keep positions in ``eventsourcery_trackers`` in the same
+  database; a running processor holds a session advisory lock on a connection
+  of its own, which the server releases when the process dies.
+
+Connections are opened lazily, one per process (re-opened after a fork), so
+stores, trackers and projectors can be sent to ESPRunner's child processes.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import re
+import select
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar
+
 try:
     import psycopg
+    from psycopg import pq
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("eventsourcery_pg needs psycopg 3: pip install 'eventsourcery[postgres]'") from exc
+    raise ImportError("eventsourcery_pg needs psycopg 3 (>= 3.1): pip install 'eventsourcery[postgres]'") from exc
 
 import eventsourcery as es
 
-__all__ = ["psycopg", "es"]
+__all__ = ["PostgresEventStore", "PostgresTracker", "Projector", "SCHEMA_VERSION"]
+
+#: The version of the tables and function this module creates (kept in ``eventsourcery_schema``);
+#: an older store is upgraded on first use. Version 1 (pre-release) kept aggregate versions in a
+#: table of their own, ``eventsourcery_aggregates``.
+SCHEMA_VERSION = 2
+
+#: SQLSTATE raised by the write function when ``expected_version`` does not match.
+_CONFLICT_SQLSTATE = "ES409"
+
+Connection = psycopg.Connection[Any]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _check_schema_name(schema: str) -> str:
+    if not isinstance(schema, str) or not _IDENTIFIER.match(schema):
+        raise ValueError(f"schema must be a plain SQL identifier (letters, digits, _), not {schema!r}")
+    return schema
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote(name: str) -> str:
+    """A (possibly schema-qualified) name as quoted SQL identifiers."""
+    return ".".join(_quote_identifier(part) for part in name.split("."))
+
+
+def _advisory_key(*parts: str) -> int:
+    """A stable signed 64-bit advisory-lock key for these names."""
+    digest = hashlib.blake2b("\x00".join(("eventsourcery", *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _channel(schema: str) -> str:
+    return "eventsourcery" if schema == "public" else f"eventsourcery.{schema}"[:63]
+
+
+def split_schema(conninfo: str, schema: str | None = None) -> tuple[str, str]:
+    """``(conninfo, schema)``: a ``schema=`` parameter of a ``postgresql://`` URL taken out (libpq rejects it).
+
+    ``schema`` given as an argument wins when the URL has none; the two must
+    agree when both are given. The default schema is ``public``.
+    """
+    in_url = None
+    if conninfo.startswith(("postgresql://", "postgres://")) and "?" in conninfo:
+        base, _, query = conninfo.partition("?")
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        found = [value for key, value in pairs if key == "schema"]
+        if found:
+            in_url = found[-1]
+            rest = [(key, value) for key, value in pairs if key != "schema"]
+            conninfo = base + ("?" + urllib.parse.urlencode(rest) if rest else "")
+    if schema is not None and in_url is not None and schema != in_url:
+        raise ValueError(f"schema {schema!r} given, but the URL names schema {in_url!r}")
+    return conninfo, _check_schema_name(schema or in_url or "public")
+
+
+def describe_conninfo(conninfo: str) -> str:
+    """``conninfo`` without its password, for messages and reprs."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "<unparsable conninfo>"
+    params.pop("password", None)
+    return make_conninfo("", **params)
+
+
+def _connect(conninfo: str, *, application_name: str, keepalives: bool = False) -> Connection:
+    """A new autocommit connection; connection failures become es.StoreError."""
+    try:
+        given = conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        raise es.StoreError(f"cannot parse the Postgres conninfo: {exc}") from exc
+    extra: dict[str, Any] = {"application_name": application_name[:63], "connect_timeout": 10}
+    if keepalives:
+        # a listener idles for long stretches: let TCP notice a vanished server or peer
+        extra.update(keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+    extra = {k: v for k, v in extra.items() if k not in given}
+    try:
+        return psycopg.connect(conninfo, autocommit=True, **extra)
+    except psycopg.Error as exc:
+        raise es.StoreError(f"cannot connect to Postgres ({describe_conninfo(conninfo)}): {exc}") from exc
+
+
+# ---------------------------------------------------------------------------
+# Schema: tables and the write function, created on first use.
+# ---------------------------------------------------------------------------
+
+def _store_ddl(schema: str) -> str:
+    s = _quote(schema)
+    lock_key = _advisory_key("write", schema)
+    channel = _channel(schema).replace("'", "''")
+    return f"""
+CREATE TABLE IF NOT EXISTS {s}.events (
+    id bigint PRIMARY KEY,
+    uuid text NOT NULL,
+    aggregate_id text NOT NULL,
+    type text NOT NULL,
+    version bigint NOT NULL,
+    created_at timestamptz NOT NULL,
+    correlation_id text,
+    causation_id text,
+    body json NOT NULL,
+    CONSTRAINT events_uuid_key UNIQUE (uuid),
+    CONSTRAINT events_aggregate_id_version_key UNIQUE (aggregate_id, version)
+);
+CREATE INDEX IF NOT EXISTS events_type_id ON {s}.events (type, id);
+CREATE TABLE IF NOT EXISTS {s}.eventsourcery_trackers (
+    name text PRIMARY KEY,
+    position bigint NOT NULL DEFAULT 0
+);
+CREATE OR REPLACE FUNCTION {s}.eventsourcery_write_events(
+    _aggregate_id text, _expected_version bigint, _uuids text[], _types text[], _created_at timestamptz[],
+    _correlation_ids text[], _causation_ids text[], _bodies text[], _lock boolean,
+    OUT first_id bigint, OUT first_version bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    current_version bigint;
+    last_id bigint;
+BEGIN
+    -- One writer at a time from here to commit: every read below sees every earlier write
+    -- (each statement of a volatile function under READ COMMITTED takes a new snapshot), so
+    -- the version check is race-free and ids are taken, and become visible, in commit order.
+    IF _lock THEN
+        PERFORM pg_advisory_xact_lock({lock_key});
+    END IF;
+    SELECT coalesce(max(e.version), 0) INTO current_version FROM {s}.events e
+    WHERE e.aggregate_id = _aggregate_id;
+    IF _expected_version IS NOT NULL AND _expected_version <> current_version THEN
+        RAISE EXCEPTION 'aggregate % is at version %, expected %', _aggregate_id, current_version,
+            _expected_version USING ERRCODE = '{_CONFLICT_SQLSTATE}';
+    END IF;
+    SELECT coalesce(max(e.id), 0) INTO last_id FROM {s}.events e;
+    first_id := last_id + 1;
+    first_version := current_version + 1;
+    -- Without the lock, two writers can only collide here (on an id or a version): the unique
+    -- indexes turn one of them away, and the caller reports that as a ConcurrencyError.
+    INSERT INTO {s}.events (id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body)
+    SELECT last_id + x.i, x.u, _aggregate_id, x.t, current_version + x.i, x.c, x.corr, x.caus, x.b::json
+    FROM unnest(_uuids, _types, _created_at, _correlation_ids, _causation_ids, _bodies)
+         WITH ORDINALITY AS x(u, t, c, corr, caus, b, i);
+    PERFORM pg_notify('{channel}', (last_id + cardinality(_bodies))::text);
+END
+$fn$;
+DROP TABLE IF EXISTS {s}.eventsourcery_aggregates;
+CREATE TABLE IF NOT EXISTS {s}.eventsourcery_schema (version integer NOT NULL);
+DELETE FROM {s}.eventsourcery_schema;
+INSERT INTO {s}.eventsourcery_schema (version) VALUES ({SCHEMA_VERSION});
+"""
+
+
+def _tracker_ddl(schema: str) -> str:
+    return (f"CREATE TABLE IF NOT EXISTS {_quote(schema)}.eventsourcery_trackers "
+            "(name text PRIMARY KEY, position bigint NOT NULL DEFAULT 0)")
+
+
+def _run_ddl(conn: Connection, schema: str, ddl: str) -> None:
+    """Run DDL in one transaction, serialised by an advisory lock so that processes starting together agree."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_advisory_key("ddl", schema),))
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
+        conn.execute(ddl)
+
+
+def _ensure_tracker_table(conn: Connection, schema: str) -> None:
+    table = f"{_quote(schema)}.eventsourcery_trackers"
+    if conn.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone() == (True,):
+        _run_ddl(conn, schema, _tracker_ddl(schema))
+
+
+def _ensure_store_schema(conn: Connection, schema: str) -> None:
+    table = f"{_quote(schema)}.eventsourcery_schema"
+    if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (True,):
+        row = conn.execute(f"SELECT max(version) FROM {table}").fetchone()
+        version = row[0] if row else None
+        if version == SCHEMA_VERSION:
+            return
+        if version is not None and version > SCHEMA_VERSION:
+            raise es.StoreError(f"the store in schema {schema!r} has schema version {version}; this "
+                                f"eventsourcery_pg knows version {SCHEMA_VERSION}: upgrade eventsourcery")
+    _run_ddl(conn, schema, _store_ddl(schema))
+
+
+# ---------------------------------------------------------------------------
+# One connection per process, with a reentrant transaction().
+# ---------------------------------------------------------------------------
+
+class _PgDatabase:
+    """This process's connection to one database (opened lazily, re-opened after a fork or a loss).
+
+    The connection is in autocommit mode; ``transaction()`` is BEGIN ...
+    COMMIT, and nested use is a savepoint. A re-entrant lock keeps other
+    threads out of the connection while a transaction is open.
+    """
+
+    def __init__(self, conninfo: str, *, schema: str | None = None, store: bool = False,
+                 application_name: str = "eventsourcery") -> None:
+        if not isinstance(conninfo, str):
+            raise TypeError(f"conninfo must be a str (a postgresql:// URL or key=value string), not {conninfo!r}")
+        self.conninfo, self.schema = split_schema(conninfo, schema)
+        self.store = store
+        self.application_name = application_name
+        self._conn: Connection | None = None
+        self._pid = 0
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_conn=None, _pid=0, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            if self._conn is not None:
+                # Never use a connection inherited across fork(): it is the parent's
+                # session. Keep it referenced (never finalised here) and forget it.
+                es._abandoned_connections.append(self._conn)
+                self._conn = None
+                self._lock = threading.RLock()
+            self._pid = os.getpid()
+
+    @property
+    def lock(self) -> threading.RLock:
+        self._check_pid()
+        return self._lock
+
+    @property
+    def connection(self) -> Connection:
+        """This process's connection, opened on first use (and again after a fork or when it was lost)."""
+        with self.lock:
+            conn = self._conn
+            if conn is None or conn.closed:
+                conn = self._conn = self._open()
+            return conn
+
+    def _open(self) -> Connection:
+        conn = _connect(self.conninfo, application_name=self.application_name)
+        try:
+            settings = []
+            if self.store:  # aware UTC datetimes; per-statement snapshots, which the write function relies on
+                settings.append("set_config('TimeZone', 'UTC', false)")
+                settings.append("set_config('default_transaction_isolation', 'read committed', false)")
+            if self.schema != "public":
+                # unqualified names (projection and reactor tables) live in this schema
+                settings.append("set_config('search_path', quote_ident(%(schema)s) || ', ' || "
+                                "current_setting('search_path'), false)")
+            if settings:
+                conn.execute("SELECT " + ", ".join(settings), {"schema": self.schema})
+            if self.store:
+                _ensure_store_schema(conn, self.schema)
+            else:  # a projection database: its schema and the tracker table
+                _ensure_tracker_table(conn, self.schema)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def in_transaction(self, conn: Connection) -> bool:
+        return conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """BEGIN ... COMMIT; nested use is a savepoint inside the outer transaction."""
+        with self.lock:
+            conn = self.connection
+            with conn.transaction():
+                yield conn
+
+    def close(self) -> None:
+        with self.lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+
+class _PgTables(es._SQLiteTables):
+    """Creates and drops a processor's own tables (its ``schema``) in Postgres."""
+
+    placeholder = "%s"
+
+    def create(self, conn: Any, schema: str) -> None:
+        conn.execute(schema)  # several statements (and $$ bodies) in one go
+
+    def drop(self, conn: Any, tables: Iterable[str]) -> None:
+        for table in tables:
+            conn.execute(f"DROP TABLE IF EXISTS {_quote(table)} CASCADE")
+
+
+# ---------------------------------------------------------------------------
+# The event store.
+# ---------------------------------------------------------------------------
+
+_COLUMNS = "id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body::text"
 
 
 class PostgresEventStore(es.EventStore):
-    """The Postgres event store (being built; see the Postgres issue)."""
+    """An event store in a Postgres database, shared by processes on any number of hosts.
 
-    def __init__(self, conninfo: str) -> None:
-        raise NotImplementedError("the Postgres store is not built yet")
+    ``conninfo`` is a ``postgresql://`` URL or a libpq ``key=value`` string;
+    a URL may name the schema (``postgresql://host/db?schema=app``).
+    The tables (``events``, ``eventsourcery_trackers``, ``eventsourcery_schema``)
+    and the write function are created in ``schema`` on first use (safely when
+    several processes start at once). Unqualified tables that reactors create
+    through ``store.connection`` land in that schema too.
+
+    ``poll_interval`` is how often (seconds) an idle subscription reads even
+    without a notification; ``reconnect_timeout`` how long it keeps trying to
+    replace a lost listener connection before it raises ``es.StoreError``.
+    """
+
+    def __init__(self, conninfo: str, *, schema: str | None = None, poll_interval: float = 2.0,
+                 reconnect_timeout: float = 30.0, _lock_writes: bool = True) -> None:
+        self._db = _PgDatabase(conninfo, schema=schema, store=True)
+        self.conninfo = self._db.conninfo
+        self.schema = self._db.schema
+        self.poll_interval = poll_interval
+        self.reconnect_timeout = reconnect_timeout
+        self._lock_writes = _lock_writes  # False only to demonstrate, in tests, why the lock is there
+        self._processor_tables = _PgTables()
+        s = _quote(self.schema)
+        self._events = f"{s}.events"
+        self._write_sql = (f"SELECT first_id, first_version FROM {s}.eventsourcery_write_events("
+                           "%s, %s::bigint, %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], "
+                           "%s::text[], %s)")
+        self._db.connection  # noqa: B018 - connect now, so that a bad conninfo fails here, clearly
+
+    def __repr__(self) -> str:
+        return f"PostgresEventStore({describe_conninfo(self.conninfo)!r}, schema={self.schema!r})"
+
+    @property
+    def connection(self) -> Connection:
+        """This process's connection to the store's database (autocommit; see ``transaction()``)."""
+        return self._db.connection
+
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        return self._db.transaction()
+
+    def tracker(self) -> PostgresTracker:
+        return PostgresTracker(self._db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing ------------------------------------------------------------
+
+    def sink(self, event_or_events: es.Event | Sequence[es.Event],
+             expected_version: int | None = None) -> list[es.Event]:
+        events, aggregate_id, rows = es._prepare_rows(event_or_events)
+        params = (aggregate_id, expected_version, [r[0] for r in rows], [r[2] for r in rows],
+                  [r[3] for r in rows], [r[4] for r in rows], [r[5] for r in rows], [r[6] for r in rows],
+                  self._lock_writes)
+        db = self._db
+        with db.lock:
+            conn = db.connection
+            try:
+                if db.in_transaction(conn):
+                    with conn.transaction():  # a savepoint: a conflict leaves the outer transaction usable
+                        row = conn.execute(self._write_sql, params).fetchone()
+                else:
+                    row = conn.execute(self._write_sql, params).fetchone()  # one statement, one round trip
+            except psycopg.Error as exc:
+                error = _write_error(exc, aggregate_id, [r[0] for r in rows])
+                if error is None:
+                    raise
+                raise error from exc
+        assert row is not None
+        return es._stored_copies(events, rows, row[0], row[1])
+
+    # -- reading ------------------------------------------------------------
+
+    def _select(self, conn: Connection, id: int, names: tuple[str, ...] | None, limit: int) -> list[es.Event]:
+        if names is None:
+            cur = conn.execute(f"SELECT {_COLUMNS} FROM {self._events} WHERE id >= %s ORDER BY id LIMIT %s",
+                               (id, limit))
+        else:
+            cur = conn.execute(f"SELECT {_COLUMNS} FROM {self._events} WHERE id >= %s AND type = ANY(%s::text[]) "
+                               "ORDER BY id LIMIT %s", (id, list(names), limit))
+        return _decode(cur.fetchall())
+
+    def get_next_from(self, id: int, event_types: Iterable[str | type[es.Event]] | None = None,
+                      limit: int = 1000) -> list[es.Event]:
+        names = es._type_names(event_types)
+        with self._db.lock:
+            return self._select(self._db.connection, id, names, limit)
+
+    def latest_event_id(self, event_types: Iterable[str | type[es.Event]] | None = None) -> int:
+        names = es._type_names(event_types)
+        with self._db.lock:
+            conn = self._db.connection
+            if names is None:
+                row = conn.execute(f"SELECT max(id) FROM {self._events}").fetchone()
+            else:
+                row = conn.execute(f"SELECT max(id) FROM {self._events} WHERE type = ANY(%s::text[])",
+                                   (list(names),)).fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def get_events_for_aggregate_id(self, aggregate_id: str | uuid.UUID) -> list[es.Event]:
+        with self._db.lock:
+            cur = self._db.connection.execute(
+                f"SELECT {_COLUMNS} FROM {self._events} WHERE aggregate_id = %s ORDER BY version",
+                (str(aggregate_id),))
+            return _decode(cur.fetchall())
+
+    # -- subscribing --------------------------------------------------------
+
+    def subscribe(self, from_id: int, event_types: Iterable[str | type[es.Event]] | None = None, *,
+                  stop: es.StopSignal = None) -> Iterator[list[es.Event]]:
+        """Yield batches from ``from_id`` on, waking on NOTIFY (and every ``poll_interval`` s), until ``stop``.
+
+        Reads happen on the subscription's own LISTEN connection. If that
+        connection dies it is replaced and reading resumes at the saved
+        position; if no connection can be made for ``reconnect_timeout``
+        seconds, ``es.StoreError`` is raised.
+        """
+        names = es._type_names(event_types)
+        stopper = es._Stopper(stop)
+        position = from_id
+        listener = _Listener(self)
+        try:
+            while not stopper.is_set():
+                try:
+                    conn = listener.ensure_open()  # LISTEN first, so no commit after the read goes unnoticed
+                    batch = self._select(conn, position, names, es.config.subscription_batch_size)
+                    listener.healthy()
+                    if not batch:
+                        listener.wait(stopper, self.poll_interval)
+                        continue
+                except (psycopg.OperationalError, psycopg.InterfaceError, es.StoreError) as exc:
+                    listener.lost(exc, stopper)
+                    continue
+                yield batch
+                position = batch[-1].id + 1  # type: ignore[operator]
+        finally:
+            listener.close()
+
+
+def _decode(rows: list[Any]) -> list[es.Event]:
+    make = es._event_from_row
+    return [make(*row) for row in rows]
+
+
+def _write_error(exc: psycopg.Error, aggregate_id: str, uuids: list[str]) -> es.Error | None:
+    """The es error a failed write means, or None when it is not a conflict."""
+    state = exc.sqlstate
+    diag = exc.diag
+    if state == _CONFLICT_SQLSTATE:
+        return es.ConcurrencyError(diag.message_primary or str(exc))
+    if state == "23505":  # unique_violation
+        if diag.constraint_name == "events_uuid_key":
+            return es.DuplicateEventError(f"an event with one of these uuids is already stored: {uuids}")
+        return es.ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {diag.message_primary}")
+    if state in ("40001", "40P01"):  # serialization_failure, deadlock_detected
+        return es.ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {diag.message_primary}")
+    return None
+
+
+class _Listener:
+    """The LISTEN connection of one subscription: waits for notifications, and is replaced when it dies."""
+
+    #: how often a waiting subscription checks its stop signal (seconds)
+    stop_check_interval = 0.05
+
+    def __init__(self, store: PostgresEventStore) -> None:
+        self.store = store
+        self.conn: Connection | None = None
+        self._notified = False
+        self._failing_since: float | None = None
+        self._failures = 0
+
+    def ensure_open(self) -> Connection:
+        if self.conn is None or self.conn.closed:
+            store = self.store
+            conn = _connect(store.conninfo, application_name=f"eventsourcery listener {store.schema}",
+                            keepalives=True)
+            try:
+                conn.add_notify_handler(self._on_notify)
+                conn.execute(f"SET TimeZone = 'UTC'; LISTEN {_quote_identifier(_channel(store.schema))}")
+            except BaseException:
+                conn.close()
+                raise
+            self.conn = conn
+        return self.conn
+
+    def _on_notify(self, notify: psycopg.Notify) -> None:
+        self._notified = True  # a notification that arrived while a query ran
+
+    def healthy(self) -> None:
+        self._failing_since = None
+        self._failures = 0
+
+    def wait(self, stopper: es._Stopper, timeout: float) -> None:
+        """Return on a notification, on stop, or after ``timeout`` seconds; raise if the connection died."""
+        conn = self.conn
+        assert conn is not None
+        deadline = time.monotonic() + timeout
+        pgconn = conn.pgconn
+        while not self._notified and not stopper.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            ready, _, _ = select.select([pgconn.socket], [], [], min(remaining, self.stop_check_interval))
+            if not ready:
+                continue
+            pgconn.consume_input()  # raises OperationalError when the connection is gone
+            while pgconn.notifies() is not None:
+                self._notified = True  # several notifications wake us once
+            if pgconn.status != pq.ConnStatus.OK:
+                raise psycopg.OperationalError("the subscription's LISTEN connection was lost")
+        self._notified = False
+
+    def lost(self, exc: Exception, stopper: es._Stopper) -> None:
+        """Forget a dead connection; wait a little before the next try, or raise when it is hopeless."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        self._failures += 1
+        self.close()
+        if now - self._failing_since > self.store.reconnect_timeout:
+            raise es.StoreError(f"subscription to {self.store!r} lost its connection and could not "
+                                f"reconnect for {self.store.reconnect_timeout} s: {exc}") from exc
+        es.config.logger.warning("subscription to %r: connection lost (%s); reconnecting", self.store, exc)
+        stopper.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0) if self._failures > 1 else 0.0)
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+# ---------------------------------------------------------------------------
+# Trackers and projectors.
+# ---------------------------------------------------------------------------
+
+class PostgresTracker(es.Tracker):
+    """Processor positions in ``eventsourcery_trackers`` of a Postgres database.
+
+    Writes join the database's current transaction, so a projector's writes
+    and its new position commit together. ``lock(name)`` takes a session
+    advisory lock on a connection of its own, held while the processor runs
+    and released by the server when the process dies: at most one instance
+    of a processor name runs at a time, across all hosts.
+    """
+
+    def __init__(self, db: str | _PgDatabase, *, schema: str | None = None) -> None:
+        self._db = db if isinstance(db, _PgDatabase) else _PgDatabase(db, schema=schema)
+        self._table = f"{_quote(self._db.schema)}.eventsourcery_trackers"
+
+    def _conn(self) -> Connection:
+        return self._db.connection  # opening it creates the table if missing
+
+    def setup(self, name: str) -> None:
+        with self._db.lock:
+            self._conn().execute(f"INSERT INTO {self._table} (name, position) VALUES (%s, 0) "
+                                 "ON CONFLICT (name) DO NOTHING", (name,))
+
+    def last_processed_event_id(self, name: str) -> int:
+        with self._db.lock:
+            row = self._conn().execute(f"SELECT position FROM {self._table} WHERE name = %s", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def processed_event(self, name: str, event_id: int) -> None:
+        with self._db.lock:
+            self._conn().execute(f"INSERT INTO {self._table} (name, position) VALUES (%s, %s) "
+                                 "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (name, event_id))
+
+    def reset(self, name: str) -> None:
+        self.processed_event(name, 0)
+
+    def positions(self) -> dict[str, int]:
+        with self._db.lock:
+            rows = self._conn().execute(f"SELECT name, position FROM {self._table} ORDER BY name").fetchall()
+        return {str(name): int(position) for name, position in rows}
+
+    def _lock_key(self, name: str) -> int:
+        return _advisory_key("processor", self._db.schema, name)
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        key = self._lock_key(name)
+        conn = _connect(self._db.conninfo, application_name=f"eventsourcery processor {name}", keepalives=True)
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            if row != (True,):
+                raise es.UnableToLockProcessorError(
+                    f"processor {name!r} is already running against {describe_conninfo(self._db.conninfo)} "
+                    f"(schema {self._db.schema!r})")
+            try:
+                yield
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))  # released now, not when the session ends
+        finally:
+            conn.close()  # ends the session, which releases the lock if it is still held (e.g. after an error)
+
+    def is_running(self, name: str) -> bool:
+        key = self._lock_key(name) & 0xFFFF_FFFF_FFFF_FFFF
+        with self._db.lock:
+            row = self._db.connection.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
+                (key >> 32, key & 0xFFFF_FFFF)).fetchone()
+        return bool(row and row[0])
+
+
+class Projector(es._TableOwner):
+    """Builds a read model in a Postgres database (``%s`` placeholders; ``self.db`` is a psycopg connection).
+
+    The projection's tables (``schema``) and the processor's position live in
+    that database, and each batch's writes and its new position commit in one
+    transaction: a crash at any point, even ``kill -9``, neither loses nor
+    repeats an event's effect. With a schema other than ``public`` (``schema=``
+    or ``?schema=`` in the URL), the projection's unqualified tables and its
+    position live in that schema.
+    """
+
+    placeholder: ClassVar[str] = "%s"
+
+    def __init__(self, conninfo: str, *, schema: str | None = None, batch_size: int | None = None) -> None:
+        self._database = _PgDatabase(conninfo, schema=schema, application_name=f"eventsourcery {self.processor_name}")
+        self._tables = _PgTables()
+        super().__init__(PostgresTracker(self._database))
+        if batch_size is not None:
+            self.batch_size = batch_size
+
+    def close(self) -> None:
+        """Close this process's connection (it is opened again when needed)."""
+        self._database.close()
+

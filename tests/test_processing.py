@@ -1,0 +1,804 @@
+"""Event processing in one process: dispatch, errors, trackers, projectors, reactors, error handlers.
+
+SPEC.md section 4 and issue 3 items 1-5 and 7. The multiprocess runner is in
+test_runner.py; the processors used by other processes live in
+tests/processing_support.py. Waits are bounded polls that only expire when
+something hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sqlite3
+import threading
+
+import pytest
+
+import eventsourcery as es
+from tests import processing_support as ps
+from tests._util import WAIT, everything_in, wait_until
+from tests.processing_support import Ping, Pong, Tick
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+class UnitA(es.Event, type="proctest.unit_a"):
+    n: int = 0
+
+
+class UnitB(es.Event, type="proctest.unit_b"):
+    n: int = 0
+
+
+class UnitC(es.Event, type="proctest.unit_c"):
+    n: int = 0
+
+
+def sink_each(store, events):
+    """Sink events one by one (each may belong to another aggregate); return the stored copies."""
+    return [store.sink(e)[0] for e in events]
+
+
+def a(n=0, agg="agg-1", **kw):
+    return UnitA(aggregate_id=agg, n=n, **kw)
+
+
+def b(n=0, agg="agg-1", **kw):
+    return UnitB(aggregate_id=agg, n=n, **kw)
+
+
+def c(n=0, agg="agg-1", **kw):
+    return UnitC(aggregate_id=agg, n=n, **kw)
+
+
+def stored(*events):
+    """Events as if read from a store (ids 1, 2, ...), without a store."""
+    store = es.MemoryEventStore()
+    return sink_each(store, events)
+
+
+def run_until_caught_up(processor, store, *, latest=None):
+    """subscribe_to in this thread until the processor's position reaches ``latest`` (default: the store's)."""
+    target = store.latest_event_id() if latest is None else latest
+    processor.subscribe_to(store, stop=lambda: processor.last_processed_event_id >= target)
+
+
+# --- 1. dispatch -----------------------------------------------------------------------------------
+
+
+class Recorder(es.EventStreamProcessor):
+    def __init__(self, tracker=None):
+        super().__init__(tracker)
+        self.calls = []
+
+
+def test_several_handlers_per_type_run_in_definition_order():
+    class Multi(Recorder):
+        @es.on(UnitA)
+        def first(self, event):
+            self.calls.append(("first", event.type))
+
+        @es.on(UnitA, UnitB)
+        def second(self, event):
+            self.calls.append(("second", event.type))
+
+        @es.on(UnitB)
+        def third(self, event):
+            self.calls.append(("third", event.type))
+
+    p = Multi()
+    ea, eb, ec = stored(a(), b(), c())
+    p.process(ea)
+    assert p.calls == [("first", "proctest.unit_a"), ("second", "proctest.unit_a")]
+    p.calls.clear()
+    p.process(eb)
+    assert p.calls == [("second", "proctest.unit_b"), ("third", "proctest.unit_b")]
+    p.calls.clear()
+    p.process(ec)  # no handler, no catch-all: ignored
+    assert p.calls == []
+
+
+def test_handlers_accept_type_names_as_strings():
+    class ByName(Recorder):
+        @es.on("proctest.unit_b")
+        def _b(self, event):
+            self.calls.append(event.n)
+
+    p = ByName()
+    for e in stored(a(1), b(2)):
+        p.process(e)
+    assert p.calls == [2]
+    assert ByName.processes_event_types == ("proctest.unit_b",)
+
+
+def test_inherited_handlers_run_base_class_first():
+    class Base(Recorder):
+        @es.on(UnitA)
+        def base_a(self, event):
+            self.calls.append("base_a")
+
+        @es.on(UnitB)
+        def base_b(self, event):
+            self.calls.append("base_b")
+
+    class Child(Base):
+        @es.on(UnitA)
+        def child_a(self, event):
+            self.calls.append("child_a")
+
+        @es.on(UnitC)
+        def base_b(self, event):  # same name: replaces the inherited handler
+            self.calls.append("child_c")
+
+    p = Child()
+    for e in stored(a(), b(), c()):
+        p.process(e)
+    assert p.calls == ["base_a", "child_a", "child_c"]
+    assert set(Child.processes_event_types) == {"proctest.unit_a", "proctest.unit_c"}
+    base = Base()
+    for e in stored(a(), b(), c()):
+        base.process(e)
+    assert base.calls == ["base_a", "base_b"]  # the base class is unchanged
+
+
+def test_catch_all_receives_every_event():
+    class All(Recorder):
+        @es.on(UnitA)
+        def _a(self, event):
+            self.calls.append(("a", event.id))
+
+        @es.on()
+        def _all(self, event):
+            self.calls.append(("all", event.id))
+
+    p = All()
+    for e in stored(a(), b(), c(), a()):
+        p.process(e)
+    assert [x for x in p.calls if x[0] == "all"] == [("all", 1), ("all", 2), ("all", 3), ("all", 4)]
+    assert [x for x in p.calls if x[0] == "a"] == [("a", 1), ("a", 4)]
+    assert All.processes_event_types is None
+
+
+def test_catch_all_alone_means_all_event_types():
+    class OnlyAll(Recorder):
+        @es.on()
+        def _all(self, event):
+            self.calls.append(event.type)
+
+    assert OnlyAll.processes_event_types is None
+    p = OnlyAll()
+    for e in stored(a(), c()):
+        p.process(e)
+    assert p.calls == ["proctest.unit_a", "proctest.unit_c"]
+
+
+def test_a_second_catch_all_is_an_error_at_class_creation():
+    with pytest.raises(es.MultipleCatchAllHandlersDefined):
+        class Twice(es.EventStreamProcessor):
+            @es.on()
+            def one(self, event):
+                pass
+
+            @es.on()
+            def two(self, event):
+                pass
+    assert issubclass(es.MultipleCatchAllHandlersDefined, es.Error)
+
+
+def test_processes_event_types_lists_handled_types():
+    class Typed(es.EventStreamProcessor):
+        @es.on(UnitA, UnitB)
+        def _ab(self, event):
+            pass
+
+        @es.on(UnitB)
+        def _b(self, event):
+            pass
+
+    assert sorted(Typed.processes_event_types) == ["proctest.unit_a", "proctest.unit_b"]
+    assert sorted(Typed().processes_event_types) == ["proctest.unit_a", "proctest.unit_b"]
+
+
+def test_processor_name_defaults_to_snake_case_and_can_be_overridden():
+    class OutstandingTodos(es.EventStreamProcessor):
+        pass
+
+    class Named(es.EventStreamProcessor):
+        processor_name = "my_name"
+
+    assert OutstandingTodos.processor_name == "outstanding_todos"
+    assert OutstandingTodos().processor_name == "outstanding_todos"
+    assert Named.processor_name == "my_name"
+    assert Named().processor_name == "my_name"
+
+
+def test_handler_errors_are_wrapped_in_event_processing_error():
+    original = ValueError("boom")
+
+    class Failing(es.EventStreamProcessor):
+        @es.on(UnitA)
+        def _a(self, event):
+            raise original
+
+    p = Failing()
+    (event,) = stored(a(7))
+    with pytest.raises(es.EventProcessingError) as info:
+        p.process(event)
+    err = info.value
+    assert isinstance(err, es.Error)
+    assert err.event is event
+    assert err.processor is p
+    assert err.__cause__ is original
+    assert "failing" in str(err) and str(event.id) in str(err)
+
+
+def test_subscribe_to_reads_only_the_handled_types():
+    class Spy(es.MemoryEventStore):
+        def subscribe(self, from_id, event_types=None, *, stop=None):
+            self.requested = (from_id, event_types)
+            return super().subscribe(from_id, event_types, stop=stop)
+
+    class OnlyB(Recorder):
+        @es.on(UnitB)
+        def _b(self, event):
+            self.calls.append(event.id)
+
+    store = Spy()
+    sink_each(store, [a(), b(), c(), b(), a()])
+    p = OnlyB()
+    run_until_caught_up(p, store, latest=4)
+    assert p.calls == [2, 4]
+    assert store.requested[0] == 1
+    assert list(store.requested[1]) == ["proctest.unit_b"]
+
+
+# --- process_batch, subscribe_to and stop ----------------------------------------------------------
+
+
+class FailOn(Recorder):
+    """Records events; raises on events whose n is in fail_on (while ``failures`` lasts, if set)."""
+
+    def __init__(self, tracker=None, fail_on=(), failures=None):
+        super().__init__(tracker)
+        self.fail_on = set(fail_on)
+        self.failures = failures
+
+    @es.on()
+    def _any(self, event):
+        if event.n in self.fail_on and (self.failures is None or self.failures.get(event.n, 0) > 0):
+            if self.failures is not None:
+                self.failures[event.n] -= 1
+            raise RuntimeError(f"failing on n={event.n}")
+        self.calls.append(event.id)
+
+
+def test_process_batch_records_the_position_after_the_batch():
+    p = FailOn()
+    p.process_batch(stored(a(1), a(2), a(3)))
+    assert p.calls == [1, 2, 3]
+    assert p.last_processed_event_id == 3
+
+
+def test_process_batch_records_the_position_up_to_the_last_good_event_on_failure():
+    p = FailOn(fail_on={3})
+    with pytest.raises(es.EventProcessingError) as info:
+        p.process_batch(stored(a(1), a(2), a(3), a(4)))
+    assert info.value.event.id == 3
+    assert p.calls == [1, 2]
+    assert p.last_processed_event_id == 2
+
+
+def test_process_batch_failing_on_the_first_event_keeps_the_position():
+    p = FailOn(fail_on={1})
+    p.tracker.processed_event(p.processor_name, 0)
+    with pytest.raises(es.EventProcessingError):
+        p.process_batch(stored(a(1), a(2)))
+    assert p.last_processed_event_id == 0
+
+
+def test_subscribe_to_with_a_callable_stop_resumes_where_it_stopped():
+    store = es.MemoryEventStore()
+    sink_each(store, [a(i) for i in range(1, 6)])
+    p = FailOn()
+    run_until_caught_up(p, store)
+    assert p.calls == [1, 2, 3, 4, 5]
+    sink_each(store, [a(i) for i in range(6, 9)])
+    run_until_caught_up(p, store)
+    assert p.calls == [1, 2, 3, 4, 5, 6, 7, 8]  # nothing twice
+
+
+def test_subscribe_to_returns_at_once_when_stop_is_already_set():
+    store = es.MemoryEventStore()
+    sink_each(store, [a(1)])
+    p = FailOn()
+    stop = threading.Event()
+    stop.set()
+    p.subscribe_to(store, stop=stop)
+    assert p.calls == []
+
+
+def test_subscribe_to_with_a_threading_event_follows_new_events_until_stopped(store):
+    p = FailOn(tracker=store.tracker())
+    stop = threading.Event()
+    errors = []
+
+    def run():
+        try:
+            p.subscribe_to(store, stop=stop)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    sink_each(store, [a(1), a(2)])
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: p.calls == [1, 2])
+        sink_each(store, [a(3)])  # committed while it waits for news
+        assert wait_until(lambda: p.calls == [1, 2, 3])
+    finally:
+        stop.set()
+        thread.join(WAIT)
+    assert not thread.is_alive(), "subscribe_to did not return after stop was set"
+    assert errors == []
+    assert p.last_processed_event_id == 3
+
+
+# --- 2. trackers -----------------------------------------------------------------------------------
+
+
+def test_memory_tracker():
+    t = es.MemoryTracker()
+    assert t.last_processed_event_id("x") == 0
+    t.setup("x")
+    assert t.positions() == {"x": 0}
+    t.processed_event("x", 5)
+    t.setup("x")  # keeps the position
+    assert t.last_processed_event_id("x") == 5
+    t.processed_event("y", 2)
+    assert t.positions() == {"x": 5, "y": 2}
+    t.reset("x")
+    assert t.last_processed_event_id("x") == 0
+    assert es.EventStreamProcessor().tracker is not None  # default tracker: in memory
+
+
+@pytest.mark.parametrize("kind", ["own_file", "store_file"])
+def test_sqlite_tracker_positions_survive_reopening(tmp_path, kind):
+    path = str(tmp_path / "positions.db")
+    if kind == "store_file":
+        store = es.SQLiteEventStore(path)
+        make = store.tracker
+    else:
+        store = None
+
+        def make():
+            return es.SQLiteTracker(path)
+    t = make()
+    t.setup("alpha")
+    t.processed_event("alpha", 41)
+    t.processed_event("beta", 7)
+    t2 = es.SQLiteTracker(path)  # another connection: the positions are committed
+    assert t2.last_processed_event_id("alpha") == 41
+    t2.setup("alpha")
+    t2.setup("gamma")
+    assert t2.positions() == {"alpha": 41, "beta": 7, "gamma": 0}
+    t2.reset("beta")
+    assert es.SQLiteTracker(path).last_processed_event_id("beta") == 0
+    assert es.SQLiteTracker(path).last_processed_event_id("unknown") == 0
+    if store is not None:
+        store.close()
+
+
+def test_processor_resumes_from_its_sqlite_position_in_a_new_instance(tmp_path):
+    store = es.SQLiteEventStore(tmp_path / "events.db")
+    sink_each(store, [a(i) for i in range(1, 6)])
+    first = FailOn(tracker=es.SQLiteTracker(str(tmp_path / "pos.db")))
+    run_until_caught_up(first, store)
+    assert first.calls == [1, 2, 3, 4, 5]
+    sink_each(store, [a(i) for i in range(6, 8)])
+    second = FailOn(tracker=es.SQLiteTracker(str(tmp_path / "pos.db")))
+    second.setup()  # keeps the existing position
+    assert second.last_processed_event_id == 5
+    run_until_caught_up(second, store)
+    assert second.calls == [6, 7]
+    store.close()
+
+
+def _start_lock_holder(store_path, workdir, use_store_tracker):
+    proc = SPAWN.Process(target=ps.hold_lock, args=(store_path, workdir, use_store_tracker), daemon=True)
+    proc.start()
+    pid_file = os.path.join(workdir, "lock_holder.pid")
+    assert wait_until(lambda: ps.read_pid(pid_file) == proc.pid or not proc.is_alive()), "holder never started"
+    assert proc.is_alive(), f"the lock holder died with exit code {proc.exitcode}"
+    return proc
+
+
+def _kill(proc):
+    ps.kill_quietly(proc.pid)
+    proc.join(WAIT)
+    assert not proc.is_alive()
+
+
+def test_a_second_instance_from_another_process_cannot_lock_until_the_first_dies(tmp_path):
+    store_path = str(tmp_path / "events.db")
+    store = es.SQLiteEventStore(store_path)
+    store.sink(a(1))
+    holder = _start_lock_holder(store_path, str(tmp_path), use_store_tracker=True)
+    try:
+        statuses = {s.name: s for s in es.processor_statuses(store)}
+        assert statuses["lock_holder"].running is True
+        second = ps.LockHolder(tracker=store.tracker())
+        with pytest.raises(es.UnableToLockProcessorError):
+            second.subscribe_to(store, stop=lambda: True)
+    finally:
+        _kill(holder)
+    assert es.processor_statuses(store)[0].running is False
+    ran = ps.LockHolder(tracker=store.tracker())
+    run_until_caught_up(ran, store)  # the dead holder's lock is gone
+    assert ran.last_processed_event_id == 1
+    store.close()
+
+
+def test_the_lock_is_per_store_even_for_a_processor_with_the_default_memory_tracker(tmp_path):
+    """SPEC 4: "At most one instance of a processor name runs at a time against one store, across processes"."""
+    store_path = str(tmp_path / "events.db")
+    store = es.SQLiteEventStore(store_path)
+    store.sink(a(1))
+    holder = _start_lock_holder(store_path, str(tmp_path), use_store_tracker=False)
+    try:
+        second = ps.LockHolder()  # tracker=None: positions in memory, but the same name on the same store
+        with pytest.raises(es.UnableToLockProcessorError):
+            second.subscribe_to(store, stop=lambda: True)
+    finally:
+        _kill(holder)
+        store.close()
+
+
+def test_processor_statuses_report_position_and_lag(tmp_path, monkeypatch):
+    monkeypatch.setattr(es.config, "subscription_batch_size", 3)
+    store = es.SQLiteEventStore(tmp_path / "events.db")
+    sink_each(store, [a(i) for i in range(1, 6)])
+    p = FailOn(tracker=store.tracker())
+    run_until_caught_up(p, store, latest=3)
+    (status,) = [s for s in es.processor_statuses(store) if s.name == p.processor_name]
+    assert (status.position, status.lag, status.running) == (3, 2, False)
+    store.close()
+
+
+# --- 3. Projector ----------------------------------------------------------------------------------
+
+
+class TickProjector(es.Projector):
+    processor_name = "tick_projector"
+    schema = """CREATE TABLE IF NOT EXISTS ticks (event_id INTEGER PRIMARY KEY, n INTEGER);
+                CREATE TABLE IF NOT EXISTS tick_totals (aggregate_id TEXT PRIMARY KEY, total INTEGER)"""
+    fail_on: set = set()
+
+    @es.on(Tick)
+    def _tick(self, event):
+        self.db.execute("INSERT INTO ticks VALUES (?, ?)", (event.id, event.n))
+        self.db.execute("INSERT INTO tick_totals VALUES (?, ?) ON CONFLICT (aggregate_id) "
+                        "DO UPDATE SET total = total + excluded.total", (event.aggregate_id, event.n))
+        if event.n in self.fail_on:
+            raise RuntimeError(f"fails after writing n={event.n}")
+
+
+def committed(db_path, sql):
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def ticks_in(db_path):
+    return [r[0] for r in committed(db_path, "SELECT event_id FROM ticks ORDER BY event_id")]
+
+
+def position_in(db_path, name="tick_projector"):
+    rows = committed(db_path, f"SELECT position FROM eventsourcery_trackers WHERE name = '{name}'")
+    return rows[0][0] if rows else 0
+
+
+@pytest.fixture
+def tick_store(store):
+    """The parametrised store with 10 Tick events (n = 1..10) on two aggregates."""
+    for n in range(1, 11):
+        store.sink(Tick(aggregate_id=f"t{n % 2}", n=n))
+    return store
+
+
+def test_projector_setup_creates_its_tables_and_position(tmp_path):
+    db = str(tmp_path / "proj.db")
+    p = TickProjector(db)
+    p.setup()
+    assert ticks_in(db) == []
+    assert committed(db, "SELECT name, position FROM eventsourcery_trackers") == [("tick_projector", 0)]
+
+
+def test_projector_applies_every_event_once(tick_store, tmp_path):
+    db = str(tmp_path / "proj.db")
+    p = TickProjector(db)
+    run_until_caught_up(p, tick_store)
+    assert ticks_in(db) == list(range(1, 11))
+    assert position_in(db) == 10
+    assert dict(committed(db, "SELECT * FROM tick_totals")) == {"t0": 30, "t1": 25}
+
+
+def test_projector_batch_rolls_back_writes_and_position_together(tick_store, tmp_path):
+    db = str(tmp_path / "proj.db")
+    p = TickProjector(db)
+    p.fail_on = {7}
+    with pytest.raises(es.EventProcessingError) as info:
+        run_until_caught_up(p, tick_store)
+    assert info.value.event.n == 7
+    assert ticks_in(db) == []  # one batch of 10: none of its writes ...
+    assert position_in(db) == 0  # ... nor its position
+    assert committed(db, "SELECT * FROM tick_totals") == []
+    p.fail_on = set()
+    run_until_caught_up(p, tick_store)
+    assert ticks_in(db) == list(range(1, 11))
+    assert dict(committed(db, "SELECT * FROM tick_totals")) == {"t0": 30, "t1": 25}
+
+
+def test_projector_batch_size_commits_in_smaller_transactions(tick_store, tmp_path):
+    db = str(tmp_path / "proj.db")
+    p = TickProjector(db, batch_size=3)
+    p.fail_on = {7}
+    with pytest.raises(es.EventProcessingError):
+        run_until_caught_up(p, tick_store)
+    assert ticks_in(db) == [1, 2, 3, 4, 5, 6]  # [1-3] and [4-6] committed, [7-9] rolled back
+    assert position_in(db) == 6
+    p.fail_on = set()
+    run_until_caught_up(p, tick_store)
+    assert ticks_in(db) == list(range(1, 11))
+    assert position_in(db) == 10
+
+
+def test_projector_default_batch_is_the_subscription_batch(tick_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(es.config, "subscription_batch_size", 4)
+    db = str(tmp_path / "proj.db")
+    p = TickProjector(db)
+    p.fail_on = {7}
+    with pytest.raises(es.EventProcessingError):
+        run_until_caught_up(p, tick_store)
+    assert ticks_in(db) == [1, 2, 3, 4]  # batch [5-8] rolled back
+    assert position_in(db) == 4
+
+
+def test_projector_accepts_an_open_connection(tick_store, tmp_path):
+    conn = sqlite3.connect(str(tmp_path / "proj.db"))
+    p = TickProjector(conn)
+    run_until_caught_up(p, tick_store)
+    assert ticks_in(str(tmp_path / "proj.db")) == list(range(1, 11))
+    assert p.last_processed_event_id == 10
+
+
+def test_projector_reset_drops_tables_and_position_and_sets_up_again(tick_store, tmp_path):
+    db = str(tmp_path / "proj.db")
+    p = TickProjector(db)
+    run_until_caught_up(p, tick_store)
+    p.db.execute("CREATE TABLE unrelated (x)")
+    p.db.execute("INSERT INTO unrelated VALUES (1)")
+    p.reset()
+    assert ticks_in(db) == []  # the table exists again, empty
+    assert committed(db, "SELECT * FROM tick_totals") == []
+    assert position_in(db) == 0
+    assert p.last_processed_event_id == 0
+    assert committed(db, "SELECT x FROM unrelated") == [(1,)]
+    run_until_caught_up(p, tick_store)  # a full replay
+    assert ticks_in(db) == list(range(1, 11))
+
+
+def test_two_projectors_share_one_database(tick_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(es.config, "subscription_batch_size", 4)
+    class Other(TickProjector):
+        processor_name = "other"
+        schema = "CREATE TABLE IF NOT EXISTS other_ticks (event_id INTEGER PRIMARY KEY)"
+
+        @es.on(Tick)
+        def _tick(self, event):
+            self.db.execute("INSERT INTO other_ticks VALUES (?)", (event.id,))
+
+    db = str(tmp_path / "proj.db")
+    one, other = TickProjector(db), Other(db)
+    run_until_caught_up(one, tick_store, latest=4)
+    run_until_caught_up(other, tick_store)
+    assert position_in(db) == 4 and position_in(db, "other") == 10
+    other.reset()
+    assert position_in(db) == 4 and ticks_in(db) == [1, 2, 3, 4]
+
+
+# --- 4. Reactor ------------------------------------------------------------------------------------
+
+
+class Ponger(es.Reactor):
+    processor_name = "ponger"
+    emits_events = (Pong,)
+    fail_after_emit: set = set()
+
+    @es.on(Ping)
+    def _ping(self, event):
+        self.emit_event(Pong(aggregate_id=f"pong-{event.aggregate_id}", ping_id=event.id))
+        if event.n in self.fail_after_emit:
+            raise RuntimeError("fails after emitting")
+
+
+def pongs(store):
+    return [e for e in everything_in(store) if isinstance(e, Pong)]
+
+
+def test_reactor_emit_event_sets_causation_and_correlation(store):
+    plain = store.sink(Ping(aggregate_id="p1", n=1))[0]
+    correlated = store.sink(Ping(aggregate_id="p2", n=2, correlation_id="corr-1"))[0]
+    r = Ponger(store)
+    run_until_caught_up(r, store, latest=correlated.id)
+    first, second = pongs(store)
+    assert (first.ping_id, first.causation_id, first.correlation_id) == (plain.id, plain.uuid, plain.uuid)
+    assert (second.ping_id, second.causation_id, second.correlation_id) == (correlated.id, correlated.uuid,
+                                                                              "corr-1")
+    assert r.last_processed_event_id == correlated.id
+    assert store.tracker().last_processed_event_id("ponger") == correlated.id
+
+
+def test_reactor_emitting_an_undeclared_event_fails(store):
+    class Loose(es.Reactor):
+        emits_events = (Pong,)
+
+        @es.on(Ping)
+        def _ping(self, event):
+            self.emit_event(Tick(aggregate_id="x"))
+
+    store.sink(Ping(aggregate_id="p1"))
+    r = Loose(store)
+    with pytest.raises(es.EventProcessingError) as info:
+        run_until_caught_up(r, store)
+    assert isinstance(info.value.__cause__, es.UndeclaredEventEmissionError)
+    assert store.latest_event_id() == 1
+
+
+def test_reactor_emitted_events_and_position_commit_together(store):
+    """db=None: the position lives in the store, so a failure after emitting leaves nothing emitted."""
+    for n in range(1, 5):
+        store.sink(Ping(aggregate_id=f"p{n}", n=n))
+    r = Ponger(store)
+    r.fail_after_emit = {3}
+    with pytest.raises(es.EventProcessingError):
+        run_until_caught_up(r, store)
+    assert store.latest_event_id() == 4  # the pongs for pings 1-3 were rolled back with the batch
+    assert pongs(store) == []
+    assert store.tracker().last_processed_event_id("ponger") == 0
+    r.fail_after_emit = set()
+    run_until_caught_up(r, store, latest=4)
+    assert [p.ping_id for p in pongs(store)] == [1, 2, 3, 4]
+    assert store.tracker().last_processed_event_id("ponger") == 4
+
+
+def test_reactor_with_its_own_database(tmp_path):
+    store = es.SQLiteEventStore(tmp_path / "events.db")
+    store.sink(Ping(aggregate_id="p1"))
+    r = Ponger(store, db=str(tmp_path / "reactor.db"))
+    run_until_caught_up(r, store, latest=1)
+    assert [p.ping_id for p in pongs(store)] == [1]
+    assert position_in(str(tmp_path / "reactor.db"), "ponger") == 1
+    store.close()
+
+
+# --- 5. error handlers -----------------------------------------------------------------------------
+
+
+def run_with(handler, processor, store):
+    """run_processor until the processor has caught up with the store."""
+    latest = store.latest_event_id()
+    es.run_processor(processor, store, stop=lambda: processor.last_processed_event_id >= latest,
+                     error_handler=handler)
+
+
+def failing_setup(fail_on_counts):
+    """A memory store with events n=1..4 and a processor failing fail_on_counts[n] times on event n."""
+    store = es.MemoryEventStore()
+    sink_each(store, [a(n) for n in range(1, 5)])
+    return store, FailOn(fail_on=set(fail_on_counts), failures=dict(fail_on_counts))
+
+
+@pytest.mark.parametrize("failures, expected", [
+    ({2: 3}, [1, 2, 4]),
+    ({2: 10}, [1, 2, 4, 8, 16, 32, 64, 64, 64, 64]),
+    ({2: 3, 3: 2}, [1, 2, 4, 1, 2]),
+])
+def test_exponential_backoff_doubles_while_the_same_event_fails(failures, expected):
+    sleeps = []
+    store, p = failing_setup(failures)
+    run_with(es.ExponentialBackoffRetry(sleep=sleeps.append), p, store)
+    assert sleeps == expected
+    assert p.calls == [1, 2, 3, 4]  # every event processed once in the end
+
+
+def test_exponential_backoff_initial_and_maximum():
+    sleeps = []
+    store, p = failing_setup({1: 5})
+    run_with(es.ExponentialBackoffRetry(0.5, 3.0, sleep=sleeps.append), p, store)
+    assert sleeps == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+class FlakyStore(es.MemoryEventStore):
+    """subscribe() raises a plain error (not an EventProcessingError) the first ``failures`` times."""
+
+    def __init__(self, failures):
+        super().__init__()
+        self.failures = failures
+
+    def subscribe(self, from_id, event_types=None, *, stop=None):
+        if self.failures:
+            self.failures -= 1
+            raise OSError("store unavailable")
+        return super().subscribe(from_id, event_types, stop=stop)
+
+
+def test_exponential_backoff_does_not_grow_on_errors_outside_handlers():
+    store = FlakyStore(3)
+    store.sink(a(1))
+    sleeps = []
+    p = FailOn()
+    run_with(es.ExponentialBackoffRetry(sleep=sleeps.append), p, store)
+    assert sleeps == [1, 1, 1]
+    assert p.calls == [1]
+
+
+def test_constant_retry():
+    sleeps = []
+    store, p = failing_setup({2: 2, 3: 1})
+    run_with(es.ConstantRetry(0.25, sleep=sleeps.append), p, store)
+    assert sleeps == [0.25, 0.25, 0.25]
+    assert es.ConstantRetry().interval == 1.0
+
+
+def test_errors_are_reported_unwrapped_to_on_event_processor_error(monkeypatch, caplog):
+    reported = []
+    monkeypatch.setattr(es.config, "on_event_processor_error", lambda exc, name: reported.append((exc, name)))
+    store, p = failing_setup({2: 2})
+    caplog.set_level(logging.INFO, logger="eventsourcery")
+    run_with(es.ConstantRetry(0, sleep=lambda s: None), p, store)
+    assert [(type(exc), str(exc), name) for exc, name in reported] == [
+        (RuntimeError, "failing on n=2", "fail_on"),
+        (RuntimeError, "failing on n=2", "fail_on"),
+    ]
+    assert any("[fail_on]" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    plain = FlakyStore(1)
+    plain.sink(a(1))
+    reported.clear()
+    run_with(es.ConstantRetry(0, sleep=lambda s: None), FailOn(), plain)
+    assert [(type(exc), name) for exc, name in reported] == [(OSError, "fail_on")]
+
+
+def test_run_processor_with_no_retry_raises_the_processing_error(monkeypatch):
+    reported = []
+    monkeypatch.setattr(es.config, "on_event_processor_error", lambda exc, name: reported.append(exc))
+    store, p = failing_setup({3: 1})
+    with pytest.raises(es.EventProcessingError) as info:
+        run_with(es.NoRetry(), p, store)
+    assert info.value.event.n == 3
+    assert len(reported) == 1 and isinstance(reported[0], RuntimeError)
+    assert p.calls == [1, 2]
+
+
+def test_config_error_handler_is_used_by_default(monkeypatch):
+    monkeypatch.setattr(es.config, "error_handler", es.NoRetry)
+    store, p = failing_setup({1: 1})
+    with pytest.raises(es.EventProcessingError):
+        es.run_processor(p, store, stop=lambda: p.last_processed_event_id >= 4)
+
+
+def test_run_processor_returns_when_stopped_while_waiting_to_retry(monkeypatch):
+    store, p = failing_setup({1: 1000})
+    stop = threading.Event()
+    reported = threading.Event()
+    monkeypatch.setattr(es.config, "on_event_processor_error", lambda exc, name: reported.set())
+    thread = threading.Thread(target=es.run_processor, args=(p, store),
+                              kwargs={"stop": stop, "error_handler": es.ConstantRetry(WAIT * 10)}, daemon=True)
+    thread.start()
+    assert reported.wait(WAIT)  # it failed once and now waits WAIT * 10 s to retry
+    stop.set()
+    thread.join(WAIT)
+    assert not thread.is_alive(), "run_processor kept waiting after stop was set"
