@@ -2031,9 +2031,11 @@ class ESPRunner:
                 self._restart_due()
                 time.sleep(0.05)
         finally:
-            self._terminate_children()  # also when starting a child failed: leave none running
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            try:
+                self._terminate_children()  # also when starting a child failed: leave none running
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         config.logger.info("ESPRunner: processes shut down")
         return all(code == 0 for codes in self.exit_statuses.values() for code in codes)
 
