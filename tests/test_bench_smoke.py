@@ -1,0 +1,53 @@
+"""Smoke test of the benchmark harness: `python -m bench --quick --only b` runs
+and writes JSON of the documented shape.  It never asserts a speed.
+
+eventsourcing (the peer) comes with the `bench` extra, which CI installs; then
+the peer column is exercised too.  Without it the harness would report an
+error (a missing peer is an error there, on purpose), so this test passes
+`--no-peer` only when eventsourcing is not importable."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+HAVE_PEER = importlib.util.find_spec("eventsourcing") is not None
+
+
+def test_bench_quick_b_writes_expected_json(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "bench", "--quick", "--only", "b", "--backend", "sqlite",
+           "--json", str(out), "--tmpdir", str(tmp_path)]
+    if not HAVE_PEER:
+        cmd.append("--no-peer")
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(out.read_text())
+
+    assert set(doc) >= {"meta", "sizes", "results", "skipped", "errors"}
+    assert doc["errors"] == []
+    meta = doc["meta"]
+    assert {"machine", "quick", "settings", "argv"} <= set(meta)
+    assert meta["quick"] is True
+    assert {"nproc", "cpu", "python", "sqlite", "python_optimize"} <= set(meta["machine"])
+
+    rows = [r for r in doc["results"] if r["workload"] == "b" and r["backend"] == "sqlite"]
+    systems = {r["system"] for r in rows}
+    expected = {"eventsourcery", "raw"} | ({"eventsourcing"} if HAVE_PEER else set())
+    assert systems == expected
+    for r in rows:
+        assert {"events", "runs", "runs_s", "median_ms", "min_ms", "events_per_s", "us_per_event",
+                "vs_eventsourcing", "vs_raw"} <= set(r)
+        assert r["events"] == doc["sizes"]["b_events"]
+        assert r["runs"] == len(r["runs_s"]) >= 1
+        assert r["events_per_s"] > 0 and r["median_ms"] > 0
+    raw = next(r for r in rows if r["system"] == "raw")
+    assert raw["vs_raw"] == 1.0
+    # every store in the run had the durability the comparison claims
+    for name in expected:
+        assert meta["settings"][f"sqlite/{name}"] == {"journal_mode": "wal", "synchronous": "FULL"}
+    assert "(b) batch append" in p.stdout  # the printed table
