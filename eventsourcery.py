@@ -294,13 +294,20 @@ def _encode_any(value: Any) -> Any:
 class _FieldCodec:
     """Encoder/decoder for a fixed list of dataclass fields, compiled from their annotations."""
 
-    def __init__(self, cls: type, serializer: BodySerializer, names: list[str]) -> None:
+    def __init__(self, cls: Any, serializer: BodySerializer, names: list[str]) -> None:
         try:
             hints = typing.get_type_hints(cls)
         except Exception:  # an unresolvable forward reference: encode by runtime type
             hints = {}
+        self.cls = cls
         self.names = tuple(names)
         self.name_set = frozenset(names)
+        self.upcast = False
+        self.defaults: dict[str, tuple[Any, bool]] = {
+            f.name: (f.default_factory, True) if f.default_factory is not dataclasses.MISSING else (f.default, False)
+            for f in dataclasses.fields(cls)
+            if f.name in self.name_set and (f.default is not dataclasses.MISSING
+                                            or f.default_factory is not dataclasses.MISSING)}
         self.encoders: list[tuple[str, Converter]] = []
         self.decoders: list[tuple[str, Converter]] = []
         for name in names:
@@ -319,6 +326,19 @@ class _FieldCodec:
                 body[name] = enc(value)
         return body
 
+    def fill(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The fields of a body that lacks some (their defaults apply) or has others (ignored)."""
+        values = {}
+        for name in self.names:
+            if name in body:
+                values[name] = body[name]
+            elif name in self.defaults:
+                default, is_factory = self.defaults[name]
+                values[name] = default() if is_factory else default
+            else:
+                raise ValueError(f"stored body has no value for required field {name!r}")
+        return values
+
     def decode_fields(self, body: Mapping[str, Any]) -> dict[str, Any]:
         values = {name: body[name] for name in self.names if name in body}
         for name, dec in self.decoders:
@@ -329,7 +349,6 @@ class _FieldCodec:
 
 
 _json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_json_decode = json.JSONDecoder().decode
 
 
 # ---------------------------------------------------------------------------
@@ -387,12 +406,13 @@ def _snake_case(name: str) -> str:
 
 
 def new_uuid() -> str:
-    """A new time-ordered (version 7) UUID as a lower-case string."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A new time-ordered (version 7) UUID as a lower-case string.
+
+    Its first 48 bits are the time in milliseconds, so the store's unique index
+    on uuids grows at its end instead of at random places (about twice as fast).
+    """
+    h = ((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)).hex()
+    return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 class _TypeName:
@@ -517,17 +537,12 @@ def event_class(type_name: str) -> type[Event] | None:
 
 
 def _codec(cls: type) -> _FieldCodec:
+    """The compiled codec of an Event subclass's own fields (built on first use, cached)."""
     codec = _codecs.get(cls)
     if codec is None:
         names = [f.name for f in dataclasses.fields(cls) if f.name not in _METADATA]
         codec = _codecs[cls] = _FieldCodec(cls, config.body_serializer, names)
-        codec.defaults = {  # type: ignore[attr-defined]
-            f.name: (f.default_factory, True) if f.default_factory is not dataclasses.MISSING else (f.default, False)
-            for f in dataclasses.fields(cls)
-            if f.name not in _METADATA and (f.default is not dataclasses.MISSING
-                                           or f.default_factory is not dataclasses.MISSING)}
-        codec.upcast = cls.__dict__.get("upcast") is not None or any(  # type: ignore[attr-defined]
-            "upcast" in k.__dict__ for k in cls.__mro__[1:] if k is not Event and issubclass(k, Event))
+        codec.upcast = any("upcast" in k.__dict__ for k in cls.__mro__ if k is not Event and issubclass(k, Event))
     return codec
 
 
@@ -635,60 +650,72 @@ def _stored_copies(events: list[Event], rows: list[tuple[Any, ...]], first_id: i
             for i, (e, row) in enumerate(zip(events, rows, strict=True))]
 
 
-def _event_from_row(event_id: int, event_uuid: str, aggregate_id: str, type_name: str, version: int,
-                    created_at: _dt.datetime | str, correlation_id: str | None, causation_id: str | None,
-                    body: str | Mapping[str, Any]) -> Event:
-    """Build the event a stored row describes: its class when one is registered, else a generic Event."""
+_json_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+# (the C scanner, without decode()'s two whitespace regexes per call)
+
+
+def _parse_body(text: str) -> Any:
     try:
-        if isinstance(created_at, str):
-            created_at = _dt.datetime.fromisoformat(created_at)
-        data = _json_decode(body) if isinstance(body, str) else body
-        cls = _registry.get(type_name)
-        if cls is None:
-            event = object.__new__(Event)
-            event.__dict__.update(id=event_id, uuid=event_uuid, aggregate_id=aggregate_id, version=version,
-                                  created_at=created_at, correlation_id=correlation_id,
-                                  causation_id=causation_id, type=type_name, body=dict(data),
-                                  __dataclass_fields__=_GENERIC_FIELDS)
-            return event
-        codec = _codec(cls)
-        if codec.upcast:  # type: ignore[attr-defined]
-            data = cls.upcast(dict(data))
-        event = object.__new__(cls)
-        d = event.__dict__
-        d["id"] = event_id
-        d["uuid"] = event_uuid
-        d["aggregate_id"] = aggregate_id
-        d["version"] = version
-        d["created_at"] = created_at
-        d["correlation_id"] = correlation_id
-        d["causation_id"] = causation_id
-        if data.keys() == codec.name_set:
-            d.update(data)
-        else:
-            _fill_fields(d, data, codec, cls)
-        for name, dec in codec.decoders:
-            value = d[name]
-            if value is not None:
-                d[name] = dec(value)
-        return event
-    except CorruptEventError:
-        raise
-    except Exception as exc:
-        raise CorruptEventError(f"stored event {event_id} ({type_name}) cannot be decoded: {exc!r}") from exc
+        value, end = _json_scan(text, 0)
+    except StopIteration as exc:
+        raise ValueError(f"body is not JSON (at character {exc.value})") from None
+    if end != len(text) and text[end:].strip():
+        raise ValueError(f"body has extra data after character {end}")
+    return value
 
 
-def _fill_fields(d: dict[str, Any], data: Mapping[str, Any], codec: _FieldCodec, cls: type) -> None:
-    """Fill fields from a stored body that lacks some (defaults apply) or has extra keys (ignored)."""
-    defaults = codec.defaults  # type: ignore[attr-defined]
-    for name in codec.names:
-        if name in data:
-            d[name] = data[name]
-        elif name in defaults:
-            default, is_factory = defaults[name]
-            d[name] = default() if is_factory else default
-        else:
-            raise ValueError(f"stored body has no value for required field {name!r}")
+def _events_from_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
+    """Build the events stored rows describe: each of its registered class, or a generic Event.
+
+    A row is ``(id, uuid, aggregate_id, type, version, created_at, correlation_id,
+    causation_id, body)``; created_at may be a datetime or ISO text, body JSON
+    text or an already decoded dict. This is the hot path of every read.
+    """
+    events: list[Event] = []
+    append = events.append
+    new = object.__new__
+    set_dict = object.__setattr__
+    fromiso = _dt.datetime.fromisoformat
+    codecs: dict[str, _FieldCodec | None] = {}
+    for event_id, event_uuid, aggregate_id, type_name, version, created_at, correlation, causation, body in rows:
+        try:
+            if type_name in codecs:
+                codec = codecs[type_name]
+            else:
+                cls = _registry.get(type_name)
+                codec = codecs[type_name] = None if cls is None else _codec(cls)
+            data = _parse_body(body) if type(body) is str else dict(body)
+            if type(created_at) is str:
+                created_at = fromiso(created_at)
+            if codec is None:
+                event = new(Event)
+                set_dict(event, "__dict__", {
+                    "id": event_id, "uuid": event_uuid, "aggregate_id": aggregate_id, "version": version,
+                    "created_at": created_at, "correlation_id": correlation, "causation_id": causation,
+                    "type": type_name, "body": data, "__dataclass_fields__": _GENERIC_FIELDS})
+                append(event)
+                continue
+            if codec.upcast:
+                data = codec.cls.upcast(data)
+            if data.keys() != codec.name_set:
+                data = codec.fill(data)
+            for name, decode in codec.decoders:
+                value = data[name]
+                if value is not None:
+                    data[name] = decode(value)
+            data["id"] = event_id
+            data["uuid"] = event_uuid
+            data["aggregate_id"] = aggregate_id
+            data["version"] = version
+            data["created_at"] = created_at
+            data["correlation_id"] = correlation
+            data["causation_id"] = causation
+            event = new(codec.cls)
+            set_dict(event, "__dict__", data)
+            append(event)
+        except Exception as exc:
+            raise CorruptEventError(f"stored event {event_id} ({type_name}) cannot be decoded: {exc!r}") from exc
+    return events
 
 
 # ---------------------------------------------------------------------------
@@ -869,8 +896,6 @@ class MemoryEventStore(EventStore):
                 self._depth = 0
             self._changed.notify_all()
 
-    def _decode(self, row: Row) -> Event:
-        return _event_from_row(*row)
 
     def get_next_from(self, id: int, event_types: Iterable[str | type[Event]] | None = None,
                       limit: int = 1000) -> list[Event]:
@@ -881,7 +906,7 @@ class MemoryEventStore(EventStore):
                 wanted = set(names)
                 rows = [r for r in rows if r[3] in wanted]
             rows = rows[:limit]
-        return [self._decode(r) for r in rows]
+        return _events_from_rows(rows)
 
     def latest_event_id(self, event_types: Iterable[str | type[Event]] | None = None) -> int:
         names = _type_names(event_types)
@@ -894,7 +919,7 @@ class MemoryEventStore(EventStore):
     def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
         with self._changed:
             rows = [self._rows[i] for i in self._by_aggregate.get(str(aggregate_id), ())]
-        return [self._decode(r) for r in rows]
+        return _events_from_rows(rows)
 
     def _change_token(self) -> Any:
         return len(self._rows)
@@ -1153,8 +1178,6 @@ class SQLiteEventStore(EventStore):
             raise ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {exc}") from exc
         return _stored_copies(events, rows, first_id, current + 1)
 
-    def _decode(self, rows: list[Any]) -> list[Event]:
-        return [_event_from_row(*row) for row in rows]
 
     def get_next_from(self, id: int, event_types: Iterable[str | type[Event]] | None = None,
                       limit: int = 1000) -> list[Event]:
@@ -1167,7 +1190,7 @@ class SQLiteEventStore(EventStore):
                 marks = ",".join("?" * len(names))
                 rows = conn.execute(self._SELECT + f"WHERE id >= ? AND type IN ({marks}) ORDER BY id LIMIT ?",
                                     (id, *names, limit)).fetchall()
-        return self._decode(rows)
+        return _events_from_rows(rows)
 
     def latest_event_id(self, event_types: Iterable[str | type[Event]] | None = None) -> int:
         names = _type_names(event_types)
@@ -1184,7 +1207,7 @@ class SQLiteEventStore(EventStore):
         with self._db.lock:
             rows = self._db.connection.execute(self._SELECT + "WHERE aggregate_id = ? ORDER BY version",
                                                (str(aggregate_id),)).fetchall()
-        return self._decode(rows)
+        return _events_from_rows(rows)
 
     def _change_token(self) -> Any:
         with self._db.lock:

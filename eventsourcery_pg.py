@@ -513,8 +513,7 @@ class PostgresEventStore(es.EventStore):
 
 
 def _decode(rows: list[Any]) -> list[es.Event]:
-    make = es._event_from_row
-    return [make(*row) for row in rows]
+    return es._events_from_rows(rows)
 
 
 def _write_error(exc: psycopg.Error, aggregate_id: str, uuids: list[str]) -> es.Error | None:

@@ -327,3 +327,14 @@ def test_generic_events_compare_by_value():
 def test_generic_event_rejects_typed_fields():
     with pytest.raises(TypeError):
         es.Event(type="t", title="no such field")  # type: ignore[call-arg]
+
+
+def test_default_uuids_are_time_ordered_version_7():
+    import uuid as uuid_module
+
+    first = [es.new_uuid() for _ in range(200)]
+    parsed = [uuid_module.UUID(u) for u in first]
+    assert all(u.version == 7 and u.variant == uuid_module.RFC_4122 for u in parsed)
+    assert all(str(u) == s for u, s in zip(parsed, first, strict=True))
+    millis = [u.int >> 80 for u in parsed]
+    assert millis == sorted(millis)  # the leading 48 bits are a clock, so later uuids sort later
