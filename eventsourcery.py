@@ -1706,15 +1706,12 @@ class _TableOwner(EventStreamProcessor):
             super().reset()
         self.setup()
 
-    def _commit_scope(self) -> contextlib.AbstractContextManager[Any]:
-        return self._database.transaction()  # type: ignore[no-any-return]
-
     def process_batch(self, events: list[Event]) -> None:
         """Process events in transactions of ``batch_size``: each commits its writes and position together."""
         size = self.batch_size or len(events)
         for start in range(0, len(events), size):
             chunk = events[start:start + size]
-            with self._commit_scope():
+            with self._database.transaction():
                 for event in chunk:
                     self.process(event)
                 self.tracker.processed_event(self.processor_name, chunk[-1].id)  # type: ignore[arg-type]
@@ -1756,7 +1753,6 @@ class Reactor(_TableOwner):
     def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | None = None, *,
                  batch_size: int | None = None) -> None:
         self.store = store
-        self._shares_store_db = db is None
         if db is None:
             self._database = _StoreDatabase(store)
             tracker = store.tracker()
