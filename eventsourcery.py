@@ -111,6 +111,8 @@ class EventProcessingError(Error):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
+        # The processor may hold connections and cannot cross a process boundary;
+        # a pickled copy (e.g. in a log record sent elsewhere) keeps the message only.
         return (_rebuild_processing_error, (str(self),))
 
 
