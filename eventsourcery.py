@@ -1437,12 +1437,12 @@ class _FileLocks:
         safe = re.sub(r"[^A-Za-z0-9_.-]", lambda m: f"%{ord(m.group()):02x}", name)
         return os.path.join(self.directory, safe + ".lock")
 
-    def _try(self, name: str) -> int | None:
+    def _try(self, name: str, exclusive: bool = True) -> int | None:
         import fcntl
         os.makedirs(self.directory, exist_ok=True)
         fd = os.open(self._path(name), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             return None
@@ -1451,6 +1451,10 @@ class _FileLocks:
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         fd = self._try(name)
+        deadline = time.monotonic() + 0.25
+        while fd is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # an is_running() probe holds the lock for an instant: try again
+            fd = self._try(name)
         if fd is None:
             raise UnableToLockProcessorError(f"processor {name!r} is already running against this store "
                                              f"(lock file {self._path(name)})")
@@ -1464,7 +1468,7 @@ class _FileLocks:
     def is_running(self, name: str) -> bool:
         if not os.path.exists(self._path(name)):
             return False
-        fd = self._try(name)
+        fd = self._try(name, exclusive=False)
         if fd is None:
             return True
         os.close(fd)
@@ -1824,8 +1828,10 @@ class ErrorHandler:
     """Decides what a processor does after an error: retry after an interval, or stop.
 
     Every error is reported (unwrapped from EventProcessingError) to the
-    logger and to ``config.on_event_processor_error``. ``sleep`` is
-    injectable, so tests need not wait.
+    logger and to ``config.on_event_processor_error``, except
+    UnableToLockProcessorError: a second instance waiting for the first to
+    stop is only logged as a warning. ``sleep`` is injectable, so tests need
+    not wait.
     """
 
     def __init__(self, *, sleep: Callable[[float], None] | None = None) -> None:
@@ -1838,8 +1844,11 @@ class ErrorHandler:
     def handle(self, error: BaseException, processor_name: str) -> float | None:
         """Report ``error`` and return the retry interval (None: stop)."""
         cause = error.__cause__ if isinstance(error, EventProcessingError) and error.__cause__ else error
-        config.logger.error("[%s] processor failed: %s", processor_name, error, exc_info=cause)
-        config.on_event_processor_error(cause, processor_name)
+        if isinstance(error, UnableToLockProcessorError):  # a standby instance: nothing has failed
+            config.logger.warning("[%s] %s; waiting for it to stop", processor_name, error)
+        else:
+            config.logger.error("[%s] processor failed: %s", processor_name, error, exc_info=cause)
+            config.on_event_processor_error(cause, processor_name)
         interval = self.retry_interval(error)
         if interval is not None:
             config.logger.info("[%s] retrying in %s s", processor_name, interval)

@@ -802,3 +802,32 @@ def test_run_processor_returns_when_stopped_while_waiting_to_retry(monkeypatch):
     stop.set()
     thread.join(WAIT)
     assert not thread.is_alive(), "run_processor kept waiting after stop was set"
+
+
+def test_a_processor_starting_while_its_status_is_probed_still_gets_the_lock(tmp_path):
+    """processor_statuses()/the CLI probe the lock for an instant; a processor starting then must not fail."""
+    store = es.SQLiteEventStore(str(tmp_path / "events.db"))
+    tracker = store.tracker()
+    import fcntl
+
+    os.makedirs(tmp_path / "events.db.locks", exist_ok=True)
+    probe = os.open(tmp_path / "events.db.locks" / "probe_me.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # what is_running() holds while it looks
+    release = threading.Timer(0.05, os.close, args=(probe,))
+    release.start()
+    with tracker.lock("probe_me"):
+        assert tracker.is_running("probe_me")
+    release.join()
+    assert not tracker.is_running("probe_me")
+    store.close()
+
+
+def test_a_standby_instance_is_logged_as_a_warning_not_reported_as_an_error(caplog):
+    reported = []
+    es.configure(on_event_processor_error=lambda exc, name: reported.append(exc))
+    handler = es.ConstantRetry(interval=0.5)
+    with caplog.at_level("WARNING", logger="eventsourcery"):
+        assert handler.handle(es.UnableToLockProcessorError("held elsewhere"), "standby") == 0.5
+    assert reported == []
+    assert any(r.levelname == "WARNING" and "standby" in r.getMessage() for r in caplog.records)
+    assert es.NoRetry().handle(es.UnableToLockProcessorError("held elsewhere"), "standby") is None
