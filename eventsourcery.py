@@ -5,26 +5,26 @@ events, replays them, and feeds them to projectors and reactors::
 
     import eventsourcery as es
 
-    class TodoAdded(es.Event):             # every subclass is a frozen dataclass
+    class ChoreAdded(es.Event):            # every subclass is a frozen dataclass
         title: str
 
-    class Todo(es.Aggregate):
+    class Chore(es.Aggregate):
         added = False
 
-        @es.on(TodoAdded)
+        @es.on(ChoreAdded)
         def _added(self, event):
             self.added = True
 
         def add(self, title):
             if self.added:
                 raise ValueError("already added")
-            self.apply_event(TodoAdded, title=title)
+            self.apply_event(ChoreAdded, title=title)
 
-    store = es.open_store("memory:")       # or "todo.db", or "postgresql://..."
+    store = es.open_store("memory:")       # or "chores.db", or "postgresql://..."
     repo = es.Repository(store)
-    todo = repo.load(Todo, "todo-1")
-    todo.add("Buy milk")
-    repo.save(todo)
+    chore = repo.load(Chore, "chore-1")
+    chore.add("Buy milk")
+    repo.save(chore)
     assert [e.title for e in store.get_next_from(1)] == ["Buy milk"]
 
 The sections below follow that story: errors, serialisation, configuration,

@@ -24,3 +24,14 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = next(c.strip() for c in commands if "pytest" in c)
     ci = (README.parent / ".ci" / "run").read_text()
     assert test_command in ci.splitlines()
+
+
+def test_the_module_docstring_tutorial_runs() -> None:
+    import textwrap
+
+    import eventsourcery
+
+    doc = eventsourcery.__doc__ or ""
+    tutorial = textwrap.dedent(doc.split("::\n", 1)[1].split("\nThe sections below", 1)[0])
+    assert "repo.save(" in tutorial
+    exec(compile(tutorial, "eventsourcery docstring", "exec"), {"__name__": "docstring_tutorial"})
