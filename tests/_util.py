@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import queue
 import threading
 import time
 import uuid
+
+import pytest
 
 #: Upper bound for waits that only fail when something hangs (never reached on success).
 WAIT = 30.0
@@ -109,3 +112,33 @@ class Consumer:
         """Join the thread; True when it has returned (or raised)."""
         self.thread.join(timeout)
         return not self.thread.is_alive()
+
+
+PROCESS_DEADLINE = 120.0  # seconds; reached only when a worker process hangs
+
+
+def collect(out_q, n, procs, timeout=PROCESS_DEADLINE) -> list:
+    """n reports from worker processes; a worker's error report fails the test with its traceback."""
+    reports: list = []
+    while len(reports) < n:
+        try:
+            msg = out_q.get(timeout=timeout)
+        except queue.Empty:
+            alive = [p.pid for p in procs if p.is_alive()]
+            pytest.fail(f"only {len(reports)} of {n} reports arrived; still alive: {alive}; exit codes: "
+                        f"{[p.exitcode for p in procs]}")
+        if msg[0] == "error":
+            pytest.fail(f"worker {msg[1]} failed:\n{msg[2]}")
+        reports.append(msg)
+    return reports
+
+
+def join_all(procs, timeout=PROCESS_DEADLINE) -> list:
+    """Join worker processes, killing any still alive after ``timeout``; returns their exit codes."""
+    for p in procs:
+        p.join(timeout)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    return [p.exitcode for p in procs]

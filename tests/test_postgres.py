@@ -25,7 +25,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import queue
 import signal
 import threading
 import time
@@ -34,7 +33,7 @@ import pytest
 
 import eventsourcery as es
 from tests import pg_support as pg
-from tests._util import WAIT, Consumer, everything_in, new_id, wait_until
+from tests._util import WAIT, Consumer, collect, everything_in, join_all, new_id, wait_until
 from tests.events import ItemAdded, Numbered
 
 if pg.IN_CI:
@@ -77,30 +76,6 @@ def admin(url):
     conn = pg.connect()
     yield conn
     conn.close()
-
-
-def collect(out_q, n, procs, timeout=DEADLINE):
-    """n reports from worker processes; a worker's error report fails the test with its traceback."""
-    reports = []
-    while len(reports) < n:
-        try:
-            msg = out_q.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"{len(reports)} of {n} reports; exit codes {[p.exitcode for p in procs]}")
-        if msg[0] == "error":
-            pytest.fail(f"worker {msg[1]} failed:\n{msg[2]}")
-        reports.append(msg)
-    return reports
-
-
-def join_all(procs, timeout=DEADLINE):
-    for p in procs:
-        p.join(timeout)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    return [p.exitcode for p in procs]
 
 
 # =================================================================================================

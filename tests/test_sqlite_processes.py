@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import os
-import queue
 import signal
 import sqlite3
 
@@ -23,7 +22,7 @@ import pytest
 
 import eventsourcery as es
 from tests import _proc_workers as workers
-from tests._util import new_id
+from tests._util import collect, join_all, new_id
 from tests.events import Appended, CounterIncremented
 
 CTX = multiprocessing.get_context("spawn")
@@ -32,32 +31,6 @@ DEADLINE = 120.0  # seconds; only reached when something hangs
 N_WRITERS = 4
 COMMANDS = 250
 N_AGGREGATES = 5
-
-
-def collect(out_q, n, procs, timeout=DEADLINE):
-    """n messages from out_q; a worker's error report fails the test with its traceback."""
-    messages = []
-    while len(messages) < n:
-        try:
-            msg = out_q.get(timeout=timeout)
-        except queue.Empty:
-            alive = [p.pid for p in procs if p.is_alive()]
-            pytest.fail(f"only {len(messages)} of {n} reports arrived; still alive: {alive}; exit codes: "
-                        f"{[p.exitcode for p in procs]}")
-        if msg[0] == "error":
-            pytest.fail(f"worker {msg[1]} failed:\n{msg[2]}")
-        messages.append(msg)
-    return messages
-
-
-def join_all(procs, timeout=DEADLINE):
-    for p in procs:
-        p.join(timeout)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    return [p.exitcode for p in procs]
 
 
 # --- (a) + (c): concurrent commands with a subscriber watching -----------------------------------
