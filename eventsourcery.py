@@ -1695,6 +1695,11 @@ class _TableOwner(EventStreamProcessor):
         """The connection to this processor's database (open it in the process that processes)."""
         return self._database.connection
 
+    @property
+    def placeholder(self) -> str:
+        """The parameter marker of ``self.db``'s driver: ``?`` for SQLite, ``%s`` for Postgres."""
+        return str(self._tables.placeholder)
+
     def _owned_tables(self) -> list[str]:
         return list(self.tables) if self.tables is not None else self._tables.table_names(self.schema)
 

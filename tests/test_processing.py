@@ -831,3 +831,13 @@ def test_a_standby_instance_is_logged_as_a_warning_not_reported_as_an_error(capl
     assert reported == []
     assert any(r.levelname == "WARNING" and "standby" in r.getMessage() for r in caplog.records)
     assert es.NoRetry().handle(es.UnableToLockProcessorError("held elsewhere"), "standby") is None
+
+
+def test_placeholder_names_the_parameter_marker_of_the_processors_database(tmp_path, store):
+    projector = ps.CountingProjector(str(tmp_path / "projection.db"))
+    assert projector.placeholder == "?"
+    reactor = ps.PingReactor(store) if not isinstance(store, es.MemoryEventStore) else None
+    if reactor is not None:
+        expected = "?" if isinstance(store, es.SQLiteEventStore) else "%s"
+        assert reactor.placeholder == expected
+        assert reactor.db.execute(f"SELECT 1 WHERE 1 = {reactor.placeholder}", (1,)).fetchone() == (1,)

@@ -12,15 +12,15 @@ from .projections import CompletedTodosLogic, OutstandingTodosLogic, ScheduledTo
 
 
 class OutstandingTodosPg(OutstandingTodosLogic, es_pg.Projector):
-    placeholder = "%s"
+    pass
 
 
 class ScheduledTodosPg(ScheduledTodosLogic, es_pg.Projector):
-    placeholder = "%s"
+    pass
 
 
 class CompletedTodosPg(CompletedTodosLogic, es_pg.Projector):
-    placeholder = "%s"
+    pass
 
 
 POSTGRES_PROJECTORS = (OutstandingTodosPg, ScheduledTodosPg, CompletedTodosPg)

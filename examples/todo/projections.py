@@ -22,9 +22,9 @@ TODO_COLUMNS = ("todo_id", "title", "description", "due_date", "stakeholder_emai
 
 
 class SQLMixin:
-    """Runs ``?``-placeholder SQL on ``self.db``, whichever the driver."""
+    """Runs ``?``-placeholder SQL on ``self.db``, whichever the driver (its ``placeholder`` says which)."""
 
-    placeholder = "?"
+    placeholder: str  # provided by es.Projector / es.Reactor / eventsourcery_pg.Projector
 
     def sql(self, statement: str, params=()):
         if self.placeholder != "?":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import sqlite3
 
 import eventsourcery as es
 
@@ -62,10 +61,6 @@ class TodoCompletedNotifier(SQLMixin, es.Reactor):
         super().__init__(store, db)
         self.mail_log = None if mail_log is None else os.fspath(mail_log)
         self.clock = clock
-
-    @property
-    def placeholder(self):
-        return "?" if isinstance(self.db, sqlite3.Connection) else "%s"
 
     @es.on(TodoAdded)
     def _added(self, event):
