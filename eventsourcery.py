@@ -34,6 +34,7 @@ and the command line (``python -m eventsourcery STORE COMMAND``).
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import dataclasses
@@ -52,19 +53,34 @@ import threading
 import time
 import types
 import typing
+import urllib.parse
 import uuid as _uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, NamedTuple, TypeVar, Union
+
+if __name__ == "__main__":
+    # Run as ``python -m eventsourcery``, this file is the module __main__. Let a backend's
+    # ``import eventsourcery`` find this module, not a second copy with classes of its own.
+    sys.modules.setdefault("eventsourcery", sys.modules[__name__])
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Event", "Aggregate", "Repository", "on",
-    "EventStore", "MemoryEventStore", "SQLiteEventStore", "open_store",
-    "EventStreamProcessor", "Projector", "Reactor",
-    "Tracker", "MemoryTracker", "SQLiteTracker", "ProcessorStatus", "processor_statuses",
-    "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry", "run_processor",
-    "ESPRunner", "BodySerializer", "Config", "config", "configure",
+    # events and aggregates
+    "Event", "event_class", "new_uuid", "Aggregate", "Repository", "on",
+    # stores: the contract, the memory and SQLite stores, opening by URL
+    "EventStore", "Tracker", "StopSignal", "EventTypes", "MemoryEventStore", "MemoryTracker",
+    "SQLiteEventStore", "SQLiteTracker", "SQLITE_SCHEMA_VERSION",
+    "StoreURL", "BACKENDS", "parse_store_url", "open_store", "open_database",
+    # the backend interface
+    "EventRow", "EVENT_COLUMNS", "encode_events", "stored_copies", "decode_rows", "type_names", "Stopper",
+    "Database", "SQLiteDatabase", "DatabaseTracker", "TRACKER_TABLE",
+    # processing and the runner
+    "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
+    "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry", "run_processor", "ESPRunner",
+    # configuration
+    "BodySerializer", "Converter", "Config", "config", "configure", "main",
+    # errors
     "Error", "ConcurrencyError", "DuplicateEventError", "AtomicWriteToMultipleAggregatesNotSupported",
     "UnknownEventError", "EventProcessingError", "UndeclaredEventEmissionError",
     "MultipleCatchAllHandlersDefined", "UnableToLockProcessorError", "InvalidEventError", "DuplicateEventTypeError",
@@ -73,6 +89,7 @@ __all__ = [
 
 E = TypeVar("E", bound="Event")
 A = TypeVar("A", bound="Aggregate")
+S = TypeVar("S", bound="EventStore")
 
 
 # ---------------------------------------------------------------------------
@@ -102,13 +119,13 @@ class UnknownEventError(Error):
 class EventProcessingError(Error):
     """A processor's handler raised; the original exception is ``__cause__``."""
 
-    def __init__(self, event: Event, processor: EventStreamProcessor) -> None:
+    def __init__(self, event: Event, processor: EventStreamProcessor, cause: BaseException) -> None:
         self.event = event
         self.processor = processor
-        cause = sys.exc_info()[1]
         super().__init__(
             f"{processor.processor_name} failed on event {event.id} ({event.type}, uuid {event.uuid}): {cause!r}"
         )
+        self.__cause__ = cause
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The processor may hold connections and cannot cross a process boundary;
@@ -170,12 +187,44 @@ class BodySerializer:
 
     def __init__(self) -> None:
         self._custom: dict[Any, tuple[Converter, Converter]] = {}
+        self._codecs: dict[type, _FieldCodec] = {}
 
     def add(self, type_: type, to_json: Converter, from_json: Converter) -> BodySerializer:
         """Register ``to_json``/``from_json`` for fields annotated with ``type_``; returns self."""
         self._custom[type_] = (to_json, from_json)
-        _codecs.clear()
+        self._codecs.clear()  # codecs compiled before may have encoded this type by its runtime type
         return self
+
+    def codec(self, cls: type) -> _FieldCodec:
+        """The compiled codec of an Event subclass's own fields (built on first use, then cached)."""
+        codec = self._codecs.get(cls)
+        if codec is None:
+            names = [f.name for f in dataclasses.fields(cls) if f.name not in _METADATA]
+            codec = self._codecs[cls] = _FieldCodec(cls, self, names)
+            codec.upcast = any("upcast" in k.__dict__ for k in cls.__mro__ if k is not Event and issubclass(k, Event))
+        return codec
+
+    def encode_any(self, value: Any) -> Any:
+        """Encode a value whose annotation does not say how: by its runtime type."""
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [self.encode_any(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): self.encode_any(v) for k, v in value.items()}
+        custom = self._custom.get(type(value))
+        if custom:
+            return custom[0](value)
+        if isinstance(value, (_dt.date, _dt.time)):
+            return value.isoformat()
+        if isinstance(value, (decimal.Decimal, _uuid.UUID)):
+            return str(value)
+        if isinstance(value, enum.Enum):
+            return value.value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: self.encode_any(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable; "
+                        "register it with es.config.body_serializer.add(type, to_json, from_json)")
 
     def converters(self, annotation: Any) -> tuple[Converter | None, Converter | None]:
         """Return ``(encode, decode)`` for a type annotation; ``None`` means "leave as is"."""
@@ -197,7 +246,7 @@ class BodySerializer:
                 return self.converters(options[0])
             if all(self.converters(a) == (None, None) for a in options):
                 return None, None
-            return _encode_any, None
+            return self.encode_any, None
         if isinstance(annotation, type):
             if issubclass(annotation, _dt.datetime):
                 return _dt.datetime.isoformat, _dt.datetime.fromisoformat
@@ -222,8 +271,8 @@ class BodySerializer:
             dec = _mapping_converter(key_dec, val_dec) if (key_dec or val_dec) else None
             return enc, dec
         if annotation in (list, dict):
-            return _encode_any, None
-        return _encode_any, None
+            return self.encode_any, None
+        return self.encode_any, None
 
     def _collection_converters(self, origin: Any, args: tuple[Any, ...]) -> tuple[Converter, Converter | None]:
         make: Callable[[Iterable[Any]], Any] = {tuple: tuple, set: set, frozenset: frozenset}.get(origin, list)
@@ -235,7 +284,7 @@ class BodySerializer:
                 lambda v: [f(x) if f else x for f, x in zip(encs, v, strict=True)],
                 lambda v: tuple(f(x) if f else x for f, x in zip(decs, v, strict=True)),
             )
-        item_enc, item_dec = self.converters(args[0]) if args else (_encode_any, None)
+        item_enc, item_dec = self.converters(args[0]) if args else (self.encode_any, None)
         enc = _none_safe(item_enc) if item_enc else None
         dec = _none_safe(item_dec) if item_dec else None
         if enc is None:
@@ -268,29 +317,6 @@ def _mapping_converter(key: Converter | None, value: Converter | None) -> Conver
     if key:
         return lambda d: {key(k): v for k, v in d.items()}
     return lambda d: {k: value(v) for k, v in d.items()}  # type: ignore[misc]
-
-
-def _encode_any(value: Any) -> Any:
-    """Encode a value whose annotation does not say how: by its runtime type."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_encode_any(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _encode_any(v) for k, v in value.items()}
-    custom = config.body_serializer._custom.get(type(value))
-    if custom:
-        return custom[0](value)
-    if isinstance(value, (_dt.date, _dt.time)):
-        return value.isoformat()
-    if isinstance(value, (decimal.Decimal, _uuid.UUID)):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode_any(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable; "
-                    "register it with es.config.body_serializer.add(type, to_json, from_json)")
 
 
 class _FieldCodec:
@@ -389,7 +415,6 @@ def configure(**options: Any) -> Config:
         raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}")
     for name, value in options.items():
         setattr(config, name, value)
-    _codecs.clear()
     return config
 
 
@@ -400,7 +425,6 @@ def configure(**options: Any) -> Config:
 
 _METADATA = ("id", "uuid", "aggregate_id", "version", "created_at", "correlation_id", "causation_id")
 _registry: dict[str, type[Event]] = {}
-_codecs: dict[type, _FieldCodec] = {}
 
 
 def _snake_case(name: str) -> str:
@@ -498,7 +522,6 @@ class Event:
                             "pass type='...' to one of them")
         cls._type_name = name  # type: ignore[attr-defined]
         _registry[name] = cls
-        _codecs.pop(cls, None)
 
     @classmethod
     def upcast(cls, body: dict[str, Any]) -> dict[str, Any]:
@@ -539,13 +562,8 @@ def event_class(type_name: str) -> type[Event] | None:
 
 
 def _codec(cls: type) -> _FieldCodec:
-    """The compiled codec of an Event subclass's own fields (built on first use, cached)."""
-    codec = _codecs.get(cls)
-    if codec is None:
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in _METADATA]
-        codec = _codecs[cls] = _FieldCodec(cls, config.body_serializer, names)
-        codec.upcast = any("upcast" in k.__dict__ for k in cls.__mro__ if k is not Event and issubclass(k, Event))
-    return codec
+    """The compiled codec of an Event subclass's own fields, from the configured serializer."""
+    return config.body_serializer.codec(cls)
 
 
 def _with_metadata(event: E, **metadata: Any) -> E:
@@ -556,7 +574,199 @@ def _with_metadata(event: E, **metadata: Any) -> E:
     return copy
 
 
-def _type_names(event_types: Iterable[str | type[Event]] | None) -> tuple[str, ...] | None:
+# ---------------------------------------------------------------------------
+# Event stores: the contract. MemoryEventStore and SQLiteEventStore below
+# keep it, and so does eventsourcery_pg.PostgresEventStore.
+# ---------------------------------------------------------------------------
+
+StopSignal = Union[threading.Event, Callable[[], bool], None]
+EventTypes = Union[Iterable[Union[str, type[Event]]], str, type[Event], None]
+
+
+class EventStore(abc.ABC):
+    """The contract every event store keeps (see each method).
+
+    Guarantees, under concurrent writers in several processes: ids are 1, 2,
+    3, ... in commit order, so a subscriber never skips or repeats an event;
+    two writers to one aggregate with ``expected_version`` never both succeed.
+    A store also owns the single-instance lock of each processor name
+    (``lock``, ``is_running``) and, through ``tracker()``, the positions of
+    the processors that keep them in its database.
+    """
+
+    @abc.abstractmethod
+    def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
+        """Append events of one aggregate atomically; return the stored copies.
+
+        ``expected_version`` is the aggregate's version before the write
+        (0: it must not exist yet); a mismatch raises ConcurrencyError and
+        writes nothing. ``None`` appends unconditionally.
+        """
+
+    @abc.abstractmethod
+    def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
+        """Events with ``id >= id`` in id order, optionally of these types only, at most ``limit``."""
+
+    @abc.abstractmethod
+    def latest_event_id(self, event_types: EventTypes = None) -> int:
+        """The highest stored id (among these types); 0 when there is none."""
+
+    @abc.abstractmethod
+    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
+        """One aggregate's events in version order."""
+
+    def each_by_range(self, from_id: int, to_id: int, event_types: EventTypes = None) -> Iterator[Event]:
+        """Events with ``from_id <= id <= to_id`` (of these types), read in pages, never past ``to_id``."""
+        names = type_names(event_types)
+        position = from_id
+        while position <= to_id:
+            page = self.get_next_from(position, names, limit=min(1000, to_id - position + 1))
+            for event in page:
+                if event.id > to_id:  # type: ignore[operator]
+                    return
+                yield event
+            if not page:
+                return
+            position = page[-1].id + 1  # type: ignore[operator]
+
+    def subscribe(self, from_id: int, event_types: EventTypes = None, *,
+                  stop: StopSignal = None) -> Iterator[list[Event]]:
+        """Yield non-empty batches from ``from_id`` on: stored events first, then new ones as any
+        process commits them; return once ``stop`` (a threading.Event or a callable) is set."""
+        names = type_names(event_types)
+        stopper = Stopper(stop)
+        position = from_id
+        while not stopper.is_set():
+            token = self._change_token()
+            batch = self.get_next_from(position, names, limit=config.subscription_batch_size)
+            if batch:
+                yield batch
+                position = batch[-1].id + 1  # type: ignore[operator]
+            else:
+                self._wait_for_change(token, stopper)
+
+    def _change_token(self) -> Any:
+        """Something that differs once another event may have been committed (for ``subscribe``)."""
+        return None
+
+    def _wait_for_change(self, token: Any, stopper: Stopper) -> None:
+        """Block until the store may have changed since ``token`` was taken, or a short while passed."""
+        stopper.sleep(0.05)
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """A context in which ``sink`` calls and the store tracker's writes commit together (or not at all)."""
+
+    @abc.abstractmethod
+    def tracker(self) -> Tracker:
+        """The tracker that keeps processor positions in this store's own database."""
+
+    @property
+    def database(self) -> Database | None:
+        """The SQL database this store keeps its events in, where a reactor without a ``db`` of its own
+        keeps its tables; None for a store that has none (the memory store)."""
+        return None
+
+    @abc.abstractmethod
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the single-instance lock of processor ``name`` on this store, or raise UnableToLockProcessorError.
+
+        The lock is released when the context exits or its holder dies, even by ``kill -9``.
+        """
+
+    @abc.abstractmethod
+    def is_running(self, name: str) -> bool:
+        """Whether a live process holds the single-instance lock of processor ``name`` on this store."""
+
+    def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Counts for people: ``events``, ``aggregates``, ``first_created_at`` and ``last_created_at``
+        (ISO text or None), ``types`` (type name -> count, most frequent first), and whatever else the
+        backend knows (SQLite: ``file_size``, ``wal_size``). This default reads every event once,
+        calling ``progress(done_id, latest_id)`` now and then."""
+        latest = self.latest_event_id()
+        counts: dict[str, int] = {}
+        aggregates: set[str] = set()
+        first_at = last_at = None
+        for event in self.each_by_range(1, latest):
+            counts[event.type] = counts.get(event.type, 0) + 1
+            aggregates.add(event.aggregate_id)
+            first_at = first_at or event.created_at
+            last_at = event.created_at
+            if progress is not None and (event.id or 0) % 1000 == 0:
+                progress(event.id or 0, latest)
+        return {"events": sum(counts.values()), "aggregates": len(aggregates),
+                "first_created_at": first_at.isoformat() if first_at else None,
+                "last_created_at": last_at.isoformat() if last_at else None,
+                "types": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))}
+
+    def close(self) -> None:  # noqa: B027 - a store with no connections has nothing to release
+        """Release connections; the store reconnects if used again."""
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Tracker(abc.ABC):
+    """Keeps each processor's last processed event id, by processor name."""
+
+    @abc.abstractmethod
+    def setup(self, name: str) -> None:
+        """Start tracking ``name`` at 0, keeping an existing position."""
+
+    @abc.abstractmethod
+    def last_processed_event_id(self, name: str) -> int:
+        """The position of ``name``; 0 when it has none."""
+
+    @abc.abstractmethod
+    def processed_event(self, name: str, event_id: int) -> None:
+        """Record that ``name`` has processed everything up to ``event_id``."""
+
+    def reset(self, name: str) -> None:
+        """Set the position of ``name`` back to 0."""
+        self.processed_event(name, 0)
+
+    @abc.abstractmethod
+    def positions(self) -> dict[str, int]:
+        """Every tracked processor name with its position."""
+
+
+# ---------------------------------------------------------------------------
+# The backend interface: what a store module (like eventsourcery_pg) builds
+# on. Rows as every store writes and reads them, the encoding of events into
+# rows and back, the stop signal of subscribe(), and Database: one connection
+# per process with a reentrant transaction, which a SQL backend completes by
+# saying how to connect and how its SQL differs.
+# ---------------------------------------------------------------------------
+
+class EventRow(NamedTuple):
+    """One stored event, in the column order every store writes and reads.
+
+    ``encode_events`` makes them with ``id`` and ``version`` None (the store
+    assigns both); ``decode_rows`` reads any sequences in this order, such as
+    a database cursor's rows. ``created_at`` is an aware UTC datetime or ISO
+    text; ``body`` is JSON text or an already decoded dict.
+    """
+
+    id: int | None
+    uuid: str
+    aggregate_id: str
+    type: str
+    version: int | None
+    created_at: _dt.datetime | str
+    correlation_id: str | None
+    causation_id: str | None
+    body: str | Mapping[str, Any]
+
+
+#: The columns of the events table, in EventRow order.
+EVENT_COLUMNS = EventRow._fields
+
+
+def type_names(event_types: EventTypes) -> tuple[str, ...] | None:
+    """Type names from names and Event classes (None stays None: every type)."""
     if event_types is None:
         return None
     if isinstance(event_types, (str, type)):
@@ -570,11 +780,6 @@ def _type_names(event_types: Iterable[str | type[Event]] | None) -> tuple[str, .
         else:
             raise TypeError(f"event_types must hold type names or Event subclasses, not {t!r}")
     return tuple(names)
-
-
-# A stored row, the same shape in every store:
-# (id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body_json)
-Row = tuple[int, str, str, str, int, _dt.datetime, "str | None", "str | None", str]
 
 
 def _encode_body(event: Event) -> str:
@@ -604,12 +809,12 @@ def _field_error(event: Event, exc: Exception) -> TypeError:
     return TypeError(f"cannot serialise event of type {event.type!r}: {exc}")
 
 
-def _prepare_rows(event_or_events: Event | Sequence[Event]) -> tuple[list[Event], str, list[tuple[Any, ...]]]:
+def encode_events(event_or_events: Event | Sequence[Event]) -> tuple[list[Event], str, list[EventRow]]:
     """Validate a sink's events and encode them; raises before anything touches a database.
 
-    Returns the events, their aggregate id and one tuple per event of
-    ``(uuid, aggregate_id, type, created_at, correlation_id, causation_id, body_json)``,
-    where created_at is an aware UTC datetime (now, when the event had none).
+    Returns the events, their aggregate id and one EventRow per event, with
+    ``id`` and ``version`` None, ``created_at`` an aware UTC datetime (now,
+    when the event had none) and ``body`` JSON text.
     """
     events = [event_or_events] if isinstance(event_or_events, Event) else list(event_or_events)
     if not events:
@@ -641,14 +846,14 @@ def _prepare_rows(event_or_events: Event | Sequence[Event]) -> tuple[list[Event]
             raise InvalidEventError(f"created_at of a {type_name!r} event must be timezone-aware, got {created_at!r}")
         elif created_at.utcoffset():
             created_at = created_at.astimezone(_dt.timezone.utc)
-        rows.append((d["uuid"], aggregate_id, type_name, created_at,
-                     d["correlation_id"], d["causation_id"], _encode_body(e)))
+        rows.append(EventRow(None, d["uuid"], aggregate_id, type_name, None, created_at,
+                             d["correlation_id"], d["causation_id"], _encode_body(e)))
     return events, aggregate_id, rows
 
 
-def _stored_copies(events: list[Event], rows: list[tuple[Any, ...]], first_id: int,
-                   first_version: int) -> list[Event]:
-    return [_with_metadata(e, id=first_id + i, version=first_version + i, created_at=row[3])
+def stored_copies(events: list[Event], rows: list[EventRow], first_id: int, first_version: int) -> list[Event]:
+    """The events as stored: ids and versions counted from the first, ``created_at`` from their rows."""
+    return [_with_metadata(e, id=first_id + i, version=first_version + i, created_at=row.created_at)
             for i, (e, row) in enumerate(zip(events, rows, strict=True))]
 
 
@@ -666,12 +871,11 @@ def _parse_body(text: str) -> Any:
     return value
 
 
-def _events_from_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
-    """Build the events stored rows describe: each of its registered class, or a generic Event.
+def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
+    """Build the events stored rows describe (in EventRow order): each of its registered class, or a
+    generic Event; a row that cannot be decoded raises CorruptEventError naming its id.
 
-    A row is ``(id, uuid, aggregate_id, type, version, created_at, correlation_id,
-    causation_id, body)``; created_at may be a datetime or ISO text, body JSON
-    text or an already decoded dict. This is the hot path of every read.
+    This is the hot path of every read.
     """
     events: list[Event] = []
     append = events.append
@@ -720,27 +924,21 @@ def _events_from_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
     return events
 
 
-# ---------------------------------------------------------------------------
-# Event stores: one contract (EventStore), kept by MemoryEventStore and
-# SQLiteEventStore here and by eventsourcery_pg.PostgresEventStore.
-# ---------------------------------------------------------------------------
-
-StopSignal = Union[threading.Event, Callable[[], bool], None]
-
-
-class _Stopper:
-    """Normalises a ``stop`` argument (threading.Event, callable or None) and sleeps until it is set."""
+class Stopper:
+    """A ``stop`` argument (threading.Event, no-argument callable or None) that can be asked and slept on."""
 
     def __init__(self, stop: StopSignal) -> None:
         self._event = stop if isinstance(stop, threading.Event) else None
         self._callable: Callable[[], bool] | None = None if isinstance(stop, threading.Event) else stop
 
     def is_set(self) -> bool:
+        """Whether the stop signal is set."""
         if self._event is not None:
             return self._event.is_set()
         return bool(self._callable()) if self._callable is not None else False
 
     def sleep(self, seconds: float) -> None:
+        """Sleep for ``seconds``, returning early once the stop signal is set."""
         if self._event is not None:
             self._event.wait(seconds)
             return
@@ -752,91 +950,284 @@ class _Stopper:
             time.sleep(min(left, 0.05))
 
 
-class EventStore:
-    """The contract every event store keeps (see each method).
+class Database(abc.ABC):
+    """One connection per process to one SQL database, with a reentrant ``transaction()``.
 
-    Guarantees, under concurrent writers in several processes: ids are 1, 2,
-    3, ... in commit order, so a subscriber never skips or repeats an event;
-    two writers to one aggregate with ``expected_version`` never both succeed.
+    What every SQL backend needs done the same way lives here: the connection
+    is opened in the process that uses it, on first use; after a fork the
+    inherited connection (the parent's session) is abandoned, never used nor
+    closed; pickling leaves the connection behind, so stores, trackers and
+    projectors can be sent to ESPRunner's children; a reentrant lock keeps
+    other threads off the connection while one uses it; ``transaction()`` is
+    ``begin_statement`` ... COMMIT, and nested use a savepoint.
+
+    A backend supplies ``_create_connection()`` (a new connection in
+    autocommit mode, ready to use), ``_connection_in_transaction()``, its
+    ``placeholder``, and how it creates, names and drops tables
+    (``create_tables``, ``drop_tables``, ``qualify``).
     """
 
-    def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
-        """Append events of one aggregate atomically; return the stored copies.
+    #: the parameter marker of the driver's SQL
+    placeholder: ClassVar[str] = "?"
+    #: the statement that opens a write transaction
+    begin_statement: ClassVar[str] = "BEGIN"
+    #: connections inherited through fork(): kept referenced so they are never finalised in the child
+    _abandoned: ClassVar[list[Any]] = []
 
-        ``expected_version`` is the aggregate's version before the write
-        (0: it must not exist yet); a mismatch raises ConcurrencyError and
-        writes nothing. ``None`` appends unconditionally.
-        """
-        raise NotImplementedError
+    def __init__(self) -> None:
+        self._conn: Any = None
+        self._pid = 0
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.commits = 0  # commits made through this object, in this process
 
-    def get_next_from(self, id: int, event_types: Iterable[str | type[Event]] | None = None,
-                      limit: int = 1000) -> list[Event]:
-        """Events with ``id >= id`` in id order, optionally of these types only, at most ``limit``."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _create_connection(self) -> Any:
+        """Open and prepare a new connection in autocommit mode (DB-API ``execute`` returning a cursor)."""
 
-    def latest_event_id(self, event_types: Iterable[str | type[Event]] | None = None) -> int:
-        """The highest stored id (among these types); 0 when there is none."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _connection_in_transaction(self, conn: Any) -> bool:
+        """Whether ``conn`` has a transaction open on the server."""
 
-    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
-        """One aggregate's events in version order."""
-        raise NotImplementedError
+    def _connection_usable(self, conn: Any) -> bool:
+        """False once a connection is known to be closed or lost (it is then opened again)."""
+        return True
 
-    def each_by_range(self, from_id: int, to_id: int,
-                      event_types: Iterable[str | type[Event]] | None = None) -> Iterator[Event]:
-        """Events with ``from_id <= id <= to_id`` (of these types), read in pages, never past ``to_id``."""
-        names = _type_names(event_types)
-        position = from_id
-        while position <= to_id:
-            page = self.get_next_from(position, names, limit=min(1000, to_id - position + 1))
-            for event in page:
-                if event.id > to_id:  # type: ignore[operator]
-                    return
-                yield event
-            if not page:
+    def _close_connection(self, conn: Any) -> None:
+        conn.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_conn=None, _pid=0, _lock=None, _depth=0, commits=0)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def _check_process(self) -> None:
+        pid = os.getpid()
+        if self._pid != pid:
+            if self._conn is not None:
+                Database._abandoned.append(self._conn)
+                self._conn = None
+            self._lock = threading.RLock()  # another thread may have held it at the fork
+            self._depth = 0
+            self.commits = 0
+            self._pid = pid
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock that keeps other threads of this process off the connection."""
+        if self._pid != os.getpid():
+            self._check_process()
+        return self._lock
+
+    @property
+    def connection(self) -> Any:
+        """This process's connection, opened on first use (and again after a fork or once lost)."""
+        if self._pid != os.getpid():
+            self._check_process()
+        conn = self._conn
+        if conn is None or not self._connection_usable(conn):
+            with self._lock:
+                conn = self._conn
+                if conn is None or not self._connection_usable(conn):
+                    self._depth = 0
+                    conn = self._conn = self._create_connection()
+        return conn
+
+    def ensure_open(self) -> None:
+        """Open this process's connection now, so that a bad target fails here with a clear error."""
+        self.connection  # noqa: B018
+
+    def in_transaction(self) -> bool:
+        """Whether this process's connection is inside ``transaction()`` (or another open transaction)."""
+        conn = self._conn
+        return self._depth > 0 or (conn is not None and self._pid == os.getpid()
+                                   and self._connection_in_transaction(conn))
+
+    def _rollback(self, conn: Any) -> None:
+        try:
+            if self._connection_in_transaction(conn):
+                conn.execute("ROLLBACK")
+        except Exception:  # the connection is unusable: forget it, the next use opens another
+            self._discard()
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                self._close_connection(conn)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """``begin_statement`` ... COMMIT around the block (yields the connection); nested use is a
+        savepoint inside the outer transaction, rolled back alone if the inner block raises."""
+        with self.lock:
+            conn = self.connection
+            if self._depth:
+                self._depth += 1
+                name = f"es_sp{self._depth}"
+                conn.execute(f"SAVEPOINT {name}")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                    conn.execute(f"RELEASE SAVEPOINT {name}")
+                    raise
+                else:
+                    conn.execute(f"RELEASE SAVEPOINT {name}")
+                finally:
+                    self._depth -= 1
                 return
-            position = page[-1].id + 1  # type: ignore[operator]
+            conn.execute(self.begin_statement)
+            self._depth = 1
+            try:
+                yield conn
+            except BaseException:
+                self._depth = 0
+                self._rollback(conn)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback(conn)
+                raise
+            finally:
+                self._depth = 0
+            self.commits += 1
 
-    def subscribe(self, from_id: int, event_types: Iterable[str | type[Event]] | None = None, *,
-                  stop: StopSignal = None) -> Iterator[list[Event]]:
-        """Yield non-empty batches from ``from_id`` on: stored events first, then new ones as any
-        process commits them; return once ``stop`` (a threading.Event or a callable) is set."""
-        names = _type_names(event_types)
-        stopper = _Stopper(stop)
-        position = from_id
-        while not stopper.is_set():
-            token = self._change_token()
-            batch = self.get_next_from(position, names, limit=config.subscription_batch_size)
-            if batch:
-                yield batch
-                position = batch[-1].id + 1  # type: ignore[operator]
-            else:
-                self._wait_for_change(token, stopper)
-
-    def _change_token(self) -> Any:
-        """Something that differs once another event may have been committed."""
-        return None
-
-    def _wait_for_change(self, token: Any, stopper: _Stopper) -> None:
-        """Block until the store may have changed since ``token`` was taken, or a short while passed."""
-        stopper.sleep(0.05)
-
-    def transaction(self) -> contextlib.AbstractContextManager[Any]:
-        """A context in which ``sink`` calls and the store tracker's writes commit together (or not at all)."""
-        raise NotImplementedError
-
-    def tracker(self) -> Tracker:
-        """A tracker that keeps processor positions in this store's own database."""
-        raise NotImplementedError
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement inside the current transaction, or in a transaction of its own; returns the cursor."""
+        with self.transaction() as conn:
+            return conn.execute(sql, params)
 
     def close(self) -> None:
-        """Release connections; the store reconnects if used again."""
+        """Close this process's connection (it is opened again when needed)."""
+        with self.lock:
+            self._discard()
 
-    def __enter__(self: Any) -> Any:
-        return self
+    # -- the dialect: how this database's SQL names, creates and drops tables ----------------------
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def qualify(self, table: str) -> str:
+        """The SQL name of one of the library's tables (e.g. schema-qualified)."""
+        return table
+
+    def table_names(self, ddl: str) -> list[str]:
+        """The tables a processor's ``schema`` DDL creates (the ones ``reset()`` drops)."""
+        return re.findall(r"CREATE\s+(?:TEMP\w*\s+)?(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+                          r"[\"`\[]?([\w.]+)", ddl, flags=re.IGNORECASE)
+
+    @abc.abstractmethod
+    def create_tables(self, conn: Any, ddl: str) -> None:
+        """Run ``ddl`` (CREATE ... IF NOT EXISTS statements) inside the open transaction on ``conn``,
+        safely when several processes do it at once."""
+
+    @abc.abstractmethod
+    def drop_tables(self, conn: Any, tables: Iterable[str]) -> None:
+        """Drop these tables, if they exist, inside the open transaction on ``conn``."""
+
+
+TRACKER_TABLE = "eventsourcery_trackers"
+_TRACKER_DDL = "CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, position BIGINT NOT NULL DEFAULT 0)"
+
+
+class DatabaseTracker(Tracker):
+    """Positions in the ``eventsourcery_trackers`` table of a Database: the event store's, or a projection's.
+
+    Writes join the database's current transaction, so a projector's writes
+    and its new position commit together. The table is created on first use.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._table = database.qualify(TRACKER_TABLE)
+        self._ready_pid = 0
+
+    def _conn(self) -> Any:
+        db = self.database
+        conn = db.connection
+        if self._ready_pid != os.getpid():
+            with db.transaction() as conn:
+                db.create_tables(conn, _TRACKER_DDL.format(table=self._table))
+            self._ready_pid = os.getpid()
+        return conn
+
+    def setup(self, name: str) -> None:
+        self._conn()
+        p = self.database.placeholder
+        self.database.execute(f"INSERT INTO {self._table} (name, position) VALUES ({p}, 0) "
+                              "ON CONFLICT (name) DO NOTHING", (name,))
+
+    def last_processed_event_id(self, name: str) -> int:
+        with self.database.lock:
+            row = self._conn().execute(f"SELECT position FROM {self._table} WHERE name = {self.database.placeholder}",
+                                       (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def processed_event(self, name: str, event_id: int) -> None:
+        self._conn()
+        p = self.database.placeholder
+        self.database.execute(f"INSERT INTO {self._table} (name, position) VALUES ({p}, {p}) "
+                              "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (name, event_id))
+
+    def positions(self) -> dict[str, int]:
+        with self.database.lock:
+            rows = self._conn().execute(f"SELECT name, position FROM {self._table} ORDER BY name").fetchall()
+        return {str(name): int(position) for name, position in rows}
+
+
+# ---------------------------------------------------------------------------
+# The memory store: the contract kept in this process's memory, for tests.
+# ---------------------------------------------------------------------------
+
+class _ProcessLocks:
+    """Single-instance locks held in this process (for stores without files)."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._mutex = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        with self._mutex:
+            if name in self._held:
+                raise UnableToLockProcessorError(f"processor {name!r} is already running in this process")
+            self._held.add(name)
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._held.discard(name)
+
+    def is_running(self, name: str) -> bool:
+        return name in self._held
+
+
+class MemoryTracker(Tracker):
+    """Positions in this process's memory: they start again at 0 in every new process."""
+
+    def __init__(self) -> None:
+        self._positions: dict[str, int] = {}
+
+    def setup(self, name: str) -> None:
+        self._positions.setdefault(name, 0)
+
+    def last_processed_event_id(self, name: str) -> int:
+        return self._positions.get(name, 0)
+
+    def processed_event(self, name: str, event_id: int) -> None:
+        self._positions[name] = event_id
+
+    def positions(self) -> dict[str, int]:
+        return dict(self._positions)
 
 
 class MemoryEventStore(EventStore):
@@ -848,30 +1239,31 @@ class MemoryEventStore(EventStore):
     """
 
     def __init__(self) -> None:
-        self._rows: list[Row] = []
+        self._rows: list[EventRow] = []
         self._by_aggregate: dict[str, list[int]] = {}
         self._uuids: set[str] = set()
         self._changed = threading.Condition(threading.RLock())
         self._tracker = MemoryTracker()
+        self._locks = _ProcessLocks()
         self._depth = 0
 
     def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
-        events, aggregate_id, rows = _prepare_rows(event_or_events)
+        events, aggregate_id, rows = encode_events(event_or_events)
         with self.transaction():
             current = len(self._by_aggregate.get(aggregate_id, ()))
             if expected_version is not None and current != expected_version:
                 raise ConcurrencyError(f"aggregate {aggregate_id!r} is at version {current}, "
                                        f"expected {expected_version}")
-            uuids = [r[0] for r in rows]
+            uuids = [r.uuid for r in rows]
             if len(set(uuids)) != len(uuids) or self._uuids.intersection(uuids):
                 raise DuplicateEventError(f"an event uuid in {uuids} is already stored")
             first_id = len(self._rows) + 1
             positions = self._by_aggregate.setdefault(aggregate_id, [])
-            for i, (u, agg, type_name, created_at, corr, caus, body) in enumerate(rows):
-                self._rows.append((first_id + i, u, agg, type_name, current + 1 + i, created_at, corr, caus, body))
+            for i, row in enumerate(rows):
+                self._rows.append(row._replace(id=first_id + i, version=current + 1 + i))
                 positions.append(first_id + i - 1)
-                self._uuids.add(u)
-        return _stored_copies(events, rows, first_id, current + 1)
+                self._uuids.add(row.uuid)
+        return stored_copies(events, rows, first_id, current + 1)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -886,7 +1278,7 @@ class MemoryEventStore(EventStore):
                 yield None
             except BaseException:
                 for row in self._rows[saved[0]:]:
-                    self._uuids.discard(row[1])
+                    self._uuids.discard(row.uuid)
                 del self._rows[saved[0]:]
                 for key in list(self._by_aggregate):
                     del self._by_aggregate[key][saved[1].get(key, 0):]
@@ -898,35 +1290,33 @@ class MemoryEventStore(EventStore):
                 self._depth = 0
             self._changed.notify_all()
 
-
-    def get_next_from(self, id: int, event_types: Iterable[str | type[Event]] | None = None,
-                      limit: int = 1000) -> list[Event]:
-        names = _type_names(event_types)
+    def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
+        names = type_names(event_types)
         with self._changed:
             rows = self._rows[max(id, 1) - 1:]
             if names is not None:
                 wanted = set(names)
-                rows = [r for r in rows if r[3] in wanted]
+                rows = [r for r in rows if r.type in wanted]
             rows = rows[:limit]
-        return _events_from_rows(rows)
+        return decode_rows(rows)
 
-    def latest_event_id(self, event_types: Iterable[str | type[Event]] | None = None) -> int:
-        names = _type_names(event_types)
+    def latest_event_id(self, event_types: EventTypes = None) -> int:
+        names = type_names(event_types)
         with self._changed:
             if names is None:
                 return len(self._rows)
             wanted = set(names)
-            return next((r[0] for r in reversed(self._rows) if r[3] in wanted), 0)
+            return next((r.id or 0 for r in reversed(self._rows) if r.type in wanted), 0)
 
     def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
         with self._changed:
             rows = [self._rows[i] for i in self._by_aggregate.get(str(aggregate_id), ())]
-        return _events_from_rows(rows)
+        return decode_rows(rows)
 
     def _change_token(self) -> Any:
         return len(self._rows)
 
-    def _wait_for_change(self, token: Any, stopper: _Stopper) -> None:
+    def _wait_for_change(self, token: Any, stopper: Stopper) -> None:
         with self._changed:
             if len(self._rows) == token:
                 self._changed.wait(0.05)
@@ -934,79 +1324,60 @@ class MemoryEventStore(EventStore):
     def tracker(self) -> Tracker:
         return self._tracker
 
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._locks.lock(name)
 
-class _SQLiteDatabase:
-    """One SQLite connection per process (re-opened after a fork), with a reentrant transaction().
+    def is_running(self, name: str) -> bool:
+        return self._locks.is_running(name)
 
-    The connection is in autocommit mode; every write transaction starts with
-    BEGIN IMMEDIATE, because a deferred transaction that has read cannot be
-    upgraded to a writer and fails at once with "database is locked".
+
+# ---------------------------------------------------------------------------
+# The SQLite backend: its database, event store, tracker and locks.
+# ---------------------------------------------------------------------------
+
+class SQLiteDatabase(Database):
+    """This process's connection to one SQLite file (or a connection you opened yourself).
+
+    Every write transaction starts with BEGIN IMMEDIATE, because a deferred
+    transaction that has read cannot be upgraded to a writer and fails at
+    once with "database is locked". A file is opened in WAL mode; ``prepare``,
+    if given, runs on every new connection (the event store creates its schema).
     """
 
+    begin_statement: ClassVar[str] = "BEGIN IMMEDIATE"
+
     def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection, *, synchronous: str = "FULL",
-                 busy_timeout: float = 30.0, schema: Callable[[sqlite3.Connection], None] | None = None) -> None:
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+                 busy_timeout: float = 30.0, prepare: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        super().__init__()
+        if not isinstance(synchronous, str) or synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self._given = db if isinstance(db, sqlite3.Connection) else None
+        self._given_pid = 0
         self.path = "" if isinstance(db, sqlite3.Connection) else os.fspath(db)
         if self._given is None and not self.path:
             raise StoreError("an SQLite database needs a file path")
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
-        self._schema = schema
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
-        self._lock = threading.RLock()
-        self._depth = 0
-        self.commits = 0  # commits made through this object, in this process
+        self._prepare = prepare
+
+    def __repr__(self) -> str:
+        return f"SQLiteDatabase({self.path or self._given!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         if self._given is not None:
             raise TypeError("an SQLite database given as an open connection cannot be sent to another process; "
                             "pass its file path instead")
-        state = self.__dict__.copy()
-        state.update(_conn=None, _pid=0, _lock=None, _depth=0, commits=0)
-        return state
+        return super().__getstate__()
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-
-    @property
-    def connection(self) -> sqlite3.Connection:
-        """This process's connection, opened on first use (and again after a fork)."""
-        if self._pid != os.getpid():
-            self._open()
-        assert self._conn is not None
-        return self._conn
-
-    def ensure_open(self) -> None:
-        """Open this process's connection now if it is not open yet."""
-        if self._pid != os.getpid():
-            self._open()
-
-    @property
-    def lock(self) -> threading.RLock:
-        if self._pid != os.getpid():
-            self._open()
-        return self._lock
-
-    def _open(self) -> None:
-        if self._conn is not None and self._pid != os.getpid():
-            # Never use nor close a connection inherited across fork(): closing it
-            # could disturb the parent's locks. Keep it referenced and forget it.
-            _abandoned_connections.append(self._conn)
-            self._conn = None
-            self._lock = threading.RLock()
-            self._depth = 0
+    def _create_connection(self) -> sqlite3.Connection:
         if self._given is not None:
-            if self._pid and self._pid != os.getpid():
+            if self._given_pid and self._given_pid != os.getpid():
                 raise StoreError("this SQLite connection was opened in another process; pass a file path instead")
             self._given.isolation_level = None
-            self._conn, self._pid = self._given, os.getpid()
-            if self._schema:
-                self._schema(self._given)
-            return
+            self._given_pid = os.getpid()
+            if self._prepare:
+                self._prepare(self._given)
+            return self._given
         path = self.path
         try:
             if os.path.isdir(path):
@@ -1017,62 +1388,32 @@ class _SQLiteDatabase:
                 if path != ":memory:" and not path.startswith("file:"):
                     conn.execute("PRAGMA journal_mode = WAL").fetchone()
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-                if self._schema:
-                    self._schema(conn)
+                if self._prepare:
+                    self._prepare(conn)
             except BaseException:
                 conn.close()
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from exc
-        self._conn, self._pid = conn, os.getpid()
+        return conn
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT; nested use is a savepoint inside the outer transaction."""
-        with self.lock:
-            conn = self.connection
-            if self._depth:
-                self._depth += 1
-                name = f"sp{self._depth}"
-                conn.execute(f"SAVEPOINT {name}")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute(f"ROLLBACK TO {name}")
-                    conn.execute(f"RELEASE {name}")
-                    raise
-                else:
-                    conn.execute(f"RELEASE {name}")
-                finally:
-                    self._depth -= 1
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield conn
-            except BaseException:
-                self._depth = 0
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            finally:
-                self._depth = 0
-            self.commits += 1
+    def _connection_in_transaction(self, conn: Any) -> bool:
+        return bool(conn.in_transaction)
 
-    def close(self) -> None:
-        with self.lock:
-            if self._conn is not None and self._given is None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn, self._pid = None, 0
+    def _close_connection(self, conn: Any) -> None:
+        if conn is not self._given:
+            conn.close()
 
+    def create_tables(self, conn: Any, ddl: str) -> None:
+        # The write transaction the caller opened (BEGIN IMMEDIATE) already keeps other processes out.
+        for statement in ddl.split(";"):
+            if statement.strip():
+                conn.execute(statement)
 
-_abandoned_connections: list[Any] = []
+    def drop_tables(self, conn: Any, tables: Iterable[str]) -> None:
+        for table in tables:
+            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+
 
 SQLITE_SCHEMA_VERSION = 1
 _SQLITE_SCHEMA = """
@@ -1090,6 +1431,7 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (aggregate_id, version)
 );
 CREATE INDEX IF NOT EXISTS events_type_id ON events (type, id);
+CREATE TABLE IF NOT EXISTS eventsourcery_trackers (name TEXT PRIMARY KEY, position INTEGER NOT NULL DEFAULT 0);
 """
 
 
@@ -1107,7 +1449,6 @@ def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
         for statement in _SQLITE_SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        _create_sqlite_tracker_table(conn)
         if conn.execute("SELECT count(*) FROM eventsourcery_schema").fetchone()[0] == 0:
             conn.execute("INSERT INTO eventsourcery_schema (version) VALUES (?)", (SQLITE_SCHEMA_VERSION,))
         conn.execute("COMMIT")
@@ -1117,6 +1458,70 @@ def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _check_existing_sqlite_store(path: str) -> None:
+    """Raise StoreError unless ``path`` is an existing eventsourcery store; looks read-only, changes nothing."""
+    if not os.path.exists(path):
+        raise StoreError(f"no such store: {path!r} does not exist (it is not created when opening an existing store)")
+    if os.path.isdir(path):
+        raise StoreError(f"cannot open store {path!r}: it is a directory, not an SQLite file")
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from exc
+    if "events" not in tables:
+        raise StoreError(f"{path!r} is not an eventsourcery event store (it has no events table)")
+
+
+class _FileLocks:
+    """Single-instance locks as flock()ed files beside a database file; the OS releases them on death."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def _path(self, name: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", lambda m: f"%{ord(m.group()):02x}", name)
+        return os.path.join(self.directory, safe + ".lock")
+
+    def _try(self, name: str, exclusive: bool = True) -> int | None:
+        import fcntl
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(self._path(name), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        fd = self._try(name)
+        deadline = time.monotonic() + 0.25
+        while fd is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # an is_running() probe holds the lock for an instant: try again
+            fd = self._try(name)
+        if fd is None:
+            raise UnableToLockProcessorError(f"processor {name!r} is already running against this store "
+                                             f"(lock file {self._path(name)})")
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)
+
+    def is_running(self, name: str) -> bool:
+        if not os.path.exists(self._path(name)):
+            return False
+        fd = self._try(name, exclusive=False)
+        if fd is None:
+            return True
+        os.close(fd)
+        return False
+
+
 class SQLiteEventStore(EventStore):
     """An event store in one SQLite file, shared safely by several processes on one host.
 
@@ -1124,21 +1529,25 @@ class SQLiteEventStore(EventStore):
     ``synchronous="FULL"``: a committed event survives power loss. With
     ``"NORMAL"`` commits are about twice as fast and still survive any
     application crash, but a power loss may roll back the last commits.
-    Processor positions are kept in the same file (``tracker()``).
+    Processor positions are kept in the same file (``tracker()``), and the
+    single-instance locks of processors in ``<path>.locks/``.
     """
 
-    _SELECT = ("SELECT id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body "
-               "FROM events ")
+    _SELECT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events "
 
     _INSERT = ("INSERT INTO events (uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, "
                "body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 30.0,
                  poll_interval: float = 0.005) -> None:
-        self._db = _SQLiteDatabase(path, synchronous=synchronous, busy_timeout=busy_timeout,
-                                   schema=_create_sqlite_store_schema)
+        self._db = SQLiteDatabase(path, synchronous=synchronous, busy_timeout=busy_timeout,
+                                  prepare=_create_sqlite_store_schema)
         self.path = self._db.path
         self.poll_interval = poll_interval
+        self._tracker = DatabaseTracker(self._db)
+        self._locks: _FileLocks | _ProcessLocks = (
+            _FileLocks(self.path + ".locks") if self.path != ":memory:" and not self.path.startswith("file:")
+            else _ProcessLocks())
         self._db.ensure_open()  # so that a bad path fails here, with a clear error
 
     def __repr__(self) -> str:
@@ -1147,16 +1556,27 @@ class SQLiteEventStore(EventStore):
     @property
     def connection(self) -> sqlite3.Connection:
         """This process's connection to the store's file."""
-        return self._db.connection
+        conn: sqlite3.Connection = self._db.connection
+        return conn
+
+    @property
+    def database(self) -> SQLiteDatabase:
+        return self._db
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return self._db.transaction()
 
     def tracker(self) -> Tracker:
-        return SQLiteTracker(self._db)
+        return self._tracker
+
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._locks.lock(name)
+
+    def is_running(self, name: str) -> bool:
+        return self._locks.is_running(name)
 
     def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
-        events, aggregate_id, rows = _prepare_rows(event_or_events)
+        events, aggregate_id, rows = encode_events(event_or_events)
         try:
             with self._db.transaction() as conn:
                 current = conn.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
@@ -1165,8 +1585,8 @@ class SQLiteEventStore(EventStore):
                     raise ConcurrencyError(f"aggregate {aggregate_id!r} is at version {current}, "
                                            f"expected {expected_version}")
                 # Rowids are max + 1 under the write lock, so a batch's ids are contiguous.
-                values = [(u, agg, t, current + 1 + i, c.isoformat(), corr, caus, body)
-                          for i, (u, agg, t, c, corr, caus, body) in enumerate(rows)]
+                values = [(r.uuid, r.aggregate_id, r.type, current + 1 + i, r.created_at.isoformat(),  # type: ignore[union-attr]
+                           r.correlation_id, r.causation_id, r.body) for i, r in enumerate(rows)]
                 if len(values) == 1:
                     last_id = conn.execute(self._INSERT, values[0]).lastrowid or 0
                 else:
@@ -1176,14 +1596,12 @@ class SQLiteEventStore(EventStore):
         except sqlite3.IntegrityError as exc:
             if "uuid" in str(exc):
                 raise DuplicateEventError(f"an event with one of these uuids is already stored: "
-                                          f"{[r[0] for r in rows]}") from exc
+                                          f"{[r.uuid for r in rows]}") from exc
             raise ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {exc}") from exc
-        return _stored_copies(events, rows, first_id, current + 1)
+        return stored_copies(events, rows, first_id, current + 1)
 
-
-    def get_next_from(self, id: int, event_types: Iterable[str | type[Event]] | None = None,
-                      limit: int = 1000) -> list[Event]:
-        names = _type_names(event_types)
+    def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
+        names = type_names(event_types)
         with self._db.lock:
             conn = self._db.connection
             if names is None:
@@ -1192,10 +1610,10 @@ class SQLiteEventStore(EventStore):
                 marks = ",".join("?" * len(names))
                 rows = conn.execute(self._SELECT + f"WHERE id >= ? AND type IN ({marks}) ORDER BY id LIMIT ?",
                                     (id, *names, limit)).fetchall()
-        return _events_from_rows(rows)
+        return decode_rows(rows)
 
-    def latest_event_id(self, event_types: Iterable[str | type[Event]] | None = None) -> int:
-        names = _type_names(event_types)
+    def latest_event_id(self, event_types: EventTypes = None) -> int:
+        names = type_names(event_types)
         with self._db.lock:
             conn = self._db.connection
             if names is None:
@@ -1203,19 +1621,32 @@ class SQLiteEventStore(EventStore):
             else:
                 marks = ",".join("?" * len(names))
                 row = conn.execute(f"SELECT max(id) FROM events WHERE type IN ({marks})", names).fetchone()
-        return row[0] or 0
+        return int(row[0] or 0)
 
     def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
         with self._db.lock:
             rows = self._db.connection.execute(self._SELECT + "WHERE aggregate_id = ? ORDER BY version",
                                                (str(aggregate_id),)).fetchall()
-        return _events_from_rows(rows)
+        return decode_rows(rows)
+
+    def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        with self._db.lock:
+            conn = self._db.connection
+            events, aggregates = conn.execute("SELECT count(*), count(DISTINCT aggregate_id) FROM events").fetchone()
+            first = conn.execute("SELECT created_at FROM events ORDER BY id LIMIT 1").fetchone()
+            last = conn.execute("SELECT created_at FROM events ORDER BY id DESC LIMIT 1").fetchone()
+            types = dict(conn.execute("SELECT type, count(*) FROM events GROUP BY type ORDER BY count(*) DESC, type"))
+        wal = self.path + "-wal"
+        return {"events": events, "aggregates": aggregates,
+                "first_created_at": first[0] if first else None, "last_created_at": last[0] if last else None,
+                "types": types, "file_size": os.path.getsize(self.path),
+                "wal_size": os.path.getsize(wal) if os.path.exists(wal) else 0}
 
     def _change_token(self) -> Any:
         with self._db.lock:
             return (self._db.connection.execute("PRAGMA data_version").fetchone()[0], self._db.commits)
 
-    def _wait_for_change(self, token: Any, stopper: _Stopper) -> None:
+    def _wait_for_change(self, token: Any, stopper: Stopper) -> None:
         # PRAGMA data_version changes when another connection commits; our own
         # commits are counted in-process. Either is only a hint to read again:
         # correctness comes from reading on from the saved position.
@@ -1230,20 +1661,86 @@ class SQLiteEventStore(EventStore):
         self._db.close()
 
 
-def open_store(url: str | os.PathLike[str]) -> EventStore:
-    """Open an event store from ``memory:``, a file path, ``sqlite:///path`` or ``postgresql://...``."""
+class SQLiteTracker(DatabaseTracker):
+    """Positions in the ``eventsourcery_trackers`` table of an SQLite file (a path or an open connection)."""
+
+    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection | SQLiteDatabase) -> None:
+        super().__init__(db if isinstance(db, SQLiteDatabase) else SQLiteDatabase(db))
+
+
+# ---------------------------------------------------------------------------
+# Opening stores and databases by URL: one parser, and a table of the
+# backend modules that are imported only when a URL names them.
+# ---------------------------------------------------------------------------
+
+class StoreURL(NamedTuple):
+    """What a store URL names: ``scheme`` (``memory``, ``sqlite`` or a key of BACKENDS) and ``target``
+    (the SQLite file path, or the URL a backend module is given; empty for ``memory``)."""
+
+    scheme: str
+    target: str
+
+
+#: URL scheme -> the module that opens stores and databases of that kind, imported when a URL first
+#: names it. Such a module offers ``open_store(url, *, create=True)`` and ``open_database(url, **options)``.
+BACKENDS: dict[str, str] = {"postgresql": "eventsourcery_pg", "postgres": "eventsourcery_pg"}
+
+
+def parse_store_url(url: str | os.PathLike[str]) -> StoreURL:
+    """Read ``memory:``, a file path, ``sqlite:///relative/path``, ``sqlite:////absolute/path`` or a
+    backend's URL (``postgresql://...``); StoreError for anything else."""
     text = os.fspath(url)
+    if not isinstance(text, str):
+        raise TypeError(f"a store URL must be a str or a path, not {type(url).__name__}")
     if text == "memory:":
-        return MemoryEventStore()
-    if text.startswith(("postgresql://", "postgres://")):
-        import eventsourcery_pg
-        store: EventStore = eventsourcery_pg.PostgresEventStore(text)
-        return store
+        return StoreURL("memory", "")
     if text.startswith("sqlite:///"):
-        return SQLiteEventStore(text[len("sqlite:///"):])
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) or not text:
-        raise StoreError(f"cannot open store {text!r}: use memory:, a file path, sqlite:///path or postgresql://...")
-    return SQLiteEventStore(text)
+        return StoreURL("sqlite", text[len("sqlite:///"):])
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if scheme and scheme.group(1).lower() in BACKENDS:
+        return StoreURL(scheme.group(1).lower(), text)
+    if scheme or not text:
+        raise StoreError(f"cannot open store {text!r}: use memory:, a file path, sqlite:///path "
+                         f"or {', '.join(f'{name}://...' for name in BACKENDS)}")
+    return StoreURL("sqlite", text)
+
+
+def _backend(scheme: str) -> Any:
+    import importlib
+    return importlib.import_module(BACKENDS[scheme])
+
+
+def open_store(url: str | os.PathLike[str], *, create: bool = True) -> EventStore:
+    """Open an event store from ``memory:``, a file path, ``sqlite:///path`` or ``postgresql://...``.
+
+    With ``create=False`` only an existing store is opened (StoreError otherwise) and nothing is created.
+    """
+    location = parse_store_url(url)
+    if location.scheme == "memory":
+        return MemoryEventStore()
+    if location.scheme == "sqlite":
+        if not create:
+            _check_existing_sqlite_store(location.target)
+        return SQLiteEventStore(location.target)
+    store: EventStore = _backend(location.scheme).open_store(location.target, create=create)
+    return store
+
+
+def open_database(target: str | os.PathLike[str] | sqlite3.Connection | Database, **options: Any) -> Database:
+    """The Database a projector writes to: a Database as given, an open ``sqlite3.Connection``, a file
+    path (``sqlite:///`` too) or a backend's URL; ``options`` go to that backend's database class."""
+    if isinstance(target, Database):
+        return target
+    if isinstance(target, sqlite3.Connection):
+        return SQLiteDatabase(target, **options)
+    location = parse_store_url(target)
+    if location.scheme == "memory":
+        raise StoreError("memory: has no SQL database for a processor's tables; give a file path, "
+                         "':memory:' for an in-memory SQLite database, or a postgresql:// URL")
+    if location.scheme == "sqlite":
+        return SQLiteDatabase(location.target, **options)
+    database: Database = _backend(location.scheme).open_database(location.target, **options)
+    return database
 
 
 # ---------------------------------------------------------------------------
@@ -1257,7 +1754,7 @@ def on(*event_types: type[Event] | str) -> Callable[[Callable[..., Any]], Callab
     On an Aggregate it changes state; on a processor it handles events.
     ``@es.on()`` with no classes, on a processor, receives every event.
     """
-    names = _type_names(event_types) or ()
+    names = type_names(event_types) or ()
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__es_handles__ = names  # type: ignore[attr-defined]
@@ -1356,212 +1853,10 @@ class Repository:
 
 
 # ---------------------------------------------------------------------------
-# Event processing: trackers keep each processor's position; processors
-# (projectors, reactors) handle events in batches; error handlers decide
-# what happens when a handler fails.
+# Event processing: processors (projectors, reactors) handle events in
+# batches and keep their position in a tracker; error handlers decide what
+# happens when a handler fails.
 # ---------------------------------------------------------------------------
-
-class Tracker:
-    """Keeps each processor's last processed event id, by processor name.
-
-    ``lock(name)`` guards against two live instances of one processor: it
-    raises UnableToLockProcessorError while another holds it, and the lock
-    is released when its holder ends, even by ``kill -9``.
-    """
-
-    def setup(self, name: str) -> None:
-        """Start tracking ``name`` at 0, keeping an existing position."""
-        raise NotImplementedError
-
-    def last_processed_event_id(self, name: str) -> int:
-        """The position of ``name``; 0 when it has none."""
-        raise NotImplementedError
-
-    def processed_event(self, name: str, event_id: int) -> None:
-        """Record that ``name`` has processed everything up to ``event_id``."""
-        raise NotImplementedError
-
-    def reset(self, name: str) -> None:
-        """Set the position of ``name`` back to 0."""
-        raise NotImplementedError
-
-    def positions(self) -> dict[str, int]:
-        """Every tracked processor name with its position."""
-        raise NotImplementedError
-
-    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
-        """Hold the single-instance lock of ``name``, or raise UnableToLockProcessorError."""
-        raise NotImplementedError
-
-    def is_running(self, name: str) -> bool:
-        """Whether a live process holds the lock of ``name``."""
-        raise NotImplementedError
-
-
-class _ProcessLocks:
-    """Single-instance locks held in this process (for stores without files)."""
-
-    def __init__(self) -> None:
-        self._held: set[str] = set()
-        self._mutex = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
-
-    @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        with self._mutex:
-            if name in self._held:
-                raise UnableToLockProcessorError(f"processor {name!r} is already running in this process")
-            self._held.add(name)
-        try:
-            yield
-        finally:
-            with self._mutex:
-                self._held.discard(name)
-
-    def is_running(self, name: str) -> bool:
-        return name in self._held
-
-
-class _FileLocks:
-    """Single-instance locks as flock()ed files beside a database file; the OS releases them on death."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-
-    def _path(self, name: str) -> str:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", lambda m: f"%{ord(m.group()):02x}", name)
-        return os.path.join(self.directory, safe + ".lock")
-
-    def _try(self, name: str, exclusive: bool = True) -> int | None:
-        import fcntl
-        os.makedirs(self.directory, exist_ok=True)
-        fd = os.open(self._path(name), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return fd
-
-    @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        fd = self._try(name)
-        deadline = time.monotonic() + 0.25
-        while fd is None and time.monotonic() < deadline:
-            time.sleep(0.01)  # an is_running() probe holds the lock for an instant: try again
-            fd = self._try(name)
-        if fd is None:
-            raise UnableToLockProcessorError(f"processor {name!r} is already running against this store "
-                                             f"(lock file {self._path(name)})")
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            yield
-        finally:
-            os.close(fd)
-
-    def is_running(self, name: str) -> bool:
-        if not os.path.exists(self._path(name)):
-            return False
-        fd = self._try(name, exclusive=False)
-        if fd is None:
-            return True
-        os.close(fd)
-        return False
-
-
-class MemoryTracker(Tracker):
-    """Positions in this process's memory: they start again at 0 in every new process."""
-
-    def __init__(self) -> None:
-        self._positions: dict[str, int] = {}
-        self._locks = _ProcessLocks()
-
-    def setup(self, name: str) -> None:
-        self._positions.setdefault(name, 0)
-
-    def last_processed_event_id(self, name: str) -> int:
-        return self._positions.get(name, 0)
-
-    def processed_event(self, name: str, event_id: int) -> None:
-        self._positions[name] = event_id
-
-    def reset(self, name: str) -> None:
-        self._positions[name] = 0
-
-    def positions(self) -> dict[str, int]:
-        return dict(self._positions)
-
-    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
-        return self._locks.lock(name)
-
-    def is_running(self, name: str) -> bool:
-        return self._locks.is_running(name)
-
-
-def _create_sqlite_tracker_table(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS eventsourcery_trackers "
-                 "(name TEXT PRIMARY KEY, position INTEGER NOT NULL DEFAULT 0)")
-
-
-class SQLiteTracker(Tracker):
-    """Positions in a table of an SQLite database: the event store's file, or a projection's.
-
-    Writes join the database's current transaction, so a projector's writes
-    and its new position commit together.
-    """
-
-    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection | _SQLiteDatabase) -> None:
-        self._db = db if isinstance(db, _SQLiteDatabase) else _SQLiteDatabase(db)
-        path = self._db.path
-        self._locks: _FileLocks | _ProcessLocks = (
-            _FileLocks(path + ".locks") if path and path != ":memory:" and not path.startswith("file:")
-            else _ProcessLocks())
-        self._ready_pid = 0
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = self._db.connection
-        if self._ready_pid != os.getpid():
-            with self._db.transaction():
-                _create_sqlite_tracker_table(conn)
-            self._ready_pid = os.getpid()
-        return conn
-
-    def setup(self, name: str) -> None:
-        self._conn()
-        with self._db.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO eventsourcery_trackers (name, position) VALUES (?, 0)", (name,))
-
-    def last_processed_event_id(self, name: str) -> int:
-        with self._db.lock:
-            row = self._conn().execute("SELECT position FROM eventsourcery_trackers WHERE name = ?",
-                                       (name,)).fetchone()
-        return row[0] if row else 0
-
-    def processed_event(self, name: str, event_id: int) -> None:
-        self._conn()
-        with self._db.transaction() as conn:
-            conn.execute("INSERT INTO eventsourcery_trackers (name, position) VALUES (?, ?) "
-                         "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (name, event_id))
-
-    def reset(self, name: str) -> None:
-        self.processed_event(name, 0)
-
-    def positions(self) -> dict[str, int]:
-        with self._db.lock:
-            return dict(self._conn().execute("SELECT name, position FROM eventsourcery_trackers ORDER BY name"))
-
-    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
-        return self._locks.lock(name)
-
-    def is_running(self, name: str) -> bool:
-        return self._locks.is_running(name)
-
 
 class EventStreamProcessor:
     """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
@@ -1614,7 +1909,7 @@ class EventStreamProcessor:
             for handler in handlers:
                 handler(self, event)
         except Exception as exc:
-            raise EventProcessingError(event, self) from exc
+            raise EventProcessingError(event, self, exc) from exc
         finally:
             self._current_event = None
 
@@ -1647,7 +1942,7 @@ class EventStreamProcessor:
         """Lock this processor name, set up, then process batches from the last position until ``stop``."""
         log = config.logger
         name = self.processor_name
-        with store.tracker().lock(name):  # one running instance per name and store, whatever the tracker
+        with store.lock(name):  # one running instance per name and store, whatever the tracker
             self.setup()
             start = self.last_processed_event_id + 1
             log.info("[%s] starting at event %d", name, start)
@@ -1657,63 +1952,48 @@ class EventStreamProcessor:
             log.info("[%s] stopped", name)
 
 
-class _SQLiteTables:
-    """Creates and drops a processor's own tables (its ``schema``) in an SQLite database."""
-
-    placeholder = "?"
-
-    @staticmethod
-    def statements(schema: str) -> list[str]:
-        return [s.strip() for s in schema.split(";") if s.strip()]
-
-    @staticmethod
-    def table_names(schema: str) -> list[str]:
-        return re.findall(r"CREATE\s+(?:TEMP\w*\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?[\"`\[]?([\w.]+)",
-                          schema, flags=re.IGNORECASE)
-
-    def create(self, conn: Any, schema: str) -> None:
-        for statement in self.statements(schema):
-            conn.execute(statement)
-
-    def drop(self, conn: Any, tables: Iterable[str]) -> None:
-        for table in tables:
-            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-
-
 class _TableOwner(EventStreamProcessor):
-    """A processor with its own tables (``schema``) in a database it writes in one transaction per batch."""
+    """A processor with its own tables (``schema``) in a Database it writes in one transaction per batch."""
 
     schema: ClassVar[str] = ""
     tables: ClassVar[tuple[str, ...] | None] = None  # default: the tables schema creates
     batch_size: int | None = None  # default: the subscription's batch
 
-    _database: Any  # has .connection and .transaction()
-    _tables: Any = _SQLiteTables()
+    _database: Database
 
     @property
     def db(self) -> Any:
-        """The connection to this processor's database (open it in the process that processes)."""
+        """The connection to this processor's database (the driver's own: sqlite3 or psycopg)."""
         return self._database.connection
+
+    @property
+    def database(self) -> Database:
+        """The Database this processor's tables live in."""
+        return self._database
 
     @property
     def placeholder(self) -> str:
         """The parameter marker of ``self.db``'s driver: ``?`` for SQLite, ``%s`` for Postgres."""
-        return str(self._tables.placeholder)
+        return self._database.placeholder
 
     def _owned_tables(self) -> list[str]:
-        return list(self.tables) if self.tables is not None else self._tables.table_names(self.schema)
+        return list(self.tables) if self.tables is not None else self._database.table_names(self.schema)
+
+    def _batch_transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """The transaction a batch's writes and its new position commit in."""
+        return self._database.transaction()
 
     def setup(self) -> None:
         """Create the schema's tables (if missing) and the tracker row."""
-        with self._database.transaction() as conn:
+        with self._batch_transaction(), self._database.transaction() as conn:
             if self.schema:
-                self._tables.create(conn, self.schema)
+                self._database.create_tables(conn, self.schema)
             super().setup()
 
     def reset(self) -> None:
         """Drop this processor's tables and position, then set up again."""
-        with self._database.transaction() as conn:
-            self._tables.drop(conn, self._owned_tables())
+        with self._batch_transaction(), self._database.transaction() as conn:
+            self._database.drop_tables(conn, self._owned_tables())
             super().reset()
         self.setup()
 
@@ -1722,25 +2002,40 @@ class _TableOwner(EventStreamProcessor):
         size = self.batch_size or len(events)
         for start in range(0, len(events), size):
             chunk = events[start:start + size]
-            with self._database.transaction():
+            with self._batch_transaction():
                 for event in chunk:
                     self.process(event)
                 self.tracker.processed_event(self.processor_name, chunk[-1].id)  # type: ignore[arg-type]
 
+    def close(self) -> None:
+        """Close this process's connection to the processor's database (it is opened again when needed)."""
+        self._database.close()
+
 
 class Projector(_TableOwner):
-    """Builds a read model in an SQLite database (a path or an open connection).
+    """Builds a read model in a database of its own: a file path, an ``sqlite3.Connection``, a
+    ``postgresql://`` URL (the Postgres backend is imported then) or a Database.
 
     The projection's tables (``schema``) and the processor's position live in
     that database, and each batch's writes and its new position commit in one
     transaction: a crash at any point, even ``kill -9``, neither loses nor
-    repeats an event's effect. Handlers write with ``self.db``.
+    repeats an event's effect. Handlers write with ``self.db``, using
+    ``self.placeholder`` as the parameter marker. ``options`` go to the
+    database (SQLite: ``synchronous``, default ``"NORMAL"``; Postgres: ``schema``).
     """
 
-    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection, *, batch_size: int | None = None,
-                 synchronous: str = "NORMAL") -> None:
-        self._database = _SQLiteDatabase(db, synchronous=synchronous)
-        super().__init__(SQLiteTracker(self._database))
+    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection | Database, *,
+                 batch_size: int | None = None, **options: Any) -> None:
+        if isinstance(db, (str, os.PathLike)):
+            scheme = parse_store_url(db).scheme
+            if scheme == "sqlite":
+                options.setdefault("synchronous", "NORMAL")
+            elif scheme != "memory":
+                options.setdefault("application_name", f"eventsourcery {self.processor_name}")
+        elif isinstance(db, sqlite3.Connection):
+            options.setdefault("synchronous", "NORMAL")
+        self._database = open_database(db, **options)
+        super().__init__(DatabaseTracker(self._database))
         if batch_size is not None:
             self.batch_size = batch_size
 
@@ -1756,24 +2051,41 @@ class Reactor(_TableOwner):
     the effect and before the commit repeats it on restart, so make them
     idempotent (the processed event's ``uuid`` is a good key). With a
     separate ``db``, emitted events commit apart from the position, so
-    emission is at-least-once too.
+    emission is at-least-once too. On a store with no SQL database (the
+    memory store), a reactor's ``schema`` lives in an in-memory SQLite database.
     """
 
     emits_events: ClassVar[tuple[type[Event], ...]] = ()
 
-    def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | None = None, *,
-                 batch_size: int | None = None) -> None:
+    def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | Database | None = None,
+                 *, batch_size: int | None = None) -> None:
         self.store = store
+        self._store_transaction = db is None
+        tracker: Tracker
         if db is None:
-            self._database = _StoreDatabase(store)
+            database = store.database
+            self._database = database if database is not None else SQLiteDatabase(":memory:")
             tracker = store.tracker()
         else:
-            self._database = _SQLiteDatabase(db)
-            tracker = SQLiteTracker(self._database)
-        self._tables = getattr(store, "_processor_tables", _SQLiteTables()) if db is None else _SQLiteTables()
+            self._database = open_database(db)
+            tracker = DatabaseTracker(self._database)
         super().__init__(tracker)
         if batch_size is not None:
             self.batch_size = batch_size
+
+    def _batch_transaction(self) -> contextlib.AbstractContextManager[Any]:
+        if not self._store_transaction:
+            return self._database.transaction()
+        if self.store.database is self._database:
+            return self.store.transaction()
+        stack = contextlib.ExitStack()  # the memory store's transaction, and that of the reactor's tables
+        stack.enter_context(self.store.transaction())
+        try:
+            stack.enter_context(self._database.transaction())
+        except BaseException:
+            stack.close()
+            raise
+        return stack
 
     def emit_event(self, event: Event) -> Event:
         """Sink ``event`` caused by the event being processed; returns it as stored.
@@ -1792,20 +2104,6 @@ class Reactor(_TableOwner):
         return self.store.sink(event)[0]
 
 
-class _StoreDatabase:
-    """The event store's own database, seen as a processor database (connection + transaction)."""
-
-    def __init__(self, store: EventStore) -> None:
-        self.store = store
-
-    @property
-    def connection(self) -> Any:
-        return getattr(self.store, "connection", None)
-
-    def transaction(self) -> contextlib.AbstractContextManager[Any]:
-        return self.store.transaction()
-
-
 @dataclasses.dataclass(frozen=True)
 class ProcessorStatus:
     """One tracked processor: its position, how many events it is behind, and whether it runs now."""
@@ -1822,10 +2120,9 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
     ``lag`` counts the events after the position, of every type; ``running``
     says whether a live process holds the processor's lock on this store.
     """
-    store_tracker = store.tracker()
-    tracker = tracker or store_tracker
+    tracker = tracker or store.tracker()
     latest = store.latest_event_id()
-    return [ProcessorStatus(name, pos, max(latest - pos, 0), store_tracker.is_running(name))
+    return [ProcessorStatus(name, pos, max(latest - pos, 0), store.is_running(name))
             for name, pos in sorted(tracker.positions().items())]
 
 
@@ -1915,7 +2212,7 @@ def run_processor(processor: EventStreamProcessor, store: EventStore, *, stop: S
     Returns when ``stop`` is set; raises the error when the handler gives up.
     """
     handler = error_handler or _make_error_handler()
-    stopper = _Stopper(stop)
+    stopper = Stopper(stop)
     while not stopper.is_set():
         try:
             processor.subscribe_to(store, stop)
@@ -2011,13 +2308,10 @@ class ESPRunner:
         self.restart = restart
         self.restart_delay = restart_delay
         self.max_restart_delay = max_restart_delay
-        self._started_at: dict[str, float] = {}
         self._context: Any = multiprocessing.get_context(start_method)
         self._shutdown = threading.Event()  # set by shutdown(), from any thread
         self._signalled = False  # set by the signal handler (which must not touch locks)
-        self._children: dict[str, Any] = {}
-        self._restart_at: dict[str, float] = {}
-        self._restart_delay: dict[str, float] = {}
+        self._children = {p.processor_name: _Child(p) for p in self.processors}
         self.exit_statuses: dict[str, list[int]] = {n: [] for n in names}
 
     def shutdown(self) -> None:
@@ -2047,8 +2341,9 @@ class ESPRunner:
             proc.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self._children[name] = (processor, proc)
-        self._started_at[name] = time.monotonic()
+        child = self._children.setdefault(name, _Child(processor))
+        self.exit_statuses.setdefault(name, [])
+        child.process, child.started_at = proc, time.monotonic()
         config.logger.info("ESPRunner: started %s (pid %s)", name, proc.pid)
 
     def start(self) -> bool:
@@ -2061,7 +2356,7 @@ class ESPRunner:
             self.store.close()  # never hand an open connection to a child
             for processor in self.processors:
                 self.start_processor(processor)
-            while not self.shutdown_requested() and (self._children or self._restart_at):
+            while not self.shutdown_requested() and any(c.process or c.restart_at for c in self._children.values()):
                 self._reap()
                 self._restart_due()
                 time.sleep(0.05)
@@ -2075,40 +2370,42 @@ class ESPRunner:
         return all(code == 0 for codes in self.exit_statuses.values() for code in codes)
 
     def _reap(self) -> None:
-        for name, (processor, proc) in list(self._children.items()):
-            if proc.exitcode is None:
+        for name, child in self._children.items():
+            proc = child.process
+            if proc is None or proc.exitcode is None:
                 continue
             proc.join()
-            del self._children[name]
+            child.process = None
             status = proc.exitcode
             self.exit_statuses[name].append(status)
             log = config.logger.info if status == 0 else config.logger.error
             log("ESPRunner: process %s (pid %s) ended with exit status %s", name, proc.pid, status)
             if self.after_subprocess_termination is not None:
                 try:
-                    self.after_subprocess_termination(processor, self, status)
+                    self.after_subprocess_termination(child.processor, self, status)
                 except Exception:
                     config.logger.exception("ESPRunner: after_subprocess_termination failed for %s", name)
             if self.restart and not self.shutdown_requested():
-                lived = time.monotonic() - self._started_at.get(name, 0.0)
-                previous = self._restart_delay.get(name)
+                lived = time.monotonic() - child.started_at
+                previous = child.restart_delay
                 delay = (self.restart_delay if previous is None or lived > self.max_restart_delay
                          else min(previous * 2, self.max_restart_delay))
-                self._restart_delay[name] = delay
-                self._restart_at[name] = time.monotonic() + delay
+                child.restart_delay = delay
+                child.restart_at = time.monotonic() + delay
                 config.logger.info("ESPRunner: restarting %s in %.2f s", name, delay)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
-        for name, when in list(self._restart_at.items()):
-            if when <= now and not self.shutdown_requested():
-                del self._restart_at[name]
-                processor = next(p for p in self.processors if p.processor_name == name)
-                self.start_processor(processor)
+        for child in self._children.values():
+            if child.restart_at is not None and child.restart_at <= now and not self.shutdown_requested():
+                child.restart_at = None
+                self.start_processor(child.processor)
 
     def _terminate_children(self) -> None:
-        self._restart_at.clear()
-        alive = [(name, proc) for name, (_, proc) in self._children.items() if proc.exitcode is None]
+        for child in self._children.values():
+            child.restart_at = None
+        alive = [(name, c.process) for name, c in self._children.items()
+                 if c.process is not None and c.process.exitcode is None]
         if alive:
             config.logger.info("ESPRunner: sending TERM to %s", [name for name, _ in alive])
         for _, proc in alive:
@@ -2127,6 +2424,17 @@ class ESPRunner:
         self._reap()
 
 
+@dataclasses.dataclass
+class _Child:
+    """What the runner knows of one processor's child process."""
+
+    processor: EventStreamProcessor
+    process: Any = None  # the running multiprocessing.Process, or None
+    started_at: float = 0.0
+    restart_at: float | None = None  # when a dead child is due to start again
+    restart_delay: float | None = None  # the delay used for its last restart
+
+
 # ---------------------------------------------------------------------------
 # Command line: python -m eventsourcery STORE COMMAND ...
 # ---------------------------------------------------------------------------
@@ -2135,35 +2443,13 @@ class _CLIError(Exception):
     """A failure the command line reports as one line on stderr, with exit status 1."""
 
 
-def _cli_sqlite_path(target: str) -> str | None:
-    """The file path an SQLite store argument names, or None when it is not an SQLite store."""
-    if target == "memory:" or target.startswith(("postgresql://", "postgres://")):
-        return None
-    if target.startswith("sqlite:///"):
-        return target[len("sqlite:///"):]
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", target) or not target:
-        return None  # open_store() rejects it with a StoreError
-    return target
-
-
 def _cli_open_store(target: str) -> EventStore:
-    """Open an existing store; an SQLite file is checked read-only first, so nothing is ever created."""
-    path = _cli_sqlite_path(target)
-    if path is not None:
-        if not os.path.exists(path):
-            raise _CLIError(f"no such store: {path!r} does not exist (the command line never creates one)")
-        if os.path.isdir(path):
-            raise _CLIError(f"cannot open store {path!r}: it is a directory, not an SQLite file")
-        from urllib.parse import quote
-        uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
-        try:
-            with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.Error as exc:
-            raise _CLIError(f"cannot open SQLite database {path!r}: {exc}") from exc
-        if "events" not in tables:
-            raise _CLIError(f"{path!r} is not an eventsourcery event store (it has no events table)")
-    return open_store(target)
+    """Open an existing store; nothing is ever created."""
+    try:
+        return open_store(target, create=False)
+    except ImportError as exc:
+        raise _CLIError(f"cannot open {target!r}: {exc} (the Postgres store needs psycopg: "
+                        "pip install 'eventsourcery[postgres]')") from exc
 
 
 def _cli_time(value: _dt.datetime | None) -> str:
@@ -2371,7 +2657,7 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
             sys.stderr.write(f"not reset: {name} stays at position {position}\n")
             return 1
     try:
-        with tracker.lock(name):
+        with store.lock(name):
             tracker.reset(name)
     except UnableToLockProcessorError as exc:
         raise _CLIError(f"cannot reset {name!r} while it is running; stop it first ({exc})") from exc
@@ -2380,40 +2666,16 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
 
 
 def _cli_stats(store: EventStore, args: argparse.Namespace) -> int:
-    stats: dict[str, Any] = {"store": args.store}
-    if isinstance(store, SQLiteEventStore):
-        conn = store.connection
-        stats["events"], stats["aggregates"] = conn.execute(
-            "SELECT count(*), count(DISTINCT aggregate_id) FROM events").fetchone()
-        first = conn.execute("SELECT created_at FROM events ORDER BY id LIMIT 1").fetchone()
-        last = conn.execute("SELECT created_at FROM events ORDER BY id DESC LIMIT 1").fetchone()
-        stats["first_created_at"] = first[0] if first else None
-        stats["last_created_at"] = last[0] if last else None
-        stats["types"] = dict(conn.execute("SELECT type, count(*) FROM events GROUP BY type "
-                                           "ORDER BY count(*) DESC, type"))
-        stats["file_size"] = os.path.getsize(store.path)
-        wal = store.path + "-wal"
-        stats["wal_size"] = os.path.getsize(wal) if os.path.exists(wal) else 0
-    else:  # any other store: read every event once
-        latest = store.latest_event_id()
-        progress = _CLIProgress("counting events", latest)
-        counts: dict[str, int] = {}
-        aggregates: set[str] = set()
-        first_at = last_at = None
-        try:
-            for event in store.each_by_range(1, latest):
-                counts[event.type] = counts.get(event.type, 0) + 1
-                aggregates.add(event.aggregate_id)
-                first_at = first_at or event.created_at
-                last_at = event.created_at
-                if (event.id or 0) % 1000 == 0:
-                    progress.update(event.id or 0)
-        finally:
-            progress.clear()
-        stats.update(events=sum(counts.values()), aggregates=len(aggregates),
-                     first_created_at=first_at.isoformat() if first_at else None,
-                     last_created_at=last_at.isoformat() if last_at else None,
-                     types=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
+    progress = _CLIProgress("counting events", 0)
+
+    def report(done: int, total: int) -> None:
+        progress.total = total
+        progress.update(done)
+
+    try:
+        stats: dict[str, Any] = {"store": args.store, **store.stats(report)}
+    finally:
+        progress.clear()
     if args.json:
         sys.stdout.write(json.dumps(stats) + "\n")
         return 0
@@ -2537,21 +2799,12 @@ def _cli_one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line, ``python -m eventsourcery STORE COMMAND ...``; returns the exit status."""
-    if __name__ == "__main__":
-        # Run as a script, this file is the module __main__; eventsourcery_pg imports it again as
-        # eventsourcery. Run that copy, so that there is one EventStore class and one set of errors.
-        import eventsourcery
-        return eventsourcery.main(argv)
     args = _cli_parser().parse_args(argv)
     if sys.stdout is not None and hasattr(sys.stdout, "reconfigure"):
         with contextlib.suppress(Exception):
             sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        try:
-            store = _cli_open_store(args.store)
-        except ImportError as exc:
-            raise _CLIError(f"cannot open {args.store!r}: {exc} (the Postgres store needs psycopg: "
-                            "pip install 'eventsourcery[postgres]')") from exc
+        store = _cli_open_store(args.store)
         try:
             status: int = args.run(store, args)
         finally:

@@ -50,10 +50,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import select
-import threading
 import time
 import urllib.parse
 import uuid
@@ -65,11 +63,13 @@ try:
     from psycopg import pq
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("eventsourcery_pg needs psycopg 3 (>= 3.1): pip install 'eventsourcery[postgres]'") from exc
+    raise ImportError(f"eventsourcery_pg needs psycopg 3 (>= 3.1), which cannot be imported here ({exc}); "
+                      "install it with: pip install 'psycopg[binary]>=3.1'") from None
 
 import eventsourcery as es
 
-__all__ = ["PostgresEventStore", "PostgresTracker", "Projector", "SCHEMA_VERSION"]
+__all__ = ["PostgresEventStore", "PostgresDatabase", "PostgresTracker", "Projector", "SCHEMA_VERSION",
+           "open_store", "open_database", "split_schema", "describe_conninfo"]
 
 #: The version of the tables and function this module creates (kept in ``eventsourcery_schema``);
 #: an older store is upgraded on first use. Version 1 (pre-release) kept aggregate versions in a
@@ -223,23 +223,12 @@ INSERT INTO {s}.eventsourcery_schema (version) VALUES ({SCHEMA_VERSION});
 """
 
 
-def _tracker_ddl(schema: str) -> str:
-    return (f"CREATE TABLE IF NOT EXISTS {_quote(schema)}.eventsourcery_trackers "
-            "(name text PRIMARY KEY, position bigint NOT NULL DEFAULT 0)")
-
-
 def _run_ddl(conn: Connection, schema: str, ddl: str) -> None:
     """Run DDL in one transaction, serialised by an advisory lock so that processes starting together agree."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_advisory_key("ddl", schema),))
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
         conn.execute(ddl)
-
-
-def _ensure_tracker_table(conn: Connection, schema: str) -> None:
-    table = f"{_quote(schema)}.eventsourcery_trackers"
-    if conn.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone() == (True,):
-        _run_ddl(conn, schema, _tracker_ddl(schema))
 
 
 def _ensure_store_schema(conn: Connection, schema: str) -> None:
@@ -256,119 +245,97 @@ def _ensure_store_schema(conn: Connection, schema: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# One connection per process, with a reentrant transaction().
+# The database: es.Database completed with how to connect to Postgres and
+# how its SQL names, creates and drops tables.
 # ---------------------------------------------------------------------------
 
-class _PgDatabase:
-    """This process's connection to one database (opened lazily, re-opened after a fork or a loss).
+class PostgresDatabase(es.Database):
+    """This process's connection to one Postgres database (opened lazily, re-opened after a fork or a loss).
 
-    The connection is in autocommit mode; ``transaction()`` is BEGIN ...
-    COMMIT, and nested use is a savepoint. A re-entrant lock keeps other
-    threads out of the connection while a transaction is open.
+    ``schema`` (or ``?schema=`` in the URL) is where the library's tables
+    live and, first on the search path, where a processor's unqualified
+    tables are created. Transactions are BEGIN ... COMMIT with savepoints for
+    nested use, from es.Database.
     """
 
-    def __init__(self, conninfo: str, *, schema: str | None = None, store: bool = False,
-                 application_name: str = "eventsourcery") -> None:
+    placeholder: ClassVar[str] = "%s"
+
+    def __init__(self, conninfo: str, *, schema: str | None = None, application_name: str = "eventsourcery") -> None:
+        super().__init__()
         if not isinstance(conninfo, str):
             raise TypeError(f"conninfo must be a str (a postgresql:// URL or key=value string), not {conninfo!r}")
         self.conninfo, self.schema = split_schema(conninfo, schema)
-        self.store = store
         self.application_name = application_name
-        self._conn: Connection | None = None
-        self._pid = 0
-        self._lock = threading.RLock()
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_conn=None, _pid=0, _lock=None)
-        return state
+    def __repr__(self) -> str:
+        return f"PostgresDatabase({describe_conninfo(self.conninfo)!r}, schema={self.schema!r})"
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            if self._conn is not None:
-                # Never use a connection inherited across fork(): it is the parent's
-                # session. Keep it referenced (never finalised here) and forget it.
-                es._abandoned_connections.append(self._conn)
-                self._conn = None
-                self._lock = threading.RLock()
-            self._pid = os.getpid()
-
-    @property
-    def lock(self) -> threading.RLock:
-        self._check_pid()
-        return self._lock
-
-    @property
-    def connection(self) -> Connection:
-        """This process's connection, opened on first use (and again after a fork or when it was lost)."""
-        with self.lock:
-            conn = self._conn
-            if conn is None or conn.closed:
-                conn = self._conn = self._open()
-            return conn
-
-    def _open(self) -> Connection:
+    def _create_connection(self) -> Connection:
         conn = _connect(self.conninfo, application_name=self.application_name)
         try:
-            settings = []
-            if self.store:  # aware UTC datetimes; per-statement snapshots, which the write function relies on
-                settings.append("set_config('TimeZone', 'UTC', false)")
-                settings.append("set_config('default_transaction_isolation', 'read committed', false)")
-            if self.schema != "public":
-                # unqualified names (projection and reactor tables) live in this schema
-                settings.append("set_config('search_path', quote_ident(%(schema)s) || ', ' || "
-                                "current_setting('search_path'), false)")
-            if settings:
-                conn.execute("SELECT " + ", ".join(settings), {"schema": self.schema})
-            if self.store:
-                _ensure_store_schema(conn, self.schema)
-            else:  # a projection database: its schema and the tracker table
-                _ensure_tracker_table(conn, self.schema)
+            self._prepare(conn)
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def in_transaction(self, conn: Connection) -> bool:
-        return conn.info.transaction_status != pq.TransactionStatus.IDLE
+    def _prepare(self, conn: Connection) -> None:
+        """Settings of every new connection: unqualified names (a processor's tables) live in ``schema``."""
+        if self.schema != "public":
+            conn.execute("SELECT set_config('search_path', quote_ident(%s) || ', ' || "
+                         "current_setting('search_path'), false)", (self.schema,))
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """BEGIN ... COMMIT; nested use is a savepoint inside the outer transaction."""
+    def _connection_usable(self, conn: Any) -> bool:
+        return not conn.closed
+
+    def _connection_in_transaction(self, conn: Any) -> bool:
+        return bool(conn.info.transaction_status != pq.TransactionStatus.IDLE)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        # One statement needs no BEGIN/COMMIT round trips: it joins an open transaction or commits alone.
         with self.lock:
-            conn = self.connection
-            with conn.transaction():
-                yield conn
+            return self.connection.execute(sql, params)
 
-    def close(self) -> None:
-        with self.lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
+    def qualify(self, table: str) -> str:
+        return f"{_quote(self.schema)}.{table}"
 
+    def create_tables(self, conn: Any, ddl: str) -> None:
+        # Two sessions creating one table at once can both fail its catalog's unique index: take turns.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_advisory_key("ddl", self.schema),))
+        if conn.execute("SELECT to_regnamespace(%s) IS NULL", (self.schema,)).fetchone() == (True,):
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.schema)}")
+        conn.execute(ddl)  # several statements (and $$ bodies) in one go
 
-class _PgTables(es._SQLiteTables):
-    """Creates and drops a processor's own tables (its ``schema``) in Postgres."""
-
-    placeholder = "%s"
-
-    def create(self, conn: Any, schema: str) -> None:
-        conn.execute(schema)  # several statements (and $$ bodies) in one go
-
-    def drop(self, conn: Any, tables: Iterable[str]) -> None:
+    def drop_tables(self, conn: Any, tables: Iterable[str]) -> None:
         for table in tables:
             conn.execute(f"DROP TABLE IF EXISTS {_quote(table)} CASCADE")
+
+
+class _StoreDatabase(PostgresDatabase):
+    """The event store's database: aware UTC datetimes, per-statement snapshots (which the write
+    function relies on), and the store's tables (created on first use, unless ``create`` is False)."""
+
+    def __init__(self, conninfo: str, *, schema: str | None = None, create: bool = True) -> None:
+        super().__init__(conninfo, schema=schema)
+        self.create = create
+
+    def _prepare(self, conn: Connection) -> None:
+        conn.execute("SELECT set_config('TimeZone', 'UTC', false), "
+                     "set_config('default_transaction_isolation', 'read committed', false)")
+        super()._prepare(conn)
+        if not self.create:
+            table = f"{_quote(self.schema)}.eventsourcery_schema"
+            if conn.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone() == (True,):
+                raise es.StoreError(f"no eventsourcery store at {describe_conninfo(self.conninfo)} "
+                                    f"(schema {self.schema!r})")
+        _ensure_store_schema(conn, self.schema)
 
 
 # ---------------------------------------------------------------------------
 # The event store.
 # ---------------------------------------------------------------------------
 
-_COLUMNS = "id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body::text"
+_COLUMNS = ", ".join(es.EVENT_COLUMNS[:-1]) + ", body::text"  # the body as JSON text, decoded by es.decode_rows
 
 
 class PostgresEventStore(es.EventStore):
@@ -384,17 +351,24 @@ class PostgresEventStore(es.EventStore):
     ``poll_interval`` is how often (seconds) an idle subscription reads even
     without a notification; ``reconnect_timeout`` how long it keeps trying to
     replace a lost listener connection before it raises ``es.StoreError``.
+    With ``create=False`` only an existing store is opened (es.StoreError
+    otherwise) and nothing is created.
+
+    A running processor holds its single-instance lock (``lock(name)``) as a
+    session advisory lock on a connection of its own, which the server
+    releases when the process dies: at most one instance of a processor name
+    runs at a time, across all hosts.
     """
 
     def __init__(self, conninfo: str, *, schema: str | None = None, poll_interval: float = 2.0,
-                 reconnect_timeout: float = 30.0, _lock_writes: bool = True) -> None:
-        self._db = _PgDatabase(conninfo, schema=schema, store=True)
+                 reconnect_timeout: float = 30.0, create: bool = True, _lock_writes: bool = True) -> None:
+        self._db = _StoreDatabase(conninfo, schema=schema, create=create)
         self.conninfo = self._db.conninfo
         self.schema = self._db.schema
         self.poll_interval = poll_interval
         self.reconnect_timeout = reconnect_timeout
         self._lock_writes = _lock_writes  # False only to demonstrate, in tests, why the lock is there
-        self._processor_tables = _PgTables()
+        self._tracker = PostgresTracker(self._db)
         s = _quote(self.schema)
         self._events = f"{s}.events"
         self._write_sql = (f"SELECT first_id, first_version FROM {s}.eventsourcery_write_events("
@@ -408,41 +382,78 @@ class PostgresEventStore(es.EventStore):
     @property
     def connection(self) -> Connection:
         """This process's connection to the store's database (autocommit; see ``transaction()``)."""
-        return self._db.connection
+        conn: Connection = self._db.connection
+        return conn
 
     def transaction(self) -> contextlib.AbstractContextManager[Connection]:
         return self._db.transaction()
 
+    @property
+    def database(self) -> PostgresDatabase:
+        return self._db
+
     def tracker(self) -> PostgresTracker:
-        return PostgresTracker(self._db)
+        return self._tracker
 
     def close(self) -> None:
         self._db.close()
+
+    # -- processor locks ----------------------------------------------------
+
+    def _lock_key(self, name: str) -> int:
+        return _advisory_key("processor", self.schema, name)
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        key = self._lock_key(name)
+        conn = _connect(self.conninfo, application_name=f"eventsourcery processor {name}", keepalives=True)
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            if row != (True,):
+                raise es.UnableToLockProcessorError(
+                    f"processor {name!r} is already running against {describe_conninfo(self.conninfo)} "
+                    f"(schema {self.schema!r})")
+            try:
+                yield
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))  # released now, not when the session ends
+        finally:
+            conn.close()  # ends the session, which releases the lock if it is still held (e.g. after an error)
+
+    def is_running(self, name: str) -> bool:
+        key = self._lock_key(name) & 0xFFFF_FFFF_FFFF_FFFF
+        with self._db.lock:
+            row = self._db.connection.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
+                (key >> 32, key & 0xFFFF_FFFF)).fetchone()
+        return bool(row and row[0])
 
     # -- writing ------------------------------------------------------------
 
     def sink(self, event_or_events: es.Event | Sequence[es.Event],
              expected_version: int | None = None) -> list[es.Event]:
-        events, aggregate_id, rows = es._prepare_rows(event_or_events)
-        params = (aggregate_id, expected_version, [r[0] for r in rows], [r[2] for r in rows],
-                  [r[3] for r in rows], [r[4] for r in rows], [r[5] for r in rows], [r[6] for r in rows],
-                  self._lock_writes)
+        events, aggregate_id, rows = es.encode_events(event_or_events)
+        params = (aggregate_id, expected_version, [r.uuid for r in rows], [r.type for r in rows],
+                  [r.created_at for r in rows], [r.correlation_id for r in rows], [r.causation_id for r in rows],
+                  [r.body for r in rows], self._lock_writes)
         db = self._db
         with db.lock:
-            conn = db.connection
             try:
-                if db.in_transaction(conn):
-                    with conn.transaction():  # a savepoint: a conflict leaves the outer transaction usable
+                if db.in_transaction():
+                    with db.transaction() as conn:  # a savepoint: a conflict leaves the outer transaction usable
                         row = conn.execute(self._write_sql, params).fetchone()
-                else:
-                    row = conn.execute(self._write_sql, params).fetchone()  # one statement, one round trip
+                else:  # one statement, one round trip
+                    row = db.connection.execute(self._write_sql, params).fetchone()
             except psycopg.Error as exc:
-                error = _write_error(exc, aggregate_id, [r[0] for r in rows])
+                error = _write_error(exc, aggregate_id, [r.uuid for r in rows])
                 if error is None:
                     raise
                 raise error from exc
         assert row is not None
-        return es._stored_copies(events, rows, row[0], row[1])
+        return es.stored_copies(events, rows, row[0], row[1])
 
     # -- reading ------------------------------------------------------------
 
@@ -453,16 +464,16 @@ class PostgresEventStore(es.EventStore):
         else:
             cur = conn.execute(f"SELECT {_COLUMNS} FROM {self._events} WHERE id >= %s AND type = ANY(%s::text[]) "
                                "ORDER BY id LIMIT %s", (id, list(names), limit))
-        return _decode(cur.fetchall())
+        return es.decode_rows(cur.fetchall())
 
-    def get_next_from(self, id: int, event_types: Iterable[str | type[es.Event]] | None = None,
+    def get_next_from(self, id: int, event_types: es.EventTypes = None,
                       limit: int = 1000) -> list[es.Event]:
-        names = es._type_names(event_types)
+        names = es.type_names(event_types)
         with self._db.lock:
             return self._select(self._db.connection, id, names, limit)
 
-    def latest_event_id(self, event_types: Iterable[str | type[es.Event]] | None = None) -> int:
-        names = es._type_names(event_types)
+    def latest_event_id(self, event_types: es.EventTypes = None) -> int:
+        names = es.type_names(event_types)
         with self._db.lock:
             conn = self._db.connection
             if names is None:
@@ -477,11 +488,11 @@ class PostgresEventStore(es.EventStore):
             cur = self._db.connection.execute(
                 f"SELECT {_COLUMNS} FROM {self._events} WHERE aggregate_id = %s ORDER BY version",
                 (str(aggregate_id),))
-            return _decode(cur.fetchall())
+            return es.decode_rows(cur.fetchall())
 
     # -- subscribing --------------------------------------------------------
 
-    def subscribe(self, from_id: int, event_types: Iterable[str | type[es.Event]] | None = None, *,
+    def subscribe(self, from_id: int, event_types: es.EventTypes = None, *,
                   stop: es.StopSignal = None) -> Iterator[list[es.Event]]:
         """Yield batches from ``from_id`` on, waking on NOTIFY (and every ``poll_interval`` s), until ``stop``.
 
@@ -490,8 +501,8 @@ class PostgresEventStore(es.EventStore):
         position; if no connection can be made for ``reconnect_timeout``
         seconds, ``es.StoreError`` is raised.
         """
-        names = es._type_names(event_types)
-        stopper = es._Stopper(stop)
+        names = es.type_names(event_types)
+        stopper = es.Stopper(stop)
         position = from_id
         listener = _Listener(self)
         try:
@@ -510,10 +521,6 @@ class PostgresEventStore(es.EventStore):
                 position = batch[-1].id + 1  # type: ignore[operator]
         finally:
             listener.close()
-
-
-def _decode(rows: list[Any]) -> list[es.Event]:
-    return es._events_from_rows(rows)
 
 
 def _write_error(exc: psycopg.Error, aggregate_id: str, uuids: list[str]) -> es.Error | None:
@@ -565,7 +572,7 @@ class _Listener:
         self._failing_since = None
         self._failures = 0
 
-    def wait(self, stopper: es._Stopper, timeout: float) -> None:
+    def wait(self, stopper: es.Stopper, timeout: float) -> None:
         """Return on a notification, on stop, or after ``timeout`` seconds; raise if the connection died."""
         conn = self.conn
         assert conn is not None
@@ -585,7 +592,7 @@ class _Listener:
                 raise psycopg.OperationalError("the subscription's LISTEN connection was lost")
         self._notified = False
 
-    def lost(self, exc: Exception, stopper: es._Stopper) -> None:
+    def lost(self, exc: Exception, stopper: es.Stopper) -> None:
         """Forget a dead connection; wait a little before the next try, or raise when it is hopeless."""
         now = time.monotonic()
         if self._failing_since is None:
@@ -609,99 +616,39 @@ class _Listener:
 # Trackers and projectors.
 # ---------------------------------------------------------------------------
 
-class PostgresTracker(es.Tracker):
-    """Processor positions in ``eventsourcery_trackers`` of a Postgres database.
+class PostgresTracker(es.DatabaseTracker):
+    """Processor positions in ``eventsourcery_trackers`` of a Postgres database (a conninfo, or a
+    PostgresDatabase). Writes join the database's current transaction, so a projector's writes and its
+    new position commit together."""
 
-    Writes join the database's current transaction, so a projector's writes
-    and its new position commit together. ``lock(name)`` takes a session
-    advisory lock on a connection of its own, held while the processor runs
-    and released by the server when the process dies: at most one instance
-    of a processor name runs at a time, across all hosts.
+    def __init__(self, db: str | PostgresDatabase, *, schema: str | None = None) -> None:
+        super().__init__(db if isinstance(db, PostgresDatabase) else PostgresDatabase(db, schema=schema))
+
+
+class Projector(es.Projector):
+    """``es.Projector`` on a Postgres database (``%s`` placeholders; ``self.db`` is a psycopg connection).
+
+    ``es.Projector(url)`` does the same given a ``postgresql://`` URL; this class also takes a libpq
+    ``key=value`` conninfo and ``schema=``: the projection's unqualified tables and its position
+    then live in that schema.
     """
-
-    def __init__(self, db: str | _PgDatabase, *, schema: str | None = None) -> None:
-        self._db = db if isinstance(db, _PgDatabase) else _PgDatabase(db, schema=schema)
-        self._table = f"{_quote(self._db.schema)}.eventsourcery_trackers"
-
-    def _conn(self) -> Connection:
-        return self._db.connection  # opening it creates the table if missing
-
-    def setup(self, name: str) -> None:
-        with self._db.lock:
-            self._conn().execute(f"INSERT INTO {self._table} (name, position) VALUES (%s, 0) "
-                                 "ON CONFLICT (name) DO NOTHING", (name,))
-
-    def last_processed_event_id(self, name: str) -> int:
-        with self._db.lock:
-            row = self._conn().execute(f"SELECT position FROM {self._table} WHERE name = %s", (name,)).fetchone()
-        return int(row[0]) if row else 0
-
-    def processed_event(self, name: str, event_id: int) -> None:
-        with self._db.lock:
-            self._conn().execute(f"INSERT INTO {self._table} (name, position) VALUES (%s, %s) "
-                                 "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (name, event_id))
-
-    def reset(self, name: str) -> None:
-        self.processed_event(name, 0)
-
-    def positions(self) -> dict[str, int]:
-        with self._db.lock:
-            rows = self._conn().execute(f"SELECT name, position FROM {self._table} ORDER BY name").fetchall()
-        return {str(name): int(position) for name, position in rows}
-
-    def _lock_key(self, name: str) -> int:
-        return _advisory_key("processor", self._db.schema, name)
-
-    @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        key = self._lock_key(name)
-        conn = _connect(self._db.conninfo, application_name=f"eventsourcery processor {name}", keepalives=True)
-        try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-            if row != (True,):
-                raise es.UnableToLockProcessorError(
-                    f"processor {name!r} is already running against {describe_conninfo(self._db.conninfo)} "
-                    f"(schema {self._db.schema!r})")
-            try:
-                yield
-            finally:
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))  # released now, not when the session ends
-        finally:
-            conn.close()  # ends the session, which releases the lock if it is still held (e.g. after an error)
-
-    def is_running(self, name: str) -> bool:
-        key = self._lock_key(name) & 0xFFFF_FFFF_FFFF_FFFF
-        with self._db.lock:
-            row = self._db.connection.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
-                (key >> 32, key & 0xFFFF_FFFF)).fetchone()
-        return bool(row and row[0])
-
-
-class Projector(es._TableOwner):
-    """Builds a read model in a Postgres database (``%s`` placeholders; ``self.db`` is a psycopg connection).
-
-    The projection's tables (``schema``) and the processor's position live in
-    that database, and each batch's writes and its new position commit in one
-    transaction: a crash at any point, even ``kill -9``, neither loses nor
-    repeats an event's effect. With a schema other than ``public`` (``schema=``
-    or ``?schema=`` in the URL), the projection's unqualified tables and its
-    position live in that schema.
-    """
-
-    placeholder: ClassVar[str] = "%s"
 
     def __init__(self, conninfo: str, *, schema: str | None = None, batch_size: int | None = None) -> None:
-        self._database = _PgDatabase(conninfo, schema=schema, application_name=f"eventsourcery {self.processor_name}")
-        self._tables = _PgTables()
-        super().__init__(PostgresTracker(self._database))
-        if batch_size is not None:
-            self.batch_size = batch_size
+        database = PostgresDatabase(conninfo, schema=schema, application_name=f"eventsourcery {self.processor_name}")
+        super().__init__(database, batch_size=batch_size)
 
-    def close(self) -> None:
-        """Close this process's connection (it is opened again when needed)."""
-        self._database.close()
 
+# ---------------------------------------------------------------------------
+# The backend entry points es.open_store() and es.open_database() call for
+# postgresql:// URLs (through es.BACKENDS).
+# ---------------------------------------------------------------------------
+
+def open_store(url: str, *, create: bool = True) -> PostgresEventStore:
+    """The event store at a ``postgresql://`` URL (``?schema=`` names its schema)."""
+    return PostgresEventStore(url, create=create)
+
+
+def open_database(url: str, **options: Any) -> PostgresDatabase:
+    """The database at a ``postgresql://`` URL, for a projector's tables; ``options``: ``schema``,
+    ``application_name``."""
+    return PostgresDatabase(url, **options)

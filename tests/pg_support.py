@@ -208,8 +208,8 @@ def hold_lock(conninfo, schema, name, ready):
     """Hold a processor's lock until killed."""
     import eventsourcery_pg as es_pg
 
-    tracker = es_pg.PostgresTracker(conninfo, schema=schema)
-    with tracker.lock(name):
+    store = es_pg.PostgresEventStore(conninfo, schema=schema)
+    with store.lock(name):
         ready.set()
         while True:
             time.sleep(1)

@@ -296,7 +296,7 @@ def test_processors_shows_running_and_reset_refuses_a_running_processor(db: path
     with es.SQLiteEventStore(db) as store:
         run_counter(store)
         tracker = store.tracker()
-        with tracker.lock("cli_counter"):  # as a live instance of the processor holds it
+        with store.lock("cli_counter"):  # as a live instance of the processor holds it
             assert json_lines(cli(db, "processors", "--json").stdout) == [
                 {"name": "cli_counter", "position": 5, "lag": 0, "running": True}]
             assert_one_line_error(cli(db, "reset", "cli_counter", "--yes"), "cli_counter", "running")

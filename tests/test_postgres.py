@@ -271,10 +271,10 @@ def test_processor_lock_is_held_across_processes_and_released_by_kill_9(url, sch
     try:
         assert ready.wait(DEADLINE), "the lock holder never took the lock"
         tracker = store.tracker()
-        assert tracker.is_running(name)
-        assert not tracker.is_running("another_processor")
+        assert store.is_running(name)
+        assert not store.is_running("another_processor")
         with pytest.raises(es.UnableToLockProcessorError, match=name):
-            with tracker.lock(name):
+            with store.lock(name):
                 pass
 
         class Same(es.EventStreamProcessor):
@@ -287,15 +287,15 @@ def test_processor_lock_is_held_across_processes_and_released_by_kill_9(url, sch
 
         # the same name in another store's schema is another processor
         with es_pg.PostgresEventStore(url, schema=pg.new_schema()) as other:
-            with other.tracker().lock(name):
-                assert other.tracker().is_running(name)
+            with other.lock(name):
+                assert other.is_running(name)
 
         os.kill(holder.pid, signal.SIGKILL)
         holder.join(DEADLINE)
-        assert wait_until(lambda: not tracker.is_running(name), timeout=30), "the dead holder's lock was kept"
-        with tracker.lock(name):
-            assert tracker.is_running(name)
-        assert not tracker.is_running(name)
+        assert wait_until(lambda: not store.is_running(name), timeout=30), "the dead holder's lock was kept"
+        with store.lock(name):
+            assert store.is_running(name)
+        assert not store.is_running(name)
     finally:
         if holder.is_alive():
             holder.kill()

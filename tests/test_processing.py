@@ -807,7 +807,6 @@ def test_run_processor_returns_when_stopped_while_waiting_to_retry(monkeypatch):
 def test_a_processor_starting_while_its_status_is_probed_still_gets_the_lock(tmp_path):
     """processor_statuses()/the CLI probe the lock for an instant; a processor starting then must not fail."""
     store = es.SQLiteEventStore(str(tmp_path / "events.db"))
-    tracker = store.tracker()
     import fcntl
 
     os.makedirs(tmp_path / "events.db.locks", exist_ok=True)
@@ -815,10 +814,10 @@ def test_a_processor_starting_while_its_status_is_probed_still_gets_the_lock(tmp
     fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # what is_running() holds while it looks
     release = threading.Timer(0.05, os.close, args=(probe,))
     release.start()
-    with tracker.lock("probe_me"):
-        assert tracker.is_running("probe_me")
+    with store.lock("probe_me"):
+        assert store.is_running("probe_me")
     release.join()
-    assert not tracker.is_running("probe_me")
+    assert not store.is_running("probe_me")
     store.close()
 
 
