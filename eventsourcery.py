@@ -1696,6 +1696,8 @@ def parse_store_url(url: str | os.PathLike[str]) -> StoreURL:
         return StoreURL("memory", "")
     if text.startswith("sqlite:///"):
         return StoreURL("sqlite", text[len("sqlite:///"):])
+    if text.startswith("sqlite:"):
+        raise StoreError(f"cannot read store URL {text!r}: use sqlite:///relative/path or sqlite:////absolute/path")
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
     if scheme and scheme.group(1).lower() in BACKENDS:
         return StoreURL(scheme.group(1).lower(), text)

@@ -29,8 +29,6 @@ from . import ignore_interrupts, projections
 from .reactor import TodoCompletedNotifier
 from .web import TodoApp, make_server
 
-PG_PREFIXES = ("postgresql://", "postgres://")
-
 
 @dataclasses.dataclass
 class Config:
@@ -57,16 +55,17 @@ def _redact(url: str) -> str:
 
 
 def configure(store: str, mail_log: str | None = None) -> Config:
-    if store.startswith(PG_PREFIXES):
-        return Config(store, store, mail_log or "todo-mail.log", True)
-    if store == "memory:" or store.startswith("memory:"):
+    try:
+        location = es.parse_store_url(store)
+    except es.StoreError as e:
+        raise SystemExit(f"error: {e}") from None
+    if location.scheme == "memory":
         raise SystemExit(
             "error: the todo app runs its processors in other processes, which cannot "
             "see a memory: store; give a file path or a postgresql:// URL")
-    path = store[len("sqlite:///"):] if store.startswith("sqlite:///") else store
-    if store.startswith("sqlite:") and not store.startswith("sqlite:///"):
-        raise SystemExit(f"error: cannot read store URL {store!r}; use sqlite:///path/to/file.db")
-    path = Path(path)
+    if location.scheme != "sqlite":
+        return Config(store, store, mail_log or "todo-postgres-mail.log", True)
+    path = Path(location.target)
     if path.is_dir():
         raise SystemExit(f"error: store {str(path)!r} is a directory")
     projections_path = path.with_name(f"{path.stem}-projections{path.suffix}")
@@ -75,11 +74,8 @@ def configure(store: str, mail_log: str | None = None) -> Config:
 
 
 def projectors(config: Config) -> list:
-    if config.postgres:
-        from .pg import POSTGRES_PROJECTORS
-
-        return [cls(config.projections) for cls in POSTGRES_PROJECTORS]
-    return [cls(config.projections) for cls in projections.SQLITE_PROJECTORS]
+    """The three projectors, on the projections' database (a SQLite file, or the Postgres database)."""
+    return [cls(config.projections) for cls in projections.PROJECTORS]
 
 
 def processors(config: Config, store) -> list:
@@ -103,22 +99,9 @@ def setup(config: Config) -> None:
     their own.
     """
     with es.open_store(config.store_url) as store:
-        if config.postgres:
-            from .pg import POSTGRES_PROJECTORS
-
-            for cls in POSTGRES_PROJECTORS:
-                projector = cls(config.projections)
-                projector.setup()
-                close = getattr(projector, "close", None)
-                if close is not None:
-                    close()
-        else:
-            db = sqlite3.connect(config.projections)
-            try:
-                for cls in projections.SQLITE_PROJECTORS:
-                    cls(db).setup()
-            finally:
-                db.close()
+        for projector in projectors(config):
+            projector.setup()
+            projector.close()
         TodoCompletedNotifier(store).setup()
 
 
@@ -133,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--store", default="todo.db",
                         help="event store: a SQLite file (default: %(default)s) or a postgresql:// URL")
     parser.add_argument("--mail-log", help="where the notifier 'sends' its mails "
-                        "(default: <store>-mail.log next to a SQLite store, ./todo-mail.log for Postgres)")
+                        "(default: <store>-mail.log next to a SQLite store, ./todo-postgres-mail.log for Postgres)")
     parser.add_argument("--quiet", action="store_true", help="do not log each HTTP request")
     args = parser.parse_args(argv)
 

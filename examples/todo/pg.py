@@ -1,29 +1,13 @@
-"""The projectors on Postgres: the same logic on ``eventsourcery_pg.Projector``.
+"""The query side on Postgres: a read-only connection to the projections.
 
 Imported only when the store is a ``postgresql://`` URL, so the SQLite mode
-needs nothing beyond the standard library.
+needs nothing beyond the standard library. (The projectors themselves are the
+same classes on both databases: see projections.py.)
 """
 
 from __future__ import annotations
 
 import eventsourcery_pg as es_pg
-
-from .projections import CompletedTodosLogic, OutstandingTodosLogic, ScheduledTodosLogic
-
-
-class OutstandingTodosPg(OutstandingTodosLogic, es_pg.Projector):
-    pass
-
-
-class ScheduledTodosPg(ScheduledTodosLogic, es_pg.Projector):
-    pass
-
-
-class CompletedTodosPg(CompletedTodosLogic, es_pg.Projector):
-    pass
-
-
-POSTGRES_PROJECTORS = (OutstandingTodosPg, ScheduledTodosPg, CompletedTodosPg)
 
 
 def connect(url: str):

@@ -1,10 +1,11 @@
 """Projections: read models built from the events, and the queries that read them.
 
 Each projector keeps its tables and its position in one database and commits
-both together per batch. The SQL is written once, with ``?`` placeholders,
-and runs on SQLite (``es.Projector``) and on Postgres (``eventsourcery_pg.
-Projector``, see ``examples/todo/pg.py``): the ``placeholder`` attribute says
-what the driver wants, and the DDL keeps to types both understand.
+both together per batch. One class per projection serves SQLite and Postgres:
+``es.Projector(db)`` picks the backend from what it is given (a file path or
+a ``postgresql://`` URL), the SQL is written once with ``self.placeholder``
+as the parameter marker, and the DDL keeps to types both understand. Dates
+are passed as ISO text, which a SQLite TEXT and a Postgres DATE column both take.
 
 Rows carry ``added_event_id``, the global position of the todo's
 ``TodoAdded``, so every query lists todos in the order they were added.
@@ -21,47 +22,8 @@ from .events import AMENDABLE_FIELDS, TodoAbandoned, TodoAdded, TodoAmended, Tod
 TODO_COLUMNS = ("todo_id", "title", "description", "due_date", "stakeholder_email")
 
 
-class SQLMixin:
-    """Runs ``?``-placeholder SQL on ``self.db``, whichever the driver (its ``placeholder`` says which)."""
-
-    placeholder: str  # provided by es.Projector / es.Reactor / eventsourcery_pg.Projector
-
-    def sql(self, statement: str, params=()):
-        if self.placeholder != "?":
-            statement = statement.replace("?", self.placeholder)
-        return self.db.execute(statement, tuple(params))
-
-    def date_param(self, value: datetime.date | None):
-        # sqlite3's date adapter is deprecated (3.12): store ISO text there;
-        # Postgres DATE columns take the date itself.
-        if value is None or self.placeholder != "?":
-            return value
-        return value.isoformat()
-
-    # helpers shared by the todo tables ------------------------------------
-
-    def insert_todo(self, table: str, event: TodoAdded) -> None:
-        self.sql(
-            f"INSERT INTO {table} (todo_id, added_event_id, title, description,"
-            " due_date, stakeholder_email) VALUES (?, ?, ?, ?, ?, ?)",
-            (event.aggregate_id, event.id, event.title, event.description,
-             self.date_param(event.due_date), event.stakeholder_email),
-        )
-
-    def amend_todo(self, table: str, event: TodoAmended, fields=AMENDABLE_FIELDS) -> None:
-        names = [name for name in event.amended_fields if name in fields]
-        if not names:
-            return
-        values = [
-            self.date_param(event.due_date) if name == "due_date" else getattr(event, name)
-            for name in names
-        ]
-        assignments = ", ".join(f"{name} = ?" for name in names)
-        self.sql(f"UPDATE {table} SET {assignments} WHERE todo_id = ?",
-                 (*values, event.aggregate_id))
-
-    def delete_todo(self, table: str, event) -> None:
-        self.sql(f"DELETE FROM {table} WHERE todo_id = ?", (event.aggregate_id,))
+def iso(value: datetime.date | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def _todo_table(name: str, extra: str = "") -> str:
@@ -75,11 +37,32 @@ def _todo_table(name: str, extra: str = "") -> str:
     )"""
 
 
-# ---------------------------------------------------------------------------
-# Projector logic (dialect-free); the concrete classes below pick the base.
+class TodoTableProjector(es.Projector):
+    """What the three projections share: writing a todo's row into one of their tables."""
+
+    def insert_todo(self, table: str, event: TodoAdded) -> None:
+        p = self.placeholder
+        self.db.execute(
+            f"INSERT INTO {table} (todo_id, added_event_id, title, description,"
+            f" due_date, stakeholder_email) VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+            (event.aggregate_id, event.id, event.title, event.description,
+             iso(event.due_date), event.stakeholder_email),
+        )
+
+    def amend_todo(self, table: str, event: TodoAmended, fields=AMENDABLE_FIELDS) -> None:
+        names = [name for name in event.amended_fields if name in fields]
+        if not names:
+            return
+        values = [iso(event.due_date) if name == "due_date" else getattr(event, name) for name in names]
+        p = self.placeholder
+        assignments = ", ".join(f"{name} = {p}" for name in names)
+        self.db.execute(f"UPDATE {table} SET {assignments} WHERE todo_id = {p}", (*values, event.aggregate_id))
+
+    def delete_todo(self, table: str, event) -> None:
+        self.db.execute(f"DELETE FROM {table} WHERE todo_id = {self.placeholder}", (event.aggregate_id,))
 
 
-class OutstandingTodosLogic(SQLMixin):
+class OutstandingTodos(TodoTableProjector):
     """Todos that are neither completed nor abandoned."""
 
     processor_name = "outstanding_todos"
@@ -99,7 +82,7 @@ class OutstandingTodosLogic(SQLMixin):
         self.delete_todo("query_outstanding_todos", event)
 
 
-class ScheduledTodosLogic(SQLMixin):
+class ScheduledTodos(TodoTableProjector):
     """Outstanding todos; the query keeps those with a due date."""
 
     processor_name = "scheduled_todos"
@@ -123,7 +106,7 @@ class ScheduledTodosLogic(SQLMixin):
         self.delete_todo("query_scheduled_todos", event)
 
 
-class CompletedTodosLogic(SQLMixin):
+class CompletedTodos(TodoTableProjector):
     """Completed todos, with the date they were completed on.
 
     A todo's fields arrive before it is completed, so they are staged in
@@ -152,34 +135,19 @@ class CompletedTodosLogic(SQLMixin):
 
     @es.on(TodoCompleted)
     def _completed(self, event):
-        self.sql(
+        p = self.placeholder
+        self.db.execute(
             "INSERT INTO query_completed_todos (todo_id, added_event_id, title,"
             " description, due_date, stakeholder_email, completed_on)"
             " SELECT todo_id, added_event_id, title, description, due_date,"
-            " stakeholder_email, ? FROM query_completed_todos_incomplete_todos"
-            " WHERE todo_id = ?",
-            (self.date_param(event.completed_on), event.aggregate_id),
+            f" stakeholder_email, {p} FROM query_completed_todos_incomplete_todos"
+            f" WHERE todo_id = {p}",
+            (iso(event.completed_on), event.aggregate_id),
         )
         self.delete_todo("query_completed_todos_incomplete_todos", event)
 
 
-# ---------------------------------------------------------------------------
-# SQLite projectors (es.Projector(path_or_connection)).
-
-
-class OutstandingTodos(OutstandingTodosLogic, es.Projector):
-    pass
-
-
-class ScheduledTodos(ScheduledTodosLogic, es.Projector):
-    pass
-
-
-class CompletedTodos(CompletedTodosLogic, es.Projector):
-    pass
-
-
-SQLITE_PROJECTORS = (OutstandingTodos, ScheduledTodos, CompletedTodos)
+PROJECTORS = (OutstandingTodos, ScheduledTodos, CompletedTodos)
 
 
 # ---------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from .events import (
     TodoAmended,
     TodoCompleted,
 )
-from .projections import SQLMixin
 
 
 def utcnow() -> datetime.datetime:
@@ -47,7 +46,7 @@ def send_email(mail_log: str | os.PathLike | None, *, email: str, message: str,
         os.fsync(log.fileno())
 
 
-class TodoCompletedNotifier(SQLMixin, es.Reactor):
+class TodoCompletedNotifier(es.Reactor):
     processor_name = "todo_completed_notifier"
     emits_events = (StakeholderNotifiedOfTodoCompletion,)
     schema = """CREATE TABLE IF NOT EXISTS reactor_todo_completed_notifier (
@@ -64,9 +63,10 @@ class TodoCompletedNotifier(SQLMixin, es.Reactor):
 
     @es.on(TodoAdded)
     def _added(self, event):
-        self.sql(
+        p = self.placeholder
+        self.db.execute(
             "INSERT INTO reactor_todo_completed_notifier (todo_id, title, stakeholder_email)"
-            " VALUES (?, ?, ?)",
+            f" VALUES ({p}, {p}, {p})",
             (event.aggregate_id, event.title, event.stakeholder_email),
         )
 
@@ -74,23 +74,27 @@ class TodoCompletedNotifier(SQLMixin, es.Reactor):
     def _amended(self, event):
         names = [n for n in event.amended_fields if n in ("title", "stakeholder_email")]
         if names:
-            self.sql(
+            p = self.placeholder
+            self.db.execute(
                 "UPDATE reactor_todo_completed_notifier SET "
-                + ", ".join(f"{n} = ?" for n in names)
-                + " WHERE todo_id = ?",
+                + ", ".join(f"{n} = {p}" for n in names)
+                + f" WHERE todo_id = {p}",
                 (*(getattr(event, n) for n in names), event.aggregate_id),
             )
 
     @es.on(TodoAbandoned)
     def _abandoned(self, event):
-        self.sql("DELETE FROM reactor_todo_completed_notifier WHERE todo_id = ?",
-                 (event.aggregate_id,))
+        self._forget(event.aggregate_id)
+
+    def _forget(self, todo_id: str) -> None:
+        self.db.execute(f"DELETE FROM reactor_todo_completed_notifier WHERE todo_id = {self.placeholder}",
+                        (todo_id,))
 
     @es.on(TodoCompleted)
     def _completed(self, event):
-        row = self.sql(
+        row = self.db.execute(
             "SELECT title, stakeholder_email FROM reactor_todo_completed_notifier"
-            " WHERE todo_id = ?",
+            f" WHERE todo_id = {self.placeholder}",
             (event.aggregate_id,),
         ).fetchone()
         if row is not None:
@@ -105,5 +109,4 @@ class TodoCompletedNotifier(SQLMixin, es.Reactor):
                     notified_on=now,
                     stakeholder_email=email,
                 ))
-        self.sql("DELETE FROM reactor_todo_completed_notifier WHERE todo_id = ?",
-                 (event.aggregate_id,))
+        self._forget(event.aggregate_id)
