@@ -7,12 +7,13 @@ One Postgres database can serve app servers and processors on many hosts::
 
     store = es_pg.PostgresEventStore("postgresql://app@db/app")   # or es.open_store(url)
 
-    class Outstanding(es_pg.Projector):
+    class Outstanding(es.Projector):        # the same class runs on SQLite, given a file path
         schema = "CREATE TABLE IF NOT EXISTS outstanding (id TEXT PRIMARY KEY, title TEXT)"
 
         @es.on(TodoAdded)
         def _added(self, event):
-            self.db.execute("INSERT INTO outstanding VALUES (%s, %s)", (event.aggregate_id, event.title))
+            p = self.placeholder                # "%s" here, "?" on SQLite
+            self.db.execute(f"INSERT INTO outstanding VALUES ({p}, {p})", (event.aggregate_id, event.title))
 
     es.ESPRunner([Outstanding("postgresql://app@db/app"), Notifier(store)], store).start()
 
@@ -39,11 +40,16 @@ How it keeps the store contract:
   ``poll_interval`` seconds in case one is missed. A dead listener connection
   is replaced; if no new one can be opened, subscribe raises ``es.StoreError``.
 * **Trackers** keep positions in ``eventsourcery_trackers`` in the same
-  database; a running processor holds a session advisory lock on a connection
-  of its own, which the server releases when the process dies.
+  database; a running processor holds the store's lock of its name, a session
+  advisory lock on a connection of its own, which the server releases when
+  the process dies.
 
-Connections are opened lazily, one per process (re-opened after a fork), so
-stores, trackers and projectors can be sent to ESPRunner's child processes.
+The module is built on the core's public backend interface only:
+``PostgresDatabase`` is an ``es.Database`` (one connection per process,
+re-opened after a fork, so stores, trackers and projectors can be sent to
+ESPRunner's child processes) that says how to connect and how Postgres names,
+creates and drops tables; ``es.open_store`` and ``es.Projector`` reach this
+module's ``open_store`` and ``open_database`` through ``es.BACKENDS``.
 """
 
 from __future__ import annotations
