@@ -41,6 +41,7 @@ import dataclasses
 import datetime as _dt
 import decimal
 import enum
+import itertools
 import json
 import logging
 import multiprocessing
@@ -74,6 +75,7 @@ __all__ = [
     "StoreURL", "BACKENDS", "parse_store_url", "open_store", "open_database",
     # the backend interface
     "EventRow", "EVENT_COLUMNS", "encode_events", "stored_copies", "decode_rows", "type_names", "Stopper",
+    "MAX_POSITION", "check_position", "version_range",
     "Database", "SQLiteDatabase", "DatabaseTracker", "TRACKER_TABLE",
     # processing and the runner
     "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
@@ -612,8 +614,15 @@ class EventStore(abc.ABC):
         """The highest stored id (among these types); 0 when there is none."""
 
     @abc.abstractmethod
-    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
-        """One aggregate's events in version order."""
+    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *, from_version: int = 1,
+                                    to_version: int | None = None) -> list[Event]:
+        """One aggregate's events in version order, those with ``from_version <= version <= to_version``
+        (no upper bound when ``to_version`` is None)."""
+
+    def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
+        """The aggregate's highest stored version; 0 when it has none."""
+        events = self.get_events_for_aggregate_id(aggregate_id)
+        return events[-1].version or 0 if events else 0
 
     def each_by_range(self, from_id: int, to_id: int, event_types: EventTypes = None) -> Iterator[Event]:
         """Events with ``from_id <= id <= to_id`` (of these types), read in pages, never past ``to_id``."""
@@ -780,6 +789,26 @@ def type_names(event_types: EventTypes) -> tuple[str, ...] | None:
         else:
             raise TypeError(f"event_types must hold type names or Event subclasses, not {t!r}")
     return tuple(names)
+
+
+#: The largest id or version a store holds (a signed 64-bit integer): bounds past it are clamped to it.
+MAX_POSITION = 2**63 - 1
+
+
+def check_position(name: str, value: object) -> int:
+    """An id, version or bound argument checked and clamped to ``0..MAX_POSITION``: a TypeError naming
+    the argument unless it is an ``int`` (a ``bool`` is not)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} ({value!r})")
+    return min(max(int(value), 0), MAX_POSITION)
+
+
+def version_range(from_version: object, to_version: object) -> tuple[int, int]:
+    """``(first, last)`` versions a partial aggregate read covers, checked (see check_position); ``first``
+    is at least 1, and ``to_version=None`` means MAX_POSITION. ``first > last`` matches nothing."""
+    first = max(check_position("from_version", from_version), 1)
+    last = MAX_POSITION if to_version is None else check_position("to_version", to_version)
+    return first, last
 
 
 def _encode_body(event: Event) -> str:
@@ -1267,37 +1296,38 @@ class MemoryEventStore(EventStore):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
+        """Sinks and tracker writes inside commit together; a nested block that raises rolls back
+        only its own part (like a savepoint), the outermost one everything since it began."""
         with self._changed:
-            if self._depth:
-                yield None
-                return
-            saved = (len(self._rows), {k: len(v) for k, v in self._by_aggregate.items()},
-                     dict(self._tracker._positions))
-            self._depth = 1
+            saved_rows, saved_positions = len(self._rows), dict(self._tracker._positions)
+            self._depth += 1
             try:
                 yield None
             except BaseException:
-                for row in self._rows[saved[0]:]:
+                for row in reversed(self._rows[saved_rows:]):
                     self._uuids.discard(row.uuid)
-                del self._rows[saved[0]:]
-                for key in list(self._by_aggregate):
-                    del self._by_aggregate[key][saved[1].get(key, 0):]
-                    if not self._by_aggregate[key]:
-                        del self._by_aggregate[key]
-                self._tracker._positions = saved[2]
+                    positions = self._by_aggregate[row.aggregate_id]
+                    positions.pop()
+                    if not positions:
+                        del self._by_aggregate[row.aggregate_id]
+                del self._rows[saved_rows:]
+                self._tracker._positions = saved_positions
                 raise
             finally:
-                self._depth = 0
-            self._changed.notify_all()
+                self._depth -= 1
+            if not self._depth:
+                self._changed.notify_all()
 
     def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
         names = type_names(event_types)
+        start = max(id, 1) - 1
         with self._changed:
-            rows = self._rows[max(id, 1) - 1:]
-            if names is not None:
+            if names is None:
+                rows = self._rows[start:start + limit]
+            else:  # read on from start only until limit rows match, never copying the whole tail
                 wanted = set(names)
-                rows = [r for r in rows if r.type in wanted]
-            rows = rows[:limit]
+                matching = (r for r in itertools.islice(self._rows, start, None) if r.type in wanted)
+                rows = list(itertools.islice(matching, limit))
         return decode_rows(rows)
 
     def latest_event_id(self, event_types: EventTypes = None) -> int:
@@ -1308,10 +1338,17 @@ class MemoryEventStore(EventStore):
             wanted = set(names)
             return next((r.id or 0 for r in reversed(self._rows) if r.type in wanted), 0)
 
-    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
+    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *, from_version: int = 1,
+                                    to_version: int | None = None) -> list[Event]:
+        first, last = version_range(from_version, to_version)
         with self._changed:
-            rows = [self._rows[i] for i in self._by_aggregate.get(str(aggregate_id), ())]
+            positions = self._by_aggregate.get(str(aggregate_id), ())
+            rows = [self._rows[i] for i in positions[first - 1:last]]
         return decode_rows(rows)
+
+    def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
+        with self._changed:
+            return len(self._by_aggregate.get(str(aggregate_id), ()))
 
     def _change_token(self) -> Any:
         return len(self._rows)
@@ -1623,11 +1660,20 @@ class SQLiteEventStore(EventStore):
                 row = conn.execute(f"SELECT max(id) FROM events WHERE type IN ({marks})", names).fetchone()
         return int(row[0] or 0)
 
-    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID) -> list[Event]:
+    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *, from_version: int = 1,
+                                    to_version: int | None = None) -> list[Event]:
+        first, last = version_range(from_version, to_version)
         with self._db.lock:
-            rows = self._db.connection.execute(self._SELECT + "WHERE aggregate_id = ? ORDER BY version",
-                                               (str(aggregate_id),)).fetchall()
+            rows = self._db.connection.execute(
+                self._SELECT + "WHERE aggregate_id = ? AND version BETWEEN ? AND ? ORDER BY version",
+                (str(aggregate_id), first, last)).fetchall()
         return decode_rows(rows)
+
+    def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
+        with self._db.lock:
+            row = self._db.connection.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
+                                              (str(aggregate_id),)).fetchone()
+        return int(row[0] or 0)
 
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         with self._db.lock:
@@ -1841,16 +1887,29 @@ class Repository:
         """Replay one aggregate's events into a new instance of ``aggregate_class``."""
         return aggregate_class(aggregate_id, self.store.get_events_for_aggregate_id(aggregate_id))
 
-    def save(self, aggregate: Aggregate) -> list[Event]:
-        """Sink the aggregate's changes with ``expected_version = version - len(changes)``; return them stored.
+    def save(self, *aggregates: Aggregate) -> list[Event]:
+        """Sink each aggregate's changes with ``expected_version = version - len(changes)``; return them stored.
 
-        A concurrent write since the load raises ConcurrencyError and writes nothing.
+        Several aggregates are saved in one transaction: a concurrent write to
+        any of them since its load raises ConcurrencyError naming it, and then
+        nothing at all is written and no aggregate's changes are cleared.
         """
-        changes = aggregate.changes
-        if not changes:
+        if not aggregates:
+            raise TypeError("save() needs at least one aggregate")
+        pending = [a for a in aggregates if a.changes]
+        if not pending:
             return []
-        stored = self.store.sink(changes, expected_version=aggregate.version - len(changes))
-        aggregate.clear_changes()
+        if len(pending) == 1:
+            (aggregate,) = pending
+            stored = self.store.sink(aggregate.changes, expected_version=aggregate.version - len(aggregate.changes))
+        else:
+            stored = []
+            with self.store.transaction():
+                for aggregate in pending:
+                    changes = aggregate.changes
+                    stored += self.store.sink(changes, expected_version=aggregate.version - len(changes))
+        for aggregate in pending:
+            aggregate.clear_changes()
         return stored
 
 

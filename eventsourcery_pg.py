@@ -489,12 +489,20 @@ class PostgresEventStore(es.EventStore):
                                    (list(names),)).fetchone()
         return int(row[0] or 0) if row else 0
 
-    def get_events_for_aggregate_id(self, aggregate_id: str | uuid.UUID) -> list[es.Event]:
+    def get_events_for_aggregate_id(self, aggregate_id: str | uuid.UUID, *, from_version: int = 1,
+                                    to_version: int | None = None) -> list[es.Event]:
+        first, last = es.version_range(from_version, to_version)
         with self._db.lock:
             cur = self._db.connection.execute(
-                f"SELECT {_COLUMNS} FROM {self._events} WHERE aggregate_id = %s ORDER BY version",
-                (str(aggregate_id),))
+                f"SELECT {_COLUMNS} FROM {self._events} WHERE aggregate_id = %s AND version BETWEEN %s AND %s "
+                "ORDER BY version", (str(aggregate_id), first, last))
             return es.decode_rows(cur.fetchall())
+
+    def aggregate_version(self, aggregate_id: str | uuid.UUID) -> int:
+        with self._db.lock:
+            row = self._db.connection.execute(f"SELECT max(version) FROM {self._events} WHERE aggregate_id = %s",
+                                              (str(aggregate_id),)).fetchone()
+        return int(row[0] or 0) if row else 0
 
     # -- subscribing --------------------------------------------------------
 

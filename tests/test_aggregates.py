@@ -328,3 +328,42 @@ def test_save_without_changes_does_not_touch_the_store():
 
     repo = es.Repository(ExplodingStore())
     repo.save(repo.load(Basket, "x"))
+
+
+# --- saving several aggregates at once (SPEC 3: repo.save(a, b, ...)) -----------------------------
+
+
+def test_save_of_several_aggregates_writes_all_their_changes(store):
+    repo = es.Repository(store)
+    first, second = repo.load(Basket, new_id()), repo.load(Basket, new_id())
+    first.add("apple")
+    second.add("pear")
+    second.add("plum")
+    stored = repo.save(first, second)
+    assert [(e.aggregate_id, e.version, e.title) for e in stored] == [
+        (first.id, 1, "apple"), (second.id, 1, "pear"), (second.id, 2, "plum")]
+    assert first.changes == [] and second.changes == []
+    assert repo.load(Basket, second.id).titles == ("pear", "plum")
+    assert repo.save(first, second) == []  # nothing left to write
+
+
+def test_one_conflict_in_a_save_of_several_writes_nothing_and_keeps_every_change(store):
+    repo = es.Repository(store)
+    ok_id, contended_id = new_id(), new_id()
+    store.sink(ItemAdded(aggregate_id=contended_id, title="first"))
+    ok, contended = repo.load(Basket, ok_id), repo.load(Basket, contended_id)
+    store.sink(ItemAdded(aggregate_id=contended_id, title="written meanwhile"), expected_version=1)
+    ok.add("apple")
+    contended.add("pear")
+    with pytest.raises(es.ConcurrencyError, match=contended_id):
+        repo.save(ok, contended)
+    assert store.get_events_for_aggregate_id(ok_id) == []
+    assert store.latest_event_id() == 2
+    assert [e.title for e in ok.changes] == ["apple"] and [e.title for e in contended.changes] == ["pear"]
+    repo.save(ok)  # the one without a conflict can still be saved on its own
+    assert [e.title for e in store.get_events_for_aggregate_id(ok_id)] == ["apple"]
+
+
+def test_save_needs_an_aggregate():
+    with pytest.raises(TypeError):
+        es.Repository(es.MemoryEventStore()).save()

@@ -1185,3 +1185,70 @@ def test_store_matches_a_model(make_store):
         StoreModel,
         settings=settings(max_examples=25, stateful_step_count=15, deadline=None, derandomize=True, database=None),
     )
+
+
+def test_a_caught_inner_failure_rolls_back_only_the_inner_part(store):
+    outer, inner = new_id(), new_id()
+    with store.transaction():
+        store.sink(item(outer))
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                store.sink(item(inner))
+                raise RuntimeError("inner")
+        store.sink(item(outer), expected_version=1)
+    assert [(e.aggregate_id, e.version) for e in store.get_next_from(1)] == [(outer, 1), (outer, 2)]
+    assert store.get_events_for_aggregate_id(inner) == []
+    assert store.aggregate_version(inner) == 0
+    assert store.sink(item(inner), expected_version=0)[0].id == 3  # the inner write left no trace
+
+
+# =================================================================================
+# partial reads: from_version / to_version, aggregate_version
+# =================================================================================
+
+
+@pytest.fixture
+def five_versions(store):
+    agg = new_id()
+    store.sink(item(new_id()))  # another aggregate's event first, so ids and versions differ
+    store.sink([item(agg, title=f"v{v}") for v in range(1, 4)])
+    store.sink([item(agg, title=f"v{v}") for v in range(4, 6)], expected_version=3)
+    return agg
+
+
+@pytest.mark.parametrize("bounds, expected", [
+    ({}, [1, 2, 3, 4, 5]),
+    ({"from_version": 3}, [3, 4, 5]),
+    ({"to_version": 2}, [1, 2]),
+    ({"from_version": 2, "to_version": 4}, [2, 3, 4]),
+    ({"from_version": 4, "to_version": 4}, [4]),
+    ({"from_version": 4, "to_version": 3}, []),
+    ({"from_version": 6}, []),
+    ({"from_version": 0}, [1, 2, 3, 4, 5]),
+    ({"from_version": -5, "to_version": 1}, [1]),
+    ({"to_version": 0}, []),
+    ({"from_version": 2**70}, []),
+    ({"to_version": 2**70}, [1, 2, 3, 4, 5]),
+    ({"to_version": None}, [1, 2, 3, 4, 5]),
+])
+def test_get_events_for_aggregate_id_reads_a_range_of_versions(store, five_versions, bounds, expected):
+    events = store.get_events_for_aggregate_id(five_versions, **bounds)
+    assert [e.version for e in events] == expected
+    assert [e.title for e in events] == [f"v{v}" for v in expected]
+
+
+@pytest.mark.parametrize("bound, bad", [
+    *(("from_version", bad) for bad in (1.0, "2", True, None, object())),
+    *(("to_version", bad) for bad in (1.0, "2", False, object())),  # to_version=None: no upper bound
+], ids=repr)
+def test_a_version_bound_that_is_not_an_int_is_a_type_error(store, five_versions, bound, bad):
+    with pytest.raises(TypeError, match=bound):
+        store.get_events_for_aggregate_id(five_versions, **{bound: bad})
+
+
+def test_aggregate_version_is_the_highest_stored_version(store, five_versions):
+    assert store.aggregate_version(five_versions) == 5
+    assert store.aggregate_version(new_id()) == 0
+    assert store.aggregate_version(uuid.UUID(int=7)) == 0
+    store.sink(item(five_versions), expected_version=5)
+    assert store.aggregate_version(five_versions) == 6
