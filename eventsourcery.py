@@ -75,7 +75,8 @@ __all__ = [
     "StoreURL", "BACKENDS", "parse_store_url", "open_store", "open_database",
     # the backend interface
     "EventRow", "EVENT_COLUMNS", "encode_events", "stored_copies", "decode_rows", "type_names", "Stopper",
-    "MAX_POSITION", "check_position", "version_range",
+    "MAX_POSITION", "MAX_BODY_DEPTH", "check_position", "check_limit", "check_text", "check_aggregate_id",
+    "version_range", "batch_size",
     "Database", "SQLiteDatabase", "DatabaseTracker", "TRACKER_TABLE",
     # processing and the runner
     "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
@@ -417,6 +418,8 @@ def configure(**options: Any) -> Config:
         raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}")
     for name, value in options.items():
         setattr(config, name, value)
+    if "subscription_batch_size" in options:
+        batch_size()
     return config
 
 
@@ -627,7 +630,8 @@ class EventStore(abc.ABC):
     def each_by_range(self, from_id: int, to_id: int, event_types: EventTypes = None) -> Iterator[Event]:
         """Events with ``from_id <= id <= to_id`` (of these types), read in pages, never past ``to_id``."""
         names = type_names(event_types)
-        position = from_id
+        position = max(check_position("from_id", from_id), 1)
+        to_id = check_position("to_id", to_id)
         while position <= to_id:
             page = self.get_next_from(position, names, limit=min(1000, to_id - position + 1))
             for event in page:
@@ -644,10 +648,11 @@ class EventStore(abc.ABC):
         process commits them; return once ``stop`` (a threading.Event or a callable) is set."""
         names = type_names(event_types)
         stopper = Stopper(stop)
-        position = from_id
+        position = max(check_position("from_id", from_id), 1)
+        size = batch_size()
         while not stopper.is_set():
             token = self._change_token()
-            batch = self.get_next_from(position, names, limit=config.subscription_batch_size)
+            batch = self.get_next_from(position, names, limit=size)
             if batch:
                 yield batch
                 position = batch[-1].id + 1  # type: ignore[operator]
@@ -783,13 +788,17 @@ def type_names(event_types: EventTypes) -> tuple[str, ...] | None:
     names = []
     for t in event_types:
         if isinstance(t, str):
-            names.append(t)
+            names.append(check_text("an event type name", t))
         elif isinstance(t, type) and issubclass(t, Event) and t is not Event:
             names.append(t._type_name)  # type: ignore[attr-defined]
         else:
             raise TypeError(f"event_types must hold type names or Event subclasses, not {t!r}")
     return tuple(names)
 
+
+#: How deeply an event body may nest lists and objects (deeper bodies are a TypeError at sink, or fail
+#: to decode): the bound comes from Python's recursion limit, and a few hundred levels are always safe.
+MAX_BODY_DEPTH = 500
 
 #: The largest id or version a store holds (a signed 64-bit integer): bounds past it are clamped to it.
 MAX_POSITION = 2**63 - 1
@@ -803,6 +812,47 @@ def check_position(name: str, value: object) -> int:
     return min(max(int(value), 0), MAX_POSITION)
 
 
+def check_limit(limit: object) -> int:
+    """A read's ``limit`` checked: a TypeError unless an ``int`` (a ``bool`` is not), a ValueError when negative."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__} ({limit!r})")
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, got {limit}")
+    return min(limit, MAX_POSITION)
+
+
+def check_text(what: str, value: str) -> str:
+    """``value`` unless it holds a NUL character or a lone surrogate, which no database stores as given:
+    then InvalidEventError naming ``what``."""
+    if "\x00" in value:
+        raise InvalidEventError(f"{what} must not contain NUL characters: {value!r}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventError(f"{what} must not contain lone surrogates: {value!r}") from None
+    return value
+
+
+def check_aggregate_id(aggregate_id: object) -> str:
+    """An aggregate id argument as the str it is stored as (a ``uuid.UUID`` becomes its string)."""
+    if isinstance(aggregate_id, _uuid.UUID):
+        return str(aggregate_id)
+    if not isinstance(aggregate_id, str):
+        raise TypeError(f"aggregate_id must be a str or uuid.UUID, not {type(aggregate_id).__name__}")
+    return check_text("an aggregate id", aggregate_id)
+
+
+def batch_size() -> int:
+    """``config.subscription_batch_size``, checked: a ValueError below 1 (a subscriber would wait for ever)."""
+    size = config.subscription_batch_size
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"subscription_batch_size must be an int, not {size!r}")
+    if size < 1:
+        raise ValueError(f"subscription_batch_size must be at least 1, got {size}")
+    return size
+
+
 def version_range(from_version: object, to_version: object) -> tuple[int, int]:
     """``(first, last)`` versions a partial aggregate read covers, checked (see check_position); ``first``
     is at least 1, and ``to_version=None`` means MAX_POSITION. ``first > last`` matches nothing."""
@@ -814,12 +864,36 @@ def version_range(from_version: object, to_version: object) -> tuple[int, int]:
 def _encode_body(event: Event) -> str:
     """The event's body as JSON text; a clear TypeError names the field that cannot be encoded."""
     cls = event.__class__
+    if cls is Event and not isinstance(event.__dict__["body"], dict):
+        raise TypeError(f"the body of a generic {event.type!r} event must be a dict (a JSON object), "
+                        f"not {type(event.__dict__['body']).__name__}")
     try:
         if cls is Event:
-            return _json_encode(event.__dict__["body"])
-        return _json_encode(_codec(cls).encode_fields(event))
-    except (TypeError, ValueError) as exc:
+            body = event.__dict__["body"]
+            text = _json_encode(body)
+        else:
+            text = _json_encode(_codec(cls).encode_fields(event))
+    except (TypeError, ValueError, RecursionError) as exc:
         raise _field_error(event, exc) from exc
+    if text.count("[") + text.count("{") > MAX_BODY_DEPTH and _nesting(_parse_body(text)) > MAX_BODY_DEPTH:
+        raise _field_error(event, RecursionError())
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _field_error(event, exc) from exc
+    return text
+
+
+def _nesting(value: Any) -> int:
+    """How deeply lists and dicts nest in a decoded JSON value (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _field_error(event: Event, exc: Exception) -> TypeError:
@@ -832,19 +906,32 @@ def _field_error(event: Event, exc: Exception) -> TypeError:
         fields = [(name, event.__dict__[name], encoders.get(name)) for name in codec.names]
     for name, value, encode in fields:
         try:
-            _json_encode(encode(value) if encode is not None and value is not None else value)
+            text = _json_encode(encode(value) if encode is not None and value is not None else value)
+            text.encode("utf-8")
+            if isinstance(exc, RecursionError) and _nesting(_parse_body(text)) >= MAX_BODY_DEPTH:
+                raise RecursionError
+        except RecursionError:
+            return TypeError(f"cannot serialise field {name!r} of event type {event.type!r}: it nests lists and "
+                             f"objects deeper than es.MAX_BODY_DEPTH ({MAX_BODY_DEPTH}) levels")
+        except UnicodeEncodeError:
+            return TypeError(f"cannot store field {name!r} of event type {event.type!r}: it holds a lone surrogate")
         except (TypeError, ValueError) as field_exc:
             return TypeError(f"cannot serialise field {name!r} of event type {event.type!r}: {field_exc}")
     return TypeError(f"cannot serialise event of type {event.type!r}: {exc}")
 
 
-def encode_events(event_or_events: Event | Sequence[Event]) -> tuple[list[Event], str, list[EventRow]]:
-    """Validate a sink's events and encode them; raises before anything touches a database.
+def encode_events(event_or_events: Event | Sequence[Event],
+                  expected_version: object = None) -> tuple[list[Event], str, list[EventRow]]:
+    """Validate a sink's arguments and encode its events; raises before anything touches a database.
 
     Returns the events, their aggregate id and one EventRow per event, with
     ``id`` and ``version`` None, ``created_at`` an aware UTC datetime (now,
-    when the event had none) and ``body`` JSON text.
+    when the event had none) and ``body`` JSON text. ``expected_version``
+    must be None or an ``int`` (TypeError otherwise).
     """
+    if expected_version is not None and (isinstance(expected_version, bool) or not isinstance(expected_version, int)):
+        raise TypeError(f"expected_version must be an int or None, not {type(expected_version).__name__} "
+                        f"({expected_version!r})")
     events = [event_or_events] if isinstance(event_or_events, Event) else list(event_or_events)
     if not events:
         raise AtomicWriteToMultipleAggregatesNotSupported("sink() needs at least one event")
@@ -854,6 +941,7 @@ def encode_events(event_or_events: Event | Sequence[Event]) -> tuple[list[Event]
     aggregate_id = events[0].aggregate_id
     if not isinstance(aggregate_id, str) or not aggregate_id:
         raise InvalidEventError(f"event {events[0].type!r} has an empty or non-string aggregate_id: {aggregate_id!r}")
+    check_text("an aggregate id", aggregate_id)
     if any(e.aggregate_id != aggregate_id for e in events):
         ids = sorted({str(e.aggregate_id) for e in events})
         raise AtomicWriteToMultipleAggregatesNotSupported(f"one sink() writes one aggregate, got {ids}")
@@ -864,8 +952,17 @@ def encode_events(event_or_events: Event | Sequence[Event]) -> tuple[list[Event]
         type_name = e.type
         if not isinstance(type_name, str) or not type_name:
             raise InvalidEventError(f"event type name must be a non-empty str, got {type_name!r}")
+        check_text("an event type name", type_name)
         if not isinstance(d["uuid"], str) or not d["uuid"]:
             raise InvalidEventError(f"event uuid must be a non-empty str, got {d['uuid']!r}")
+        check_text("an event uuid", d["uuid"])
+        for key in ("correlation_id", "causation_id"):
+            value = d[key]
+            if value is not None:
+                if not isinstance(value, str):
+                    raise InvalidEventError(f"{key} of a {type_name!r} event must be a str or None, "
+                                            f"not {type(value).__name__} ({value!r})")
+                check_text(key, value)
         created_at = d["created_at"]
         if created_at is None:
             created_at = now = now or _dt.datetime.now(_dt.timezone.utc)
@@ -920,8 +1017,12 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
                 cls = _registry.get(type_name)
                 codec = codecs[type_name] = None if cls is None else _codec(cls)
             data = _parse_body(body) if type(body) is str else dict(body)
+            if type(data) is not dict:
+                raise ValueError(f"body is a JSON {type(data).__name__}, not an object")
             if type(created_at) is str:
                 created_at = fromiso(created_at)
+            if created_at.tzinfo is None:
+                raise ValueError(f"created_at {created_at.isoformat()} has no time zone")
             if codec is None:
                 event = new(Event)
                 set_dict(event, "__dict__", {
@@ -1277,7 +1378,7 @@ class MemoryEventStore(EventStore):
         self._depth = 0
 
     def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
-        events, aggregate_id, rows = encode_events(event_or_events)
+        events, aggregate_id, rows = encode_events(event_or_events, expected_version)
         with self.transaction():
             current = len(self._by_aggregate.get(aggregate_id, ()))
             if expected_version is not None and current != expected_version:
@@ -1320,7 +1421,8 @@ class MemoryEventStore(EventStore):
 
     def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
         names = type_names(event_types)
-        start = max(id, 1) - 1
+        start = max(check_position("id", id), 1) - 1
+        limit = check_limit(limit)
         with self._changed:
             if names is None:
                 rows = self._rows[start:start + limit]
@@ -1341,14 +1443,16 @@ class MemoryEventStore(EventStore):
     def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *, from_version: int = 1,
                                     to_version: int | None = None) -> list[Event]:
         first, last = version_range(from_version, to_version)
+        aggregate_id = check_aggregate_id(aggregate_id)
         with self._changed:
-            positions = self._by_aggregate.get(str(aggregate_id), ())
+            positions = self._by_aggregate.get(aggregate_id, ())
             rows = [self._rows[i] for i in positions[first - 1:last]]
         return decode_rows(rows)
 
     def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
+        aggregate_id = check_aggregate_id(aggregate_id)
         with self._changed:
-            return len(self._by_aggregate.get(str(aggregate_id), ()))
+            return len(self._by_aggregate.get(aggregate_id, ()))
 
     def _change_token(self) -> Any:
         return len(self._rows)
@@ -1613,7 +1717,7 @@ class SQLiteEventStore(EventStore):
         return self._locks.is_running(name)
 
     def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
-        events, aggregate_id, rows = encode_events(event_or_events)
+        events, aggregate_id, rows = encode_events(event_or_events, expected_version)
         try:
             with self._db.transaction() as conn:
                 current = conn.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
@@ -1639,6 +1743,7 @@ class SQLiteEventStore(EventStore):
 
     def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
         names = type_names(event_types)
+        id, limit = check_position("id", id), check_limit(limit)
         with self._db.lock:
             conn = self._db.connection
             if names is None:
@@ -1666,13 +1771,13 @@ class SQLiteEventStore(EventStore):
         with self._db.lock:
             rows = self._db.connection.execute(
                 self._SELECT + "WHERE aggregate_id = ? AND version BETWEEN ? AND ? ORDER BY version",
-                (str(aggregate_id), first, last)).fetchall()
+                (check_aggregate_id(aggregate_id), first, last)).fetchall()
         return decode_rows(rows)
 
     def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
         with self._db.lock:
             row = self._db.connection.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
-                                              (str(aggregate_id),)).fetchone()
+                                              (check_aggregate_id(aggregate_id),)).fetchone()
         return int(row[0] or 0)
 
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:

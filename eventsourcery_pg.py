@@ -441,7 +441,7 @@ class PostgresEventStore(es.EventStore):
 
     def sink(self, event_or_events: es.Event | Sequence[es.Event],
              expected_version: int | None = None) -> list[es.Event]:
-        events, aggregate_id, rows = es.encode_events(event_or_events)
+        events, aggregate_id, rows = es.encode_events(event_or_events, expected_version)
         params = (aggregate_id, expected_version, [r.uuid for r in rows], [r.type for r in rows],
                   [r.created_at for r in rows], [r.correlation_id for r in rows], [r.causation_id for r in rows],
                   [r.body for r in rows], self._lock_writes)
@@ -475,6 +475,7 @@ class PostgresEventStore(es.EventStore):
     def get_next_from(self, id: int, event_types: es.EventTypes = None,
                       limit: int = 1000) -> list[es.Event]:
         names = es.type_names(event_types)
+        id, limit = es.check_position("id", id), es.check_limit(limit)
         with self._db.lock:
             return self._select(self._db.connection, id, names, limit)
 
@@ -495,13 +496,13 @@ class PostgresEventStore(es.EventStore):
         with self._db.lock:
             cur = self._db.connection.execute(
                 f"SELECT {_COLUMNS} FROM {self._events} WHERE aggregate_id = %s AND version BETWEEN %s AND %s "
-                "ORDER BY version", (str(aggregate_id), first, last))
+                "ORDER BY version", (es.check_aggregate_id(aggregate_id), first, last))
             return es.decode_rows(cur.fetchall())
 
     def aggregate_version(self, aggregate_id: str | uuid.UUID) -> int:
         with self._db.lock:
             row = self._db.connection.execute(f"SELECT max(version) FROM {self._events} WHERE aggregate_id = %s",
-                                              (str(aggregate_id),)).fetchone()
+                                              (es.check_aggregate_id(aggregate_id),)).fetchone()
         return int(row[0] or 0) if row else 0
 
     # -- subscribing --------------------------------------------------------
@@ -517,17 +518,20 @@ class PostgresEventStore(es.EventStore):
         """
         names = es.type_names(event_types)
         stopper = es.Stopper(stop)
-        position = from_id
+        position = max(es.check_position("from_id", from_id), 1)
+        size = es.batch_size()
         listener = _Listener(self)
         try:
             while not stopper.is_set():
                 try:
                     conn = listener.ensure_open()  # LISTEN first, so no commit after the read goes unnoticed
-                    batch = self._select(conn, position, names, es.config.subscription_batch_size)
+                    batch = self._select(conn, position, names, size)
                     listener.healthy()
                     if not batch:
                         listener.wait(stopper, self.poll_interval)
                         continue
+                except es.CorruptEventError:
+                    raise  # a damaged row, not a lost connection: reconnecting would not help
                 except (psycopg.OperationalError, psycopg.InterfaceError, es.StoreError) as exc:
                     listener.lost(exc, stopper)
                     continue
