@@ -429,6 +429,26 @@ def test_web_layer_hides_internal_errors(capsys):
     assert (response.status, response.body) == (500, b"Internal Server Error")
 
 
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "http"])
+def test_port_out_of_range_is_a_usage_error(port, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        app_main.main(["--port", port, "--store", str(tmp_path / "todo.db")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^python -m examples.todo: error: argument --port: .*0.*65535", err, re.M), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "todo.db").exists()  # it stopped before setting anything up
+
+
+@pytest.mark.parametrize("script", ["examples/todo", "examples/todo/__main__.py"])
+def test_running_the_directory_says_how_to_run_it(script):
+    p = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stdout == ""
+    assert len(p.stderr.splitlines()) == 1, p.stderr
+    assert "python3 -m examples.todo" in p.stderr and "repository root" in p.stderr, p.stderr
+
+
 def test_store_arguments():
     assert app_main.configure("todo.db").projections == "todo-projections.db"
     assert app_main.configure("sqlite:///data/todo.db").projections == "data/todo-projections.db"
