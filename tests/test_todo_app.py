@@ -87,6 +87,8 @@ def new_id() -> str:
     (AmendTodo, {"todo_id": "a", "due_date": "not a date"}, "due_date is invalid"),
     (AmendTodo, {"todo_id": "a", "title": None}, "title is blank"),
     (AmendTodo, {"todo_id": "a", "description": 1.5}, "description is invalid"),
+    (AmendTodo, {"todo_id": "a"}, "nothing to amend"),
+    (AmendTodo, {"todo_id": "a", "completed_on": "2017-07-13", "extra": 1}, "nothing to amend"),
     (CompleteTodo, {"completed_on": "2017-07-13"}, "todo_id is blank"),
     (CompleteTodo, {"todo_id": "a"}, "completed_on is blank"),
     (CompleteTodo, {"todo_id": "a", "completed_on": None}, "completed_on is blank"),
@@ -107,7 +109,6 @@ def test_commands_keep_only_their_keys_and_parse_dates():
                          "due_date": "2017-07-13", "stakeholder_email": "g@example.com", "extra": 1})
     assert add == AddTodo(todo_id="a", title="2000 squats", description="Leg day.",
                           due_date=D(2017, 7, 13), stakeholder_email="g@example.com")
-    assert AmendTodo.build({"todo_id": "a"}).changes == {}  # an empty amend is allowed
     assert AmendTodo.build({"todo_id": "a", "due_date": None}).changes == {"due_date": None}
     assert AmendTodo.build({"todo_id": "a", "description": "x", "completed_on": "2017-01-01"}).changes == {
         "description": "x"}
@@ -153,13 +154,42 @@ def test_aggregate_applies_events_and_loads_the_notifiers_event():
         aggregate_id="t1", notified_on=datetime.datetime(2017, 6, 13, tzinfo=datetime.timezone.utc))
     todo = _todo(ADDED, COMPLETED, notified)  # no UnknownEventError for the reactor's event
     assert todo.completed and todo.version == 3
-    todo = _todo(ADDED)
+    todo = _todo(TodoAdded(aggregate_id="t1", title="x", due_date=D(2017, 7, 13)))
     todo.amend(due_date=None)
     todo.complete(completed_on=D(2017, 7, 14))
     assert [type(e) for e in todo.changes] == [TodoAmended, TodoCompleted]
     assert todo.changes[0].changes == {"due_date": None}
     with pytest.raises(TypeError):
         todo.amend(completed_on=D(2017, 1, 1))
+
+
+def test_amend_that_changes_nothing_records_nothing():
+    todo = _todo(TodoAdded(aggregate_id="t1", title="x", description="d", due_date=D(2017, 7, 13)))
+    todo.amend(title="x", due_date=D(2017, 7, 13), stakeholder_email=None)
+    todo.amend()
+    assert todo.changes == []
+    todo.amend(title="x", description="e")  # one field changes: recorded as sent
+    assert [e.changes for e in todo.changes] == [{"title": "x", "description": "e"}]
+    todo.amend(description="e")  # the state follows the amendments
+    todo.amend(due_date=None)
+    todo.amend(due_date=None)
+    assert [e.changes for e in todo.changes] == [{"title": "x", "description": "e"}, {"due_date": None}]
+    # the rules still come first: a complete todo is a 422 even when nothing would change
+    done = _todo(ADDED, COMPLETED)
+    with pytest.raises(UnprocessableEntity, match="is complete"):
+        done.amend(title="x")
+
+
+def test_amend_that_changes_nothing_stores_nothing(tmp_path):
+    with es.SQLiteEventStore(tmp_path / "events.db") as store:
+        handler = CommandHandler(es.Repository(store))
+        handler.handle(AddTodo.build({"todo_id": "a", "title": "x", "due_date": "2017-07-13"}))
+        handler.handle(AmendTodo.build({"todo_id": "a", "due_date": None}))
+        # loaded from the store: the values as stored, dates as dates
+        assert handler.handle(AmendTodo.build({"todo_id": "a", "title": "x", "due_date": None})) == []
+        assert handler.handle(AmendTodo.build({"todo_id": "a", "description": None})) == []
+        assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added", "todo_amended"]
+        assert handler.handle(AmendTodo.build({"todo_id": "a", "due_date": "2017-07-14"}))[0].version == 3
 
 
 def test_todo_amended_keeps_absent_apart_from_null_when_stored(tmp_path):
@@ -429,6 +459,20 @@ def test_web_layer_hides_internal_errors(capsys):
     assert (response.status, response.body) == (500, b"Internal Server Error")
 
 
+def test_web_layer_amend_with_nothing_to_amend():
+    store = es.MemoryEventStore()
+    app = TodoApp(store, lambda: sqlite3.connect(":memory:"))
+    assert app.dispatch("POST", "/todo/a", b'{"title": "x", "due_date": "2017-07-13"}').status == 201
+    for body in (b"{}", b"", b'{"completed_on": "2017-07-14"}'):
+        response = app.dispatch("PUT", "/todo/a", body)
+        assert (response.status, response.body) == (400, b"Bad Request: nothing to amend"), body
+    response = app.dispatch("PUT", "/todo/a", b'{"title": "x", "due_date": "2017-07-13"}')
+    assert (response.status, response.body) == (200, b"")  # as for an amend that changes something
+    assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added"]
+    assert app.dispatch("PUT", "/todo/a", b'{"title": "y"}').status == 200
+    assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added", "todo_amended"]
+
+
 @pytest.mark.parametrize("port", ["99999", "65536", "-1", "http"])
 def test_port_out_of_range_is_a_usage_error(port, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
@@ -618,7 +662,9 @@ def test_the_app_end_to_end(running_app):
     assert call("PUT", f"/todo/{a}", {"description": "It IS leg day!"}) == (200, "")
     assert call("PUT", f"/todo/{b}", {"due_date": None}) == (200, "")
     assert call("PUT", f"/todo/{c}", {"description": "Squats"}) == (200, "")
-    assert call("PUT", f"/todo/{new_id()}", {})[1].endswith("does not exist")
+    assert call("PUT", f"/todo/{new_id()}", {"title": "x"})[1].endswith("does not exist")
+    assert call("PUT", f"/todo/{a}", {}) == (400, "Bad Request: nothing to amend")
+    assert call("PUT", f"/todo/{a}", {"description": "It IS leg day!", "title": "2000 squats"}) == (200, "")
 
     # complete one, abandon another
     assert call("POST", f"/todo/{a}/complete", {"completed_on": "2017-07-14"}) == (200, "")
@@ -734,3 +780,4 @@ def test_the_app_end_to_end(running_app):
         pytest.fail("the app did not stop within 45 s of SIGINT")
     reader.join(5)
     assert "Stopped." in "".join(out)
+

@@ -118,7 +118,10 @@ class AddTodo:
 
 @dataclasses.dataclass(frozen=True)
 class AmendTodo:
-    """Only the keys present in ``changes`` are amended; ``{"due_date": None}`` clears it."""
+    """Only the keys present in ``changes`` are amended; ``{"due_date": None}`` clears it.
+
+    ``build`` wants at least one amendable key (``nothing to amend`` otherwise).
+    """
 
     todo_id: str
     changes: dict = dataclasses.field(default_factory=dict)
@@ -136,6 +139,8 @@ class AmendTodo:
             else:
                 # A todo always has a title: it may change, not go away.
                 changes[name] = _text(params, name, required=(name == "title"))
+        if not changes:
+            raise BadRequest("nothing to amend")
         return cls(todo_id=todo_id, changes=changes)
 
     def __call__(self, todo: Todo) -> None:
