@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -781,3 +782,131 @@ def test_the_app_end_to_end(running_app):
     reader.join(5)
     assert "Stopped." in "".join(out)
 
+
+# ---------------------------------------------------------------------------
+# The READMEs' commands, replayed against the app: the quick start's curl lines
+# (root README), then the walkthrough (examples/todo/README.md), on one store
+
+
+def _readme_commands(text: str, fence: str, *, prompt: str = "$ "):
+    """(argv, expected output lines) for each command in the ```<fence> blocks of ``text``."""
+    commands = []
+    for block in re.findall(rf"```{fence}\n(.*?)```", text, flags=re.S):
+        lines = block.splitlines()
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if fence == "console" and not line.startswith(prompt):
+                i += 1
+                continue
+            source = line[len(prompt):] if fence == "console" else line
+            while True:  # continuation lines: after a trailing backslash, or in a quote still open
+                try:
+                    argv = shlex.split(source.replace("\\\n", " "))
+                    break
+                except ValueError:
+                    i += 1
+                    source += "\n" + lines[i]
+            i += 1
+            output = []
+            while fence == "console" and i < len(lines) and not lines[i].startswith(prompt):
+                output.append(lines[i])
+                i += 1
+            if argv:
+                commands.append((argv, output))
+    return commands
+
+
+_TIMESTAMP = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?"
+
+
+def _line_pattern(expected: str) -> re.Pattern:
+    """``expected`` as a regex: any timestamp, any event id first, ``...`` for anything, any spacing."""
+    parts = re.split(rf"({_TIMESTAMP}|\.\.\.|\s+)", expected.strip())
+    pattern = "".join(
+        ".*" if part == "..." else r"\S+" if re.fullmatch(_TIMESTAMP, part) else r"\s+" if part.isspace()
+        else re.escape(part) for part in parts if part)
+    pattern = re.sub(r"^\d+(?=\\s\+)", r"\\d+", pattern)  # the event id column
+    return re.compile(pattern)
+
+
+def _matches(expected: list[str], actual: str, others: set[str]) -> bool:
+    if expected and expected[0].startswith("["):  # a query: what the README shows, plus other todos only
+        want, got = json.loads("\n".join(expected)), json.loads(actual)
+        return [t for t in got if t["todo_id"] not in others] == want
+    got = actual.splitlines()
+    return len(got) == len(expected) and all(
+        _line_pattern(e).fullmatch(g.strip()) for e, g in zip(expected, got, strict=True))
+
+
+def _run_readme_command(argv, client, store_path, mail_log) -> tuple[str, bool]:
+    """(output, is_read_only) of one README command, run against the test's app and store."""
+    argv = [str(store_path) if a == "todo.db" else str(mail_log) if a == "todo-mail.log" else a for a in argv]
+    if argv[0] == "curl":
+        method, data, show_headers, url = None, None, False, None
+        args = iter(argv[1:])
+        for arg in args:
+            if arg == "-X":
+                method = next(args)
+            elif arg == "-d":
+                data = next(args).encode()
+            elif arg == "-i":
+                show_headers = True
+            elif arg != "-s":
+                url = arg
+        path = "/" + url.split("://", 1)[-1].split("/", 1)[1]
+        method = method or ("POST" if data is not None else "GET")
+        req = urllib.request.Request(client.base + path, data=data, method=method)
+        try:
+            resp = urllib.request.urlopen(req, timeout=30)
+        except urllib.error.HTTPError as e:
+            resp = e
+        with resp:
+            body = resp.read().decode()
+            head = [f"HTTP/1.1 {resp.status} {resp.reason}", *(f"{k}: {v}" for k, v in resp.headers.items())]
+        assert resp.status < 500, (argv, body)
+        return ("\n".join(head) + "\n\n" + body if show_headers else body), method == "GET"
+    if argv[:3] in (["python", "-m", "eventsourcery"], ["python3", "-m", "eventsourcery"]):
+        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # full lines, as in the README
+        p = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, (argv, p.stdout, p.stderr)
+        return p.stdout, True
+    if argv[0] in ("cat", "tail"):
+        lines = pathlib.Path(argv[-1]).read_text().splitlines(keepends=True) if os.path.exists(argv[-1]) else []
+        if argv[0] == "tail":
+            lines = lines[-int(argv[argv.index("-n") + 1]):]
+        return "".join(lines), True
+    pytest.fail(f"the README runs a command this test does not know: {argv}")
+
+
+@pytest.mark.parametrize("todo_store", ["sqlite"], indirect=True)
+def test_the_walkthrough_runs_after_the_quick_start(running_app):
+    client, proc, store_url, mail_log, _ = running_app
+    quick_start = (ROOT / "README.md").read_text().split("## Try the todo app", 1)[1].split("\n## ", 1)[0]
+    quick = [(argv, out) for argv, out in _readme_commands(quick_start, "sh")]
+    assert quick, "the root README has no curl lines to try the app with"
+    others = set()
+    for argv, _ in quick:
+        output, _ = _run_readme_command(argv, client, store_url, mail_log)
+        others.update(re.findall(r"/todo/([^/\s]+)", " ".join(argv)))
+    assert others, quick
+
+    readme = (ROOT / "examples" / "todo" / "README.md").read_text()
+    walkthrough = readme.split("## Walkthrough", 1)[1].split("\n## ", 1)[0]
+    commands = _readme_commands(walkthrough, "console")
+    assert len(commands) > 10, commands
+    ids = {i for argv, _ in commands for i in re.findall(r"/todo/([^/\s]+)", " ".join(argv))}
+    assert ids and not ids & others, (ids, others)  # ids of its own
+    for argv, expected in commands:
+        output, read_only = _run_readme_command(argv, client, store_url, mail_log)
+        if read_only:  # the projections and the notifier catch up eventually
+            deadline = time.monotonic() + 20
+            while not _matches(expected, output, others) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                output, _ = _run_readme_command(argv, client, store_url, mail_log)
+        if expected and expected[0].startswith("HTTP/"):  # curl -i: the status line and the headers shown
+            got = output.splitlines()
+            assert got[0] == expected[0] and set(expected[1:]) - {""} <= set(got), (argv, expected, output)
+        else:
+            assert _matches(expected, output, others), (argv, expected, output)
