@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import json
 import os
 import pathlib
 import re
 import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -58,7 +60,7 @@ from examples.todo.projections import (
     scheduled_todos,
 )
 from examples.todo.reactor import TodoCompletedNotifier
-from examples.todo.web import TodoApp
+from examples.todo.web import TodoApp, make_server
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 D = datetime.date
@@ -77,6 +79,12 @@ def new_id() -> str:
     (AddTodo, {"title": "x"}, "todo_id is blank"),
     (AddTodo, {"todo_id": "  ", "title": "x"}, "todo_id is blank"),
     (AddTodo, {"todo_id": "a"}, "title is blank"),
+    (AddTodo, {"todo_id": "a\x00b", "title": "x"}, "todo_id is invalid"),
+    (AddTodo, {"todo_id": "a\nb", "title": "x"}, "todo_id is invalid"),
+    (AddTodo, {"todo_id": "\x7f", "title": "x"}, "todo_id is invalid"),
+    (AddTodo, {"todo_id": "\ud800", "title": "x"}, "todo_id is invalid"),
+    (AddTodo, {"todo_id": "x" * 201, "title": "x"}, "todo_id is invalid"),
+    (AddTodo, {"todo_id": 7, "title": "x"}, "todo_id is invalid"),
     (AddTodo, {"todo_id": "a", "title": None}, "title is blank"),
     (AddTodo, {"todo_id": "a", "title": "   "}, "title is blank"),
     (AddTodo, {"todo_id": "a", "title": 7}, "title is invalid"),
@@ -474,6 +482,52 @@ def test_web_layer_amend_with_nothing_to_amend():
     assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added", "todo_amended"]
 
 
+# Odd input that reaches TodoApp.dispatch: (method, target, body) -> a 400 (or 404), never a 500
+ODD_REQUESTS = [
+    ("POST", "/todo/%ED%A0%80", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),  # a lone surrogate
+    ("POST", "/todo/%FF", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),
+    ("PUT", "/todo/a%C3", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),  # cut short
+    ("POST", "/todo/%zz", b'{"title": "x"}', "Bad Request: malformed percent-encoding in the path"),
+    ("POST", "/todo/a%", b'{"title": "x"}', "Bad Request: malformed percent-encoding in the path"),
+    ("POST", "/todo/a%2/complete", b'{"completed_on": "2017-07-13"}',
+     "Bad Request: malformed percent-encoding in the path"),
+    ("POST", "/todo/a%00b", b'{"title": "x"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/a%0Ab", b'{"title": "x"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/%1B%5B31m", b'{"title": "x"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/%7F/abandon", b'{"abandoned_on": "2017-07-13"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/" + "x" * 201, b'{"title": "x"}', "Bad Request: todo_id is invalid"),
+    ("PUT", "/todo/" + "%E2%82%AC" * 1000, b'{"title": "x"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/" + "x" * 10_000 + "/complete", b'{"completed_on": "2017-07-13"}',
+     "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/ok", b'{"title": "\xed\xa0\x80"}', "Bad Request: request body is not UTF-8 text"),
+    ("POST", "/todo/ok", b'{"title": "\xff"}', "Bad Request: request body is not UTF-8 text"),
+    ("POST", "/todo/ok", '{"title": "x"}'.encode("utf-16"), "Bad Request: request body is not UTF-8 text"),
+    ("POST", "/todo/ok", b'{"title": "\\ud800"}', "Bad Request: malformed JSON: unpaired surrogate in a string"),
+    ("POST", "/todo/ok", b'{"\\udfff": 1, "title": "x"}',
+     "Bad Request: malformed JSON: unpaired surrogate in a string"),
+    ("GET", "/todos/%ED%A0%80", None, "Not Found: no route for GET /todos/%ED%A0%80"),
+]
+
+
+@pytest.mark.parametrize("method, target, body, answer", ODD_REQUESTS, ids=lambda v: ascii(v)[:40])
+def test_web_layer_answers_odd_input_with_400(method, target, body, answer, sqlite_store):
+    app = TodoApp(sqlite_store, lambda: sqlite3.connect(":memory:"))
+    response = app.dispatch(method, target, body)
+    assert (response.status, response.body.decode()) == (int(answer.startswith("Not Found")) * 4 + 400, answer)
+    assert sqlite_store.latest_event_id() == 0
+
+
+def test_web_layer_odd_text_from_python_callers(sqlite_store):
+    """dispatch() with a str that is no HTTP path at all (a lone surrogate) still answers plain text."""
+    app = TodoApp(sqlite_store, lambda: sqlite3.connect(":memory:"))
+    response = app.dispatch("POST", "/todo/\ud800", b'{"title": "x"}')
+    assert (response.status, response.body) == (400, b"Bad Request: todo_id is invalid")
+    response = app.dispatch("GET", "/nowhere/\ud800")
+    assert response.status == 404 and response.body.startswith(b"Not Found: no route for GET /nowhere/")
+    assert app.dispatch("POST", "/todo/%E2%82%AC%20ok", b'{"title": "\xe2\x82\xac"}').status == 201
+    assert sqlite_store.get_events_for_aggregate_id("\u20ac ok")[0].title == "\u20ac"
+
+
 @pytest.mark.parametrize("port", ["99999", "65536", "-1", "http"])
 def test_port_out_of_range_is_a_usage_error(port, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
@@ -781,6 +835,123 @@ def test_the_app_end_to_end(running_app):
         pytest.fail("the app did not stop within 45 s of SIGINT")
     reader.join(5)
     assert "Stopped." in "".join(out)
+
+
+def _raw(port: int, request: bytes, *, timeout: float = 10.0) -> tuple[int, str]:
+    """Send ``request`` as is and read one response, leaving our side of the connection open.
+
+    The server must answer without waiting for more of the body: a socket
+    timeout here means it went on reading.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        with response:
+            return response.status, response.read().decode()
+
+
+def _post(path: bytes, headers: bytes, body: bytes = b"") -> bytes:
+    return b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + body
+
+
+P = b'{"title": "x"}'  # 14 (0xE) bytes: a body that adds a todo, should the framing be taken
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
+MALFORMED = "Bad Request: malformed chunked body"
+BAD_LENGTH = "Bad Request: invalid Content-Length header"
+TOO_LARGE = "Payload Too Large: request body exceeds 1048576 bytes"
+BAD_FRAMING = [
+    # chunk sizes: negative, signed, prefixed, with underscores, not hex, empty, too long a line, too large
+    (CHUNKED, b"-1\r\n" + b"x" * 100, MALFORMED),  # rfile.read(-1) would wait for the end of the stream
+    (CHUNKED, b"+E\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
+    (CHUNKED, b"0xE\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
+    (CHUNKED, b"0_E\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
+    (CHUNKED, b"zz\r\n", MALFORMED),
+    (CHUNKED, b"\r\n", MALFORMED),
+    (CHUNKED, b"E" + b" " * 2000 + b"\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
+    (CHUNKED, b"E\r\n" + P + b"0\r\n\r\n", MALFORMED),  # no CRLF after the chunk's data
+    (CHUNKED, b"E\r\n" + P + b"\r\n0\r\n" + b"X-Trailer: 1\r\n" * 100 + b"\r\n", MALFORMED),
+    (CHUNKED, b"F" * 40 + b"\r\n", TOO_LARGE),
+    (CHUNKED, b"FFFFFFFFFFFFFFFF\r\nxx", TOO_LARGE),
+    (CHUNKED, b"100001\r\n", TOO_LARGE),  # 1 MiB + 1 in one chunk
+    (CHUNKED, b"80000\r\n" + b" " * 0x80000 + b"\r\n80001\r\n", TOO_LARGE),  # in two
+    # codings other than chunked alone
+    (b"Transfer-Encoding: gzip\r\n", P, "Bad Request: unsupported Transfer-Encoding (only chunked)"),
+    (b"Transfer-Encoding: chunked, gzip\r\n", b"", "Bad Request: unsupported Transfer-Encoding (only chunked)"),
+    (b"Transfer-Encoding: xchunked\r\n", b"E\r\n" + P + b"\r\n0\r\n\r\n",
+     "Bad Request: unsupported Transfer-Encoding (only chunked)"),
+    # Content-Length: negative, signed, not a number, with underscores, two values, too large
+    (b"Content-Length: -1\r\n", P, BAD_LENGTH),
+    (b"Content-Length: +14\r\n", P, BAD_LENGTH),
+    (b"Content-Length: abc\r\n", P, BAD_LENGTH),
+    (b"Content-Length: 1_4\r\n", P, BAD_LENGTH),
+    (b"Content-Length: \xd9\xa3\r\n", P, BAD_LENGTH),  # not ASCII
+    (b"Content-Length: 14\r\nContent-Length: 3\r\n", P, BAD_LENGTH),
+    (b"Content-Length: 14, 3\r\n", P, BAD_LENGTH),
+    (b"Content-Length: " + b"9" * 5000 + b"\r\n", P, TOO_LARGE),
+    (b"Content-Length: 99999999999\r\n", P, TOO_LARGE),  # beyond what is drained: not read at all
+]
+
+
+@pytest.mark.parametrize("headers, body, answer", BAD_FRAMING, ids=lambda v: ascii(v)[:30])
+def test_bad_request_framing_is_answered_without_reading_on(headers, body, answer, framing_app):
+    status = 413 if answer == TOO_LARGE else 400
+    assert _raw(framing_app, _post(b"/todo/framing", headers, body)) == (status, answer)
+
+
+def test_good_request_framing_still_works(framing_app):
+    """What a client may send: chunks with extensions and trailers, "5, 5", leading zeros, an empty chunked body."""
+    assert _raw(framing_app, _post(b"/todo/framing-1", CHUNKED,
+                                   b"7;ext=1\r\n" + P[:7] + b"\r\n07\r\n" + P[7:] + b"\r\n0\r\nX-T: 1\r\n\r\n")
+                ) == (201, "")
+    assert _raw(framing_app, _post(b"/todo/framing-2", b"Content-Length: 014, 14\r\n", P)) == (201, "")
+    assert _raw(framing_app, _post(b"/todo/framing-3", CHUNKED, b"0\r\n\r\n")) == (400, "Bad Request: title is blank")
+
+
+@pytest.fixture(scope="module")
+def framing_app(tmp_path_factory):
+    """The app's HTTP server on a SQLite store, in a thread of this process (no processors)."""
+    path = tmp_path_factory.mktemp("framing") / "todo.db"
+    store = es.SQLiteEventStore(path)
+    server = make_server(TodoApp(store, lambda: sqlite3.connect(":memory:")), port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        # only test_good_request_framing_still_works wrote
+        assert {e.aggregate_id for e in store.each_by_range(1, store.latest_event_id())} <= {
+            "framing-1", "framing-2"}
+        store.close()
+
+
+def test_odd_input_over_http(running_app, tmp_path):
+    """Odd ids, paths and bodies over real HTTP, on the app's own store: 400 or 404, and no traceback."""
+    client, proc, store_url, mail_log, _ = running_app
+    port = int(client.base.rsplit(":", 1)[1])
+    for method, target, body, answer in ODD_REQUESTS:
+        status = 404 if answer.startswith("Not Found") else 400
+        assert client.call(method, target, data=body) == (status, answer), target[:40]
+    # bytes no client should send: raw non-ASCII in the request line, a NUL in a JSON string
+    assert _raw(port, _post(b"/todo/\xff", b"Content-Length: 2\r\n", b"{}")) == (
+        400, "Bad Request: the path is not UTF-8 text")
+    assert _raw(port, _post("/todo/\u20ac".encode(), b"Content-Length: 2\r\n", b"{}")) == (
+        400, "Bad Request: title is blank")
+    assert client.call("POST", "/todo/nul", data=b'{"title": "a\\u0000b"}')[0] == 201
+    # chunked and Content-Length framing the app cannot read: 400 at once, on this store too
+    assert _raw(port, _post(b"/todo/c", b"Transfer-Encoding: chunked\r\n", b"-1\r\n{}"))[0] == 400
+    assert _raw(port, _post(b"/todo/c", b"Content-Length: -1\r\n", b"{}"))[0] == 400
+    # a request line longer than http.server reads: its own 414
+    assert _raw(port, b"GET /todo/" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n")[0] == 414
+    # the server still works, and it logged no traceback (a 500 would have)
+    assert client.call("POST", "/todo/after-the-odd-ones", {"title": "x"}) == (201, "")
+    with es.open_store(store_url) as store:
+        ids = {e.aggregate_id for e in store.each_by_range(1, store.latest_event_id())}
+    assert ids == {"nul", "after-the-odd-ones"}, ids
+    stderr = (tmp_path / "app.stderr").read_text()
+    assert "Traceback" not in stderr and '" 500 ' not in stderr, stderr
 
 
 # ---------------------------------------------------------------------------
