@@ -441,7 +441,7 @@ class Harness:
                 row[key] = row["events_per_s"] / o["events_per_s"] if o else None
 
     def goals(self) -> list[dict]:
-        """The issue's goals, checked against this run's eventsourcery rows."""
+        """The workloads' goals (BENCHMARKS.md), checked against this run's eventsourcery rows."""
         out = []
 
         def row(w, backend, variant=""):
@@ -529,7 +529,7 @@ class Harness:
         goals = self.goals()
         if goals:
             lines.append("")
-            lines.append("goals (issue 6), eventsourcery in this run:")
+            lines.append("goals, eventsourcery in this run:")
             for g in goals:
                 lines.append(f"  {'met ' if g['met'] else 'MISS'}  {g['goal']:<48}{g['backend']:<9}"
                              f"{g['measured']:>9.2f}   target {g['target']}")

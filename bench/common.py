@@ -25,7 +25,7 @@ TITLE = "benchmark item"  # the payload every event carries: {"title": TITLE, "a
 
 
 class Sizes:
-    """Workload sizes.  Full sizes are the issue's; quick sizes keep the whole
+    """Workload sizes.  Full sizes are the ones BENCHMARKS.md describes; quick sizes keep the whole
     `--quick` run under a minute on 2 cores."""
 
     def __init__(self, quick: bool, runs: int | None = None):

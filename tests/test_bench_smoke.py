@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -51,3 +52,12 @@ def test_bench_quick_b_writes_expected_json(tmp_path):
     for name in expected:
         assert meta["settings"][f"sqlite/{name}"] == {"journal_mode": "wal", "synchronous": "FULL"}
     assert "(b) batch append" in p.stdout  # the printed table
+    # the goals block speaks of the workloads, not of where they were first written down
+    assert "\ngoals, eventsourcery in this run:\n" in p.stdout, p.stdout
+    assert "issue" not in p.stdout.lower(), p.stdout
+
+
+def test_benchmark_docs_speak_of_workloads_not_issues():
+    for path in [ROOT / "BENCHMARKS.md", *sorted((ROOT / "bench").glob("*.py"))]:
+        text = path.read_text()
+        assert not re.search(r"\bissues?\b|\bissue's\b", text, re.I), path

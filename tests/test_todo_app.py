@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import json
 import os
 import pathlib
 import re
+import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -57,7 +60,7 @@ from examples.todo.projections import (
     scheduled_todos,
 )
 from examples.todo.reactor import TodoCompletedNotifier
-from examples.todo.web import TodoApp
+from examples.todo.web import TodoApp, make_server
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 D = datetime.date
@@ -76,6 +79,12 @@ def new_id() -> str:
     (AddTodo, {"title": "x"}, "todo_id is blank"),
     (AddTodo, {"todo_id": "  ", "title": "x"}, "todo_id is blank"),
     (AddTodo, {"todo_id": "a"}, "title is blank"),
+    (AddTodo, {"todo_id": "a\x00b", "title": "x"}, "todo_id is invalid"),
+    (AddTodo, {"todo_id": "a\nb", "title": "x"}, "todo_id is invalid"),
+    (AddTodo, {"todo_id": "\x7f", "title": "x"}, "todo_id is invalid"),
+    (AddTodo, {"todo_id": "\ud800", "title": "x"}, "todo_id is invalid"),
+    (AddTodo, {"todo_id": "x" * 201, "title": "x"}, "todo_id is invalid"),
+    (AddTodo, {"todo_id": 7, "title": "x"}, "todo_id is invalid"),
     (AddTodo, {"todo_id": "a", "title": None}, "title is blank"),
     (AddTodo, {"todo_id": "a", "title": "   "}, "title is blank"),
     (AddTodo, {"todo_id": "a", "title": 7}, "title is invalid"),
@@ -87,6 +96,8 @@ def new_id() -> str:
     (AmendTodo, {"todo_id": "a", "due_date": "not a date"}, "due_date is invalid"),
     (AmendTodo, {"todo_id": "a", "title": None}, "title is blank"),
     (AmendTodo, {"todo_id": "a", "description": 1.5}, "description is invalid"),
+    (AmendTodo, {"todo_id": "a"}, "nothing to amend"),
+    (AmendTodo, {"todo_id": "a", "completed_on": "2017-07-13", "extra": 1}, "nothing to amend"),
     (CompleteTodo, {"completed_on": "2017-07-13"}, "todo_id is blank"),
     (CompleteTodo, {"todo_id": "a"}, "completed_on is blank"),
     (CompleteTodo, {"todo_id": "a", "completed_on": None}, "completed_on is blank"),
@@ -107,7 +118,6 @@ def test_commands_keep_only_their_keys_and_parse_dates():
                          "due_date": "2017-07-13", "stakeholder_email": "g@example.com", "extra": 1})
     assert add == AddTodo(todo_id="a", title="2000 squats", description="Leg day.",
                           due_date=D(2017, 7, 13), stakeholder_email="g@example.com")
-    assert AmendTodo.build({"todo_id": "a"}).changes == {}  # an empty amend is allowed
     assert AmendTodo.build({"todo_id": "a", "due_date": None}).changes == {"due_date": None}
     assert AmendTodo.build({"todo_id": "a", "description": "x", "completed_on": "2017-01-01"}).changes == {
         "description": "x"}
@@ -153,13 +163,42 @@ def test_aggregate_applies_events_and_loads_the_notifiers_event():
         aggregate_id="t1", notified_on=datetime.datetime(2017, 6, 13, tzinfo=datetime.timezone.utc))
     todo = _todo(ADDED, COMPLETED, notified)  # no UnknownEventError for the reactor's event
     assert todo.completed and todo.version == 3
-    todo = _todo(ADDED)
+    todo = _todo(TodoAdded(aggregate_id="t1", title="x", due_date=D(2017, 7, 13)))
     todo.amend(due_date=None)
     todo.complete(completed_on=D(2017, 7, 14))
     assert [type(e) for e in todo.changes] == [TodoAmended, TodoCompleted]
     assert todo.changes[0].changes == {"due_date": None}
     with pytest.raises(TypeError):
         todo.amend(completed_on=D(2017, 1, 1))
+
+
+def test_amend_that_changes_nothing_records_nothing():
+    todo = _todo(TodoAdded(aggregate_id="t1", title="x", description="d", due_date=D(2017, 7, 13)))
+    todo.amend(title="x", due_date=D(2017, 7, 13), stakeholder_email=None)
+    todo.amend()
+    assert todo.changes == []
+    todo.amend(title="x", description="e")  # one field changes: recorded as sent
+    assert [e.changes for e in todo.changes] == [{"title": "x", "description": "e"}]
+    todo.amend(description="e")  # the state follows the amendments
+    todo.amend(due_date=None)
+    todo.amend(due_date=None)
+    assert [e.changes for e in todo.changes] == [{"title": "x", "description": "e"}, {"due_date": None}]
+    # the rules still come first: a complete todo is a 422 even when nothing would change
+    done = _todo(ADDED, COMPLETED)
+    with pytest.raises(UnprocessableEntity, match="is complete"):
+        done.amend(title="x")
+
+
+def test_amend_that_changes_nothing_stores_nothing(tmp_path):
+    with es.SQLiteEventStore(tmp_path / "events.db") as store:
+        handler = CommandHandler(es.Repository(store))
+        handler.handle(AddTodo.build({"todo_id": "a", "title": "x", "due_date": "2017-07-13"}))
+        handler.handle(AmendTodo.build({"todo_id": "a", "due_date": None}))
+        # loaded from the store: the values as stored, dates as dates
+        assert handler.handle(AmendTodo.build({"todo_id": "a", "title": "x", "due_date": None})) == []
+        assert handler.handle(AmendTodo.build({"todo_id": "a", "description": None})) == []
+        assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added", "todo_amended"]
+        assert handler.handle(AmendTodo.build({"todo_id": "a", "due_date": "2017-07-14"}))[0].version == 3
 
 
 def test_todo_amended_keeps_absent_apart_from_null_when_stored(tmp_path):
@@ -429,6 +468,86 @@ def test_web_layer_hides_internal_errors(capsys):
     assert (response.status, response.body) == (500, b"Internal Server Error")
 
 
+def test_web_layer_amend_with_nothing_to_amend():
+    store = es.MemoryEventStore()
+    app = TodoApp(store, lambda: sqlite3.connect(":memory:"))
+    assert app.dispatch("POST", "/todo/a", b'{"title": "x", "due_date": "2017-07-13"}').status == 201
+    for body in (b"{}", b"", b'{"completed_on": "2017-07-14"}'):
+        response = app.dispatch("PUT", "/todo/a", body)
+        assert (response.status, response.body) == (400, b"Bad Request: nothing to amend"), body
+    response = app.dispatch("PUT", "/todo/a", b'{"title": "x", "due_date": "2017-07-13"}')
+    assert (response.status, response.body) == (200, b"")  # as for an amend that changes something
+    assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added"]
+    assert app.dispatch("PUT", "/todo/a", b'{"title": "y"}').status == 200
+    assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added", "todo_amended"]
+
+
+# Odd input that reaches TodoApp.dispatch: (method, target, body) -> a 400 (or 404), never a 500
+ODD_REQUESTS = [
+    ("POST", "/todo/%ED%A0%80", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),  # a lone surrogate
+    ("POST", "/todo/%FF", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),
+    ("PUT", "/todo/a%C3", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),  # cut short
+    ("POST", "/todo/%zz", b'{"title": "x"}', "Bad Request: malformed percent-encoding in the path"),
+    ("POST", "/todo/a%", b'{"title": "x"}', "Bad Request: malformed percent-encoding in the path"),
+    ("POST", "/todo/a%2/complete", b'{"completed_on": "2017-07-13"}',
+     "Bad Request: malformed percent-encoding in the path"),
+    ("POST", "/todo/a%00b", b'{"title": "x"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/a%0Ab", b'{"title": "x"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/%1B%5B31m", b'{"title": "x"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/%7F/abandon", b'{"abandoned_on": "2017-07-13"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/" + "x" * 201, b'{"title": "x"}', "Bad Request: todo_id is invalid"),
+    ("PUT", "/todo/" + "%E2%82%AC" * 1000, b'{"title": "x"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/" + "x" * 10_000 + "/complete", b'{"completed_on": "2017-07-13"}',
+     "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/ok", b'{"title": "\xed\xa0\x80"}', "Bad Request: request body is not UTF-8 text"),
+    ("POST", "/todo/ok", b'{"title": "\xff"}', "Bad Request: request body is not UTF-8 text"),
+    ("POST", "/todo/ok", '{"title": "x"}'.encode("utf-16"), "Bad Request: request body is not UTF-8 text"),
+    ("POST", "/todo/ok", b'{"title": "\\ud800"}', "Bad Request: malformed JSON: unpaired surrogate in a string"),
+    ("POST", "/todo/ok", b'{"\\udfff": 1, "title": "x"}',
+     "Bad Request: malformed JSON: unpaired surrogate in a string"),
+    ("GET", "/todos/%ED%A0%80", None, "Not Found: no route for GET /todos/%ED%A0%80"),
+]
+
+
+@pytest.mark.parametrize("method, target, body, answer", ODD_REQUESTS, ids=lambda v: ascii(v)[:40])
+def test_web_layer_answers_odd_input_with_400(method, target, body, answer, sqlite_store):
+    app = TodoApp(sqlite_store, lambda: sqlite3.connect(":memory:"))
+    response = app.dispatch(method, target, body)
+    assert (response.status, response.body.decode()) == (int(answer.startswith("Not Found")) * 4 + 400, answer)
+    assert sqlite_store.latest_event_id() == 0
+
+
+def test_web_layer_odd_text_from_python_callers(sqlite_store):
+    """dispatch() with a str that is no HTTP path at all (a lone surrogate) still answers plain text."""
+    app = TodoApp(sqlite_store, lambda: sqlite3.connect(":memory:"))
+    response = app.dispatch("POST", "/todo/\ud800", b'{"title": "x"}')
+    assert (response.status, response.body) == (400, b"Bad Request: todo_id is invalid")
+    response = app.dispatch("GET", "/nowhere/\ud800")
+    assert response.status == 404 and response.body.startswith(b"Not Found: no route for GET /nowhere/")
+    assert app.dispatch("POST", "/todo/%E2%82%AC%20ok", b'{"title": "\xe2\x82\xac"}').status == 201
+    assert sqlite_store.get_events_for_aggregate_id("\u20ac ok")[0].title == "\u20ac"
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "http"])
+def test_port_out_of_range_is_a_usage_error(port, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        app_main.main(["--port", port, "--store", str(tmp_path / "todo.db")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^python -m examples.todo: error: argument --port: .*0.*65535", err, re.M), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "todo.db").exists()  # it stopped before setting anything up
+
+
+@pytest.mark.parametrize("script", ["examples/todo", "examples/todo/__main__.py"])
+def test_running_the_directory_says_how_to_run_it(script):
+    p = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stdout == ""
+    assert len(p.stderr.splitlines()) == 1, p.stderr
+    assert "python3 -m examples.todo" in p.stderr and "repository root" in p.stderr, p.stderr
+
+
 def test_store_arguments():
     assert app_main.configure("todo.db").projections == "todo-projections.db"
     assert app_main.configure("sqlite:///data/todo.db").projections == "data/todo-projections.db"
@@ -598,7 +717,9 @@ def test_the_app_end_to_end(running_app):
     assert call("PUT", f"/todo/{a}", {"description": "It IS leg day!"}) == (200, "")
     assert call("PUT", f"/todo/{b}", {"due_date": None}) == (200, "")
     assert call("PUT", f"/todo/{c}", {"description": "Squats"}) == (200, "")
-    assert call("PUT", f"/todo/{new_id()}", {})[1].endswith("does not exist")
+    assert call("PUT", f"/todo/{new_id()}", {"title": "x"})[1].endswith("does not exist")
+    assert call("PUT", f"/todo/{a}", {}) == (400, "Bad Request: nothing to amend")
+    assert call("PUT", f"/todo/{a}", {"description": "It IS leg day!", "title": "2000 squats"}) == (200, "")
 
     # complete one, abandon another
     assert call("POST", f"/todo/{a}/complete", {"completed_on": "2017-07-14"}) == (200, "")
@@ -714,3 +835,249 @@ def test_the_app_end_to_end(running_app):
         pytest.fail("the app did not stop within 45 s of SIGINT")
     reader.join(5)
     assert "Stopped." in "".join(out)
+
+
+def _raw(port: int, request: bytes, *, timeout: float = 10.0) -> tuple[int, str]:
+    """Send ``request`` as is and read one response, leaving our side of the connection open.
+
+    The server must answer without waiting for more of the body: a socket
+    timeout here means it went on reading.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        with response:
+            return response.status, response.read().decode()
+
+
+def _post(path: bytes, headers: bytes, body: bytes = b"") -> bytes:
+    return b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + body
+
+
+P = b'{"title": "x"}'  # 14 (0xE) bytes: a body that adds a todo, should the framing be taken
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
+MALFORMED = "Bad Request: malformed chunked body"
+BAD_LENGTH = "Bad Request: invalid Content-Length header"
+TOO_LARGE = "Payload Too Large: request body exceeds 1048576 bytes"
+BAD_FRAMING = [
+    # chunk sizes: negative, signed, prefixed, with underscores, not hex, empty, too long a line, too large
+    (CHUNKED, b"-1\r\n" + b"x" * 100, MALFORMED),  # rfile.read(-1) would wait for the end of the stream
+    (CHUNKED, b"+E\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
+    (CHUNKED, b"0xE\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
+    (CHUNKED, b"0_E\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
+    (CHUNKED, b"zz\r\n", MALFORMED),
+    (CHUNKED, b"\r\n", MALFORMED),
+    (CHUNKED, b"E" + b" " * 2000 + b"\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
+    (CHUNKED, b"E\r\n" + P + b"0\r\n\r\n", MALFORMED),  # no CRLF after the chunk's data
+    (CHUNKED, b"E\r\n" + P + b"\r\n0\r\n" + b"X-Trailer: 1\r\n" * 100 + b"\r\n", MALFORMED),
+    (CHUNKED, b"F" * 40 + b"\r\n", TOO_LARGE),
+    (CHUNKED, b"FFFFFFFFFFFFFFFF\r\nxx", TOO_LARGE),
+    (CHUNKED, b"100001\r\n", TOO_LARGE),  # 1 MiB + 1 in one chunk
+    (CHUNKED, b"80000\r\n" + b" " * 0x80000 + b"\r\n80001\r\n", TOO_LARGE),  # in two
+    # codings other than chunked alone
+    (b"Transfer-Encoding: gzip\r\n", P, "Bad Request: unsupported Transfer-Encoding (only chunked)"),
+    (b"Transfer-Encoding: chunked, gzip\r\n", b"", "Bad Request: unsupported Transfer-Encoding (only chunked)"),
+    (b"Transfer-Encoding: xchunked\r\n", b"E\r\n" + P + b"\r\n0\r\n\r\n",
+     "Bad Request: unsupported Transfer-Encoding (only chunked)"),
+    # Content-Length: negative, signed, not a number, with underscores, two values, too large
+    (b"Content-Length: -1\r\n", P, BAD_LENGTH),
+    (b"Content-Length: +14\r\n", P, BAD_LENGTH),
+    (b"Content-Length: abc\r\n", P, BAD_LENGTH),
+    (b"Content-Length: 1_4\r\n", P, BAD_LENGTH),
+    (b"Content-Length: \xd9\xa3\r\n", P, BAD_LENGTH),  # not ASCII
+    (b"Content-Length: 14\r\nContent-Length: 3\r\n", P, BAD_LENGTH),
+    (b"Content-Length: 14, 3\r\n", P, BAD_LENGTH),
+    (b"Content-Length: " + b"9" * 5000 + b"\r\n", P, TOO_LARGE),
+    (b"Content-Length: 99999999999\r\n", P, TOO_LARGE),  # beyond what is drained: not read at all
+]
+
+
+@pytest.mark.parametrize("headers, body, answer", BAD_FRAMING, ids=lambda v: ascii(v)[:30])
+def test_bad_request_framing_is_answered_without_reading_on(headers, body, answer, framing_app):
+    status = 413 if answer == TOO_LARGE else 400
+    assert _raw(framing_app, _post(b"/todo/framing", headers, body)) == (status, answer)
+
+
+def test_good_request_framing_still_works(framing_app):
+    """What a client may send: chunks with extensions and trailers, "5, 5", leading zeros, an empty chunked body."""
+    assert _raw(framing_app, _post(b"/todo/framing-1", CHUNKED,
+                                   b"7;ext=1\r\n" + P[:7] + b"\r\n07\r\n" + P[7:] + b"\r\n0\r\nX-T: 1\r\n\r\n")
+                ) == (201, "")
+    assert _raw(framing_app, _post(b"/todo/framing-2", b"Content-Length: 014, 14\r\n", P)) == (201, "")
+    assert _raw(framing_app, _post(b"/todo/framing-3", CHUNKED, b"0\r\n\r\n")) == (400, "Bad Request: title is blank")
+
+
+@pytest.fixture(scope="module")
+def framing_app(tmp_path_factory):
+    """The app's HTTP server on a SQLite store, in a thread of this process (no processors)."""
+    path = tmp_path_factory.mktemp("framing") / "todo.db"
+    store = es.SQLiteEventStore(path)
+    server = make_server(TodoApp(store, lambda: sqlite3.connect(":memory:")), port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        # only test_good_request_framing_still_works wrote
+        assert {e.aggregate_id for e in store.each_by_range(1, store.latest_event_id())} <= {
+            "framing-1", "framing-2"}
+        store.close()
+
+
+def test_odd_input_over_http(running_app, tmp_path):
+    """Odd ids, paths and bodies over real HTTP, on the app's own store: 400 or 404, and no traceback."""
+    client, proc, store_url, mail_log, _ = running_app
+    port = int(client.base.rsplit(":", 1)[1])
+    for method, target, body, answer in ODD_REQUESTS:
+        status = 404 if answer.startswith("Not Found") else 400
+        assert client.call(method, target, data=body) == (status, answer), target[:40]
+    # bytes no client should send: raw non-ASCII in the request line, a NUL in a JSON string
+    assert _raw(port, _post(b"/todo/\xff", b"Content-Length: 2\r\n", b"{}")) == (
+        400, "Bad Request: the path is not UTF-8 text")
+    assert _raw(port, _post("/todo/\u20ac".encode(), b"Content-Length: 2\r\n", b"{}")) == (
+        400, "Bad Request: title is blank")
+    assert client.call("POST", "/todo/nul", data=b'{"title": "a\\u0000b"}')[0] == 201
+    # chunked and Content-Length framing the app cannot read: 400 at once, on this store too
+    assert _raw(port, _post(b"/todo/c", b"Transfer-Encoding: chunked\r\n", b"-1\r\n{}"))[0] == 400
+    assert _raw(port, _post(b"/todo/c", b"Content-Length: -1\r\n", b"{}"))[0] == 400
+    # a request line longer than http.server reads: its own 414
+    assert _raw(port, b"GET /todo/" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n")[0] == 414
+    # the server still works, and it logged no traceback (a 500 would have)
+    assert client.call("POST", "/todo/after-the-odd-ones", {"title": "x"}) == (201, "")
+    with es.open_store(store_url) as store:
+        ids = {e.aggregate_id for e in store.each_by_range(1, store.latest_event_id())}
+    assert ids == {"nul", "after-the-odd-ones"}, ids
+    stderr = (tmp_path / "app.stderr").read_text()
+    assert "Traceback" not in stderr and '" 500 ' not in stderr, stderr
+
+
+# ---------------------------------------------------------------------------
+# The READMEs' commands, replayed against the app: the quick start's curl lines
+# (root README), then the walkthrough (examples/todo/README.md), on one store
+
+
+def _readme_commands(text: str, fence: str, *, prompt: str = "$ "):
+    """(argv, expected output lines) for each command in the ```<fence> blocks of ``text``."""
+    commands = []
+    for block in re.findall(rf"```{fence}\n(.*?)```", text, flags=re.S):
+        lines = block.splitlines()
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if fence == "console" and not line.startswith(prompt):
+                i += 1
+                continue
+            source = line[len(prompt):] if fence == "console" else line
+            while True:  # continuation lines: after a trailing backslash, or in a quote still open
+                try:
+                    argv = shlex.split(source.replace("\\\n", " "))
+                    break
+                except ValueError:
+                    i += 1
+                    source += "\n" + lines[i]
+            i += 1
+            output = []
+            while fence == "console" and i < len(lines) and not lines[i].startswith(prompt):
+                output.append(lines[i])
+                i += 1
+            if argv:
+                commands.append((argv, output))
+    return commands
+
+
+_TIMESTAMP = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?"
+
+
+def _line_pattern(expected: str) -> re.Pattern:
+    """``expected`` as a regex: any timestamp, any event id first, ``...`` for anything, any spacing."""
+    parts = re.split(rf"({_TIMESTAMP}|\.\.\.|\s+)", expected.strip())
+    pattern = "".join(
+        ".*" if part == "..." else r"\S+" if re.fullmatch(_TIMESTAMP, part) else r"\s+" if part.isspace()
+        else re.escape(part) for part in parts if part)
+    pattern = re.sub(r"^\d+(?=\\s\+)", r"\\d+", pattern)  # the event id column
+    return re.compile(pattern)
+
+
+def _matches(expected: list[str], actual: str, others: set[str]) -> bool:
+    if expected and expected[0].startswith("["):  # a query: what the README shows, plus other todos only
+        want, got = json.loads("\n".join(expected)), json.loads(actual)
+        return [t for t in got if t["todo_id"] not in others] == want
+    got = actual.splitlines()
+    return len(got) == len(expected) and all(
+        _line_pattern(e).fullmatch(g.strip()) for e, g in zip(expected, got, strict=True))
+
+
+def _run_readme_command(argv, client, store_path, mail_log) -> tuple[str, bool]:
+    """(output, is_read_only) of one README command, run against the test's app and store."""
+    argv = [str(store_path) if a == "todo.db" else str(mail_log) if a == "todo-mail.log" else a for a in argv]
+    if argv[0] == "curl":
+        method, data, show_headers, url = None, None, False, None
+        args = iter(argv[1:])
+        for arg in args:
+            if arg == "-X":
+                method = next(args)
+            elif arg == "-d":
+                data = next(args).encode()
+            elif arg == "-i":
+                show_headers = True
+            elif arg != "-s":
+                url = arg
+        path = "/" + url.split("://", 1)[-1].split("/", 1)[1]
+        method = method or ("POST" if data is not None else "GET")
+        req = urllib.request.Request(client.base + path, data=data, method=method)
+        try:
+            resp = urllib.request.urlopen(req, timeout=30)
+        except urllib.error.HTTPError as e:
+            resp = e
+        with resp:
+            body = resp.read().decode()
+            head = [f"HTTP/1.1 {resp.status} {resp.reason}", *(f"{k}: {v}" for k, v in resp.headers.items())]
+        assert resp.status < 500, (argv, body)
+        return ("\n".join(head) + "\n\n" + body if show_headers else body), method == "GET"
+    if argv[:3] in (["python", "-m", "eventsourcery"], ["python3", "-m", "eventsourcery"]):
+        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # full lines, as in the README
+        p = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, (argv, p.stdout, p.stderr)
+        return p.stdout, True
+    if argv[0] in ("cat", "tail"):
+        lines = pathlib.Path(argv[-1]).read_text().splitlines(keepends=True) if os.path.exists(argv[-1]) else []
+        if argv[0] == "tail":
+            lines = lines[-int(argv[argv.index("-n") + 1]):]
+        return "".join(lines), True
+    pytest.fail(f"the README runs a command this test does not know: {argv}")
+
+
+@pytest.mark.parametrize("todo_store", ["sqlite"], indirect=True)
+def test_the_walkthrough_runs_after_the_quick_start(running_app):
+    client, proc, store_url, mail_log, _ = running_app
+    quick_start = (ROOT / "README.md").read_text().split("## Try the todo app", 1)[1].split("\n## ", 1)[0]
+    quick = [(argv, out) for argv, out in _readme_commands(quick_start, "sh")]
+    assert quick, "the root README has no curl lines to try the app with"
+    others = set()
+    for argv, _ in quick:
+        output, _ = _run_readme_command(argv, client, store_url, mail_log)
+        others.update(re.findall(r"/todo/([^/\s]+)", " ".join(argv)))
+    assert others, quick
+
+    readme = (ROOT / "examples" / "todo" / "README.md").read_text()
+    walkthrough = readme.split("## Walkthrough", 1)[1].split("\n## ", 1)[0]
+    commands = _readme_commands(walkthrough, "console")
+    assert len(commands) > 10, commands
+    ids = {i for argv, _ in commands for i in re.findall(r"/todo/([^/\s]+)", " ".join(argv))}
+    assert ids and not ids & others, (ids, others)  # ids of its own
+    for argv, expected in commands:
+        output, read_only = _run_readme_command(argv, client, store_url, mail_log)
+        if read_only:  # the projections and the notifier catch up eventually
+            deadline = time.monotonic() + 20
+            while not _matches(expected, output, others) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                output, _ = _run_readme_command(argv, client, store_url, mail_log)
+        if expected and expected[0].startswith("HTTP/"):  # curl -i: the status line and the headers shown
+            got = output.splitlines()
+            assert got[0] == expected[0] and set(expected[1:]) - {""} <= set(got), (argv, expected, output)
+        else:
+            assert _matches(expected, output, others), (argv, expected, output)

@@ -23,11 +23,16 @@ import sys
 import threading
 from pathlib import Path
 
-import eventsourcery as es
+if not __package__:  # `python3 examples/todo`: the relative imports below need the package
+    print("error: run the todo app as a module, from the repository root: python3 -m examples.todo",
+          file=sys.stderr)
+    raise SystemExit(2)
 
-from . import ignore_interrupts, projections
-from .reactor import TodoCompletedNotifier
-from .web import TodoApp, make_server
+import eventsourcery as es  # noqa: E402
+
+from . import ignore_interrupts, projections  # noqa: E402
+from .reactor import TodoCompletedNotifier  # noqa: E402
+from .web import TodoApp, make_server  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
         description="The eventsourcery todo example: a JSON API plus its projectors and reactor.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000,
+    parser.add_argument("--port", type=_port, default=8000,
                         help="port to listen on (default: %(default)s; 0 picks a free one)")
     parser.add_argument("--store", default="todo.db",
                         help="event store: a SQLite file (default: %(default)s) or a postgresql:// URL")
@@ -128,6 +133,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # before the runner took over the signals
         print("Stopped.", flush=True)
         return 0
+
+
+def _port(text: str) -> int:
+    """``--port``: a TCP port number, 0 to 65535 (0 picks a free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: not a number from 0 to 65535") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: not a number from 0 to 65535")
+    return port
 
 
 def _interrupt(signum, frame):

@@ -29,16 +29,24 @@ class Todo(es.Aggregate):
     added = False
     completed = False
     abandoned = False
+    # the current values of the amendable fields, so an amend can tell a no-op
+    title: str | None = None
+    description: str | None = None
+    due_date = None
+    stakeholder_email: str | None = None
 
     # -- state: handlers only record what happened ---------------------------
 
     @es.on(TodoAdded)
     def _added(self, event):
         self.added = True
+        for name in AMENDABLE_FIELDS:
+            setattr(self, name, getattr(event, name))
 
     @es.on(TodoAmended)
     def _amended(self, event):
-        pass
+        for name, value in event.changes.items():
+            setattr(self, name, value)
 
     @es.on(TodoCompleted)
     def _completed(self, event):
@@ -68,7 +76,11 @@ class Todo(es.Aggregate):
         )
 
     def amend(self, **changes):
-        """Change only the given fields; ``due_date=None`` clears the due date."""
+        """Change only the given fields; ``due_date=None`` clears the due date.
+
+        When every given field already has its value, nothing happens: no
+        event (the rules above are checked first all the same).
+        """
         unknown = set(changes) - set(AMENDABLE_FIELDS)
         if unknown:
             raise TypeError(f"cannot amend {', '.join(sorted(unknown))}")
@@ -78,6 +90,8 @@ class Todo(es.Aggregate):
             raise UnprocessableEntity(f"Todo {quoted(self.id)} is complete")
         if self.abandoned:
             raise UnprocessableEntity(f"Todo {quoted(self.id)} is abandoned")
+        if all(getattr(self, name) == value for name, value in changes.items()):
+            return
         self.apply_event(
             TodoAmended,
             amended_fields=tuple(f for f in AMENDABLE_FIELDS if f in changes),

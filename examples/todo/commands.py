@@ -42,6 +42,11 @@ class Conflict(Exception):
 
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+#: The longest todo id, in characters: ids go into the stores' and projections' indexes
+#: (Postgres refuses index entries over about 2.7 kB; 200 characters are at most 800 bytes).
+MAX_TODO_ID_LENGTH = 200
+# control characters (NUL, newlines, escapes, DEL, C1) and lone surrogates: no store takes all of them
+_ODD_ID_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _blank(value) -> bool:
@@ -52,7 +57,8 @@ def _todo_id(params) -> str:
     todo_id = params.get("todo_id")
     if _blank(todo_id):
         raise BadRequest("todo_id is blank")
-    if not isinstance(todo_id, str):
+    if (not isinstance(todo_id, str) or len(todo_id) > MAX_TODO_ID_LENGTH
+            or _ODD_ID_CHARACTERS.search(todo_id)):
         raise BadRequest("todo_id is invalid")
     return todo_id
 
@@ -118,7 +124,10 @@ class AddTodo:
 
 @dataclasses.dataclass(frozen=True)
 class AmendTodo:
-    """Only the keys present in ``changes`` are amended; ``{"due_date": None}`` clears it."""
+    """Only the keys present in ``changes`` are amended; ``{"due_date": None}`` clears it.
+
+    ``build`` wants at least one amendable key (``nothing to amend`` otherwise).
+    """
 
     todo_id: str
     changes: dict = dataclasses.field(default_factory=dict)
@@ -136,6 +145,8 @@ class AmendTodo:
             else:
                 # A todo always has a title: it may change, not go away.
                 changes[name] = _text(params, name, required=(name == "title"))
+        if not changes:
+            raise BadRequest("nothing to amend")
         return cls(todo_id=todo_id, changes=changes)
 
     def __call__(self, todo: Todo) -> None:

@@ -20,11 +20,21 @@ Queries answer JSON arrays. Errors are plain text: ``Bad Request: <why>``
 ``Conflict: ...`` (409), ``Payload Too Large: ...`` (413),
 ``Unprocessable Entity: <why>`` (422), ``Internal Server Error`` (500, the
 details go to the server's log, never to the client).
+
+Input the app cannot read is a 400 (or a 413), never a 500: a body that is
+not UTF-8 JSON (or has an unpaired surrogate escape), a path with malformed
+percent-encoding or that is not UTF-8 once decoded, and framing it cannot
+trust (a Content-Length or chunk size that is not plain digits, two
+different Content-Lengths, a Transfer-Encoding other than ``chunked``). A
+size over the limit is refused before the body (or the chunk) is read; only
+a well-formed Content-Length of up to 16 MiB is then read and dropped, so
+that the client gets to see the 413.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -48,6 +58,11 @@ from .projections import QUERIES
 
 MAX_BODY_BYTES = 1024 * 1024  # 1 MiB
 _DRAIN_LIMIT = 16 * MAX_BODY_BYTES  # read and drop an oversized body up to this size
+_LINE_LIMIT = 1024  # bytes in a chunk-size line or a trailer line
+_MAX_TRAILER_LINES = 32
+_CONTENT_LENGTH = re.compile(r"[0-9]+")  # no sign, no underscores, no other digits than ASCII
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")  # no sign, no 0x, no underscores
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -66,7 +81,8 @@ class Response:
 
     def __init__(self, status, body=b"", content_type=JSON_TYPE, headers=None):
         self.status = HTTPStatus(status)
-        self.body = body.encode("utf-8") if isinstance(body, str) else body
+        # backslashreplace: an error message may quote a caller's str that is no UTF-8 (a lone surrogate)
+        self.body = body.encode("utf-8", "backslashreplace") if isinstance(body, str) else body
         self.content_type = content_type
         self.headers = headers or {}
 
@@ -111,7 +127,8 @@ class TodoApp:
             return _error(HTTPStatus.INTERNAL_SERVER_ERROR, None)
 
     def _dispatch(self, method, target, body):
-        segments = urlsplit(target).path.split("/")[1:]
+        path = urlsplit(target).path
+        segments = path.split("/")[1:]
         # /todo/<id>, /todo/<id>/complete, /todo/<id>/abandon
         if len(segments) in (2, 3) and segments[0] == "todo" and segments[1]:
             action = "todo" if len(segments) == 2 else segments[2]
@@ -120,8 +137,9 @@ class TodoApp:
                 if method not in allowed:
                     raise _not_allowed(method, target, allowed)
                 command_class, status = allowed[method]
+                todo_id = _path_segment(segments[1])
                 params = _json_object(body)
-                params["todo_id"] = unquote(segments[1])  # the route's id wins
+                params["todo_id"] = todo_id  # the route's id wins
                 self.handle(command_class.build(params))
                 return Response(status)
         # /todos/<name>
@@ -130,7 +148,7 @@ class TodoApp:
                 raise _not_allowed(method, target, ("GET", "HEAD"))
             rows = self.query(segments[1])
             return Response(HTTPStatus.OK, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
-        raise HTTPError(HTTPStatus.NOT_FOUND, f"no route for {method} {urlsplit(target).path}")
+        raise HTTPError(HTTPStatus.NOT_FOUND, f"no route for {method} {path}")
 
     def handle(self, command) -> list:
         return CommandHandler(es.Repository(self.store)).handle(command)
@@ -150,13 +168,30 @@ def _not_allowed(method, target, allowed) -> HTTPError:
                      {"Allow": allow})
 
 
+def _path_segment(segment: str) -> str:
+    """A percent-decoded path segment; malformed escapes and text that is not UTF-8 are a 400."""
+    if _BAD_PERCENT.search(segment):
+        raise BadRequest("malformed percent-encoding in the path")
+    try:
+        return unquote(segment, errors="strict")  # strict: %ED%A0%80 (a surrogate) is no UTF-8
+    except UnicodeDecodeError:
+        raise BadRequest("the path is not UTF-8 text") from None
+
+
 def _json_object(body: bytes | None) -> dict:
     if not body or not body.strip():
         return {}
     try:
-        params = json.loads(body)
+        # decoded here, strictly: json.loads(bytes) would also take UTF-16 and encoded surrogates
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8 text") from None
+    try:
+        params = json.loads(text)
+        # "\ud800" is valid JSON but no text a store can keep: find one anywhere (keys too)
+        json.dumps(params, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("malformed JSON: unpaired surrogate in a string") from None
     except ValueError as e:  # json.JSONDecodeError
         raise BadRequest(f"malformed JSON: {e}") from None
     except RecursionError:
@@ -193,6 +228,7 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
     server_version = "eventsourcery-todo/1.0"
     protocol_version = "HTTP/1.1"
     timeout = 60  # seconds a client may stay silent
+    _too_large = 0  # a well-formed Content-Length over the limit, which _read_body drains (up to _DRAIN_LIMIT)
 
     def do_GET(self):
         self._serve()
@@ -221,61 +257,105 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
             return False
         return super().handle_expect_100()
 
-    def _content_length(self):
-        """The declared body length, or an error Response for a bad or huge one."""
-        raw = self.headers.get("Content-Length")
-        if raw is None:
+    def _declared_length(self):
+        """The Content-Length: None, a length of at most MAX_BODY_BYTES, or an error Response.
+
+        Nothing of the body is read here, whatever the header says. For a 413,
+        ``self._too_large`` is the (well-formed) length refused.
+        """
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
             return None
-        try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.close_connection = True
-            return _error(HTTPStatus.BAD_REQUEST, "invalid Content-Length header")
+        texts = [v.strip() for value in values for v in value.split(",")]
+        lengths = {t.lstrip("0") or "0" for t in texts}  # "5, 5" (or two headers) is 5; "5, 6" is not
+        if len(lengths) != 1 or not all(_CONTENT_LENGTH.fullmatch(t) for t in texts):
+            return self._refuse(_error(HTTPStatus.BAD_REQUEST, "invalid Content-Length header"))
+        text = lengths.pop()
+        too_large = _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body exceeds {MAX_BODY_BYTES} bytes")
+        if len(text) > 20:  # past any real length (and int() refuses more than 4300 digits)
+            return self._refuse(too_large)
+        length = int(text)
         if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            return _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                          f"request body exceeds {MAX_BODY_BYTES} bytes")
+            self._too_large = length
+            return self._refuse(too_large)
         return length
+
+    def _content_length(self):
+        """The declared body length (None when there is none), or an error Response (no body read)."""
+        if self.headers.get_all("Transfer-Encoding"):
+            return self._transfer_encoding()
+        return self._declared_length()
+
+    def _transfer_encoding(self):
+        """None for a chunked body (its size comes in the chunks), else an error Response."""
+        codings = [c.strip().lower() for value in self.headers.get_all("Transfer-Encoding")
+                   for c in value.split(",") if c.strip()]
+        if codings != ["chunked"]:
+            return self._refuse(_error(HTTPStatus.BAD_REQUEST, "unsupported Transfer-Encoding (only chunked)"))
+        if "Content-Length" in self.headers:  # chunked wins (RFC 9112), but this client is odd
+            self.close_connection = True
+        return None
+
+    def _refuse(self, response: Response) -> Response:
+        self.close_connection = True  # the rest of the stream cannot be trusted to be a next request
+        return response
 
     def _read_body(self):
         """The request body (bytes), or an error Response."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
+        self._too_large = 0
         length = self._content_length()
         if isinstance(length, Response):
-            declared = int(self.headers["Content-Length"]) if length.status == 413 else 0
-            if 0 < declared <= _DRAIN_LIMIT:
-                self._discard(declared)  # so the client can read our answer
+            if 0 < self._too_large <= _DRAIN_LIMIT:
+                self._discard(self._too_large)  # a well-formed size, just too big: so the client can read our answer
             return length
+        if self.headers.get_all("Transfer-Encoding"):
+            return self._read_chunked()
         if not length:
             return b""
         body = self.rfile.read(length)
         if len(body) < length:
-            self.close_connection = True
-            return _error(HTTPStatus.BAD_REQUEST, "request body shorter than Content-Length")
+            return self._refuse(_error(HTTPStatus.BAD_REQUEST, "request body shorter than Content-Length"))
         return body
 
     def _read_chunked(self):
         body = bytearray()
-        try:
-            while True:
-                size_line = self.rfile.readline(1024)
-                size = int(size_line.split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline(1024).strip():  # trailers
-                        pass
-                    return bytes(body)
-                if len(body) + size > MAX_BODY_BYTES:
-                    self.close_connection = True
-                    return _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                  f"request body exceeds {MAX_BODY_BYTES} bytes")
-                body += self.rfile.read(size)
-                self.rfile.readline(1024)  # CRLF after the chunk
-        except ValueError:
-            self.close_connection = True
-            return _error(HTTPStatus.BAD_REQUEST, "malformed chunked body")
+        malformed = _error(HTTPStatus.BAD_REQUEST, "malformed chunked body")
+        while True:
+            size = self._chunk_size()
+            if size is None:
+                return self._refuse(malformed)
+            if size == 0:
+                return bytes(body) if self._read_trailers() else self._refuse(malformed)
+            if size > MAX_BODY_BYTES - len(body):  # refused before reading the chunk
+                return self._refuse(_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                           f"request body exceeds {MAX_BODY_BYTES} bytes"))
+            chunk = self.rfile.read(size)
+            if len(chunk) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                return self._refuse(malformed)
+            body += chunk
+
+    def _chunk_size(self) -> int | None:
+        """The next chunk's size: hex digits (then maybe ``;extensions``) on a line; None if not that."""
+        line = self.rfile.readline(_LINE_LIMIT + 1)
+        if len(line) > _LINE_LIMIT or not line.endswith(b"\n"):
+            return None
+        digits = line.split(b";", 1)[0].strip()
+        if not _CHUNK_SIZE.fullmatch(digits):
+            return None
+        digits = digits.lstrip(b"0") or b"0"
+        if len(digits) > 16:  # beyond 2**64: too large for anything, and for int() to bother
+            return MAX_BODY_BYTES + 1
+        return int(digits, 16)
+
+    def _read_trailers(self) -> bool:
+        """Skip the trailer lines up to the empty line that ends the body; False if there is none."""
+        for _ in range(_MAX_TRAILER_LINES + 1):
+            line = self.rfile.readline(_LINE_LIMIT + 1)
+            if len(line) > _LINE_LIMIT or not line.endswith(b"\n"):
+                return False
+            if not line.strip():
+                return True
+        return False
 
     def _discard(self, n):
         try:
@@ -290,11 +370,13 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
     def _serve(self, head=False):
         try:
             body = self._read_body() if self.command not in ("GET", "HEAD") else b""
+            target = _request_target(self.path)
             if isinstance(body, Response):
                 response = body
+            elif target is None:
+                response = _error(HTTPStatus.BAD_REQUEST, "the path is not UTF-8 text")
             else:
-                response = self.server.app.dispatch(
-                    "GET" if head else self.command, self.path, body)
+                response = self.server.app.dispatch("GET" if head else self.command, target, body)
             self._send(response, head=head)
         except (TimeoutError, ConnectionError):
             self.close_connection = True
@@ -314,6 +396,17 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         if not getattr(self.server, "quiet", False):
             super().log_message(format, *args)
+
+
+def _request_target(path: str) -> str | None:
+    """The request target as text: http.server decodes the request line as Latin-1, so raw
+    (unescaped) non-ASCII bytes come back as UTF-8 here; None if they are not UTF-8."""
+    if path.isascii():
+        return path
+    try:
+        return path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
 
 
 class TodoHTTPServer(ThreadingHTTPServer):
