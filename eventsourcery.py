@@ -44,6 +44,7 @@ import enum
 import itertools
 import json
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -202,7 +203,7 @@ class BodySerializer:
         """The compiled codec of an Event subclass's own fields (built on first use, then cached)."""
         codec = self._codecs.get(cls)
         if codec is None:
-            names = [f.name for f in dataclasses.fields(cls) if f.name not in _METADATA]
+            names = [f.name for f in dataclasses.fields(cls) if f.name not in _ENVELOPE]
             codec = self._codecs[cls] = _FieldCodec(cls, self, names)
             codec.upcast = any("upcast" in k.__dict__ for k in cls.__mro__ if k is not Event and issubclass(k, Event))
         return codec
@@ -428,7 +429,8 @@ def configure(**options: Any) -> Config:
 # conversion of events to stored rows and back.
 # ---------------------------------------------------------------------------
 
-_METADATA = ("id", "uuid", "aggregate_id", "version", "created_at", "correlation_id", "causation_id")
+#: The fields every event carries besides its own (its body).
+_ENVELOPE = ("id", "uuid", "aggregate_id", "version", "created_at", "correlation_id", "causation_id", "metadata")
 _registry: dict[str, type[Event]] = {}
 
 
@@ -479,19 +481,20 @@ class Event:
     created_at: _dt.datetime | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
+    metadata: Mapping[str, str | int | float | bool | None] = dataclasses.field(default_factory=dict)
 
     type: ClassVar[Any] = _TypeName()
     body: ClassVar[Any] = _Body()
 
     def __init__(self, *, type: str | None = None, body: Mapping[str, Any] | None = None,
-                 **metadata: Any) -> None:
-        unknown = set(metadata) - set(_METADATA)
+                 **envelope: Any) -> None:
+        unknown = set(envelope) - set(_ENVELOPE)
         if unknown:
             raise TypeError(f"Event() got unexpected field(s) {sorted(unknown)}; "
                             "define an Event subclass for typed fields, or pass body={...}")
         for field in dataclasses.fields(Event):
-            if field.name in metadata:
-                value = metadata[field.name]
+            if field.name in envelope:
+                value = envelope[field.name]
             elif field.default_factory is not dataclasses.MISSING:
                 value = field.default_factory()
             else:
@@ -506,11 +509,14 @@ class Event:
         aggregate_id = self.__dict__["aggregate_id"]
         if isinstance(aggregate_id, _uuid.UUID):
             object.__setattr__(self, "aggregate_id", str(aggregate_id))
+        metadata = self.__dict__["metadata"]
+        if type(metadata) is not dict:  # any mapping (or None) is kept as a plain dict of its own
+            object.__setattr__(self, "metadata", {} if metadata is None else dict(metadata))
 
     def __init_subclass__(cls, type: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("__annotations__", {})
-        for reserved in ("type", "body"):
+        for reserved in ("type", "body", "metadata"):
             if reserved in own:
                 raise TypeError(f"{cls.__qualname__}: '{reserved}' is reserved by es.Event; name the field otherwise")
         if type is None:
@@ -538,7 +544,7 @@ class Event:
             return NotImplemented
         return self.__dict__ == other.__dict__
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # by identity of the event, so metadata (a dict) does not stop hashing
         return hash((self.type, self.uuid))
 
     def __repr__(self) -> str:
@@ -571,11 +577,11 @@ def _codec(cls: type) -> _FieldCodec:
     return config.body_serializer.codec(cls)
 
 
-def _with_metadata(event: E, **metadata: Any) -> E:
-    """A copy of ``event`` with some metadata fields replaced (no validation, no __init__)."""
+def _with_fields(event: E, **fields: Any) -> E:
+    """A copy of ``event`` with some envelope fields replaced (no validation, no __init__)."""
     copy = object.__new__(event.__class__)
     copy.__dict__.update(event.__dict__)
-    copy.__dict__.update(metadata)
+    copy.__dict__.update(fields)
     return copy
 
 
@@ -761,7 +767,8 @@ class EventRow(NamedTuple):
     ``encode_events`` makes them with ``id`` and ``version`` None (the store
     assigns both); ``decode_rows`` reads any sequences in this order, such as
     a database cursor's rows. ``created_at`` is an aware UTC datetime or ISO
-    text; ``body`` is JSON text or an already decoded dict.
+    text; ``body`` is JSON text or an already decoded dict, and so is
+    ``metadata``, which is None when the event has none.
     """
 
     id: int | None
@@ -772,6 +779,7 @@ class EventRow(NamedTuple):
     created_at: _dt.datetime | str
     correlation_id: str | None
     causation_id: str | None
+    metadata: str | Mapping[str, Any] | None
     body: str | Mapping[str, Any]
 
 
@@ -885,6 +893,24 @@ def _encode_body(event: Event) -> str:
     return text
 
 
+def _encode_metadata(event: Event, metadata: Mapping[str, Any]) -> str:
+    """An event's application metadata as JSON text: str keys, JSON scalar values (finite numbers)."""
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata of a {event.type!r} event must be a mapping, not {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise TypeError(f"metadata keys of a {event.type!r} event must be str, not {type(key).__name__} ({key!r})")
+        check_text(f"metadata key {key!r}", key)
+        if isinstance(value, str):
+            check_text(f"metadata value {key!r}", value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise TypeError(f"metadata {key!r} of a {event.type!r} event is {value!r}; JSON has no NaN or infinity")
+        elif value is not None and not isinstance(value, (int, float)):  # bool is an int
+            raise TypeError(f"metadata {key!r} of a {event.type!r} event must be a JSON scalar "
+                            f"(str, int, float, bool or None), not {type(value).__name__}")
+    return _json_encode(metadata if type(metadata) is dict else dict(metadata))
+
+
 def _nesting(value: Any) -> int:
     """How deeply lists and dicts nest in a decoded JSON value (without recursion)."""
     deepest, stack = 0, [(value, 1)]
@@ -972,14 +998,16 @@ def encode_events(event_or_events: Event | Sequence[Event],
             raise InvalidEventError(f"created_at of a {type_name!r} event must be timezone-aware, got {created_at!r}")
         elif created_at.utcoffset():
             created_at = created_at.astimezone(_dt.timezone.utc)
-        rows.append(EventRow(None, d["uuid"], aggregate_id, type_name, None, created_at,
-                             d["correlation_id"], d["causation_id"], _encode_body(e)))
+        metadata = d["metadata"]
+        rows.append(EventRow(None, d["uuid"], aggregate_id, type_name, None, created_at, d["correlation_id"],
+                             d["causation_id"], _encode_metadata(e, metadata) if metadata else None,
+                             _encode_body(e)))
     return events, aggregate_id, rows
 
 
 def stored_copies(events: list[Event], rows: list[EventRow], first_id: int, first_version: int) -> list[Event]:
     """The events as stored: ids and versions counted from the first, ``created_at`` from their rows."""
-    return [_with_metadata(e, id=first_id + i, version=first_version + i, created_at=row.created_at)
+    return [_with_fields(e, id=first_id + i, version=first_version + i, created_at=row.created_at)
             for i, (e, row) in enumerate(zip(events, rows, strict=True))]
 
 
@@ -1009,7 +1037,7 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
     set_dict = object.__setattr__
     fromiso = _dt.datetime.fromisoformat
     codecs: dict[str, _FieldCodec | None] = {}
-    for event_id, event_uuid, aggregate_id, type_name, version, created_at, correlation, causation, body in rows:
+    for event_id, event_uuid, aggregate_id, type_name, version, created_at, correlation, causation, meta, body in rows:
         try:
             if type_name in codecs:
                 codec = codecs[type_name]
@@ -1023,12 +1051,18 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
                 created_at = fromiso(created_at)
             if created_at.tzinfo is None:
                 raise ValueError(f"created_at {created_at.isoformat()} has no time zone")
+            if meta is None:
+                meta = {}
+            else:
+                meta = _parse_body(meta) if type(meta) is str else dict(meta)
+                if type(meta) is not dict:
+                    raise ValueError(f"metadata is a JSON {type(meta).__name__}, not an object")
             if codec is None:
                 event = new(Event)
                 set_dict(event, "__dict__", {
                     "id": event_id, "uuid": event_uuid, "aggregate_id": aggregate_id, "version": version,
                     "created_at": created_at, "correlation_id": correlation, "causation_id": causation,
-                    "type": type_name, "body": data, "__dataclass_fields__": _GENERIC_FIELDS})
+                    "metadata": meta, "type": type_name, "body": data, "__dataclass_fields__": _GENERIC_FIELDS})
                 append(event)
                 continue
             if codec.upcast:
@@ -1046,6 +1080,7 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
             data["created_at"] = created_at
             data["correlation_id"] = correlation
             data["causation_id"] = causation
+            data["metadata"] = meta
             event = new(codec.cls)
             set_dict(event, "__dict__", data)
             append(event)
@@ -1556,7 +1591,7 @@ class SQLiteDatabase(Database):
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
 
 
-SQLITE_SCHEMA_VERSION = 1
+SQLITE_SCHEMA_VERSION = 2
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS eventsourcery_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -1569,11 +1604,17 @@ CREATE TABLE IF NOT EXISTS events (
     correlation_id TEXT,
     causation_id TEXT,
     body TEXT NOT NULL,
+    metadata TEXT,
     UNIQUE (aggregate_id, version)
 );
 CREATE INDEX IF NOT EXISTS events_type_id ON events (type, id);
 CREATE TABLE IF NOT EXISTS eventsourcery_trackers (name TEXT PRIMARY KEY, position INTEGER NOT NULL DEFAULT 0);
 """
+
+#: Statements that take a store of each older schema version to the next one, in one transaction.
+_SQLITE_UPGRADES = {
+    1: "ALTER TABLE events ADD COLUMN metadata TEXT",  # 2: application metadata, JSON text or NULL
+}
 
 
 def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
@@ -1587,6 +1628,17 @@ def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
                              f"({__version__}) knows version {SQLITE_SCHEMA_VERSION}: upgrade eventsourcery")
     conn.execute("BEGIN IMMEDIATE")
     try:
+        version = None  # read again under the write lock: another process may have created or upgraded it
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
+            has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'eventsourcery_schema'").fetchone()
+            version = (conn.execute("SELECT max(version) FROM eventsourcery_schema").fetchone()[0] if has_table
+                       else None) or 1
+        if version is not None and version < SQLITE_SCHEMA_VERSION:  # upgrade in place, one step at a time
+            for step in range(version, SQLITE_SCHEMA_VERSION):
+                for statement in _SQLITE_UPGRADES.get(step, "").split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute("DELETE FROM eventsourcery_schema")
         for statement in _SQLITE_SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -1677,7 +1729,7 @@ class SQLiteEventStore(EventStore):
     _SELECT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events "
 
     _INSERT = ("INSERT INTO events (uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, "
-               "body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+               "metadata, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 30.0,
                  poll_interval: float = 0.005) -> None:
@@ -1727,7 +1779,7 @@ class SQLiteEventStore(EventStore):
                                            f"expected {expected_version}")
                 # Rowids are max + 1 under the write lock, so a batch's ids are contiguous.
                 values = [(r.uuid, r.aggregate_id, r.type, current + 1 + i, r.created_at.isoformat(),  # type: ignore[union-attr]
-                           r.correlation_id, r.causation_id, r.body) for i, r in enumerate(rows)]
+                           r.correlation_id, r.causation_id, r.metadata, r.body) for i, r in enumerate(rows)]
                 if len(values) == 1:
                     last_id = conn.execute(self._INSERT, values[0]).lastrowid or 0
                 else:
@@ -1972,7 +2024,7 @@ class Aggregate:
                 raise TypeError("apply_event(instance) takes no fields; use apply_event(EventClass, **fields)")
             if event.aggregate_id and event.aggregate_id != self.id:
                 raise InvalidEventError(f"event for aggregate {event.aggregate_id!r} applied to {self.id!r}")
-            instance = event if event.aggregate_id else _with_metadata(event, aggregate_id=self.id)
+            instance = event if event.aggregate_id else _with_fields(event, aggregate_id=self.id)
         self._mutate(instance)
         self.changes.append(instance)
         return instance
@@ -2257,7 +2309,8 @@ class Reactor(_TableOwner):
         """Sink ``event`` caused by the event being processed; returns it as stored.
 
         ``causation_id`` becomes that event's uuid and ``correlation_id`` its
-        correlation id (or its uuid when it has none).
+        correlation id (or its uuid when it has none); ``metadata`` is the
+        cause's, updated with the emitted event's own (its keys win).
         """
         if not isinstance(event, self.emits_events) or type(event) is Event:
             raise UndeclaredEventEmissionError(
@@ -2265,8 +2318,8 @@ class Reactor(_TableOwner):
                 f"emits_events {[c.__name__ for c in self.emits_events]}")
         cause = self._current_event
         if cause is not None:
-            event = _with_metadata(event, causation_id=cause.uuid,
-                                   correlation_id=cause.correlation_id or cause.uuid)
+            event = _with_fields(event, causation_id=cause.uuid, correlation_id=cause.correlation_id or cause.uuid,
+                                 metadata={**cause.metadata, **event.metadata})
         return self.store.sink(event)[0]
 
 
@@ -2633,7 +2686,8 @@ def _cli_event_dict(event: Event) -> dict[str, Any]:
     return {"id": event.id, "uuid": event.uuid, "type": event.type, "aggregate_id": event.aggregate_id,
             "version": event.version,
             "created_at": event.created_at.isoformat() if event.created_at is not None else None,
-            "correlation_id": event.correlation_id, "causation_id": event.causation_id, "body": event.body}
+            "correlation_id": event.correlation_id, "causation_id": event.causation_id,
+            "metadata": dict(event.metadata), "body": event.body}
 
 
 class _CLIProgress:

@@ -79,8 +79,8 @@ __all__ = ["PostgresEventStore", "PostgresDatabase", "PostgresTracker", "Project
 
 #: The version of the tables and function this module creates (kept in ``eventsourcery_schema``);
 #: an older store is upgraded on first use. Version 1 (pre-release) kept aggregate versions in a
-#: table of their own, ``eventsourcery_aggregates``.
-SCHEMA_VERSION = 2
+#: table of their own, ``eventsourcery_aggregates``; version 3 added the events' ``metadata`` column.
+SCHEMA_VERSION = 3
 
 #: SQLSTATE raised by the write function when ``expected_version`` does not match.
 _CONFLICT_SQLSTATE = "ES409"
@@ -181,17 +181,21 @@ CREATE TABLE IF NOT EXISTS {s}.events (
     correlation_id text,
     causation_id text,
     body json NOT NULL,
+    metadata json,
     CONSTRAINT events_uuid_key UNIQUE (uuid),
     CONSTRAINT events_aggregate_id_version_key UNIQUE (aggregate_id, version)
 );
+ALTER TABLE {s}.events ADD COLUMN IF NOT EXISTS metadata json;
 CREATE INDEX IF NOT EXISTS events_type_id ON {s}.events (type, id);
 CREATE TABLE IF NOT EXISTS {s}.eventsourcery_trackers (
     name text PRIMARY KEY,
     position bigint NOT NULL DEFAULT 0
 );
+DROP FUNCTION IF EXISTS {s}.eventsourcery_write_events(
+    text, bigint, text[], text[], timestamptz[], text[], text[], text[], boolean);
 CREATE OR REPLACE FUNCTION {s}.eventsourcery_write_events(
     _aggregate_id text, _expected_version bigint, _uuids text[], _types text[], _created_at timestamptz[],
-    _correlation_ids text[], _causation_ids text[], _bodies text[], _lock boolean,
+    _correlation_ids text[], _causation_ids text[], _metadata text[], _bodies text[], _lock boolean,
     OUT first_id bigint, OUT first_version bigint)
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -215,10 +219,11 @@ BEGIN
     first_version := current_version + 1;
     -- Without the lock, two writers can only collide here (on an id or a version): the unique
     -- indexes turn one of them away, and the caller reports that as a ConcurrencyError.
-    INSERT INTO {s}.events (id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body)
-    SELECT last_id + x.i, x.u, _aggregate_id, x.t, current_version + x.i, x.c, x.corr, x.caus, x.b::json
-    FROM unnest(_uuids, _types, _created_at, _correlation_ids, _causation_ids, _bodies)
-         WITH ORDINALITY AS x(u, t, c, corr, caus, b, i);
+    INSERT INTO {s}.events (id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id,
+                            metadata, body)
+    SELECT last_id + x.i, x.u, _aggregate_id, x.t, current_version + x.i, x.c, x.corr, x.caus, x.m::json, x.b::json
+    FROM unnest(_uuids, _types, _created_at, _correlation_ids, _causation_ids, _metadata, _bodies)
+         WITH ORDINALITY AS x(u, t, c, corr, caus, m, b, i);
     PERFORM pg_notify('{channel}', (last_id + cardinality(_bodies))::text);
 END
 $fn$;
@@ -341,7 +346,8 @@ class _StoreDatabase(PostgresDatabase):
 # The event store.
 # ---------------------------------------------------------------------------
 
-_COLUMNS = ", ".join(es.EVENT_COLUMNS[:-1]) + ", body::text"  # the body as JSON text, decoded by es.decode_rows
+# body and metadata as JSON text, which es.decode_rows parses faster than psycopg's json loader
+_COLUMNS = ", ".join(es.EVENT_COLUMNS[:-2]) + ", metadata::text, body::text"
 
 
 class PostgresEventStore(es.EventStore):
@@ -379,7 +385,7 @@ class PostgresEventStore(es.EventStore):
         self._events = f"{s}.events"
         self._write_sql = (f"SELECT first_id, first_version FROM {s}.eventsourcery_write_events("
                            "%s, %s::bigint, %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], "
-                           "%s::text[], %s)")
+                           "%s::text[], %s::text[], %s)")
         self._db.connection  # noqa: B018 - connect now, so that a bad conninfo fails here, clearly
 
     def __repr__(self) -> str:
@@ -444,7 +450,7 @@ class PostgresEventStore(es.EventStore):
         events, aggregate_id, rows = es.encode_events(event_or_events, expected_version)
         params = (aggregate_id, expected_version, [r.uuid for r in rows], [r.type for r in rows],
                   [r.created_at for r in rows], [r.correlation_id for r in rows], [r.causation_id for r in rows],
-                  [r.body for r in rows], self._lock_writes)
+                  [r.metadata for r in rows], [r.body for r in rows], self._lock_writes)
         db = self._db
         with db.lock:
             try:

@@ -26,7 +26,8 @@ from tests._util import WAIT
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("EVENTSOURCERY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-JSON_KEYS = {"id", "uuid", "type", "aggregate_id", "version", "created_at", "correlation_id", "causation_id", "body"}
+JSON_KEYS = {"id", "uuid", "type", "aggregate_id", "version", "created_at", "correlation_id", "causation_id",
+             "metadata", "body"}
 LONG_NOTE = "x" * 300
 
 
@@ -180,7 +181,8 @@ def test_events_json(db: pathlib.Path) -> None:
         assert datetime.datetime.fromisoformat(e["created_at"]).tzinfo is not None
     assert events[1] | {"uuid": None, "created_at": None} == {
         "id": 2, "uuid": None, "type": "todo_added", "aggregate_id": "todo-2", "version": 1, "created_at": None,
-        "correlation_id": None, "causation_id": None, "body": {"title": "Walk the dog", "note": LONG_NOTE}}
+        "correlation_id": None, "causation_id": None, "metadata": {},
+        "body": {"title": "Walk the dog", "note": LONG_NOTE}}
     assert events[3]["body"] == {"title": "Walk the cat ✓"}
     with es.SQLiteEventStore(db) as store:  # the very events the store holds
         assert [e["uuid"] for e in events] == [e.uuid for e in store.get_next_from(1)]

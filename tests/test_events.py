@@ -21,7 +21,7 @@ from tests.events import (
     everything,
 )
 
-METADATA = ("id", "uuid", "aggregate_id", "version", "created_at", "correlation_id", "causation_id")
+METADATA = ("id", "uuid", "aggregate_id", "version", "created_at", "correlation_id", "causation_id", "metadata")
 
 
 # --- class creation ------------------------------------------------------------------
