@@ -75,7 +75,8 @@ __all__ = [
     "SQLiteEventStore", "SQLiteTracker", "SQLITE_SCHEMA_VERSION",
     "StoreURL", "BACKENDS", "parse_store_url", "open_store", "open_database",
     # the backend interface
-    "EventRow", "EVENT_COLUMNS", "encode_events", "stored_copies", "decode_rows", "type_names", "Stopper",
+    "EventRow", "EVENT_COLUMNS", "Snapshot", "SNAPSHOT_COLUMNS",
+    "encode_events", "stored_copies", "decode_rows", "type_names", "Stopper",
     "MAX_POSITION", "MAX_BODY_DEPTH", "check_position", "check_limit", "check_text", "check_aggregate_id",
     "version_range", "batch_size",
     "Database", "SQLiteDatabase", "DatabaseTracker", "TRACKER_TABLE",
@@ -192,12 +193,29 @@ class BodySerializer:
     def __init__(self) -> None:
         self._custom: dict[Any, tuple[Converter, Converter]] = {}
         self._codecs: dict[type, _FieldCodec] = {}
+        self._attributes: dict[tuple[type, str], tuple[Converter | None, Converter | None]] = {}
 
     def add(self, type_: type, to_json: Converter, from_json: Converter) -> BodySerializer:
         """Register ``to_json``/``from_json`` for fields annotated with ``type_``; returns self."""
         self._custom[type_] = (to_json, from_json)
         self._codecs.clear()  # codecs compiled before may have encoded this type by its runtime type
+        self._attributes.clear()
         return self
+
+    def attribute_converters(self, cls: type, name: str) -> tuple[Converter | None, Converter | None]:
+        """``(encode, decode)`` of an attribute of a class (an aggregate's state, in snapshots): by the
+        class's annotation of ``name``, else by the value's runtime type (cached)."""
+        key = (cls, name)
+        converters = self._attributes.get(key)
+        if converters is None:
+            try:
+                hints = typing.get_type_hints(cls)
+            except Exception:  # an unresolvable forward reference: encode by runtime type
+                hints = {}
+            annotation = hints.get(name)
+            converters = self._attributes[key] = (
+                (self.encode_any, None) if annotation is None else self.converters(annotation))
+        return converters
 
     def codec(self, cls: type) -> _FieldCodec:
         """The compiled codec of an Event subclass's own fields (built on first use, then cached)."""
@@ -698,6 +716,20 @@ class EventStore(abc.ABC):
     def is_running(self, name: str) -> bool:
         """Whether a live process holds the single-instance lock of processor ``name`` on this store."""
 
+    def save_snapshot(self, snapshot: Snapshot) -> None:  # noqa: B027 - keeping no snapshots is allowed
+        """Keep ``snapshot`` as the latest of its aggregate and type, unless a newer one is kept already.
+
+        Snapshots are a cache, never events: subscribers never see them. A
+        store that keeps none (this default) just makes every load replay.
+        """
+
+    def snapshots(self, aggregate_id: str | _uuid.UUID) -> list[Snapshot]:
+        """The snapshots kept of one aggregate (one per aggregate type at most); none by default."""
+        return []
+
+    def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:  # noqa: B027 - see save_snapshot
+        """Forget every snapshot of one aggregate."""
+
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Counts for people: ``events``, ``aggregates``, ``first_created_at`` and ``last_created_at``
         (ISO text or None), ``types`` (type name -> count, most frequent first), and whatever else the
@@ -785,6 +817,29 @@ class EventRow(NamedTuple):
 
 #: The columns of the events table, in EventRow order.
 EVENT_COLUMNS = EventRow._fields
+
+
+class Snapshot(NamedTuple):
+    """An aggregate's state at one version, as a store keeps it (in column order): a cache of a replay.
+
+    ``aggregate_type`` names the aggregate class (``module.qualname``), ``version`` the last event
+    the state includes and ``last_event_uuid`` that event's uuid (a load checks it, so a snapshot of
+    a history that is no longer there is never used); ``snapshot_version`` is the class's
+    ``snapshot_version`` when it was taken; ``state`` is JSON text; ``created_at`` an aware datetime
+    or ISO text.
+    """
+
+    aggregate_id: str
+    aggregate_type: str
+    version: int
+    snapshot_version: int
+    last_event_uuid: str
+    state: str
+    created_at: _dt.datetime | str
+
+
+#: The columns of a snapshots table, in Snapshot order.
+SNAPSHOT_COLUMNS = Snapshot._fields
 
 
 def type_names(event_types: EventTypes) -> tuple[str, ...] | None:
@@ -1411,6 +1466,8 @@ class MemoryEventStore(EventStore):
         self._tracker = MemoryTracker()
         self._locks = _ProcessLocks()
         self._depth = 0
+        self._snapshots: dict[tuple[str, str], Snapshot] = {}
+        self._pending_snapshots: list[Snapshot] = []  # saved inside a transaction: kept once it commits
 
     def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
         events, aggregate_id, rows = encode_events(event_or_events, expected_version)
@@ -1436,10 +1493,12 @@ class MemoryEventStore(EventStore):
         only its own part (like a savepoint), the outermost one everything since it began."""
         with self._changed:
             saved_rows, saved_positions = len(self._rows), dict(self._tracker._positions)
+            saved_snapshots = len(self._pending_snapshots)
             self._depth += 1
             try:
                 yield None
             except BaseException:
+                del self._pending_snapshots[saved_snapshots:]
                 for row in reversed(self._rows[saved_rows:]):
                     self._uuids.discard(row.uuid)
                     positions = self._by_aggregate[row.aggregate_id]
@@ -1452,7 +1511,35 @@ class MemoryEventStore(EventStore):
             finally:
                 self._depth -= 1
             if not self._depth:
+                pending, self._pending_snapshots = self._pending_snapshots, []
+                for snapshot in pending:
+                    self._keep_snapshot(snapshot)
                 self._changed.notify_all()
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        with self._changed:
+            if self._depth:
+                self._pending_snapshots.append(snapshot)
+            else:
+                self._keep_snapshot(snapshot)
+
+    def _keep_snapshot(self, snapshot: Snapshot) -> None:
+        key = (snapshot.aggregate_id, snapshot.aggregate_type)
+        kept = self._snapshots.get(key)
+        if kept is None or kept.version <= snapshot.version:
+            self._snapshots[key] = snapshot
+
+    def snapshots(self, aggregate_id: str | _uuid.UUID) -> list[Snapshot]:
+        aggregate_id = check_aggregate_id(aggregate_id)
+        with self._changed:
+            return [snap for (agg, _), snap in sorted(self._snapshots.items()) if agg == aggregate_id]
+
+    def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:
+        aggregate_id = check_aggregate_id(aggregate_id)
+        with self._changed:
+            for key in [key for key in self._snapshots if key[0] == aggregate_id]:
+                del self._snapshots[key]
+            self._pending_snapshots = [s for s in self._pending_snapshots if s.aggregate_id != aggregate_id]
 
     def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
         names = type_names(event_types)
@@ -1609,11 +1696,21 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_type_id ON events (type, id);
 CREATE TABLE IF NOT EXISTS eventsourcery_trackers (name TEXT PRIMARY KEY, position INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS eventsourcery_snapshots (
+    aggregate_id TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    snapshot_version INTEGER NOT NULL,
+    last_event_uuid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (aggregate_id, aggregate_type)
+);
 """
 
 #: Statements that take a store of each older schema version to the next one, in one transaction.
 _SQLITE_UPGRADES = {
-    1: "ALTER TABLE events ADD COLUMN metadata TEXT",  # 2: application metadata, JSON text or NULL
+    1: "ALTER TABLE events ADD COLUMN metadata TEXT",  # 2: application metadata (and the snapshots table)
 }
 
 
@@ -1832,6 +1929,28 @@ class SQLiteEventStore(EventStore):
                                               (check_aggregate_id(aggregate_id),)).fetchone()
         return int(row[0] or 0)
 
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        created_at = snapshot.created_at
+        self._db.execute(
+            f"INSERT INTO eventsourcery_snapshots ({', '.join(SNAPSHOT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET version = excluded.version, "
+            "snapshot_version = excluded.snapshot_version, last_event_uuid = excluded.last_event_uuid, "
+            "state = excluded.state, created_at = excluded.created_at "
+            "WHERE excluded.version >= eventsourcery_snapshots.version",
+            snapshot._replace(created_at=created_at.isoformat() if isinstance(created_at, _dt.datetime)
+                              else created_at))
+
+    def snapshots(self, aggregate_id: str | _uuid.UUID) -> list[Snapshot]:
+        with self._db.lock:
+            rows = self._db.connection.execute(
+                f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM eventsourcery_snapshots WHERE aggregate_id = ? "
+                "ORDER BY aggregate_type", (check_aggregate_id(aggregate_id),)).fetchall()
+        return [Snapshot(*row) for row in rows]
+
+    def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:
+        self._db.execute("DELETE FROM eventsourcery_snapshots WHERE aggregate_id = ?",
+                         (check_aggregate_id(aggregate_id),))
+
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         with self._db.lock:
             conn = self._db.connection
@@ -1987,12 +2106,28 @@ class Aggregate:
 
     ``Aggregate(id, events=())`` replays ``events``. ``version`` counts the
     events applied (history and new); ``changes`` holds the new ones.
+
+    With ``snapshot_every = N`` the Repository keeps a snapshot of the state
+    whenever a save takes the version to or past a multiple of N, and loads
+    start from it. The state is ``snapshot_state()`` (by default the instance
+    attributes, encoded like event bodies by their class annotations); a
+    snapshot is used only if it decodes to exactly that state, so a loaded
+    aggregate is indistinguishable from a full replay. Change
+    ``snapshot_version`` when the meaning of the state changes: snapshots
+    taken under another version are ignored.
     """
 
     _handlers: ClassVar[dict[str, list[Callable[..., Any]]]] = {}
+    snapshot_every: ClassVar[int | None] = None
+    snapshot_version: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        every = cls.snapshot_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise TypeError(f"{cls.__qualname__}.snapshot_every must be a positive int or None, not {every!r}")
+        if isinstance(cls.snapshot_version, bool) or not isinstance(cls.snapshot_version, int):
+            raise TypeError(f"{cls.__qualname__}.snapshot_version must be an int, not {cls.snapshot_version!r}")
         handlers: dict[str, list[Callable[..., Any]]] = {}
         for names, fn in _collect_handlers(cls):
             for name in names:
@@ -2033,6 +2168,40 @@ class Aggregate:
         """Forget the unsaved events (the Repository calls this after saving them)."""
         self.changes = []
 
+    def snapshot_state(self) -> dict[str, Any]:
+        """The state a snapshot keeps: by default every instance attribute but ``id``, ``version`` and
+        ``changes``. Override it (and ``restore_snapshot``) to keep something else."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("id", "version", "changes")}
+
+    def restore_snapshot(self, state: dict[str, Any]) -> None:
+        """Set the state ``snapshot_state()`` returned (on a new instance, before later events replay)."""
+        self.__dict__.update(state)
+
+
+def _aggregate_type(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _encode_state(cls: type, state: dict[str, Any]) -> str:
+    encoded = {}
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise TypeError(f"snapshot state keys must be str, not {name!r}")
+        encode, _ = config.body_serializer.attribute_converters(cls, name)
+        encoded[name] = encode(value) if encode is not None and value is not None else value
+    return _json_encode(encoded)
+
+
+def _decode_state(cls: type, text: str) -> dict[str, Any]:
+    state = _parse_body(text)
+    if type(state) is not dict:
+        raise ValueError("a snapshot's state is not a JSON object")
+    for name, value in state.items():
+        _, decode = config.body_serializer.attribute_converters(cls, name)
+        if decode is not None and value is not None:
+            state[name] = decode(value)
+    return state
+
 
 class Repository:
     """Loads aggregates from an event store and saves their changes with optimistic concurrency."""
@@ -2041,8 +2210,51 @@ class Repository:
         self.store = store
 
     def load(self, aggregate_class: type[A], aggregate_id: str | _uuid.UUID) -> A:
-        """Replay one aggregate's events into a new instance of ``aggregate_class``."""
+        """Replay one aggregate's events into a new instance of ``aggregate_class`` (from its latest
+        snapshot on, when the class keeps snapshots and a usable one exists)."""
+        if aggregate_class.snapshot_every:
+            aggregate = self._load_from_snapshot(aggregate_class, aggregate_id)
+            if aggregate is not None:
+                return aggregate
         return aggregate_class(aggregate_id, self.store.get_events_for_aggregate_id(aggregate_id))
+
+    def _load_from_snapshot(self, aggregate_class: type[A], aggregate_id: str | _uuid.UUID) -> A | None:
+        """The aggregate from its snapshot and the events after it; None when there is no usable snapshot."""
+        kind = _aggregate_type(aggregate_class)
+        snapshot = next((s for s in self.store.snapshots(aggregate_id) if s.aggregate_type == kind), None)
+        if snapshot is None or snapshot.snapshot_version != aggregate_class.snapshot_version:
+            return None
+        events = self.store.get_events_for_aggregate_id(aggregate_id, from_version=snapshot.version)
+        if not events or events[0].version != snapshot.version or events[0].uuid != snapshot.last_event_uuid:
+            return None  # the history the snapshot was taken of is not there any more
+        try:
+            aggregate = aggregate_class(aggregate_id)
+            aggregate.restore_snapshot(_decode_state(aggregate_class, snapshot.state))
+        except Exception as exc:
+            config.logger.warning("snapshot of %s %r at version %d cannot be used (%r); replaying its events",
+                                  kind, str(aggregate_id), snapshot.version, exc)
+            return None
+        aggregate.version = snapshot.version
+        for event in events[1:]:
+            aggregate._mutate(event)
+        return aggregate
+
+    def _save_snapshot(self, aggregate: Aggregate, last_event_uuid: str) -> None:
+        """Keep a snapshot of ``aggregate`` if its state survives encoding exactly; a cache, so a failure
+        is logged, never raised."""
+        cls = type(aggregate)
+        kind = _aggregate_type(cls)
+        try:
+            state = aggregate.snapshot_state()
+            text = _encode_state(cls, state)
+            if _decode_state(cls, text) != state:
+                raise ValueError("its state does not survive encoding unchanged (annotate the attributes, "
+                                 "or override snapshot_state and restore_snapshot)")
+            with self.store.transaction():  # a savepoint inside a caller's transaction: a failure leaves it usable
+                self.store.save_snapshot(Snapshot(aggregate.id, kind, aggregate.version, cls.snapshot_version,
+                                                  last_event_uuid, text, _dt.datetime.now(_dt.timezone.utc)))
+        except Exception as exc:
+            config.logger.warning("no snapshot of %s %r at version %d: %s", kind, aggregate.id, aggregate.version, exc)
 
     def save(self, *aggregates: Aggregate) -> list[Event]:
         """Sink each aggregate's changes with ``expected_version = version - len(changes)``; return them stored.
@@ -2066,6 +2278,9 @@ class Repository:
                     changes = aggregate.changes
                     stored += self.store.sink(changes, expected_version=aggregate.version - len(changes))
         for aggregate in pending:
+            every = type(aggregate).snapshot_every
+            if every and aggregate.version // every > (aggregate.version - len(aggregate.changes)) // every:
+                self._save_snapshot(aggregate, aggregate.changes[-1].uuid)
             aggregate.clear_changes()
         return stored
 

@@ -191,6 +191,16 @@ CREATE TABLE IF NOT EXISTS {s}.eventsourcery_trackers (
     name text PRIMARY KEY,
     position bigint NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS {s}.eventsourcery_snapshots (
+    aggregate_id text NOT NULL,
+    aggregate_type text NOT NULL,
+    version bigint NOT NULL,
+    snapshot_version integer NOT NULL,
+    last_event_uuid text NOT NULL,
+    state text NOT NULL,
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (aggregate_id, aggregate_type)
+);
 DROP FUNCTION IF EXISTS {s}.eventsourcery_write_events(
     text, bigint, text[], text[], timestamptz[], text[], text[], text[], boolean);
 CREATE OR REPLACE FUNCTION {s}.eventsourcery_write_events(
@@ -510,6 +520,28 @@ class PostgresEventStore(es.EventStore):
             row = self._db.connection.execute(f"SELECT max(version) FROM {self._events} WHERE aggregate_id = %s",
                                               (es.check_aggregate_id(aggregate_id),)).fetchone()
         return int(row[0] or 0) if row else 0
+
+    # -- snapshots (a cache of aggregate state, never events) ----------------
+
+    def save_snapshot(self, snapshot: es.Snapshot) -> None:
+        table = f"{_quote(self.schema)}.eventsourcery_snapshots"
+        self._db.execute(
+            f"INSERT INTO {table} ({', '.join(es.SNAPSHOT_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET version = excluded.version, "
+            "snapshot_version = excluded.snapshot_version, last_event_uuid = excluded.last_event_uuid, "
+            f"state = excluded.state, created_at = excluded.created_at WHERE excluded.version >= {table}.version",
+            snapshot)
+
+    def snapshots(self, aggregate_id: str | uuid.UUID) -> list[es.Snapshot]:
+        with self._db.lock:
+            rows = self._db.connection.execute(
+                f"SELECT {', '.join(es.SNAPSHOT_COLUMNS)} FROM {_quote(self.schema)}.eventsourcery_snapshots "
+                "WHERE aggregate_id = %s ORDER BY aggregate_type", (es.check_aggregate_id(aggregate_id),)).fetchall()
+        return [es.Snapshot(*row) for row in rows]
+
+    def delete_snapshots(self, aggregate_id: str | uuid.UUID) -> None:
+        self._db.execute(f"DELETE FROM {_quote(self.schema)}.eventsourcery_snapshots WHERE aggregate_id = %s",
+                         (es.check_aggregate_id(aggregate_id),))
 
     # -- subscribing --------------------------------------------------------
 
