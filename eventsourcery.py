@@ -41,6 +41,7 @@ import dataclasses
 import datetime as _dt
 import decimal
 import enum
+import functools
 import itertools
 import json
 import logging
@@ -69,7 +70,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # events and aggregates
-    "Event", "event_class", "new_uuid", "Aggregate", "Repository", "on",
+    "Event", "event_class", "new_uuid", "AggregateErased", "ERASED_TYPE", "Aggregate", "Repository", "on",
     # stores: the contract, the memory and SQLite stores, opening by URL
     "EventStore", "Tracker", "StopSignal", "EventTypes", "MemoryEventStore", "MemoryTracker",
     "SQLiteEventStore", "SQLiteTracker", "SQLITE_SCHEMA_VERSION",
@@ -89,7 +90,7 @@ __all__ = [
     "Error", "ConcurrencyError", "DuplicateEventError", "AtomicWriteToMultipleAggregatesNotSupported",
     "UnknownEventError", "EventProcessingError", "UndeclaredEventEmissionError",
     "MultipleCatchAllHandlersDefined", "UnableToLockProcessorError", "InvalidEventError", "DuplicateEventTypeError",
-    "StoreError", "CorruptEventError",
+    "StoreError", "CorruptEventError", "AggregateErasedError",
 ]
 
 E = TypeVar("E", bound="Event")
@@ -168,6 +169,10 @@ class StoreError(Error):
 
 class CorruptEventError(StoreError):
     """A stored event cannot be decoded; the message names its id."""
+
+
+class AggregateErasedError(Error):
+    """The aggregate was erased (``store.erase_aggregate``): it cannot be loaded or written again."""
 
 
 # ---------------------------------------------------------------------------
@@ -585,6 +590,21 @@ def _generic_fields() -> dict[str, dataclasses.Field[Any]]:
 _GENERIC_FIELDS = _generic_fields()
 
 
+class AggregateErased(Event, type="eventsourcery.aggregate_erased"):
+    """Appended to an aggregate's stream by ``store.erase_aggregate``: its earlier events were erased.
+
+    Projectors handle it to forget the aggregate in their read models too.
+    """
+
+    erased_events: int
+    reason: str | None = None
+
+
+#: The type name of the tombstone an erased event leaves: the row keeps its id, uuid, aggregate id,
+#: version and time; its body and metadata are gone.
+ERASED_TYPE = "eventsourcery.erased"
+
+
 def event_class(type_name: str) -> type[Event] | None:
     """The Event subclass registered for a type name, or None."""
     return _registry.get(type_name)
@@ -729,6 +749,41 @@ class EventStore(abc.ABC):
 
     def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:  # noqa: B027 - see save_snapshot
         """Forget every snapshot of one aggregate."""
+
+    def erase_aggregate(self, aggregate_id: str | _uuid.UUID, *, reason: str | None = None) -> AggregateErased | None:
+        """Remove one aggregate's data for good (a person's right to erasure); return the AggregateErased
+        event appended to its stream, or None when it has no events. Calling it again returns that event.
+
+        In one transaction each of its events becomes a tombstone (type ``ERASED_TYPE``, empty body, no
+        metadata; id, uuid, aggregate id, version and time stay, so no other id changes and no
+        subscriber meets a gap), its snapshots are deleted and ``AggregateErased`` is appended; then
+        ``scrub()`` removes the old contents from the database's free space where the backend can. The
+        aggregate cannot be loaded afterwards (AggregateErasedError).
+        """
+        aggregate_id = check_aggregate_id(aggregate_id)
+        with self.transaction():
+            version = self.aggregate_version(aggregate_id)
+            if version == 0:
+                return None
+            (last,) = self.get_events_for_aggregate_id(aggregate_id, from_version=version)
+            if isinstance(last, AggregateErased):
+                return last
+            self.erase_events(aggregate_id, version)
+            self.delete_snapshots(aggregate_id)
+            erased = self.sink(AggregateErased(aggregate_id=aggregate_id, erased_events=version, reason=reason),
+                               expected_version=version)[0]
+        self.scrub()
+        assert isinstance(erased, AggregateErased)
+        return erased
+
+    def erase_events(self, aggregate_id: str, to_version: int) -> None:
+        """Backend primitive of ``erase_aggregate``: turn the aggregate's events up to ``to_version`` into
+        tombstones, in place, inside the open transaction."""
+        raise NotImplementedError(f"{type(self).__name__} cannot erase events")
+
+    def scrub(self) -> None:  # noqa: B027 - a store whose data leaves no copies has nothing to do
+        """Overwrite or release what erased and deleted data left in the database's files, where the
+        backend can (SQLite: secure_delete and a WAL checkpoint; Postgres: VACUUM)."""
 
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Counts for people: ``events``, ``aggregates``, ``first_created_at`` and ``last_created_at``
@@ -1468,6 +1523,7 @@ class MemoryEventStore(EventStore):
         self._depth = 0
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
         self._pending_snapshots: list[Snapshot] = []  # saved inside a transaction: kept once it commits
+        self._undo: list[Callable[[], None]] = []  # how to take back in-place changes, if a transaction rolls back
 
     def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
         events, aggregate_id, rows = encode_events(event_or_events, expected_version)
@@ -1493,12 +1549,15 @@ class MemoryEventStore(EventStore):
         only its own part (like a savepoint), the outermost one everything since it began."""
         with self._changed:
             saved_rows, saved_positions = len(self._rows), dict(self._tracker._positions)
-            saved_snapshots = len(self._pending_snapshots)
+            saved_snapshots, saved_undo = len(self._pending_snapshots), len(self._undo)
             self._depth += 1
             try:
                 yield None
             except BaseException:
                 del self._pending_snapshots[saved_snapshots:]
+                for undo in reversed(self._undo[saved_undo:]):
+                    undo()
+                del self._undo[saved_undo:]
                 for row in reversed(self._rows[saved_rows:]):
                     self._uuids.discard(row.uuid)
                     positions = self._by_aggregate[row.aggregate_id]
@@ -1511,10 +1570,18 @@ class MemoryEventStore(EventStore):
             finally:
                 self._depth -= 1
             if not self._depth:
+                self._undo.clear()
                 pending, self._pending_snapshots = self._pending_snapshots, []
                 for snapshot in pending:
                     self._keep_snapshot(snapshot)
                 self._changed.notify_all()
+
+    def erase_events(self, aggregate_id: str, to_version: int) -> None:
+        with self.transaction():
+            for index in self._by_aggregate.get(aggregate_id, ())[:to_version]:
+                row = self._rows[index]
+                self._rows[index] = row._replace(type=ERASED_TYPE, metadata=None, body="{}")
+                self._undo.append(functools.partial(self._rows.__setitem__, index, row))
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         with self._changed:
@@ -1536,10 +1603,10 @@ class MemoryEventStore(EventStore):
 
     def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:
         aggregate_id = check_aggregate_id(aggregate_id)
-        with self._changed:
+        with self.transaction():
             for key in [key for key in self._snapshots if key[0] == aggregate_id]:
-                del self._snapshots[key]
-            self._pending_snapshots = [s for s in self._pending_snapshots if s.aggregate_id != aggregate_id]
+                self._undo.append(functools.partial(self._snapshots.__setitem__, key, self._snapshots.pop(key)))
+            self._pending_snapshots[:] = [s for s in self._pending_snapshots if s.aggregate_id != aggregate_id]
 
     def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
         names = type_names(event_types)
@@ -1715,6 +1782,7 @@ _SQLITE_UPGRADES = {
 
 
 def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA secure_delete = ON")  # erased or deleted data is overwritten, not left in free space
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'eventsourcery_schema'").fetchone()
     if row:
         version = conn.execute("SELECT max(version) FROM eventsourcery_schema").fetchone()[0]
@@ -1950,6 +2018,21 @@ class SQLiteEventStore(EventStore):
     def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:
         self._db.execute("DELETE FROM eventsourcery_snapshots WHERE aggregate_id = ?",
                          (check_aggregate_id(aggregate_id),))
+
+    def erase_events(self, aggregate_id: str, to_version: int) -> None:
+        self._db.execute("UPDATE events SET type = ?, body = '{}', metadata = NULL "
+                         "WHERE aggregate_id = ? AND version <= ?", (ERASED_TYPE, aggregate_id, to_version))
+
+    def scrub(self) -> None:
+        # secure_delete (on for every store connection) zeroed what the UPDATE freed in the file; the
+        # WAL still holds older copies of those pages until a checkpoint writes them back and truncates it.
+        if self._db.in_transaction():
+            return  # inside a caller's transaction: the next checkpoint after it commits does it
+        with self._db.lock:
+            busy, _, _ = self._db.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            config.logger.warning("%r: erased data stays in the WAL file until no reader holds it back "
+                                  "(the next checkpoint removes it)", self)
 
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         with self._db.lock:
@@ -2216,7 +2299,10 @@ class Repository:
             aggregate = self._load_from_snapshot(aggregate_class, aggregate_id)
             if aggregate is not None:
                 return aggregate
-        return aggregate_class(aggregate_id, self.store.get_events_for_aggregate_id(aggregate_id))
+        events = self.store.get_events_for_aggregate_id(aggregate_id)
+        if events and isinstance(events[-1], AggregateErased):
+            raise AggregateErasedError(f"aggregate {str(aggregate_id)!r} was erased ({events[-1].created_at})")
+        return aggregate_class(aggregate_id, events)
 
     def _load_from_snapshot(self, aggregate_class: type[A], aggregate_id: str | _uuid.UUID) -> A | None:
         """The aggregate from its snapshot and the events after it; None when there is no usable snapshot."""
@@ -2227,6 +2313,8 @@ class Repository:
         events = self.store.get_events_for_aggregate_id(aggregate_id, from_version=snapshot.version)
         if not events or events[0].version != snapshot.version or events[0].uuid != snapshot.last_event_uuid:
             return None  # the history the snapshot was taken of is not there any more
+        if isinstance(events[-1], AggregateErased):
+            return None
         try:
             aggregate = aggregate_class(aggregate_id)
             aggregate.restore_snapshot(_decode_state(aggregate_class, snapshot.state))

@@ -543,6 +543,22 @@ class PostgresEventStore(es.EventStore):
         self._db.execute(f"DELETE FROM {_quote(self.schema)}.eventsourcery_snapshots WHERE aggregate_id = %s",
                          (es.check_aggregate_id(aggregate_id),))
 
+    # -- erasure ------------------------------------------------------------
+
+    def erase_events(self, aggregate_id: str, to_version: int) -> None:
+        self._db.execute(f"UPDATE {self._events} SET type = %s, body = '{{}}', metadata = NULL "
+                         "WHERE aggregate_id = %s AND version <= %s", (es.ERASED_TYPE, aggregate_id, to_version))
+
+    def scrub(self) -> None:
+        # The UPDATE left the old row versions as dead tuples; VACUUM removes them (it cannot run in a
+        # transaction, so it runs after the erasure committed). Their bytes may stay on disk until the
+        # space is reused: VACUUM FULL rewrites the table, but locks it, so that is left to the operator.
+        if self._db.in_transaction():
+            return
+        with self._db.lock:
+            self._db.connection.execute(f"VACUUM {self._events}")
+            self._db.connection.execute(f"VACUUM {_quote(self.schema)}.eventsourcery_snapshots")
+
     # -- subscribing --------------------------------------------------------
 
     def subscribe(self, from_id: int, event_types: es.EventTypes = None, *,
