@@ -1,7 +1,8 @@
-"""Event processing in one process: dispatch, errors, trackers, projectors, reactors, error handlers.
+"""Event processing in one process: dispatch, errors, projectors, reactors, error handlers.
 
-SPEC.md section 4 and issue 3 items 1-5 and 7. The multiprocess runner is in
-test_runner.py; the processors used by other processes live in
+SPEC.md section 4 and issue 3 items 1-5 and 7. Trackers and the processor lock
+are in test_tracker_and_lock_contract.py, run on every store. The multiprocess
+runner is in test_runner.py; the processors used by other processes live in
 tests/processing_support.py. Waits are bounded polls that only expire when
 something hangs.
 """
@@ -9,7 +10,6 @@ something hangs.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sqlite3
 import threading
@@ -20,8 +20,6 @@ import eventsourcery as es
 from tests import processing_support as ps
 from tests._util import WAIT, everything_in, wait_until
 from tests.processing_support import Ping, Pong, Tick
-
-SPAWN = multiprocessing.get_context("spawn")
 
 
 class UnitA(es.Event, type="proctest.unit_a"):
@@ -345,125 +343,7 @@ def test_subscribe_to_with_a_threading_event_follows_new_events_until_stopped(st
     assert p.last_processed_event_id == 3
 
 
-# --- 2. trackers -----------------------------------------------------------------------------------
-
-
-def test_memory_tracker():
-    t = es.MemoryTracker()
-    assert t.last_processed_event_id("x") == 0
-    t.setup("x")
-    assert t.positions() == {"x": 0}
-    t.processed_event("x", 5)
-    t.setup("x")  # keeps the position
-    assert t.last_processed_event_id("x") == 5
-    t.processed_event("y", 2)
-    assert t.positions() == {"x": 5, "y": 2}
-    t.reset("x")
-    assert t.last_processed_event_id("x") == 0
-    assert es.EventStreamProcessor().tracker is not None  # default tracker: in memory
-
-
-@pytest.mark.parametrize("kind", ["own_file", "store_file"])
-def test_sqlite_tracker_positions_survive_reopening(tmp_path, kind):
-    path = str(tmp_path / "positions.db")
-    if kind == "store_file":
-        store = es.SQLiteEventStore(path)
-        make = store.tracker
-    else:
-        store = None
-
-        def make():
-            return es.SQLiteTracker(path)
-    t = make()
-    t.setup("alpha")
-    t.processed_event("alpha", 41)
-    t.processed_event("beta", 7)
-    t2 = es.SQLiteTracker(path)  # another connection: the positions are committed
-    assert t2.last_processed_event_id("alpha") == 41
-    t2.setup("alpha")
-    t2.setup("gamma")
-    assert t2.positions() == {"alpha": 41, "beta": 7, "gamma": 0}
-    t2.reset("beta")
-    assert es.SQLiteTracker(path).last_processed_event_id("beta") == 0
-    assert es.SQLiteTracker(path).last_processed_event_id("unknown") == 0
-    if store is not None:
-        store.close()
-
-
-def test_processor_resumes_from_its_sqlite_position_in_a_new_instance(tmp_path):
-    store = es.SQLiteEventStore(tmp_path / "events.db")
-    sink_each(store, [a(i) for i in range(1, 6)])
-    first = FailOn(tracker=es.SQLiteTracker(str(tmp_path / "pos.db")))
-    run_until_caught_up(first, store)
-    assert first.calls == [1, 2, 3, 4, 5]
-    sink_each(store, [a(i) for i in range(6, 8)])
-    second = FailOn(tracker=es.SQLiteTracker(str(tmp_path / "pos.db")))
-    second.setup()  # keeps the existing position
-    assert second.last_processed_event_id == 5
-    run_until_caught_up(second, store)
-    assert second.calls == [6, 7]
-    store.close()
-
-
-def _start_lock_holder(store_path, workdir, use_store_tracker):
-    proc = SPAWN.Process(target=ps.hold_lock, args=(store_path, workdir, use_store_tracker), daemon=True)
-    proc.start()
-    pid_file = os.path.join(workdir, "lock_holder.pid")
-    assert wait_until(lambda: ps.read_pid(pid_file) == proc.pid or not proc.is_alive()), "holder never started"
-    assert proc.is_alive(), f"the lock holder died with exit code {proc.exitcode}"
-    return proc
-
-
-def _kill(proc):
-    ps.kill_quietly(proc.pid)
-    proc.join(WAIT)
-    assert not proc.is_alive()
-
-
-def test_a_second_instance_from_another_process_cannot_lock_until_the_first_dies(tmp_path):
-    store_path = str(tmp_path / "events.db")
-    store = es.SQLiteEventStore(store_path)
-    store.sink(a(1))
-    holder = _start_lock_holder(store_path, str(tmp_path), use_store_tracker=True)
-    try:
-        statuses = {s.name: s for s in es.processor_statuses(store)}
-        assert statuses["lock_holder"].running is True
-        second = ps.LockHolder(tracker=store.tracker())
-        with pytest.raises(es.UnableToLockProcessorError):
-            second.subscribe_to(store, stop=lambda: True)
-    finally:
-        _kill(holder)
-    assert es.processor_statuses(store)[0].running is False
-    ran = ps.LockHolder(tracker=store.tracker())
-    run_until_caught_up(ran, store)  # the dead holder's lock is gone
-    assert ran.last_processed_event_id == 1
-    store.close()
-
-
-def test_the_lock_is_per_store_even_for_a_processor_with_the_default_memory_tracker(tmp_path):
-    """SPEC 4: "At most one instance of a processor name runs at a time against one store, across processes"."""
-    store_path = str(tmp_path / "events.db")
-    store = es.SQLiteEventStore(store_path)
-    store.sink(a(1))
-    holder = _start_lock_holder(store_path, str(tmp_path), use_store_tracker=False)
-    try:
-        second = ps.LockHolder()  # tracker=None: positions in memory, but the same name on the same store
-        with pytest.raises(es.UnableToLockProcessorError):
-            second.subscribe_to(store, stop=lambda: True)
-    finally:
-        _kill(holder)
-        store.close()
-
-
-def test_processor_statuses_report_position_and_lag(tmp_path, monkeypatch):
-    monkeypatch.setattr(es.config, "subscription_batch_size", 3)
-    store = es.SQLiteEventStore(tmp_path / "events.db")
-    sink_each(store, [a(i) for i in range(1, 6)])
-    p = FailOn(tracker=store.tracker())
-    run_until_caught_up(p, store, latest=3)
-    (status,) = [s for s in es.processor_statuses(store) if s.name == p.processor_name]
-    assert (status.position, status.lag, status.running) == (3, 2, False)
-    store.close()
+# --- 2. trackers and the processor lock: tests/test_tracker_and_lock_contract.py, on every store ------
 
 
 # --- 3. Projector ----------------------------------------------------------------------------------
