@@ -9,7 +9,8 @@ The store contract itself runs on Postgres through the ``store`` fixture
     exactly, in order;
 (3) processes racing the first write of new aggregates: one wins, the others
     get ConcurrencyError (with and without the write lock);
-(4) the processor lock across processes, released by kill -9;
+(4) the processor lock across processes, released by kill -9, and tracker
+    positions: tests/test_tracker_and_lock_contract.py, run on every store;
 (5) Projector and Reactor exactly-once on Postgres;
 (7) a dead LISTEN connection is replaced, or subscribe raises: never a stall.
 (6), kill -9 under ESPRunner, is tests/test_runner.py, parametrized over Postgres.
@@ -23,9 +24,7 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing
-import os
 import pickle
-import signal
 import threading
 import time
 
@@ -256,65 +255,6 @@ def test_processes_creating_one_store_at_the_same_moment_all_succeed(url, schema
         join_all(procs, timeout=10)
     with es_pg.PostgresEventStore(url, schema=schema) as store:
         assert [e.id for e in everything_in(store)] == list(range(1, n_procs + 1))
-
-
-# =================================================================================================
-# (4) the processor lock across processes
-# =================================================================================================
-
-
-def test_processor_lock_is_held_across_processes_and_released_by_kill_9(url, schema, store):
-    name = "pg_lock_test"
-    ready = SPAWN.Event()
-    holder = SPAWN.Process(target=pg.hold_lock, args=(url, schema, name, ready), daemon=True)
-    holder.start()
-    try:
-        assert ready.wait(DEADLINE), "the lock holder never took the lock"
-        tracker = store.tracker()
-        assert store.is_running(name)
-        assert not store.is_running("another_processor")
-        with pytest.raises(es.UnableToLockProcessorError, match=name):
-            with store.lock(name):
-                pass
-
-        class Same(es.EventStreamProcessor):
-            processor_name = name
-
-        with pytest.raises(es.UnableToLockProcessorError):
-            Same(tracker).subscribe_to(store, stop=lambda: True)
-        statuses = {s.name: s for s in es.processor_statuses(store)}
-        assert name not in statuses or statuses[name].running
-
-        # the same name in another store's schema is another processor
-        with es_pg.PostgresEventStore(url, schema=pg.new_schema()) as other:
-            with other.lock(name):
-                assert other.is_running(name)
-
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.join(DEADLINE)
-        assert wait_until(lambda: not store.is_running(name), timeout=30), "the dead holder's lock was kept"
-        with store.lock(name):
-            assert store.is_running(name)
-        assert not store.is_running(name)
-    finally:
-        if holder.is_alive():
-            holder.kill()
-        holder.join()
-
-
-def test_tracker_positions_and_reset(url, schema, store):
-    tracker = store.tracker()
-    tracker.setup("a")
-    tracker.processed_event("a", 5)
-    tracker.setup("a")  # keeps the position
-    tracker.setup("b")
-    assert tracker.positions() == {"a": 5, "b": 0}
-    assert tracker.last_processed_event_id("a") == 5
-    assert tracker.last_processed_event_id("missing") == 0
-    tracker.reset("a")
-    assert tracker.last_processed_event_id("a") == 0
-    # a tracker on its own connection sees the same table
-    assert es_pg.PostgresTracker(url, schema=schema).positions() == {"a": 0, "b": 0}
 
 
 # =================================================================================================
