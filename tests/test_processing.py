@@ -346,22 +346,10 @@ def test_subscribe_to_with_a_threading_event_follows_new_events_until_stopped(st
 # --- 2. trackers and the processor lock: tests/test_tracker_and_lock_contract.py, on every store ------
 
 
-# --- 3. Projector ----------------------------------------------------------------------------------
+# --- 3. Projector: tests/test_projector_contract.py, on SQLite and Postgres --------------------------
 
 
-class TickProjector(es.Projector):
-    processor_name = "tick_projector"
-    schema = """CREATE TABLE IF NOT EXISTS ticks (event_id INTEGER PRIMARY KEY, n INTEGER);
-                CREATE TABLE IF NOT EXISTS tick_totals (aggregate_id TEXT PRIMARY KEY, total INTEGER)"""
-    fail_on: set = set()
-
-    @es.on(Tick)
-    def _tick(self, event):
-        self.db.execute("INSERT INTO ticks VALUES (?, ?)", (event.id, event.n))
-        self.db.execute("INSERT INTO tick_totals VALUES (?, ?) ON CONFLICT (aggregate_id) "
-                        "DO UPDATE SET total = total + excluded.total", (event.aggregate_id, event.n))
-        if event.n in self.fail_on:
-            raise RuntimeError(f"fails after writing n={event.n}")
+# --- 4. Reactor ------------------------------------------------------------------------------------
 
 
 def committed(db_path, sql):
@@ -372,125 +360,9 @@ def committed(db_path, sql):
         conn.close()
 
 
-def ticks_in(db_path):
-    return [r[0] for r in committed(db_path, "SELECT event_id FROM ticks ORDER BY event_id")]
-
-
-def position_in(db_path, name="tick_projector"):
+def position_in(db_path, name):
     rows = committed(db_path, f"SELECT position FROM eventsourcery_trackers WHERE name = '{name}'")
     return rows[0][0] if rows else 0
-
-
-@pytest.fixture
-def tick_store(store):
-    """The parametrised store with 10 Tick events (n = 1..10) on two aggregates."""
-    for n in range(1, 11):
-        store.sink(Tick(aggregate_id=f"t{n % 2}", n=n))
-    return store
-
-
-def test_projector_setup_creates_its_tables_and_position(tmp_path):
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db)
-    p.setup()
-    assert ticks_in(db) == []
-    assert committed(db, "SELECT name, position FROM eventsourcery_trackers") == [("tick_projector", 0)]
-
-
-def test_projector_applies_every_event_once(tick_store, tmp_path):
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db)
-    run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == list(range(1, 11))
-    assert position_in(db) == 10
-    assert dict(committed(db, "SELECT * FROM tick_totals")) == {"t0": 30, "t1": 25}
-
-
-def test_projector_batch_rolls_back_writes_and_position_together(tick_store, tmp_path):
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db)
-    p.fail_on = {7}
-    with pytest.raises(es.EventProcessingError) as info:
-        run_until_caught_up(p, tick_store)
-    assert info.value.event.n == 7
-    assert ticks_in(db) == []  # one batch of 10: none of its writes ...
-    assert position_in(db) == 0  # ... nor its position
-    assert committed(db, "SELECT * FROM tick_totals") == []
-    p.fail_on = set()
-    run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == list(range(1, 11))
-    assert dict(committed(db, "SELECT * FROM tick_totals")) == {"t0": 30, "t1": 25}
-
-
-def test_projector_batch_size_commits_in_smaller_transactions(tick_store, tmp_path):
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db, batch_size=3)
-    p.fail_on = {7}
-    with pytest.raises(es.EventProcessingError):
-        run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == [1, 2, 3, 4, 5, 6]  # [1-3] and [4-6] committed, [7-9] rolled back
-    assert position_in(db) == 6
-    p.fail_on = set()
-    run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == list(range(1, 11))
-    assert position_in(db) == 10
-
-
-def test_projector_default_batch_is_the_subscription_batch(tick_store, tmp_path, monkeypatch):
-    monkeypatch.setattr(es.config, "subscription_batch_size", 4)
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db)
-    p.fail_on = {7}
-    with pytest.raises(es.EventProcessingError):
-        run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == [1, 2, 3, 4]  # batch [5-8] rolled back
-    assert position_in(db) == 4
-
-
-def test_projector_accepts_an_open_connection(tick_store, tmp_path):
-    conn = sqlite3.connect(str(tmp_path / "proj.db"))
-    p = TickProjector(conn)
-    run_until_caught_up(p, tick_store)
-    assert ticks_in(str(tmp_path / "proj.db")) == list(range(1, 11))
-    assert p.last_processed_event_id == 10
-
-
-def test_projector_reset_drops_tables_and_position_and_sets_up_again(tick_store, tmp_path):
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db)
-    run_until_caught_up(p, tick_store)
-    p.db.execute("CREATE TABLE unrelated (x)")
-    p.db.execute("INSERT INTO unrelated VALUES (1)")
-    p.reset()
-    assert ticks_in(db) == []  # the table exists again, empty
-    assert committed(db, "SELECT * FROM tick_totals") == []
-    assert position_in(db) == 0
-    assert p.last_processed_event_id == 0
-    assert committed(db, "SELECT x FROM unrelated") == [(1,)]
-    run_until_caught_up(p, tick_store)  # a full replay
-    assert ticks_in(db) == list(range(1, 11))
-
-
-def test_two_projectors_share_one_database(tick_store, tmp_path, monkeypatch):
-    monkeypatch.setattr(es.config, "subscription_batch_size", 4)
-    class Other(TickProjector):
-        processor_name = "other"
-        schema = "CREATE TABLE IF NOT EXISTS other_ticks (event_id INTEGER PRIMARY KEY)"
-
-        @es.on(Tick)
-        def _tick(self, event):
-            self.db.execute("INSERT INTO other_ticks VALUES (?)", (event.id,))
-
-    db = str(tmp_path / "proj.db")
-    one, other = TickProjector(db), Other(db)
-    run_until_caught_up(one, tick_store, latest=4)
-    run_until_caught_up(other, tick_store)
-    assert position_in(db) == 4 and position_in(db, "other") == 10
-    other.reset()
-    assert position_in(db) == 4 and ticks_in(db) == [1, 2, 3, 4]
-
-
-# --- 4. Reactor ------------------------------------------------------------------------------------
 
 
 class Ponger(es.Reactor):
@@ -712,11 +584,12 @@ def test_a_standby_instance_is_logged_as_a_warning_not_reported_as_an_error(capl
     assert es.NoRetry().handle(es.UnableToLockProcessorError("held elsewhere"), "standby") is None
 
 
-def test_placeholder_names_the_parameter_marker_of_the_processors_database(tmp_path, store):
-    projector = ps.CountingProjector(str(tmp_path / "projection.db"))
-    assert projector.placeholder == "?"
-    reactor = ps.PingReactor(store) if not isinstance(store, es.MemoryEventStore) else None
-    if reactor is not None:
-        expected = "?" if isinstance(store, es.SQLiteEventStore) else "%s"
-        assert reactor.placeholder == expected
-        assert reactor.db.execute(f"SELECT 1 WHERE 1 = {reactor.placeholder}", (1,)).fetchone() == (1,)
+def test_a_reactors_placeholder_is_that_of_its_database(store):
+    """The projector's side is in test_projector_contract.py. A reactor without a db of its own writes in the
+    store's database, or, on the memory store, in an in-memory SQLite database."""
+    reactor = ps.PingReactor(store)
+    expected = "?" if isinstance(store, (es.MemoryEventStore, es.SQLiteEventStore)) else "%s"
+    assert reactor.placeholder == expected
+    assert reactor.db.execute(f"SELECT 1 WHERE 1 = {reactor.placeholder}", (1,)).fetchone() == (1,)
+    if store.database is not None:
+        assert reactor.database is store.database

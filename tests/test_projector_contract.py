@@ -284,6 +284,7 @@ def test_a_projector_retried_after_failures_applies_every_event_exactly_once(tic
     with pytest.raises(es.EventProcessingError):
         run_until_caught_up(p, tick_store)
     assert (ticks_in(projection_db), position_in(projection_db)) == ([1, 2, 3], 3)
+    assert p.last_processed_event_id == 3
     es.run_processor(p, tick_store, stop=lambda: p.last_processed_event_id >= 10,
                      error_handler=es.ConstantRetry(0, sleep=lambda seconds: None))
     assert p.fail_once == set()  # it failed on 8 too
