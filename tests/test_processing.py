@@ -427,6 +427,78 @@ def test_reactor_emitted_events_and_position_commit_together(store):
     assert store.tracker().last_processed_event_id("ponger") == 4
 
 
+class LoggingPonger(es.Reactor):
+    """Logs each Ping in a table of its own, then answers it; on the memory store the table lives in an
+    in-memory SQLite database."""
+
+    processor_name = "logging_ponger"
+    emits_events = (Pong,)
+    schema = "CREATE TABLE IF NOT EXISTS ponger_log (event_id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"
+    fail_after: set = set()
+
+    @es.on(Ping)
+    def _ping(self, event):
+        p = self.placeholder
+        self.db.execute(f"INSERT INTO ponger_log (event_id, n) VALUES ({p}, {p})", (event.id, event.n))
+        self.emit_event(Pong(aggregate_id=f"pong-{event.aggregate_id}", ping_id=event.id))
+        if event.n in self.fail_after:
+            raise RuntimeError("fails after logging and emitting")
+
+
+def test_a_reactor_on_the_memory_store_keeps_its_schema_in_an_in_memory_sqlite_database(monkeypatch):
+    store = es.MemoryEventStore()
+    pings = [store.sink(Ping(aggregate_id=f"p{n}", n=n))[0] for n in range(1, 5)]
+    r = LoggingPonger(store, batch_size=2)
+    r.fail_after = {4}
+
+    def logged():
+        return [row[0] for row in r.db.execute("SELECT event_id FROM ponger_log ORDER BY event_id")]
+
+    r.setup()
+    assert isinstance(r.database, es.SQLiteDatabase) and r.database.path == ":memory:"
+    assert isinstance(r.db, sqlite3.Connection) and r.placeholder == "?"
+    assert logged() == []  # setup created the table
+    assert store.tracker().positions() == {"logging_ponger": 0}  # and the position, in the store's tracker
+    assert r.tracker is store.tracker()
+
+    with pytest.raises(es.EventProcessingError) as info:
+        run_until_caught_up(r, store, latest=pings[-1].id)
+    assert info.value.event.id == pings[3].id
+    # batch [1, 2] committed; batch [3, 4] failed after logging and answering 3 and 4: all of it rolled back
+    assert logged() == [1, 2]
+    assert [p.ping_id for p in pongs(store)] == [1, 2]
+    assert store.latest_event_id() == 6
+    assert store.tracker().last_processed_event_id("logging_ponger") == 2
+
+    r.fail_after = set()
+    tracker = store.tracker()
+    record = tracker.processed_event
+
+    def record_then_fail(name, event_id):  # the position is written, then the batch fails
+        record(name, event_id)
+        assert tracker.last_processed_event_id(name) == event_id
+        raise RuntimeError("fails after recording the position")
+
+    monkeypatch.setattr(tracker, "processed_event", record_then_fail)
+    with pytest.raises(RuntimeError, match="after recording the position"):
+        run_until_caught_up(r, store, latest=pings[-1].id)
+    assert store.tracker().last_processed_event_id("logging_ponger") == 2  # rolled back with the rest
+    assert logged() == [1, 2]
+    assert [p.ping_id for p in pongs(store)] == [1, 2]
+    assert store.latest_event_id() == 6
+
+    monkeypatch.undo()
+    run_until_caught_up(r, store, latest=pings[-1].id)
+    assert logged() == [1, 2, 3, 4]
+    assert [p.ping_id for p in pongs(store)] == [1, 2, 3, 4]
+    assert [e.id for e in everything_in(store)] == list(range(1, 9))  # the rolled-back pongs left no hole
+    assert r.last_processed_event_id == 4
+
+    r.reset()  # drops the table and the position, and sets up again
+    assert logged() == []
+    assert store.tracker().positions() == {"logging_ponger": 0}
+
+
 def test_reactor_with_its_own_database(tmp_path):
     store = es.SQLiteEventStore(tmp_path / "events.db")
     store.sink(Ping(aggregate_id="p1"))
