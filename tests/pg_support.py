@@ -204,17 +204,6 @@ def open_store_at_once(conninfo, schema, barrier, out_q):
         out_q.put(("error", os.getpid(), traceback.format_exc()))
 
 
-def hold_lock(conninfo, schema, name, ready):
-    """Hold a processor's lock until killed."""
-    import eventsourcery_pg as es_pg
-
-    store = es_pg.PostgresEventStore(conninfo, schema=schema)
-    with store.lock(name):
-        ready.set()
-        while True:
-            time.sleep(1)
-
-
 # --- the kill -9 runner tests (tests/test_runner.py) on Postgres -------------------------------------
 
 try:

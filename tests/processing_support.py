@@ -284,11 +284,25 @@ def append_events(store_path: str, kind: str, total: int, n_aggregates: int, see
         raise
 
 
-def hold_lock(store_path: str, workdir: str, use_store_tracker: bool) -> None:
-    """Run LockHolder against the store until killed (its setup() writes the pid file once it holds the lock)."""
-    store = es.SQLiteEventStore(store_path)
-    holder = LockHolder(tracker=store.tracker() if use_store_tracker else None)
-    holder.workdir = workdir
+#: how hold_lock() holds a processor's lock: the store's lock() alone, or a LockHolder's subscribe_to()
+#: with its position in the store's tracker or in memory (the lock is the store's either way)
+HOLD_LOCK_WAYS = ("lock", "store_tracker", "memory_tracker")
+
+
+def hold_lock(store_url: str, name: str, workdir: str, how: str = "lock") -> None:
+    """Hold processor ``name``'s lock on the store at ``store_url`` (an SQLite path or a postgresql://
+    URL) until killed; ``<workdir>/<name>.pid`` is written once the lock is held."""
+    store = es.open_store(store_url)
+    if how == "lock":
+        with store.lock(name):
+            write_atomically(os.path.join(workdir, f"{name}.pid"), str(os.getpid()))
+            while True:
+                time.sleep(1)
+    if how not in HOLD_LOCK_WAYS:
+        raise ValueError(how)
+    holder_class = type("NamedLockHolder", (LockHolder,), {"processor_name": name})
+    holder = holder_class(tracker=store.tracker() if how == "store_tracker" else None)
+    holder.workdir = workdir  # its setup(), run once subscribe_to holds the lock, writes the pid file
     holder.subscribe_to(store)
 
 

@@ -9,8 +9,10 @@ The store contract itself runs on Postgres through the ``store`` fixture
     exactly, in order;
 (3) processes racing the first write of new aggregates: one wins, the others
     get ConcurrencyError (with and without the write lock);
-(4) the processor lock across processes, released by kill -9;
-(5) Projector and Reactor exactly-once on Postgres;
+(4) the processor lock across processes, released by kill -9, and tracker
+    positions: tests/test_tracker_and_lock_contract.py, run on every store;
+(5) the Reactor exactly-once on Postgres, and where a projector's tables live
+    (the projector contract is tests/test_projector_contract.py, on Postgres too);
 (7) a dead LISTEN connection is replaced, or subscribe raises: never a stall.
 (6), kill -9 under ESPRunner, is tests/test_runner.py, parametrized over Postgres.
 
@@ -23,9 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing
-import os
 import pickle
-import signal
 import threading
 import time
 
@@ -259,117 +259,33 @@ def test_processes_creating_one_store_at_the_same_moment_all_succeed(url, schema
 
 
 # =================================================================================================
-# (4) the processor lock across processes
-# =================================================================================================
-
-
-def test_processor_lock_is_held_across_processes_and_released_by_kill_9(url, schema, store):
-    name = "pg_lock_test"
-    ready = SPAWN.Event()
-    holder = SPAWN.Process(target=pg.hold_lock, args=(url, schema, name, ready), daemon=True)
-    holder.start()
-    try:
-        assert ready.wait(DEADLINE), "the lock holder never took the lock"
-        tracker = store.tracker()
-        assert store.is_running(name)
-        assert not store.is_running("another_processor")
-        with pytest.raises(es.UnableToLockProcessorError, match=name):
-            with store.lock(name):
-                pass
-
-        class Same(es.EventStreamProcessor):
-            processor_name = name
-
-        with pytest.raises(es.UnableToLockProcessorError):
-            Same(tracker).subscribe_to(store, stop=lambda: True)
-        statuses = {s.name: s for s in es.processor_statuses(store)}
-        assert name not in statuses or statuses[name].running
-
-        # the same name in another store's schema is another processor
-        with es_pg.PostgresEventStore(url, schema=pg.new_schema()) as other:
-            with other.lock(name):
-                assert other.is_running(name)
-
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.join(DEADLINE)
-        assert wait_until(lambda: not store.is_running(name), timeout=30), "the dead holder's lock was kept"
-        with store.lock(name):
-            assert store.is_running(name)
-        assert not store.is_running(name)
-    finally:
-        if holder.is_alive():
-            holder.kill()
-        holder.join()
-
-
-def test_tracker_positions_and_reset(url, schema, store):
-    tracker = store.tracker()
-    tracker.setup("a")
-    tracker.processed_event("a", 5)
-    tracker.setup("a")  # keeps the position
-    tracker.setup("b")
-    assert tracker.positions() == {"a": 5, "b": 0}
-    assert tracker.last_processed_event_id("a") == 5
-    assert tracker.last_processed_event_id("missing") == 0
-    tracker.reset("a")
-    assert tracker.last_processed_event_id("a") == 0
-    # a tracker on its own connection sees the same table
-    assert es_pg.PostgresTracker(url, schema=schema).positions() == {"a": 0, "b": 0}
-
-
-# =================================================================================================
-# (5) Projector and Reactor exactly-once on Postgres
+# (5) Reactor exactly-once on Postgres; the Postgres specifics of projectors
 # =================================================================================================
 
 
 class SeenProjector(es_pg.Projector):
     processor_name = "pg_seen"
-    schema = """
-        CREATE TABLE IF NOT EXISTS pg_seen (event_id bigint PRIMARY KEY, aggregate_id text NOT NULL);
-        CREATE TABLE IF NOT EXISTS pg_counts (aggregate_id text PRIMARY KEY, n integer NOT NULL)
-    """
-    fail_once: set[int] = set()
+    schema = "CREATE TABLE IF NOT EXISTS pg_seen (event_id bigint PRIMARY KEY, aggregate_id text NOT NULL)"
 
     @es.on()
     def _any(self, event):
         self.db.execute("INSERT INTO pg_seen (event_id, aggregate_id) VALUES (%s, %s)",
                         (event.id, event.aggregate_id))
-        self.db.execute("INSERT INTO pg_counts (aggregate_id, n) VALUES (%s, 1) "
-                        "ON CONFLICT (aggregate_id) DO UPDATE SET n = pg_counts.n + 1", (event.aggregate_id,))
-        if event.id in self.fail_once:
-            self.fail_once.discard(event.id)
-            raise RuntimeError(f"failing once on {event.id}")
 
 
 def committed(admin, sql, params=()):
     return admin.execute(sql, params).fetchall()
 
 
-def test_projector_commits_writes_and_position_together(url, schema, store, admin):
-    aggs = [new_id() for _ in range(5)]
-    for n in range(50):
-        store.sink(Numbered(aggregate_id=aggs[n % 5], e=n))
-    projector = SeenProjector(url, schema=schema, batch_size=10)
-    projector.fail_once = {17, 33}
-    with pytest.raises(es.EventProcessingError):
-        projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= 50)
-    # the failed batch (11-20) left nothing behind: neither writes nor position
-    assert committed(admin, f'SELECT max(event_id), count(*) FROM "{schema}".pg_seen') == [(10, 10)]
-    assert projector.last_processed_event_id == 10
-    assert es_pg.PostgresTracker(url, schema=schema).last_processed_event_id("pg_seen") == 10
-
-    es.run_processor(projector, store, stop=lambda: projector.last_processed_event_id >= 50,
-                     error_handler=es.ConstantRetry(0))
-    seen = [r[0] for r in committed(admin, f'SELECT event_id FROM "{schema}".pg_seen ORDER BY event_id')]
-    assert seen == list(range(1, 51))
-    assert dict(committed(admin, f'SELECT aggregate_id, n FROM "{schema}".pg_counts')) == {a: 10 for a in aggs}
-    # the projection's tables live in its schema, not in public
+def test_a_projectors_tables_and_position_live_in_its_schema_not_in_public(url, schema, store, admin):
+    store.sink([Numbered(aggregate_id="x", e=n) for n in range(3)])
+    projector = SeenProjector(url, schema=schema)
+    projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= 3)
     assert committed(admin, "SELECT to_regclass(%s) IS NOT NULL, to_regclass('public.pg_seen') IS NULL",
                      (f'"{schema}".pg_seen',)) == [(True, True)]
-
-    projector.reset()
-    assert projector.last_processed_event_id == 0
-    assert committed(admin, f'SELECT count(*) FROM "{schema}".pg_seen') == [(0,)]
+    assert committed(admin, f'SELECT count(*) FROM "{schema}".pg_seen') == [(3,)]
+    assert committed(admin, f'SELECT position FROM "{schema}".eventsourcery_trackers WHERE name = %s',
+                     ("pg_seen",)) == [(3,)]
     projector.close()
 
 
@@ -526,22 +442,17 @@ def test_a_listener_that_cannot_reconnect_raises_instead_of_stalling(url, schema
 # =================================================================================================
 
 
-def test_store_and_projector_pickle_without_their_connections(url, schema, store):
+def test_store_and_reactor_pickle_without_their_connections(store):
+    """(A projector's pickling is in test_projector_contract.py.)"""
     store.sink(ItemAdded(aggregate_id="p", title="t"))
-    projector = SeenProjector(url, schema=schema)
-    projector.setup()  # opens its connection
     copy = pickle.loads(pickle.dumps(store))
     assert copy.get_next_from(1)[0].title == "t"
     assert copy.connection is not store.connection
     copy.close()
-    projector_copy = pickle.loads(pickle.dumps(projector))
-    assert projector_copy.db is not projector.db
-    assert projector_copy.last_processed_event_id == 0
     reactor_copy = pickle.loads(pickle.dumps(PgPonger(store)))
     assert reactor_copy.store.latest_event_id() == 1
+    assert reactor_copy.store.connection is not store.connection
     reactor_copy.store.close()
-    projector.close()
-    projector_copy.close()
 
 
 def _sink_in_child(store, out_q):

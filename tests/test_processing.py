@@ -1,7 +1,8 @@
-"""Event processing in one process: dispatch, errors, trackers, projectors, reactors, error handlers.
+"""Event processing in one process: dispatch, errors, projectors, reactors, error handlers.
 
-SPEC.md section 4 and issue 3 items 1-5 and 7. The multiprocess runner is in
-test_runner.py; the processors used by other processes live in
+SPEC.md section 4 and issue 3 items 1-5 and 7. Trackers and the processor lock
+are in test_tracker_and_lock_contract.py, run on every store. The multiprocess
+runner is in test_runner.py; the processors used by other processes live in
 tests/processing_support.py. Waits are bounded polls that only expire when
 something hangs.
 """
@@ -9,7 +10,6 @@ something hangs.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sqlite3
 import threading
@@ -20,8 +20,6 @@ import eventsourcery as es
 from tests import processing_support as ps
 from tests._util import WAIT, everything_in, wait_until
 from tests.processing_support import Ping, Pong, Tick
-
-SPAWN = multiprocessing.get_context("spawn")
 
 
 class UnitA(es.Event, type="proctest.unit_a"):
@@ -345,143 +343,13 @@ def test_subscribe_to_with_a_threading_event_follows_new_events_until_stopped(st
     assert p.last_processed_event_id == 3
 
 
-# --- 2. trackers -----------------------------------------------------------------------------------
+# --- 2. trackers and the processor lock: tests/test_tracker_and_lock_contract.py, on every store ------
 
 
-def test_memory_tracker():
-    t = es.MemoryTracker()
-    assert t.last_processed_event_id("x") == 0
-    t.setup("x")
-    assert t.positions() == {"x": 0}
-    t.processed_event("x", 5)
-    t.setup("x")  # keeps the position
-    assert t.last_processed_event_id("x") == 5
-    t.processed_event("y", 2)
-    assert t.positions() == {"x": 5, "y": 2}
-    t.reset("x")
-    assert t.last_processed_event_id("x") == 0
-    assert es.EventStreamProcessor().tracker is not None  # default tracker: in memory
+# --- 3. Projector: tests/test_projector_contract.py, on SQLite and Postgres --------------------------
 
 
-@pytest.mark.parametrize("kind", ["own_file", "store_file"])
-def test_sqlite_tracker_positions_survive_reopening(tmp_path, kind):
-    path = str(tmp_path / "positions.db")
-    if kind == "store_file":
-        store = es.SQLiteEventStore(path)
-        make = store.tracker
-    else:
-        store = None
-
-        def make():
-            return es.SQLiteTracker(path)
-    t = make()
-    t.setup("alpha")
-    t.processed_event("alpha", 41)
-    t.processed_event("beta", 7)
-    t2 = es.SQLiteTracker(path)  # another connection: the positions are committed
-    assert t2.last_processed_event_id("alpha") == 41
-    t2.setup("alpha")
-    t2.setup("gamma")
-    assert t2.positions() == {"alpha": 41, "beta": 7, "gamma": 0}
-    t2.reset("beta")
-    assert es.SQLiteTracker(path).last_processed_event_id("beta") == 0
-    assert es.SQLiteTracker(path).last_processed_event_id("unknown") == 0
-    if store is not None:
-        store.close()
-
-
-def test_processor_resumes_from_its_sqlite_position_in_a_new_instance(tmp_path):
-    store = es.SQLiteEventStore(tmp_path / "events.db")
-    sink_each(store, [a(i) for i in range(1, 6)])
-    first = FailOn(tracker=es.SQLiteTracker(str(tmp_path / "pos.db")))
-    run_until_caught_up(first, store)
-    assert first.calls == [1, 2, 3, 4, 5]
-    sink_each(store, [a(i) for i in range(6, 8)])
-    second = FailOn(tracker=es.SQLiteTracker(str(tmp_path / "pos.db")))
-    second.setup()  # keeps the existing position
-    assert second.last_processed_event_id == 5
-    run_until_caught_up(second, store)
-    assert second.calls == [6, 7]
-    store.close()
-
-
-def _start_lock_holder(store_path, workdir, use_store_tracker):
-    proc = SPAWN.Process(target=ps.hold_lock, args=(store_path, workdir, use_store_tracker), daemon=True)
-    proc.start()
-    pid_file = os.path.join(workdir, "lock_holder.pid")
-    assert wait_until(lambda: ps.read_pid(pid_file) == proc.pid or not proc.is_alive()), "holder never started"
-    assert proc.is_alive(), f"the lock holder died with exit code {proc.exitcode}"
-    return proc
-
-
-def _kill(proc):
-    ps.kill_quietly(proc.pid)
-    proc.join(WAIT)
-    assert not proc.is_alive()
-
-
-def test_a_second_instance_from_another_process_cannot_lock_until_the_first_dies(tmp_path):
-    store_path = str(tmp_path / "events.db")
-    store = es.SQLiteEventStore(store_path)
-    store.sink(a(1))
-    holder = _start_lock_holder(store_path, str(tmp_path), use_store_tracker=True)
-    try:
-        statuses = {s.name: s for s in es.processor_statuses(store)}
-        assert statuses["lock_holder"].running is True
-        second = ps.LockHolder(tracker=store.tracker())
-        with pytest.raises(es.UnableToLockProcessorError):
-            second.subscribe_to(store, stop=lambda: True)
-    finally:
-        _kill(holder)
-    assert es.processor_statuses(store)[0].running is False
-    ran = ps.LockHolder(tracker=store.tracker())
-    run_until_caught_up(ran, store)  # the dead holder's lock is gone
-    assert ran.last_processed_event_id == 1
-    store.close()
-
-
-def test_the_lock_is_per_store_even_for_a_processor_with_the_default_memory_tracker(tmp_path):
-    """SPEC 4: "At most one instance of a processor name runs at a time against one store, across processes"."""
-    store_path = str(tmp_path / "events.db")
-    store = es.SQLiteEventStore(store_path)
-    store.sink(a(1))
-    holder = _start_lock_holder(store_path, str(tmp_path), use_store_tracker=False)
-    try:
-        second = ps.LockHolder()  # tracker=None: positions in memory, but the same name on the same store
-        with pytest.raises(es.UnableToLockProcessorError):
-            second.subscribe_to(store, stop=lambda: True)
-    finally:
-        _kill(holder)
-        store.close()
-
-
-def test_processor_statuses_report_position_and_lag(tmp_path, monkeypatch):
-    monkeypatch.setattr(es.config, "subscription_batch_size", 3)
-    store = es.SQLiteEventStore(tmp_path / "events.db")
-    sink_each(store, [a(i) for i in range(1, 6)])
-    p = FailOn(tracker=store.tracker())
-    run_until_caught_up(p, store, latest=3)
-    (status,) = [s for s in es.processor_statuses(store) if s.name == p.processor_name]
-    assert (status.position, status.lag, status.running) == (3, 2, False)
-    store.close()
-
-
-# --- 3. Projector ----------------------------------------------------------------------------------
-
-
-class TickProjector(es.Projector):
-    processor_name = "tick_projector"
-    schema = """CREATE TABLE IF NOT EXISTS ticks (event_id INTEGER PRIMARY KEY, n INTEGER);
-                CREATE TABLE IF NOT EXISTS tick_totals (aggregate_id TEXT PRIMARY KEY, total INTEGER)"""
-    fail_on: set = set()
-
-    @es.on(Tick)
-    def _tick(self, event):
-        self.db.execute("INSERT INTO ticks VALUES (?, ?)", (event.id, event.n))
-        self.db.execute("INSERT INTO tick_totals VALUES (?, ?) ON CONFLICT (aggregate_id) "
-                        "DO UPDATE SET total = total + excluded.total", (event.aggregate_id, event.n))
-        if event.n in self.fail_on:
-            raise RuntimeError(f"fails after writing n={event.n}")
+# --- 4. Reactor ------------------------------------------------------------------------------------
 
 
 def committed(db_path, sql):
@@ -492,125 +360,9 @@ def committed(db_path, sql):
         conn.close()
 
 
-def ticks_in(db_path):
-    return [r[0] for r in committed(db_path, "SELECT event_id FROM ticks ORDER BY event_id")]
-
-
-def position_in(db_path, name="tick_projector"):
+def position_in(db_path, name):
     rows = committed(db_path, f"SELECT position FROM eventsourcery_trackers WHERE name = '{name}'")
     return rows[0][0] if rows else 0
-
-
-@pytest.fixture
-def tick_store(store):
-    """The parametrised store with 10 Tick events (n = 1..10) on two aggregates."""
-    for n in range(1, 11):
-        store.sink(Tick(aggregate_id=f"t{n % 2}", n=n))
-    return store
-
-
-def test_projector_setup_creates_its_tables_and_position(tmp_path):
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db)
-    p.setup()
-    assert ticks_in(db) == []
-    assert committed(db, "SELECT name, position FROM eventsourcery_trackers") == [("tick_projector", 0)]
-
-
-def test_projector_applies_every_event_once(tick_store, tmp_path):
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db)
-    run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == list(range(1, 11))
-    assert position_in(db) == 10
-    assert dict(committed(db, "SELECT * FROM tick_totals")) == {"t0": 30, "t1": 25}
-
-
-def test_projector_batch_rolls_back_writes_and_position_together(tick_store, tmp_path):
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db)
-    p.fail_on = {7}
-    with pytest.raises(es.EventProcessingError) as info:
-        run_until_caught_up(p, tick_store)
-    assert info.value.event.n == 7
-    assert ticks_in(db) == []  # one batch of 10: none of its writes ...
-    assert position_in(db) == 0  # ... nor its position
-    assert committed(db, "SELECT * FROM tick_totals") == []
-    p.fail_on = set()
-    run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == list(range(1, 11))
-    assert dict(committed(db, "SELECT * FROM tick_totals")) == {"t0": 30, "t1": 25}
-
-
-def test_projector_batch_size_commits_in_smaller_transactions(tick_store, tmp_path):
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db, batch_size=3)
-    p.fail_on = {7}
-    with pytest.raises(es.EventProcessingError):
-        run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == [1, 2, 3, 4, 5, 6]  # [1-3] and [4-6] committed, [7-9] rolled back
-    assert position_in(db) == 6
-    p.fail_on = set()
-    run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == list(range(1, 11))
-    assert position_in(db) == 10
-
-
-def test_projector_default_batch_is_the_subscription_batch(tick_store, tmp_path, monkeypatch):
-    monkeypatch.setattr(es.config, "subscription_batch_size", 4)
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db)
-    p.fail_on = {7}
-    with pytest.raises(es.EventProcessingError):
-        run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == [1, 2, 3, 4]  # batch [5-8] rolled back
-    assert position_in(db) == 4
-
-
-def test_projector_accepts_an_open_connection(tick_store, tmp_path):
-    conn = sqlite3.connect(str(tmp_path / "proj.db"))
-    p = TickProjector(conn)
-    run_until_caught_up(p, tick_store)
-    assert ticks_in(str(tmp_path / "proj.db")) == list(range(1, 11))
-    assert p.last_processed_event_id == 10
-
-
-def test_projector_reset_drops_tables_and_position_and_sets_up_again(tick_store, tmp_path):
-    db = str(tmp_path / "proj.db")
-    p = TickProjector(db)
-    run_until_caught_up(p, tick_store)
-    p.db.execute("CREATE TABLE unrelated (x)")
-    p.db.execute("INSERT INTO unrelated VALUES (1)")
-    p.reset()
-    assert ticks_in(db) == []  # the table exists again, empty
-    assert committed(db, "SELECT * FROM tick_totals") == []
-    assert position_in(db) == 0
-    assert p.last_processed_event_id == 0
-    assert committed(db, "SELECT x FROM unrelated") == [(1,)]
-    run_until_caught_up(p, tick_store)  # a full replay
-    assert ticks_in(db) == list(range(1, 11))
-
-
-def test_two_projectors_share_one_database(tick_store, tmp_path, monkeypatch):
-    monkeypatch.setattr(es.config, "subscription_batch_size", 4)
-    class Other(TickProjector):
-        processor_name = "other"
-        schema = "CREATE TABLE IF NOT EXISTS other_ticks (event_id INTEGER PRIMARY KEY)"
-
-        @es.on(Tick)
-        def _tick(self, event):
-            self.db.execute("INSERT INTO other_ticks VALUES (?)", (event.id,))
-
-    db = str(tmp_path / "proj.db")
-    one, other = TickProjector(db), Other(db)
-    run_until_caught_up(one, tick_store, latest=4)
-    run_until_caught_up(other, tick_store)
-    assert position_in(db) == 4 and position_in(db, "other") == 10
-    other.reset()
-    assert position_in(db) == 4 and ticks_in(db) == [1, 2, 3, 4]
-
-
-# --- 4. Reactor ------------------------------------------------------------------------------------
 
 
 class Ponger(es.Reactor):
@@ -673,6 +425,78 @@ def test_reactor_emitted_events_and_position_commit_together(store):
     run_until_caught_up(r, store, latest=4)
     assert [p.ping_id for p in pongs(store)] == [1, 2, 3, 4]
     assert store.tracker().last_processed_event_id("ponger") == 4
+
+
+class LoggingPonger(es.Reactor):
+    """Logs each Ping in a table of its own, then answers it; on the memory store the table lives in an
+    in-memory SQLite database."""
+
+    processor_name = "logging_ponger"
+    emits_events = (Pong,)
+    schema = "CREATE TABLE IF NOT EXISTS ponger_log (event_id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"
+    fail_after: set = set()
+
+    @es.on(Ping)
+    def _ping(self, event):
+        p = self.placeholder
+        self.db.execute(f"INSERT INTO ponger_log (event_id, n) VALUES ({p}, {p})", (event.id, event.n))
+        self.emit_event(Pong(aggregate_id=f"pong-{event.aggregate_id}", ping_id=event.id))
+        if event.n in self.fail_after:
+            raise RuntimeError("fails after logging and emitting")
+
+
+def test_a_reactor_on_the_memory_store_keeps_its_schema_in_an_in_memory_sqlite_database(monkeypatch):
+    store = es.MemoryEventStore()
+    pings = [store.sink(Ping(aggregate_id=f"p{n}", n=n))[0] for n in range(1, 5)]
+    r = LoggingPonger(store, batch_size=2)
+    r.fail_after = {4}
+
+    def logged():
+        return [row[0] for row in r.db.execute("SELECT event_id FROM ponger_log ORDER BY event_id")]
+
+    r.setup()
+    assert isinstance(r.database, es.SQLiteDatabase) and r.database.path == ":memory:"
+    assert isinstance(r.db, sqlite3.Connection) and r.placeholder == "?"
+    assert logged() == []  # setup created the table
+    assert store.tracker().positions() == {"logging_ponger": 0}  # and the position, in the store's tracker
+    assert r.tracker is store.tracker()
+
+    with pytest.raises(es.EventProcessingError) as info:
+        run_until_caught_up(r, store, latest=pings[-1].id)
+    assert info.value.event.id == pings[3].id
+    # batch [1, 2] committed; batch [3, 4] failed after logging and answering 3 and 4: all of it rolled back
+    assert logged() == [1, 2]
+    assert [p.ping_id for p in pongs(store)] == [1, 2]
+    assert store.latest_event_id() == 6
+    assert store.tracker().last_processed_event_id("logging_ponger") == 2
+
+    r.fail_after = set()
+    tracker = store.tracker()
+    record = tracker.processed_event
+
+    def record_then_fail(name, event_id):  # the position is written, then the batch fails
+        record(name, event_id)
+        assert tracker.last_processed_event_id(name) == event_id
+        raise RuntimeError("fails after recording the position")
+
+    monkeypatch.setattr(tracker, "processed_event", record_then_fail)
+    with pytest.raises(RuntimeError, match="after recording the position"):
+        run_until_caught_up(r, store, latest=pings[-1].id)
+    assert store.tracker().last_processed_event_id("logging_ponger") == 2  # rolled back with the rest
+    assert logged() == [1, 2]
+    assert [p.ping_id for p in pongs(store)] == [1, 2]
+    assert store.latest_event_id() == 6
+
+    monkeypatch.undo()
+    run_until_caught_up(r, store, latest=pings[-1].id)
+    assert logged() == [1, 2, 3, 4]
+    assert [p.ping_id for p in pongs(store)] == [1, 2, 3, 4]
+    assert [e.id for e in everything_in(store)] == list(range(1, 9))  # the rolled-back pongs left no hole
+    assert r.last_processed_event_id == 4
+
+    r.reset()  # drops the table and the position, and sets up again
+    assert logged() == []
+    assert store.tracker().positions() == {"logging_ponger": 0}
 
 
 def test_reactor_with_its_own_database(tmp_path):
@@ -832,11 +656,12 @@ def test_a_standby_instance_is_logged_as_a_warning_not_reported_as_an_error(capl
     assert es.NoRetry().handle(es.UnableToLockProcessorError("held elsewhere"), "standby") is None
 
 
-def test_placeholder_names_the_parameter_marker_of_the_processors_database(tmp_path, store):
-    projector = ps.CountingProjector(str(tmp_path / "projection.db"))
-    assert projector.placeholder == "?"
-    reactor = ps.PingReactor(store) if not isinstance(store, es.MemoryEventStore) else None
-    if reactor is not None:
-        expected = "?" if isinstance(store, es.SQLiteEventStore) else "%s"
-        assert reactor.placeholder == expected
-        assert reactor.db.execute(f"SELECT 1 WHERE 1 = {reactor.placeholder}", (1,)).fetchone() == (1,)
+def test_a_reactors_placeholder_is_that_of_its_database(store):
+    """The projector's side is in test_projector_contract.py. A reactor without a db of its own writes in the
+    store's database, or, on the memory store, in an in-memory SQLite database."""
+    reactor = ps.PingReactor(store)
+    expected = "?" if isinstance(store, (es.MemoryEventStore, es.SQLiteEventStore)) else "%s"
+    assert reactor.placeholder == expected
+    assert reactor.db.execute(f"SELECT 1 WHERE 1 = {reactor.placeholder}", (1,)).fetchone() == (1,)
+    if store.database is not None:
+        assert reactor.database is store.database
