@@ -1081,3 +1081,42 @@ def test_the_walkthrough_runs_after_the_quick_start(running_app):
             assert got[0] == expected[0] and set(expected[1:]) - {""} <= set(got), (argv, expected, output)
         else:
             assert _matches(expected, output, others), (argv, expected, output)
+
+
+def test_forget_me_erases_the_todo_and_every_read_model_forgets_it(tmp_path):
+    store = es.SQLiteEventStore(tmp_path / "todo.db")
+    projections_db = str(tmp_path / "projections.db")
+    projectors = [cls(projections_db) for cls in (OutstandingTodos, ScheduledTodos, CompletedTodos)]
+    notifier = TodoCompletedNotifier(store, mail_log=tmp_path / "mail.log")
+    for processor in (*projectors, notifier):
+        processor.setup()
+
+    def catch_up():
+        for processor in (*projectors, notifier):
+            events = [e for e in store.get_next_from(processor.last_processed_event_id + 1)
+                      if processor.processes_event_types is None or e.type in processor.processes_event_types]
+            if events:
+                processor.process_batch(events)
+
+    app = TodoApp(store, lambda: sqlite3.connect(projections_db))
+    secret = "forget.me@example.com"
+    for todo_id in ("forget-1", "keep-1"):
+        body = json.dumps({"title": "t", "due_date": "2030-01-01", "stakeholder_email": secret}).encode()
+        assert app.dispatch("POST", f"/todo/{todo_id}", body).status == 201
+    catch_up()
+    assert {t["todo_id"] for t in app.query("outstanding")} == {"forget-1", "keep-1"}
+    assert app.dispatch("DELETE", "/todo/forget-1").status == 200
+    catch_up()
+    for name in ("outstanding", "scheduled", "completed"):
+        assert "forget-1" not in {t["todo_id"] for t in app.query(name)}
+    assert [t["todo_id"] for t in app.query("outstanding")] == ["keep-1"]
+    assert notifier.db.execute("SELECT todo_id FROM reactor_todo_completed_notifier").fetchall() == [("keep-1",)]
+    assert all(secret not in json.dumps(e.body) for e in store.get_events_for_aggregate_id("forget-1"))
+    response = app.dispatch("POST", "/todo/forget-1/complete", b'{"completed_on": "2030-01-01"}')
+    assert (response.status, response.body) == (410, b"Gone: this todo was forgotten")
+    assert app.dispatch("DELETE", "/todo/forget-1").status == 200  # forgetting again is harmless
+    assert app.dispatch("DELETE", "/todo/never-was").status == 404
+    assert app.dispatch("DELETE", "/todo/%00").status == 400
+    for processor in (*projectors, notifier):
+        processor.close()
+    store.close()

@@ -53,7 +53,8 @@ def _blank(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _todo_id(params) -> str:
+def todo_id_of(params) -> str:
+    """The ``todo_id`` parameter, checked (blank, control characters, too long: BadRequest)."""
     todo_id = params.get("todo_id")
     if _blank(todo_id):
         raise BadRequest("todo_id is blank")
@@ -106,7 +107,7 @@ class AddTodo:
     def build(cls, params: dict) -> AddTodo:
         params = _params(params)
         return cls(
-            todo_id=_todo_id(params),
+            todo_id=todo_id_of(params),
             title=_text(params, "title", required=True),
             description=_text(params, "description"),
             due_date=_date(params, "due_date"),
@@ -135,7 +136,7 @@ class AmendTodo:
     @classmethod
     def build(cls, params: dict) -> AmendTodo:
         params = _params(params)
-        todo_id = _todo_id(params)
+        todo_id = todo_id_of(params)
         changes = {}
         for name in AMENDABLE_FIELDS:
             if name not in params:
@@ -162,7 +163,7 @@ class CompleteTodo:
     def build(cls, params: dict) -> CompleteTodo:
         params = _params(params)
         return cls(
-            todo_id=_todo_id(params),
+            todo_id=todo_id_of(params),
             completed_on=_date(params, "completed_on", required=True),
         )
 
@@ -179,7 +180,7 @@ class AbandonTodo:
     def build(cls, params: dict) -> AbandonTodo:
         params = _params(params)
         return cls(
-            todo_id=_todo_id(params),
+            todo_id=todo_id_of(params),
             abandoned_on=_date(params, "abandoned_on", required=True),
         )
 

@@ -61,6 +61,12 @@ class TodoTableProjector(es.Projector):
     def delete_todo(self, table: str, event) -> None:
         self.db.execute(f"DELETE FROM {table} WHERE todo_id = {self.placeholder}", (event.aggregate_id,))
 
+    @es.on(es.AggregateErased)
+    def _erased(self, event):
+        """A forgotten todo leaves every table of the projection."""
+        for table in self.tables or ():
+            self.delete_todo(table, event)
+
 
 class OutstandingTodos(TodoTableProjector):
     """Todos that are neither completed nor abandoned."""

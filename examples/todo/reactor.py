@@ -82,7 +82,7 @@ class TodoCompletedNotifier(es.Reactor):
                 (*(getattr(event, n) for n in names), event.aggregate_id),
             )
 
-    @es.on(TodoAbandoned)
+    @es.on(TodoAbandoned, es.AggregateErased)
     def _abandoned(self, event):
         self._forget(event.aggregate_id)
 

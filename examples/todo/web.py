@@ -7,6 +7,7 @@ route                                      command      status
 ``PUT /todo/<todo_id>``                    amend        200
 ``POST /todo/<todo_id>/complete``          complete     200
 ``POST /todo/<todo_id>/abandon``           abandon      200
+``DELETE /todo/<todo_id>``                 forget       200
 ``GET /todos/outstanding``                 query        200
 ``GET /todos/scheduled``                   query        200
 ``GET /todos/completed``                   query        200
@@ -17,7 +18,8 @@ Request bodies are JSON objects with the original app's keys (``title``,
 ``abandoned_on``; dates as ``YYYY-MM-DD``); an empty body counts as ``{}``.
 Queries answer JSON arrays. Errors are plain text: ``Bad Request: <why>``
 (400), ``Not Found: ...`` (404), ``Method Not Allowed: ...`` (405),
-``Conflict: ...`` (409), ``Payload Too Large: ...`` (413),
+``Conflict: ...`` (409), ``Gone: ...`` (410, a todo that was forgotten),
+``Payload Too Large: ...`` (413),
 ``Unprocessable Entity: <why>`` (422), ``Internal Server Error`` (500, the
 details go to the server's log, never to the client).
 
@@ -44,6 +46,7 @@ from urllib.parse import unquote, urlsplit
 
 import eventsourcery as es
 
+from .aggregate import quoted
 from .commands import (
     AbandonTodo,
     AddTodo,
@@ -53,6 +56,7 @@ from .commands import (
     CompleteTodo,
     Conflict,
     UnprocessableEntity,
+    todo_id_of,
 )
 from .projections import QUERIES
 
@@ -122,6 +126,8 @@ class TodoApp:
             return _error(HTTPStatus.UNPROCESSABLE_ENTITY, str(e))
         except Conflict as e:
             return _error(HTTPStatus.CONFLICT, str(e))
+        except es.AggregateErasedError:
+            return _error(HTTPStatus.GONE, "this todo was forgotten")
         except Exception:  # never show a traceback to the client
             traceback.print_exc(file=sys.stderr)
             return _error(HTTPStatus.INTERNAL_SERVER_ERROR, None)
@@ -132,10 +138,12 @@ class TodoApp:
         # /todo/<id>, /todo/<id>/complete, /todo/<id>/abandon
         if len(segments) in (2, 3) and segments[0] == "todo" and segments[1]:
             action = "todo" if len(segments) == 2 else segments[2]
+            if action == "todo" and method == "DELETE":
+                return self.forget(todo_id_of({"todo_id": _path_segment(segments[1])}))
             if action in _COMMAND_ROUTES:
                 allowed = _COMMAND_ROUTES[action]
                 if method not in allowed:
-                    raise _not_allowed(method, target, allowed)
+                    raise _not_allowed(method, target, [*allowed, "DELETE"] if action == "todo" else allowed)
                 command_class, status = allowed[method]
                 todo_id = _path_segment(segments[1])
                 params = _json_object(body)
@@ -152,6 +160,13 @@ class TodoApp:
 
     def handle(self, command) -> list:
         return CommandHandler(es.Repository(self.store)).handle(command)
+
+    def forget(self, todo_id: str) -> Response:
+        """Erase the todo and everything it held (the stakeholder's e-mail included) for good; the
+        projectors and the notifier forget it on the ``AggregateErased`` event this appends."""
+        if self.store.erase_aggregate(todo_id, reason="forgotten on request") is None:
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"Todo {quoted(todo_id)} does not exist")
+        return Response(HTTPStatus.OK)
 
     def query(self, name: str) -> list[dict]:
         db = self.connect_projections()
@@ -208,6 +223,7 @@ _PHRASES = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    410: "Gone",
     413: "Payload Too Large",
     422: "Unprocessable Entity",
     500: "Internal Server Error",
