@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # `python bench/__main__.py`
 from bench import common as C  # noqa: E402
 
 UNITS = {"a": "commands", "b": "events", "c": "events", "d": "events", "e": "events",
-         "f": "events", "g": "events"}
+         "f": "events", "g": "events", "h": "events"}
 TITLES = {
     "a": "commands: load + 1 event + save",
     "b": "batch append to 1 aggregate",
@@ -36,6 +36,7 @@ TITLES = {
     "e": "live latency commit->handler",
     "f": "growth: per-event cost vs store size",
     "g": "peak memory of catch-up",
+    "h": "load 1 long aggregate: from its latest snapshot vs full replay",
 }
 
 
@@ -428,6 +429,72 @@ class Harness:
             except Exception as e:  # noqa: BLE001
                 self.error(f"g/{backend}/{t.name}", e)
 
+    def w_h(self, backend):
+        """One store per system with one aggregate of h_events events, saved h_batch at a time by a
+        class that keeps a snapshot every h_every versions; then, per run, full replays and snapshot
+        loads alternately on it (SQLite: a fresh copy of that store each run)."""
+        s = self.sizes
+        n, every = s.h_events, s.h_every
+        aid = C.agg_ids(1, prefix=0x8)[0]
+        stores = {}
+        for t in self.targets.get(backend, []):
+            spec = None
+            try:
+                spec = t.new_store()
+                t0 = time.perf_counter()
+                with self.pg_dbs.unsynced(spec) if backend == "postgres" else contextlib.nullcontext():
+                    key = t.h_build(spec, aid, n, s.h_batch, every)
+                self.log(f"  built the {n:,}-event aggregate for {t.name} in {time.perf_counter() - t0:.1f}s")
+                if backend == "sqlite":
+                    C.sqlite_checkpoint(spec)
+                stores[t.name] = (spec, key)
+            except Exception as e:  # noqa: BLE001
+                self.error(f"h build/{backend}/{t.name}", e)
+                if spec is not None:
+                    with contextlib.suppress(Exception):
+                        t.drop_store(spec)
+        loads = {}
+
+        def run(t, r):
+            if t.name not in stores:
+                raise RuntimeError("no store (build failed)")
+            spec, key = stores[t.name]
+            copy = self.copy_of(spec, t) if backend == "sqlite" else None
+            try:
+                snap, full = t.h(copy or spec, key, n, every, s.h_replays, s.h_snap_loads)
+            finally:
+                if copy:
+                    t.drop_store(copy)
+            mine = loads.setdefault(t.name, {"snap": [], "replay": []})
+            mine["snap"].append(snap)
+            mine["replay"].append(full)
+            return {"snap": sum(snap) / len(snap), "replay": sum(full) / len(full)}
+
+        try:
+            times, _ = self.interleaved("h", backend, s.runs, run)
+        finally:
+            for t in self.targets.get(backend, []):
+                if t.name in stores:
+                    with contextlib.suppress(Exception):
+                        t.drop_store(stores[t.name][0])
+        at = n // every * every
+        snap_per_run = max(1, s.h_snap_loads // s.h_replays) * s.h_replays
+        for name, xs in times.items():
+            rows = {}
+            for variant in ("replay", "snap"):
+                every_load = [x for run_loads in loads.get(name, {}).get(variant, []) for x in run_loads]
+                rows[variant] = self.add(
+                    "h", backend, name, n, [x[variant] for x in xs], variant=variant,
+                    loads_per_run=s.h_replays if variant == "replay" else snap_per_run,
+                    load_p50_ms=(C.median(every_load) * 1e3) if every_load else None,
+                    snapshot_every=every if variant == "snap" else None,
+                    snapshot_at=at if variant == "snap" else None,
+                    replayed_events=n - at if variant == "snap" else n,
+                    note="time of one load (mean of the loads in a run)")
+            snap, full = rows["snap"], rows["replay"]
+            snap["speedup_vs_replay"] = (full["median_ms"] / snap["median_ms"]
+                                         if snap.get("median_ms") and full.get("median_ms") else None)
+
     # ------------------------------------------------------------------ ratios, table
     def ratios(self):
         for row in self.results:
@@ -482,6 +549,9 @@ class Harness:
             if r:
                 check(f"(g) peak RSS of catch-up over {C.size_label(r['events'])}", backend, r["peak_rss_mb"],
                       "<", 100.0, " MB")
+            r = row("h", backend, "snap")
+            if r:
+                check("(h) snapshot load vs full replay", backend, r.get("speedup_vs_replay"), ">=", 20.0, "x")
         return out
 
     def table(self) -> str:
@@ -520,6 +590,12 @@ class Harness:
                 notes = f"{r['us_per_event']:.1f} us/event" if r.get("us_per_event") else ""
                 if g:
                     notes += f"  x{r[g[0]]:.2f} vs {g[0][10:]}"
+            elif r["workload"] == "h" and r.get("median_ms"):
+                notes = f"{r['median_ms']:.3f} ms per load, {r['replayed_events']:,} events replayed"
+                if r.get("snapshot_at"):
+                    notes += f" after the snapshot at {r['snapshot_at']:,}"
+                if r.get("speedup_vs_replay"):
+                    notes += f"  x{r['speedup_vs_replay']:.1f} vs full replay"
             elif r["workload"] == "c":
                 notes = f"{r['median_ms']:.1f} ms per rebuild" if r.get("median_ms") else ""
             lines.append(f"{w:<10}{r['backend']:<9}{r['system']:<14}{r['events']:>9}{r['runs']:>5}"

@@ -19,7 +19,7 @@ DEFAULT_PG = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 PG_ENV = "EVENTSOURCERY_TEST_POSTGRES"
 
 SYSTEMS = ("eventsourcery", "eventsourcing", "raw")
-WORKLOADS = ("a", "b", "c", "d", "e", "f", "g")
+WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h")
 
 TITLE = "benchmark item"  # the payload every event carries: {"title": TITLE, "amount": i}
 
@@ -40,6 +40,7 @@ class Sizes:
             self.f_sizes = (10_000, 100_000)
             self.f_runs = 1
             self.g_events = 100_000
+            self.h_replays, self.h_snap_loads = 1, 20
         else:
             self.runs = runs or 5
             self.a_commands, self.a_aggregates = 20_000, 1_000
@@ -50,8 +51,12 @@ class Sizes:
             self.f_sizes = (10_000, 1_000_000)
             self.f_runs = runs or 5
             self.g_events = 1_000_000
+            self.h_replays, self.h_snap_loads = 5, 100
         self.d_page = 1_000  # page size for every system's catch-up read
         self.e_interval = (0.005, 0.025)  # appender sleeps uniform(lo, hi) between events
+        # (h): one aggregate of 10,050 events saved 100 at a time, snapshot_every=100: the latest
+        # snapshot is at 10,000 and a snapshot load replays the 50 events after it
+        self.h_events, self.h_batch, self.h_every = 10_050, 100, 100
 
     def as_dict(self):
         return {k: v for k, v in vars(self).items()}
@@ -320,6 +325,20 @@ class PGDatabases:
             con.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         self.created.append(name)
         return self.make(self.base, dbname=name)
+
+    @contextlib.contextmanager
+    def unsynced(self, conninfo: str):
+        """`synchronous_commit = off` for new connections to this database while building a store
+        (setup, not measurement); back to the server's setting afterwards."""
+        from psycopg.conninfo import conninfo_to_dict
+        name = conninfo_to_dict(conninfo)["dbname"]
+        with self.psycopg.connect(self.base, autocommit=True) as con:
+            con.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        try:
+            yield
+        finally:
+            with self.psycopg.connect(self.base, autocommit=True) as con:
+                con.execute(f'ALTER DATABASE "{name}" RESET synchronous_commit')
 
     def drop(self, conninfo: str) -> None:
         from psycopg.conninfo import conninfo_to_dict

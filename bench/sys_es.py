@@ -32,6 +32,18 @@ class BenchCounter(es.Aggregate):
         self.apply_event(BenchItemAdded, title=title, amount=amount)
 
 
+_snap_classes: dict[int, type] = {}
+
+
+def snapshot_counter(every: int) -> type:
+    """BenchCounter with ``snapshot_every = every`` (one class per interval, same events and handlers)."""
+    cls = _snap_classes.get(every)
+    if cls is None:
+        cls = type(f"BenchCounterSnap{every}", (BenchCounter,), {"snapshot_every": every, "__module__": __name__})
+        _snap_classes[every] = cls
+    return cls
+
+
 class BenchProjector(es.Projector):
     """A trivial handler that sees every event; the library commits each batch's
     position (and the no-op projection) in one transaction."""
@@ -102,6 +114,48 @@ class _Base:
                 assert agg.version > 0
         return out
 
+    # (h) one long history, saved `batch` events at a time by the class that keeps snapshots
+    def open_for_build(self, spec):
+        return self.open(spec)
+
+    def h_build(self, spec, agg_id: str, n: int, batch: int, every: int) -> str:
+        snap_cls = snapshot_counter(every)
+        with self.open_for_build(spec) as store:
+            repo = es.Repository(store)
+            agg = repo.load(snap_cls, agg_id)
+            for start in range(0, n, batch):
+                for j in range(start, min(start + batch, n)):
+                    agg.add(C.TITLE, j)
+                repo.save(agg)
+            kept = [s.version for s in store.snapshots(agg_id)]
+        assert agg.version == n and kept == [n // every * every], (agg.version, kept)
+        return agg_id
+
+    def h(self, spec, agg_id: str, n: int, every: int, replays: int,
+          snap_loads: int) -> tuple[list[float], list[float]]:
+        """(snapshot load times, full replay times) on one open store: `replays` full replays
+        (the class without snapshot_every), each followed by its share of `snap_loads` loads
+        by the class that keeps snapshots."""
+        snap_cls = snapshot_counter(every)
+        snap, full = [], []
+        expect = n * (n - 1) // 2
+        with self.open(spec) as store:
+            repo = es.Repository(store)
+            load = repo.load
+            assert load(snap_cls, agg_id).count == expect  # warm: connection and statements
+            per = max(1, snap_loads // replays)
+            for _ in range(replays):
+                t0 = time.perf_counter()
+                agg = load(BenchCounter, agg_id)
+                full.append(time.perf_counter() - t0)
+                assert agg.version == n
+                for _ in range(per):
+                    t0 = time.perf_counter()
+                    agg = load(snap_cls, agg_id)
+                    snap.append(time.perf_counter() - t0)
+                assert agg.version == n and agg.count == expect
+        return snap, full
+
     # (d) projector catch-up via subscribe_to, stopped once every event was handled
     def d(self, spec, n: int, workdir: str, page: int, tag: str = "") -> float:
         p = self.projector(workdir, spec)
@@ -152,6 +206,10 @@ class ESSQLite(_Base):
 
     def projector(self, workdir, spec):
         return BenchProjector(os.path.join(workdir, f"es_projection_{time.time_ns()}.db"))
+
+    def open_for_build(self, path):
+        """Setup, not measurement: no fsync per commit (WAL, synchronous=OFF)."""
+        return es.SQLiteEventStore(path, synchronous="OFF")
 
     def new_store(self) -> str:
         self.n += 1

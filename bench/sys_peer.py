@@ -1,8 +1,9 @@
 """The peer: `eventsourcing` 9.x (pyeventsourcing) with its own Application,
 Aggregate, SQLite / Postgres persistence, run with default settings (no cache,
-no snapshots) except durability, which is forced to match: on SQLite WAL (which
-it sets itself) and synchronous=FULL (its connections inherit SQLite's default,
-FULL, and we set it explicitly on every connection it opens); on Postgres the
+no snapshots; (h) alone turns its snapshotting on, `snapshotting_intervals`)
+except durability, which is forced to match: on SQLite WAL (which it sets
+itself) and synchronous=FULL (its connections inherit SQLite's default, FULL,
+and we set it explicitly on every connection it opens); on Postgres the
 server's synchronous_commit (on)."""
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from . import common as C
 
 # ---- force synchronous=FULL (+ WAL, which eventsourcing sets itself) on every connection
 _orig_create = _es_sqlite.SQLiteConnectionPool._create_connection
+_synchronous = ["FULL"]  # OFF only while (h) builds its store: setup, not measurement
 
 
 def _create_connection_full(self):
     conn = _orig_create(self)
     raw = conn._sqlite_conn
     if not self.is_sqlite_memory_mode:
-        raw.execute("PRAGMA synchronous=FULL")
+        raw.execute(f"PRAGMA synchronous={_synchronous[0]}")
     return conn
 
 
@@ -44,6 +46,20 @@ class Counter(Aggregate):
 
 class BenchApp(Application):
     name = "BenchApp"
+
+
+_snap_apps: dict[int, type] = {}
+
+
+def snapshot_app(every: int) -> type:
+    """BenchApp with eventsourcing's own automatic snapshotting of Counter every `every` versions
+    (`snapshotting_intervals`); the same name, so the same tables on Postgres too."""
+    cls = _snap_apps.get(every)
+    if cls is None:
+        cls = type(f"BenchSnapApp{every}", (BenchApp,), {"name": BenchApp.name,
+                                                           "snapshotting_intervals": {Counter: every}})
+        _snap_apps[every] = cls
+    return cls
 
 
 def _sqlite_env(path):
@@ -124,6 +140,56 @@ class _Base:
             assert c.version >= 1
         app.close()
         return out
+
+    # (h) one long history saved `batch` events at a time by an app that snapshots every `every`
+    def h_build(self, spec, agg_id, n: int, batch: int, every: int):
+        _synchronous[0] = "OFF" if self.backend == "sqlite" else "FULL"
+        try:
+            app = snapshot_app(every)(env=self.env(spec))
+            c = Counter()
+            done = 1
+            while True:
+                while done < n and len(c.pending_events) < batch:
+                    c.increment(title=C.TITLE, amount=done)
+                    done += 1
+                app.save(c)
+                if done >= n:
+                    break
+            latest = list(app.snapshots.get(c.id, desc=True, limit=1))
+            app.close()
+        finally:
+            _synchronous[0] = "FULL"
+        assert c.version == n and latest and latest[0].originator_version == n // every * every, (
+            c.version, latest)
+        return c.id
+
+    def h(self, spec, agg_id, n: int, every: int, replays: int, snap_loads: int):
+        """As eventsourcery's: `repository.get` of the snapshotting app (latest snapshot + the
+        events after it) and of a plain app (no snapshot store: full replay), same database."""
+        sapp = snapshot_app(every)(env=self.env(spec))
+        plain = BenchApp(env={**self.env(spec), "IS_SNAPSHOTTING_ENABLED": "n"})
+        assert sapp.snapshots is not None and plain.snapshots is None
+        sget, pget = sapp.repository.get, plain.repository.get
+        expect = n * (n - 1) // 2
+        snap, full = [], []
+        try:
+            assert sget(agg_id).count == expect  # warm: connections (a 1-event read for the plain app)
+            assert pget(agg_id, version=1).version == 1
+            per = max(1, snap_loads // replays)
+            for _ in range(replays):
+                t0 = time.perf_counter()
+                c = pget(agg_id)
+                full.append(time.perf_counter() - t0)
+                assert c.version == n
+                for _ in range(per):
+                    t0 = time.perf_counter()
+                    c = sget(agg_id)
+                    snap.append(time.perf_counter() - t0)
+                assert c.version == n and c.count == expect
+        finally:
+            sapp.close()
+            plain.close()
+        return snap, full
 
     # (d) read + decode its notifications in pages (python_peers.md section 4, d2)
     def d(self, spec, n: int, workdir: str, page: int, tag: str = "") -> float:

@@ -23,6 +23,59 @@ SELECT_COLS = "id, uuid, aggregate_id, type, version, created_at, correlation_id
 _dumps = json.dumps
 _loads = json.loads
 
+# (h): the smallest snapshot table that does the job, one row per aggregate (the latest snapshot)
+SNAP_DDL = ("CREATE TABLE IF NOT EXISTS snapshots (aggregate_id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+            "last_event_uuid TEXT NOT NULL, state TEXT NOT NULL)")
+SNAP_UPSERT = ("INSERT INTO snapshots VALUES ({0}, {0}, {0}, {0}) ON CONFLICT (aggregate_id) DO UPDATE SET "
+               "version = excluded.version, last_event_uuid = excluded.last_event_uuid, state = excluded.state")
+SNAP_SELECT = "SELECT version, last_event_uuid, state FROM snapshots WHERE aggregate_id = {0}"
+
+
+def _h_batches(agg_id: str, n: int, batch: int, every: int):
+    """(rows, snapshot or None) per save: the events of `batch` amounts, and when the save takes
+    the version to or past a multiple of `every`, the snapshot row of the state after it."""
+    count = 0
+    for start in range(0, n, batch):
+        rows = []
+        for j in range(start, min(start + batch, n)):
+            rows.append((C.uuid7_str(), agg_id, EVENT_TYPE, j + 1, C.now_iso(), None, None,
+                         _dumps({"title": C.TITLE, "amount": j})))
+            count += j
+        end = start + len(rows)
+        snap = (agg_id, end, rows[-1][0], _dumps({"count": count})) if end // every > start // every else None
+        yield start, rows, snap
+
+
+def _h_fold_after_snapshot(snap, rows) -> tuple[int, int]:
+    """(version, count) from a snapshot row and the event rows from its version on; the first row
+    must be the event the snapshot was taken at."""
+    version, last_uuid, state = snap
+    if not rows or rows[0][4] != version or str(rows[0][1]) != last_uuid:
+        raise RuntimeError("snapshot does not match the history")
+    count = _loads(state)["count"]
+    for row in rows[1:]:
+        count += _loads(row[8])["amount"]
+        version = row[4]
+    return version, count
+
+
+def _h_loop(full_load, snap_load, n: int, replays: int, snap_loads: int):
+    expect = n * (n - 1) // 2
+    assert snap_load() == (n, expect)  # warm: connection and statements
+    snap, full = [], []
+    per = max(1, snap_loads // replays)
+    for _ in range(replays):
+        t0 = time.perf_counter()
+        got = full_load()
+        full.append(time.perf_counter() - t0)
+        assert got == (n, expect)
+        for _ in range(per):
+            t0 = time.perf_counter()
+            got = snap_load()
+            snap.append(time.perf_counter() - t0)
+        assert got == (n, expect)
+    return snap, full
+
 
 class RawSQLite:
     name = "raw"
@@ -144,6 +197,51 @@ class RawSQLite:
             assert version > 0
         con.close()
         return out
+
+    # -- (h)
+    def h_build(self, path: str, agg_id: str, n: int, batch: int, every: int) -> str:
+        con = C.sqlite_connect(path, "OFF")  # setup, not measurement
+        ex = con.execute
+        ex(SNAP_DDL)
+        ins = f"INSERT INTO events ({INSERT_COLS}) VALUES (?,?,?,?,?,?,?,?)"
+        for version, rows, snap in _h_batches(agg_id, n, batch, every):
+            ex("BEGIN IMMEDIATE")
+            cur = ex("SELECT max(version) FROM events WHERE aggregate_id = ?", (agg_id,)).fetchone()[0] or 0
+            if cur != version:
+                ex("ROLLBACK")
+                raise RuntimeError("concurrency error")
+            con.executemany(ins, rows)
+            if snap:
+                ex(SNAP_UPSERT.format("?"), snap)
+            ex("COMMIT")
+        con.close()
+        return agg_id
+
+    def h(self, path: str, agg_id: str, n: int, every: int, replays: int, snap_loads: int):
+        """Full replay: (c)'s SELECT + json.loads + fold.  Snapshot load: the snapshot row, then the
+        events from its version on (the first one checks the snapshot's uuid, as the library does),
+        json.loads of the state and of each later body, fold."""
+        con = C.sqlite_connect(path)
+        ex = con.execute
+        load = f"SELECT {SELECT_COLS} FROM events WHERE aggregate_id = ? ORDER BY version"
+        after = f"SELECT {SELECT_COLS} FROM events WHERE aggregate_id = ? AND version >= ? ORDER BY version"
+        snap_sql = SNAP_SELECT.format("?")
+
+        def full_load():
+            count = version = 0
+            for row in ex(load, (agg_id,)):
+                count += _loads(row[8])["amount"]
+                version = row[4]
+            return version, count
+
+        def snap_load():
+            snap = ex(snap_sql, (agg_id,)).fetchone()
+            return _h_fold_after_snapshot(snap, ex(after, (agg_id, snap[0])).fetchall())
+
+        try:
+            return _h_loop(full_load, snap_load, n, replays, snap_loads)
+        finally:
+            con.close()
 
     # -- (d)
     def d(self, path: str, n: int, workdir: str, page: int, tag: str = "") -> float:
@@ -321,6 +419,45 @@ class RawPostgres:
             out.append(time.perf_counter() - t0)
         con.close()
         return out
+
+    def h_build(self, ci: str, agg_id: str, n: int, batch: int, every: int) -> str:
+        con = self.connect(ci)
+        cur = con.cursor()
+        cur.execute(SNAP_DDL)
+        for version, rows, snap in _h_batches(agg_id, n, batch, every):
+            with con.transaction():
+                got = cur.execute("SELECT max(version) FROM events WHERE aggregate_id = %s", (agg_id,),
+                                  prepare=True).fetchone()[0] or 0
+                if got != version:
+                    raise RuntimeError("concurrency error")
+                cur.executemany(self.INS, rows)
+                if snap:
+                    cur.execute(SNAP_UPSERT.format("%s"), snap)
+        con.close()
+        return agg_id
+
+    def h(self, ci: str, agg_id: str, n: int, every: int, replays: int, snap_loads: int):
+        """As RawSQLite.h, with prepared statements."""
+        con = self.connect(ci)
+        after = ("SELECT id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, "
+                 "body::text FROM events WHERE aggregate_id = %s AND version >= %s ORDER BY version")
+        snap_sql = SNAP_SELECT.format("%s")
+
+        def full_load():
+            count = version = 0
+            for row in con.execute(self.LOAD, (agg_id,), prepare=True).fetchall():
+                count += _loads(row[8])["amount"]
+                version = row[4]
+            return version, count
+
+        def snap_load():
+            snap = con.execute(snap_sql, (agg_id,), prepare=True).fetchone()
+            return _h_fold_after_snapshot(snap, con.execute(after, (agg_id, snap[0]), prepare=True).fetchall())
+
+        try:
+            return _h_loop(full_load, snap_load, n, replays, snap_loads)
+        finally:
+            con.close()
 
     def d_build(self, ci: str, n: int, n_aggs: int) -> None:
         ids = C.agg_ids(n_aggs, prefix=0xD)

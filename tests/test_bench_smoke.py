@@ -1,5 +1,6 @@
-"""Smoke test of the benchmark harness: `python -m bench --quick --only b` runs
-and writes JSON of the documented shape.  It never asserts a speed.
+"""Smoke test of the benchmark harness: `python -m bench --quick --only b` (and
+`--only h`, on SQLite and, when the test server answers, Postgres) runs and
+writes JSON of the documented shape.  It never asserts a speed.
 
 eventsourcing (the peer) comes with the `bench` extra, which CI installs; then
 the peer column is exercised too.  Without it the harness would report an
@@ -14,6 +15,8 @@ import pathlib
 import re
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HAVE_PEER = importlib.util.find_spec("eventsourcing") is not None
@@ -55,6 +58,43 @@ def test_bench_quick_b_writes_expected_json(tmp_path):
     # the goals block speaks of the workloads, not of where they were first written down
     assert "\ngoals, eventsourcery in this run:\n" in p.stdout, p.stdout
     assert "issue" not in p.stdout.lower(), p.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_bench_quick_h_snapshot_vs_replay_rows(tmp_path, backend):
+    """(h): per system a full-replay row and a snapshot row of the same aggregate, the snapshot
+    rows carrying where the snapshot was and the speed-up over the replay (never a speed)."""
+    if backend == "postgres":
+        from tests.pg_support import require_postgres
+        require_postgres()
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "bench", "--quick", "--only", "h", "--backend", backend,
+           "--json", str(out), "--tmpdir", str(tmp_path)]
+    if not HAVE_PEER:
+        cmd.append("--no-peer")
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == []
+    sizes = doc["sizes"]
+    n, every = sizes["h_events"], sizes["h_every"]
+    at = n // every * every
+
+    rows = [r for r in doc["results"] if r["workload"] == "h" and r["backend"] == backend]
+    expected = {"eventsourcery", "raw"} | ({"eventsourcing"} if HAVE_PEER else set())
+    assert {(r["system"], r["variant"]) for r in rows} == {(s, v) for s in expected for v in ("replay", "snap")}
+    for r in rows:
+        assert r["events"] == n
+        assert r["runs"] == len(r["runs_s"]) >= 1 and r["median_ms"] > 0 and r["loads_per_run"] >= 1
+        assert "vs_eventsourcing" in r and "vs_raw" in r
+        if r["variant"] == "snap":
+            assert (r["snapshot_every"], r["snapshot_at"], r["replayed_events"]) == (every, at, n - at)
+            assert r["speedup_vs_replay"] > 0
+        else:
+            assert r["replayed_events"] == n
+    goals = [g for g in doc["goals"] if g["goal"] == "(h) snapshot load vs full replay"]
+    assert [g["backend"] for g in goals] == [backend] and goals[0]["target"] == ">= 20.0x"
+    assert "(h) load 1 long aggregate" in p.stdout and "(h) snapshot load vs full replay" in p.stdout
 
 
 def test_benchmark_docs_speak_of_workloads_not_issues():
