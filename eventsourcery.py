@@ -1825,6 +1825,10 @@ def _collect_handlers(cls: type) -> list[tuple[tuple[str, ...], Callable[..., An
     return list(found.values())
 
 
+def _ignore_event(aggregate: Aggregate, event: Event) -> None:
+    """The replay handler of a type in ``Aggregate.ignores_events``: no change of state."""
+
+
 class Aggregate:
     """Base class of aggregates: state rebuilt from events; commands call apply_event().
 
@@ -1833,6 +1837,13 @@ class Aggregate:
     """
 
     _handlers: ClassVar[dict[str, list[Callable[..., Any]]]] = {}
+    ignores_events: ClassVar[tuple[type[Event] | str, ...]] = ()
+    """Event classes (or type names) replay skips: e.g. those a reactor emits onto this aggregate's stream.
+
+    An ignored event changes no state but counts in ``version``, so saving
+    after it still writes at the right version. Any iterable works; it is
+    stored as a tuple. A type with a handler here is handled, not ignored.
+    """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -1840,6 +1851,16 @@ class Aggregate:
         for names, fn in _collect_handlers(cls):
             for name in names:
                 handlers.setdefault(name, []).append(fn)
+        ignored = cls.__dict__.get("ignores_events", cls.ignores_events)
+        if isinstance(ignored, (str, type)) or not isinstance(ignored, Iterable):
+            raise TypeError(f"{cls.__qualname__}.ignores_events must be an iterable of Event classes "
+                            f"or type names, not {ignored!r}")
+        cls.ignores_events = tuple(ignored)
+        for item in cls.ignores_events:
+            if not isinstance(item, str) and not (isinstance(item, type) and issubclass(item, Event)):
+                raise TypeError(f"{cls.__qualname__}.ignores_events: {item!r} is not an Event class or type name")
+        for name in type_names(cls.ignores_events) or ():
+            handlers.setdefault(name, [_ignore_event])
         cls._handlers = handlers
 
     def __init__(self, id: str | _uuid.UUID, events: Iterable[Event] = ()) -> None:
@@ -2117,6 +2138,19 @@ class Reactor(_TableOwner):
     """
 
     emits_events: ClassVar[tuple[type[Event], ...]] = ()
+    """The Event classes ``emit_event`` accepts: any iterable (a list is fine), checked and stored as a tuple."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("emits_events", cls.emits_events)
+        if isinstance(declared, type) or not isinstance(declared, Iterable):
+            raise TypeError(f"{cls.__qualname__}.emits_events must be an iterable of Event classes, "
+                            f"not {declared!r}")
+        classes = tuple(declared)
+        for item in classes:
+            if not isinstance(item, type) or not issubclass(item, Event) or item is Event:
+                raise TypeError(f"{cls.__qualname__}.emits_events: {item!r} is not an Event subclass")
+        cls.emits_events = classes
 
     def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | Database | None = None,
                  *, batch_size: int | None = None) -> None:
