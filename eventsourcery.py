@@ -80,6 +80,8 @@ __all__ = [
     # processing and the runner
     "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
     "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry", "run_processor", "ESPRunner",
+    # testing helpers
+    "given", "AggregateScenario", "given_events", "GivenEvents", "ProcessorScenario", "assert_events",
     # configuration
     "BodySerializer", "Converter", "Config", "config", "configure", "main",
     # errors
@@ -2528,6 +2530,201 @@ class _Child:
     started_at: float = 0.0
     restart_at: float | None = None  # when a dead child is due to start again
     restart_delay: float | None = None  # the delay used for its last restart
+
+
+# ---------------------------------------------------------------------------
+# Testing helpers: given/when/then for aggregates, and events fed to a
+# processor. They raise AssertionError with a readable diff, so they work
+# under plain pytest and under unittest alike.
+# ---------------------------------------------------------------------------
+
+_P = TypeVar("_P", bound="EventStreamProcessor")
+
+
+def _describe_event(event: Event | type[Event]) -> str:
+    """One line per event for diffs: its class (or type name) and body; never ids, uuids, versions or times."""
+    if isinstance(event, type):
+        return f"{event.__name__}(...)"
+    name = type(event).__name__ if type(event) is not Event else f"Event[{event.type}]"
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in event.body.items())})"
+
+
+def _event_matches(actual: Event, expected: Event | type[Event]) -> bool:
+    if isinstance(expected, type):
+        return isinstance(actual, expected) and actual.type == expected.type
+    return bool(actual.type == expected.type and actual.body == expected.body)
+
+
+def assert_events(actual: Iterable[Event], expected: Iterable[Event | type[Event]], *,
+                  what: str = "events") -> None:
+    """Assert that ``actual`` are ``expected``, in order, by type and body (ids, uuids, versions and
+    timestamps are ignored); an expected Event class matches any event of that class.
+
+    Raises AssertionError showing a diff of the two lists, one event a line.
+    """
+    got, want = list(actual), list(expected)
+    if len(got) == len(want) and all(_event_matches(a, e) for a, e in zip(got, want, strict=True)):
+        return
+    import difflib
+    got_lines = [_describe_event(e) for e in got]
+    want_lines = [_describe_event(e) for e in want]
+    for i, (a, e) in enumerate(zip(got, want, strict=False)):  # a class matching: show it as matched
+        if isinstance(e, type) and _event_matches(a, e):
+            want_lines[i] = got_lines[i]
+    diff = difflib.unified_diff(want_lines, got_lines, "expected", "actual", n=max(len(got), len(want)),
+                                lineterm="")
+    raise AssertionError(f"{what} differ (- expected, + actual):\n" + "\n".join(list(diff)[2:]))
+
+
+def _given_with_metadata(events: Sequence[Event], aggregate_id: str | None) -> list[Event]:
+    """Copies of ``events`` with the aggregate id filled in where missing (and ids and versions, per aggregate)."""
+    versions: dict[str, int] = {}
+    result = []
+    for position, event in enumerate(events, 1):
+        if not isinstance(event, Event):
+            raise TypeError(f"given events must be Event instances, not {event!r}")
+        target = event.aggregate_id or aggregate_id or ""
+        versions[target] = versions.get(target, 0) + 1
+        result.append(_with_metadata(event, aggregate_id=target, id=event.id or position,
+                                     version=event.version or versions[target]))
+    return result
+
+
+class AggregateScenario(typing.Generic[A]):
+    """An aggregate built from given events; ``when(command)`` runs a command, ``then``/``then_raises`` check it.
+
+    ``aggregate`` is the instance (inspect its state); ``error`` is what the
+    command raised (None if it did not); ``result`` is what it returned.
+    """
+
+    def __init__(self, aggregate_class: type[A], events: Sequence[Event], id: str) -> None:
+        self.given = _given_with_metadata(events, id)
+        self.aggregate: A = aggregate_class(id, self.given)
+        self.error: Exception | None = None
+        self.result: Any = None
+        self._ran = False
+
+    def when(self, command: Callable[[A], Any]) -> AggregateScenario[A]:
+        """Run ``command(aggregate)``, e.g. ``lambda order: order.ship("Paris")``; an error is kept for then_raises."""
+        self._ran = True
+        try:
+            self.result = command(self.aggregate)
+        except Exception as exc:
+            self.error = exc
+        return self
+
+    @property
+    def new_events(self) -> list[Event]:
+        """The events the command applied (the aggregate's unsaved changes)."""
+        return list(self.aggregate.changes)
+
+    def then(self, *expected: Event | type[Event]) -> list[Event]:
+        """Assert that the command succeeded and applied exactly these events (by type and body); returns them.
+
+        ``then()`` with no events asserts that the command applied none.
+        """
+        if self.error is not None:
+            raise AssertionError(f"expected {len(expected)} new event(s), but the command raised "
+                                 f"{type(self.error).__name__}: {self.error}") from self.error
+        assert_events(self.new_events, expected, what="new events")
+        return self.new_events
+
+    def then_raises(self, exc_type: type[BaseException] | tuple[type[BaseException], ...] = Exception, *,
+                    match: str | None = None) -> Exception:
+        """Assert that the command raised ``exc_type`` (its message searched with the regex ``match``); return it."""
+        error = self.error
+        if error is None:
+            ran = "the command" if self._ran else "no command (call .when(...) first)"
+            names = exc_type.__name__ if isinstance(exc_type, type) else " or ".join(t.__name__ for t in exc_type)
+            raise AssertionError(f"expected {names}, but {ran} raised nothing; new events: "
+                                 f"{[_describe_event(e) for e in self.new_events]}")
+        if not isinstance(error, exc_type):
+            raise AssertionError(f"expected {exc_type!r}, but the command raised "
+                                 f"{type(error).__name__}: {error}") from error
+        if match is not None and not re.search(match, str(error)):
+            raise AssertionError(f"{type(error).__name__} raised, but its message {str(error)!r} does not "
+                                 f"match {match!r}") from error
+        return error
+
+
+def given(aggregate_class: type[A], *events: Event, id: str = "test-aggregate") -> AggregateScenario[A]:
+    """Start a test: an ``aggregate_class`` with this ``id`` rebuilt from ``events`` (missing ids, aggregate ids
+    and versions are filled in). ``es.given(Order, OrderPlaced(total=5)).when(lambda o: o.ship()).then(...)``.
+    """
+    return AggregateScenario(aggregate_class, events, id)
+
+
+class ProcessorScenario(typing.Generic[_P]):
+    """A processor after it was fed the given events: look at its tables and at what it emitted.
+
+    ``store`` holds the given events (as ``given``, stored) and, for a
+    reactor, what it emitted (``emitted``).
+    """
+
+    def __init__(self, processor: _P, store: EventStore, given: list[Event], emitted: list[Event]) -> None:
+        self.processor = processor
+        self.store = store
+        self.given = given
+        self.emitted = emitted
+
+    @property
+    def db(self) -> Any:
+        """The processor's database connection (``processor.db``)."""
+        if not isinstance(self.processor, _TableOwner):
+            raise TypeError(f"{self.processor!r} has no database: only projectors and reactors do")
+        return self.processor.db
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """The rows of a query on the processor's database, as a list of tuples (use ``processor.placeholder``)."""
+        return [tuple(row) for row in self.db.execute(sql, params).fetchall()]
+
+    def then_emitted(self, *expected: Event | type[Event]) -> list[Event]:
+        """Assert that the processor emitted exactly these events (by type and body); returns them as stored."""
+        assert_events(self.emitted, expected, what="emitted events")
+        return self.emitted
+
+
+class GivenEvents:
+    """Events to feed to processors with ``feed(processor)``; see :func:`given_events`."""
+
+    def __init__(self, events: Sequence[Event], aggregate_id: str) -> None:
+        for event in events:
+            if not isinstance(event, Event):
+                raise TypeError(f"given events must be Event instances, not {event!r}")
+        self.events = tuple(events)
+        self.aggregate_id = aggregate_id
+
+    def feed(self, processor: _P) -> ProcessorScenario[_P]:
+        """Store the events, set the processor up and let it process them in one batch.
+
+        A reactor's events go into its own store (a MemoryEventStore is the
+        usual choice), and what it emits while processing them is returned
+        as ``emitted``; any other processor gets them through a new
+        MemoryEventStore (a Projector given ``":memory:"`` needs nothing else).
+        """
+        store: EventStore = processor.store if isinstance(processor, Reactor) else MemoryEventStore()
+        stored: list[Event] = []
+        for event in self.events:
+            target = event.aggregate_id or self.aggregate_id
+            stored += store.sink(_with_metadata(event, aggregate_id=target))
+        processor.setup()
+        last = max((e.id or 0 for e in stored), default=store.latest_event_id())
+        if stored:
+            processor.process_batch(stored)
+        emitted: list[Event] = []
+        while page := store.get_next_from(last + 1):
+            emitted += page
+            last = page[-1].id or last
+        return ProcessorScenario(processor, store, stored, emitted)
+
+
+def given_events(*events: Event, aggregate_id: str = "test-aggregate") -> GivenEvents:
+    """Events for a processor test: ``es.given_events(TodoAdded(title="x")).feed(projector)``.
+
+    Events without an aggregate id get ``aggregate_id``; ids, versions and
+    timestamps are assigned by the store they are sunk into.
+    """
+    return GivenEvents(events, aggregate_id)
 
 
 # ---------------------------------------------------------------------------
