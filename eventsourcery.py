@@ -2736,7 +2736,11 @@ class _CLIError(Exception):
 
 
 def _cli_open_store(target: str) -> EventStore:
-    """Open an existing store; nothing is ever created."""
+    """Open an existing store; nothing is ever created. A ``memory:`` store is refused: it would be empty."""
+    with contextlib.suppress(Error, ValueError):
+        if parse_store_url(target).scheme == "memory":
+            raise _CLIError(f"{target!r} is a store in one process's memory, which the command line cannot see; "
+                            "give an SQLite file or a postgresql:// URL")
     try:
         return open_store(target, create=False)
     except ImportError as exc:
@@ -2872,7 +2876,7 @@ def _cli_events(store: EventStore, args: argparse.Namespace) -> int:
                 progress.update(position - 1)
         finally:
             progress.clear()
-    if not printer.printed and not args.json:
+    if not printer.printed:
         sys.stderr.write("no events\n")
     return 0
 
@@ -2882,6 +2886,12 @@ def _cli_follow(store: EventStore, args: argparse.Namespace) -> int:
     matches = _cli_matches(args)
     latest = store.latest_event_id()
     start = args.from_id if args.from_id is not None else latest + 1
+    if start <= latest:
+        sys.stderr.write(f"printing the stored events from id {start}, then waiting for new events "
+                         "(Ctrl-C to stop)\n")
+    else:
+        sys.stderr.write(f"waiting for new events after id {latest} (Ctrl-C to stop)\n")
+    sys.stderr.flush()
     if not args.json:  # size the columns for what the latest events hold, so that new rows stay aligned
         printer.fit(store.get_next_from(max(latest - 999, 1)), next_id=latest + 1000)
     stopping = False
@@ -2909,18 +2919,19 @@ def _cli_follow(store: EventStore, args: argparse.Namespace) -> int:
 def _cli_aggregate(store: EventStore, args: argparse.Namespace) -> int:
     history = store.get_events_for_aggregate_id(args.aggregate_id)
     if not history:
-        raise _CLIError(f"no events for aggregate {args.aggregate_id!r}")
+        sys.stderr.write(f"no events for aggregate {args.aggregate_id!r}\n")
+        return 0
     _cli_printer(args).write(history)
     return 0
 
 
 def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
     statuses = processor_statuses(store)
-    if args.json:
-        sys.stdout.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in statuses)
-        return 0
     if not statuses:
         sys.stderr.write("no processors keep their position in this store\n")
+        return 0
+    if args.json:
+        sys.stdout.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in statuses)
         return 0
     rows = [("name", "position", "lag", "running")] + [
         (s.name, str(s.position), str(s.lag), "yes" if s.running else "no") for s in statuses]
@@ -2991,7 +3002,12 @@ def _cli_stats(store: EventStore, args: argparse.Namespace) -> int:
 
 
 _CLI_EPILOG = """\
-exit status: 0 ok, 1 error (a one-line message on stderr), 2 bad usage.
+exit status:
+  0    ok; also when nothing matches (no events, no such aggregate, no
+       processors): stdout is then empty and a note says so on stderr
+  1    error (a one-line message on stderr), or reset not confirmed
+  2    bad usage (the usage of the command at fault, and the error)
+  130  interrupted (Ctrl-C), except follow, which stops with 0
 
 examples:
   python -m eventsourcery todo.db events --type todo_added --limit 20
@@ -3022,6 +3038,15 @@ def _cli_parser() -> argparse.ArgumentParser:
                              "or a postgresql:// URL")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def from_id(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"expected an event id (0 or 1: the beginning), got {text!r}")
+        return max(value, 1)
+
     def positive(text: str) -> int:
         try:
             value = int(text)
@@ -3042,8 +3067,8 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     events = commands.add_parser("events", parents=[filters, output], help="list events (oldest first)",
                                  description="List stored events, oldest first.")
-    events.add_argument("--from", dest="from_id", type=positive, default=1, metavar="ID",
-                        help="start at this event id (default: 1)")
+    events.add_argument("--from", dest="from_id", type=from_id, default=1, metavar="ID",
+                        help="start at this event id (default: 1; 0 also means the beginning)")
     events.add_argument("--limit", type=positive, metavar="N", help="list at most N events")
     events.set_defaults(run=_cli_events)
 
@@ -3051,8 +3076,9 @@ def _cli_parser() -> argparse.ArgumentParser:
                                  help="print new events as they are stored, until Ctrl-C",
                                  description="Print events as they are stored, until Ctrl-C or SIGTERM "
                                              "(exit status 0).")
-    follow.add_argument("--from", dest="from_id", type=positive, metavar="ID",
-                        help="first print the stored events from this id (default: only new events)")
+    follow.add_argument("--from", dest="from_id", type=from_id, metavar="ID",
+                        help="first print the stored events from this id (0: from the beginning; "
+                             "default: only new events)")
     follow.set_defaults(run=_cli_follow)
 
     aggregate = commands.add_parser("aggregate", parents=[output], help="show one aggregate's history",
@@ -3089,9 +3115,34 @@ def _cli_one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _cli_commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each command name (aliases included)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _cli_parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the command line; every usage error and ``--help`` after a command is that command's own."""
+    parser = _cli_parser()
+    commands = _cli_commands(parser)
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    if first in commands and argv.index(first) == 0 and not os.path.exists(first):
+        command = commands[first]
+        if "-h" in argv or "--help" in argv:
+            command.parse_args(["--help"])  # prints the command's help and exits with 0
+        command.error(f"the STORE is missing: it comes before the command, as in "
+                      f"{parser.prog} todo.db {first} ...")
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line, ``python -m eventsourcery STORE COMMAND ...``; returns the exit status."""
-    args = _cli_parser().parse_args(argv)
+    args = _cli_parse(list(sys.argv[1:] if argv is None else argv))
     if sys.stdout is not None and hasattr(sys.stdout, "reconfigure"):
         with contextlib.suppress(Exception):
             sys.stdout.reconfigure(errors="backslashreplace")
