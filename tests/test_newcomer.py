@@ -130,3 +130,64 @@ def test_a_handler_wins_over_ignores_events() -> None:
 def test_ignores_events_is_checked_at_class_definition(bad: object) -> None:
     with pytest.raises(TypeError, match="ignores_events"):
         type("BadAggregate", (es.Aggregate,), {"ignores_events": bad})
+
+
+# -- the README's claim: a runner started in a thread must be shut down, or the process hangs at exit --
+
+RUNNER_SCRIPT = '''
+import os, sys, threading, time
+import eventsourcery as es
+
+class Ticked(es.Event):
+    pass
+
+class Ticker(es.EventStreamProcessor):
+    @es.on(Ticked)
+    def _ticked(self, event):
+        pass
+
+path = os.path.join(sys.argv[1], "ticks.db")
+store = es.SQLiteEventStore(path)
+store.sink(Ticked(aggregate_id="t"))
+runner = es.ESPRunner([Ticker(tracker=store.tracker())], store)
+thread = threading.Thread(target=runner.start, daemon=sys.argv[2] == "daemon")
+thread.start()
+watch = es.SQLiteEventStore(path)
+while [s.position for s in es.processor_statuses(watch)] != [1]:
+    time.sleep(0.05)
+if sys.argv[3] == "shutdown":
+    runner.shutdown()
+    thread.join()
+print("main done", flush=True)
+'''
+
+
+@pytest.mark.parametrize("thread_kind", ["daemon", "plain"])
+def test_a_runner_in_a_thread_hangs_the_exit_unless_shut_down(tmp_path, thread_kind: str) -> None:
+    import os
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def run(mode: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-c", RUNNER_SCRIPT, str(tmp_path / mode), thread_kind, mode],
+                                stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+    (tmp_path / "shutdown").mkdir()
+    (tmp_path / "forget").mkdir()
+    clean = run("shutdown")
+    assert clean.wait(timeout=30) == 0
+    assert clean.stdout is not None and clean.stdout.read() == "main done\n"
+
+    hung = run("forget")
+    try:
+        assert hung.stdout is not None and hung.stdout.readline() == "main done\n"
+        with pytest.raises(subprocess.TimeoutExpired):
+            hung.wait(timeout=3)  # main is done, yet the process does not exit
+    finally:
+        os.killpg(hung.pid, signal.SIGKILL)  # the session this test started: the script and its child
+        hung.wait(timeout=30)
