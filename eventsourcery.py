@@ -84,6 +84,8 @@ __all__ = [
     # processing and the runner
     "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
     "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry", "run_processor", "ESPRunner",
+    # testing helpers
+    "given", "AggregateScenario", "given_events", "GivenEvents", "ProcessorScenario", "assert_events",
     # configuration
     "BodySerializer", "Converter", "Config", "config", "configure", "main",
     # errors
@@ -2184,6 +2186,10 @@ def _collect_handlers(cls: type) -> list[tuple[tuple[str, ...], Callable[..., An
     return list(found.values())
 
 
+def _ignore_event(aggregate: Aggregate, event: Event) -> None:
+    """The replay handler of a type in ``Aggregate.ignores_events``: no change of state."""
+
+
 class Aggregate:
     """Base class of aggregates: state rebuilt from events; commands call apply_event().
 
@@ -2203,6 +2209,13 @@ class Aggregate:
     _handlers: ClassVar[dict[str, list[Callable[..., Any]]]] = {}
     snapshot_every: ClassVar[int | None] = None
     snapshot_version: ClassVar[int] = 1
+    ignores_events: ClassVar[tuple[type[Event] | str, ...]] = ()
+    """Event classes (or type names) replay skips: e.g. those a reactor emits onto this aggregate's stream.
+
+    An ignored event changes no state but counts in ``version``, so saving
+    after it still writes at the right version. Any iterable works; it is
+    stored as a tuple. A type with a handler here is handled, not ignored.
+    """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -2215,6 +2228,16 @@ class Aggregate:
         for names, fn in _collect_handlers(cls):
             for name in names:
                 handlers.setdefault(name, []).append(fn)
+        ignored = cls.__dict__.get("ignores_events", cls.ignores_events)
+        if isinstance(ignored, (str, type)) or not isinstance(ignored, Iterable):
+            raise TypeError(f"{cls.__qualname__}.ignores_events must be an iterable of Event classes "
+                            f"or type names, not {ignored!r}")
+        cls.ignores_events = tuple(ignored)
+        for item in cls.ignores_events:
+            if not isinstance(item, str) and not (isinstance(item, type) and issubclass(item, Event)):
+                raise TypeError(f"{cls.__qualname__}.ignores_events: {item!r} is not an Event class or type name")
+        for name in type_names(cls.ignores_events) or ():
+            handlers.setdefault(name, [_ignore_event])
         cls._handlers = handlers
 
     def __init__(self, id: str | _uuid.UUID, events: Iterable[Event] = ()) -> None:
@@ -2577,6 +2600,19 @@ class Reactor(_TableOwner):
     """
 
     emits_events: ClassVar[tuple[type[Event], ...]] = ()
+    """The Event classes ``emit_event`` accepts: any iterable (a list is fine), checked and stored as a tuple."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("emits_events", cls.emits_events)
+        if isinstance(declared, type) or not isinstance(declared, Iterable):
+            raise TypeError(f"{cls.__qualname__}.emits_events must be an iterable of Event classes, "
+                            f"not {declared!r}")
+        classes = tuple(declared)
+        for item in classes:
+            if not isinstance(item, type) or not issubclass(item, Event) or item is Event:
+                raise TypeError(f"{cls.__qualname__}.emits_events: {item!r} is not an Event subclass")
+        cls.emits_events = classes
 
     def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | Database | None = None,
                  *, batch_size: int | None = None) -> None:
@@ -2958,6 +2994,201 @@ class _Child:
 
 
 # ---------------------------------------------------------------------------
+# Testing helpers: given/when/then for aggregates, and events fed to a
+# processor. They raise AssertionError with a readable diff, so they work
+# under plain pytest and under unittest alike.
+# ---------------------------------------------------------------------------
+
+_P = TypeVar("_P", bound="EventStreamProcessor")
+
+
+def _describe_event(event: Event | type[Event]) -> str:
+    """One line per event for diffs: its class (or type name) and body; never ids, uuids, versions or times."""
+    if isinstance(event, type):
+        return f"{event.__name__}(...)"
+    name = type(event).__name__ if type(event) is not Event else f"Event[{event.type}]"
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in event.body.items())})"
+
+
+def _event_matches(actual: Event, expected: Event | type[Event]) -> bool:
+    if isinstance(expected, type):
+        return isinstance(actual, expected) and actual.type == expected.type
+    return bool(actual.type == expected.type and actual.body == expected.body)
+
+
+def assert_events(actual: Iterable[Event], expected: Iterable[Event | type[Event]], *,
+                  what: str = "events") -> None:
+    """Assert that ``actual`` are ``expected``, in order, by type and body (ids, uuids, versions and
+    timestamps are ignored); an expected Event class matches any event of that class.
+
+    Raises AssertionError showing a diff of the two lists, one event a line.
+    """
+    got, want = list(actual), list(expected)
+    if len(got) == len(want) and all(_event_matches(a, e) for a, e in zip(got, want, strict=True)):
+        return
+    import difflib
+    got_lines = [_describe_event(e) for e in got]
+    want_lines = [_describe_event(e) for e in want]
+    for i, (a, e) in enumerate(zip(got, want, strict=False)):  # a class matching: show it as matched
+        if isinstance(e, type) and _event_matches(a, e):
+            want_lines[i] = got_lines[i]
+    diff = difflib.unified_diff(want_lines, got_lines, "expected", "actual", n=max(len(got), len(want)),
+                                lineterm="")
+    raise AssertionError(f"{what} differ (- expected, + actual):\n" + "\n".join(list(diff)[2:]))
+
+
+def _given_with_fields(events: Sequence[Event], aggregate_id: str | None) -> list[Event]:
+    """Copies of ``events`` with the aggregate id filled in where missing (and ids and versions, per aggregate)."""
+    versions: dict[str, int] = {}
+    result = []
+    for position, event in enumerate(events, 1):
+        if not isinstance(event, Event):
+            raise TypeError(f"given events must be Event instances, not {event!r}")
+        target = event.aggregate_id or aggregate_id or ""
+        versions[target] = versions.get(target, 0) + 1
+        result.append(_with_fields(event, aggregate_id=target, id=event.id or position,
+                                   version=event.version or versions[target]))
+    return result
+
+
+class AggregateScenario(typing.Generic[A]):
+    """An aggregate built from given events; ``when(command)`` runs a command, ``then``/``then_raises`` check it.
+
+    ``aggregate`` is the instance (inspect its state); ``error`` is what the
+    command raised (None if it did not); ``result`` is what it returned.
+    """
+
+    def __init__(self, aggregate_class: type[A], events: Sequence[Event], id: str) -> None:
+        self.given = _given_with_fields(events, id)
+        self.aggregate: A = aggregate_class(id, self.given)
+        self.error: Exception | None = None
+        self.result: Any = None
+        self._ran = False
+
+    def when(self, command: Callable[[A], Any]) -> AggregateScenario[A]:
+        """Run ``command(aggregate)``, e.g. ``lambda order: order.ship("Paris")``; an error is kept for then_raises."""
+        self._ran = True
+        try:
+            self.result = command(self.aggregate)
+        except Exception as exc:
+            self.error = exc
+        return self
+
+    @property
+    def new_events(self) -> list[Event]:
+        """The events the command applied (the aggregate's unsaved changes)."""
+        return list(self.aggregate.changes)
+
+    def then(self, *expected: Event | type[Event]) -> list[Event]:
+        """Assert that the command succeeded and applied exactly these events (by type and body); returns them.
+
+        ``then()`` with no events asserts that the command applied none.
+        """
+        if self.error is not None:
+            raise AssertionError(f"expected {len(expected)} new event(s), but the command raised "
+                                 f"{type(self.error).__name__}: {self.error}") from self.error
+        assert_events(self.new_events, expected, what="new events")
+        return self.new_events
+
+    def then_raises(self, exc_type: type[BaseException] | tuple[type[BaseException], ...] = Exception, *,
+                    match: str | None = None) -> Exception:
+        """Assert that the command raised ``exc_type`` (its message searched with the regex ``match``); return it."""
+        error = self.error
+        if error is None:
+            ran = "the command" if self._ran else "no command (call .when(...) first)"
+            names = exc_type.__name__ if isinstance(exc_type, type) else " or ".join(t.__name__ for t in exc_type)
+            raise AssertionError(f"expected {names}, but {ran} raised nothing; new events: "
+                                 f"{[_describe_event(e) for e in self.new_events]}")
+        if not isinstance(error, exc_type):
+            raise AssertionError(f"expected {exc_type!r}, but the command raised "
+                                 f"{type(error).__name__}: {error}") from error
+        if match is not None and not re.search(match, str(error)):
+            raise AssertionError(f"{type(error).__name__} raised, but its message {str(error)!r} does not "
+                                 f"match {match!r}") from error
+        return error
+
+
+def given(aggregate_class: type[A], *events: Event, id: str = "test-aggregate") -> AggregateScenario[A]:
+    """Start a test: an ``aggregate_class`` with this ``id`` rebuilt from ``events`` (missing ids, aggregate ids
+    and versions are filled in). ``es.given(Order, OrderPlaced(total=5)).when(lambda o: o.ship()).then(...)``.
+    """
+    return AggregateScenario(aggregate_class, events, id)
+
+
+class ProcessorScenario(typing.Generic[_P]):
+    """A processor after it was fed the given events: look at its tables and at what it emitted.
+
+    ``store`` holds the given events (as ``given``, stored) and, for a
+    reactor, what it emitted (``emitted``).
+    """
+
+    def __init__(self, processor: _P, store: EventStore, given: list[Event], emitted: list[Event]) -> None:
+        self.processor = processor
+        self.store = store
+        self.given = given
+        self.emitted = emitted
+
+    @property
+    def db(self) -> Any:
+        """The processor's database connection (``processor.db``)."""
+        if not isinstance(self.processor, _TableOwner):
+            raise TypeError(f"{self.processor!r} has no database: only projectors and reactors do")
+        return self.processor.db
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """The rows of a query on the processor's database, as a list of tuples (use ``processor.placeholder``)."""
+        return [tuple(row) for row in self.db.execute(sql, params).fetchall()]
+
+    def then_emitted(self, *expected: Event | type[Event]) -> list[Event]:
+        """Assert that the processor emitted exactly these events (by type and body); returns them as stored."""
+        assert_events(self.emitted, expected, what="emitted events")
+        return self.emitted
+
+
+class GivenEvents:
+    """Events to feed to processors with ``feed(processor)``; see :func:`given_events`."""
+
+    def __init__(self, events: Sequence[Event], aggregate_id: str) -> None:
+        for event in events:
+            if not isinstance(event, Event):
+                raise TypeError(f"given events must be Event instances, not {event!r}")
+        self.events = tuple(events)
+        self.aggregate_id = aggregate_id
+
+    def feed(self, processor: _P) -> ProcessorScenario[_P]:
+        """Store the events, set the processor up and let it process them in one batch.
+
+        A reactor's events go into its own store (a MemoryEventStore is the
+        usual choice), and what it emits while processing them is returned
+        as ``emitted``; any other processor gets them through a new
+        MemoryEventStore (a Projector given ``":memory:"`` needs nothing else).
+        """
+        store: EventStore = processor.store if isinstance(processor, Reactor) else MemoryEventStore()
+        stored: list[Event] = []
+        for event in self.events:
+            target = event.aggregate_id or self.aggregate_id
+            stored += store.sink(_with_fields(event, aggregate_id=target))
+        processor.setup()
+        last = max((e.id or 0 for e in stored), default=store.latest_event_id())
+        if stored:
+            processor.process_batch(stored)
+        emitted: list[Event] = []
+        while page := store.get_next_from(last + 1):
+            emitted += page
+            last = page[-1].id or last
+        return ProcessorScenario(processor, store, stored, emitted)
+
+
+def given_events(*events: Event, aggregate_id: str = "test-aggregate") -> GivenEvents:
+    """Events for a processor test: ``es.given_events(TodoAdded(title="x")).feed(projector)``.
+
+    Events without an aggregate id get ``aggregate_id``; ids, versions and
+    timestamps are assigned by the store they are sunk into.
+    """
+    return GivenEvents(events, aggregate_id)
+
+
+# ---------------------------------------------------------------------------
 # Command line: python -m eventsourcery STORE COMMAND ...
 # ---------------------------------------------------------------------------
 
@@ -2966,7 +3197,11 @@ class _CLIError(Exception):
 
 
 def _cli_open_store(target: str) -> EventStore:
-    """Open an existing store; nothing is ever created."""
+    """Open an existing store; nothing is ever created. A ``memory:`` store is refused: it would be empty."""
+    with contextlib.suppress(Error, ValueError):
+        if parse_store_url(target).scheme == "memory":
+            raise _CLIError(f"{target!r} is a store in one process's memory, which the command line cannot see; "
+                            "give an SQLite file or a postgresql:// URL")
     try:
         return open_store(target, create=False)
     except ImportError as exc:
@@ -3103,7 +3338,7 @@ def _cli_events(store: EventStore, args: argparse.Namespace) -> int:
                 progress.update(position - 1)
         finally:
             progress.clear()
-    if not printer.printed and not args.json:
+    if not printer.printed:
         sys.stderr.write("no events\n")
     return 0
 
@@ -3113,6 +3348,12 @@ def _cli_follow(store: EventStore, args: argparse.Namespace) -> int:
     matches = _cli_matches(args)
     latest = store.latest_event_id()
     start = args.from_id if args.from_id is not None else latest + 1
+    if start <= latest:
+        sys.stderr.write(f"printing the stored events from id {start}, then waiting for new events "
+                         "(Ctrl-C to stop)\n")
+    else:
+        sys.stderr.write(f"waiting for new events after id {latest} (Ctrl-C to stop)\n")
+    sys.stderr.flush()
     if not args.json:  # size the columns for what the latest events hold, so that new rows stay aligned
         printer.fit(store.get_next_from(max(latest - 999, 1)), next_id=latest + 1000)
     stopping = False
@@ -3140,18 +3381,19 @@ def _cli_follow(store: EventStore, args: argparse.Namespace) -> int:
 def _cli_aggregate(store: EventStore, args: argparse.Namespace) -> int:
     history = store.get_events_for_aggregate_id(args.aggregate_id)
     if not history:
-        raise _CLIError(f"no events for aggregate {args.aggregate_id!r}")
+        sys.stderr.write(f"no events for aggregate {args.aggregate_id!r}\n")
+        return 0
     _cli_printer(args).write(history)
     return 0
 
 
 def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
     statuses = processor_statuses(store)
-    if args.json:
-        sys.stdout.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in statuses)
-        return 0
     if not statuses:
         sys.stderr.write("no processors keep their position in this store\n")
+        return 0
+    if args.json:
+        sys.stdout.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in statuses)
         return 0
     rows = [("name", "position", "lag", "running")] + [
         (s.name, str(s.position), str(s.lag), "yes" if s.running else "no") for s in statuses]
@@ -3222,7 +3464,12 @@ def _cli_stats(store: EventStore, args: argparse.Namespace) -> int:
 
 
 _CLI_EPILOG = """\
-exit status: 0 ok, 1 error (a one-line message on stderr), 2 bad usage.
+exit status:
+  0    ok; also when nothing matches (no events, no such aggregate, no
+       processors): stdout is then empty and a note says so on stderr
+  1    error (a one-line message on stderr), or reset not confirmed
+  2    bad usage (the usage of the command at fault, and the error)
+  130  interrupted (Ctrl-C), except follow, which stops with 0
 
 examples:
   python -m eventsourcery todo.db events --type todo_added --limit 20
@@ -3253,6 +3500,15 @@ def _cli_parser() -> argparse.ArgumentParser:
                              "or a postgresql:// URL")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def from_id(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"expected an event id (0 or 1: the beginning), got {text!r}")
+        return max(value, 1)
+
     def positive(text: str) -> int:
         try:
             value = int(text)
@@ -3273,8 +3529,8 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     events = commands.add_parser("events", parents=[filters, output], help="list events (oldest first)",
                                  description="List stored events, oldest first.")
-    events.add_argument("--from", dest="from_id", type=positive, default=1, metavar="ID",
-                        help="start at this event id (default: 1)")
+    events.add_argument("--from", dest="from_id", type=from_id, default=1, metavar="ID",
+                        help="start at this event id (default: 1; 0 also means the beginning)")
     events.add_argument("--limit", type=positive, metavar="N", help="list at most N events")
     events.set_defaults(run=_cli_events)
 
@@ -3282,8 +3538,9 @@ def _cli_parser() -> argparse.ArgumentParser:
                                  help="print new events as they are stored, until Ctrl-C",
                                  description="Print events as they are stored, until Ctrl-C or SIGTERM "
                                              "(exit status 0).")
-    follow.add_argument("--from", dest="from_id", type=positive, metavar="ID",
-                        help="first print the stored events from this id (default: only new events)")
+    follow.add_argument("--from", dest="from_id", type=from_id, metavar="ID",
+                        help="first print the stored events from this id (0: from the beginning; "
+                             "default: only new events)")
     follow.set_defaults(run=_cli_follow)
 
     aggregate = commands.add_parser("aggregate", parents=[output], help="show one aggregate's history",
@@ -3320,9 +3577,34 @@ def _cli_one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _cli_commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each command name (aliases included)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _cli_parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the command line; every usage error and ``--help`` after a command is that command's own."""
+    parser = _cli_parser()
+    commands = _cli_commands(parser)
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    if first in commands and argv.index(first) == 0 and not os.path.exists(first):
+        command = commands[first]
+        if "-h" in argv or "--help" in argv:
+            command.parse_args(["--help"])  # prints the command's help and exits with 0
+        command.error(f"the STORE is missing: it comes before the command, as in "
+                      f"{parser.prog} todo.db {first} ...")
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line, ``python -m eventsourcery STORE COMMAND ...``; returns the exit status."""
-    args = _cli_parser().parse_args(argv)
+    args = _cli_parse(list(sys.argv[1:] if argv is None else argv))
     if sys.stdout is not None and hasattr(sys.stdout, "reconfigure"):
         with contextlib.suppress(Exception):
             sys.stdout.reconfigure(errors="backslashreplace")

@@ -272,8 +272,77 @@ def test_aggregate_history(db: pathlib.Path) -> None:
         (1, 1, {"title": "Buy milk"}), (3, 2, {"completed_on": "2024-05-02"})]
 
 
-def test_aggregate_unknown(db: pathlib.Path) -> None:
-    assert_one_line_error(cli(db, "aggregate", "todo-9"), "todo-9")
+@pytest.mark.parametrize("json_flag", [(), ("--json",)])
+def test_aggregate_unknown_is_no_match_exit_0_with_a_note(db: pathlib.Path, json_flag: tuple[str, ...]) -> None:
+    result = cli(db, "aggregate", "todo-9", *json_flag)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "no events for aggregate 'todo-9'\n")
+
+
+@pytest.mark.parametrize("args", [("events", "--type", "nosuch"), ("events", "--json", "--type", "nosuch"),
+                                  ("events", "--aggregate", "todo-9"), ("aggregate", "todo-9"),
+                                  ("processors",), ("processors", "--json")])
+def test_no_match_is_exit_0_with_a_note_on_stderr_everywhere(db: pathlib.Path, args: tuple[str, ...]) -> None:
+    result = cli(db, *args)
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("no ")
+
+
+def test_exit_statuses_are_documented_in_the_help() -> None:
+    help_text = cli("--help").stdout
+    for fragment in ("0    ok; also when nothing matches", "1    error", "2    bad usage", "130  interrupted"):
+        assert fragment in help_text
+
+
+# --- usage errors and help are the command's own ---------------------------------------
+
+
+@pytest.mark.parametrize("command", ["events", "follow", "tail", "aggregate", "processors", "reset", "stats"])
+def test_command_help_without_a_store_is_the_commands_own(command: str) -> None:
+    result = cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m eventsourcery STORE ")
+    assert "Look inside an eventsourcery event store" not in result.stdout  # not the top-level help
+
+
+@pytest.mark.parametrize("args", [("events",), ("events", "--bogus"), ("follow", "--json"), ("aggregate", "x"),
+                                  ("stats",)])
+def test_a_command_where_the_store_should_be_says_the_store_is_missing(args: tuple[str, ...]) -> None:
+    result = cli(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("usage: python -m eventsourcery STORE ")
+    assert f"the STORE is missing: it comes before the command, as in python -m eventsourcery todo.db {args[0]}" \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_file_named_like_a_command_is_still_a_store(db: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    (tmp_path / "stats").write_bytes(db.read_bytes())
+    result = subprocess.run([sys.executable, "-m", "eventsourcery", "stats", "stats"], cwd=tmp_path,
+                            capture_output=True, text=True, env=cli_env(PYTHONPATH=str(ROOT)), timeout=WAIT)
+    assert result.returncode == 0, result.stderr
+    assert "events:      5" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["events", "stats", "processors"])
+def test_an_unknown_option_shows_the_commands_usage(db: pathlib.Path, command: str) -> None:
+    result = cli(db, command, "--bogus")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"usage: python -m eventsourcery STORE {command} ")
+    assert "unrecognized arguments: --bogus" in result.stderr
+
+
+@pytest.mark.parametrize("store", ["memory:"])
+def test_memory_store_is_refused(store: str) -> None:
+    assert_one_line_error(cli(store, "events"), "memory", "SQLite file or a postgresql:// URL")
+
+
+def test_events_from_0_is_the_beginning(db: pathlib.Path) -> None:
+    result = cli(db, "events", "--json", "--from", "0")
+    assert result.returncode == 0, result.stderr
+    assert [e["id"] for e in json_lines(result.stdout)] == [1, 2, 3, 4, 5]
+    assert cli(db, "events", "--from", "-1").returncode == 2
 
 
 # --- processors and reset --------------------------------------------------------
@@ -510,6 +579,45 @@ def test_follow_from_an_id_prints_stored_events_first_then_new_ones(db: pathlib.
         code, err = stop(proc, signal.SIGTERM)
     assert code == 0, err
     assert "Traceback" not in err
+
+
+def first_stderr_line(proc: subprocess.Popen, timeout: float = 10.0) -> str:
+    """The process's first line on stderr, or "" if none comes within ``timeout`` (the test then fails)."""
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    stream = proc.stderr
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        return ""
+
+
+def test_follow_says_it_waits_then_prints_the_header_with_the_first_events(db: pathlib.Path) -> None:
+    proc = cli_popen(db, "follow", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert first_stderr_line(proc) == "waiting for new events after id 5 (Ctrl-C to stop)\n"
+        reader = LineReader(proc)
+        with pytest.raises(queue.Empty):
+            reader.next(timeout=0.3)  # no header before there is an event
+        append(db, "todo_added", "todo-3", title="Three")
+        assert reader.next().split() == ["id", "created_at", "type", "aggregate_id", "version", "body"]
+        assert reader.next().split()[0::2][:2] == ["6", "todo_added"]
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+
+
+def test_follow_from_0_prints_every_event_and_says_so(db: pathlib.Path) -> None:
+    proc = cli_popen(db, "follow", "--from", "0", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert first_stderr_line(proc) == ("printing the stored events from id 1, then waiting for new events "
+                                          "(Ctrl-C to stop)\n")
+        reader = LineReader(proc)
+        assert [json.loads(reader.next())["id"] for _ in range(5)] == [1, 2, 3, 4, 5]
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
 
 
 def test_follow_filters(db: pathlib.Path) -> None:
