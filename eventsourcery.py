@@ -3215,6 +3215,15 @@ def _cli_time(value: _dt.datetime | None) -> str:
     return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+_CLI_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _cli_safe(text: str) -> str:
+    """``text`` with control characters escaped, so a stored string cannot drive the terminal."""
+    return _CLI_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", text)
+
+
 def _cli_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
@@ -3277,7 +3286,8 @@ class _CLIEventPrinter:
     def fit(self, events: Sequence[Event], next_id: int = 0) -> None:
         """Widen the columns for these events (and for ids up to ``next_id``), printing nothing."""
         for e in events:
-            cells = (str(e.id), _cli_time(e.created_at), str(e.type), e.aggregate_id, str(e.version))
+            cells = (str(e.id), _cli_time(e.created_at), _cli_safe(str(e.type)), _cli_safe(e.aggregate_id),
+                     str(e.version))
             self.widths = [max(w, len(c)) for w, c in zip(self.widths, cells, strict=True)]
         self.widths[0] = max(self.widths[0], len(str(next_id)))
 
@@ -3286,8 +3296,10 @@ class _CLIEventPrinter:
         if self.as_json:
             out.writelines(json.dumps(_cli_event_dict(e), default=str) + "\n" for e in events)
         else:
-            rows = [(str(e.id), _cli_time(e.created_at), str(e.type), e.aggregate_id, str(e.version),
-                     _cli_json(e.body)) for e in events]
+            rows = [(str(e.id), _cli_time(e.created_at), _cli_safe(str(e.type)), _cli_safe(e.aggregate_id),
+                     str(e.version), _cli_safe(_cli_json(e.body) + (f"  metadata {_cli_json(e.metadata)}"
+                                                                    if e.metadata else "")))
+                    for e in events]
             self.fit(events)
             if not self.printed and rows:
                 out.write(self._line(self.HEADER, "body") + "\n")
@@ -3381,9 +3393,42 @@ def _cli_follow(store: EventStore, args: argparse.Namespace) -> int:
 def _cli_aggregate(store: EventStore, args: argparse.Namespace) -> int:
     history = store.get_events_for_aggregate_id(args.aggregate_id)
     if not history:
-        sys.stderr.write(f"no events for aggregate {args.aggregate_id!r}\n")
+        sys.stderr.write(f"no events for aggregate {_cli_safe(repr(args.aggregate_id))}\n")
         return 0
     _cli_printer(args).write(history)
+    snapshots = store.snapshots(args.aggregate_id)
+    notes = [f"snapshot of {_cli_safe(snap.aggregate_type)} at version {snap.version} "
+             f"(snapshot_version {snap.snapshot_version}, taken {_cli_time(_cli_datetime(snap.created_at))})"
+             for snap in snapshots] or ["no snapshot"]
+    (sys.stderr if args.json else sys.stdout).writelines(note + "\n" for note in notes)
+    return 0
+
+
+def _cli_datetime(value: _dt.datetime | str) -> _dt.datetime:
+    return _dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _cli_erase(store: EventStore, args: argparse.Namespace) -> int:
+    aggregate_id = args.aggregate_id
+    version = store.aggregate_version(aggregate_id)
+    shown = _cli_safe(repr(aggregate_id))
+    if version == 0:
+        sys.stderr.write(f"no events for aggregate {shown}: nothing erased\n")
+        return 0
+    if not args.yes:
+        sys.stderr.write(f"Erase aggregate {shown} for good ({version} events: their bodies and metadata "
+                         "are removed; this cannot be undone)? [y/N] ")
+        sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line.endswith("\n") or not sys.stdin.isatty():
+            sys.stderr.write("\n")  # the answer was not echoed: end the prompt's line
+        if line.strip().lower() not in ("y", "yes"):
+            sys.stderr.write(f"not erased: {shown} keeps its {version} events\n")
+            return 1
+    erased = store.erase_aggregate(aggregate_id, reason=args.reason)
+    assert erased is not None
+    sys.stdout.write(f"erased {shown}: {erased.erased_events} events are tombstones now; "
+                     f"event {erased.id} ({erased.type}) tells projectors to forget it\n")
     return 0
 
 
@@ -3561,6 +3606,16 @@ def _cli_parser() -> argparse.ArgumentParser:
     reset.add_argument("name", metavar="NAME", help="the processor's name")
     reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     reset.set_defaults(run=_cli_reset)
+
+    erase = commands.add_parser(
+        "erase", help="erase one aggregate's data for good (asks first)",
+        description="Turn every event of one aggregate into a tombstone (its body and metadata are removed, "
+                    "its id, uuid, version and time stay), delete its snapshots and append an "
+                    "eventsourcery.aggregate_erased event that projectors handle to forget it. Cannot be undone.")
+    erase.add_argument("aggregate_id", metavar="ID")
+    erase.add_argument("--reason", help="recorded in the aggregate_erased event")
+    erase.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    erase.set_defaults(run=_cli_erase)
 
     stats = commands.add_parser("stats", help="count events by type; first and last; file size",
                                 description="Count events (in all and by type) and aggregates, show when the "

@@ -12,6 +12,7 @@ import os
 import pathlib
 import pty
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -264,7 +265,9 @@ def test_progress_is_shown_on_a_terminal_only(big_db: pathlib.Path) -> None:
 def test_aggregate_history(db: pathlib.Path) -> None:
     result = cli(db, "aggregate", "todo-2")
     assert result.returncode == 0, result.stderr
-    rows = table_rows(result.stdout)
+    *table, note = result.stdout.splitlines()
+    assert note == "no snapshot"
+    rows = table_rows("\n".join(table) + "\n")
     assert [(r[0], r[2], r[4]) for r in rows] == [("2", "todo_added", "1"), ("4", "todo_amended", "2"),
                                                  ("5", "todo_abandoned", "3")]
     events = json_lines(cli(db, "aggregate", "todo-1", "--json").stdout)
@@ -695,3 +698,80 @@ def test_postgres_processors_and_reset() -> None:
         assert store.tracker().last_processed_event_id(name) == 0
     finally:
         store.close()
+
+
+# --- control characters, metadata, snapshots, erase ---------------------------------------------------
+
+
+def test_control_characters_in_stored_strings_are_escaped_in_tables_and_exact_in_json(tmp_path):
+    path = tmp_path / "odd.db"
+    nasty = "a\x1b[2Jb\x07c\x9bd\u202ee"
+    with es.SQLiteEventStore(path) as store:
+        store.sink(es.Event(type=f"t{nasty}", aggregate_id=nasty, body={"s": nasty}, metadata={"m": nasty}))
+    for command in (["events"], ["aggregate", nasty]):
+        table = cli(path, *command)
+        assert table.returncode == 0, table.stderr
+        assert not any(ch in table.stdout for ch in "\x1b\x07\x9b\u202e"), repr(table.stdout)
+        assert "a\\x1b[2Jb\\x07c\\x9bd\\u202ee" in table.stdout
+    (event,) = json_lines(cli(path, "events", "--json").stdout)
+    assert (event["aggregate_id"], event["type"], event["body"], event["metadata"]) == (
+        nasty, f"t{nasty}", {"s": nasty}, {"m": nasty})
+
+
+def test_metadata_is_shown_in_the_table_and_in_json(tmp_path):
+    path = tmp_path / "meta.db"
+    with es.SQLiteEventStore(path) as store:
+        store.sink(es.Event(type="noted", aggregate_id="n-1", body={"x": 1}, metadata={"user": "ada"}))
+        store.sink(es.Event(type="noted", aggregate_id="n-1", body={"x": 2}))
+    lines = cli(path, "events").stdout.splitlines()
+    assert lines[1].endswith('{"x":1}  metadata {"user":"ada"}') and lines[2].endswith('{"x":2}')
+    assert [e["metadata"] for e in json_lines(cli(path, "events", "--json").stdout)] == [{"user": "ada"}, {}]
+
+
+class CliNoted(es.Event, type="clitest.noted"):
+    n: int
+
+
+class CliCounter(es.Aggregate):
+    snapshot_every = 2
+    total: int = 0
+
+    @es.on(CliNoted)
+    def _noted(self, event):
+        self.total += event.n
+
+
+def test_aggregate_says_whether_a_snapshot_exists_and_at_which_version(tmp_path):
+    path = tmp_path / "snap.db"
+    with es.SQLiteEventStore(path) as store:
+        repo = es.Repository(store)
+        for agg, n in (("with-snapshot", 3), ("without", 1)):
+            counter = repo.load(CliCounter, agg)
+            for i in range(n):
+                counter.apply_event(CliNoted, n=i)
+            repo.save(counter)
+    shown = cli(path, "aggregate", "with-snapshot")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^snapshot of tests\.test_cli\.CliCounter at version 3 \(snapshot_version 1, taken ",
+                     shown.stdout.splitlines()[-1])
+    assert cli(path, "aggregate", "without").stdout.splitlines()[-1] == "no snapshot"
+    as_json = cli(path, "aggregate", "with-snapshot", "--json")
+    assert len(json_lines(as_json.stdout)) == 3 and "snapshot of" in as_json.stderr  # stdout stays JSON lines
+
+
+def test_erase_asks_first_and_then_leaves_tombstones(db: pathlib.Path) -> None:
+    refused = cli(db, "erase", "todo-1", input="n\n")
+    assert refused.returncode == 1 and "Erase aggregate 'todo-1' for good (2 events" in refused.stderr
+    assert "not erased" in refused.stderr
+    assert [e["type"] for e in json_lines(cli(db, "events", "--aggregate", "todo-1", "--json").stdout)] == [
+        "todo_added", "todo_completed"]
+    done = cli(db, "erase", "todo-1", "--yes", "--reason", "asked by the owner")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("erased 'todo-1': 2 events are tombstones now")
+    events = json_lines(cli(db, "events", "--aggregate", "todo-1", "--json").stdout)
+    assert [(e["type"], e["body"]) for e in events] == [
+        (es.ERASED_TYPE, {}), (es.ERASED_TYPE, {}),
+        ("eventsourcery.aggregate_erased", {"erased_events": 2, "reason": "asked by the owner"})]
+    assert [e["aggregate_id"] for e in json_lines(cli(db, "events", "--json").stdout)].count("todo-2") == 3
+    nothing = cli(db, "erase", "no-such-todo", "--yes")
+    assert nothing.returncode == 0 and "nothing erased" in nothing.stderr
