@@ -882,7 +882,32 @@ def _encode_body(event: Event) -> str:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise _field_error(event, exc) from exc
+    if cls is Event and event.type in _registry:
+        _check_loadable(event, _registry[event.type])
     return text
+
+
+def _check_loadable(event: Event, cls: type[Event]) -> None:
+    """InvalidEventError naming the type and field unless ``cls`` can load the generic event's body:
+    stored, it would fail every reader of its aggregate and every subscriber at its position."""
+    codec = _codec(cls)
+    field: str | None = None
+    try:
+        data = dict(event.__dict__["body"])
+        if codec.upcast:
+            data = cls.upcast(data)
+        for name in codec.names:
+            if name not in data and name not in codec.defaults:
+                field = name
+                raise ValueError("it is missing and has no default")
+        data = codec.fill(data)
+        for field, decode in codec.decoders:
+            if data[field] is not None:
+                decode(data[field])
+    except Exception as exc:
+        what = f"field {field!r}" if field else "its body"
+        raise InvalidEventError(f"a generic {event.type!r} event cannot be stored: {cls.__qualname__} cannot load "
+                                f"{what} ({exc}); nothing was written") from exc
 
 
 def _nesting(value: Any) -> int:
@@ -1628,7 +1653,8 @@ class SQLiteDatabase(Database):
         code = getattr(exc, "sqlite_errorcode", -1) & 0xFF  # Python 3.11+; else the message tells
         text = str(exc)
         where = f"the SQLite database {self.path or self._given!r}"
-        if code in (11, 26) or "malformed" in text or "not a database" in text:  # SQLITE_CORRUPT, SQLITE_NOTADB
+        if code in (11, 26) or "malformed" in text or "not a database" in text or "UTF-8" in text:
+            # SQLITE_CORRUPT, SQLITE_NOTADB, or text that is not UTF-8
             return CorruptEventError(f"{where} is damaged: cannot {doing}: {text}")
         if code == 8 or "readonly" in text:  # SQLITE_READONLY
             return StoreError(f"{where} cannot be written: cannot {doing}: {text}")
