@@ -1598,24 +1598,24 @@ class SQLiteDatabase(Database):
         if os.path.isdir(path):
             raise StoreError(f"cannot open SQLite database {path!r}: it is a directory")
         on_disk = path != ":memory:" and not path.startswith("file:")
-        file_id = self._stat_file() if on_disk else None
-        writable = file_id is None or os.access(path, os.W_OK)
-        try:
-            if not writable:
-                raise sqlite3.OperationalError("attempt to write a readonly database")
-            conn = self._connect(path, read_only=False)
-        except sqlite3.Error as exc:
-            if writable and (file_id is None or os.access(os.path.dirname(path) or ".", os.W_OK)):
-                raise self.error(exc, "open the database") from exc
+        exists = on_disk and os.path.exists(path)
+        conn = None
+        if not exists or os.access(path, os.W_OK):
+            try:
+                conn = self._connect(path, read_only=False)
+            except sqlite3.Error as exc:
+                if not exists or os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+                    raise self.error(exc, "open it") from exc
+        if conn is None:
             # A file we may not write (a read-only file, directory or filesystem): read it, refuse writes.
             uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
             if os.statvfs(path).f_flag & os.ST_RDONLY:
                 uri += "&immutable=1"  # nobody can write it, and its -shm file cannot be created
             try:
                 conn = self._connect(uri, read_only=True)
-            except sqlite3.Error as ro_exc:
-                raise self.error(ro_exc, "open the database, even read-only") from exc
-        self._file_id = file_id
+            except sqlite3.Error as exc:
+                raise self.error(exc, "open it, even read-only") from exc
+        self._file_id = self._stat_file() if on_disk else None  # the file the connection opened (or made)
         return conn
 
     def _connect(self, target: str, *, read_only: bool) -> sqlite3.Connection:
@@ -1663,7 +1663,7 @@ class SQLiteDatabase(Database):
         if code in (5, 6) or "locked" in text:  # SQLITE_BUSY, SQLITE_LOCKED
             return StoreError(f"{where} stayed locked by another writer for busy_timeout={self.busy_timeout} s: "
                               f"cannot {doing}: {text}")
-        return StoreError(f"cannot {doing} in {where}: {text}")
+        return StoreError(f"{where}: cannot {doing}: {text}")
 
     def _connection_in_transaction(self, conn: Any) -> bool:
         return bool(conn.in_transaction)

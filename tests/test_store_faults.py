@@ -205,3 +205,81 @@ def test_postgres_failed_statement_is_a_store_error_from_every_method():
             call()
         assert isinstance(excinfo.value.__cause__, psycopg.Error), name
     store.close()
+
+
+# --- SQLite: read-only stores, and files deleted or replaced while open --------------------------------
+
+
+def _store_with_one_event(path) -> None:
+    with es.SQLiteEventStore(path) as store:
+        store.sink(item(title="kept"))
+
+
+def _assert_read_only(path) -> None:
+    store = es.SQLiteEventStore(path)
+    try:
+        assert store.database.read_only
+        assert [e.title for e in store.get_next_from(1)] == ["kept"]
+        assert store.aggregate_version("agg") == 1
+        assert store.stats()["events"] == 1
+        with pytest.raises(es.StoreError, match="read-only"):
+            store.sink(item(title="refused"))
+        with pytest.raises(es.StoreError, match="read-only"):
+            with store.transaction():
+                pass
+        assert store.latest_event_id() == 1
+    finally:
+        store.close()
+
+
+def test_sqlite_store_on_a_read_only_filesystem_can_be_read_and_refuses_writes(tmp_path):
+    with tmpfs(tmp_path / "ro") as directory:
+        _store_with_one_event(directory / "e.db")
+        remount(directory, "ro")
+        _assert_read_only(directory / "e.db")
+
+
+def test_sqlite_store_in_an_immutable_file_can_be_read_and_refuses_writes(tmp_path):
+    path = tmp_path / "e.db"
+    _store_with_one_event(path)
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:  # the filesystem has no immutable flag: a read-only bind mount instead
+        with tmpfs(tmp_path / "ro") as directory:
+            _store_with_one_event(directory / "e.db")
+            view = tmp_path / "view"
+            view.mkdir()
+            subprocess.run(["mount", "--bind", str(directory), str(view)], check=True, timeout=30)
+            try:
+                subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True, timeout=30)
+                _assert_read_only(view / "e.db")
+            finally:
+                subprocess.run(["umount", "-l", str(view)], timeout=30)
+        return
+    try:
+        _assert_read_only(path)
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True, timeout=30)
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_sqlite_store_file_deleted_or_replaced_while_open_refuses_the_next_write(tmp_path, how):
+    path = tmp_path / "e.db"
+    store = es.SQLiteEventStore(path)
+    store.sink(item(title="before"))
+    if how == "deleted":
+        os.remove(path)
+    else:
+        other = tmp_path / "other.db"
+        with es.SQLiteEventStore(other) as replacement:
+            replacement.sink(item("other-agg", "replacement"))
+        os.replace(other, path)
+    refused = [item(title="never acknowledged"), item(title="never acknowledged either")]
+    for event in refused:  # and on, until the store is opened again
+        with pytest.raises(es.StoreError, match="deleted or replaced"):
+            store.sink(event)
+    store.close()
+    if how == "replaced":
+        with es.SQLiteEventStore(path) as reader:
+            assert not {e.uuid for e in reader.get_next_from(1)} & {e.uuid for e in refused}
+    else:
+        assert not path.exists()  # not made again behind the operator's back
