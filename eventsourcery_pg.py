@@ -318,13 +318,15 @@ class PostgresDatabase(es.Database):
         if state in ("XX001", "XX002"):  # data_corrupted, index_corrupted
             return es.CorruptEventError(f"{where} reports damaged data: cannot {doing}: {exc}")
         if _connection_lost(exc):
-            return es.StoreError(f"lost the connection to {where}: cannot {doing}: {exc}")
+            doubt = " (whether the server committed the transaction is not known)" if doing == "commit" else ""
+            return es.StoreError(f"lost the connection to {where}: cannot {doing}{doubt}: {exc}")
         if state in ("55P03", "57014"):  # lock_not_available (lock_timeout), query_canceled (statement_timeout)
             return es.StoreError(f"{where}: a lock wait or statement timed out: cannot {doing}: {exc}")
         return es.StoreError(f"cannot {doing} in {where}: {exc}")
 
     def _connection_in_transaction(self, conn: Any) -> bool:
-        return bool(conn.info.transaction_status != pq.TransactionStatus.IDLE)
+        # A closed connection's status is UNKNOWN: its transaction, if any, ended with its session.
+        return bool(not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         # One statement needs no BEGIN/COMMIT round trips: it joins an open transaction or commits alone.

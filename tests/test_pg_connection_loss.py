@@ -108,6 +108,23 @@ def test_first_sink_and_read_after_the_connection_died_idle_succeed(cluster, sto
     assert len(store.get_events_for_aggregate_id("agg")) == 2
 
 
+def test_read_whose_connection_dies_during_it_is_a_store_error_and_the_next_sink_works(cluster, store):
+    store.sink(item("before"))
+    conn = store.connection
+    real_execute = conn.execute
+
+    def terminate_first(query, params=None, **kw):
+        cluster.terminate_backends("eventsourcery")
+        return real_execute(query, params, **kw)
+
+    conn.execute = terminate_first
+    with pytest.raises(es.StoreError, match="lost the connection") as excinfo:
+        store.get_next_from(1)
+    assert isinstance(excinfo.value.__cause__, psycopg.OperationalError)
+    assert store.sink(item("after"))[0].id == 2  # on a new connection, outside any transaction
+    assert stored_titles(cluster, store) == ["before", "after"]
+
+
 # --- interrupted while parked on the write lock: not stored, a clear StoreError -------------------
 
 
