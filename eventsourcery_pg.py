@@ -39,6 +39,13 @@ How it keeps the store contract:
   then read again on each (coalesced) notification, and at least every
   ``poll_interval`` seconds in case one is missed. A dead listener connection
   is replaced; if no new one can be opened, subscribe raises ``es.StoreError``.
+* **Lost connections.** A connection found dead while idle (the server
+  restarted, or ended the session) is opened again before anything is sent.
+  A ``sink`` whose connection is lost while it runs reconnects and looks its
+  uuids up: it returns the stored copies if the write committed, else raises
+  ``es.StoreError`` saying they were not stored. No psycopg exception leaves
+  a store method: each is an ``es.StoreError`` (``es.CorruptEventError`` for
+  damaged data) with it as ``__cause__``.
 * **Trackers** keep positions in ``eventsourcery_trackers`` in the same
   database; a running processor holds the store's lock of its name, a session
   advisory lock on a connection of its own, which the server releases when
@@ -512,6 +519,9 @@ class PostgresEventStore(es.EventStore):
                                               "ORDER BY id", (uuids,)).fetchall()
                 break
             except (psycopg.Error, es.StoreError) as exc:
+                if isinstance(exc, psycopg.Error) and not _connection_lost(exc):
+                    raise db.error(exc, f"find out whether events {uuids} were stored after the connection "
+                                        f"was lost ({lost})") from exc
                 if time.monotonic() + delay > deadline:
                     raise es.StoreError(
                         f"lost the connection to {self!r} while storing events {uuids}, and could not reconnect "
