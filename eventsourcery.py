@@ -1002,6 +1002,8 @@ def _encode_body(event: Event) -> str:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise _field_error(event, exc) from exc
+    if cls is Event and event.type in _registry:
+        _check_loadable(event, _registry[event.type])
     return text
 
 
@@ -1021,6 +1023,29 @@ def _encode_metadata(event: Event, metadata: Mapping[str, Any]) -> str:
             raise TypeError(f"metadata {key!r} of a {event.type!r} event must be a JSON scalar "
                             f"(str, int, float, bool or None), not {type(value).__name__}")
     return _json_encode(metadata if type(metadata) is dict else dict(metadata))
+
+
+def _check_loadable(event: Event, cls: type[Event]) -> None:
+    """InvalidEventError naming the type and field unless ``cls`` can load the generic event's body:
+    stored, it would fail every reader of its aggregate and every subscriber at its position."""
+    codec = _codec(cls)
+    field: str | None = None
+    try:
+        data = dict(event.__dict__["body"])
+        if codec.upcast:
+            data = cls.upcast(data)
+        for name in codec.names:
+            if name not in data and name not in codec.defaults:
+                field = name
+                raise ValueError("it is missing and has no default")
+        data = codec.fill(data)
+        for field, decode in codec.decoders:
+            if data[field] is not None:
+                decode(data[field])
+    except Exception as exc:
+        what = f"field {field!r}" if field else "its body"
+        raise InvalidEventError(f"a generic {event.type!r} event cannot be stored: {cls.__qualname__} cannot load "
+                                f"{what} ({exc}); nothing was written") from exc
 
 
 def _nesting(value: Any) -> int:
@@ -1242,6 +1267,14 @@ class Database(abc.ABC):
     autocommit mode, ready to use), ``_connection_in_transaction()``, its
     ``placeholder``, and how it creates, names and drops tables
     (``create_tables``, ``drop_tables``, ``qualify``).
+
+    Errors: no driver exception leaves a store. ``driver_errors`` are the
+    driver's exception classes, and ``error(exc, doing)`` the es error one of
+    them means (StoreError, or CorruptEventError for damaged data), raised
+    ``from`` it; ``transaction()`` raises it for a failed BEGIN, SAVEPOINT or
+    COMMIT (and rolls back). A connection found unusable before use is opened
+    again, except inside a transaction: then its work is lost and that is a
+    StoreError.
     """
 
     #: the parameter marker of the driver's SQL
@@ -1250,6 +1283,8 @@ class Database(abc.ABC):
     begin_statement: ClassVar[str] = "BEGIN"
     #: connections inherited through fork(): kept referenced so they are never finalised in the child
     _abandoned: ClassVar[list[Any]] = []
+    #: the driver's exception classes, which ``error()`` turns into es errors
+    driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
 
     def __init__(self) -> None:
         self._conn: Any = None
@@ -1272,6 +1307,14 @@ class Database(abc.ABC):
 
     def _close_connection(self, conn: Any) -> None:
         conn.close()
+
+    def _began(self, conn: Any) -> None:  # noqa: B027 - a hook; most backends need nothing here
+        """Called once ``begin_statement`` has opened a (top-level) transaction; raise to refuse it."""
+
+    def error(self, exc: Exception, doing: str) -> StoreError:
+        """The es error that driver exception ``exc``, raised while trying to ``doing``, means; raise it
+        ``from exc``. A backend names damaged data (CorruptEventError), lost connections, full disks, ..."""
+        return StoreError(f"cannot {doing} ({self!r}): {exc}")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -1310,7 +1353,10 @@ class Database(abc.ABC):
             with self._lock:
                 conn = self._conn
                 if conn is None or not self._connection_usable(conn):
-                    self._depth = 0
+                    if self._depth:  # the open transaction died with it: never carry on in another
+                        raise StoreError(f"lost the connection of {self!r} inside a transaction; "
+                                         "the transaction was rolled back")
+                    self._discard()
                     conn = self._conn = self._create_connection()
         return conn
 
@@ -1340,27 +1386,43 @@ class Database(abc.ABC):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
         """``begin_statement`` ... COMMIT around the block (yields the connection); nested use is a
-        savepoint inside the outer transaction, rolled back alone if the inner block raises."""
+        savepoint inside the outer transaction, rolled back alone if the inner block raises. A failed
+        BEGIN, SAVEPOINT or COMMIT is rolled back and raised as ``error()``."""
+        errors = self.driver_errors
         with self.lock:
             conn = self.connection
             if self._depth:
+                name = f"es_sp{self._depth + 1}"
+                try:
+                    conn.execute(f"SAVEPOINT {name}")
+                except errors as exc:
+                    raise self.error(exc, "open a savepoint") from exc
                 self._depth += 1
-                name = f"es_sp{self._depth}"
-                conn.execute(f"SAVEPOINT {name}")
                 try:
                     yield conn
                 except BaseException:
-                    conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
-                    conn.execute(f"RELEASE SAVEPOINT {name}")
+                    try:
+                        conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                        conn.execute(f"RELEASE SAVEPOINT {name}")
+                    except errors as exc:
+                        raise self.error(exc, "roll back to a savepoint") from exc
                     raise
                 else:
-                    conn.execute(f"RELEASE SAVEPOINT {name}")
+                    try:
+                        conn.execute(f"RELEASE SAVEPOINT {name}")
+                    except errors as exc:
+                        raise self.error(exc, "release a savepoint") from exc
                 finally:
                     self._depth -= 1
                 return
-            conn.execute(self.begin_statement)
+            try:
+                conn.execute(self.begin_statement)
+            except errors as exc:
+                self._rollback(conn)
+                raise self.error(exc, "begin a transaction") from exc
             self._depth = 1
             try:
+                self._began(conn)
                 yield conn
             except BaseException:
                 self._depth = 0
@@ -1368,6 +1430,9 @@ class Database(abc.ABC):
                 raise
             try:
                 conn.execute("COMMIT")
+            except errors as exc:
+                self._rollback(conn)
+                raise self.error(exc, "commit") from exc
             except BaseException:
                 self._rollback(conn)
                 raise
@@ -1375,10 +1440,23 @@ class Database(abc.ABC):
                 self._depth = 0
             self.commits += 1
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Run one statement inside the current transaction, or in a transaction of its own; returns the cursor."""
+    def execute(self, sql: str, params: Sequence[Any] = (), *, doing: str = "write") -> Any:
+        """Run one statement inside the current transaction, or in a transaction of its own; returns the
+        cursor. A driver error is raised as ``error(exc, doing)``."""
         with self.transaction() as conn:
-            return conn.execute(sql, params)
+            try:
+                return conn.execute(sql, params)
+            except self.driver_errors as exc:
+                raise self.error(exc, doing) from exc
+
+    def fetch_all(self, sql: str, params: Sequence[Any] = (), *, doing: str = "read") -> list[Any]:
+        """The rows one query returns (in the current transaction, if one is open); a driver error is
+        raised as ``error(exc, doing)``."""
+        with self.lock:
+            try:
+                return list(self.connection.execute(sql, params).fetchall())
+            except self.driver_errors as exc:
+                raise self.error(exc, doing) from exc
 
     def close(self) -> None:
         """Close this process's connection (it is opened again when needed)."""
@@ -1674,9 +1752,17 @@ class SQLiteDatabase(Database):
     transaction that has read cannot be upgraded to a writer and fails at
     once with "database is locked". A file is opened in WAL mode; ``prepare``,
     if given, runs on every new connection (the event store creates its schema).
+
+    A file that cannot be written (its permissions, an immutable file, a
+    read-only filesystem) is opened read-only (``read_only`` is then True):
+    it can be read, and every write transaction raises StoreError. A file
+    deleted or replaced since it was opened is noticed when the next write
+    transaction begins: StoreError, nothing written, until the database is
+    closed and opened again.
     """
 
     begin_statement: ClassVar[str] = "BEGIN IMMEDIATE"
+    driver_errors: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
 
     def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection, *, synchronous: str = "FULL",
                  busy_timeout: float = 30.0, prepare: Callable[[sqlite3.Connection], None] | None = None) -> None:
@@ -1691,6 +1777,8 @@ class SQLiteDatabase(Database):
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
         self._prepare = prepare
+        self.read_only = False
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
 
     def __repr__(self) -> str:
         return f"SQLiteDatabase({self.path or self._given!r})"
@@ -1711,23 +1799,75 @@ class SQLiteDatabase(Database):
                 self._prepare(self._given)
             return self._given
         path = self.path
-        try:
-            if os.path.isdir(path):
-                raise StoreError(f"cannot open SQLite database {path!r}: it is a directory")
-            conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+        if os.path.isdir(path):
+            raise StoreError(f"cannot open SQLite database {path!r}: it is a directory")
+        on_disk = path != ":memory:" and not path.startswith("file:")
+        exists = on_disk and os.path.exists(path)
+        conn = None
+        if not exists or os.access(path, os.W_OK):
             try:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                if path != ":memory:" and not path.startswith("file:"):
-                    conn.execute("PRAGMA journal_mode = WAL").fetchone()
-                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-                if self._prepare:
-                    self._prepare(conn)
-            except BaseException:
-                conn.close()
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from exc
+                conn = self._connect(path, read_only=False)
+            except sqlite3.Error as exc:
+                if not exists or os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+                    raise self.error(exc, "open it") from exc
+        if conn is None:
+            # A file we may not write (a read-only file, directory or filesystem): read it, refuse writes.
+            uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+            if os.statvfs(path).f_flag & os.ST_RDONLY:
+                uri += "&immutable=1"  # nobody can write it, and its -shm file cannot be created
+            try:
+                conn = self._connect(uri, read_only=True)
+            except sqlite3.Error as exc:
+                raise self.error(exc, "open it, even read-only") from exc
+        self._file_id = self._stat_file() if on_disk else None  # the file the connection opened (or made)
         return conn
+
+    def _connect(self, target: str, *, read_only: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False,
+                               uri=read_only)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if not read_only and target != ":memory:" and not target.startswith("file:"):
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            if self._prepare:
+                self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self.read_only = read_only
+        return conn
+
+    def _stat_file(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:  # no such file (or no way to reach it)
+            return None
+        return st.st_dev, st.st_ino
+
+    def _began(self, conn: Any) -> None:
+        if self.read_only:
+            raise StoreError(f"the SQLite database {self.path!r} is read-only here (the file or its filesystem "
+                             "cannot be written); nothing was written")
+        if self._file_id is not None and self._stat_file() != self._file_id:
+            raise StoreError(f"the SQLite database file {self.path!r} was deleted or replaced since this process "
+                             "opened it; nothing was written (close the store and open it again)")
+
+    def error(self, exc: Exception, doing: str) -> StoreError:
+        code = getattr(exc, "sqlite_errorcode", -1) & 0xFF  # Python 3.11+; else the message tells
+        text = str(exc)
+        where = f"the SQLite database {self.path or self._given!r}"
+        if code in (11, 26) or "malformed" in text or "not a database" in text or "UTF-8" in text:
+            # SQLITE_CORRUPT, SQLITE_NOTADB, or text that is not UTF-8
+            return CorruptEventError(f"{where} is damaged: cannot {doing}: {text}")
+        if code == 8 or "readonly" in text:  # SQLITE_READONLY
+            return StoreError(f"{where} cannot be written: cannot {doing}: {text}")
+        if code == 13 or "disk is full" in text:  # SQLITE_FULL
+            return StoreError(f"the disk of {where} is full: cannot {doing}: {text}")
+        if code in (5, 6) or "locked" in text:  # SQLITE_BUSY, SQLITE_LOCKED
+            return StoreError(f"{where} stayed locked by another writer for busy_timeout={self.busy_timeout} s: "
+                              f"cannot {doing}: {text}")
+        return StoreError(f"{where}: cannot {doing}: {text}")
 
     def _connection_in_transaction(self, conn: Any) -> bool:
         return bool(conn.in_transaction)
@@ -1958,6 +2098,8 @@ class SQLiteEventStore(EventStore):
                 raise DuplicateEventError(f"an event with one of these uuids is already stored: "
                                           f"{[r.uuid for r in rows]}") from exc
             raise ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise self._db.error(exc, f"store events of aggregate {aggregate_id!r}; nothing was written") from exc
         return stored_copies(events, rows, first_id, current + 1)
 
     def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
@@ -1965,38 +2107,52 @@ class SQLiteEventStore(EventStore):
         id, limit = check_position("id", id), check_limit(limit)
         with self._db.lock:
             conn = self._db.connection
-            if names is None:
-                rows = conn.execute(self._SELECT + "WHERE id >= ? ORDER BY id LIMIT ?", (id, limit)).fetchall()
-            else:
-                marks = ",".join("?" * len(names))
-                rows = conn.execute(self._SELECT + f"WHERE id >= ? AND type IN ({marks}) ORDER BY id LIMIT ?",
-                                    (id, *names, limit)).fetchall()
+            try:
+                if names is None:
+                    rows = conn.execute(self._SELECT + "WHERE id >= ? ORDER BY id LIMIT ?", (id, limit)).fetchall()
+                else:
+                    marks = ",".join("?" * len(names))
+                    rows = conn.execute(self._SELECT + f"WHERE id >= ? AND type IN ({marks}) ORDER BY id LIMIT ?",
+                                        (id, *names, limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise self._db.error(exc, f"read events from id {id}") from exc
         return decode_rows(rows)
 
     def latest_event_id(self, event_types: EventTypes = None) -> int:
         names = type_names(event_types)
         with self._db.lock:
             conn = self._db.connection
-            if names is None:
-                row = conn.execute("SELECT max(id) FROM events").fetchone()
-            else:
-                marks = ",".join("?" * len(names))
-                row = conn.execute(f"SELECT max(id) FROM events WHERE type IN ({marks})", names).fetchone()
+            try:
+                if names is None:
+                    row = conn.execute("SELECT max(id) FROM events").fetchone()
+                else:
+                    marks = ",".join("?" * len(names))
+                    row = conn.execute(f"SELECT max(id) FROM events WHERE type IN ({marks})", names).fetchone()
+            except sqlite3.Error as exc:
+                raise self._db.error(exc, "read the latest event id") from exc
         return int(row[0] or 0)
 
     def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *, from_version: int = 1,
                                     to_version: int | None = None) -> list[Event]:
         first, last = version_range(from_version, to_version)
+        aggregate_id = check_aggregate_id(aggregate_id)
         with self._db.lock:
-            rows = self._db.connection.execute(
-                self._SELECT + "WHERE aggregate_id = ? AND version BETWEEN ? AND ? ORDER BY version",
-                (check_aggregate_id(aggregate_id), first, last)).fetchall()
+            try:
+                rows = self._db.connection.execute(
+                    self._SELECT + "WHERE aggregate_id = ? AND version BETWEEN ? AND ? ORDER BY version",
+                    (aggregate_id, first, last)).fetchall()
+            except sqlite3.Error as exc:
+                raise self._db.error(exc, f"read the events of aggregate {aggregate_id!r}") from exc
         return decode_rows(rows)
 
     def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
+        aggregate_id = check_aggregate_id(aggregate_id)
         with self._db.lock:
-            row = self._db.connection.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
-                                              (check_aggregate_id(aggregate_id),)).fetchone()
+            try:
+                row = self._db.connection.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
+                                                  (aggregate_id,)).fetchone()
+            except sqlite3.Error as exc:
+                raise self._db.error(exc, f"read the version of aggregate {aggregate_id!r}") from exc
         return int(row[0] or 0)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
@@ -2008,30 +2164,29 @@ class SQLiteEventStore(EventStore):
             "state = excluded.state, created_at = excluded.created_at "
             "WHERE excluded.version >= eventsourcery_snapshots.version",
             snapshot._replace(created_at=created_at.isoformat() if isinstance(created_at, _dt.datetime)
-                              else created_at))
+                              else created_at), doing="save a snapshot")
 
     def snapshots(self, aggregate_id: str | _uuid.UUID) -> list[Snapshot]:
-        with self._db.lock:
-            rows = self._db.connection.execute(
-                f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM eventsourcery_snapshots WHERE aggregate_id = ? "
-                "ORDER BY aggregate_type", (check_aggregate_id(aggregate_id),)).fetchall()
+        rows = self._db.fetch_all(
+            f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM eventsourcery_snapshots WHERE aggregate_id = ? "
+            "ORDER BY aggregate_type", (check_aggregate_id(aggregate_id),), doing="read snapshots")
         return [Snapshot(*row) for row in rows]
 
     def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:
         self._db.execute("DELETE FROM eventsourcery_snapshots WHERE aggregate_id = ?",
-                         (check_aggregate_id(aggregate_id),))
+                         (check_aggregate_id(aggregate_id),), doing="delete snapshots")
 
     def erase_events(self, aggregate_id: str, to_version: int) -> None:
         self._db.execute("UPDATE events SET type = ?, body = '{}', metadata = NULL "
-                         "WHERE aggregate_id = ? AND version <= ?", (ERASED_TYPE, aggregate_id, to_version))
+                         "WHERE aggregate_id = ? AND version <= ?", (ERASED_TYPE, aggregate_id, to_version),
+                         doing=f"erase the events of aggregate {aggregate_id!r}")
 
     def scrub(self) -> None:
         # secure_delete (on for every store connection) zeroed what the UPDATE freed in the file; the
         # WAL still holds older copies of those pages until a checkpoint writes them back and truncates it.
         if self._db.in_transaction():
             return  # inside a caller's transaction: the next checkpoint after it commits does it
-        with self._db.lock:
-            busy, _, _ = self._db.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        ((busy, _, _),) = self._db.fetch_all("PRAGMA wal_checkpoint(TRUNCATE)", doing="checkpoint the WAL")
         if busy:
             config.logger.warning("%r: erased data stays in the WAL file until no reader holds it back "
                                   "(the next checkpoint removes it)", self)
@@ -2039,19 +2194,31 @@ class SQLiteEventStore(EventStore):
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         with self._db.lock:
             conn = self._db.connection
-            events, aggregates = conn.execute("SELECT count(*), count(DISTINCT aggregate_id) FROM events").fetchone()
-            first = conn.execute("SELECT created_at FROM events ORDER BY id LIMIT 1").fetchone()
-            last = conn.execute("SELECT created_at FROM events ORDER BY id DESC LIMIT 1").fetchone()
-            types = dict(conn.execute("SELECT type, count(*) FROM events GROUP BY type ORDER BY count(*) DESC, type"))
+            try:
+                events, aggregates = conn.execute(
+                    "SELECT count(*), count(DISTINCT aggregate_id) FROM events").fetchone()
+                first = conn.execute("SELECT created_at FROM events ORDER BY id LIMIT 1").fetchone()
+                last = conn.execute("SELECT created_at FROM events ORDER BY id DESC LIMIT 1").fetchone()
+                types = dict(conn.execute(
+                    "SELECT type, count(*) FROM events GROUP BY type ORDER BY count(*) DESC, type"))
+            except sqlite3.Error as exc:
+                raise self._db.error(exc, "count the events") from exc
         wal = self.path + "-wal"
+        try:
+            file_size = os.path.getsize(self.path)
+            wal_size = os.path.getsize(wal) if os.path.exists(wal) else 0
+        except OSError as exc:
+            raise StoreError(f"cannot read the size of {self.path!r}: {exc}") from exc
         return {"events": events, "aggregates": aggregates,
                 "first_created_at": first[0] if first else None, "last_created_at": last[0] if last else None,
-                "types": types, "file_size": os.path.getsize(self.path),
-                "wal_size": os.path.getsize(wal) if os.path.exists(wal) else 0}
+                "types": types, "file_size": file_size, "wal_size": wal_size}
 
     def _change_token(self) -> Any:
         with self._db.lock:
-            return (self._db.connection.execute("PRAGMA data_version").fetchone()[0], self._db.commits)
+            try:
+                return (self._db.connection.execute("PRAGMA data_version").fetchone()[0], self._db.commits)
+            except sqlite3.Error as exc:
+                raise self._db.error(exc, "poll for new events") from exc
 
     def _wait_for_change(self, token: Any, stopper: Stopper) -> None:
         # PRAGMA data_version changes when another connection commits; our own

@@ -39,6 +39,13 @@ How it keeps the store contract:
   then read again on each (coalesced) notification, and at least every
   ``poll_interval`` seconds in case one is missed. A dead listener connection
   is replaced; if no new one can be opened, subscribe raises ``es.StoreError``.
+* **Lost connections.** A connection found dead while idle (the server
+  restarted, or ended the session) is opened again before anything is sent.
+  A ``sink`` whose connection is lost while it runs reconnects and looks its
+  uuids up: it returns the stored copies if the write committed, else raises
+  ``es.StoreError`` saying they were not stored. No psycopg exception leaves
+  a store method: each is an ``es.StoreError`` (``es.CorruptEventError`` for
+  damaged data) with it as ``__cause__``.
 * **Trackers** keep positions in ``eventsourcery_trackers`` in the same
   database; a running processor holds the store's lock of its name, a session
   advisory lock on a connection of its own, which the server releases when
@@ -280,6 +287,7 @@ class PostgresDatabase(es.Database):
     """
 
     placeholder: ClassVar[str] = "%s"
+    driver_errors: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
 
     def __init__(self, conninfo: str, *, schema: str | None = None, application_name: str = "eventsourcery") -> None:
         super().__init__()
@@ -295,6 +303,9 @@ class PostgresDatabase(es.Database):
         conn = _connect(self.conninfo, application_name=self.application_name)
         try:
             self._prepare(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise self.error(exc, "prepare a new connection") from exc
         except BaseException:
             conn.close()
             raise
@@ -307,15 +318,45 @@ class PostgresDatabase(es.Database):
                          "current_setting('search_path'), false)", (self.schema,))
 
     def _connection_usable(self, conn: Any) -> bool:
-        return not conn.closed
+        if conn.closed:
+            return False
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            return True  # in a transaction: a dead connection fails its next statement
+        # Idle, the server sends nothing unasked: data waiting on the socket is a notice, a notification,
+        # or the farewell of a server that shut down or ended the session (then the connection is dead).
+        pgconn = conn.pgconn
+        for _ in range(3):
+            if not select.select([pgconn.socket], [], [], 0)[0]:
+                break
+            try:
+                pgconn.consume_input()
+            except psycopg.Error:
+                return False
+        return bool(pgconn.status == pq.ConnStatus.OK)
+
+    def error(self, exc: Exception, doing: str) -> es.StoreError:
+        where = f"Postgres ({describe_conninfo(self.conninfo)}, schema {self.schema!r})"
+        state = getattr(exc, "sqlstate", None) or ""
+        if state in ("XX001", "XX002"):  # data_corrupted, index_corrupted
+            return es.CorruptEventError(f"{where} reports damaged data: cannot {doing}: {exc}")
+        if _connection_lost(exc):
+            doubt = " (whether the server committed the transaction is not known)" if doing == "commit" else ""
+            return es.StoreError(f"lost the connection to {where}: cannot {doing}{doubt}: {exc}")
+        if state in ("55P03", "57014"):  # lock_not_available (lock_timeout), query_canceled (statement_timeout)
+            return es.StoreError(f"{where}: a lock wait or statement timed out: cannot {doing}: {exc}")
+        return es.StoreError(f"cannot {doing} in {where}: {exc}")
 
     def _connection_in_transaction(self, conn: Any) -> bool:
-        return bool(conn.info.transaction_status != pq.TransactionStatus.IDLE)
+        # A closed connection's status is UNKNOWN: its transaction, if any, ended with its session.
+        return bool(not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE)
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def execute(self, sql: str, params: Sequence[Any] = (), *, doing: str = "write") -> Any:
         # One statement needs no BEGIN/COMMIT round trips: it joins an open transaction or commits alone.
         with self.lock:
-            return self.connection.execute(sql, params)
+            try:
+                return self.connection.execute(sql, params)
+            except psycopg.Error as exc:
+                raise self.error(exc, doing) from exc
 
     def qualify(self, table: str) -> str:
         return f"{_quote(self.schema)}.{table}"
@@ -446,11 +487,14 @@ class PostgresEventStore(es.EventStore):
     def is_running(self, name: str) -> bool:
         key = self._lock_key(name) & 0xFFFF_FFFF_FFFF_FFFF
         with self._db.lock:
-            row = self._db.connection.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
-                (key >> 32, key & 0xFFFF_FFFF)).fetchone()
+            try:
+                row = self._db.connection.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
+                    (key >> 32, key & 0xFFFF_FFFF)).fetchone()
+            except psycopg.Error as exc:
+                raise self._db.error(exc, f"look up processor lock {name!r}") from exc
         return bool(row and row[0])
 
     # -- writing ------------------------------------------------------------
@@ -463,19 +507,54 @@ class PostgresEventStore(es.EventStore):
                   [r.metadata for r in rows], [r.body for r in rows], self._lock_writes)
         db = self._db
         with db.lock:
+            nested = db.in_transaction()
             try:
-                if db.in_transaction():
+                if nested:
                     with db.transaction() as conn:  # a savepoint: a conflict leaves the outer transaction usable
                         row = conn.execute(self._write_sql, params).fetchone()
                 else:  # one statement, one round trip
                     row = db.connection.execute(self._write_sql, params).fetchone()
             except psycopg.Error as exc:
-                error = _write_error(exc, aggregate_id, [r.uuid for r in rows])
-                if error is None:
-                    raise
-                raise error from exc
+                error = _write_error(exc, aggregate_id, params[2])
+                if error is not None:
+                    raise error from exc
+                if nested or not _connection_lost(exc):
+                    raise db.error(exc, f"store events of aggregate {aggregate_id!r}; nothing was written") from exc
+                row = self._resolve_lost_write(params[2], exc)
         assert row is not None
         return es.stored_copies(events, rows, row[0], row[1])
+
+    def _resolve_lost_write(self, uuids: list[str], lost: psycopg.Error) -> tuple[int, int]:
+        """``(first_id, first_version)`` of a write whose connection was lost before its answer came, if it
+        was committed: looked up by its events' uuids on a new connection (tried for ``reconnect_timeout``
+        seconds). Raises StoreError when it was not committed, or when that cannot be found out."""
+        db = self._db
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.05
+        while True:
+            db.close()
+            try:
+                found = db.connection.execute(f"SELECT id, version FROM {self._events} WHERE uuid = ANY(%s::text[]) "
+                                              "ORDER BY id", (uuids,)).fetchall()
+                break
+            except (psycopg.Error, es.StoreError) as exc:
+                if isinstance(exc, psycopg.Error) and not _connection_lost(exc):
+                    raise db.error(exc, f"find out whether events {uuids} were stored after the connection "
+                                        f"was lost ({lost})") from exc
+                if time.monotonic() + delay > deadline:
+                    raise es.StoreError(
+                        f"lost the connection to {self!r} while storing events {uuids}, and could not reconnect "
+                        f"within {self.reconnect_timeout} s to find out whether they were stored ({exc}); look "
+                        "them up by uuid before writing them again") from lost
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        if len(found) == len(uuids):
+            return int(found[0][0]), int(found[0][1])
+        if not found:
+            raise es.StoreError(f"lost the connection to {self!r} while storing events {uuids}; they were not "
+                                f"stored (none of their uuids is in the store): {lost}") from lost
+        raise es.CorruptEventError(f"only {len(found)} of the {len(uuids)} events {uuids} written in one "
+                                   f"transaction are stored (ids {[r[0] for r in found]})") from lost
 
     # -- reading ------------------------------------------------------------
 
@@ -493,32 +572,47 @@ class PostgresEventStore(es.EventStore):
         names = es.type_names(event_types)
         id, limit = es.check_position("id", id), es.check_limit(limit)
         with self._db.lock:
-            return self._select(self._db.connection, id, names, limit)
+            try:
+                return self._select(self._db.connection, id, names, limit)
+            except psycopg.Error as exc:
+                raise self._db.error(exc, f"read events from id {id}") from exc
 
     def latest_event_id(self, event_types: es.EventTypes = None) -> int:
         names = es.type_names(event_types)
         with self._db.lock:
             conn = self._db.connection
-            if names is None:
-                row = conn.execute(f"SELECT max(id) FROM {self._events}").fetchone()
-            else:
-                row = conn.execute(f"SELECT max(id) FROM {self._events} WHERE type = ANY(%s::text[])",
-                                   (list(names),)).fetchone()
+            try:
+                if names is None:
+                    row = conn.execute(f"SELECT max(id) FROM {self._events}").fetchone()
+                else:
+                    row = conn.execute(f"SELECT max(id) FROM {self._events} WHERE type = ANY(%s::text[])",
+                                       (list(names),)).fetchone()
+            except psycopg.Error as exc:
+                raise self._db.error(exc, "read the latest event id") from exc
         return int(row[0] or 0) if row else 0
 
     def get_events_for_aggregate_id(self, aggregate_id: str | uuid.UUID, *, from_version: int = 1,
                                     to_version: int | None = None) -> list[es.Event]:
         first, last = es.version_range(from_version, to_version)
+        aggregate_id = es.check_aggregate_id(aggregate_id)
         with self._db.lock:
-            cur = self._db.connection.execute(
-                f"SELECT {_COLUMNS} FROM {self._events} WHERE aggregate_id = %s AND version BETWEEN %s AND %s "
-                "ORDER BY version", (es.check_aggregate_id(aggregate_id), first, last))
-            return es.decode_rows(cur.fetchall())
+            try:
+                cur = self._db.connection.execute(
+                    f"SELECT {_COLUMNS} FROM {self._events} WHERE aggregate_id = %s AND version BETWEEN %s AND %s "
+                    "ORDER BY version", (aggregate_id, first, last))
+                rows = cur.fetchall()
+            except psycopg.Error as exc:
+                raise self._db.error(exc, f"read the events of aggregate {aggregate_id!r}") from exc
+        return es.decode_rows(rows)
 
     def aggregate_version(self, aggregate_id: str | uuid.UUID) -> int:
+        aggregate_id = es.check_aggregate_id(aggregate_id)
         with self._db.lock:
-            row = self._db.connection.execute(f"SELECT max(version) FROM {self._events} WHERE aggregate_id = %s",
-                                              (es.check_aggregate_id(aggregate_id),)).fetchone()
+            try:
+                row = self._db.connection.execute(
+                    f"SELECT max(version) FROM {self._events} WHERE aggregate_id = %s", (aggregate_id,)).fetchone()
+            except psycopg.Error as exc:
+                raise self._db.error(exc, f"read the version of aggregate {aggregate_id!r}") from exc
         return int(row[0] or 0) if row else 0
 
     # -- snapshots (a cache of aggregate state, never events) ----------------
@@ -530,24 +624,25 @@ class PostgresEventStore(es.EventStore):
             "ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET version = excluded.version, "
             "snapshot_version = excluded.snapshot_version, last_event_uuid = excluded.last_event_uuid, "
             f"state = excluded.state, created_at = excluded.created_at WHERE excluded.version >= {table}.version",
-            snapshot)
+            snapshot, doing="save a snapshot")
 
     def snapshots(self, aggregate_id: str | uuid.UUID) -> list[es.Snapshot]:
-        with self._db.lock:
-            rows = self._db.connection.execute(
-                f"SELECT {', '.join(es.SNAPSHOT_COLUMNS)} FROM {_quote(self.schema)}.eventsourcery_snapshots "
-                "WHERE aggregate_id = %s ORDER BY aggregate_type", (es.check_aggregate_id(aggregate_id),)).fetchall()
+        rows = self._db.fetch_all(
+            f"SELECT {', '.join(es.SNAPSHOT_COLUMNS)} FROM {_quote(self.schema)}.eventsourcery_snapshots "
+            "WHERE aggregate_id = %s ORDER BY aggregate_type", (es.check_aggregate_id(aggregate_id),),
+            doing="read snapshots")
         return [es.Snapshot(*row) for row in rows]
 
     def delete_snapshots(self, aggregate_id: str | uuid.UUID) -> None:
         self._db.execute(f"DELETE FROM {_quote(self.schema)}.eventsourcery_snapshots WHERE aggregate_id = %s",
-                         (es.check_aggregate_id(aggregate_id),))
+                         (es.check_aggregate_id(aggregate_id),), doing="delete snapshots")
 
     # -- erasure ------------------------------------------------------------
 
     def erase_events(self, aggregate_id: str, to_version: int) -> None:
         self._db.execute(f"UPDATE {self._events} SET type = %s, body = '{{}}', metadata = NULL "
-                         "WHERE aggregate_id = %s AND version <= %s", (es.ERASED_TYPE, aggregate_id, to_version))
+                         "WHERE aggregate_id = %s AND version <= %s", (es.ERASED_TYPE, aggregate_id, to_version),
+                         doing=f"erase the events of aggregate {aggregate_id!r}")
 
     def scrub(self) -> None:
         # The UPDATE left the old row versions as dead tuples; VACUUM removes them (it cannot run in a
@@ -555,9 +650,8 @@ class PostgresEventStore(es.EventStore):
         # space is reused: VACUUM FULL rewrites the table, but locks it, so that is left to the operator.
         if self._db.in_transaction():
             return
-        with self._db.lock:
-            self._db.connection.execute(f"VACUUM {self._events}")
-            self._db.connection.execute(f"VACUUM {_quote(self.schema)}.eventsourcery_snapshots")
+        self._db.execute(f"VACUUM {self._events}", doing="vacuum the events table")
+        self._db.execute(f"VACUUM {_quote(self.schema)}.eventsourcery_snapshots", doing="vacuum the snapshots table")
 
     # -- subscribing --------------------------------------------------------
 
@@ -587,12 +681,28 @@ class PostgresEventStore(es.EventStore):
                 except es.CorruptEventError:
                     raise  # a damaged row, not a lost connection: reconnecting would not help
                 except (psycopg.OperationalError, psycopg.InterfaceError, es.StoreError) as exc:
+                    if isinstance(exc, psycopg.Error) and not _connection_lost(exc):
+                        raise self._db.error(exc, f"read events from id {position}") from exc
                     listener.lost(exc, stopper)
                     continue
+                except psycopg.Error as exc:  # a failed statement (permissions, ...): reconnecting would not help
+                    raise self._db.error(exc, f"read events from id {position}") from exc
                 yield batch
                 position = batch[-1].id + 1  # type: ignore[operator]
         finally:
             listener.close()
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether a psycopg error means the connection is gone (its session ended; the server rolled back
+    what it had not committed), rather than that a statement failed."""
+    if isinstance(exc, psycopg.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    # no SQLSTATE: the client lost the socket; 08xxx: connection exceptions; 57P0x: the server ended the session
+    return state is None or state.startswith("08") or state.startswith("57P")
 
 
 def _write_error(exc: psycopg.Error, aggregate_id: str, uuids: list[str]) -> es.Error | None:
