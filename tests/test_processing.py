@@ -234,11 +234,11 @@ def test_handler_errors_are_wrapped_in_event_processing_error():
     assert "failing" in str(err) and str(event.id) in str(err)
 
 
-def test_subscribe_to_reads_only_the_handled_types():
+def test_subscribe_to_catches_up_reading_only_the_handled_types_and_moves_past_the_others():
     class Spy(es.MemoryEventStore):
-        def subscribe(self, from_id, event_types=None, *, stop=None):
-            self.requested = (from_id, event_types)
-            return super().subscribe(from_id, event_types, stop=stop)
+        def get_next_from(self, id, event_types=None, limit=1000):
+            self.reads.append((id, event_types))
+            return super().get_next_from(id, event_types, limit)
 
     class OnlyB(Recorder):
         @es.on(UnitB)
@@ -246,12 +246,13 @@ def test_subscribe_to_reads_only_the_handled_types():
             self.calls.append(event.id)
 
     store = Spy()
+    store.reads = []
     sink_each(store, [a(), b(), c(), b(), a()])
     p = OnlyB()
-    run_until_caught_up(p, store, latest=4)
+    run_until_caught_up(p, store, latest=5)
     assert p.calls == [2, 4]
-    assert store.requested[0] == 1
-    assert list(store.requested[1]) == ["proctest.unit_b"]
+    assert store.reads[0][0] == 1 and list(store.reads[0][1]) == ["proctest.unit_b"]
+    assert p.last_processed_event_id == 5  # past the unhandled event 5: not behind
 
 
 # --- process_batch, subscribe_to and stop ----------------------------------------------------------
@@ -526,16 +527,16 @@ def test_projector_applies_every_event_once(tick_store, tmp_path):
     assert dict(committed(db, "SELECT * FROM tick_totals")) == {"t0": 30, "t1": 25}
 
 
-def test_projector_batch_rolls_back_writes_and_position_together(tick_store, tmp_path):
+def test_projector_commits_the_events_before_a_failing_one_and_rolls_back_only_its_writes(tick_store, tmp_path):
     db = str(tmp_path / "proj.db")
     p = TickProjector(db)
     p.fail_on = {7}
     with pytest.raises(es.EventProcessingError) as info:
         run_until_caught_up(p, tick_store)
     assert info.value.event.n == 7
-    assert ticks_in(db) == []  # one batch of 10: none of its writes ...
-    assert position_in(db) == 0  # ... nor its position
-    assert committed(db, "SELECT * FROM tick_totals") == []
+    assert ticks_in(db) == [1, 2, 3, 4, 5, 6]  # one batch of 10: the events before 7 commit ...
+    assert position_in(db) == 6  # ... with their position; event 7's writes rolled back
+    assert dict(committed(db, "SELECT * FROM tick_totals")) == {"t0": 12, "t1": 9}
     p.fail_on = set()
     run_until_caught_up(p, tick_store)
     assert ticks_in(db) == list(range(1, 11))
@@ -563,8 +564,8 @@ def test_projector_default_batch_is_the_subscription_batch(tick_store, tmp_path,
     p.fail_on = {7}
     with pytest.raises(es.EventProcessingError):
         run_until_caught_up(p, tick_store)
-    assert ticks_in(db) == [1, 2, 3, 4]  # batch [5-8] rolled back
-    assert position_in(db) == 4
+    assert ticks_in(db) == [1, 2, 3, 4, 5, 6]  # batch [5-8] committed up to the failing 7
+    assert position_in(db) == 6
 
 
 def test_projector_accepts_an_open_connection(tick_store, tmp_path):
@@ -659,20 +660,21 @@ def test_reactor_emitting_an_undeclared_event_fails(store):
 
 
 def test_reactor_emitted_events_and_position_commit_together(store):
-    """db=None: the position lives in the store, so a failure after emitting leaves nothing emitted."""
+    """db=None: the position lives in the store, so a failure after emitting leaves nothing of that event
+    emitted, while the events before it have committed their emissions and position."""
     for n in range(1, 5):
         store.sink(Ping(aggregate_id=f"p{n}", n=n))
     r = Ponger(store)
     r.fail_after_emit = {3}
     with pytest.raises(es.EventProcessingError):
         run_until_caught_up(r, store)
-    assert store.latest_event_id() == 4  # the pongs for pings 1-3 were rolled back with the batch
-    assert pongs(store) == []
-    assert store.tracker().last_processed_event_id("ponger") == 0
+    assert store.latest_event_id() == 6  # the pongs for pings 1-2; ping 3's was never sunk
+    assert [p.ping_id for p in pongs(store)] == [1, 2]
+    assert store.tracker().last_processed_event_id("ponger") == 2
     r.fail_after_emit = set()
     run_until_caught_up(r, store, latest=4)
     assert [p.ping_id for p in pongs(store)] == [1, 2, 3, 4]
-    assert store.tracker().last_processed_event_id("ponger") == 4
+    assert store.tracker().last_processed_event_id("ponger") >= 4  # and past the pongs it read over
 
 
 def test_reactor_with_its_own_database(tmp_path):
