@@ -714,3 +714,18 @@ def test_the_app_end_to_end(running_app):
         pytest.fail("the app did not stop within 45 s of SIGINT")
     reader.join(5)
     assert "Stopped." in "".join(out)
+
+
+def test_resetting_the_notifier_re_sends_no_mail_and_emits_nothing_again(sqlite_store, tmp_path):
+    todo_id = new_id()
+    sqlite_store.sink(TodoAdded(aggregate_id=todo_id, title="Once", stakeholder_email="a@example.com"))
+    sqlite_store.sink(TodoCompleted(aggregate_id=todo_id, completed_on=D(2017, 6, 13)))
+    reactor = _notifier(sqlite_store, tmp_path)
+    reactor.subscribe_to(sqlite_store, stop=lambda: reactor.last_processed_event_id >= 3)
+    mail = (tmp_path / "mail.log").read_text()
+    latest = sqlite_store.latest_event_id()
+    reactor.reset()
+    again = _notifier(sqlite_store, tmp_path)
+    again.subscribe_to(sqlite_store, stop=lambda: again.last_processed_event_id >= latest)
+    assert (tmp_path / "mail.log").read_text() == mail and mail.count("\n") == 1
+    assert sqlite_store.latest_event_id() == latest
