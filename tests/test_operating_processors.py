@@ -301,6 +301,7 @@ def test_an_idle_filtered_processor_has_no_lag_and_a_projector_with_its_own_data
     projector_run = Background(projector, db_store)
     reactor = CountingPonger(db_store)
     reactor_run = Background(reactor, db_store)
+    assert wait_until(lambda: sum(pongs_per_ping(db_store).values()) == 3)  # no more events of its own to come
     for n in range(5):
         db_store.sink(Tick(aggregate_id="unhandled", n=n))  # the reactor does not handle ticks
     latest = db_store.latest_event_id()
