@@ -48,6 +48,7 @@ import logging
 import math
 import multiprocessing
 import os
+import platform
 import re
 import signal
 import sqlite3
@@ -72,7 +73,7 @@ __all__ = [
     # events and aggregates
     "Event", "event_class", "new_uuid", "AggregateErased", "ERASED_TYPE", "Aggregate", "Repository", "on",
     # stores: the contract, the memory and SQLite stores, opening by URL
-    "EventStore", "Tracker", "StopSignal", "EventTypes", "MemoryEventStore", "MemoryTracker",
+    "EventStore", "Tracker", "TrackerRecord", "StopSignal", "EventTypes", "MemoryEventStore", "MemoryTracker",
     "SQLiteEventStore", "SQLiteTracker", "SQLITE_SCHEMA_VERSION",
     "StoreURL", "BACKENDS", "parse_store_url", "open_store", "open_database",
     # the backend interface
@@ -91,8 +92,8 @@ __all__ = [
     # errors
     "Error", "ConcurrencyError", "DuplicateEventError", "AtomicWriteToMultipleAggregatesNotSupported",
     "UnknownEventError", "EventProcessingError", "UndeclaredEventEmissionError",
-    "MultipleCatchAllHandlersDefined", "UnableToLockProcessorError", "InvalidEventError", "DuplicateEventTypeError",
-    "StoreError", "CorruptEventError", "AggregateErasedError",
+    "MultipleCatchAllHandlersDefined", "UnableToLockProcessorError", "ProcessorFencedError", "InvalidEventError",
+    "DuplicateEventTypeError", "StoreError", "CorruptEventError", "AggregateErasedError",
 ]
 
 E = TypeVar("E", bound="Event")
@@ -155,6 +156,11 @@ class MultipleCatchAllHandlersDefined(Error):
 
 class UnableToLockProcessorError(Error):
     """Another live process is already running a processor of this name against this store."""
+
+
+class ProcessorFencedError(Error):
+    """This processor instance no longer owns its name (another instance took it over): the position
+    update it tried, and the writes committed with it, were rolled back, and it must stop."""
 
 
 class InvalidEventError(Error, ValueError):
@@ -818,8 +824,46 @@ class EventStore(abc.ABC):
         self.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class TrackerRecord:
+    """Everything a tracker keeps about one processor name.
+
+    ``generation`` counts the instances that have taken the name (the fencing
+    token: a position update commits only with the current one);
+    ``horizon`` is the position reached before the last ``reset()`` (events up
+    to it are a replay); ``fresh`` is True until the first position is
+    recorded (where ``start_from`` applies). ``state`` is what the owner last
+    said (``running`` or ``stopped``); ``last_error`` and
+    ``failing_event_id`` the failure it has not yet got past; ``owner`` and
+    ``standby`` are ``pid@host`` of the instance that took the name last and
+    of one waiting for it (``standby_at``: when it last tried, Unix time).
+    ``kind`` is ``projector``, ``reactor`` or ``processor``; ``location`` is
+    set on a registration in the store of a processor whose position lives
+    in another database (the URL or path of that database).
+    """
+
+    name: str
+    position: int = 0
+    generation: int = 0
+    horizon: int = 0
+    fresh: bool = False
+    state: str | None = None
+    last_error: str | None = None
+    failing_event_id: int | None = None
+    owner: str | None = None
+    standby: str | None = None
+    standby_at: float | None = None
+    kind: str | None = None
+    location: str | None = None
+
+
 class Tracker(abc.ABC):
-    """Keeps each processor's last processed event id, by processor name."""
+    """Keeps each processor's last processed event id, by processor name.
+
+    The abstract methods are all a tracker needs; the others (ownership,
+    replay, state) have defaults that keep nothing, which ``DatabaseTracker``
+    and ``MemoryTracker`` override.
+    """
 
     @abc.abstractmethod
     def setup(self, name: str) -> None:
@@ -834,12 +878,47 @@ class Tracker(abc.ABC):
         """Record that ``name`` has processed everything up to ``event_id``."""
 
     def reset(self, name: str) -> None:
-        """Set the position of ``name`` back to 0."""
+        """Set the position of ``name`` back to 0 (keeping the position it had as its replay horizon)."""
         self.processed_event(name, 0)
 
     @abc.abstractmethod
     def positions(self) -> dict[str, int]:
         """Every tracked processor name with its position."""
+
+    def records(self) -> list[TrackerRecord]:
+        """Everything kept about every tracked name, by name."""
+        return [TrackerRecord(name, position) for name, position in sorted(self.positions().items())]
+
+    def record(self, name: str) -> TrackerRecord:
+        """Everything kept about ``name`` (a fresh record when it is not tracked)."""
+        return next((r for r in self.records() if r.name == name), TrackerRecord(name, fresh=True))
+
+    def acquire(self, name: str, owner: str, kind: str | None = None) -> int:
+        """Take ownership of ``name`` for a new instance (``owner``: ``pid@host``); returns its generation."""
+        return 0
+
+    def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
+        """Record the position as ``processed_event`` does, but only while ``generation`` (None: any) still
+        owns ``name``, else raise ProcessorFencedError; clears a failure the position has got past."""
+        self.processed_event(name, event_id)
+
+    def check_owner(self, name: str, generation: int | None) -> None:  # noqa: B027 - by default nothing is kept
+        """Raise ProcessorFencedError unless ``generation`` (None: any) still owns ``name``."""
+
+    def report(self, name: str, generation: int | None, state: str,  # noqa: B027 - by default nothing is kept
+               error: str | None = None, failing_event_id: int | None = None) -> None:
+        """Record what the owning instance is doing (``running``/``stopped``) and the failure it is stuck at."""
+
+    def standby(self, name: str, who: str) -> None:  # noqa: B027 - by default nothing is kept
+        """Record that ``who`` (``pid@host``) is waiting to take ``name`` over."""
+
+    def register(self, name: str, kind: str, location: str) -> None:  # noqa: B027 - by default nothing is kept
+        """Record that ``name`` runs against this tracker's store with its position kept at ``location``."""
+
+
+def _fenced(name: str, generation: int | None) -> ProcessorFencedError:
+    return ProcessorFencedError(f"processor {name!r}: another instance has taken over (this instance's "
+                                f"generation {generation} is no longer current); its last writes were rolled back")
 
 
 # ---------------------------------------------------------------------------
@@ -1463,6 +1542,12 @@ class Database(abc.ABC):
         with self.lock:
             self._discard()
 
+    @property
+    def location(self) -> str | None:
+        """A path or URL another process can open this database by (``open_database``), without secrets;
+        None when there is none (an in-memory database, a connection given open)."""
+        return None
+
     # -- the dialect: how this database's SQL names, creates and drops tables ----------------------
 
     def qualify(self, table: str) -> str:
@@ -1485,14 +1570,29 @@ class Database(abc.ABC):
 
 
 TRACKER_TABLE = "eventsourcery_trackers"
-_TRACKER_DDL = "CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, position BIGINT NOT NULL DEFAULT 0)"
+#: The tracker table's columns beyond (name, position), added in place to an older table.
+_TRACKER_COLUMNS = (
+    ("generation", "BIGINT NOT NULL DEFAULT 0"), ("horizon", "BIGINT NOT NULL DEFAULT 0"),
+    ("fresh", "INTEGER NOT NULL DEFAULT 0"), ("state", "TEXT"), ("last_error", "TEXT"),
+    ("failing_event_id", "BIGINT"), ("owner", "TEXT"), ("standby", "TEXT"),
+    ("standby_at", "DOUBLE PRECISION"), ("kind", "TEXT"), ("location", "TEXT"))
+_TRACKER_DDL = ("CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, position BIGINT NOT NULL DEFAULT 0, "
+                + ", ".join(f"{column} {kind}" for column, kind in _TRACKER_COLUMNS) + ")")
+
+
+def _instance_name() -> str:
+    """``pid@host`` of this process: who owns, or waits for, a processor name."""
+    return f"{os.getpid()}@{platform.node() or 'localhost'}"
 
 
 class DatabaseTracker(Tracker):
     """Positions in the ``eventsourcery_trackers`` table of a Database: the event store's, or a projection's.
 
     Writes join the database's current transaction, so a projector's writes
-    and its new position commit together. The table is created on first use.
+    and its new position commit together. The table is created on first use
+    (an older one gains the columns it lacks). Beside the position a row keeps
+    the owner's generation (the fencing token ``commit_position`` checks in the
+    same transaction), the replay horizon and what the owner reports.
     """
 
     def __init__(self, database: Database) -> None:
@@ -1504,16 +1604,44 @@ class DatabaseTracker(Tracker):
         db = self.database
         conn = db.connection
         if self._ready_pid != os.getpid():
-            with db.transaction() as conn:
-                db.create_tables(conn, _TRACKER_DDL.format(table=self._table))
+            # Look first, with a read: only a missing table or column takes a write transaction, so reading
+            # a position never waits behind another process's write (nor holds a lock a fork could copy).
+            if self._missing_columns(db) != []:
+                with db.transaction() as conn:
+                    db.create_tables(conn, _TRACKER_DDL.format(table=self._table))
+                    for column, kind in _TRACKER_COLUMNS:
+                        if column in (self._missing_columns(db) or ()):
+                            conn.execute(f"ALTER TABLE {self._table} ADD COLUMN {column} {kind}")
             self._ready_pid = os.getpid()
         return conn
 
-    def setup(self, name: str) -> None:
+    def _missing_columns(self, db: Database) -> list[str] | None:
+        """The tracker columns the table lacks; None when there is no table."""
+        # Inside a caller's transaction the look is a savepoint, so a missing table spoils nothing (Postgres
+        # aborts a transaction on any failed statement); outside, a plain read: no write lock is taken.
+        probe = db.transaction() if db.in_transaction() else contextlib.nullcontext(None)
+        try:
+            with db.lock, probe:
+                cursor = db.connection.execute(f"SELECT * FROM {self._table} WHERE 1 = 0")
+                have = {d[0] for d in cursor.description}
+                cursor.fetchall()
+        except db.driver_errors:
+            return None
+        except StoreError as exc:  # the savepoint's own error, raised as an es error by transaction()
+            if not isinstance(exc.__cause__, db.driver_errors):
+                raise
+            return None
+        return [column for column, _ in _TRACKER_COLUMNS if column not in have]
+
+    def _write(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one write (``{p}`` is the placeholder, ``{t}`` the table); returns the rows it changed."""
         self._conn()
-        p = self.database.placeholder
-        self.database.execute(f"INSERT INTO {self._table} (name, position) VALUES ({p}, 0) "
-                              "ON CONFLICT (name) DO NOTHING", (name,))
+        cursor = self.database.execute(sql.format(p=self.database.placeholder, t=self._table), params)
+        return int(cursor.rowcount)
+
+    def setup(self, name: str) -> None:
+        self._write("INSERT INTO {t} (name, position, fresh) VALUES ({p}, 0, 1) ON CONFLICT (name) DO NOTHING",
+                    (name,))
 
     def last_processed_event_id(self, name: str) -> int:
         with self.database.lock:
@@ -1522,15 +1650,86 @@ class DatabaseTracker(Tracker):
         return int(row[0]) if row else 0
 
     def processed_event(self, name: str, event_id: int) -> None:
-        self._conn()
-        p = self.database.placeholder
-        self.database.execute(f"INSERT INTO {self._table} (name, position) VALUES ({p}, {p}) "
-                              "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (name, event_id))
+        self._write("INSERT INTO {t} (name, position) VALUES ({p}, {p}) "
+                    "ON CONFLICT (name) DO UPDATE SET position = excluded.position, fresh = 0", (name, event_id))
+
+    def reset(self, name: str) -> None:
+        self._write("INSERT INTO {t} (name, position, fresh) VALUES ({p}, 0, 1) ON CONFLICT (name) DO UPDATE SET "
+                    f"horizon = CASE WHEN {TRACKER_TABLE}.position > {TRACKER_TABLE}.horizon "
+                    f"THEN {TRACKER_TABLE}.position ELSE {TRACKER_TABLE}.horizon END, "
+                    "position = 0, fresh = 1, last_error = NULL, failing_event_id = NULL", (name,))
 
     def positions(self) -> dict[str, int]:
+        return {r.name: r.position for r in self.records()}
+
+    def _select(self, where: str = "", params: Sequence[Any] = ()) -> list[TrackerRecord]:
         with self.database.lock:
-            rows = self._conn().execute(f"SELECT name, position FROM {self._table} ORDER BY name").fetchall()
-        return {str(name): int(position) for name, position in rows}
+            cursor = self._conn().execute(f"SELECT * FROM {self._table} {where} ORDER BY name", params)
+            names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        fields = {f.name for f in dataclasses.fields(TrackerRecord)}
+        out = []
+        for row in rows:
+            values = {k: v for k, v in zip(names, row, strict=True) if k in fields}
+            values["fresh"] = bool(values.get("fresh"))
+            for key in ("position", "generation", "horizon"):
+                values[key] = int(values.get(key) or 0)
+            out.append(TrackerRecord(**values))
+        return out
+
+    def records(self) -> list[TrackerRecord]:
+        return self._select()
+
+    def record(self, name: str) -> TrackerRecord:
+        found = self._select(f"WHERE name = {self.database.placeholder}", (name,))
+        return found[0] if found else TrackerRecord(name, fresh=True)
+
+    def acquire(self, name: str, owner: str, kind: str | None = None) -> int:
+        p = self.database.placeholder
+        with self.database.transaction() as conn:
+            self._conn()
+            conn.execute(f"INSERT INTO {self._table} (name, position, fresh) VALUES ({p}, 0, 1) "
+                         "ON CONFLICT (name) DO NOTHING", (name,))
+            conn.execute(f"UPDATE {self._table} SET generation = generation + 1, owner = {p}, "
+                         f"kind = coalesce({p}, kind), state = 'running', standby = NULL, standby_at = NULL "
+                         f"WHERE name = {p}", (owner, kind, name))
+            row = conn.execute(f"SELECT generation FROM {self._table} WHERE name = {p}", (name,)).fetchone()
+        return int(row[0])
+
+    def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
+        if generation is None:
+            self.processed_event(name, event_id)
+            return
+        changed = self._write(
+            "UPDATE {t} SET position = {p}, fresh = 0, "
+            "last_error = CASE WHEN failing_event_id IS NULL OR failing_event_id <= {p} THEN NULL "
+            "ELSE last_error END, "
+            "failing_event_id = CASE WHEN failing_event_id <= {p} THEN NULL ELSE failing_event_id END "
+            "WHERE name = {p} AND generation = {p}", (event_id, event_id, event_id, name, generation))
+        if changed != 1:
+            raise _fenced(name, generation)
+
+    def check_owner(self, name: str, generation: int | None) -> None:
+        if generation is not None and self.record(name).generation != generation:
+            raise _fenced(name, generation)
+
+    def report(self, name: str, generation: int | None, state: str, error: str | None = None,
+               failing_event_id: int | None = None) -> None:
+        if error is None:
+            self._write("UPDATE {t} SET state = {p} WHERE name = {p} AND generation = {p}",
+                        (state, name, generation))
+        else:
+            self._write("UPDATE {t} SET state = {p}, last_error = {p}, failing_event_id = {p} "
+                        "WHERE name = {p} AND generation = {p}",
+                        (state, error[:2000], failing_event_id, name, generation))
+
+    def standby(self, name: str, who: str) -> None:
+        self._write("UPDATE {t} SET standby = {p}, standby_at = {p} WHERE name = {p}", (who, time.time(), name))
+
+    def register(self, name: str, kind: str, location: str) -> None:
+        self._write("INSERT INTO {t} (name, position, kind, location) VALUES ({p}, 0, {p}, {p}) "
+                    "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, location = excluded.location",
+                    (name, kind, location))
 
 
 # ---------------------------------------------------------------------------
@@ -1570,19 +1769,72 @@ class MemoryTracker(Tracker):
     """Positions in this process's memory: they start again at 0 in every new process."""
 
     def __init__(self) -> None:
-        self._positions: dict[str, int] = {}
+        self._positions: dict[str, int] = {}  # saved and restored by MemoryEventStore.transaction()
+        self._records: dict[str, TrackerRecord] = {}  # the rest of each record (its position is above)
+
+    def _get(self, name: str) -> TrackerRecord:
+        return dataclasses.replace(self._records.get(name, TrackerRecord(name, fresh=name not in self._positions)),
+                                   position=self._positions.get(name, 0))
+
+    def _put(self, record: TrackerRecord) -> None:
+        self._records[record.name] = record
+        self._positions[record.name] = record.position
 
     def setup(self, name: str) -> None:
-        self._positions.setdefault(name, 0)
+        if name not in self._positions:
+            self._put(TrackerRecord(name, fresh=True))
 
     def last_processed_event_id(self, name: str) -> int:
         return self._positions.get(name, 0)
 
     def processed_event(self, name: str, event_id: int) -> None:
-        self._positions[name] = event_id
+        self._put(dataclasses.replace(self._get(name), position=event_id, fresh=False))
+
+    def reset(self, name: str) -> None:
+        r = self._get(name)
+        self._put(dataclasses.replace(r, position=0, horizon=max(r.horizon, r.position), fresh=True,
+                                      last_error=None, failing_event_id=None))
 
     def positions(self) -> dict[str, int]:
         return dict(self._positions)
+
+    def records(self) -> list[TrackerRecord]:
+        return [self._get(name) for name in sorted(set(self._positions) | set(self._records))]
+
+    def record(self, name: str) -> TrackerRecord:
+        return self._get(name)
+
+    def acquire(self, name: str, owner: str, kind: str | None = None) -> int:
+        r = self._get(name)
+        self._put(dataclasses.replace(r, generation=r.generation + 1, owner=owner, kind=kind or r.kind,
+                                      state="running", standby=None, standby_at=None))
+        return r.generation + 1
+
+    def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
+        r = self._get(name)
+        if generation is not None and r.generation != generation:
+            raise _fenced(name, generation)
+        past = r.failing_event_id is None or r.failing_event_id <= event_id
+        self._put(dataclasses.replace(r, position=event_id, fresh=False,
+                                      last_error=None if past else r.last_error,
+                                      failing_event_id=None if past else r.failing_event_id))
+
+    def check_owner(self, name: str, generation: int | None) -> None:
+        if generation is not None and self._get(name).generation != generation:
+            raise _fenced(name, generation)
+
+    def report(self, name: str, generation: int | None, state: str, error: str | None = None,
+               failing_event_id: int | None = None) -> None:
+        r = self._get(name)
+        if r.generation == generation:
+            self._put(dataclasses.replace(r, state=state) if error is None else
+                      dataclasses.replace(r, state=state, last_error=error, failing_event_id=failing_event_id))
+
+    def standby(self, name: str, who: str) -> None:
+        self._put(dataclasses.replace(self._get(name), standby=who, standby_at=time.time()))
+
+    def register(self, name: str, kind: str, location: str) -> None:
+        self._put(dataclasses.replace(self._get(name), kind=kind, location=location))
 
 
 class MemoryEventStore(EventStore):
@@ -1871,6 +2123,12 @@ class SQLiteDatabase(Database):
 
     def _connection_in_transaction(self, conn: Any) -> bool:
         return bool(conn.in_transaction)
+
+    @property
+    def location(self) -> str | None:
+        if not self.path or self.path == ":memory:" or self.path.startswith("file:"):
+            return None
+        return os.path.abspath(self.path)
 
     def _close_connection(self, conn: Any) -> None:
         if conn is not self._given:
@@ -2573,14 +2831,23 @@ class EventStreamProcessor:
     """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
 
     ``EventStreamProcessor(tracker=None)`` keeps its position in ``tracker``
-    (in memory when None). ``subscribe_to(store, stop)`` resumes after the
-    last processed event and handles batches until ``stop`` is set; it
-    raises UnableToLockProcessorError if another live instance of this
-    processor name is running against the same store.
+    (in memory when None). ``subscribe_to(store, stop)`` takes the store's
+    lock of its name (UnableToLockProcessorError if another live instance
+    holds it), takes ownership of the name in the tracker (a new generation),
+    resumes after the last processed event and handles batches until
+    ``stop`` is set. Every position update commits only while this instance
+    still owns the name (else ProcessorFencedError, and it stops).
+
+    ``start_from`` (``"beginning"`` or ``"end"``) is where a run with no
+    recorded position starts. After ``reset()`` the position reached before
+    is the replay horizon: while events up to it are processed again,
+    ``self.replaying`` is True.
     """
 
     processor_name: ClassVar[str] = "event_stream_processor"
     processes_event_types: ClassVar[tuple[str, ...] | None] = None
+    start_from: ClassVar[str] = "beginning"
+    _kind: ClassVar[str] = "processor"
     _dispatch: ClassVar[dict[str, tuple[Callable[..., Any], ...]]] = {}
     _catch_all: ClassVar[tuple[Callable[..., Any], ...]] = ()
 
@@ -2588,6 +2855,8 @@ class EventStreamProcessor:
         super().__init_subclass__(**kwargs)
         if "processor_name" not in cls.__dict__:
             cls.processor_name = _snake_case(cls.__name__)
+        if cls.start_from not in ("beginning", "end"):
+            raise ValueError(f"{cls.__qualname__}.start_from must be 'beginning' or 'end', not {cls.start_from!r}")
         dispatch: dict[str, list[Callable[..., Any]]] = {}
         catch_all: list[Callable[..., Any]] = []
         for names, fn in _collect_handlers(cls):
@@ -2606,9 +2875,23 @@ class EventStreamProcessor:
     def __init__(self, tracker: Tracker | None = None) -> None:
         self.tracker: Tracker = tracker if tracker is not None else MemoryTracker()
         self._current_event: Event | None = None
+        self._generation: int | None = None  # this instance's ownership of its name, while it runs
+        self._horizon = 0  # the replay horizon, read when it starts and after reset()
+        self._replaying = False
+        self._given_up: BaseException | None = None
+        self._stopper: Stopper | None = None  # while it runs: a long batch may stop between events
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.processor_name!r}>"
+
+    @property
+    def replaying(self) -> bool:
+        """True while a handler runs for an event this processor had processed before its last ``reset()``
+        (guard outside effects with ``if not self.replaying``)."""
+        return self._replaying
+
+    def _handles(self, event: Event) -> bool:
+        return bool(self._dispatch.get(event.type, self._catch_all))
 
     def process(self, event: Event) -> None:
         """Run this processor's handlers for one event; a handler's error is raised as EventProcessingError."""
@@ -2616,6 +2899,7 @@ class EventStreamProcessor:
         if not handlers:
             return
         self._current_event = event
+        self._replaying = (event.id or 0) <= self._horizon
         try:
             for handler in handlers:
                 handler(self, event)
@@ -2623,6 +2907,11 @@ class EventStreamProcessor:
             raise EventProcessingError(event, self, exc) from exc
         finally:
             self._current_event = None
+            self._replaying = False
+
+    def _commit(self, event_id: int) -> None:
+        """Record the position, fenced by this instance's generation (inside the caller's transaction)."""
+        self.tracker.commit_position(self.processor_name, event_id, self._generation)
 
     def process_batch(self, events: list[Event]) -> None:
         """Process a batch and record the position. The base class records it after the batch, or up to
@@ -2634,33 +2923,130 @@ class EventStreamProcessor:
                 done = event
         finally:
             if done is not None:
-                self.tracker.processed_event(self.processor_name, done.id)  # type: ignore[arg-type]
+                self._commit(done.id)  # type: ignore[arg-type]
+
+    def _advance(self, event_id: int) -> None:
+        """Move the position to ``event_id`` over events this processor does not handle."""
+        self._commit(event_id)
 
     def setup(self) -> None:
         """Prepare for processing (create tables, tracker row); keeps an existing position."""
         self.tracker.setup(self.processor_name)
 
     def reset(self) -> None:
-        """Forget the position, so the next run processes every event again."""
+        """Forget the position, so the next run processes every event again (a replay, up to the position
+        it had reached; with ``start_from = "end"`` the next run starts after the latest event instead)."""
         self.tracker.reset(self.processor_name)
+        self._horizon = self.tracker.record(self.processor_name).horizon
 
     @property
     def last_processed_event_id(self) -> int:
         """The id of the last event this processor has processed (0 if none)."""
         return self.tracker.last_processed_event_id(self.processor_name)
 
+    def wait_for(self, event_id: int, timeout: float | None = None) -> bool:
+        """Wait until this processor's position, as its tracker keeps it (whichever process runs it), has
+        reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit) have passed."""
+        event_id = check_position("event_id", event_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.002
+        while self.last_processed_event_id < event_id:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            time.sleep(interval if left is None else min(interval, left))
+            interval = min(interval * 2, 0.05)
+        return True
+
     def subscribe_to(self, store: EventStore, stop: StopSignal = None) -> None:
-        """Lock this processor name, set up, then process batches from the last position until ``stop``."""
+        """Lock this processor name, set up, take ownership, then process batches from the last position
+        until ``stop``. A handler's error is raised (after the events before it have committed)."""
+        self._run(store, Stopper(stop), None)
+
+    def _location(self, store: EventStore) -> str | None:
+        """Where this processor's position lives when that is not in ``store`` (to register it there)."""
+        tracker = self.tracker
+        if not isinstance(tracker, DatabaseTracker) or tracker.database is store.database:
+            return None
+        return tracker.database.location
+
+    def _run(self, store: EventStore, stopper: Stopper, handler: ErrorHandler | None) -> None:
         log = config.logger
         name = self.processor_name
         with store.lock(name):  # one running instance per name and store, whatever the tracker
+            self._stopper = stopper
             self.setup()
-            start = self.last_processed_event_id + 1
-            log.info("[%s] starting at event %d", name, start)
-            for batch in store.subscribe(start, self.processes_event_types, stop=stop):
-                self.process_batch(batch)
-                log.info("[%s] processed up to event %d", name, batch[-1].id)
-            log.info("[%s] stopped", name)
+            location = self._location(store)
+            if location is not None:  # so that processor_statuses(store) lists it
+                with contextlib.suppress(Error):
+                    store.tracker().register(name, self._kind, location)
+            self._generation = self.tracker.acquire(name, _instance_name(), self._kind)
+            try:
+                while True:
+                    try:
+                        self._follow(store, stopper)
+                        return
+                    except ProcessorFencedError:
+                        raise
+                    except Exception as exc:
+                        if handler is None:
+                            raise
+                        self._report_failure(exc)
+                        interval = handler.handle(exc, name)
+                        if interval is None:
+                            self._given_up = exc  # reported already: run_processor only raises it
+                            raise
+                        (handler.sleep or stopper.sleep)(interval)
+                        if stopper.is_set():
+                            return
+            finally:
+                generation, self._generation = self._generation, None
+                self._stopper = None  # (a stop callable need not pickle: the processor must, once stopped)
+                with contextlib.suppress(Exception):
+                    self.tracker.report(name, generation, "stopped")
+                log.info("[%s] stopped", name)
+
+    def _report_failure(self, exc: BaseException) -> None:
+        event_id = exc.event.id if isinstance(exc, EventProcessingError) else None
+        cause = exc.__cause__ if isinstance(exc, EventProcessingError) and exc.__cause__ else exc
+        with contextlib.suppress(Exception):
+            self.tracker.report(self.processor_name, self._generation, "running",
+                                f"{type(cause).__name__}: {cause}", event_id)
+
+    def _follow(self, store: EventStore, stopper: Stopper) -> None:
+        """Process from the recorded position (or the start position) until ``stopper`` is set."""
+        log = config.logger
+        name = self.processor_name
+        record = self.tracker.record(name)
+        self._horizon = record.horizon
+        position = record.position
+        if record.fresh and self.start_from == "end":
+            position = store.latest_event_id()
+            self._advance(position)
+        log.info("[%s] starting at event %d%s", name, position + 1,
+                 f" (replaying up to event {self._horizon})" if self._horizon > position else "")
+        types = self.processes_event_types
+        if types is not None:
+            # Catch up reading only the handled types; past them, the position moves to the latest id
+            # read before (ids become visible in order, so nothing of these types is below it unread).
+            size = batch_size()
+            while not stopper.is_set():
+                latest = store.latest_event_id()
+                events = store.get_next_from(position + 1, types, limit=size)
+                if events:
+                    self.process_batch(events)
+                    if stopper.is_set():  # it may have stopped inside the batch
+                        return
+                    position = events[-1].id or position
+                if len(events) < size:
+                    if latest > position:
+                        self._advance(latest)
+                        position = latest
+                    break
+        # Live: every new event, so the position also moves past the ones not handled.
+        for batch in store.subscribe(position + 1, stop=stopper.is_set):
+            self.process_batch(batch)
+            log.info("[%s] processed up to event %d", name, batch[-1].id)
 
 
 class _TableOwner(EventStreamProcessor):
@@ -2709,14 +3095,34 @@ class _TableOwner(EventStreamProcessor):
         self.setup()
 
     def process_batch(self, events: list[Event]) -> None:
-        """Process events in transactions of ``batch_size``: each commits its writes and position together."""
+        """Process events in transactions of ``batch_size``: each commits its writes and position together.
+
+        Each handled event runs in a savepoint: when its handler fails, its writes roll back alone, the
+        events before it commit with their position, and then the error is raised.
+        """
         size = self.batch_size or len(events)
         for start in range(0, len(events), size):
             chunk = events[start:start + size]
+            failure: EventProcessingError | None = None
             with self._batch_transaction():
+                done: Event | None = None
                 for event in chunk:
-                    self.process(event)
-                self.tracker.processed_event(self.processor_name, chunk[-1].id)  # type: ignore[arg-type]
+                    if self._handles(event):
+                        try:
+                            with self._database.transaction():
+                                self.process(event)
+                        except EventProcessingError as exc:
+                            failure = exc
+                            break
+                    done = event
+                if done is not None:
+                    self._commit(done.id)  # type: ignore[arg-type]
+            if failure is not None:
+                raise failure
+
+    def _advance(self, event_id: int) -> None:
+        with self._batch_transaction():
+            self._commit(event_id)
 
     def close(self) -> None:
         """Close this process's connection to the processor's database (it is opened again when needed)."""
@@ -2734,6 +3140,8 @@ class Projector(_TableOwner):
     ``self.placeholder`` as the parameter marker. ``options`` go to the
     database (SQLite: ``synchronous``, default ``"NORMAL"``; Postgres: ``schema``).
     """
+
+    _kind: ClassVar[str] = "projector"
 
     def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection | Database, *,
                  batch_size: int | None = None, **options: Any) -> None:
@@ -2755,18 +3163,29 @@ class Reactor(_TableOwner):
     """Reacts to events by doing things and emitting new events (``emit_event``).
 
     Where the reactor's position lives in the event store's own database
-    (``db=None`` with an SQLite or Postgres store), each batch's emitted
-    events and its new position commit in one transaction: after a crash the
-    reactor neither skips an event nor emits twice. Effects outside that
-    database (sending mail, calling an API) are at-least-once: a crash after
-    the effect and before the commit repeats it on restart, so make them
-    idempotent (the processed event's ``uuid`` is a good key). With a
-    separate ``db``, emitted events commit apart from the position, so
-    emission is at-least-once too. On a store with no SQL database (the
-    memory store), a reactor's ``schema`` lives in an in-memory SQLite database.
+    (``db=None`` with an SQLite or Postgres store), its handlers run outside
+    any write transaction (so they never hold the store's write lock, and may
+    take their time), the events they emit are kept until the handler
+    returns, and then those events and the new position commit together in
+    one short transaction per event: after a crash the reactor neither skips
+    an event nor emits twice, and application writes interleave with a busy
+    reactor. Its own tables (``schema``) are written as its handlers write
+    them (each statement commits), so write them idempotently (upserts).
+    Effects outside the database (sending mail, calling an API) are
+    at-least-once: a crash after the effect and before the commit repeats it
+    on restart, so make them idempotent (the processed event's ``uuid`` is a
+    good key). With a separate ``db``, handlers and their table writes run
+    in that database's transaction, and emitted events commit apart from the
+    position, so emission is at-least-once too. On a store with no SQL
+    database (the memory store), a reactor's ``schema`` lives in an
+    in-memory SQLite database.
+
+    While replaying (``self.replaying``, after ``reset()``), ``emit_event``
+    does not sink: the events emitted the first time are in the store.
     """
 
     emits_events: ClassVar[tuple[type[Event], ...]] = ()
+    _kind: ClassVar[str] = "reactor"
     """The Event classes ``emit_event`` accepts: any iterable (a list is fine), checked and stored as a tuple."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -2794,6 +3213,7 @@ class Reactor(_TableOwner):
             self._database = open_database(db)
             tracker = DatabaseTracker(self._database)
         super().__init__(tracker)
+        self._emitted: list[Event] | None = None  # emitted by the running handler, sunk with its position
         if batch_size is not None:
             self.batch_size = batch_size
 
@@ -2811,8 +3231,66 @@ class Reactor(_TableOwner):
             raise
         return stack
 
+    #: Seconds of handler work after which a reactor whose position lives in the store commits what it
+    #: has emitted and its position (and at the end of every batch, and before a failing event's error).
+    commit_interval: float = 0.005
+
+    def process_batch(self, events: list[Event]) -> None:
+        """Process a batch, committing emitted events with the position after every ``commit_interval``
+        seconds of handler work (with a ``db`` of its own: as a projector does).
+
+        On SQLite a write transaction is the store's write lock, so handlers run with none open and their
+        table writes commit as they make them; elsewhere they run in the group's transaction. Emitted
+        events are sunk only when the group commits, so the store's write lock is held only for that.
+        """
+        if not self._store_transaction:
+            super().process_batch(events)
+            return
+        outside = isinstance(self._database, SQLiteDatabase) and self.store.database is self._database
+        name = self.processor_name
+        i = 0
+        while i < len(events):
+            if i and self._stopper is not None and self._stopper.is_set():
+                return  # between events: what is done is committed
+            emitted: list[Event] = []
+            failure: EventProcessingError | None = None
+            done: Event | None = None
+            work = 0.0
+            self.tracker.check_owner(name, self._generation)  # before any outside effect of this group
+            with contextlib.ExitStack() as group:
+                if not outside:
+                    group.enter_context(self._batch_transaction())
+                while i < len(events) and work < self.commit_interval:
+                    event = events[i]
+                    if self._handles(event):
+                        began = time.monotonic()
+                        self._emitted = []
+                        try:
+                            if outside:
+                                self.process(event)
+                            else:
+                                with self._database.transaction():  # a failing event's writes roll back alone
+                                    self.process(event)
+                        except EventProcessingError as exc:
+                            failure = exc  # what it emitted is dropped with it
+                            break
+                        finally:
+                            this, self._emitted = self._emitted or [], None
+                        emitted.extend(this)
+                        work += time.monotonic() - began
+                    done = event
+                    i += 1
+                if done is not None:
+                    with self._batch_transaction():
+                        for emission in emitted:
+                            self.store.sink(emission)
+                        self._commit(done.id)  # type: ignore[arg-type]
+            if failure is not None:
+                raise failure
+
     def emit_event(self, event: Event) -> Event:
-        """Sink ``event`` caused by the event being processed; returns it as stored.
+        """Sink ``event`` caused by the event being processed; returns it as stored (or, where emissions
+        commit with the position, as it will be stored, without ``id``; while replaying: not at all).
 
         ``causation_id`` becomes that event's uuid and ``correlation_id`` its
         correlation id (or its uuid when it has none); ``metadata`` is the
@@ -2826,29 +3304,84 @@ class Reactor(_TableOwner):
         if cause is not None:
             event = _with_fields(event, causation_id=cause.uuid, correlation_id=cause.correlation_id or cause.uuid,
                                  metadata={**cause.metadata, **event.metadata})
+        if self.replaying:
+            return event
+        if self._emitted is not None:
+            self._emitted.append(event)
+            return event
         return self.store.sink(event)[0]
 
 
 @dataclasses.dataclass(frozen=True)
 class ProcessorStatus:
-    """One tracked processor: its position, how many events it is behind, and whether it runs now."""
+    """One processor that has run against a store: its position, how many events it is behind, whether a
+    live process holds its lock, and its ``state``: ``running``, ``failing`` (``last_error`` and
+    ``failing_event_id`` say why), ``standby`` (no instance holds it, and one is waiting to take it) or
+    ``stopped``. ``owner`` and ``standby`` are ``pid@host`` of the instance that took it last and of
+    one waiting for it; ``replay_horizon`` the position it had before its last reset."""
 
     name: str
     position: int
     lag: int
     running: bool
+    state: str = "stopped"
+    last_error: str | None = None
+    failing_event_id: int | None = None
+    owner: str | None = None
+    standby: str | None = None
+    replay_horizon: int = 0
+    kind: str | None = None
+
+
+#: How recently (seconds) a standby instance must have tried to take a name for ``state`` to say standby.
+STANDBY_FRESHNESS = 10.0
+
+
+def _located_record(record: TrackerRecord) -> TrackerRecord:
+    """The record kept where a registered processor's position lives (the registration when unreachable)."""
+    if not record.location:
+        return record
+    database: Database | None = None
+    try:
+        database = open_database(record.location)
+        found = DatabaseTracker(database).record(record.name)
+    except Exception:  # a database we cannot reach now: what the registration says
+        return record
+    finally:
+        if database is not None:
+            with contextlib.suppress(Exception):
+                database.close()
+    return dataclasses.replace(found, kind=found.kind or record.kind, location=record.location)
 
 
 def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> list[ProcessorStatus]:
-    """The status of every processor whose position is kept in ``tracker`` (default: the store's).
+    """The status of every processor that has run against ``store``: those whose position ``tracker``
+    (default: the store's) keeps, and those registered in it whose position lives in their own database.
 
-    ``lag`` counts the events after the position, of every type; ``running``
-    says whether a live process holds the processor's lock on this store.
+    ``lag`` counts the events after the position (a processor's position moves past the events it does
+    not handle once it has read past them); ``running`` says whether a live process holds the
+    processor's lock on this store.
     """
     tracker = tracker or store.tracker()
     latest = store.latest_event_id()
-    return [ProcessorStatus(name, pos, max(latest - pos, 0), store.is_running(name))
-            for name, pos in sorted(tracker.positions().items())]
+    statuses = []
+    for record in tracker.records():
+        record = _located_record(record)
+        running = store.is_running(record.name)
+        recent_standby = record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS
+        if record.last_error is not None:
+            state = "failing"
+        elif running:
+            state = "running"
+        elif recent_standby:
+            state = "standby"
+        else:
+            state = "stopped"
+        statuses.append(ProcessorStatus(
+            record.name, record.position, max(latest - record.position, 0), running, state,
+            record.last_error, record.failing_event_id, record.owner, record.standby if recent_standby else None,
+            record.horizon, record.kind))
+    return statuses
 
 
 class ErrorHandler:
@@ -2932,18 +3465,45 @@ def _make_error_handler() -> ErrorHandler:
 
 def run_processor(processor: EventStreamProcessor, store: EventStore, *, stop: StopSignal = None,
                   error_handler: ErrorHandler | None = None) -> None:
-    """Run ``processor.subscribe_to(store, stop)``, letting the error handler retry or stop after errors.
+    """Run ``processor`` against ``store`` until ``stop`` is set, letting the error handler retry or stop
+    after errors; raises the error when the handler gives up.
 
-    Returns when ``stop`` is set; raises the error when the handler gives up.
+    A failing processor keeps its lock while it retries (it is ``failing``, not stopped). An instance
+    that finds its name taken waits as a standby, logging that once with the pid and host that hold it.
+    An instance that has lost its name to another (ProcessorFencedError) logs one line and raises.
     """
     handler = error_handler or _make_error_handler()
     stopper = Stopper(stop)
+    name = processor.processor_name
+    standby_logged = False
     while not stopper.is_set():
         try:
-            processor.subscribe_to(store, stop)
+            processor._run(store, stopper, handler)
             return
+        except ProcessorFencedError as exc:
+            config.logger.error("[%s] %s; stopping", name, exc)
+            raise
+        except UnableToLockProcessorError as exc:
+            interval = handler.retry_interval(exc)
+            if interval is None:
+                handler.handle(exc, name)
+                raise
+            holder = None
+            with contextlib.suppress(Exception):
+                holder = processor.tracker.record(name).owner
+                processor.tracker.standby(name, _instance_name())
+            if not standby_logged:
+                config.logger.warning("[%s] standby: %s%s; waiting for it to stop (retrying every %s s)", name,
+                                      exc, f", held by pid {holder.replace('@', ' on host ')}" if holder else "",
+                                      interval)
+                standby_logged = True
+            (handler.sleep or stopper.sleep)(interval)
         except Exception as exc:
-            interval = handler.handle(exc, processor.processor_name)
+            if exc is processor._given_up:
+                processor._given_up = None
+                raise
+            standby_logged = False
+            interval = handler.handle(exc, name)
             if interval is None:
                 raise
             (handler.sleep or stopper.sleep)(interval)
@@ -2963,7 +3523,7 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _child_main(processor: EventStreamProcessor, store: EventStore,
-                after_fork: Callable[[EventStreamProcessor], None] | None) -> None:
+                after_fork: Callable[[EventStreamProcessor], None] | None, parent_pid: int = 0) -> None:
     name = processor.processor_name
     # A signal handler must not call threading.Event.set(): the signal may arrive while
     # this thread holds that Event's lock, and the handler would deadlock. Set a flag.
@@ -2973,7 +3533,8 @@ def _child_main(processor: EventStreamProcessor, store: EventStore,
         stop_requested.append(True)
 
     def stop() -> bool:
-        return bool(stop_requested)
+        # A runner killed by SIGKILL sends no TERM: its children see they were re-parented, and stop.
+        return bool(stop_requested) or (parent_pid != 0 and os.getppid() != parent_pid)
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
@@ -2983,6 +3544,9 @@ def _child_main(processor: EventStreamProcessor, store: EventStore,
         if after_fork is not None:
             after_fork(processor)
         run_processor(processor, store, stop=stop)
+    except ProcessorFencedError:  # run_processor has logged it, in one line
+        sys.stderr.flush()
+        os._exit(1)
     except BaseException as exc:
         config.logger.critical("[%s] processor stopped by %r", name, exc, exc_info=exc)
         with contextlib.suppress(Exception):
@@ -3006,13 +3570,19 @@ class ESPRunner:
     them unconnected; works with the fork and spawn start methods). On
     shutdown each child gets SIGTERM, finishes its current batch and exits;
     children still alive after ``max_seconds_for_processes_to_terminate``
-    get SIGKILL. With ``restart=True`` a child that dies is started again
+    get SIGKILL. A child stops by itself (within about a second, between events) once the runner
+    process is gone, even after SIGKILL. A MemoryEventStore is refused (TypeError).
+    With ``restart=True`` a child that dies is started again
     after ``restart_delay`` seconds, doubling while it keeps dying within
     ``max_restart_delay`` seconds of its start (up to that maximum).
     ``start()`` returns
     True only if every child ended cleanly (exit status 0).
     ``after_subprocess_termination(processor, runner, exit_status)`` is
     called for every child that ends.
+    With the ``fork`` start method (the default on Linux) a child copies
+    SQLite's in-process lock state: do not write to an SQLite store from other
+    threads of this process while the runner starts children, or use
+    ``start_method="spawn"`` (the todo example does).
     """
 
     def __init__(self, processors: Iterable[EventStreamProcessor], store: EventStore, *,
@@ -3021,6 +3591,10 @@ class ESPRunner:
                  after_subprocess_termination: Callable[[EventStreamProcessor, ESPRunner, int], None] | None = None,
                  restart: bool = False, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
                  start_method: str | None = None) -> None:
+        if isinstance(store, MemoryEventStore):
+            raise TypeError("ESPRunner cannot run processors against a MemoryEventStore: each processor runs "
+                            "in a child process, which would never see the events this process sinks; "
+                            "use an SQLiteEventStore or a PostgresEventStore (or run_processor in a thread)")
         self.processors = list(processors)
         names = [p.processor_name for p in self.processors]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -3053,7 +3627,8 @@ class ESPRunner:
     def start_processor(self, processor: EventStreamProcessor) -> None:
         """Start one child process for ``processor``."""
         name = processor.processor_name
-        proc = self._context.Process(target=_child_main, args=(processor, self.store, self.after_fork),
+        proc = self._context.Process(target=_child_main,
+                                     args=(processor, self.store, self.after_fork, os.getpid()),
                                      name=f"eventsourcery:{name}", daemon=False)
         # The child starts with TERM and INT blocked (the mask survives fork and exec) and
         # unblocks them once its handlers are in place, so an early TERM is a clean stop.
@@ -3602,28 +4177,38 @@ def _cli_erase(store: EventStore, args: argparse.Namespace) -> int:
 def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
     statuses = processor_statuses(store)
     if not statuses:
-        sys.stderr.write("no processors keep their position in this store\n")
+        sys.stderr.write("no processors have run against this store\n")
         return 0
     if args.json:
         sys.stdout.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in statuses)
         return 0
-    rows = [("name", "position", "lag", "running")] + [
-        (s.name, str(s.position), str(s.lag), "yes" if s.running else "no") for s in statuses]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
+    rows = [("name", "position", "lag", "running", "state")] + [
+        (_cli_safe(s.name), str(s.position), str(s.lag), "yes" if s.running else "no", s.state) for s in statuses]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row, status in zip(rows, [None, *statuses], strict=True):
         sys.stdout.write(f"{row[0].ljust(widths[0])}  {row[1].rjust(widths[1])}  {row[2].rjust(widths[2])}  "
-                         f"{row[3]}\n")
+                         f"{row[3].ljust(widths[3])}  {row[4]}\n")
+        if status is not None and status.last_error is not None:
+            at = f" at event {status.failing_event_id}" if status.failing_event_id is not None else ""
+            sys.stdout.write(f"  failing{at}: {status.last_error}\n")
+        if status is not None and status.standby is not None:
+            sys.stdout.write(f"  standby: pid {status.standby.replace('@', ' on host ')}\n")
     return 0
 
 
 def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     name = args.name
-    tracker = store.tracker()
-    positions = tracker.positions()
-    if name not in positions:
-        known = ", ".join(sorted(positions)) or "none"
+    records = {r.name: r for r in store.tracker().records()}
+    if name not in records:
+        known = ", ".join(sorted(records)) or "none"
         raise _CLIError(f"unknown processor {name!r} (processors in this store: {known})")
-    position = positions[name]
+    record = _located_record(records[name])
+    tracker: Tracker = store.tracker()
+    database: Database | None = None
+    if record.location:  # a projector whose position lives in its own database
+        database = open_database(record.location)
+        tracker = DatabaseTracker(database)
+    position = record.position
     if not args.yes:
         sys.stderr.write(f"Reset processor {name} (position {position})? [y/N] ")
         sys.stderr.flush()
@@ -3638,7 +4223,24 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
             tracker.reset(name)
     except UnableToLockProcessorError as exc:
         raise _CLIError(f"cannot reset {name!r} while it is running; stop it first ({exc})") from exc
+    finally:
+        if database is not None:
+            database.close()
+    horizon = max(position, record.horizon)
     sys.stdout.write(f"reset {name}: position {position} -> 0; it will process every event again\n")
+    if horizon:
+        sys.stdout.write(f"events 1-{horizon} are a replay: self.replaying is True while it processes them\n")
+    if record.kind == "reactor" and horizon:
+        sys.stdout.write(
+            "for this reactor, during the replay:\n"
+            "  done again:     every handler runs again, and so does every write it makes to the reactor's\n"
+            "                  own tables (the command line drops no tables), and every outside effect\n"
+            "                  (mail, API calls) that its handler does not guard with `if not self.replaying`\n"
+            "  not done again: emit_event sinks nothing (the events it emitted the first time are in the\n"
+            "                  store), nor anything its handlers guard with `if not self.replaying`\n")
+    elif record.kind == "projector":
+        sys.stdout.write("its tables are not dropped by the command line: call reset() on the projector in "
+                         "your code to rebuild them\n")
     return 0
 
 

@@ -361,9 +361,10 @@ def test_processors(db: pathlib.Path) -> None:
     result = cli(db, "processors")
     assert result.returncode == 0, result.stderr
     assert [line.split() for line in result.stdout.splitlines()] == [
-        ["name", "position", "lag", "running"], ["cli_counter", "5", "1", "no"]]
-    assert json_lines(cli(db, "processors", "--json").stdout) == [
-        {"name": "cli_counter", "position": 5, "lag": 1, "running": False}]
+        ["name", "position", "lag", "running", "state"], ["cli_counter", "5", "1", "no", "stopped"]]
+    assert [{k: s[k] for k in ("name", "position", "lag", "running", "state")}
+            for s in json_lines(cli(db, "processors", "--json").stdout)] == [
+        {"name": "cli_counter", "position": 5, "lag": 1, "running": False, "state": "stopped"}]
 
 
 def test_processors_shows_running_and_reset_refuses_a_running_processor(db: pathlib.Path) -> None:
@@ -371,8 +372,9 @@ def test_processors_shows_running_and_reset_refuses_a_running_processor(db: path
         run_counter(store)
         tracker = store.tracker()
         with store.lock("cli_counter"):  # as a live instance of the processor holds it
-            assert json_lines(cli(db, "processors", "--json").stdout) == [
-                {"name": "cli_counter", "position": 5, "lag": 0, "running": True}]
+            assert [{k: s[k] for k in ("name", "position", "lag", "running", "state")}
+                    for s in json_lines(cli(db, "processors", "--json").stdout)] == [
+                {"name": "cli_counter", "position": 5, "lag": 0, "running": True, "state": "running"}]
             assert_one_line_error(cli(db, "reset", "cli_counter", "--yes"), "cli_counter", "running")
         assert tracker.last_processed_event_id("cli_counter") == 5
 

@@ -180,7 +180,12 @@ def test_a_runner_in_a_thread_hangs_the_exit_unless_shut_down(tmp_path, thread_k
     (tmp_path / "shutdown").mkdir()
     (tmp_path / "forget").mkdir()
     clean = run("shutdown")
-    assert clean.wait(timeout=30) == 0
+    try:
+        assert clean.wait(timeout=30) == 0
+    finally:
+        if clean.poll() is None:
+            os.killpg(clean.pid, signal.SIGKILL)  # never leave the script and its child running
+            clean.wait(timeout=30)
     assert clean.stdout is not None and clean.stdout.read() == "main done\n"
 
     hung = run("forget")

@@ -323,11 +323,11 @@ def test_reactor_emits_and_moves_its_position_in_one_transaction(url, schema, st
     reactor.fail_once = {12}
     with pytest.raises(es.EventProcessingError):
         reactor.subscribe_to(store, stop=lambda: reactor.last_processed_event_id >= 30)
-    # the batch 11-15 rolled back: its pongs, its log rows and its position
+    # in the batch 11-15, 11 committed (its pong, log row and position); 12 rolled back alone
     pongs = [e for e in everything_in(store) if isinstance(e, Pong)]
-    assert sorted(p.ping_id for p in pongs) == list(range(1, 11))
-    assert reactor.last_processed_event_id == 10
-    assert committed(admin, f'SELECT count(*) FROM "{schema}".pg_ponger_log') == [(10,)]
+    assert sorted(p.ping_id for p in pongs) == list(range(1, 12))
+    assert reactor.last_processed_event_id == 11
+    assert committed(admin, f'SELECT count(*) FROM "{schema}".pg_ponger_log') == [(11,)]
 
     es.run_processor(reactor, store, stop=lambda: reactor.last_processed_event_id >= 30,
                      error_handler=es.ConstantRetry(0))
@@ -342,7 +342,7 @@ def test_reactor_emits_and_moves_its_position_in_one_transaction(url, schema, st
     assert [e.id for e in events] == list(range(1, len(events) + 1))  # the rolled-back pongs left no hole
     assert committed(admin, f'SELECT count(*) FROM "{schema}".pg_ponger_log') == [(30,)]
     statuses = {s.name: s for s in es.processor_statuses(store)}
-    assert statuses["pg_ponger"].position == 30 and not statuses["pg_ponger"].running
+    assert statuses["pg_ponger"].position >= 30 and not statuses["pg_ponger"].running
 
 
 # =================================================================================================

@@ -232,11 +232,11 @@ def test_handler_errors_are_wrapped_in_event_processing_error():
     assert "failing" in str(err) and str(event.id) in str(err)
 
 
-def test_subscribe_to_reads_only_the_handled_types():
+def test_subscribe_to_catches_up_reading_only_the_handled_types_and_moves_past_the_others():
     class Spy(es.MemoryEventStore):
-        def subscribe(self, from_id, event_types=None, *, stop=None):
-            self.requested = (from_id, event_types)
-            return super().subscribe(from_id, event_types, stop=stop)
+        def get_next_from(self, id, event_types=None, limit=1000):
+            self.reads.append((id, event_types))
+            return super().get_next_from(id, event_types, limit)
 
     class OnlyB(Recorder):
         @es.on(UnitB)
@@ -244,12 +244,13 @@ def test_subscribe_to_reads_only_the_handled_types():
             self.calls.append(event.id)
 
     store = Spy()
+    store.reads = []
     sink_each(store, [a(), b(), c(), b(), a()])
     p = OnlyB()
-    run_until_caught_up(p, store, latest=4)
+    run_until_caught_up(p, store, latest=5)
     assert p.calls == [2, 4]
-    assert store.requested[0] == 1
-    assert list(store.requested[1]) == ["proctest.unit_b"]
+    assert store.reads[0][0] == 1 and list(store.reads[0][1]) == ["proctest.unit_b"]
+    assert p.last_processed_event_id == 5  # past the unhandled event 5: not behind
 
 
 # --- process_batch, subscribe_to and stop ----------------------------------------------------------
@@ -411,20 +412,21 @@ def test_reactor_emitting_an_undeclared_event_fails(store):
 
 
 def test_reactor_emitted_events_and_position_commit_together(store):
-    """db=None: the position lives in the store, so a failure after emitting leaves nothing emitted."""
+    """db=None: the position lives in the store, so a failure after emitting leaves nothing of that event
+    emitted, while the events before it have committed their emissions and position."""
     for n in range(1, 5):
         store.sink(Ping(aggregate_id=f"p{n}", n=n))
     r = Ponger(store)
     r.fail_after_emit = {3}
     with pytest.raises(es.EventProcessingError):
         run_until_caught_up(r, store)
-    assert store.latest_event_id() == 4  # the pongs for pings 1-3 were rolled back with the batch
-    assert pongs(store) == []
-    assert store.tracker().last_processed_event_id("ponger") == 0
+    assert store.latest_event_id() == 6  # the pongs for pings 1-2; ping 3's was never sunk
+    assert [p.ping_id for p in pongs(store)] == [1, 2]
+    assert store.tracker().last_processed_event_id("ponger") == 2
     r.fail_after_emit = set()
     run_until_caught_up(r, store, latest=4)
     assert [p.ping_id for p in pongs(store)] == [1, 2, 3, 4]
-    assert store.tracker().last_processed_event_id("ponger") == 4
+    assert store.tracker().last_processed_event_id("ponger") >= 4  # and past the pongs it read over
 
 
 class LoggingPonger(es.Reactor):
@@ -464,28 +466,28 @@ def test_a_reactor_on_the_memory_store_keeps_its_schema_in_an_in_memory_sqlite_d
     with pytest.raises(es.EventProcessingError) as info:
         run_until_caught_up(r, store, latest=pings[-1].id)
     assert info.value.event.id == pings[3].id
-    # batch [1, 2] committed; batch [3, 4] failed after logging and answering 3 and 4: all of it rolled back
-    assert logged() == [1, 2]
-    assert [p.ping_id for p in pongs(store)] == [1, 2]
-    assert store.latest_event_id() == 6
-    assert store.tracker().last_processed_event_id("logging_ponger") == 2
+    # events 1-3 committed (logs, pongs, position); 4 failed after logging and answering: all of it rolled back
+    assert logged() == [1, 2, 3]
+    assert [p.ping_id for p in pongs(store)] == [1, 2, 3]
+    assert store.latest_event_id() == 7
+    assert store.tracker().last_processed_event_id("logging_ponger") == 3
 
     r.fail_after = set()
     tracker = store.tracker()
-    record = tracker.processed_event
+    commit = tracker.commit_position
 
-    def record_then_fail(name, event_id):  # the position is written, then the batch fails
-        record(name, event_id)
+    def commit_then_fail(name, event_id, generation):  # the position is written, then the batch fails
+        commit(name, event_id, generation)
         assert tracker.last_processed_event_id(name) == event_id
         raise RuntimeError("fails after recording the position")
 
-    monkeypatch.setattr(tracker, "processed_event", record_then_fail)
+    monkeypatch.setattr(tracker, "commit_position", commit_then_fail)
     with pytest.raises(RuntimeError, match="after recording the position"):
         run_until_caught_up(r, store, latest=pings[-1].id)
-    assert store.tracker().last_processed_event_id("logging_ponger") == 2  # rolled back with the rest
-    assert logged() == [1, 2]
-    assert [p.ping_id for p in pongs(store)] == [1, 2]
-    assert store.latest_event_id() == 6
+    assert store.tracker().last_processed_event_id("logging_ponger") == 3  # rolled back with the rest
+    assert logged() == [1, 2, 3]
+    assert [p.ping_id for p in pongs(store)] == [1, 2, 3]
+    assert store.latest_event_id() == 7
 
     monkeypatch.undo()
     run_until_caught_up(r, store, latest=pings[-1].id)

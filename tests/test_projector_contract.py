@@ -222,15 +222,15 @@ def test_every_event_is_applied_once(tick_store, projection_db):
     assert position_in(projection_db) == 11
 
 
-def test_a_failing_batch_rolls_back_its_writes_and_its_position_together(tick_store, projection_db):
+def test_a_failing_event_commits_the_events_before_it_and_rolls_back_its_own_writes(tick_store, projection_db):
     p = projection_db.projector(fail_on={7})
     with pytest.raises(es.EventProcessingError) as info:
         run_until_caught_up(p, tick_store)
     assert info.value.event.n == 7 and isinstance(info.value.__cause__, RuntimeError)
-    assert ticks_in(projection_db) == []  # one batch of 10: none of its writes ...
-    assert totals_in(projection_db) == {}
-    assert position_in(projection_db) == 0  # ... nor its position
-    assert p.last_processed_event_id == 0
+    assert ticks_in(projection_db) == [1, 2, 3, 4, 5, 6]  # one batch of 10: the events before 7 committed ...
+    assert totals_in(projection_db) == {"t0": 2 + 4 + 6, "t1": 1 + 3 + 5}
+    assert position_in(projection_db) == 6  # ... with their position; 7 left nothing
+    assert p.last_processed_event_id == 6
     p.fail_on = set()
     run_until_caught_up(p, tick_store)
     assert ticks_in(projection_db) == list(range(1, 11))
@@ -242,10 +242,10 @@ def test_a_batch_whose_position_cannot_be_recorded_leaves_no_writes(tick_store, 
     p = projection_db.projector()
     p.setup()
 
-    def position_fails(name, event_id):
+    def position_fails(name, event_id, generation):
         raise RuntimeError("the position could not be recorded")
 
-    monkeypatch.setattr(p.tracker, "processed_event", position_fails)
+    monkeypatch.setattr(p.tracker, "commit_position", position_fails)
     with pytest.raises(RuntimeError, match="position could not be recorded"):
         run_until_caught_up(p, tick_store)
     assert ticks_in(projection_db) == [] and totals_in(projection_db) == {}
@@ -275,16 +275,16 @@ def test_the_default_batch_is_the_subscriptions_batch(tick_store, projection_db,
     assert p.batch_size is None
     with pytest.raises(es.EventProcessingError):
         run_until_caught_up(p, tick_store)
-    assert ticks_in(projection_db) == [1, 2, 3, 4]  # batch [5-8] rolled back
-    assert position_in(projection_db) == 4
+    assert ticks_in(projection_db) == [1, 2, 3, 4, 5, 6]  # batch [5-8]: 5 and 6 committed before 7 failed
+    assert position_in(projection_db) == 6
 
 
 def test_a_projector_retried_after_failures_applies_every_event_exactly_once(tick_store, projection_db):
     p = projection_db.projector(batch_size=3, fail_once={5, 8})
     with pytest.raises(es.EventProcessingError):
         run_until_caught_up(p, tick_store)
-    assert (ticks_in(projection_db), position_in(projection_db)) == ([1, 2, 3], 3)
-    assert p.last_processed_event_id == 3
+    assert (ticks_in(projection_db), position_in(projection_db)) == ([1, 2, 3, 4], 4)
+    assert p.last_processed_event_id == 4
     es.run_processor(p, tick_store, stop=lambda: p.last_processed_event_id >= 10,
                      error_handler=es.ConstantRetry(0, sleep=lambda seconds: None))
     assert p.fail_once == set()  # it failed on 8 too

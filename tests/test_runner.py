@@ -209,7 +209,7 @@ def test_reactor_emits_exactly_once_across_sigkills_under_a_restarting_runner(tm
     appender.join(LONG)
     assert os.path.exists(done), read_text(done + ".error") or "the appender did not finish"
     last_ping = store.latest_event_id([Ping])
-    assert wait_until(lambda: tracker.last_processed_event_id(name) == last_ping, timeout=LONG), (
+    assert wait_until(lambda: tracker.last_processed_event_id(name) >= last_ping, timeout=LONG), (
         f"seed {seed}: position {tracker.last_processed_event_id(name)} != {last_ping}\n{runner.diagnostics()}")
     runner.stop(signal.SIGTERM)
     assert runner.terminations() == [(name, -signal.SIGKILL)] * N_KILLS + [(name, 0)], runner.diagnostics()
@@ -225,7 +225,7 @@ def test_reactor_emits_exactly_once_across_sigkills_under_a_restarting_runner(tm
     for pong in pongs:
         cause = pings[pong.ping_id]
         assert (pong.causation_id, pong.correlation_id) == (cause.uuid, cause.uuid)
-    assert tracker.last_processed_event_id(name) == max(pings)
+    assert tracker.last_processed_event_id(name) >= max(pings)  # past the pongs it read over, too
     effects = collections.Counter(int(x) for x in read_text(tmp_path / "effects.txt").split())
     assert set(effects) == set(pings)  # outside effects: at least once (a kill may repeat some)
     store.close()

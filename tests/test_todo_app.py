@@ -1120,3 +1120,18 @@ def test_forget_me_erases_the_todo_and_every_read_model_forgets_it(tmp_path):
     for processor in (*projectors, notifier):
         processor.close()
     store.close()
+
+
+def test_resetting_the_notifier_re_sends_no_mail_and_emits_nothing_again(sqlite_store, tmp_path):
+    todo_id = new_id()
+    sqlite_store.sink(TodoAdded(aggregate_id=todo_id, title="Once", stakeholder_email="a@example.com"))
+    sqlite_store.sink(TodoCompleted(aggregate_id=todo_id, completed_on=D(2017, 6, 13)))
+    reactor = _notifier(sqlite_store, tmp_path)
+    reactor.subscribe_to(sqlite_store, stop=lambda: reactor.last_processed_event_id >= 3)
+    mail = (tmp_path / "mail.log").read_text()
+    latest = sqlite_store.latest_event_id()
+    reactor.reset()
+    again = _notifier(sqlite_store, tmp_path)
+    again.subscribe_to(sqlite_store, stop=lambda: again.last_processed_event_id >= latest)
+    assert (tmp_path / "mail.log").read_text() == mail and mail.count("\n") == 1
+    assert sqlite_store.latest_event_id() == latest

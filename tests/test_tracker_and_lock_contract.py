@@ -422,7 +422,9 @@ def test_processor_statuses_report_position_lag_and_running(store, monkeypatch):
     other = es.MemoryTracker()  # statuses of a tracker other than the store's; running is still the store's
     other.processed_event("lagging", 1)
     with store.lock("lagging"):
-        assert es.processor_statuses(store, other) == [es.ProcessorStatus("lagging", 1, 4, True)]
+        (status,) = es.processor_statuses(store, other)
+        assert (status.name, status.position, status.lag, status.running, status.state) == (
+            "lagging", 1, 4, True, "running")
 
 
 def test_probing_is_running_while_the_lock_is_taken_never_makes_it_fail(store):
