@@ -1331,16 +1331,41 @@ class Stopper:
             time.sleep(min(left, 0.05))
 
 
-class Database(abc.ABC):
-    """One connection per process to one SQL database, with a reentrant ``transaction()``.
+class _Session:
+    """One connection and the transaction open on it: the process's (shared by its threads), or one thread's."""
 
-    What every SQL backend needs done the same way lives here: the connection
-    is opened in the process that uses it, on first use; after a fork the
-    inherited connection (the parent's session) is abandoned, never used nor
-    closed; pickling leaves the connection behind, so stores, trackers and
-    projectors can be sent to ESPRunner's children; a reentrant lock keeps
-    other threads off the connection while one uses it; ``transaction()`` is
-    ``begin_statement`` ... COMMIT, and nested use a savepoint.
+    __slots__ = ("conn", "depth", "lock", "owner", "thread")
+
+    def __init__(self, thread: threading.Thread | None) -> None:
+        self.conn: Any = None
+        self.depth = 0  # transaction() blocks open on the connection (savepoints beyond the first)
+        self.lock = threading.RLock()
+        self.owner = 0  # the thread (ident) inside transaction(), while depth > 0
+        self.thread = thread  # the thread whose session this is (None: shared by the process)
+
+
+class Database(abc.ABC):
+    """Connections to one SQL database, one per process or one per thread, with a reentrant ``transaction()``.
+
+    What every SQL backend needs done the same way lives here: a connection
+    is opened in the process (and thread) that uses it, on first use; after a
+    fork the inherited connections (the parent's sessions) are abandoned,
+    never used nor closed; pickling leaves the connections behind, so stores,
+    trackers and projectors can be sent to ESPRunner's children;
+    ``transaction()`` is ``begin_statement`` ... COMMIT, and nested use a
+    savepoint.
+
+    Threads: with ``connection_per_thread`` False (SQLite's writer) the
+    process has one connection, and ``lock``, a reentrant lock, keeps other
+    threads off it while one uses it (a transaction holds it throughout).
+    With ``connection_per_thread`` True (Postgres) every thread has a
+    connection of its own, ``lock`` is that thread's, and each thread's
+    ``transaction()`` is its own; the connection of a thread that has ended
+    is handed to the next new thread, so a process holds at most as many
+    connections as it has live threads that used the database. Either way
+    ``in_transaction()`` answers for the calling thread, and ``reading()``
+    gives a connection to read on that waits for no other thread where the
+    backend can (a thread's own connection; SQLite's reader connections).
 
     A backend supplies ``_create_connection()`` (a new connection in
     autocommit mode, ready to use), ``_connection_in_transaction()``, its
@@ -1360,16 +1385,24 @@ class Database(abc.ABC):
     placeholder: ClassVar[str] = "?"
     #: the statement that opens a write transaction
     begin_statement: ClassVar[str] = "BEGIN"
+    #: a connection per thread (True), or one per process shared by its threads under ``lock`` (False)
+    connection_per_thread: ClassVar[bool] = False
     #: connections inherited through fork(): kept referenced so they are never finalised in the child
     _abandoned: ClassVar[list[Any]] = []
     #: the driver's exception classes, which ``error()`` turns into es errors
     driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
 
     def __init__(self) -> None:
-        self._conn: Any = None
         self._pid = 0
-        self._lock = threading.RLock()
-        self._depth = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget every connection (after a fork, or in an unpickled copy)."""
+        self._shared = _Session(None)  # the process's connection
+        self._local = threading.local()  # .session: this thread's own
+        self._sessions: list[_Session] = []  # every thread's, to hand ended threads' connections on
+        self._idle: list[Any] = []  # connections of ended threads, for the next new thread
+        self._registry = threading.Lock()  # guards _sessions, _idle and commits
         self.commits = 0  # commits made through this object, in this process
 
     @abc.abstractmethod
@@ -1397,67 +1430,101 @@ class Database(abc.ABC):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_conn=None, _pid=0, _lock=None, _depth=0, commits=0)
+        for name in ("_shared", "_local", "_sessions", "_idle", "_registry"):
+            state.pop(name, None)
+        state.update(_pid=0, commits=0)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._reset()
 
     def _check_process(self) -> None:
         pid = os.getpid()
         if self._pid != pid:
-            if self._conn is not None:
-                Database._abandoned.append(self._conn)
-                self._conn = None
-            self._lock = threading.RLock()  # another thread may have held it at the fork
-            self._depth = 0
-            self.commits = 0
+            # The parent's sessions: never used nor closed here (another thread may have held a lock at the fork).
+            Database._abandoned.extend(s.conn for s in (self._shared, *self._sessions) if s.conn is not None)
+            Database._abandoned.extend(self._idle)
+            self._reset()
             self._pid = pid
+
+    def _session(self) -> _Session:
+        """The calling thread's session: its own, or the process's shared one."""
+        if self._pid != os.getpid():
+            self._check_process()
+        return self._thread_session() if self.connection_per_thread else self._shared
+
+    def _thread_session(self) -> _Session:
+        """The calling thread's own session (made on its first use, with an ended thread's connection if any)."""
+        try:
+            session: _Session = self._local.session
+            return session
+        except AttributeError:
+            pass
+        session = _Session(threading.current_thread())
+        stale = []
+        with self._registry:
+            for other in [s for s in self._sessions if s.thread is not None and not s.thread.is_alive()]:
+                self._sessions.remove(other)
+                if other.conn is not None:
+                    self._idle.append(other.conn)
+            self._sessions.append(session)
+            while self._idle and session.conn is None:
+                conn = self._idle.pop()
+                if self._connection_in_transaction(conn):  # left open by hand: its work is not ours to finish
+                    stale.append(conn)
+                else:
+                    session.conn = conn
+        for conn in stale:
+            with contextlib.suppress(Exception):
+                self._close_connection(conn)
+        self._local.session = session
+        return session
 
     @property
     def lock(self) -> threading.RLock:
-        """The lock that keeps other threads of this process off the connection."""
-        if self._pid != os.getpid():
-            self._check_process()
-        return self._lock
+        """The lock that keeps other threads of this process off the calling thread's connection."""
+        return self._session().lock
 
     @property
     def connection(self) -> Any:
-        """This process's connection, opened on first use (and again after a fork or once lost)."""
-        if self._pid != os.getpid():
-            self._check_process()
-        conn = self._conn
+        """The calling thread's connection (the process's, or its own), opened on first use (and again
+        after a fork or once lost)."""
+        session = self._session()
+        conn = session.conn
         if conn is None or not self._connection_usable(conn):
-            with self._lock:
-                conn = self._conn
+            with session.lock:
+                conn = session.conn
                 if conn is None or not self._connection_usable(conn):
-                    if self._depth:  # the open transaction died with it: never carry on in another
+                    if session.depth:  # the open transaction died with it: never carry on in another
                         raise StoreError(f"lost the connection of {self!r} inside a transaction; "
                                          "the transaction was rolled back")
-                    self._discard()
-                    conn = self._conn = self._create_connection()
+                    self._discard(session)
+                    conn = session.conn = self._create_connection()
         return conn
 
     def ensure_open(self) -> None:
-        """Open this process's connection now, so that a bad target fails here with a clear error."""
+        """Open the calling thread's connection now, so that a bad target fails here with a clear error."""
         self.connection  # noqa: B018
 
     def in_transaction(self) -> bool:
-        """Whether this process's connection is inside ``transaction()`` (or another open transaction)."""
-        conn = self._conn
-        return self._depth > 0 or (conn is not None and self._pid == os.getpid()
-                                   and self._connection_in_transaction(conn))
+        """Whether the calling thread is inside ``transaction()`` (or another transaction open on its
+        connection). A transaction another thread has open on a shared connection is not this thread's."""
+        session = self._session()
+        if session.depth:
+            return session.owner == threading.get_ident()
+        conn = session.conn
+        return conn is not None and self._connection_in_transaction(conn)
 
-    def _rollback(self, conn: Any) -> None:
+    def _rollback(self, session: _Session, conn: Any) -> None:
         try:
             if self._connection_in_transaction(conn):
                 conn.execute("ROLLBACK")
         except Exception:  # the connection is unusable: forget it, the next use opens another
-            self._discard()
+            self._discard(session)
 
-    def _discard(self) -> None:
-        conn, self._conn = self._conn, None
+    def _discard(self, session: _Session) -> None:
+        conn, session.conn = session.conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 self._close_connection(conn)
@@ -1466,17 +1533,19 @@ class Database(abc.ABC):
     def transaction(self) -> Iterator[Any]:
         """``begin_statement`` ... COMMIT around the block (yields the connection); nested use is a
         savepoint inside the outer transaction, rolled back alone if the inner block raises. A failed
-        BEGIN, SAVEPOINT or COMMIT is rolled back and raised as ``error()``."""
+        BEGIN, SAVEPOINT or COMMIT is rolled back and raised as ``error()``. The transaction is the
+        calling thread's: other threads wait for the shared connection, or use their own."""
         errors = self.driver_errors
-        with self.lock:
+        session = self._session()
+        with session.lock:
             conn = self.connection
-            if self._depth:
-                name = f"es_sp{self._depth + 1}"
+            if session.depth:
+                name = f"es_sp{session.depth + 1}"
                 try:
                     conn.execute(f"SAVEPOINT {name}")
                 except errors as exc:
                     raise self.error(exc, "open a savepoint") from exc
-                self._depth += 1
+                session.depth += 1
                 try:
                     yield conn
                 except BaseException:
@@ -1492,32 +1561,43 @@ class Database(abc.ABC):
                     except errors as exc:
                         raise self.error(exc, "release a savepoint") from exc
                 finally:
-                    self._depth -= 1
+                    session.depth -= 1
                 return
             try:
                 conn.execute(self.begin_statement)
             except errors as exc:
-                self._rollback(conn)
+                self._rollback(session, conn)
                 raise self.error(exc, "begin a transaction") from exc
-            self._depth = 1
+            session.owner = threading.get_ident()
+            session.depth = 1
             try:
                 self._began(conn)
                 yield conn
             except BaseException:
-                self._depth = 0
-                self._rollback(conn)
+                session.depth = 0
+                self._rollback(session, conn)
                 raise
             try:
                 conn.execute("COMMIT")
             except errors as exc:
-                self._rollback(conn)
+                self._rollback(session, conn)
                 raise self.error(exc, "commit") from exc
             except BaseException:
-                self._rollback(conn)
+                self._rollback(session, conn)
                 raise
             finally:
-                self._depth = 0
-            self.commits += 1
+                session.depth = 0
+            with self._registry:
+                self.commits += 1
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A connection to read on during the block: inside the calling thread's transaction, that
+        transaction's (so it sees its own uncommitted writes); otherwise the thread's own where it has
+        one, else the process's, under ``lock``. A backend with connections that read beside the
+        writer (SQLite's readers) gives one of those instead."""
+        with self.lock:
+            yield self.connection
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, doing: str = "write") -> Any:
         """Run one statement inside the current transaction, or in a transaction of its own; returns the
@@ -1529,18 +1609,36 @@ class Database(abc.ABC):
                 raise self.error(exc, doing) from exc
 
     def fetch_all(self, sql: str, params: Sequence[Any] = (), *, doing: str = "read") -> list[Any]:
-        """The rows one query returns (in the current transaction, if one is open); a driver error is
-        raised as ``error(exc, doing)``."""
-        with self.lock:
+        """The rows one query returns (in the calling thread's transaction, if one is open; on a
+        ``reading()`` connection otherwise); a driver error is raised as ``error(exc, doing)``."""
+        with self.reading() as conn:
             try:
-                return list(self.connection.execute(sql, params).fetchall())
+                return list(conn.execute(sql, params).fetchall())
             except self.driver_errors as exc:
                 raise self.error(exc, doing) from exc
 
     def close(self) -> None:
-        """Close this process's connection (it is opened again when needed)."""
-        with self.lock:
-            self._discard()
+        """Close this process's connections (each is opened again when needed): the shared one, the
+        calling thread's, and those of other threads and ended ones not in the middle of something."""
+        if self._pid != os.getpid():
+            self._check_process()
+            return
+        with self._registry:
+            sessions = [self._shared, *self._sessions]
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                self._close_connection(conn)
+        me = threading.current_thread()
+        for session in sessions:
+            mine = session.thread is None or session.thread is me
+            if not session.lock.acquire(blocking=mine):
+                continue  # another thread is using its connection: it stays open
+            try:
+                if mine or not session.depth:
+                    self._discard(session)
+            finally:
+                session.lock.release()
 
     @property
     def location(self) -> str | None:
@@ -2011,6 +2109,15 @@ class SQLiteDatabase(Database):
     deleted or replaced since it was opened is noticed when the next write
     transaction begins: StoreError, nothing written, until the database is
     closed and opened again.
+
+    Threads: writes take turns on the process's one connection (``lock``);
+    reads outside the calling thread's transaction go to a reader connection
+    of that thread's own (read-only, opened on first use), which WAL lets read
+    beside the writer, so a read waits neither for other readers nor for a
+    write in progress. A thread's reads inside its ``transaction()`` use the
+    writer, and see the transaction's uncommitted writes. (An in-memory
+    database, a ``file:`` URI, a connection you opened and a read-only file
+    have no readers: there every read takes its turn on the one connection.)
     """
 
     begin_statement: ClassVar[str] = "BEGIN IMMEDIATE"
@@ -2090,6 +2197,40 @@ class SQLiteDatabase(Database):
         self.read_only = read_only
         return conn
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        if self._shared.conn is None:
+            self.ensure_open()  # the writer first: it creates (or upgrades) the schema and finds read_only
+        if self.in_transaction() or self._given is not None or self.read_only or not self._on_disk:
+            with self.lock:
+                yield self.connection
+            return
+        session = self._thread_session()
+        conn = session.conn
+        if conn is None:
+            conn = session.conn = self._create_reader()
+        yield conn
+
+    @property
+    def _on_disk(self) -> bool:
+        return self.path != ":memory:" and not self.path.startswith("file:")
+
+    def _create_reader(self) -> sqlite3.Connection:
+        """A read-only connection for the calling thread (it never creates the file)."""
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)  # closed by close(), from whichever thread
+        except sqlite3.Error as exc:
+            raise self.error(exc, "open a reader connection") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self.error(exc, "prepare a reader connection") from exc
+        return conn
+
     def _stat_file(self) -> tuple[int, int] | None:
         try:
             st = os.stat(self.path)
@@ -2122,7 +2263,10 @@ class SQLiteDatabase(Database):
         return StoreError(f"{where}: cannot {doing}: {text}")
 
     def _connection_in_transaction(self, conn: Any) -> bool:
-        return bool(conn.in_transaction)
+        try:
+            return bool(conn.in_transaction)
+        except sqlite3.ProgrammingError:  # closed: its transaction, if any, is gone
+            return False
 
     @property
     def location(self) -> str | None:
@@ -2313,7 +2457,7 @@ class SQLiteEventStore(EventStore):
 
     @property
     def connection(self) -> sqlite3.Connection:
-        """This process's connection to the store's file."""
+        """This process's connection to the store's file (the writer; see SQLiteDatabase for the readers)."""
         conn: sqlite3.Connection = self._db.connection
         return conn
 
@@ -2363,8 +2507,7 @@ class SQLiteEventStore(EventStore):
     def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
         names = type_names(event_types)
         id, limit = check_position("id", id), check_limit(limit)
-        with self._db.lock:
-            conn = self._db.connection
+        with self._db.reading() as conn:
             try:
                 if names is None:
                     rows = conn.execute(self._SELECT + "WHERE id >= ? ORDER BY id LIMIT ?", (id, limit)).fetchall()
@@ -2378,8 +2521,7 @@ class SQLiteEventStore(EventStore):
 
     def latest_event_id(self, event_types: EventTypes = None) -> int:
         names = type_names(event_types)
-        with self._db.lock:
-            conn = self._db.connection
+        with self._db.reading() as conn:
             try:
                 if names is None:
                     row = conn.execute("SELECT max(id) FROM events").fetchone()
@@ -2394,9 +2536,9 @@ class SQLiteEventStore(EventStore):
                                     to_version: int | None = None) -> list[Event]:
         first, last = version_range(from_version, to_version)
         aggregate_id = check_aggregate_id(aggregate_id)
-        with self._db.lock:
+        with self._db.reading() as conn:
             try:
-                rows = self._db.connection.execute(
+                rows = conn.execute(
                     self._SELECT + "WHERE aggregate_id = ? AND version BETWEEN ? AND ? ORDER BY version",
                     (aggregate_id, first, last)).fetchall()
             except sqlite3.Error as exc:
@@ -2405,10 +2547,10 @@ class SQLiteEventStore(EventStore):
 
     def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
         aggregate_id = check_aggregate_id(aggregate_id)
-        with self._db.lock:
+        with self._db.reading() as conn:
             try:
-                row = self._db.connection.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
-                                                  (aggregate_id,)).fetchone()
+                row = conn.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
+                                   (aggregate_id,)).fetchone()
             except sqlite3.Error as exc:
                 raise self._db.error(exc, f"read the version of aggregate {aggregate_id!r}") from exc
         return int(row[0] or 0)
@@ -2444,14 +2586,17 @@ class SQLiteEventStore(EventStore):
         # WAL still holds older copies of those pages until a checkpoint writes them back and truncates it.
         if self._db.in_transaction():
             return  # inside a caller's transaction: the next checkpoint after it commits does it
-        ((busy, _, _),) = self._db.fetch_all("PRAGMA wal_checkpoint(TRUNCATE)", doing="checkpoint the WAL")
+        with self._db.lock:  # on the writer: a reader may not checkpoint (query_only)
+            try:
+                busy = self._db.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise self._db.error(exc, "checkpoint the WAL") from exc
         if busy:
             config.logger.warning("%r: erased data stays in the WAL file until no reader holds it back "
                                   "(the next checkpoint removes it)", self)
 
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        with self._db.lock:
-            conn = self._db.connection
+        with self._db.reading() as conn:
             try:
                 events, aggregates = conn.execute(
                     "SELECT count(*), count(DISTINCT aggregate_id) FROM events").fetchone()
@@ -2472,9 +2617,11 @@ class SQLiteEventStore(EventStore):
                 "types": types, "file_size": file_size, "wal_size": wal_size}
 
     def _change_token(self) -> Any:
-        with self._db.lock:
+        # On a reader connection data_version moves with every commit of another connection, this
+        # process's writer included; on the writer (inside a transaction) our own are counted.
+        with self._db.reading() as conn:
             try:
-                return (self._db.connection.execute("PRAGMA data_version").fetchone()[0], self._db.commits)
+                return (conn.execute("PRAGMA data_version").fetchone()[0], self._db.commits)
             except sqlite3.Error as exc:
                 raise self._db.error(exc, "poll for new events") from exc
 

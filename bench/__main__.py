@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # `python bench/__main__.py`
 from bench import common as C  # noqa: E402
 
 UNITS = {"a": "commands", "b": "events", "c": "events", "d": "events", "e": "events",
-         "f": "events", "g": "events", "h": "events"}
+         "f": "events", "g": "events", "h": "events", "i": "commands", "j": "reads"}
 TITLES = {
     "a": "commands: load + 1 event + save",
     "b": "batch append to 1 aggregate",
@@ -37,6 +37,8 @@ TITLES = {
     "f": "growth: per-event cost vs store size",
     "g": "peak memory of catch-up",
     "h": "load 1 long aggregate: from its latest snapshot vs full replay",
+    "i": "N threads, one store object: commands (cmdN) and single-event appends (sinkN)",
+    "j": "read latency (load a 10-event aggregate) while another thread of the process writes",
 }
 
 
@@ -495,6 +497,56 @@ class Harness:
             snap["speedup_vs_replay"] = (full["median_ms"] / snap["median_ms"]
                                          if snap.get("median_ms") and full.get("median_ms") else None)
 
+    def w_i(self, backend):
+        """N threads of one process share one store object (one application; raw: a connection per
+        thread): each runs its share of i_commands, on 10 aggregates of its own (no conflicts)."""
+        s = self.sizes
+        for mode in ("cmd", "sink"):
+            for n in s.i_threads:
+                lat_all: dict[str, list[float]] = {}
+
+                def run(t, r, mode=mode, n=n, lat_all=lat_all):
+                    spec = t.new_store()
+                    try:
+                        wall, lat = t.i(spec, n, s.i_commands, mode)
+                    finally:
+                        t.drop_store(spec)
+                    lat_all.setdefault(t.name, []).extend(lat)
+                    return wall
+
+                times, _ = self.interleaved("i", backend, s.runs, run, variant=f"{mode}{n}")
+                for name, xs in times.items():
+                    lat = lat_all.get(name, [])
+                    self.add("i", backend, name, s.i_commands // n * n, xs, variant=f"{mode}{n}", threads=n,
+                             p50_ms=C.percentile(lat, 50) * 1e3 if lat else None,
+                             p99_ms=C.percentile(lat, 99) * 1e3 if lat else None,
+                             max_ms=max(lat) * 1e3 if lat else None)
+
+    def w_j(self, backend):
+        """Loads of a 10-event aggregate, one every ms, while another thread of the same process
+        writes single events without pause (raw: the reader and the writer on connections of their own)."""
+        s = self.sizes
+        lat_all: dict[str, list[float]] = {}
+        writes: dict[str, list[int]] = {}
+
+        def run(t, r):
+            spec = t.new_store()
+            try:
+                lat, w = t.j(spec, s.j_reads)
+            finally:
+                t.drop_store(spec)
+            lat_all.setdefault(t.name, []).extend(lat)
+            writes.setdefault(t.name, []).append(w)
+            return sum(lat)
+
+        times, _ = self.interleaved("j", backend, s.runs, run)
+        for name, xs in times.items():
+            lat = lat_all.get(name, [])
+            self.add("j", backend, name, s.j_reads, xs, p50_ms=C.percentile(lat, 50) * 1e3 if lat else None,
+                     p99_ms=C.percentile(lat, 99) * 1e3 if lat else None,
+                     max_ms=max(lat) * 1e3 if lat else None, writes_meanwhile=writes.get(name),
+                     note="events/s here: reads per second of read time")
+
     # ------------------------------------------------------------------ ratios, table
     def ratios(self):
         for row in self.results:
@@ -506,6 +558,8 @@ class Harness:
                           and r["variant"] == row["variant"] and r["backend"] == row["backend"]
                           and r["system"] == other and r.get("events_per_s")), None)
                 row[key] = row["events_per_s"] / o["events_per_s"] if o else None
+                if other == "raw" and o and row["workload"] in ("i", "j") and o.get("p99_ms"):
+                    row["p99_vs_raw"] = row["p99_ms"] / o["p99_ms"]
 
     def goals(self) -> list[dict]:
         """The workloads' goals (BENCHMARKS.md), checked against this run's eventsourcery rows."""
@@ -552,6 +606,25 @@ class Harness:
             r = row("h", backend, "snap")
             if r:
                 check("(h) snapshot load vs full replay", backend, r.get("speedup_vs_replay"), ">=", 20.0, "x")
+            r = row("i", backend, "sink16")
+            if r:
+                check("(i) durable single-event appends/s, 16 threads", backend, r.get("events_per_s"), ">=",
+                      7000.0 if backend == "sqlite" else 8000.0, "/s")
+            for n in (8, 16):
+                r = row("i", backend, f"cmd{n}")
+                if not r:
+                    continue
+                if backend == "postgres":
+                    check(f"(i) commands/s, {n} threads", backend, r.get("events_per_s"), ">=", 3500.0, "/s")
+                    check(f"(i) commands, {n} threads, vs eventsourcing", backend, r.get("vs_eventsourcing"),
+                          ">=", 4.0, "x")
+                if backend == "postgres" or n == 8:
+                    check(f"(i) commands, {n} threads, vs raw", backend, r.get("vs_raw"), ">=", 0.9, "x")
+                if backend == "sqlite" and n == 8 and r.get("p99_ms") is not None:
+                    check("(i) command p99, 8 threads", backend, r["p99_ms"], "<=", 7.0, " ms")
+            r = row("j", backend)
+            if r and r.get("p99_vs_raw") is not None:
+                check("(j) read p99 under a writer vs raw", backend, r["p99_vs_raw"], "<=", 1.5, "x")
         return out
 
     def table(self) -> str:
@@ -598,6 +671,10 @@ class Harness:
                     notes += f"  x{r['speedup_vs_replay']:.1f} vs full replay"
             elif r["workload"] == "c":
                 notes = f"{r['median_ms']:.1f} ms per rebuild" if r.get("median_ms") else ""
+            elif r["workload"] in ("i", "j") and r.get("p50_ms") is not None:
+                notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms"
+                if r.get("p99_vs_raw") is not None:
+                    notes += f"  p99 x{r['p99_vs_raw']:.2f} of raw"
             lines.append(f"{w:<10}{r['backend']:<9}{r['system']:<14}{r['events']:>9}{r['runs']:>5}"
                          f"{f(r.get('events_per_s'), ',.0f'):>11}{f(r.get('median_ms'), ',.1f'):>11}"
                          f"{f(r.get('min_ms'), ',.1f'):>10}{f(r.get('vs_eventsourcing'), '.2f'):>7}"

@@ -19,7 +19,7 @@ DEFAULT_PG = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 PG_ENV = "EVENTSOURCERY_TEST_POSTGRES"
 
 SYSTEMS = ("eventsourcery", "eventsourcing", "raw")
-WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h")
+WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j")
 
 TITLE = "benchmark item"  # the payload every event carries: {"title": TITLE, "amount": i}
 
@@ -41,6 +41,8 @@ class Sizes:
             self.f_runs = 1
             self.g_events = 100_000
             self.h_replays, self.h_snap_loads = 1, 20
+            self.i_threads, self.i_commands = (1, 4, 16), 400
+            self.j_reads = 200
         else:
             self.runs = runs or 5
             self.a_commands, self.a_aggregates = 20_000, 1_000
@@ -52,6 +54,8 @@ class Sizes:
             self.f_runs = runs or 5
             self.g_events = 1_000_000
             self.h_replays, self.h_snap_loads = 5, 100
+            self.i_threads, self.i_commands = (1, 2, 4, 8, 16), 2_000
+            self.j_reads = 1_000
         self.d_page = 1_000  # page size for every system's catch-up read
         self.e_interval = (0.005, 0.025)  # appender sleeps uniform(lo, hi) between events
         # (h): one aggregate of 10,050 events saved 100 at a time, snapshot_every=100: the latest
@@ -409,3 +413,70 @@ def run_child(args: list[str], timeout: float = 600) -> dict:
     if not last:
         raise RuntimeError(f"child {args[:2]} printed no JSON: {p.stdout[-500:]} {p.stderr[-500:]}")
     return json.loads(last[-1])
+
+
+# --- (i), (j): many threads in one process ------------------------------------------------------
+
+def run_threads(n: int, work) -> tuple[float, list[float]]:
+    """Run ``work(k)`` in n threads started together; each returns its per-operation latencies (s).
+    Returns (wall seconds from the common start to the last thread's end, all latencies)."""
+    import threading as _threading
+
+    barrier = _threading.Barrier(n + 1)
+    out: list[list[float]] = [[] for _ in range(n)]
+    errors: list[BaseException] = []
+
+    def run(k):
+        try:
+            barrier.wait()
+            out[k] = work(k)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [_threading.Thread(target=run, args=(k,), daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return wall, [x for xs in out for x in xs]
+
+
+def read_under_writer(write_once, read_once, n_reads: int) -> tuple[list[float], int]:
+    """Latencies of n_reads calls of read_once() while a thread calls write_once() without pause;
+    returns (latencies, writes made meanwhile)."""
+    import threading as _threading
+
+    stop = _threading.Event()
+    writes = [0]
+    errors: list[BaseException] = []
+
+    def writer():
+        try:
+            while not stop.is_set():
+                write_once(writes[0])
+                writes[0] += 1
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = _threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        while writes[0] < 3 and not errors:  # the writer is under way
+            time.sleep(0.001)
+        lat = []
+        for _ in range(n_reads):
+            t0 = time.perf_counter()
+            read_once()
+            lat.append(time.perf_counter() - t0)
+            time.sleep(0.001)  # a request now and then, not a read loop that starves the writer
+    finally:
+        stop.set()
+        t.join()
+    if errors:
+        raise errors[0]
+    return lat, writes[0]

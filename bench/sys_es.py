@@ -156,6 +156,51 @@ class _Base:
                 assert agg.version == n and agg.count == expect
         return snap, full
 
+    # (i) N threads share one store object; each runs load + 1 event + save on 10 aggregates of its own
+    def i(self, spec, n_threads: int, n_cmd: int, mode: str = "cmd") -> tuple[float, list[float]]:
+        with self.open(spec) as store:
+            store.latest_event_id()
+            repo = es.Repository(store)
+            per = n_cmd // n_threads
+
+            def work(k):
+                ids = [f"thread-{k}-{j}" for j in range(10)]
+                lat = []
+                clock = time.perf_counter
+                if mode == "sink":  # the write path alone: one event per sink, no load
+                    sink = store.sink
+                    for i in range(per):
+                        t0 = clock()
+                        sink(BenchItemAdded(aggregate_id=ids[i % 10], title=C.TITLE, amount=i))
+                        lat.append(clock() - t0)
+                    return lat
+                for i in range(per):
+                    t0 = clock()
+                    agg = repo.load(BenchCounter, ids[i % 10])
+                    agg.add(C.TITLE, i)
+                    repo.save(agg)
+                    lat.append(clock() - t0)
+                return lat
+
+            return C.run_threads(n_threads, work)
+
+    # (j) load of a 10-event aggregate while another thread of the process sinks without pause
+    def j(self, spec, n_reads: int) -> tuple[list[float], int]:
+        with self.open(spec) as store:
+            repo = es.Repository(store)
+            agg = repo.load(BenchCounter, "read-me")
+            for i in range(10):
+                agg.add(C.TITLE, i)
+            repo.save(agg)
+
+            def write_once(i):
+                store.sink(BenchItemAdded(aggregate_id=f"written-{i}", title=C.TITLE, amount=i))
+
+            def read_once():
+                assert repo.load(BenchCounter, "read-me").version == 10
+
+            return C.read_under_writer(write_once, read_once, n_reads)
+
     # (d) projector catch-up via subscribe_to, stopped once every event was handled
     def d(self, spec, n: int, workdir: str, page: int, tag: str = "") -> float:
         p = self.projector(workdir, spec)

@@ -107,6 +107,56 @@ class _Base:
         app.close()
         return dt
 
+    # (i) N threads share one application; each: get + 1 event + save on 10 aggregates of its own
+    def i(self, spec, n_threads: int, n_cmd: int, mode: str = "cmd"):
+        app = self.app(spec)
+        per = n_cmd // n_threads
+
+        def work(k):
+            real = [None] * 10
+            lat = []
+            clock = time.perf_counter
+            for i in range(per):
+                t0 = clock()
+                aid = real[i % 10]
+                if mode == "sink":  # a new aggregate per save: one event, no load
+                    app.save(Counter())
+                elif aid is None:
+                    c = Counter()
+                    app.save(c)
+                    real[i % 10] = c.id
+                else:
+                    c = app.repository.get(aid)
+                    c.increment(title=C.TITLE, amount=i)
+                    app.save(c)
+                lat.append(clock() - t0)
+            return lat
+
+        try:
+            return C.run_threads(n_threads, work)
+        finally:
+            app.close()
+
+    # (j) get of a 10-event aggregate while another thread saves without pause
+    def j(self, spec, n_reads: int):
+        app = self.app(spec)
+        try:
+            c = Counter()
+            for i in range(9):
+                c.increment(title=C.TITLE, amount=i)
+            app.save(c)
+            aid = c.id
+
+            def write_once(i):
+                app.save(Counter())
+
+            def read_once():
+                assert app.repository.get(aid).version == 10
+
+            return C.read_under_writer(write_once, read_once, n_reads)
+        finally:
+            app.close()
+
     # (b) one aggregate, batches of `batch` events per save (the first batch holds Created)
     def b(self, spec, agg_id, n: int, batch: int) -> float:
         app = self.app(spec)

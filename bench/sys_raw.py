@@ -154,6 +154,71 @@ class RawSQLite:
         con.close()
         return dt
 
+    # -- (i): a connection per thread (SQLite's busy handler arbitrates the writers)
+    def i(self, path: str, n_threads: int, n_cmd: int, mode: str = "cmd"):
+        per = n_cmd // n_threads
+        load = f"SELECT {SELECT_COLS} FROM events WHERE aggregate_id = ? ORDER BY version"
+        ins = f"INSERT INTO events ({INSERT_COLS}) VALUES (?,?,?,?,?,?,?,?)"
+
+        def work(k):
+            con = C.sqlite_connect(path)
+            ex = con.execute
+            ids = [f"thread-{k}-{j}" for j in range(10)]
+            known = [0] * 10  # versions written (sink mode keeps them instead of loading)
+            lat = []
+            clock = time.perf_counter
+            try:
+                for i in range(per):
+                    t0 = clock()
+                    aid = ids[i % 10]
+                    version = 0
+                    if mode == "sink":
+                        version = known[i % 10]
+                    else:
+                        for row in ex(load, (aid,)):
+                            _loads(row[8])
+                            version = row[4]
+                    ex("BEGIN IMMEDIATE")
+                    cur = ex("SELECT max(version) FROM events WHERE aggregate_id = ?", (aid,)).fetchone()[0] or 0
+                    if cur != version:
+                        ex("ROLLBACK")
+                        raise RuntimeError("concurrency error")
+                    ex(ins, (C.uuid7_str(), aid, EVENT_TYPE, version + 1, C.now_iso(), None, None,
+                             _dumps({"title": C.TITLE, "amount": i})))
+                    ex("COMMIT")
+                    known[i % 10] = version + 1
+                    lat.append(clock() - t0)
+            finally:
+                con.close()
+            return lat
+
+        return C.run_threads(n_threads, work)
+
+    # -- (j): the writer and the reader on connections of their own
+    def j(self, path: str, n_reads: int):
+        ins = f"INSERT INTO events ({INSERT_COLS}) VALUES (?,?,?,?,?,?,?,?)"
+        load = f"SELECT {SELECT_COLS} FROM events WHERE aggregate_id = ? ORDER BY version"
+        w, r = C.sqlite_connect(path), C.sqlite_connect(path)
+        for v in range(1, 11):
+            w.execute(ins, (C.uuid7_str(), "read-me", EVENT_TYPE, v, C.now_iso(), None, None,
+                            _dumps({"title": C.TITLE, "amount": v})))
+
+        def write_once(i):
+            w.execute("BEGIN IMMEDIATE")
+            w.execute(ins, (C.uuid7_str(), f"written-{i}", EVENT_TYPE, 1, C.now_iso(), None, None,
+                            _dumps({"title": C.TITLE, "amount": i})))
+            w.execute("COMMIT")
+
+        def read_once():
+            rows = r.execute(load, ("read-me",)).fetchall()
+            assert len(rows) == 10 and all(_loads(row[8]) for row in rows)
+
+        try:
+            return C.read_under_writer(write_once, read_once, n_reads)
+        finally:
+            w.close()
+            r.close()
+
     # -- (b)
     def b(self, path: str, agg_id: str, n: int, batch: int) -> float:
         con = C.sqlite_connect(path)
@@ -386,6 +451,63 @@ class RawPostgres:
         dt = time.perf_counter() - t0
         con.close()
         return dt
+
+    # (i): a connection per thread; the write takes a transaction-scoped advisory lock, as
+    # eventsourcery's does (gapless ids need one writer at a time between "take ids" and commit)
+    def i(self, ci: str, n_threads: int, n_cmd: int, mode: str = "cmd"):
+        per = n_cmd // n_threads
+
+        def work(k):
+            con = self.connect(ci)
+            cur = con.cursor()
+            ids = [f"thread-{k}-{j}" for j in range(10)]
+            known = [0] * 10  # versions written (sink mode keeps them instead of loading)
+            lat = []
+            clock = time.perf_counter
+            try:
+                for i in range(per):
+                    t0 = clock()
+                    aid = ids[i % 10]
+                    version = 0
+                    if mode == "sink":
+                        version = known[i % 10]
+                    else:
+                        for row in cur.execute(self.LOAD, (aid,), prepare=True).fetchall():
+                            _loads(row[8])
+                            version = row[4]
+                    with con.transaction():
+                        cur.execute("SELECT pg_advisory_xact_lock(42)", prepare=True)
+                        got = cur.execute("SELECT max(version) FROM events WHERE aggregate_id = %s", (aid,),
+                                          prepare=True).fetchone()[0] or 0
+                        if got != version:
+                            raise RuntimeError("concurrency error")
+                        cur.execute(self.INS, self._row(aid, version + 1, i), prepare=True)
+                    known[i % 10] = version + 1
+                    lat.append(clock() - t0)
+            finally:
+                con.close()
+            return lat
+
+        return C.run_threads(n_threads, work)
+
+    # (j): the writer and the reader on connections of their own
+    def j(self, ci: str, n_reads: int):
+        w, r = self.connect(ci), self.connect(ci)
+        for v in range(1, 11):
+            w.execute(self.INS, self._row("read-me", v, v))
+
+        def write_once(i):
+            w.execute(self.INS, self._row(f"written-{i}", 1, i), prepare=True)
+
+        def read_once():
+            rows = r.execute(self.LOAD, ("read-me",), prepare=True).fetchall()
+            assert len(rows) == 10 and all(_loads(row[8]) for row in rows)
+
+        try:
+            return C.read_under_writer(write_once, read_once, n_reads)
+        finally:
+            w.close()
+            r.close()
 
     def b(self, ci: str, agg_id: str, n: int, batch: int) -> float:
         con = self.connect(ci)

@@ -98,7 +98,7 @@ def interleave(url, schema, admin, *, lock_writes):
     stores = [es_pg.PostgresEventStore(url, schema=schema, _lock_writes=lock_writes) for _ in range(3)]
     w1, w2, reader = stores
     trace = [f"write lock {'ENABLED' if lock_writes else 'DISABLED'}"]
-    outcome = {"w2": None, "w2_error": None, "reader_seen": []}
+    outcome = {"w2": None, "w2_error": None, "w2_pid": None, "reader_seen": []}
     position = 1
 
     def read(label):
@@ -110,8 +110,12 @@ def interleave(url, schema, admin, *, lock_writes):
             position = batch[-1].id + 1
         trace.append(f"{label}: R reads ids >= {start} -> {[e.id for e in batch]}")
 
+    connected = threading.Event()
+
     def w2_sink():
         try:
+            outcome["w2_pid"] = w2.connection.info.backend_pid  # its thread's own connection
+            connected.set()
             outcome["w2"] = w2.sink(ItemAdded(aggregate_id="agg-w2", title="second"))[0]
         except Exception as exc:
             outcome["w2_error"] = exc
@@ -120,9 +124,10 @@ def interleave(url, schema, admin, *, lock_writes):
         with w1.transaction():
             (first,) = w1.sink(ItemAdded(aggregate_id="agg-w1", title="first"))
             trace.append(f"t1: W1 sink 'first' -> id {first.id}, transaction still open")
-            w2_pid = w2.connection.info.backend_pid  # (not once W2's thread holds its store)
             thread = threading.Thread(target=w2_sink, daemon=True)
             thread.start()
+            assert connected.wait(WAIT), outcome
+            w2_pid = outcome["w2_pid"]
             wait_until(lambda: not thread.is_alive() or backend_wait(admin, w2_pid)[0] == "Lock", timeout=10)
             state = ("finished" if not thread.is_alive()
                      else "blocked, waiting on lock {1} ({0})".format(*backend_wait(admin, w2_pid)))

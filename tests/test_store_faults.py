@@ -89,11 +89,15 @@ def test_sqlite_closed_connection_is_a_store_error_from_every_method(tmp_path):
         "stats": lambda: store.stats(),
         "transaction": lambda: store.transaction().__enter__(),
     }
+    writes = {"sink", "transaction"}  # reads outside a transaction go to the thread's reader connection
     for name, call in calls.items():
-        store.connection.close()  # closed behind the store's back
-        with pytest.raises(es.StoreError) as excinfo:
+        store.connection.close()  # the writer closed behind the store's back
+        try:
             call()
-        assert isinstance(excinfo.value.__cause__, sqlite3.Error), name
+        except es.StoreError as exc:
+            assert isinstance(exc.__cause__, sqlite3.Error), name
+        else:
+            assert name not in writes, name
     store.close()
     with es.SQLiteEventStore(tmp_path / "e.db") as again:  # a new connection works
         assert again.latest_event_id() == 1
