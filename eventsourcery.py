@@ -59,6 +59,7 @@ import types
 import typing
 import urllib.parse
 import uuid as _uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar, Union
 
@@ -1723,6 +1724,7 @@ class DatabaseTracker(Tracker):
                 cursor = db.connection.execute(f"SELECT * FROM {self._table} WHERE 1 = 0")
                 have = {d[0] for d in cursor.description}
                 cursor.fetchall()
+                del cursor  # freed under the lock (see _quiesce_sqlite_for_fork)
         except db.driver_errors:
             return None
         except StoreError as exc:  # the savepoint's own error, raised as an es error by transaction()
@@ -1765,6 +1767,7 @@ class DatabaseTracker(Tracker):
             cursor = self._conn().execute(f"SELECT * FROM {self._table} {where} ORDER BY name", params)
             names = [d[0] for d in cursor.description]
             rows = cursor.fetchall()
+            del cursor  # freed under the lock (see _quiesce_sqlite_for_fork)
         fields = {f.name for f in dataclasses.fields(TrackerRecord)}
         out = []
         for row in rows:
@@ -2126,6 +2129,8 @@ class SQLiteDatabase(Database):
     def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection, *, synchronous: str = "FULL",
                  busy_timeout: float = 30.0, prepare: Callable[[sqlite3.Connection], None] | None = None) -> None:
         super().__init__()
+        with _fork_gate:
+            _sqlite_databases.add(self)
         if not isinstance(synchronous, str) or synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self._given = db if isinstance(db, sqlite3.Connection) else None
@@ -2206,10 +2211,11 @@ class SQLiteDatabase(Database):
                 yield self.connection
             return
         session = self._thread_session()
-        conn = session.conn
-        if conn is None:
-            conn = session.conn = self._create_reader()
-        yield conn
+        with session.lock:  # uncontended (the thread's own); held so that a fork waits for the read
+            conn = session.conn
+            if conn is None:
+                conn = session.conn = self._create_reader()
+            yield conn
 
     @property
     def _on_disk(self) -> bool:
@@ -2287,6 +2293,40 @@ class SQLiteDatabase(Database):
     def drop_tables(self, conn: Any, tables: Iterable[str]) -> None:
         for table in tables:
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+
+# A child made by fork() copies SQLite's in-process record of the locks this process holds on each file:
+# forked while another thread is inside a statement or transaction, the child would wait for a lock
+# nobody in it holds. So a fork waits (a bounded while) until no thread uses an SQLite connection.
+_sqlite_databases: weakref.WeakSet[SQLiteDatabase] = weakref.WeakSet()
+_fork_gate = threading.Lock()  # held from the start of a fork until it is done: no database registers meanwhile
+_held_for_fork: list[Any] = []  # the locks a fork holds (released after it, in parent and child)
+
+
+def _quiesce_sqlite_for_fork() -> None:
+    deadline = time.monotonic() + 2.0
+
+    def hold(lock: Any) -> None:
+        if lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            _held_for_fork.append(lock)
+
+    hold(_fork_gate)
+    for database in list(_sqlite_databases):
+        if database._pid == os.getpid():
+            hold(database._registry)  # no thread gets a new session (and so a connection) meanwhile
+            for session in [database._shared, *database._sessions]:
+                hold(session.lock)
+
+
+def _release_after_fork() -> None:
+    while _held_for_fork:
+        with contextlib.suppress(RuntimeError):
+            _held_for_fork.pop().release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_quiesce_sqlite_for_fork, after_in_parent=_release_after_fork,
+                        after_in_child=_release_after_fork)
 
 
 SQLITE_SCHEMA_VERSION = 2
