@@ -62,7 +62,9 @@ def require_postgres() -> str:
 def new_schema() -> str:
     """A schema name no other store, test or run uses (the schema is created by the store)."""
     require_postgres()
-    name = f"{_RUN}_{next(_counter)}"
+    # the pid as of now: a forked child inherits _RUN and the counter, and must not reuse (nor, at its
+    # exit, drop) a name its parent is about to use
+    name = f"{_RUN}_{os.getpid()}_{next(_counter)}"
     _created.append((os.getpid(), name))
     return name
 
