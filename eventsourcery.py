@@ -2423,8 +2423,13 @@ class _FileLocks:
         self.directory = directory
 
     def _path(self, name: str) -> str:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", lambda m: f"%{ord(m.group()):02x}", name)
-        return os.path.join(self.directory, safe + ".lock")
+        if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}", name):
+            return os.path.join(self.directory, name + ".lock")
+        # Any other name: a readable prefix and a digest of the whole name, so that two names never
+        # share a file and a long one still fits in a file name.
+        import hashlib
+        digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+        return os.path.join(self.directory, f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)[:40]}%{digest}.lock")
 
     def _try(self, name: str, exclusive: bool = True) -> int | None:
         import fcntl

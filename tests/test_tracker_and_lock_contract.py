@@ -509,3 +509,15 @@ def test_a_holder_in_another_process_has_the_lock_until_it_is_killed_with_sigkil
     run_until_caught_up(after, store)  # the dead holder's lock is gone for processors too
     assert after.calls == list(range(left_at + 1, 3))
     assert store.tracker().last_processed_event_id(name) == 2
+
+
+@pytest.mark.parametrize("a, b", [("\u03b1", ";1"), ("x" * 300, "x" * 301), ("a b", "a_b"), ("a%3b", "a;")])
+def test_lock_names_that_look_alike_are_different_locks_and_long_ones_work(store, a, b):
+    with store.lock(a):
+        assert store.is_running(a) and not store.is_running(b)
+        with store.lock(b):
+            assert store.is_running(b)
+        with pytest.raises(es.UnableToLockProcessorError):
+            with store.lock(a):
+                pass
+    assert not store.is_running(a) and not store.is_running(b)
