@@ -28,8 +28,10 @@ events, replays them, and feeds them to projectors and reactors::
     assert [e.title for e in store.get_next_from(1)] == ["Buy milk"]
 
 The sections below follow that story: errors, serialisation, configuration,
-events, event stores, aggregates, event processing, the multiprocess runner,
-and the command line (``python -m eventsourcery STORE COMMAND``).
+events, the event store contract, the backend interface (what a store module
+such as eventsourcery_pg builds on), the memory store, the SQLite backend,
+opening stores by URL, aggregates, event processing, the multiprocess runner,
+testing helpers, and the command line (``python -m eventsourcery STORE COMMAND``).
 """
 
 from __future__ import annotations
