@@ -84,7 +84,7 @@ __all__ = [
     "encode_events", "stored_copies", "decode_rows", "type_names", "Stopper",
     "MAX_POSITION", "MAX_BODY_DEPTH", "check_position", "check_limit", "check_text", "check_aggregate_id",
     "version_range", "batch_size",
-    "Database", "SQLiteDatabase", "DatabaseTracker", "TRACKER_TABLE",
+    "Database", "SQLiteDatabase", "DatabaseTracker", "TRACKER_TABLE", "tracker_table_ddl",
     # processing and the runner
     "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
     "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry", "run_processor", "ESPRunner",
@@ -1677,6 +1677,11 @@ _TRACKER_COLUMNS = (
     ("fresh", "INTEGER NOT NULL DEFAULT 0"), ("state", "TEXT"), ("last_error", "TEXT"),
     ("failing_event_id", "BIGINT"), ("owner", "TEXT"), ("standby", "TEXT"),
     ("standby_at", "DOUBLE PRECISION"), ("kind", "TEXT"), ("location", "TEXT"))
+def tracker_table_ddl(table: str) -> str:
+    """The CREATE TABLE IF NOT EXISTS statement of a tracker table named ``table`` (for a backend's schema)."""
+    return _TRACKER_DDL.format(table=table)
+
+
 _TRACKER_DDL = ("CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, position BIGINT NOT NULL DEFAULT 0, "
                 + ", ".join(f"{column} {kind}" for column, kind in _TRACKER_COLUMNS) + ")")
 
@@ -2348,7 +2353,7 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (aggregate_id, version)
 );
 CREATE INDEX IF NOT EXISTS events_type_id ON events (type, id);
-CREATE TABLE IF NOT EXISTS eventsourcery_trackers (name TEXT PRIMARY KEY, position INTEGER NOT NULL DEFAULT 0);
+{trackers};
 CREATE TABLE IF NOT EXISTS eventsourcery_snapshots (
     aggregate_id TEXT NOT NULL,
     aggregate_type TEXT NOT NULL,
@@ -2359,7 +2364,7 @@ CREATE TABLE IF NOT EXISTS eventsourcery_snapshots (
     created_at TEXT NOT NULL,
     PRIMARY KEY (aggregate_id, aggregate_type)
 );
-"""
+""".replace("{trackers}", tracker_table_ddl(TRACKER_TABLE))
 
 #: Statements that take a store of each older schema version to the next one, in one transaction.
 _SQLITE_UPGRADES = {

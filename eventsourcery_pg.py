@@ -197,10 +197,7 @@ CREATE TABLE IF NOT EXISTS {s}.events (
 );
 ALTER TABLE {s}.events ADD COLUMN IF NOT EXISTS metadata json;
 CREATE INDEX IF NOT EXISTS events_type_id ON {s}.events (type, id);
-CREATE TABLE IF NOT EXISTS {s}.eventsourcery_trackers (
-    name text PRIMARY KEY,
-    position bigint NOT NULL DEFAULT 0
-);
+{es.tracker_table_ddl(f"{s}.{es.TRACKER_TABLE}")};
 CREATE TABLE IF NOT EXISTS {s}.eventsourcery_snapshots (
     aggregate_id text NOT NULL,
     aggregate_type text NOT NULL,
