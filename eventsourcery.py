@@ -4349,6 +4349,16 @@ def _cli_datetime(value: _dt.datetime | str) -> _dt.datetime:
     return _dt.datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
+def _cli_confirm(question: str) -> bool:
+    """Ask ``question [y/N]`` on stderr and read the answer from stdin: True only for y or yes."""
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line.endswith("\n") or not sys.stdin.isatty():
+        sys.stderr.write("\n")  # the answer was not echoed: end the prompt's line
+    return line.strip().lower() in ("y", "yes")
+
+
 def _cli_erase(store: EventStore, args: argparse.Namespace) -> int:
     aggregate_id = args.aggregate_id
     version = store.aggregate_version(aggregate_id)
@@ -4356,16 +4366,10 @@ def _cli_erase(store: EventStore, args: argparse.Namespace) -> int:
     if version == 0:
         sys.stderr.write(f"no events for aggregate {shown}: nothing erased\n")
         return 0
-    if not args.yes:
-        sys.stderr.write(f"Erase aggregate {shown} for good ({version} events: their bodies and metadata "
-                         "are removed; this cannot be undone)? [y/N] ")
-        sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line.endswith("\n") or not sys.stdin.isatty():
-            sys.stderr.write("\n")  # the answer was not echoed: end the prompt's line
-        if line.strip().lower() not in ("y", "yes"):
-            sys.stderr.write(f"not erased: {shown} keeps its {version} events\n")
-            return 1
+    if not args.yes and not _cli_confirm(f"Erase aggregate {shown} for good ({version} events: their bodies "
+                                         "and metadata are removed; this cannot be undone)?"):
+        sys.stderr.write(f"not erased: {shown} keeps its {version} events\n")
+        return 1
     erased = store.erase_aggregate(aggregate_id, reason=args.reason)
     assert erased is not None
     sys.stdout.write(f"erased {shown}: {erased.erased_events} events are tombstones now; "
@@ -4408,15 +4412,9 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
         database = open_database(record.location)
         tracker = DatabaseTracker(database)
     position = record.position
-    if not args.yes:
-        sys.stderr.write(f"Reset processor {name} (position {position})? [y/N] ")
-        sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line.endswith("\n") or not sys.stdin.isatty():
-            sys.stderr.write("\n")  # the answer was not echoed: end the prompt's line
-        if line.strip().lower() not in ("y", "yes"):
-            sys.stderr.write(f"not reset: {name} stays at position {position}\n")
-            return 1
+    if not args.yes and not _cli_confirm(f"Reset processor {name} (position {position})?"):
+        sys.stderr.write(f"not reset: {name} stays at position {position}\n")
+        return 1
     try:
         with store.lock(name):
             tracker.reset(name)
