@@ -3167,7 +3167,10 @@ class EventStreamProcessor:
         tracker = self.tracker
         if not isinstance(tracker, DatabaseTracker) or tracker.database is store.database:
             return None
-        return tracker.database.location
+        location = tracker.database.location
+        if store.database is not None and location == store.database.location:
+            return None  # the store's own tracker table, opened through another Database object
+        return location
 
     def _run(self, store: EventStore, stopper: Stopper, handler: ErrorHandler | None) -> None:
         log = config.logger

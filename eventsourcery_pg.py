@@ -311,18 +311,27 @@ class PostgresDatabase(es.Database):
     connection, so threads of one process neither queue behind each other's
     reads nor see each other's uncommitted writes. A thread that ends hands
     its connection to the next new thread.
+
+    ``lock_timeout`` (seconds; None keeps the server's setting) bounds every
+    lock wait of this database's connections: a wait that lasts longer raises
+    es.StoreError saying what it waited for, instead of hanging.
     """
 
     placeholder: ClassVar[str] = "%s"
     connection_per_thread: ClassVar[bool] = True
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
 
-    def __init__(self, conninfo: str, *, schema: str | None = None, application_name: str = "eventsourcery") -> None:
+    def __init__(self, conninfo: str, *, schema: str | None = None, application_name: str = "eventsourcery",
+                 lock_timeout: float | None = 30.0) -> None:
         super().__init__()
         if not isinstance(conninfo, str):
             raise TypeError(f"conninfo must be a str (a postgresql:// URL or key=value string), not {conninfo!r}")
+        if lock_timeout is not None and (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))
+                                         or not 0 < lock_timeout < 2**31 / 1000):
+            raise ValueError(f"lock_timeout must be a positive number of seconds or None, not {lock_timeout!r}")
         self.conninfo, self.schema = split_schema(conninfo, schema)
         self.application_name = application_name
+        self.lock_timeout = lock_timeout
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({describe_conninfo(self.conninfo)!r}, schema={self.schema!r})"
@@ -340,7 +349,11 @@ class PostgresDatabase(es.Database):
         return conn
 
     def _prepare(self, conn: Connection) -> None:
-        """Settings of every new connection: unqualified names (a processor's tables) live in ``schema``."""
+        """Settings of every new connection: the lock timeout; unqualified names (a processor's tables)
+        live in ``schema``."""
+        if self.lock_timeout is not None:
+            milliseconds = max(round(self.lock_timeout * 1000), 1)
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{milliseconds}ms",))
         if self.schema != "public":
             conn.execute("SELECT set_config('search_path', quote_ident(%s) || ', ' || "
                          "current_setting('search_path'), false)", (self.schema,))
@@ -370,9 +383,25 @@ class PostgresDatabase(es.Database):
         if _connection_lost(exc):
             doubt = " (whether the server committed the transaction is not known)" if doing == "commit" else ""
             return es.StoreError(f"lost the connection to {where}: cannot {doing}{doubt}: {exc}")
-        if state in ("55P03", "57014"):  # lock_not_available (lock_timeout), query_canceled (statement_timeout)
-            return es.StoreError(f"{where}: a lock wait or statement timed out: cannot {doing}: {exc}")
+        if state == "55P03":  # lock_not_available: lock_timeout passed
+            return es.StoreError(f"{where}: waited longer than lock_timeout ({self._lock_timeout_text()}) for a "
+                                 f"lock another session holds: cannot {doing}: {exc}")
+        if state == "57014":  # query_canceled (statement_timeout)
+            return es.StoreError(f"{where}: a statement was cancelled (statement_timeout?): cannot {doing}: {exc}")
         return es.StoreError(f"cannot {doing} in {where}: {exc}")
+
+    def _lock_timeout_text(self) -> str:
+        return "the server's setting" if self.lock_timeout is None else f"{self.lock_timeout:g} s"
+
+    @property
+    def location(self) -> str:
+        """This database as a ``postgresql://`` URL naming its schema, without the password (another
+        process connecting by it finds the password as libpq does: PGPASSWORD, ~/.pgpass)."""
+        params = conninfo_to_dict(self.conninfo)
+        params.pop("password", None)
+        if self.schema != "public":
+            params["schema"] = self.schema
+        return "postgresql://?" + urllib.parse.urlencode(sorted(params.items()))
 
     def _connection_in_transaction(self, conn: Any) -> bool:
         # A closed connection's status is UNKNOWN: its transaction, if any, ended with its session.
@@ -405,8 +434,9 @@ class _StoreDatabase(PostgresDatabase):
     """The event store's database: aware UTC datetimes, per-statement snapshots (which the write
     function relies on), and the store's tables (created on first use, unless ``create`` is False)."""
 
-    def __init__(self, conninfo: str, *, schema: str | None = None, create: bool = True) -> None:
-        super().__init__(conninfo, schema=schema)
+    def __init__(self, conninfo: str, *, schema: str | None = None, create: bool = True,
+                 lock_timeout: float | None = 30.0) -> None:
+        super().__init__(conninfo, schema=schema, lock_timeout=lock_timeout)
         self.create = create
 
     def _prepare(self, conn: Connection) -> None:
@@ -441,8 +471,11 @@ class PostgresEventStore(es.EventStore):
 
     ``poll_interval`` is how often (seconds) an idle subscription reads even
     without a notification; ``reconnect_timeout`` how long it keeps trying to
-    replace a lost listener connection before it raises ``es.StoreError``.
-    With ``create=False`` only an existing store is opened (es.StoreError
+    replace a lost listener connection before it raises ``es.StoreError``;
+    ``lock_timeout`` how long (seconds) a write waits for the store's write
+    lock, held by another session's sinking transaction, before it raises
+    ``es.StoreError`` naming that session (nothing written). With
+    ``create=False`` only an existing store is opened (es.StoreError
     otherwise) and nothing is created.
 
     A running processor holds its single-instance lock (``lock(name)``) as a
@@ -452,8 +485,9 @@ class PostgresEventStore(es.EventStore):
     """
 
     def __init__(self, conninfo: str, *, schema: str | None = None, poll_interval: float = 2.0,
-                 reconnect_timeout: float = 30.0, create: bool = True, _lock_writes: bool = True) -> None:
-        self._db = _StoreDatabase(conninfo, schema=schema, create=create)
+                 reconnect_timeout: float = 30.0, create: bool = True, lock_timeout: float | None = 30.0,
+                 _lock_writes: bool = True) -> None:
+        self._db = _StoreDatabase(conninfo, schema=schema, create=create, lock_timeout=lock_timeout)
         self.conninfo = self._db.conninfo
         self.schema = self._db.schema
         self.poll_interval = poll_interval
@@ -559,11 +593,36 @@ class PostgresEventStore(es.EventStore):
                 error = _write_error(exc, aggregate_id, uuids)
                 if error is not None:
                     raise error from exc
+                if exc.sqlstate == "55P03":
+                    raise es.StoreError(f"waited longer than lock_timeout ({db._lock_timeout_text()}) for the write "
+                                        f"lock of {self!r}, held by {self._write_lock_holder()}; "
+                                        f"events of aggregate {aggregate_id!r} not stored") from exc
                 if nested or not _connection_lost(exc):
                     raise db.error(exc, f"store events of aggregate {aggregate_id!r}; nothing was written") from exc
                 row = self._resolve_lost_write(uuids, exc)
         assert row is not None
         return es.stored_copies(events, rows, row[0], row[1])
+
+    def _write_lock_holder(self) -> str:
+        """Who holds this store's write lock: for the message of a write that timed out waiting for it."""
+        key = _advisory_key("write", self.schema) & 0xFFFF_FFFF_FFFF_FFFF
+        try:
+            conn = _connect(self.conninfo, application_name="eventsourcery lock lookup")
+            try:
+                row = conn.execute(
+                    "SELECT a.pid, a.application_name, a.state, now() - a.xact_start FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 1",
+                    (key >> 32, key & 0xFFFF_FFFF)).fetchone()
+            finally:
+                conn.close()
+        except (psycopg.Error, es.StoreError):
+            return "another session"
+        if row is None:
+            return "another session (which has released it since)"
+        pid, application, state, age = row
+        return (f"server process {pid} ({application or 'no application_name'}, {state}, in a transaction "
+                f"for {age.total_seconds():.1f} s; a transaction that sinks holds the lock until it ends)")
 
     def _resolve_lost_write(self, uuids: list[str], lost: psycopg.Error) -> tuple[int, int]:
         """``(first_id, first_version)`` of a write whose connection was lost before its answer came, if it
