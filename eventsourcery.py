@@ -1337,11 +1337,12 @@ class Stopper:
 class _Session:
     """One connection and the transaction open on it: the process's (shared by its threads), or one thread's."""
 
-    __slots__ = ("conn", "depth", "lock", "owner", "thread")
+    __slots__ = ("conn", "depth", "lock", "owner", "thread", "written")
 
     def __init__(self, thread: threading.Thread | None) -> None:
         self.conn: Any = None
         self.depth = 0  # transaction() blocks open on the connection (savepoints beyond the first)
+        self.written: list[str] = []  # keys noted by Database.note_written() in the open transaction
         self.lock = threading.RLock()
         self.owner = 0  # the thread (ident) inside transaction(), while depth > 0
         self.thread = thread  # the thread whose session this is (None: shared by the process)
@@ -1430,6 +1431,20 @@ class Database(abc.ABC):
         """The es error that driver exception ``exc``, raised while trying to ``doing``, means; raise it
         ``from exc``. A backend names damaged data (CorruptEventError), lost connections, full disks, ..."""
         return StoreError(f"cannot {doing} ({self!r}): {exc}")
+
+    def note_written(self, keys: Sequence[str]) -> None:
+        """Note that the calling thread's open transaction has written rows known by ``keys`` (a sink:
+        its events' uuids), so that a COMMIT whose answer is lost can be resolved by looking them up
+        (``_commit_lost``). Keys noted inside a savepoint that rolls back are forgotten with it."""
+        session = self._session()
+        if session.depth:
+            session.written.extend(keys)
+
+    def _commit_lost(self, exc: Exception, keys: list[str]) -> None:
+        """Called when COMMIT raised ``exc``, after the rollback, with the keys ``note_written()`` noted:
+        return if the transaction is known to have committed after all; otherwise raise the es error
+        (by default ``error(exc, "commit")``). A backend whose connections can be lost looks keys up."""
+        raise self.error(exc, "commit") from exc
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -1549,9 +1564,11 @@ class Database(abc.ABC):
                 except errors as exc:
                     raise self.error(exc, "open a savepoint") from exc
                 session.depth += 1
+                noted = len(session.written)
                 try:
                     yield conn
                 except BaseException:
+                    del session.written[noted:]  # rolled back with the savepoint
                     try:
                         conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
                         conn.execute(f"RELEASE SAVEPOINT {name}")
@@ -1573,6 +1590,7 @@ class Database(abc.ABC):
                 raise self.error(exc, "begin a transaction") from exc
             session.owner = threading.get_ident()
             session.depth = 1
+            session.written = []
             try:
                 self._began(conn)
                 yield conn
@@ -1580,11 +1598,13 @@ class Database(abc.ABC):
                 session.depth = 0
                 self._rollback(session, conn)
                 raise
+            written, session.written = session.written, []
             try:
                 conn.execute("COMMIT")
             except errors as exc:
+                session.depth = 0  # ended, whatever happened to it: _commit_lost may use a new connection
                 self._rollback(session, conn)
-                raise self.error(exc, "commit") from exc
+                self._commit_lost(exc, written)
             except BaseException:
                 self._rollback(session, conn)
                 raise

@@ -432,12 +432,50 @@ class PostgresDatabase(es.Database):
 
 class _StoreDatabase(PostgresDatabase):
     """The event store's database: aware UTC datetimes, per-statement snapshots (which the write
-    function relies on), and the store's tables (created on first use, unless ``create`` is False)."""
+    function relies on), and the store's tables (created on first use, unless ``create`` is False).
+    A transaction whose COMMIT lost its answer is resolved by the uuids of the events it stored."""
 
     def __init__(self, conninfo: str, *, schema: str | None = None, create: bool = True,
-                 lock_timeout: float | None = 30.0) -> None:
+                 lock_timeout: float | None = 30.0, reconnect_timeout: float = 30.0) -> None:
         super().__init__(conninfo, schema=schema, lock_timeout=lock_timeout)
         self.create = create
+        self.reconnect_timeout = reconnect_timeout
+
+    def stored_versions(self, uuids: list[str], lost: psycopg.Error) -> list[tuple[int, int]]:
+        """``(id, version)`` of those of ``uuids`` that are stored, in id order, looked up on a new
+        connection after ``lost`` (tried for ``reconnect_timeout`` seconds; then StoreError)."""
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.05
+        while True:
+            self.close()
+            try:
+                rows = self.connection.execute(
+                    f"SELECT id, version FROM {_quote(self.schema)}.events WHERE uuid = ANY(%s::text[]) ORDER BY id",
+                    (uuids,)).fetchall()
+                return [(int(i), int(v)) for i, v in rows]
+            except (psycopg.Error, es.StoreError) as exc:
+                if isinstance(exc, psycopg.Error) and not _connection_lost(exc):
+                    raise self.error(exc, f"find out whether events {uuids} were stored after the connection "
+                                          f"was lost ({lost})") from exc
+                if time.monotonic() + delay > deadline:
+                    raise es.StoreError(
+                        f"lost the connection to {self!r} while storing events {uuids}, and could not reconnect "
+                        f"within {self.reconnect_timeout} s to find out whether they were stored ({exc}); look "
+                        "them up by uuid before writing them again") from lost
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _commit_lost(self, exc: Exception, keys: list[str]) -> None:
+        if not keys or not isinstance(exc, psycopg.Error) or not _connection_lost(exc):
+            raise self.error(exc, "commit") from exc
+        found = self.stored_versions(keys, exc)
+        if len(found) == len(keys):
+            return  # it committed: the answer was lost, not the transaction
+        if not found:
+            raise es.StoreError(f"lost the connection to {self!r} while committing a transaction; it was not "
+                                f"committed (none of the events {keys} it stored is in the store): {exc}") from exc
+        raise es.CorruptEventError(f"only {len(found)} of the {len(keys)} events {keys} written in one "
+                                   f"transaction are stored (ids {[r[0] for r in found]})") from exc
 
     def _prepare(self, conn: Connection) -> None:
         conn.execute("SELECT set_config('TimeZone', 'UTC', false), "
@@ -487,11 +525,11 @@ class PostgresEventStore(es.EventStore):
     def __init__(self, conninfo: str, *, schema: str | None = None, poll_interval: float = 2.0,
                  reconnect_timeout: float = 30.0, create: bool = True, lock_timeout: float | None = 30.0,
                  _lock_writes: bool = True) -> None:
-        self._db = _StoreDatabase(conninfo, schema=schema, create=create, lock_timeout=lock_timeout)
+        self._db = _StoreDatabase(conninfo, schema=schema, create=create, lock_timeout=lock_timeout,
+                                  reconnect_timeout=reconnect_timeout)
         self.conninfo = self._db.conninfo
         self.schema = self._db.schema
         self.poll_interval = poll_interval
-        self.reconnect_timeout = reconnect_timeout
         self._lock_writes = _lock_writes  # False only to demonstrate, in tests, why the lock is there
         self._tracker = PostgresTracker(self._db)
         s = _quote(self.schema)
@@ -506,6 +544,15 @@ class PostgresEventStore(es.EventStore):
 
     def __repr__(self) -> str:
         return f"PostgresEventStore({describe_conninfo(self.conninfo)!r}, schema={self.schema!r})"
+
+    @property
+    def reconnect_timeout(self) -> float:
+        """Seconds a lost connection is tried again: to resolve a write in doubt, or to replace a listener."""
+        return self._db.reconnect_timeout
+
+    @reconnect_timeout.setter
+    def reconnect_timeout(self, seconds: float) -> None:
+        self._db.reconnect_timeout = seconds
 
     @property
     def connection(self) -> Connection:
@@ -586,6 +633,7 @@ class PostgresEventStore(es.EventStore):
                 if nested:
                     with db.transaction() as conn:  # a savepoint: a conflict leaves the outer transaction usable
                         row = conn.execute(sql, params).fetchone()
+                    db.note_written([r.uuid for r in rows])  # so that a lost COMMIT can be resolved
                 else:  # one statement, one round trip
                     row = db.connection.execute(sql, params).fetchone()
             except psycopg.Error as exc:
@@ -626,30 +674,11 @@ class PostgresEventStore(es.EventStore):
 
     def _resolve_lost_write(self, uuids: list[str], lost: psycopg.Error) -> tuple[int, int]:
         """``(first_id, first_version)`` of a write whose connection was lost before its answer came, if it
-        was committed: looked up by its events' uuids on a new connection (tried for ``reconnect_timeout``
-        seconds). Raises StoreError when it was not committed, or when that cannot be found out."""
-        db = self._db
-        deadline = time.monotonic() + self.reconnect_timeout
-        delay = 0.05
-        while True:
-            db.close()
-            try:
-                found = db.connection.execute(f"SELECT id, version FROM {self._events} WHERE uuid = ANY(%s::text[]) "
-                                              "ORDER BY id", (uuids,)).fetchall()
-                break
-            except (psycopg.Error, es.StoreError) as exc:
-                if isinstance(exc, psycopg.Error) and not _connection_lost(exc):
-                    raise db.error(exc, f"find out whether events {uuids} were stored after the connection "
-                                        f"was lost ({lost})") from exc
-                if time.monotonic() + delay > deadline:
-                    raise es.StoreError(
-                        f"lost the connection to {self!r} while storing events {uuids}, and could not reconnect "
-                        f"within {self.reconnect_timeout} s to find out whether they were stored ({exc}); look "
-                        "them up by uuid before writing them again") from lost
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        was committed (looked up by its events' uuids). Raises StoreError when it was not committed, or
+        when that cannot be found out."""
+        found = self._db.stored_versions(uuids, lost)
         if len(found) == len(uuids):
-            return int(found[0][0]), int(found[0][1])
+            return found[0]
         if not found:
             raise es.StoreError(f"lost the connection to {self!r} while storing events {uuids}; they were not "
                                 f"stored (none of their uuids is in the store): {lost}") from lost

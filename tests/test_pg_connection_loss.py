@@ -10,6 +10,7 @@ and after the server committed but before the answer arrived (the connection's e
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -160,6 +161,67 @@ def test_sink_inside_a_transaction_whose_connection_dies_raises_and_stores_nothi
             store.sink(item("second in transaction"))
     assert stored_titles(cluster, store) == ["before"]
     assert store.sink(item("after"))[0].id == 2
+
+
+# --- a transaction whose COMMIT lost its answer: resolved by the uuids of the events it stored -----
+
+
+def lose_at_commit(cluster, store, *, after_commit: bool):
+    """Make the store's connection lose its COMMIT: after the server committed, or before it was sent."""
+    conn = store.connection
+    real_execute = conn.execute
+
+    def execute(query, params=None, **kw):
+        if str(query) == "COMMIT":
+            if after_commit:
+                real_execute(query, params, **kw)
+            cluster.terminate_backends("eventsourcery")
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real_execute(query, params, **kw)
+
+    conn.execute = execute
+
+
+def test_a_transaction_whose_commit_answer_is_lost_after_it_committed_succeeds_once(cluster, store):
+    store.sink(item("before"))
+    lose_at_commit(cluster, store, after_commit=True)
+    with store.transaction():
+        first = store.sink(item("in transaction 1"))
+        second = store.sink(ItemAdded(aggregate_id="other", title="in transaction 2"))
+    assert stored_titles(cluster, store) == ["before", "in transaction 1", "in transaction 2"]
+    assert store.get_next_from(2) == first + second
+    assert store.sink(item("after"))[0].id == 4  # on a new connection
+
+
+def test_a_transaction_whose_commit_never_reached_the_server_says_it_was_not_committed(cluster, store):
+    store.sink(item("before"))
+    lose_at_commit(cluster, store, after_commit=False)
+    with pytest.raises(es.StoreError, match="it was not committed") as caught:
+        with store.transaction():
+            store.sink(item("lost 1"))
+            store.sink(item("lost 2"))
+    assert not isinstance(caught.value, es.CorruptEventError)
+    assert stored_titles(cluster, store) == ["before"]
+    assert store.sink(item("after"))[0].id == 2
+
+
+def test_events_of_a_rolled_back_savepoint_do_not_count_when_a_lost_commit_is_resolved(cluster, store):
+    lose_at_commit(cluster, store, after_commit=True)
+    with store.transaction():
+        kept = store.sink(item("kept"))
+        with contextlib.suppress(RuntimeError), store.transaction():
+            store.sink(item("rolled back with its savepoint"))
+            raise RuntimeError("undo the inner block")
+    assert stored_titles(cluster, store) == ["kept"]  # resolved as committed, not as a partial write
+    assert store.get_next_from(1) == kept
+
+
+def test_a_lost_commit_of_a_transaction_that_stored_no_events_says_it_does_not_know(cluster, store):
+    store.sink(item("before"))
+    lose_at_commit(cluster, store, after_commit=True)
+    with pytest.raises(es.StoreError, match="not known"):
+        with store.transaction() as conn:
+            conn.execute(f'UPDATE "{store.schema}".events SET correlation_id = NULL WHERE false')
 
 
 # --- lost after the server committed: the stored copies, exactly once --------------------------
