@@ -27,7 +27,8 @@ if __package__ in (None, ""):  # `python bench/__main__.py`
 from bench import common as C  # noqa: E402
 
 UNITS = {"a": "commands", "b": "events", "c": "events", "d": "events", "e": "events",
-         "f": "events", "g": "events", "h": "events", "i": "commands", "j": "reads"}
+         "f": "events", "g": "events", "h": "events", "i": "commands", "j": "reads",
+         "k": "commands"}
 TITLES = {
     "a": "commands: load + 1 event + save",
     "b": "batch append to 1 aggregate",
@@ -38,7 +39,8 @@ TITLES = {
     "g": "peak memory of catch-up",
     "h": "load 1 long aggregate: from its latest snapshot vs full replay",
     "i": "N threads, one store object: commands (cmdN) and single-event appends (sinkN)",
-    "j": "read latency (load a 10-event aggregate) while another thread of the process writes",
+    "j": "read latency (load a 10-event aggregate) while another thread (j) or process (j.proc) writes",
+    "k": "N processes, one store: commands (load + 1 event + save), a store object per process",
 }
 
 
@@ -526,26 +528,104 @@ class Harness:
         """Loads of a 10-event aggregate, one every ms, while another thread of the same process
         writes single events without pause (raw: the reader and the writer on connections of their own)."""
         s = self.sizes
-        lat_all: dict[str, list[float]] = {}
-        writes: dict[str, list[int]] = {}
+        for variant in ("", "proc"):  # the writer: a thread of the reader's process, or another process
+            lat_all: dict[str, list[float]] = {}
+            writes: dict[str, list[int | None]] = {}
 
-        def run(t, r):
-            spec = t.new_store()
-            try:
-                lat, w = t.j(spec, s.j_reads)
-            finally:
-                t.drop_store(spec)
-            lat_all.setdefault(t.name, []).extend(lat)
-            writes.setdefault(t.name, []).append(w)
-            return sum(lat)
+            def run(t, r, variant=variant, lat_all=lat_all, writes=writes):
+                spec = t.new_store()
+                try:
+                    writer = (lambda: self.writer_process(t, backend, spec)) if variant else None
+                    lat, w = t.j(spec, s.j_reads, writer)
+                finally:
+                    t.drop_store(spec)
+                lat_all.setdefault(t.name, []).extend(lat)
+                writes.setdefault(t.name, []).append(w)
+                return sum(lat)
 
-        times, _ = self.interleaved("j", backend, s.runs, run)
-        for name, xs in times.items():
-            lat = lat_all.get(name, [])
-            self.add("j", backend, name, s.j_reads, xs, p50_ms=C.percentile(lat, 50) * 1e3 if lat else None,
-                     p99_ms=C.percentile(lat, 99) * 1e3 if lat else None,
-                     max_ms=max(lat) * 1e3 if lat else None, writes_meanwhile=writes.get(name),
-                     note="events/s here: reads per second of read time")
+            times, _ = self.interleaved("j", backend, s.runs, run, variant=variant)
+            for name, xs in times.items():
+                lat = lat_all.get(name, [])
+                self.add("j", backend, name, s.j_reads, xs, variant=variant,
+                         p50_ms=C.percentile(lat, 50) * 1e3 if lat else None,
+                         p99_ms=C.percentile(lat, 99) * 1e3 if lat else None,
+                         max_ms=max(lat) * 1e3 if lat else None, writes_meanwhile=writes.get(name),
+                         note="events/s here: reads per second of read time")
+
+    @contextlib.contextmanager
+    def writer_process(self, t, backend, spec):
+        """(j)'s writer in a child process of the same system, appending without pause while open."""
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        child = subprocess.Popen(C.child_cmd("writer", t.name, backend, spec), stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+        try:
+            line = child.stdout.readline()
+            if line.strip() != "READY":
+                raise RuntimeError(f"(j) writer not ready: {line!r} {child.stderr.read()[-1500:]}")
+            time.sleep(0.2)  # under way
+            yield
+            if child.poll() is not None:
+                raise RuntimeError(f"(j) writer stopped early (rc={child.returncode}): {child.stderr.read()[-1500:]}")
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+    def w_k(self, backend):
+        """N processes on one store, started together, each running its share of k_commands on 10
+        aggregates of its own; commands/s over the span from the first start to the last end."""
+        s = self.sizes
+        for n in s.k_processes:
+            lat_all: dict[str, list[float]] = {}
+
+            def run(t, r, n=n, lat_all=lat_all):
+                spec = t.new_store()
+                try:
+                    start, end, lat = self.processes_together(t, backend, spec, n, s.k_commands // n, r)
+                finally:
+                    t.drop_store(spec)
+                lat_all.setdefault(t.name, []).extend(lat)
+                return end - start
+
+            times, _ = self.interleaved("k", backend, s.runs, run, variant=f"proc{n}")
+            for name, xs in times.items():
+                lat = lat_all.get(name, [])
+                self.add("k", backend, name, s.k_commands // n * n, xs, variant=f"proc{n}", processes=n,
+                         p50_ms=C.percentile(lat, 50) * 1e3 if lat else None,
+                         p99_ms=C.percentile(lat, 99) * 1e3 if lat else None,
+                         max_ms=max(lat) * 1e3 if lat else None)
+
+    def processes_together(self, t, backend, spec, n, per, run):
+        """Start n (k) children, release them at once; (first start, last end, every latency)."""
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        children = [subprocess.Popen(C.child_cmd("k", t.name, backend, spec, str(per), f"p{run}-{k}-"),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env, cwd=root) for k in range(n)]
+        try:
+            for child in children:
+                line = child.stdout.readline()
+                if line.strip() != "READY":
+                    raise RuntimeError(f"(k) child not ready: {line!r} {child.stderr.read()[-1500:]}")
+            for child in children:
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            outs = []
+            for child in children:
+                out, err = child.communicate(timeout=600)
+                if child.returncode != 0:
+                    raise RuntimeError(f"(k) child failed (rc={child.returncode}): {err[-1500:]}")
+                outs.append(json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1]))
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        return (min(o["start"] for o in outs), max(o["end"] for o in outs),
+                [x for o in outs for x in o["latencies"]])
 
     # ------------------------------------------------------------------ ratios, table
     def ratios(self):
@@ -558,7 +638,7 @@ class Harness:
                           and r["variant"] == row["variant"] and r["backend"] == row["backend"]
                           and r["system"] == other and r.get("events_per_s")), None)
                 row[key] = row["events_per_s"] / o["events_per_s"] if o else None
-                if other == "raw" and o and row["workload"] in ("i", "j") and o.get("p99_ms"):
+                if other == "raw" and o and row["workload"] in ("i", "j", "k") and o.get("p99_ms"):
                     row["p99_vs_raw"] = row["p99_ms"] / o["p99_ms"]
 
     def goals(self) -> list[dict]:
@@ -622,9 +702,13 @@ class Harness:
                     check(f"(i) commands, {n} threads, vs raw", backend, r.get("vs_raw"), ">=", 0.9, "x")
                 if backend == "sqlite" and n == 8 and r.get("p99_ms") is not None:
                     check("(i) command p99, 8 threads", backend, r["p99_ms"], "<=", 7.0, " ms")
-            r = row("j", backend)
-            if r and r.get("p99_vs_raw") is not None:
-                check("(j) read p99 under a writer vs raw", backend, r["p99_vs_raw"], "<=", 1.5, "x")
+            for variant, where in (("", "thread"), ("proc", "process")):
+                r = row("j", backend, variant)
+                if r and r.get("p99_vs_raw") is not None:
+                    check(f"(j) read p99 under a writer {where} vs raw", backend, r["p99_vs_raw"], "<=", 1.5, "x")
+            r = row("k", backend, "proc8")
+            if r and backend == "postgres":
+                check("(k) commands, 8 processes, vs raw", backend, r.get("vs_raw"), ">=", 0.9, "x")
         return out
 
     def table(self) -> str:
@@ -671,7 +755,7 @@ class Harness:
                     notes += f"  x{r['speedup_vs_replay']:.1f} vs full replay"
             elif r["workload"] == "c":
                 notes = f"{r['median_ms']:.1f} ms per rebuild" if r.get("median_ms") else ""
-            elif r["workload"] in ("i", "j") and r.get("p50_ms") is not None:
+            elif r["workload"] in ("i", "j", "k") and r.get("p50_ms") is not None:
                 notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms"
                 if r.get("p99_vs_raw") is not None:
                     notes += f"  p99 x{r['p99_vs_raw']:.2f} of raw"

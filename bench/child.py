@@ -7,6 +7,11 @@ parent's -O setting):
   e-append SYSTEM BACKEND SPEC N LO HI appender for (e): JSON with commit stamps
   g SYSTEM BACKEND SPEC N PAGE         catch-up (d) over N events; JSON with ru_maxrss
   baseline SYSTEM BACKEND              imports only; JSON with ru_maxrss
+  writer SYSTEM BACKEND SPEC           (j)'s writer in another process: prints READY, then
+                                       appends single events without pause until it is killed
+  k SYSTEM BACKEND SPEC N PREFIX       one of (k)'s processes: prints READY, waits for a line on
+                                       stdin, runs N commands on 10 aggregates of its own (ids
+                                       start with PREFIX); JSON with its start, end and latencies
 """
 
 from __future__ import annotations
@@ -102,9 +107,24 @@ def baseline(system, backend):
     print(json.dumps({"maxrss_mb": maxrss_mb()}), flush=True)
 
 
+def writer(system, backend, spec):
+    t = make_target(system, backend, tempfile.gettempdir())
+    print("READY", flush=True)
+    t.e_append(spec, 10**8, 0.0, 0.0)  # until the parent kills this process
+
+
+def k(system, backend, spec, n, prefix):
+    t = make_target(system, backend, tempfile.gettempdir())
+    print("READY", flush=True)
+    sys.stdin.readline()  # every process starts together
+    wall, lat = t.i(spec, 1, int(n), "cmd", prefix=prefix)
+    end = time.monotonic()  # one clock for every process of the machine
+    print(json.dumps({"start": end - wall, "end": end, "latencies": lat}), flush=True)
+
+
 def main(argv):
     cmd, *rest = argv
-    {"e-sub": e_sub, "e-append": e_append, "g": g, "baseline": baseline}[cmd](*rest)
+    {"e-sub": e_sub, "e-append": e_append, "g": g, "baseline": baseline, "writer": writer, "k": k}[cmd](*rest)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ DEFAULT_PG = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 PG_ENV = "EVENTSOURCERY_TEST_POSTGRES"
 
 SYSTEMS = ("eventsourcery", "eventsourcing", "raw")
-WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j")
+WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k")
 
 TITLE = "benchmark item"  # the payload every event carries: {"title": TITLE, "amount": i}
 
@@ -43,6 +43,7 @@ class Sizes:
             self.h_replays, self.h_snap_loads = 1, 20
             self.i_threads, self.i_commands = (1, 4, 16), 400
             self.j_reads = 200
+            self.k_processes, self.k_commands = (1, 4), 400
         else:
             self.runs = runs or 5
             self.a_commands, self.a_aggregates = 20_000, 1_000
@@ -56,6 +57,7 @@ class Sizes:
             self.h_replays, self.h_snap_loads = 5, 100
             self.i_threads, self.i_commands = (1, 2, 4, 8, 16), 2_000
             self.j_reads = 1_000
+            self.k_processes, self.k_commands = (1, 2, 4, 8), 2_000
         self.d_page = 1_000  # page size for every system's catch-up read
         self.e_interval = (0.005, 0.025)  # appender sleeps uniform(lo, hi) between events
         # (h): one aggregate of 10,050 events saved 100 at a time, snapshot_every=100: the latest
@@ -446,11 +448,15 @@ def run_threads(n: int, work) -> tuple[float, list[float]]:
     return wall, [x for xs in out for x in xs]
 
 
-def read_under_writer(write_once, read_once, n_reads: int) -> tuple[list[float], int]:
+def read_under_writer(write_once, read_once, n_reads: int, writer=None) -> tuple[list[float], int | None]:
     """Latencies of n_reads calls of read_once() while a thread calls write_once() without pause;
-    returns (latencies, writes made meanwhile)."""
+    returns (latencies, writes made meanwhile). With ``writer`` (a context manager that runs a writer
+    in another process while it is open) that process writes instead, and the writes are not counted."""
     import threading as _threading
 
+    if writer is not None:
+        with writer():
+            return read_every_ms(read_once, n_reads), None
     stop = _threading.Event()
     writes = [0]
     errors: list[BaseException] = []
@@ -468,15 +474,21 @@ def read_under_writer(write_once, read_once, n_reads: int) -> tuple[list[float],
     try:
         while writes[0] < 3 and not errors:  # the writer is under way
             time.sleep(0.001)
-        lat = []
-        for _ in range(n_reads):
-            t0 = time.perf_counter()
-            read_once()
-            lat.append(time.perf_counter() - t0)
-            time.sleep(0.001)  # a request now and then, not a read loop that starves the writer
+        lat = read_every_ms(read_once, n_reads)
     finally:
         stop.set()
         t.join()
     if errors:
         raise errors[0]
     return lat, writes[0]
+
+
+def read_every_ms(read_once, n_reads: int) -> list[float]:
+    """Latencies of n_reads calls of read_once(), a millisecond apart."""
+    lat = []
+    for _ in range(n_reads):
+        t0 = time.perf_counter()
+        read_once()
+        lat.append(time.perf_counter() - t0)
+        time.sleep(0.001)  # a request now and then, not a read loop that starves the writer
+    return lat

@@ -157,14 +157,14 @@ class _Base:
         return snap, full
 
     # (i) N threads share one store object; each runs load + 1 event + save on 10 aggregates of its own
-    def i(self, spec, n_threads: int, n_cmd: int, mode: str = "cmd") -> tuple[float, list[float]]:
+    def i(self, spec, n_threads: int, n_cmd: int, mode: str = "cmd", prefix: str = "") -> tuple[float, list[float]]:
         with self.open(spec) as store:
             store.latest_event_id()
             repo = es.Repository(store)
             per = n_cmd // n_threads
 
             def work(k):
-                ids = [f"thread-{k}-{j}" for j in range(10)]
+                ids = [f"thread-{prefix}{k}-{j}" for j in range(10)]
                 lat = []
                 clock = time.perf_counter
                 if mode == "sink":  # the write path alone: one event per sink, no load
@@ -185,7 +185,7 @@ class _Base:
             return C.run_threads(n_threads, work)
 
     # (j) load of a 10-event aggregate while another thread of the process sinks without pause
-    def j(self, spec, n_reads: int) -> tuple[list[float], int]:
+    def j(self, spec, n_reads: int, writer=None) -> tuple[list[float], int]:
         with self.open(spec) as store:
             repo = es.Repository(store)
             agg = repo.load(BenchCounter, "read-me")
@@ -199,7 +199,7 @@ class _Base:
             def read_once():
                 assert repo.load(BenchCounter, "read-me").version == 10
 
-            return C.read_under_writer(write_once, read_once, n_reads)
+            return C.read_under_writer(write_once, read_once, n_reads, writer)
 
     # (d) projector catch-up via subscribe_to, stopped once every event was handled
     def d(self, spec, n: int, workdir: str, page: int, tag: str = "") -> float:

@@ -73,6 +73,22 @@ class _Base:
     def app(self, spec) -> BenchApp:
         return BenchApp(env=self.env(spec))
 
+    # (e) the appender; also (j.proc)'s writer in another process
+    def e_append(self, spec, n, lo, hi):
+        import random
+        app = self.app(spec)
+        rnd = random.Random(7)
+        c = Counter()
+        app.save(c)
+        stamps = []
+        for i in range(n):
+            c.increment(title=C.TITLE, amount=i)
+            app.save(c)
+            stamps.append(time.monotonic_ns())
+            time.sleep(rnd.uniform(lo, hi))
+        app.close()
+        return stamps
+
     def write_sample(self, spec, agg_id=None) -> None:
         app = self.app(spec)
         c = Counter()
@@ -108,7 +124,7 @@ class _Base:
         return dt
 
     # (i) N threads share one application; each: get + 1 event + save on 10 aggregates of its own
-    def i(self, spec, n_threads: int, n_cmd: int, mode: str = "cmd"):
+    def i(self, spec, n_threads: int, n_cmd: int, mode: str = "cmd", prefix: str = ""):
         app = self.app(spec)
         per = n_cmd // n_threads
 
@@ -138,7 +154,7 @@ class _Base:
             app.close()
 
     # (j) get of a 10-event aggregate while another thread saves without pause
-    def j(self, spec, n_reads: int):
+    def j(self, spec, n_reads: int, writer=None):
         app = self.app(spec)
         try:
             c = Counter()
@@ -153,7 +169,7 @@ class _Base:
             def read_once():
                 assert app.repository.get(aid).version == 10
 
-            return C.read_under_writer(write_once, read_once, n_reads)
+            return C.read_under_writer(write_once, read_once, n_reads, writer)
         finally:
             app.close()
 
@@ -342,21 +358,6 @@ class PeerPostgres(_Base):
 
     def e_unsupported(self):
         return None
-
-    def e_append(self, ci, n, lo, hi):
-        import random
-        app = self.app(ci)
-        rnd = random.Random(7)
-        c = Counter()
-        app.save(c)
-        stamps = []
-        for i in range(n):
-            c.increment(title=C.TITLE, amount=i)
-            app.save(c)
-            stamps.append(time.monotonic_ns())
-            time.sleep(rnd.uniform(lo, hi))
-        app.close()
-        return stamps
 
     def e_subscribe(self, ci, n, on_event, stop: threading.Event):
         app = self.app(ci)

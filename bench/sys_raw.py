@@ -155,7 +155,7 @@ class RawSQLite:
         return dt
 
     # -- (i): a connection per thread (SQLite's busy handler arbitrates the writers)
-    def i(self, path: str, n_threads: int, n_cmd: int, mode: str = "cmd"):
+    def i(self, path: str, n_threads: int, n_cmd: int, mode: str = "cmd", prefix: str = ""):
         per = n_cmd // n_threads
         load = f"SELECT {SELECT_COLS} FROM events WHERE aggregate_id = ? ORDER BY version"
         ins = f"INSERT INTO events ({INSERT_COLS}) VALUES (?,?,?,?,?,?,?,?)"
@@ -163,7 +163,7 @@ class RawSQLite:
         def work(k):
             con = C.sqlite_connect(path)
             ex = con.execute
-            ids = [f"thread-{k}-{j}" for j in range(10)]
+            ids = [f"thread-{prefix}{k}-{j}" for j in range(10)]
             known = [0] * 10  # versions written (sink mode keeps them instead of loading)
             lat = []
             clock = time.perf_counter
@@ -195,7 +195,7 @@ class RawSQLite:
         return C.run_threads(n_threads, work)
 
     # -- (j): the writer and the reader on connections of their own
-    def j(self, path: str, n_reads: int):
+    def j(self, path: str, n_reads: int, writer=None):
         ins = f"INSERT INTO events ({INSERT_COLS}) VALUES (?,?,?,?,?,?,?,?)"
         load = f"SELECT {SELECT_COLS} FROM events WHERE aggregate_id = ? ORDER BY version"
         w, r = C.sqlite_connect(path), C.sqlite_connect(path)
@@ -214,7 +214,7 @@ class RawSQLite:
             assert len(rows) == 10 and all(_loads(row[8]) for row in rows)
 
         try:
-            return C.read_under_writer(write_once, read_once, n_reads)
+            return C.read_under_writer(write_once, read_once, n_reads, writer)
         finally:
             w.close()
             r.close()
@@ -454,13 +454,13 @@ class RawPostgres:
 
     # (i): a connection per thread; the write takes a transaction-scoped advisory lock, as
     # eventsourcery's does (gapless ids need one writer at a time between "take ids" and commit)
-    def i(self, ci: str, n_threads: int, n_cmd: int, mode: str = "cmd"):
+    def i(self, ci: str, n_threads: int, n_cmd: int, mode: str = "cmd", prefix: str = ""):
         per = n_cmd // n_threads
 
         def work(k):
             con = self.connect(ci)
             cur = con.cursor()
-            ids = [f"thread-{k}-{j}" for j in range(10)]
+            ids = [f"thread-{prefix}{k}-{j}" for j in range(10)]
             known = [0] * 10  # versions written (sink mode keeps them instead of loading)
             lat = []
             clock = time.perf_counter
@@ -491,7 +491,7 @@ class RawPostgres:
         return C.run_threads(n_threads, work)
 
     # (j): the writer and the reader on connections of their own
-    def j(self, ci: str, n_reads: int):
+    def j(self, ci: str, n_reads: int, writer=None):
         w, r = self.connect(ci), self.connect(ci)
         for v in range(1, 11):
             w.execute(self.INS, self._row("read-me", v, v))
@@ -504,7 +504,7 @@ class RawPostgres:
             assert len(rows) == 10 and all(_loads(row[8]) for row in rows)
 
         try:
-            return C.read_under_writer(write_once, read_once, n_reads)
+            return C.read_under_writer(write_once, read_once, n_reads, writer)
         finally:
             w.close()
             r.close()

@@ -101,3 +101,24 @@ def test_benchmark_docs_speak_of_workloads_not_issues():
     for path in [ROOT / "BENCHMARKS.md", *sorted((ROOT / "bench").glob("*.py"))]:
         text = path.read_text()
         assert not re.search(r"\bissues?\b|\bissue's\b", text, re.I), path
+
+
+def test_bench_quick_k_runs_processes_together(tmp_path):
+    """(k): a row per system and process count, each process's commands counted, latencies pooled."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "bench", "--quick", "--only", "k", "--backend", "sqlite", "--runs", "1",
+           "--json", str(out), "--tmpdir", str(tmp_path)]
+    if not HAVE_PEER:
+        cmd.append("--no-peer")
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == []
+    sizes = doc["sizes"]
+    rows = [r for r in doc["results"] if r["workload"] == "k"]
+    expected = {"eventsourcery", "raw"} | ({"eventsourcing"} if HAVE_PEER else set())
+    assert {(r["system"], r["processes"]) for r in rows} == {(s, n) for s in expected for n in sizes["k_processes"]}
+    for r in rows:
+        assert r["events"] == sizes["k_commands"] // r["processes"] * r["processes"]
+        assert r["median_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
+    assert "(k) N processes" in p.stdout
