@@ -81,7 +81,7 @@ __all__ = [
     "StoreURL", "BACKENDS", "parse_store_url", "open_store", "open_database",
     # the backend interface
     "EventRow", "EVENT_COLUMNS", "Snapshot", "SNAPSHOT_COLUMNS",
-    "encode_events", "stored_copies", "decode_rows", "type_names", "Stopper",
+    "encode_events", "stored_copies", "decode_rows", "type_names", "Stopper", "GroupCommit",
     "MAX_POSITION", "MAX_BODY_DEPTH", "check_position", "check_limit", "check_text", "check_aggregate_id",
     "version_range", "batch_size",
     "Database", "SQLiteDatabase", "DatabaseTracker", "TRACKER_TABLE", "tracker_table_ddl",
@@ -1332,6 +1332,102 @@ class Stopper:
             if left <= 0:
                 return
             time.sleep(min(left, 0.05))
+
+
+class _GroupMember:
+    """One request waiting in a GroupCommit: its outcome, and the gate its thread waits at."""
+
+    __slots__ = ("request", "outcome", "gate", "leads")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.outcome: Any = None
+        self.gate = threading.Lock()
+        self.gate.acquire()  # released when the outcome is in, or when this member is to lead
+        self.leads = False
+
+
+class GroupCommit:
+    """Writes from threads of one process committed together: one commit (one fsync) for all that wait.
+
+    ``write(request)`` queues ``request`` and returns its outcome. The first
+    thread to arrive while no group is being written leads: it takes every
+    request waiting at that moment (at most ``max_group``), calls
+    ``write_group(requests)`` once, hands each waiting thread its outcome,
+    and passes the lead to the first request that arrived meanwhile. So a
+    thread alone writes at once (a group of one), and threads that arrive
+    while a commit is under way share the next one, in arrival order.
+
+    ``write_group`` returns one outcome per request, in order: a result, or
+    an exception, which ``write`` raises in that request's thread. If it
+    raises, every request of the group raises that error.
+    """
+
+    def __init__(self, write_group: Callable[[list[Any]], list[Any]], *, max_group: int = 256) -> None:
+        self.write_group = write_group
+        self.max_group = max_group
+        self._reset()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"write_group": self.write_group, "max_group": self.max_group}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._mutex = threading.Lock()
+        self._queue: list[_GroupMember] = []
+        self._busy = False  # a leader is writing a group
+
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for a group to be written (the one being written not counted)."""
+        return len(self._queue)
+
+    def write(self, request: Any) -> Any:
+        """Write ``request`` in the next group; its outcome once that group has been written."""
+        if self._pid != os.getpid():
+            self._reset()  # a forked child: the parent's threads and queue are not here
+        member = _GroupMember(request)
+        with self._mutex:
+            self._queue.append(member)
+            leads = not self._busy
+            self._busy = True
+        if not leads:
+            member.gate.acquire()
+            if not member.leads:
+                return self._outcome(member)
+        try:
+            while True:
+                with self._mutex:
+                    group, self._queue = self._queue[:self.max_group], self._queue[self.max_group:]
+                try:
+                    outcomes = self.write_group([m.request for m in group])
+                except BaseException as exc:  # noqa: BLE001 - every member of the group raises it
+                    outcomes = [exc] * len(group)
+                for other, outcome in zip(group, outcomes, strict=True):
+                    other.outcome = outcome
+                    if other is not member:
+                        other.gate.release()
+                if any(other is member for other in group):
+                    break
+        finally:
+            with self._mutex:
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.leads = True
+                    successor.gate.release()
+                else:
+                    self._busy = False
+        return self._outcome(member)
+
+    @staticmethod
+    def _outcome(member: _GroupMember) -> Any:
+        if isinstance(member.outcome, BaseException):
+            raise member.outcome
+        return member.outcome
 
 
 class _Session:

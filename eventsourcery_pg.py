@@ -89,8 +89,9 @@ __all__ = ["PostgresEventStore", "PostgresDatabase", "PostgresTracker", "Project
 #: The version of the tables and function this module creates (kept in ``eventsourcery_schema``);
 #: an older store is upgraded on first use. Version 1 (pre-release) kept aggregate versions in a
 #: table of their own, ``eventsourcery_aggregates``; version 3 added the events' ``metadata`` column;
-#: version 4 added ``eventsourcery_write_event``, the write of one event, with scalar parameters.
-SCHEMA_VERSION = 4
+#: version 4 added ``eventsourcery_write_event``, the write of one event, with scalar parameters;
+#: version 5 ``eventsourcery_write_groups``, the sinks of several threads in one transaction.
+SCHEMA_VERSION = 5
 
 #: SQLSTATE raised by the write function when ``expected_version`` does not match.
 _CONFLICT_SQLSTATE = "ES409"
@@ -268,6 +269,44 @@ BEGIN
     PERFORM pg_notify('{channel}', first_id::text);
 END
 $fn$;
+-- The writes of several sinks in one transaction (one commit): each in a block of its own, so that
+-- a conflicting sink fails alone (its row says why) and the others are stored.
+CREATE OR REPLACE FUNCTION {s}.eventsourcery_write_groups(
+    _aggregate_ids text[], _expected_versions bigint[], _counts integer[], _uuids text[], _types text[],
+    _created_at timestamptz[], _correlation_ids text[], _causation_ids text[], _metadata text[], _bodies text[],
+    _lock boolean)
+RETURNS TABLE (group_first_id bigint, group_first_version bigint, group_state text, group_constraint text,
+               group_message text)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    lo integer := 1;
+    hi integer;
+BEGIN
+    IF _lock THEN
+        PERFORM pg_advisory_xact_lock({lock_key});
+    END IF;
+    FOR i IN 1 .. cardinality(_aggregate_ids) LOOP
+        hi := lo + _counts[i] - 1;
+        BEGIN
+            SELECT w.first_id, w.first_version INTO group_first_id, group_first_version
+            FROM {s}.eventsourcery_write_events(_aggregate_ids[i], _expected_versions[i], _uuids[lo:hi],
+                _types[lo:hi], _created_at[lo:hi], _correlation_ids[lo:hi], _causation_ids[lo:hi],
+                _metadata[lo:hi], _bodies[lo:hi], _lock) w;
+            group_state := NULL;
+            group_constraint := NULL;
+            group_message := NULL;
+        EXCEPTION WHEN SQLSTATE '{_CONFLICT_SQLSTATE}' OR unique_violation OR serialization_failure
+                       OR deadlock_detected THEN
+            GET STACKED DIAGNOSTICS group_state = RETURNED_SQLSTATE, group_constraint = CONSTRAINT_NAME,
+                                    group_message = MESSAGE_TEXT;
+            group_first_id := NULL;
+            group_first_version := NULL;
+        END;
+        RETURN NEXT;
+        lo := hi + 1;
+    END LOOP;
+END
+$fn$;
 DROP TABLE IF EXISTS {s}.eventsourcery_aggregates;
 CREATE TABLE IF NOT EXISTS {s}.eventsourcery_schema (version integer NOT NULL);
 DELETE FROM {s}.eventsourcery_schema;
@@ -441,8 +480,8 @@ class _StoreDatabase(PostgresDatabase):
         self.create = create
         self.reconnect_timeout = reconnect_timeout
 
-    def stored_versions(self, uuids: list[str], lost: psycopg.Error) -> list[tuple[int, int]]:
-        """``(id, version)`` of those of ``uuids`` that are stored, in id order, looked up on a new
+    def stored_versions(self, uuids: list[str], lost: psycopg.Error) -> dict[str, tuple[int, int]]:
+        """``uuid -> (id, version)`` of those of ``uuids`` that are stored, looked up on a new
         connection after ``lost`` (tried for ``reconnect_timeout`` seconds; then StoreError)."""
         deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.05
@@ -450,9 +489,9 @@ class _StoreDatabase(PostgresDatabase):
             self.close()
             try:
                 rows = self.connection.execute(
-                    f"SELECT id, version FROM {_quote(self.schema)}.events WHERE uuid = ANY(%s::text[]) ORDER BY id",
+                    f"SELECT uuid, id, version FROM {_quote(self.schema)}.events WHERE uuid = ANY(%s::text[])",
                     (uuids,)).fetchall()
-                return [(int(i), int(v)) for i, v in rows]
+                return {u: (int(i), int(v)) for u, i, v in rows}
             except (psycopg.Error, es.StoreError) as exc:
                 if isinstance(exc, psycopg.Error) and not _connection_lost(exc):
                     raise self.error(exc, f"find out whether events {uuids} were stored after the connection "
@@ -469,13 +508,12 @@ class _StoreDatabase(PostgresDatabase):
         if not keys or not isinstance(exc, psycopg.Error) or not _connection_lost(exc):
             raise self.error(exc, "commit") from exc
         found = self.stored_versions(keys, exc)
-        if len(found) == len(keys):
+        if len(found) == len(set(keys)):
             return  # it committed: the answer was lost, not the transaction
         if not found:
             raise es.StoreError(f"lost the connection to {self!r} while committing a transaction; it was not "
                                 f"committed (none of the events {keys} it stored is in the store): {exc}") from exc
-        raise es.CorruptEventError(f"only {len(found)} of the {len(keys)} events {keys} written in one "
-                                   f"transaction are stored (ids {[r[0] for r in found]})") from exc
+        raise _partly_stored(found, keys) from exc
 
     def _prepare(self, conn: Connection) -> None:
         conn.execute("SELECT set_config('TimeZone', 'UTC', false), "
@@ -540,6 +578,10 @@ class PostgresEventStore(es.EventStore):
         self._write_one_sql = (f"SELECT first_id, first_version FROM {s}.eventsourcery_write_event("
                                "%s, %s::bigint, %s::text, %s::text, %s::timestamptz, %s::text, %s::text, "
                                "%s::text, %s::text, %s)")
+        self._write_groups_sql = (f"SELECT * FROM {s}.eventsourcery_write_groups("
+                                  "%s::text[], %s::bigint[], %s::integer[], %s::text[], %s::text[], "
+                                  "%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s)")
+        self._writes = es.GroupCommit(self._write_group)
         self._db.connection  # noqa: B018 - connect now, so that a bad conninfo fails here, clearly
 
     def __repr__(self) -> str:
@@ -614,42 +656,88 @@ class PostgresEventStore(es.EventStore):
     def sink(self, event_or_events: es.Event | Sequence[es.Event],
              expected_version: int | None = None) -> list[es.Event]:
         events, aggregate_id, rows = es.encode_events(event_or_events, expected_version)
-        sql = self._write_sql
-        params: tuple[Any, ...]
+        if self._db.in_transaction():  # the calling thread's transaction: the sink joins it
+            first_id, first_version = self._write_in_transaction(aggregate_id, expected_version, rows)
+        else:  # with the sinks other threads are making now, in one commit
+            first_id, first_version = self._writes.write((aggregate_id, expected_version, rows))
+        return es.stored_copies(events, rows, first_id, first_version)
+
+    def _params(self, aggregate_id: str, expected_version: int | None,
+                rows: list[es.EventRow]) -> tuple[str, tuple[Any, ...]]:
+        """The write function's call for one sink: scalars for one event, arrays for several."""
         if len(rows) == 1:
             (r,) = rows
-            sql = self._write_one_sql
-            params = (aggregate_id, expected_version, r.uuid, r.type, r.created_at, r.correlation_id,
-                      r.causation_id, r.metadata, r.body, self._lock_writes)
+            return self._write_one_sql, (aggregate_id, expected_version, r.uuid, r.type, r.created_at,
+                                         r.correlation_id, r.causation_id, r.metadata, r.body, self._lock_writes)
+        return self._write_sql, (aggregate_id, expected_version, [r.uuid for r in rows], [r.type for r in rows],
+                                 [r.created_at for r in rows], [r.correlation_id for r in rows],
+                                 [r.causation_id for r in rows], [r.metadata for r in rows],
+                                 [r.body for r in rows], self._lock_writes)
+
+    def _write_in_transaction(self, aggregate_id: str, expected_version: int | None,
+                              rows: list[es.EventRow]) -> tuple[int, int]:
+        sql, params = self._params(aggregate_id, expected_version, rows)
+        db = self._db
+        uuids = [r.uuid for r in rows]
+        with db.lock:
+            try:
+                with db.transaction() as conn:  # a savepoint: a conflict leaves the outer transaction usable
+                    row = conn.execute(sql, params).fetchone()
+            except psycopg.Error as exc:
+                raise self._write_failure(exc, aggregate_id, uuids) from exc
+        db.note_written(uuids)  # so that a lost COMMIT can be resolved
+        return int(row[0]), int(row[1])
+
+    def _write_failure(self, exc: psycopg.Error, aggregate_id: str, uuids: list[str]) -> es.Error:
+        """The es error a write that raised ``exc`` (not a lost connection's) means; nothing was written."""
+        error = _write_error(exc, aggregate_id, uuids)
+        if error is not None:
+            return error
+        if exc.sqlstate == "55P03":
+            return es.StoreError(f"waited longer than lock_timeout ({self._db._lock_timeout_text()}) for the write "
+                                 f"lock of {self!r}, held by {self._write_lock_holder()}; events of aggregate "
+                                 f"{aggregate_id!r} not stored")
+        return self._db.error(exc, f"store events of aggregate {aggregate_id!r}; nothing was written")
+
+    def _write_group(self, sinks: list[tuple[str, int | None, list[es.EventRow]]]) -> list[Any]:
+        """Write the sinks of several threads in one statement and one commit (GroupCommit's writer):
+        ``(first_id, first_version)`` or the es error, per sink."""
+        if len(sinks) == 1:  # alone: the one-sink call, one round trip
+            (aggregate_id, expected_version, rows), = sinks
+            sql, params = self._params(aggregate_id, expected_version, rows)
         else:
-            params = (aggregate_id, expected_version, [r.uuid for r in rows], [r.type for r in rows],
-                      [r.created_at for r in rows], [r.correlation_id for r in rows],
-                      [r.causation_id for r in rows], [r.metadata for r in rows], [r.body for r in rows],
-                      self._lock_writes)
+            flat = [r for _, _, rows in sinks for r in rows]
+            sql = self._write_groups_sql
+            params = ([a for a, _, _ in sinks], [v for _, v, _ in sinks], [len(rows) for _, _, rows in sinks],
+                      [r.uuid for r in flat], [r.type for r in flat], [r.created_at for r in flat],
+                      [r.correlation_id for r in flat], [r.causation_id for r in flat], [r.metadata for r in flat],
+                      [r.body for r in flat], self._lock_writes)
         db = self._db
         with db.lock:  # this thread's connection (the server's advisory lock orders the writers)
-            nested = db.in_transaction()
             try:
-                if nested:
-                    with db.transaction() as conn:  # a savepoint: a conflict leaves the outer transaction usable
-                        row = conn.execute(sql, params).fetchone()
-                    db.note_written([r.uuid for r in rows])  # so that a lost COMMIT can be resolved
-                else:  # one statement, one round trip
-                    row = db.connection.execute(sql, params).fetchone()
+                answers = db.connection.execute(sql, params).fetchall()
             except psycopg.Error as exc:
+                if not _connection_lost(exc):
+                    failures = [self._write_failure(exc, a, [r.uuid for r in rows]) for a, _, rows in sinks]
+                    for failure in failures:
+                        failure.__cause__ = exc
+                    return failures
+                found = db.stored_versions([r.uuid for _, _, rows in sinks for r in rows], exc)
+                return [self._lost_write_outcome([r.uuid for r in rows], found, exc) for _, _, rows in sinks]
+        if len(sinks) == 1:
+            (first_id, first_version), = answers
+            return [(int(first_id), int(first_version))]
+        outcomes: list[Any] = []
+        for (aggregate_id, _, rows), (first_id, first_version, state, constraint, message) in zip(
+                sinks, answers, strict=True):
+            if state is None:
+                outcomes.append((int(first_id), int(first_version)))
+            else:
                 uuids = [r.uuid for r in rows]
-                error = _write_error(exc, aggregate_id, uuids)
-                if error is not None:
-                    raise error from exc
-                if exc.sqlstate == "55P03":
-                    raise es.StoreError(f"waited longer than lock_timeout ({db._lock_timeout_text()}) for the write "
-                                        f"lock of {self!r}, held by {self._write_lock_holder()}; "
-                                        f"events of aggregate {aggregate_id!r} not stored") from exc
-                if nested or not _connection_lost(exc):
-                    raise db.error(exc, f"store events of aggregate {aggregate_id!r}; nothing was written") from exc
-                row = self._resolve_lost_write(uuids, exc)
-        assert row is not None
-        return es.stored_copies(events, rows, row[0], row[1])
+                outcomes.append(_conflict(state, constraint, message, aggregate_id, uuids)
+                                or es.StoreError(f"cannot store events of aggregate {aggregate_id!r} in {self!r}: "
+                                                 f"{state} {message}"))
+        return outcomes
 
     def _write_lock_holder(self) -> str:
         """Who holds this store's write lock: for the message of a write that timed out waiting for it."""
@@ -672,18 +760,19 @@ class PostgresEventStore(es.EventStore):
         return (f"server process {pid} ({application or 'no application_name'}, {state}, in a transaction "
                 f"for {age.total_seconds():.1f} s; a transaction that sinks holds the lock until it ends)")
 
-    def _resolve_lost_write(self, uuids: list[str], lost: psycopg.Error) -> tuple[int, int]:
-        """``(first_id, first_version)`` of a write whose connection was lost before its answer came, if it
-        was committed (looked up by its events' uuids). Raises StoreError when it was not committed, or
-        when that cannot be found out."""
-        found = self._db.stored_versions(uuids, lost)
-        if len(found) == len(uuids):
-            return found[0]
-        if not found:
-            raise es.StoreError(f"lost the connection to {self!r} while storing events {uuids}; they were not "
-                                f"stored (none of their uuids is in the store): {lost}") from lost
-        raise es.CorruptEventError(f"only {len(found)} of the {len(uuids)} events {uuids} written in one "
-                                   f"transaction are stored (ids {[r[0] for r in found]})") from lost
+    def _lost_write_outcome(self, uuids: list[str], found: dict[str, tuple[int, int]],
+                            lost: psycopg.Error) -> tuple[int, int] | es.Error:
+        """What a write of ``uuids`` whose answer was lost did, given those of them that are stored."""
+        stored = [found[u] for u in uuids if u in found]
+        if len(stored) == len(uuids):
+            return stored[0]
+        if not stored:
+            error = es.StoreError(f"lost the connection to {self!r} while storing events {uuids}; they were not "
+                                  f"stored (none of their uuids is in the store): {lost}")
+        else:
+            error = _partly_stored(found, uuids)
+        error.__cause__ = lost
+        return error
 
     # -- reading ------------------------------------------------------------
 
@@ -836,17 +925,27 @@ def _connection_lost(exc: BaseException) -> bool:
 
 def _write_error(exc: psycopg.Error, aggregate_id: str, uuids: list[str]) -> es.Error | None:
     """The es error a failed write means, or None when it is not a conflict."""
-    state = exc.sqlstate
-    diag = exc.diag
+    return _conflict(exc.sqlstate, exc.diag.constraint_name, exc.diag.message_primary or str(exc), aggregate_id, uuids)
+
+
+def _conflict(state: str | None, constraint: str | None, message: str, aggregate_id: str,
+              uuids: list[str]) -> es.Error | None:
+    """The es error a write that failed with SQLSTATE ``state`` means, or None when it is not a conflict."""
     if state == _CONFLICT_SQLSTATE:
-        return es.ConcurrencyError(diag.message_primary or str(exc))
+        return es.ConcurrencyError(message)
     if state == "23505":  # unique_violation
-        if diag.constraint_name == "events_uuid_key":
+        if constraint == "events_uuid_key":
             return es.DuplicateEventError(f"an event with one of these uuids is already stored: {uuids}")
-        return es.ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {diag.message_primary}")
+        return es.ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {message}")
     if state in ("40001", "40P01"):  # serialization_failure, deadlock_detected
-        return es.ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {diag.message_primary}")
+        return es.ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {message}")
     return None
+
+
+def _partly_stored(found: dict[str, tuple[int, int]], uuids: list[str]) -> es.CorruptEventError:
+    ids = sorted(found[u][0] for u in uuids if u in found)
+    return es.CorruptEventError(f"only {len(ids)} of the {len(uuids)} events {uuids} written in one transaction "
+                                f"are stored (ids {ids})")
 
 
 class _Listener:
