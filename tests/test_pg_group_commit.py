@@ -51,7 +51,8 @@ def test_requests_that_arrive_while_a_group_is_written_share_the_next_one_in_ord
     for name in ("a", "bad", "b"):
         threads.append(threading.Thread(target=write, args=(name,)))
         threads[-1].start()
-        assert wait_until(lambda n=len(threads) - 1: commit.waiting == n)
+        queued = len(threads) - 1
+        assert wait_until(lambda n=queued: commit.waiting == n)
     release.set()
     for t in threads:
         t.join(WAIT)
@@ -130,7 +131,8 @@ def test_sinks_queued_behind_a_write_commit_together_and_a_conflict_fails_alone(
     for name, event, expected in queued:
         threads.append(threading.Thread(target=sink, args=(name, event, expected)))
         threads[-1].start()
-        assert wait_until(lambda n=len(threads) - 1: store._writes.waiting == n)
+        waiting = len(threads) - 1
+        assert wait_until(lambda n=waiting: store._writes.waiting == n)
     holder.execute("COMMIT")  # releases the lock: the leader commits, then the queue goes as one group
     holder.close()
     for t in threads:
@@ -173,3 +175,57 @@ def test_threads_racing_on_one_aggregate_have_exactly_one_winner_per_version(sto
     assert sorted(winners) == versions[1:] == list(range(2, len(versions) + 1))  # one winner per version
     assert len(winners) + len(losers) == 80
     assert [e.id for e in everything_in(store)] == list(range(1, len(versions) + 1))
+
+
+WRITER_SCRIPT = r"""
+import sys, threading
+sys.path[:0] = [sys.argv[3], sys.argv[4]]
+import eventsourcery_pg as es_pg
+from tests.events import ItemAdded
+
+store = es_pg.PostgresEventStore(sys.argv[1], schema=sys.argv[2])
+acks = open(sys.argv[5], "a", buffering=1)
+lock = threading.Lock()
+
+def write(k):
+    for n in range(100_000):
+        pair = [ItemAdded(aggregate_id=f"w{k}-{n}", title="one"), ItemAdded(aggregate_id=f"w{k}-{n}", title="two")]
+        store.sink(pair)
+        with lock:
+            acks.write(pair[0].uuid + " " + pair[1].uuid + "\n")
+
+for k in range(8):
+    threading.Thread(target=write, args=(k,), daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_kill_9_of_a_process_writing_in_groups_leaves_only_whole_sinks_and_every_acknowledged_one(store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    acks = tmp_path / "acks"
+    acks.touch()
+    child = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, store.conninfo, store.schema, root,
+                              os.path.dirname(es.__file__), str(acks)], stderr=subprocess.PIPE)
+    try:
+        assert wait_until(lambda: len(acks.read_text().splitlines()) >= 200 or child.poll() is not None)
+        assert child.poll() is None, child.stderr.read().decode()[-2000:]
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(WAIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stderr.close()
+    stored = everything_in(store)
+    assert [e.id for e in stored] == list(range(1, len(stored) + 1))  # gapless
+    by_aggregate: dict[str, list[str]] = {}
+    for e in stored:
+        by_aggregate.setdefault(e.aggregate_id, []).append(e.title)
+    assert all(titles == ["one", "two"] for titles in by_aggregate.values())  # whole sinks only
+    uuids = {e.uuid for e in stored}
+    acknowledged = [line.split() for line in acks.read_text().split("\n")[:-1]]  # whole lines (the last may not be)
+    assert acknowledged and all(a in uuids and b in uuids for a, b in acknowledged)  # nothing acknowledged is lost
