@@ -1396,7 +1396,11 @@ class GroupCommit:
             leads = not self._busy
             self._busy = True
         if not leads:
-            member.gate.acquire()
+            try:
+                member.gate.acquire()
+            except BaseException:  # interrupted (KeyboardInterrupt) while waiting: never strand the queue
+                self._leave(member)
+                raise
             if not member.leads:
                 return self._outcome(member)
         try:
@@ -1415,13 +1419,26 @@ class GroupCommit:
                     break
         finally:
             with self._mutex:
-                if self._queue:
-                    successor = self._queue[0]
-                    successor.leads = True
-                    successor.gate.release()
-                else:
-                    self._busy = False
+                self._pass_the_lead()
         return self._outcome(member)
+
+    def _pass_the_lead(self) -> None:
+        """(Under the mutex, by the leader that is done) the first waiting request leads next."""
+        if self._queue:
+            successor = self._queue[0]
+            successor.leads = True
+            successor.gate.release()
+        else:
+            self._busy = False
+
+    def _leave(self, member: _GroupMember) -> None:
+        """A waiting request whose thread was interrupted: out of the queue (not written, unless its
+        group is being written already), passing the lead on if it had just been given it."""
+        with self._mutex:
+            if member in self._queue:
+                self._queue.remove(member)
+            if member.leads:
+                self._pass_the_lead()
 
     @staticmethod
     def _outcome(member: _GroupMember) -> Any:

@@ -77,6 +77,39 @@ def test_a_group_writer_that_raises_fails_every_request_of_its_group_and_the_nex
     assert commit.write(2) == 2
 
 
+def test_a_waiting_request_interrupted_by_ctrl_c_leaves_the_queue_unwritten_and_strands_nobody():
+    import os
+    import signal
+
+    started, release = threading.Event(), threading.Event()
+    written = []
+
+    def write_group(requests):
+        written.extend(requests)
+        if requests == ["slow"]:
+            started.set()
+            assert release.wait(WAIT)
+        return list(requests)
+
+    commit = es.GroupCommit(write_group)
+    leader = threading.Thread(target=commit.write, args=("slow",))
+    leader.start()
+    assert started.wait(WAIT)
+
+    def interrupt():
+        assert wait_until(lambda: commit.waiting == 1)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, while the main thread waits for its group
+
+    threading.Thread(target=interrupt).start()
+    with pytest.raises(KeyboardInterrupt):
+        commit.write("interrupted")
+    assert commit.waiting == 0
+    release.set()
+    leader.join(WAIT)
+    assert commit.write("after") == "after"  # the lead was not stranded
+    assert written == ["slow", "after"]  # the interrupted request was never written
+
+
 # --- on Postgres -----------------------------------------------------------------------------------
 
 
