@@ -1390,37 +1390,52 @@ class GroupCommit:
         """Write ``request`` in the next group; its outcome once that group has been written."""
         if self._pid != os.getpid():
             self._reset()  # a forked child: the parent's threads and queue are not here
-        member = _GroupMember(request)
+        member: _GroupMember | None = None
         with self._mutex:
-            self._queue.append(member)
-            leads = not self._busy
-            self._busy = True
-        if not leads:
+            if self._busy:
+                member = _GroupMember(request)
+                self._queue.append(member)
+            else:
+                self._busy = True
+        if member is None:  # nobody else is writing: a group of one, at once
             try:
-                member.gate.acquire()
-            except BaseException:  # interrupted (KeyboardInterrupt) while waiting: never strand the queue
-                self._leave(member)
-                raise
-            if not member.leads:
-                return self._outcome(member)
-        try:
-            while True:
+                return self._outcome(self.write_group([request])[0])
+            finally:
                 with self._mutex:
-                    group, self._queue = self._queue[:self.max_group], self._queue[self.max_group:]
-                try:
-                    outcomes = self.write_group([m.request for m in group])
-                except BaseException as exc:  # noqa: BLE001 - every member of the group raises it
-                    outcomes = [exc] * len(group)
-                for other, outcome in zip(group, outcomes, strict=True):
-                    other.outcome = outcome
-                    if other is not member:
-                        other.gate.release()
-                if any(other is member for other in group):
-                    break
+                    self._pass_the_lead()
+        try:
+            member.gate.acquire()
+        except BaseException:  # interrupted (KeyboardInterrupt) while waiting: never strand the queue
+            self._leave(member)
+            raise
+        if member.leads:
+            self._lead()
+        return self._outcome(member.outcome)
+
+    def _lead(self) -> None:
+        """Write the waiting requests (this thread's first among them) as one group, then pass the lead."""
+        try:
+            with self._mutex:
+                group, self._queue = self._queue[:self.max_group], self._queue[self.max_group:]
+            try:
+                outcomes = self.write_group([m.request for m in group])
+                if len(outcomes) != len(group):
+                    raise RuntimeError(f"write_group gave {len(outcomes)} outcomes for {len(group)} requests")
+            except BaseException as exc:  # noqa: BLE001 - every member of the group raises it
+                outcomes = [exc] * len(group)
+            for member, outcome in zip(group, outcomes, strict=True):
+                member.outcome = outcome
+                if not member.leads:  # (the leader is not waiting)
+                    member.gate.release()
         finally:
             with self._mutex:
                 self._pass_the_lead()
-        return self._outcome(member)
+
+    @staticmethod
+    def _outcome(outcome: Any) -> Any:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _pass_the_lead(self) -> None:
         """(Under the mutex, by the leader that is done) the first waiting request leads next."""
@@ -1439,12 +1454,6 @@ class GroupCommit:
                 self._queue.remove(member)
             if member.leads:
                 self._pass_the_lead()
-
-    @staticmethod
-    def _outcome(member: _GroupMember) -> Any:
-        if isinstance(member.outcome, BaseException):
-            raise member.outcome
-        return member.outcome
 
 
 class _Session:

@@ -715,7 +715,10 @@ class PostgresEventStore(es.EventStore):
         db = self._db
         with db.lock:  # this thread's connection (the server's advisory lock orders the writers)
             try:
-                answers = db.connection.execute(sql, params).fetchall()
+                cursor = db.connection.execute(sql, params)
+                if len(sinks) == 1:
+                    return [cursor.fetchone()]
+                answers = cursor.fetchall()
             except psycopg.Error as exc:
                 if not _connection_lost(exc):
                     failures = [self._write_failure(exc, a, [r.uuid for r in rows]) for a, _, rows in sinks]
@@ -724,14 +727,11 @@ class PostgresEventStore(es.EventStore):
                     return failures
                 found = db.stored_versions([r.uuid for _, _, rows in sinks for r in rows], exc)
                 return [self._lost_write_outcome([r.uuid for r in rows], found, exc) for _, _, rows in sinks]
-        if len(sinks) == 1:
-            (first_id, first_version), = answers
-            return [(int(first_id), int(first_version))]
         outcomes: list[Any] = []
         for (aggregate_id, _, rows), (first_id, first_version, state, constraint, message) in zip(
                 sinks, answers, strict=True):
             if state is None:
-                outcomes.append((int(first_id), int(first_version)))
+                outcomes.append((first_id, first_version))
             else:
                 uuids = [r.uuid for r in rows]
                 outcomes.append(_conflict(state, constraint, message, aggregate_id, uuids)
