@@ -52,6 +52,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shlex
 import signal
 import sqlite3
 import sys
@@ -86,7 +87,7 @@ __all__ = [
     "version_range", "batch_size",
     "Database", "SQLiteDatabase", "DatabaseTracker", "TRACKER_TABLE", "tracker_table_ddl",
     # processing and the runner
-    "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
+    "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses", "skip_event",
     "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry", "run_processor", "ESPRunner",
     # testing helpers
     "given", "AggregateScenario", "given_events", "GivenEvents", "ProcessorScenario", "assert_events",
@@ -179,7 +180,10 @@ class StoreError(Error):
 
 
 class CorruptEventError(StoreError):
-    """A stored event cannot be decoded; the message names its id."""
+    """A stored event cannot be decoded; the message names its id, and ``event_id`` is that id where
+    it is known (None for a damaged file). A processor that meets one stops there (see ``skip_event``)."""
+
+    event_id: int | None = None
 
 
 class AggregateErasedError(Error):
@@ -905,6 +909,14 @@ class Tracker(abc.ABC):
         owns ``name``, else raise ProcessorFencedError; clears a failure the position has got past."""
         self.processed_event(name, event_id)
 
+    def skip_event(self, name: str, event_id: int) -> None:
+        """Move the position of ``name`` from exactly ``event_id - 1`` to ``event_id``, so that event is never
+        processed; ValueError (nothing changed) when the position is anywhere else. Clears a failure the
+        position gets past, as ``commit_position`` does. This default reads, then writes; ``DatabaseTracker``
+        and ``MemoryTracker`` do it in one step (see ``es.skip_event``)."""
+        _check_skip(self.record(name), event_id)
+        self.processed_event(name, event_id)
+
     def check_owner(self, name: str, generation: int | None) -> None:  # noqa: B027 - by default nothing is kept
         """Raise ProcessorFencedError unless ``generation`` (None: any) still owns ``name``."""
 
@@ -922,6 +934,27 @@ class Tracker(abc.ABC):
 def _fenced(name: str, generation: int | None) -> ProcessorFencedError:
     return ProcessorFencedError(f"processor {name!r}: another instance has taken over (this instance's "
                                 f"generation {generation} is no longer current); its last writes were rolled back")
+
+
+def _skip_id(event_id: object) -> int:
+    """``event_id`` checked as the id of an event to skip (TypeError unless an int, ValueError below 1)."""
+    if check_position("event_id", event_id) != event_id or event_id < 1:
+        raise ValueError(f"cannot skip event {event_id!r}: event ids start at 1")
+    return event_id
+
+
+def _check_skip(record: TrackerRecord, event_id: int) -> None:
+    """Raise ValueError unless a skip of ``event_id`` may move ``record``'s position: only the next event
+    to process (the position is ``event_id - 1``) can be skipped."""
+    event_id = _skip_id(event_id)
+    position = record.position
+    if position >= event_id:
+        raise ValueError(f"cannot skip event {event_id} of processor {record.name!r}: its position is {position}, "
+                         f"so it is past that event already; nothing changed")
+    if position != event_id - 1:
+        raise ValueError(f"cannot skip event {event_id} of processor {record.name!r}: its position is {position}, "
+                         f"so the next event it processes is {position + 1}; only that next event can be "
+                         f"skipped (the position moves by one event); nothing changed")
 
 
 # ---------------------------------------------------------------------------
@@ -1304,7 +1337,9 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
             set_dict(event, "__dict__", data)
             append(event)
         except Exception as exc:
-            raise CorruptEventError(f"stored event {event_id} ({type_name}) cannot be decoded: {exc!r}") from exc
+            error = CorruptEventError(f"stored event {event_id} ({type_name}) cannot be decoded: {exc!r}")
+            error.event_id = event_id
+            raise error from exc
     return events
 
 
@@ -1804,18 +1839,29 @@ class DatabaseTracker(Tracker):
             row = conn.execute(f"SELECT generation FROM {self._table} WHERE name = {p}", (name,)).fetchone()
         return int(row[0])
 
+    #: The SET clause of a position move (the new position three times): a failure it gets past is cleared.
+    _MOVE = ("position = {p}, fresh = 0, "
+             "last_error = CASE WHEN failing_event_id IS NULL OR failing_event_id <= {p} THEN NULL "
+             "ELSE last_error END, "
+             "failing_event_id = CASE WHEN failing_event_id <= {p} THEN NULL ELSE failing_event_id END ")
+
     def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
         if generation is None:
             self.processed_event(name, event_id)
             return
-        changed = self._write(
-            "UPDATE {t} SET position = {p}, fresh = 0, "
-            "last_error = CASE WHEN failing_event_id IS NULL OR failing_event_id <= {p} THEN NULL "
-            "ELSE last_error END, "
-            "failing_event_id = CASE WHEN failing_event_id <= {p} THEN NULL ELSE failing_event_id END "
-            "WHERE name = {p} AND generation = {p}", (event_id, event_id, event_id, name, generation))
+        changed = self._write("UPDATE {t} SET " + self._MOVE + "WHERE name = {p} AND generation = {p}",
+                              (event_id, event_id, event_id, name, generation))
         if changed != 1:
             raise _fenced(name, generation)
+
+    def skip_event(self, name: str, event_id: int) -> None:
+        event_id = _skip_id(event_id)
+        with self.database.transaction():
+            changed = self._write("UPDATE {t} SET " + self._MOVE + "WHERE name = {p} AND position = {p}",
+                                  (event_id, event_id, event_id, name, event_id - 1))
+            if changed != 1:  # nothing changed: say where the processor is
+                _check_skip(self.record(name), event_id)
+                raise ValueError(f"cannot skip event {event_id}: processor {name!r} is not tracked here")
 
     def check_owner(self, name: str, generation: int | None) -> None:
         if generation is not None and self.record(name).generation != generation:
@@ -1926,6 +1972,10 @@ class MemoryTracker(Tracker):
         self._put(dataclasses.replace(r, position=event_id, fresh=False,
                                       last_error=None if past else r.last_error,
                                       failing_event_id=None if past else r.failing_event_id))
+
+    def skip_event(self, name: str, event_id: int) -> None:
+        _check_skip(self._get(name), event_id)
+        self.commit_position(name, event_id, None)
 
     def check_owner(self, name: str, generation: int | None) -> None:
         if generation is not None and self._get(name).generation != generation:
@@ -3026,6 +3076,21 @@ class Repository:
 # happens when a handler fails.
 # ---------------------------------------------------------------------------
 
+def _failing_event_id(error: BaseException) -> int | None:
+    """The id of the event a processor is stuck at after ``error``: the one whose handler failed, or a
+    damaged one its reader met; None for other errors."""
+    if isinstance(error, EventProcessingError):
+        return error.event.id
+    if isinstance(error, CorruptEventError):
+        return error.event_id
+    return None
+
+
+def _skip_command(store: str, processor_name: str, event_id: int) -> str:
+    """The command line that moves ``processor_name`` past ``event_id`` (see ``skip_event``)."""
+    return f"python -m eventsourcery {store} skip {shlex.quote(processor_name)} {event_id}"
+
+
 class EventStreamProcessor:
     """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
 
@@ -3041,6 +3106,10 @@ class EventStreamProcessor:
     recorded position starts. After ``reset()`` the position reached before
     is the replay horizon: while events up to it are processed again,
     ``self.replaying`` is True.
+
+    A processor stops at an event whose handler fails, or at a damaged event
+    its reader cannot decode (CorruptEventError), with every event before it
+    processed; ``es.skip_event`` moves it past that one event deliberately.
     """
 
     processor_name: ClassVar[str] = "event_stream_processor"
@@ -3180,9 +3249,13 @@ class EventStreamProcessor:
                 with contextlib.suppress(Error):
                     store.tracker().register(name, self._kind, location)
             self._generation = self.tracker.acquire(name, _instance_name(), self._kind)
+            stuck_at: int | None = None  # the event the last failure stopped at
             try:
                 while True:
                     try:
+                        if stuck_at is not None and self.last_processed_event_id >= stuck_at:
+                            log.warning("[%s] event %d was skipped (es.skip_event moved the position past it): "
+                                        "it is not processed", name, stuck_at)
                         self._follow(store, stopper)
                         return
                     except ProcessorFencedError:
@@ -3190,6 +3263,7 @@ class EventStreamProcessor:
                     except Exception as exc:
                         if handler is None:
                             raise
+                        stuck_at = _failing_event_id(exc)
                         self._report_failure(exc)
                         interval = handler.handle(exc, name)
                         if interval is None:
@@ -3206,14 +3280,53 @@ class EventStreamProcessor:
                 log.info("[%s] stopped", name)
 
     def _report_failure(self, exc: BaseException) -> None:
-        event_id = exc.event.id if isinstance(exc, EventProcessingError) else None
+        event_id = _failing_event_id(exc)
         cause = exc.__cause__ if isinstance(exc, EventProcessingError) and exc.__cause__ else exc
         with contextlib.suppress(Exception):
             self.tracker.report(self.processor_name, self._generation, "running",
                                 f"{type(cause).__name__}: {cause}", event_id)
 
     def _follow(self, store: EventStore, stopper: Stopper) -> None:
-        """Process from the recorded position (or the start position) until ``stopper`` is set."""
+        """Process from the recorded position (or the start position) until ``stopper`` is set.
+
+        When it stops at an event (a handler failed on it, or a read met it damaged), the events before
+        it are processed (read up to it, never past it) and the position is moved to the one before it,
+        so that it is the next event to process (the one ``skip_event`` may skip); then it raises."""
+        try:
+            self._follow_from_position(store, stopper)
+        except (EventProcessingError, CorruptEventError) as exc:
+            event_id = _failing_event_id(exc)
+            if event_id is not None:
+                self._process_up_to(store, event_id - 1, stopper)
+            raise
+
+    def _process_up_to(self, store: EventStore, last_id: int, stopper: Stopper) -> None:
+        """Process the events after the position up to ``last_id`` (the one after it is damaged), then
+        move the position to it. A page that reaches the damaged event (a gap in the ids, or fewer
+        events of the handled types) is read again one event at a time, up to it."""
+        types = self.processes_event_types
+        position = self.last_processed_event_id
+        one_by_one = False
+        while position < last_id and not stopper.is_set():
+            try:
+                page = store.get_next_from(position + 1, types,
+                                           limit=1 if one_by_one else min(batch_size(), last_id - position))
+            except CorruptEventError as exc:
+                if exc.event_id != last_id + 1:
+                    raise  # another damaged event, before it
+                if one_by_one:
+                    break  # the next event of these types is the damaged one
+                one_by_one = True
+                continue
+            page = [event for event in page if (event.id or 0) <= last_id]
+            if not page:
+                break
+            self.process_batch(page)
+            position = page[-1].id or position
+        if not stopper.is_set() and self.last_processed_event_id < last_id:
+            self._advance(last_id)  # past the events it does not handle
+
+    def _follow_from_position(self, store: EventStore, stopper: Stopper) -> None:
         log = config.logger
         name = self.processor_name
         record = self.tracker.record(name)
@@ -3583,6 +3696,61 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
     return statuses
 
 
+def _skip_target(store: EventStore, processor_name: str, event_id: int) -> TrackerRecord:
+    """The record of the processor a skip of ``event_id`` would move (read where its position lives);
+    ValueError when the skip would be refused (see ``skip_event``)."""
+    event_id = _skip_id(event_id)
+    records = {r.name: r for r in store.tracker().records()}
+    if processor_name not in records:
+        raise ValueError(f"cannot skip event {event_id}: unknown processor {processor_name!r} "
+                         f"(processors in this store: {', '.join(sorted(records)) or 'none'})")
+    latest = store.latest_event_id()
+    if event_id > latest:
+        raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: it is not stored "
+                         f"(the latest event is {latest}); nothing changed")
+    record = _located_record(records[processor_name])
+    _check_skip(record, event_id)
+    return record
+
+
+def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
+    """Move the processor ``processor_name`` of ``store`` past the event ``event_id`` without processing
+    it: for an event whose handler keeps failing, or a damaged one its reader cannot decode.
+
+    Only the next event the processor would process can be skipped: the
+    position must be exactly ``event_id - 1`` (as it is when the processor is
+    ``failing`` with ``failing_event_id == event_id``), and it becomes
+    ``event_id`` in one conditional write. Anything else is refused with a
+    ValueError saying where the processor is, and nothing changes: an unknown
+    name, an event not stored yet, a position before or past it (the
+    processor has moved on, or has other events to process first). So a skip
+    never makes an event run twice and never skips another one.
+
+    It works whether the processor is stopped or running, from any process
+    (the CLI: ``python -m eventsourcery STORE skip NAME EVENT_ID``): the
+    processor's own position updates are fenced by its generation, not by
+    the position, so a running instance that keeps failing on the event picks
+    the new position up at its next retry and goes on with the next event
+    (logging that the event was skipped). Its failure is cleared. A handler
+    that happens to succeed on a retry at the very moment of the skip may
+    have processed the event after all; nothing else can. A projector whose
+    position lives in its own database is found through its registration in
+    the store.
+    """
+    record = _skip_target(store, processor_name, event_id)
+    if record.location:  # a projector whose position lives in its own database
+        database = open_database(record.location)
+        try:
+            DatabaseTracker(database).skip_event(processor_name, event_id)
+        finally:
+            database.close()
+    else:
+        with store.transaction():
+            store.tracker().skip_event(processor_name, event_id)
+    config.logger.warning("[%s] skipped event %d: position %d -> %d; that event will not be processed",
+                          processor_name, event_id, event_id - 1, event_id)
+
+
 class ErrorHandler:
     """Decides what a processor does after an error: retry after an interval, or stop.
 
@@ -3606,7 +3774,11 @@ class ErrorHandler:
         if isinstance(error, UnableToLockProcessorError):  # a standby instance: nothing has failed
             config.logger.warning("[%s] %s; waiting for it to stop", processor_name, error)
         else:
-            config.logger.error("[%s] processor failed: %s", processor_name, error, exc_info=cause)
+            event_id = _failing_event_id(error)
+            hint = "" if event_id is None else (
+                f"; to move it past event {event_id} without processing it: "
+                f"{_skip_command('STORE', processor_name, event_id)} (or es.skip_event)")
+            config.logger.error("[%s] processor failed: %s%s", processor_name, error, hint, exc_info=cause)
             config.on_event_processor_error(cause, processor_name)
         interval = self.retry_interval(error)
         if interval is not None:
