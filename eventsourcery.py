@@ -4565,9 +4565,12 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
                          f"{row[3].ljust(widths[3])}  {row[4]}\n")
         if status is not None and status.last_error is not None:
             at = f" at event {status.failing_event_id}" if status.failing_event_id is not None else ""
-            sys.stdout.write(f"  failing{at}: {status.last_error}\n")
+            sys.stdout.write(f"  failing{at}: {_cli_safe(status.last_error)}\n")
+            if status.failing_event_id is not None:
+                command = _skip_command(shlex.quote(args.store), status.name, status.failing_event_id)
+                sys.stdout.write(f"  to move it past that event without processing it: {_cli_safe(command)}\n")
         if status is not None and status.standby is not None:
-            sys.stdout.write(f"  standby: pid {status.standby.replace('@', ' on host ')}\n")
+            sys.stdout.write(f"  standby: pid {_cli_safe(status.standby.replace('@', ' on host '))}\n")
     return 0
 
 
@@ -4613,6 +4616,34 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_skip(store: EventStore, args: argparse.Namespace) -> int:
+    name, event_id = args.name, args.event_id
+    shown = _cli_safe(name)
+    try:  # refused before asking, when it would be refused after
+        record = _skip_target(store, name, event_id)
+    except ValueError as exc:
+        raise _CLIError(_cli_safe(str(exc))) from exc
+    try:
+        [event] = store.get_next_from(event_id, limit=1)
+        what = f"{_cli_safe(event.type)} of aggregate {_cli_safe(repr(event.aggregate_id))}"
+    except CorruptEventError:
+        what = "damaged: it cannot be read"
+    failing = (f"; it is failing on it: {_cli_safe(record.last_error or '')}"
+               if record.failing_event_id == event_id else "")
+    if not args.yes and not _cli_confirm(f"Skip event {event_id} ({what}) for processor {shown}{failing}? "
+                                         f"{shown} will never process it (position {event_id - 1} -> {event_id})"):
+        sys.stderr.write(f"not skipped: {shown} stays at position {record.position}\n")
+        return 1
+    try:
+        skip_event(store, name, event_id)
+    except ValueError as exc:  # it moved meanwhile
+        raise _CLIError(_cli_safe(str(exc))) from exc
+    sys.stdout.write(f"skipped event {event_id} for {shown}: position {event_id - 1} -> {event_id}; it will not "
+                     f"process event {event_id}; the next event it processes is {event_id + 1} (a running "
+                     "instance goes on at its next retry)\n")
+    return 0
+
+
 def _cli_stats(store: EventStore, args: argparse.Namespace) -> int:
     progress = _CLIProgress("counting events", 0)
 
@@ -4650,7 +4681,8 @@ _CLI_EPILOG = """\
 exit status:
   0    ok; also when nothing matches (no events, no such aggregate, no
        processors): stdout is then empty and a note says so on stderr
-  1    error (a one-line message on stderr), or reset not confirmed
+  1    error (a one-line message on stderr), or reset, skip or erase not
+       confirmed
   2    bad usage (the usage of the command at fault, and the error)
   130  interrupted (Ctrl-C), except follow, which stops with 0
 
@@ -4670,12 +4702,23 @@ dropped; clear them yourself, or call processor.reset() in your code, which
 drops its schema's tables too. Refuses while the processor is running.
 """
 
+_CLI_SKIP_HELP = """\
+Move a processor's position past one event without processing it: an event
+whose handler keeps failing, or a damaged one that cannot be read (the
+processor is then "failing" at it: see the processors command). Only the next
+event it would process can be skipped (its position must be EVENT_ID - 1),
+else nothing changes; works while the processor runs: a running instance goes
+on with the next event at its next retry. The event stays in the store; this
+processor alone never processes it. The same as es.skip_event(store, NAME,
+EVENT_ID) in code.
+"""
+
 
 def _cli_parser() -> argparse.ArgumentParser:
     prog = "eventsourcery" if os.path.basename(sys.argv[0]) == "eventsourcery" else "python -m eventsourcery"
     parser = argparse.ArgumentParser(
         prog=prog, description="Look inside an eventsourcery event store: list, filter and follow events, "
-                               "show an aggregate's history, list and reset processors.",
+                               "show an aggregate's history, list, reset and skip processors.",
         epilog=_CLI_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"eventsourcery {__version__}")
     parser.add_argument("store", metavar="STORE",
@@ -4744,6 +4787,14 @@ def _cli_parser() -> argparse.ArgumentParser:
     reset.add_argument("name", metavar="NAME", help="the processor's name")
     reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     reset.set_defaults(run=_cli_reset)
+
+    skip = commands.add_parser("skip", help="move a processor past one event without processing it (asks first)",
+                               description=_CLI_SKIP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    skip.add_argument("name", metavar="NAME", help="the processor's name")
+    skip.add_argument("event_id", metavar="EVENT_ID", type=positive,
+                      help="the event to skip: the next one the processor would process")
+    skip.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    skip.set_defaults(run=_cli_skip)
 
     erase = commands.add_parser(
         "erase", help="erase one aggregate's data for good (asks first)",

@@ -777,3 +777,100 @@ def test_erase_asks_first_and_then_leaves_tombstones(db: pathlib.Path) -> None:
     assert [e["aggregate_id"] for e in json_lines(cli(db, "events", "--json").stdout)].count("todo-2") == 3
     nothing = cli(db, "erase", "no-such-todo", "--yes")
     assert nothing.returncode == 0 and "nothing erased" in nothing.stderr
+
+
+# --- skip: moving a processor past one event ----------------------------------------------
+
+
+def stuck_at_a_damaged_event(db: pathlib.Path, event_id: int = 3) -> None:
+    """Damage one stored event behind the store's back, then run cli_counter until it gives up at it."""
+    with es.SQLiteEventStore(db) as store:
+        with store.transaction() as conn:
+            conn.execute("UPDATE events SET body = '[1, 2]' WHERE id = ?", (event_id,))
+        with pytest.raises(es.CorruptEventError):
+            es.run_processor(CLICounter(tracker=store.tracker()), store, error_handler=es.NoRetry())
+
+
+def test_processors_says_how_to_skip_the_event_a_processor_is_stuck_at(db: pathlib.Path) -> None:
+    stuck_at_a_damaged_event(db)
+    result = cli(db, "processors")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["cli_counter", "2", "3", "no", "failing"]
+    assert lines[2].startswith("  failing at event 3: CorruptEventError: stored event 3 (todo_completed)")
+    assert lines[3] == f"  to move it past that event without processing it: python -m eventsourcery {db} " \
+                       "skip cli_counter 3"
+
+
+@pytest.mark.parametrize("answer", ["n\n", "\n", ""])
+def test_skip_declined_changes_nothing(db: pathlib.Path, answer: str) -> None:
+    stuck_at_a_damaged_event(db)
+    result = cli(db, "skip", "cli_counter", "3", input=answer)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Skip event 3 (damaged: it cannot be read) for processor cli_counter; it is "
+                                    "failing on it: CorruptEventError: stored event 3 ")
+    assert "cli_counter will never process it (position 2 -> 3) [y/N] " in result.stderr
+    assert "not skipped: cli_counter stays at position 2" in result.stderr
+    assert position(db) == 2
+
+
+@pytest.mark.parametrize("how", [{"input": "y\n"}, {"flag": "--yes"}, {"flag": "-y"}])
+def test_skip_confirmed_moves_the_processor_past_the_event_and_it_goes_on_after_it(db: pathlib.Path, how) -> None:
+    stuck_at_a_damaged_event(db)
+    result = cli(db, "skip", "cli_counter", "3", *([how["flag"]] if "flag" in how else []),
+                 input=how.get("input"))
+    assert result.returncode == 0, result.stderr
+    assert ("[y/N]" in result.stderr) == ("input" in how)
+    assert result.stdout.startswith("skipped event 3 for cli_counter: position 2 -> 3; it will not process event 3")
+    assert position(db) == 3
+    status = json_lines(cli(db, "processors", "--json").stdout)[0]
+    assert (status["state"], status["last_error"], status["failing_event_id"]) == ("stopped", None, None)
+    with es.SQLiteEventStore(db) as store:  # it goes on with the events after it, never the skipped one
+        counter = CLICounter(tracker=store.tracker())
+        seen: list[int] = []
+        counter.process = lambda event: seen.append(event.id)  # type: ignore[method-assign]
+        counter.subscribe_to(store, stop=lambda: counter.last_processed_event_id >= 5)
+    assert seen == [4, 5]
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (("cli_counter", "4"), ("its position is 2, so the next event it processes is 3",)),
+    (("cli_counter", "2"), ("its position is 2, so it is past that event already",)),
+    (("cli_counter", "99"), ("it is not stored (the latest event is 5)",)),
+    (("nobody", "3"), ("unknown processor 'nobody'", "cli_counter")),
+])
+def test_skip_of_a_wrong_event_is_refused_before_asking_and_changes_nothing(db: pathlib.Path, args, fragments) -> None:
+    stuck_at_a_damaged_event(db)
+    for extra in ((), ("--yes",)):
+        assert_one_line_error(cli(db, "skip", *args, *extra, input="y\n"), "cannot skip", "nothing changed"
+                              if args[0] != "nobody" else "", *fragments)
+    assert position(db) == 2
+
+
+@pytest.mark.parametrize("event_id", ["0", "-1", "x"])
+def test_skip_needs_an_event_id(db: pathlib.Path, event_id: str) -> None:
+    assert cli(db, "skip", "cli_counter", event_id).returncode == 2
+
+
+def test_skip_help_says_only_the_next_event_can_be_skipped() -> None:
+    result = cli("skip", "--help")
+    assert result.returncode == 0
+    assert "Only the next" in result.stdout and "es.skip_event" in result.stdout
+
+
+def test_processors_table_escapes_control_characters_in_errors_and_standby(db: pathlib.Path) -> None:
+    nasty = "a\x1b[2Jb\x07c\x9bd\u202ee"
+    with es.SQLiteEventStore(db) as store:
+        tracker = store.tracker()
+        generation = tracker.acquire("evil", f"1@{nasty}", "processor")
+        tracker.report("evil", generation, "running", f"RuntimeError: {nasty}", 3)
+        tracker.setup("waiting")
+        tracker.standby("waiting", f"2@{nasty}")
+    table = cli(db, "processors")
+    assert table.returncode == 0, table.stderr
+    assert not any(ch in table.stdout for ch in "\x1b\x07\x9b\u202e"), repr(table.stdout)
+    assert "  failing at event 3: RuntimeError: a\\x1b[2Jb\\x07c\\x9bd\\u202ee\n" in table.stdout
+    assert "  standby: pid 2 on host a\\x1b[2Jb\\x07c\\x9bd\\u202ee\n" in table.stdout
+    statuses = {s["name"]: s for s in json_lines(cli(db, "processors", "--json").stdout)}
+    assert statuses["evil"]["last_error"] == f"RuntimeError: {nasty}" and statuses["evil"]["owner"] == f"1@{nasty}"
+    assert statuses["waiting"]["standby"] == f"2@{nasty}"
