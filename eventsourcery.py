@@ -4599,9 +4599,15 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
         if database is not None:
             database.close()
     horizon = max(position, record.horizon)
-    sys.stdout.write(f"reset {name}: position {position} -> 0; it will process every event again\n")
+    latest = store.latest_event_id()
+    sys.stdout.write(f"reset {name}: position {position} -> 0; its next run processes every event again, "
+                     "from event 1\n")
+    if latest:
+        sys.stdout.write(f'  (unless its class sets start_from = "end": then its next run starts after the latest '
+                         f"event of\n  that moment (now event {latest}) and replays nothing)\n")
     if horizon:
-        sys.stdout.write(f"events 1-{horizon} are a replay: self.replaying is True while it processes them\n")
+        sys.stdout.write(f"events 1-{horizon} are a replay: self.replaying is True while it processes them; "
+                         f"events after {horizon} are new to it\n")
     if record.kind == "reactor" and horizon:
         sys.stdout.write(
             "for this reactor, during the replay:\n"
@@ -4700,6 +4706,9 @@ reset: the command line does not know a processor's tables, so a projector's
 or reactor's own tables (in the store's database or elsewhere) are NOT
 dropped; clear them yourself, or call processor.reset() in your code, which
 drops its schema's tables too. Refuses while the processor is running.
+The events it had processed are a replay (self.replaying is True; a reactor's
+emit_event sinks nothing); a processor class with start_from = "end" starts
+after the latest event instead.
 """
 
 _CLI_SKIP_HELP = """\

@@ -874,3 +874,51 @@ def test_processors_table_escapes_control_characters_in_errors_and_standby(db: p
     statuses = {s["name"]: s for s in json_lines(cli(db, "processors", "--json").stdout)}
     assert statuses["evil"]["last_error"] == f"RuntimeError: {nasty}" and statuses["evil"]["owner"] == f"1@{nasty}"
     assert statuses["waiting"]["standby"] == f"2@{nasty}"
+
+
+# --- reset: what a reset will and will not do again --------------------------------------------------
+
+
+def test_reset_of_a_reactor_says_what_its_replay_will_and_will_not_do_again(tmp_path: pathlib.Path) -> None:
+    from tests.test_operating_processors import CountingPonger, sink_pings
+
+    path = tmp_path / "events.db"
+    with es.SQLiteEventStore(path) as store:
+        sink_pings(store, 1, 3)
+        reactor = CountingPonger(store)
+        reactor.subscribe_to(store, stop=lambda: reactor.last_processed_event_id >= 3)
+        assert store.latest_event_id() == 6  # three pongs
+    result = cli(path, "reset", "counting_ponger", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "reset counting_ponger: position 3 -> 0; its next run processes every event again, from event 1",
+        '  (unless its class sets start_from = "end": then its next run starts after the latest event of',
+        "  that moment (now event 6) and replays nothing)",
+        "events 1-3 are a replay: self.replaying is True while it processes them; events after 3 are new to it",
+        "for this reactor, during the replay:",
+        "  done again:     every handler runs again, and so does every write it makes to the reactor's",
+        "                  own tables (the command line drops no tables), and every outside effect",
+        "                  (mail, API calls) that its handler does not guard with `if not self.replaying`",
+        "  not done again: emit_event sinks nothing (the events it emitted the first time are in the",
+        "                  store), nor anything its handlers guard with `if not self.replaying`"]
+
+
+def test_reset_of_a_projector_with_its_own_database_says_its_tables_are_kept(tmp_path: pathlib.Path) -> None:
+    from tests import processing_support as ps
+
+    path = tmp_path / "events.db"
+    with es.SQLiteEventStore(path) as store:
+        store.sink([es.Event(type="todo_added", aggregate_id="t", body={}) for _ in range(4)])
+        projector = ps.CountingProjector(str(tmp_path / "projection.db"))
+        projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= 4)
+        projector.close()
+    result = cli(path, "reset", "event_counter", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "reset event_counter: position 4 -> 0; its next run processes every event again, from event 1",
+        '  (unless its class sets start_from = "end": then its next run starts after the latest event of',
+        "  that moment (now event 4) and replays nothing)",
+        "events 1-4 are a replay: self.replaying is True while it processes them; events after 4 are new to it",
+        "its tables are not dropped by the command line: call reset() on the projector in your code to "
+        "rebuild them"]
+    assert ps.projection_position(str(tmp_path / "projection.db")) == 0
