@@ -2164,8 +2164,11 @@ class SQLiteDatabase(Database):
     if given, runs on every new connection (the event store creates its schema).
 
     A file that cannot be written (its permissions, an immutable file, a
-    read-only filesystem) is opened read-only (``read_only`` is then True):
-    it can be read, and every write transaction raises StoreError. A file
+    read-only filesystem), or any file when ``read_only=True`` is given, is
+    opened read-only (``read_only`` is then True): it can be read, and every
+    write transaction raises StoreError; nothing changes the file (its schema
+    is not upgraded, its journal mode not switched) and a missing file is not
+    created. A file
     deleted or replaced since it was opened is noticed when the next write
     transaction begins: StoreError, nothing written, until the database is
     closed and opened again.
@@ -2184,7 +2187,8 @@ class SQLiteDatabase(Database):
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
 
     def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection, *, synchronous: str = "FULL",
-                 busy_timeout: float = 30.0, prepare: Callable[[sqlite3.Connection], None] | None = None) -> None:
+                 busy_timeout: float = 30.0, prepare: Callable[[sqlite3.Connection], None] | None = None,
+                 read_only: bool = False) -> None:
         super().__init__()
         with _fork_gate:
             _sqlite_databases.add(self)
@@ -2199,6 +2203,7 @@ class SQLiteDatabase(Database):
         self.busy_timeout = busy_timeout
         self._prepare = prepare
         self.read_only = False
+        self._open_read_only = read_only
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
 
     def __repr__(self) -> str:
@@ -2225,7 +2230,9 @@ class SQLiteDatabase(Database):
         on_disk = path != ":memory:" and not path.startswith("file:")
         exists = on_disk and os.path.exists(path)
         conn = None
-        if not exists or os.access(path, os.W_OK):
+        if self._open_read_only and not exists:
+            raise StoreError(f"cannot open SQLite database {path!r} read-only: it does not exist")
+        if not self._open_read_only and (not exists or os.access(path, os.W_OK)):
             try:
                 conn = self._connect(path, read_only=False)
             except sqlite3.Error as exc:
@@ -2460,7 +2467,8 @@ def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
 def _check_existing_sqlite_store(path: str) -> None:
     """Raise StoreError unless ``path`` is an existing eventsourcery store; looks read-only, changes nothing."""
     if not os.path.exists(path):
-        raise StoreError(f"no such store: {path!r} does not exist (it is not created when opening an existing store)")
+        raise StoreError(f"no eventsourcery store at {path!r}: it does not exist (it is not created when opening "
+                         "an existing store)")
     if os.path.isdir(path):
         raise StoreError(f"cannot open store {path!r}: it is a directory, not an SQLite file")
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
@@ -2470,7 +2478,8 @@ def _check_existing_sqlite_store(path: str) -> None:
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from exc
     if "events" not in tables:
-        raise StoreError(f"{path!r} is not an eventsourcery event store (it has no events table)")
+        raise StoreError(f"no eventsourcery store at {path!r}: that SQLite file is not an eventsourcery event store "
+                         "(it has no events table); it was left as it was")
 
 
 class _FileLocks:
@@ -2534,7 +2543,10 @@ class SQLiteEventStore(EventStore):
     ``"NORMAL"`` commits are about twice as fast and still survive any
     application crash, but a power loss may roll back the last commits.
     Processor positions are kept in the same file (``tracker()``), and the
-    single-instance locks of processors in ``<path>.locks/``.
+    single-instance locks of processors in ``<path>.locks/``. With
+    ``read_only=True`` an existing store is opened only to be read (as the
+    command line's read commands do): nothing is created or changed, and
+    every write raises StoreError.
     """
 
     _SELECT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events "
@@ -2543,9 +2555,9 @@ class SQLiteEventStore(EventStore):
                "metadata, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 30.0,
-                 poll_interval: float = 0.005) -> None:
+                 poll_interval: float = 0.005, read_only: bool = False) -> None:
         self._db = SQLiteDatabase(path, synchronous=synchronous, busy_timeout=busy_timeout,
-                                  prepare=_create_sqlite_store_schema)
+                                  prepare=_create_sqlite_store_schema, read_only=read_only)
         self.path = self._db.path
         self.poll_interval = poll_interval
         self._tracker = DatabaseTracker(self._db)
@@ -3649,13 +3661,15 @@ class ProcessorStatus:
 STANDBY_FRESHNESS = 10.0
 
 
-def _located_record(record: TrackerRecord) -> TrackerRecord:
-    """The record kept where a registered processor's position lives (the registration when unreachable)."""
+def _located_record(record: TrackerRecord, *, read_only: bool = False) -> TrackerRecord:
+    """The record kept where a registered processor's position lives (the registration when unreachable);
+    ``read_only``: an SQLite database there is opened read-only."""
     if not record.location:
         return record
     database: Database | None = None
     try:
-        database = open_database(record.location)
+        sqlite = parse_store_url(record.location).scheme == "sqlite"
+        database = open_database(record.location, **({"read_only": True} if read_only and sqlite else {}))
         found = DatabaseTracker(database).record(record.name)
     except Exception:  # a database we cannot reach now: what the registration says
         return record
@@ -3678,7 +3692,7 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
     latest = store.latest_event_id()
     statuses = []
     for record in tracker.records():
-        record = _located_record(record)
+        record = _located_record(record, read_only=True)
         running = store.is_running(record.name)
         recent_standby = record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS
         if record.last_error is not None:
@@ -4309,13 +4323,19 @@ class _CLIError(Exception):
     """A failure the command line reports as one line on stderr, with exit status 1."""
 
 
-def _cli_open_store(target: str) -> EventStore:
-    """Open an existing store; nothing is ever created. A ``memory:`` store is refused: it would be empty."""
+def _cli_open_store(target: str, *, read_only: bool) -> EventStore:
+    """Open an existing store; nothing is ever created. For a read command (``read_only``) an SQLite file is
+    opened read-only, so nothing in it changes. A ``memory:`` store is refused: it would be empty."""
+    location: StoreURL | None = None
     with contextlib.suppress(Error, ValueError):
-        if parse_store_url(target).scheme == "memory":
-            raise _CLIError(f"{target!r} is a store in one process's memory, which the command line cannot see; "
-                            "give an SQLite file or a postgresql:// URL")
+        location = parse_store_url(target)
+    if location is not None and location.scheme == "memory":
+        raise _CLIError(f"{target!r} is a store in one process's memory, which the command line cannot see; "
+                        "give an SQLite file or a postgresql:// URL")
     try:
+        if location is not None and location.scheme == "sqlite" and read_only:
+            _check_existing_sqlite_store(location.target)
+            return SQLiteEventStore(location.target, read_only=True)
         return open_store(target, create=False)
     except ImportError as exc:
         raise _CLIError(f"cannot open {target!r}: {exc} (the Postgres store needs psycopg: "
@@ -4733,6 +4753,7 @@ def _cli_parser() -> argparse.ArgumentParser:
     parser.add_argument("store", metavar="STORE",
                         help="an SQLite file path or sqlite:///path (it must exist: it is never created), "
                              "or a postgresql:// URL")
+    parser.set_defaults(writes=False)  # only reset, skip and erase write: the others open the store read-only
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def from_id(text: str) -> int:
@@ -4795,7 +4816,7 @@ def _cli_parser() -> argparse.ArgumentParser:
                                 description=_CLI_RESET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reset.add_argument("name", metavar="NAME", help="the processor's name")
     reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    reset.set_defaults(run=_cli_reset)
+    reset.set_defaults(run=_cli_reset, writes=True)
 
     skip = commands.add_parser("skip", help="move a processor past one event without processing it (asks first)",
                                description=_CLI_SKIP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -4803,7 +4824,7 @@ def _cli_parser() -> argparse.ArgumentParser:
     skip.add_argument("event_id", metavar="EVENT_ID", type=positive,
                       help="the event to skip: the next one the processor would process")
     skip.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    skip.set_defaults(run=_cli_skip)
+    skip.set_defaults(run=_cli_skip, writes=True)
 
     erase = commands.add_parser(
         "erase", help="erase one aggregate's data for good (asks first)",
@@ -4813,7 +4834,7 @@ def _cli_parser() -> argparse.ArgumentParser:
     erase.add_argument("aggregate_id", metavar="ID")
     erase.add_argument("--reason", help="recorded in the aggregate_erased event")
     erase.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    erase.set_defaults(run=_cli_erase)
+    erase.set_defaults(run=_cli_erase, writes=True)
 
     stats = commands.add_parser("stats", help="count events by type; first and last; file size",
                                 description="Count events (in all and by type) and aggregates, show when the "
@@ -4862,7 +4883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        store = _cli_open_store(args.store)
+        store = _cli_open_store(args.store, read_only=not args.writes)
         try:
             status: int = args.run(store, args)
         finally:

@@ -6,6 +6,7 @@ the command line has no event classes, so this is also how it sees a store of un
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -14,6 +15,7 @@ import pty
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -473,7 +475,7 @@ def test_sqlite_url(db: pathlib.Path) -> None:
 @pytest.mark.parametrize("command", [("events",), ("stats",), ("processors",), ("tail",)])
 def test_missing_file_is_an_error_and_is_not_created(tmp_path: pathlib.Path, command: tuple[str, ...]) -> None:
     missing = tmp_path / "missing.db"
-    assert_one_line_error(cli(missing, *command), str(missing), "does not exist")
+    assert_one_line_error(cli(missing, *command), f"no eventsourcery store at {str(missing)!r}", "does not exist")
     assert_one_line_error(cli(f"sqlite:///{missing}", *command), "does not exist")
     assert os.listdir(tmp_path) == []
 
@@ -702,6 +704,18 @@ def test_postgres_processors_and_reset() -> None:
         store.close()
 
 
+def test_postgres_read_commands_on_a_schema_with_no_store_create_nothing() -> None:
+    postgres_store().close()  # skips when the server is unreachable
+    import psycopg
+
+    schema = f"cli_nosuch_{uuid.uuid4().hex[:12]}"
+    url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema={schema}"
+    for command in READ_COMMANDS:
+        assert_one_line_error(cli(url, *command), "no eventsourcery store at", repr(schema))
+    with psycopg.connect(POSTGRES_URL) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() == (0,)
+
+
 # --- control characters, metadata, snapshots, erase ---------------------------------------------------
 
 
@@ -922,3 +936,58 @@ def test_reset_of_a_projector_with_its_own_database_says_its_tables_are_kept(tmp
         "its tables are not dropped by the command line: call reset() on the projector in your code to "
         "rebuild them"]
     assert ps.projection_position(str(tmp_path / "projection.db")) == 0
+
+
+# --- read commands never create or change anything ---------------------------------------------------
+
+READ_COMMANDS = [("events",), ("events", "--json"), ("aggregate", "todo-1"), ("processors",),
+                 ("processors", "--json"), ("stats",), ("stats", "--json")]
+
+
+def file_state(path: pathlib.Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def journal_mode(path: pathlib.Path, mode: str | None = None) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(f"PRAGMA journal_mode{f' = {mode}' if mode else ''}").fetchone()[0]
+
+
+def test_read_commands_open_an_sqlite_store_read_only_and_change_nothing(db: pathlib.Path, tmp_path) -> None:
+    from tests import processing_support as ps
+
+    projection = tmp_path / "projection.db"
+    with es.SQLiteEventStore(db) as store:
+        run_counter(store)
+        projector = ps.CountingProjector(str(projection))  # registered in the store, its position elsewhere
+        projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= 5)
+        projector.close()
+    for path in (db, projection):  # as a backup tool may leave them: a read must not switch them to WAL
+        assert journal_mode(path, "DELETE") == "delete"
+    before = {path: file_state(path) for path in (db, projection)}
+    files = sorted(os.listdir(tmp_path))
+    for command in READ_COMMANDS:
+        result = cli(db, *command)
+        assert result.returncode == 0, (command, result.stderr)
+        assert {path: file_state(path) for path in (db, projection)} == before, command
+        assert sorted(os.listdir(tmp_path)) == files, command
+    assert {s["name"]: s["position"] for s in json_lines(cli(db, "processors", "--json").stdout)} == {
+        "cli_counter": 5, "event_counter": 5}
+    assert journal_mode(db) == journal_mode(projection) == "delete"
+    assert cli(db, "reset", "cli_counter", "--yes").returncode == 0  # a write command still writes
+    assert position(db) == 0
+
+
+def test_read_commands_refuse_a_foreign_sqlite_file_and_leave_it_untouched(tmp_path: pathlib.Path) -> None:
+    foreign = tmp_path / "foreign.db"
+    with contextlib.closing(sqlite3.connect(foreign)) as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+        conn.execute("INSERT INTO notes (text) VALUES ('mine')")
+        conn.commit()
+    before = file_state(foreign)
+    for command in [*READ_COMMANDS, ("tail",), ("reset", "x", "--yes"), ("skip", "x", "1", "--yes")]:
+        assert_one_line_error(cli(foreign, *command), f"no eventsourcery store at {str(foreign)!r}",
+                              "not an eventsourcery event store")
+        assert file_state(foreign) == before, command
+        assert os.listdir(tmp_path) == ["foreign.db"], command
+    assert journal_mode(foreign) == "delete"
