@@ -2204,6 +2204,7 @@ class SQLiteDatabase(Database):
         self._prepare = prepare
         self.read_only = False
         self._open_read_only = read_only
+        self._made_companions = False  # a read-only connection made the -wal and -shm files of a WAL file
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
 
     def __repr__(self) -> str:
@@ -2240,6 +2241,8 @@ class SQLiteDatabase(Database):
                     raise self.error(exc, "open it") from exc
         if conn is None:
             # A file we may not write (a read-only file, directory or filesystem): read it, refuse writes.
+            self._made_companions = self._open_read_only and not any(
+                os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
             uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
             if os.statvfs(path).f_flag & os.ST_RDONLY:
                 uri += "&immutable=1"  # nobody can write it, and its -shm file cannot be created
@@ -2347,6 +2350,23 @@ class SQLiteDatabase(Database):
     def _close_connection(self, conn: Any) -> None:
         if conn is not self._given:
             conn.close()
+            if self._made_companions:
+                self._remove_companions()
+
+    def _remove_companions(self) -> None:
+        """Let SQLite remove the -wal and -shm files a read-only connection (opened with ``read_only=True``
+        where there were none) made and leaves behind: one connection that reads and closes removes them
+        when it is the file's last and the WAL is empty, as the last writer's close would; the database
+        file itself does not change. Left alone when another process has written meanwhile."""
+        self._made_companions = False
+        try:
+            if os.path.getsize(self.path + "-wal") != 0:
+                return
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as conn:
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except (OSError, sqlite3.Error):
+            pass  # nothing to tidy, or no way to: they are harmless, and the next writer removes them
 
     def create_tables(self, conn: Any, ddl: str) -> None:
         # The write transaction the caller opened (BEGIN IMMEDIATE) already keeps other processes out.
@@ -2471,12 +2491,12 @@ def _check_existing_sqlite_store(path: str) -> None:
                          "an existing store)")
     if os.path.isdir(path):
         raise StoreError(f"cannot open store {path!r}: it is a directory, not an SQLite file")
-    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    database = SQLiteDatabase(path, read_only=True)  # which leaves no -wal or -shm file behind
     try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from exc
+        tables = {row[0] for row in database.fetch_all("SELECT name FROM sqlite_master WHERE type = 'table'",
+                                                       doing="read its tables")}
+    finally:
+        database.close()
     if "events" not in tables:
         raise StoreError(f"no eventsourcery store at {path!r}: that SQLite file is not an eventsourcery event store "
                          "(it has no events table); it was left as it was")

@@ -705,7 +705,9 @@ def test_postgres_processors_and_reset() -> None:
 
 
 def test_postgres_read_commands_on_a_schema_with_no_store_create_nothing() -> None:
-    postgres_store().close()  # skips when the server is unreachable
+    from tests.pg_support import require_postgres
+
+    require_postgres()  # skips when the server is unreachable
     import psycopg
 
     schema = f"cli_nosuch_{uuid.uuid4().hex[:12]}"
@@ -953,7 +955,8 @@ def journal_mode(path: pathlib.Path, mode: str | None = None) -> str:
         return conn.execute(f"PRAGMA journal_mode{f' = {mode}' if mode else ''}").fetchone()[0]
 
 
-def test_read_commands_open_an_sqlite_store_read_only_and_change_nothing(db: pathlib.Path, tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_read_commands_open_an_sqlite_store_read_only_and_change_nothing(db: pathlib.Path, tmp_path, mode) -> None:
     from tests import processing_support as ps
 
     projection = tmp_path / "projection.db"
@@ -962,8 +965,8 @@ def test_read_commands_open_an_sqlite_store_read_only_and_change_nothing(db: pat
         projector = ps.CountingProjector(str(projection))  # registered in the store, its position elsewhere
         projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= 5)
         projector.close()
-    for path in (db, projection):  # as a backup tool may leave them: a read must not switch them to WAL
-        assert journal_mode(path, "DELETE") == "delete"
+    for path in (db, projection):  # "delete": as a backup tool may leave them; a read must not switch it
+        assert journal_mode(path, mode.upper()) == mode
     before = {path: file_state(path) for path in (db, projection)}
     files = sorted(os.listdir(tmp_path))
     for command in READ_COMMANDS:
@@ -973,7 +976,7 @@ def test_read_commands_open_an_sqlite_store_read_only_and_change_nothing(db: pat
         assert sorted(os.listdir(tmp_path)) == files, command
     assert {s["name"]: s["position"] for s in json_lines(cli(db, "processors", "--json").stdout)} == {
         "cli_counter": 5, "event_counter": 5}
-    assert journal_mode(db) == journal_mode(projection) == "delete"
+    assert journal_mode(db) == journal_mode(projection) == mode
     assert cli(db, "reset", "cli_counter", "--yes").returncode == 0  # a write command still writes
     assert position(db) == 0
 
