@@ -4826,9 +4826,10 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     processors = commands.add_parser(
         "processors", help="list processors with their position and lag",
-        description="List the processors whose position is kept in this store (reactors, and processors "
-                    "using store.tracker()), with their position, lag and whether one is running now. "
-                    "Projectors that keep their position in their own database are not listed.")
+        description="List every processor that has run against this store (projectors that keep their "
+                    "position in their own database included), with its position, lag, whether one is running "
+                    "now and its state; under one failing at an event, its error and the skip command that "
+                    "moves it past that event.")
     processors.add_argument("--json", action="store_true", help="one JSON object per line")
     processors.set_defaults(run=_cli_processors)
 
