@@ -171,3 +171,22 @@ def test_a_projector_with_its_own_database_is_skipped_where_its_position_lives(t
             running.finish()
         assert [row[0] for row in projector.db.execute("SELECT id FROM items ORDER BY id")] == [1, 2, 5]
         projector.close()
+
+
+def test_a_reactor_stuck_at_a_ping_emits_for_every_other_ping_exactly_once_and_never_for_the_skipped_one(store):
+    from tests.test_operating_processors import CountingPonger, pongs_per_ping, sink_pings
+
+    sink_pings(store, 1, 6)
+    reactor = CountingPonger(store, fail_on=4, fail_times=10**9)
+    running = Background(reactor, store)
+    try:
+        assert wait_until(lambda: failing_at(store, 4, "counting_ponger"))
+        es.skip_event(store, "counting_ponger", 4)
+        assert reactor.wait_for(6, timeout=WAIT)
+        sink_pings(store, 7, 8)
+        assert reactor.wait_for(store.latest_event_id(), timeout=WAIT)
+    finally:
+        running.finish()
+    assert running.error is None
+    answered = {n: 1 for n in (1, 2, 3, 5, 6, 7, 8)}
+    assert reactor.effects == answered and pongs_per_ping(store) == answered
