@@ -922,7 +922,8 @@ class Tracker(abc.ABC):
 
     def report(self, name: str, generation: int | None, state: str,  # noqa: B027 - by default nothing is kept
                error: str | None = None, failing_event_id: int | None = None) -> None:
-        """Record what the owning instance is doing (``running``/``stopped``) and the failure it is stuck at."""
+        """Record what the owning instance is doing (``running``/``stopped``) and the failure it is stuck at
+        (not one at an event the position is past: it was skipped meanwhile)."""
 
     def standby(self, name: str, who: str) -> None:  # noqa: B027 - by default nothing is kept
         """Record that ``who`` (``pid@host``) is waiting to take ``name`` over."""
@@ -1872,10 +1873,13 @@ class DatabaseTracker(Tracker):
         if error is None:
             self._write("UPDATE {t} SET state = {p} WHERE name = {p} AND generation = {p}",
                         (state, name, generation))
-        else:
+        elif failing_event_id is None:
+            self._write("UPDATE {t} SET state = {p}, last_error = {p}, failing_event_id = NULL "
+                        "WHERE name = {p} AND generation = {p}", (state, error[:2000], name, generation))
+        else:  # not a failure at an event the position is past (skipped meanwhile)
             self._write("UPDATE {t} SET state = {p}, last_error = {p}, failing_event_id = {p} "
-                        "WHERE name = {p} AND generation = {p}",
-                        (state, error[:2000], failing_event_id, name, generation))
+                        "WHERE name = {p} AND generation = {p} AND position < {p}",
+                        (state, error[:2000], failing_event_id, name, generation, failing_event_id))
 
     def standby(self, name: str, who: str) -> None:
         self._write("UPDATE {t} SET standby = {p}, standby_at = {p} WHERE name = {p}", (who, time.time(), name))
@@ -1925,6 +1929,14 @@ class MemoryTracker(Tracker):
     def __init__(self) -> None:
         self._positions: dict[str, int] = {}  # saved and restored by MemoryEventStore.transaction()
         self._records: dict[str, TrackerRecord] = {}  # the rest of each record (its position is above)
+        self._mutex = threading.RLock()  # position moves and failure reports are one step each, across threads
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_mutex"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._mutex = threading.RLock()
 
     def _get(self, name: str) -> TrackerRecord:
         return dataclasses.replace(self._records.get(name, TrackerRecord(name, fresh=name not in self._positions)),
@@ -1965,17 +1977,19 @@ class MemoryTracker(Tracker):
         return r.generation + 1
 
     def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
-        r = self._get(name)
-        if generation is not None and r.generation != generation:
-            raise _fenced(name, generation)
-        past = r.failing_event_id is None or r.failing_event_id <= event_id
-        self._put(dataclasses.replace(r, position=event_id, fresh=False,
-                                      last_error=None if past else r.last_error,
-                                      failing_event_id=None if past else r.failing_event_id))
+        with self._mutex:
+            r = self._get(name)
+            if generation is not None and r.generation != generation:
+                raise _fenced(name, generation)
+            past = r.failing_event_id is None or r.failing_event_id <= event_id
+            self._put(dataclasses.replace(r, position=event_id, fresh=False,
+                                          last_error=None if past else r.last_error,
+                                          failing_event_id=None if past else r.failing_event_id))
 
     def skip_event(self, name: str, event_id: int) -> None:
-        _check_skip(self._get(name), event_id)
-        self.commit_position(name, event_id, None)
+        with self._mutex:
+            _check_skip(self._get(name), event_id)
+            self.commit_position(name, event_id, None)
 
     def check_owner(self, name: str, generation: int | None) -> None:
         if generation is not None and self._get(name).generation != generation:
@@ -1983,10 +1997,14 @@ class MemoryTracker(Tracker):
 
     def report(self, name: str, generation: int | None, state: str, error: str | None = None,
                failing_event_id: int | None = None) -> None:
-        r = self._get(name)
-        if r.generation == generation:
-            self._put(dataclasses.replace(r, state=state) if error is None else
-                      dataclasses.replace(r, state=state, last_error=error, failing_event_id=failing_event_id))
+        with self._mutex:
+            r = self._get(name)
+            if r.generation != generation:
+                return
+            if error is None or (failing_event_id is not None and r.position >= failing_event_id):
+                self._put(dataclasses.replace(r, state=state))  # (a failure at an event it is past: skipped)
+            else:
+                self._put(dataclasses.replace(r, state=state, last_error=error, failing_event_id=failing_event_id))
 
     def standby(self, name: str, who: str) -> None:
         self._put(dataclasses.replace(self._get(name), standby=who, standby_at=time.time()))

@@ -84,7 +84,8 @@ def test_a_running_processor_stuck_at_an_event_goes_on_once_it_is_skipped(store,
         assert wait_until(lambda: failing_at(store, stuck))
         assert recorder.seen == {1: 1, 2: 1, 4: 1}  # everything before it, even past a damaged row
         assert recorder.last_processed_event_id == stuck - 1
-        assert f"python -m eventsourcery STORE skip skip_recorder {stuck}" in caplog.text  # the handler says how
+        hint = f"python -m eventsourcery STORE skip skip_recorder {stuck}"
+        assert wait_until(lambda: hint in caplog.text)  # the error handler's log line says how
         es.skip_event(store, "skip_recorder", stuck)
         assert recorder.wait_for(8, timeout=WAIT)
         sink_items(store, 9, 10)
@@ -190,3 +191,17 @@ def test_a_reactor_stuck_at_a_ping_emits_for_every_other_ping_exactly_once_and_n
     assert running.error is None
     answered = {n: 1 for n in (1, 2, 3, 5, 6, 7, 8)}
     assert reactor.effects == answered and pongs_per_ping(store) == answered
+
+
+def test_a_failure_reported_at_an_event_the_position_is_already_past_is_not_recorded(store):
+    """A running instance may report its failure at an event just after a skip moved past it."""
+    tracker = store.tracker()
+    generation = tracker.acquire("t", "1@host")
+    tracker.commit_position("t", 4, generation)
+    tracker.report("t", generation, "running", "RuntimeError: late", 4)
+    assert (tracker.record("t").last_error, tracker.record("t").failing_event_id) == (None, None)
+    tracker.report("t", generation, "running", "RuntimeError: stuck", 5)
+    assert (tracker.record("t").last_error, tracker.record("t").failing_event_id) == ("RuntimeError: stuck", 5)
+    tracker.skip_event("t", 5)
+    assert (tracker.record("t").position, tracker.record("t").last_error, tracker.record("t").failing_event_id) == (
+        5, None, None)
