@@ -2185,8 +2185,8 @@ class SQLiteDatabase(Database):
     read-only filesystem), or any file when ``read_only=True`` is given, is
     opened read-only (``read_only`` is then True): it can be read, and every
     write transaction raises StoreError; nothing changes the file (its schema
-    is not upgraded, its journal mode not switched) and a missing file is not
-    created. A file
+    is not upgraded, its journal mode not switched), a missing file is not
+    created, and no -wal or -shm file is left where there was none. A file
     deleted or replaced since it was opened is noticed when the next write
     transaction begins: StoreError, nothing written, until the database is
     closed and opened again.
@@ -3351,9 +3351,9 @@ class EventStreamProcessor:
             raise
 
     def _process_up_to(self, store: EventStore, last_id: int, stopper: Stopper) -> None:
-        """Process the events after the position up to ``last_id`` (the one after it is damaged), then
-        move the position to it. A page that reaches the damaged event (a gap in the ids, or fewer
-        events of the handled types) is read again one event at a time, up to it."""
+        """Process the events after the position up to ``last_id`` (the next one is the event it stopped
+        at), then move the position to it. When a page reaches that event damaged (through a gap in the
+        ids, or fewer events of the handled types), it is read again one event at a time, up to it."""
         types = self.processes_event_types
         position = self.last_processed_event_id
         one_by_one = False
