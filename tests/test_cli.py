@@ -14,6 +14,7 @@ import pathlib
 import pty
 import queue
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -25,7 +26,7 @@ import uuid
 import pytest
 
 import eventsourcery as es
-from tests._util import WAIT
+from tests._util import WAIT, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("EVENTSOURCERY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -994,3 +995,40 @@ def test_read_commands_refuse_a_foreign_sqlite_file_and_leave_it_untouched(tmp_p
         assert file_state(foreign) == before, command
         assert os.listdir(tmp_path) == ["foreign.db"], command
     assert journal_mode(foreign) == "delete"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_skip_from_the_command_line_moves_a_running_processor_on(tmp_path: pathlib.Path, kind: str) -> None:
+    """Another process (the CLI) skips the damaged event a processor running here is retrying at."""
+    from tests.events import ItemAdded
+    from tests.test_operating_processors import Background
+    from tests.test_skip import damage
+
+    if kind == "sqlite":
+        store: es.EventStore = es.SQLiteEventStore(tmp_path / "events.db")
+        url = str(tmp_path / "events.db")
+    else:
+        from tests.pg_support import postgres_store, store_url
+
+        store = postgres_store()
+        url = store_url(store.schema)  # type: ignore[attr-defined]
+    try:
+        store.sink([ItemAdded(aggregate_id="items", title=f"item {n}") for n in range(1, 6)])
+        damage(store, 3)
+        counter = CLICounter(tracker=store.tracker())
+        seen: list[int] = []
+        counter.process = lambda event: seen.append(event.id)  # type: ignore[method-assign]
+        running = Background(counter, store, es.ConstantRetry(0.01))
+        try:
+            assert wait_until(lambda: json_lines(cli(url, "processors", "--json").stdout)[0]["failing_event_id"] == 3)
+            listed = cli(url, "processors").stdout
+            assert f"python -m eventsourcery {shlex.quote(url)} skip cli_counter 3" in listed
+            result = cli(url, "skip", "cli_counter", "3", "--yes")
+            assert result.returncode == 0, result.stderr
+            assert counter.wait_for(5, timeout=WAIT)
+        finally:
+            running.finish()
+        assert running.error is None
+        assert seen == [1, 2, 4, 5]
+    finally:
+        store.close()
