@@ -2280,9 +2280,11 @@ class SQLiteDatabase(Database):
                 conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             if self._prepare:
+                conn.execute(f"PRAGMA query_only = {int(read_only)}")  # so that prepare sees it may not write
                 self._prepare(conn)
+                conn.execute("PRAGMA query_only = 0")  # (writes are refused by _began, with a clearer message)
         except BaseException:
-            conn.close()
+            self._close_connection(conn)
             raise
         self.read_only = read_only
         return conn
@@ -2477,6 +2479,11 @@ def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
         if version is not None and version > SQLITE_SCHEMA_VERSION:
             raise StoreError(f"this store has schema version {version}; this eventsourcery "
                              f"({__version__}) knows version {SQLITE_SCHEMA_VERSION}: upgrade eventsourcery")
+    if conn.execute("PRAGMA query_only").fetchone()[0]:  # opened read-only: it is neither created nor upgraded
+        raise StoreError(f"this file holds no store of schema version {SQLITE_SCHEMA_VERSION}, which this "
+                         f"eventsourcery ({__version__}) writes (it has none, or an older one), and it is opened "
+                         "read-only here, so nothing is created or upgraded: an older store is upgraded when it "
+                         "is first opened for writing")
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = None  # read again under the write lock: another process may have created or upgraded it

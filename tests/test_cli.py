@@ -982,6 +982,18 @@ def test_read_commands_open_an_sqlite_store_read_only_and_change_nothing(db: pat
     assert position(db) == 0
 
 
+def test_read_commands_do_not_upgrade_an_older_store(db: pathlib.Path) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # as an older eventsourcery left it
+        conn.execute("UPDATE eventsourcery_schema SET version = version - 1")
+        conn.commit()
+    before = file_state(db)
+    files = sorted(os.listdir(db.parent))
+    for command in READ_COMMANDS:
+        assert_one_line_error(cli(db, *command), "opened read-only here, so nothing is created or upgraded")
+        assert file_state(db) == before, command
+        assert sorted(os.listdir(db.parent)) == files, command
+
+
 def test_read_commands_refuse_a_foreign_sqlite_file_and_leave_it_untouched(tmp_path: pathlib.Path) -> None:
     foreign = tmp_path / "foreign.db"
     with contextlib.closing(sqlite3.connect(foreign)) as conn:
