@@ -4762,6 +4762,10 @@ examples:
   python -m eventsourcery todo.db events --json | jq .body
   python -m eventsourcery todo.db follow
   python -m eventsourcery postgresql://localhost/todo processors
+  python -m eventsourcery todo.db skip outstanding_todos 42
+
+Only reset, skip and erase write; every other command opens the store
+read-only and changes nothing in it.
 """
 
 _CLI_RESET_HELP = """\
