@@ -4764,8 +4764,8 @@ examples:
   python -m eventsourcery postgresql://localhost/todo processors
   python -m eventsourcery todo.db skip outstanding_todos 42
 
-Only reset, skip and erase write; every other command opens the store
-read-only and changes nothing in it.
+Only reset, skip and erase write; every other command only reads (an SQLite
+file is opened read-only) and never creates a store.
 """
 
 _CLI_RESET_HELP = """\
