@@ -52,6 +52,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shlex
 import signal
 import sqlite3
 import sys
@@ -86,7 +87,7 @@ __all__ = [
     "version_range", "batch_size",
     "Database", "SQLiteDatabase", "DatabaseTracker", "TRACKER_TABLE", "tracker_table_ddl",
     # processing and the runner
-    "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
+    "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses", "skip_event",
     "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry", "run_processor", "ESPRunner",
     # testing helpers
     "given", "AggregateScenario", "given_events", "GivenEvents", "ProcessorScenario", "assert_events",
@@ -179,7 +180,10 @@ class StoreError(Error):
 
 
 class CorruptEventError(StoreError):
-    """A stored event cannot be decoded; the message names its id."""
+    """A stored event cannot be decoded; the message names its id, and ``event_id`` is that id where
+    it is known (None for a damaged file). A processor that meets one stops there (see ``skip_event``)."""
+
+    event_id: int | None = None
 
 
 class AggregateErasedError(Error):
@@ -905,12 +909,21 @@ class Tracker(abc.ABC):
         owns ``name``, else raise ProcessorFencedError; clears a failure the position has got past."""
         self.processed_event(name, event_id)
 
+    def skip_event(self, name: str, event_id: int) -> None:
+        """Move the position of ``name`` from exactly ``event_id - 1`` to ``event_id``, so that event is never
+        processed; ValueError (nothing changed) when the position is anywhere else. Clears a failure the
+        position gets past, as ``commit_position`` does. This default reads, then writes; ``DatabaseTracker``
+        and ``MemoryTracker`` do it in one step (see ``es.skip_event``)."""
+        _check_skip(self.record(name), event_id)
+        self.processed_event(name, event_id)
+
     def check_owner(self, name: str, generation: int | None) -> None:  # noqa: B027 - by default nothing is kept
         """Raise ProcessorFencedError unless ``generation`` (None: any) still owns ``name``."""
 
     def report(self, name: str, generation: int | None, state: str,  # noqa: B027 - by default nothing is kept
                error: str | None = None, failing_event_id: int | None = None) -> None:
-        """Record what the owning instance is doing (``running``/``stopped``) and the failure it is stuck at."""
+        """Record what the owning instance is doing (``running``/``stopped``) and the failure it is stuck at
+        (not one at an event the position is past: it was skipped meanwhile)."""
 
     def standby(self, name: str, who: str) -> None:  # noqa: B027 - by default nothing is kept
         """Record that ``who`` (``pid@host``) is waiting to take ``name`` over."""
@@ -922,6 +935,27 @@ class Tracker(abc.ABC):
 def _fenced(name: str, generation: int | None) -> ProcessorFencedError:
     return ProcessorFencedError(f"processor {name!r}: another instance has taken over (this instance's "
                                 f"generation {generation} is no longer current); its last writes were rolled back")
+
+
+def _skip_id(event_id: object) -> int:
+    """``event_id`` checked as the id of an event to skip (TypeError unless an int, ValueError below 1)."""
+    if check_position("event_id", event_id) != event_id or event_id < 1:
+        raise ValueError(f"cannot skip event {event_id!r}: event ids start at 1")
+    return event_id
+
+
+def _check_skip(record: TrackerRecord, event_id: int) -> None:
+    """Raise ValueError unless a skip of ``event_id`` may move ``record``'s position: only the next event
+    to process (the position is ``event_id - 1``) can be skipped."""
+    event_id = _skip_id(event_id)
+    position = record.position
+    if position >= event_id:
+        raise ValueError(f"cannot skip event {event_id} of processor {record.name!r}: its position is {position}, "
+                         f"so it is past that event already; nothing changed")
+    if position != event_id - 1:
+        raise ValueError(f"cannot skip event {event_id} of processor {record.name!r}: its position is {position}, "
+                         f"so the next event it processes is {position + 1}; only that next event can be "
+                         f"skipped (the position moves by one event); nothing changed")
 
 
 # ---------------------------------------------------------------------------
@@ -1304,7 +1338,9 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
             set_dict(event, "__dict__", data)
             append(event)
         except Exception as exc:
-            raise CorruptEventError(f"stored event {event_id} ({type_name}) cannot be decoded: {exc!r}") from exc
+            error = CorruptEventError(f"stored event {event_id} ({type_name}) cannot be decoded: {exc!r}")
+            error.event_id = event_id
+            raise error from exc
     return events
 
 
@@ -1946,18 +1982,29 @@ class DatabaseTracker(Tracker):
             row = conn.execute(f"SELECT generation FROM {self._table} WHERE name = {p}", (name,)).fetchone()
         return int(row[0])
 
+    #: The SET clause of a position move (the new position three times): a failure it gets past is cleared.
+    _MOVE = ("position = {p}, fresh = 0, "
+             "last_error = CASE WHEN failing_event_id IS NULL OR failing_event_id <= {p} THEN NULL "
+             "ELSE last_error END, "
+             "failing_event_id = CASE WHEN failing_event_id <= {p} THEN NULL ELSE failing_event_id END ")
+
     def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
         if generation is None:
             self.processed_event(name, event_id)
             return
-        changed = self._write(
-            "UPDATE {t} SET position = {p}, fresh = 0, "
-            "last_error = CASE WHEN failing_event_id IS NULL OR failing_event_id <= {p} THEN NULL "
-            "ELSE last_error END, "
-            "failing_event_id = CASE WHEN failing_event_id <= {p} THEN NULL ELSE failing_event_id END "
-            "WHERE name = {p} AND generation = {p}", (event_id, event_id, event_id, name, generation))
+        changed = self._write("UPDATE {t} SET " + self._MOVE + "WHERE name = {p} AND generation = {p}",
+                              (event_id, event_id, event_id, name, generation))
         if changed != 1:
             raise _fenced(name, generation)
+
+    def skip_event(self, name: str, event_id: int) -> None:
+        event_id = _skip_id(event_id)
+        with self.database.transaction():
+            changed = self._write("UPDATE {t} SET " + self._MOVE + "WHERE name = {p} AND position = {p}",
+                                  (event_id, event_id, event_id, name, event_id - 1))
+            if changed != 1:  # nothing changed: say where the processor is
+                _check_skip(self.record(name), event_id)
+                raise ValueError(f"cannot skip event {event_id}: processor {name!r} is not tracked here")
 
     def check_owner(self, name: str, generation: int | None) -> None:
         if generation is not None and self.record(name).generation != generation:
@@ -1968,10 +2015,13 @@ class DatabaseTracker(Tracker):
         if error is None:
             self._write("UPDATE {t} SET state = {p} WHERE name = {p} AND generation = {p}",
                         (state, name, generation))
-        else:
+        elif failing_event_id is None:
+            self._write("UPDATE {t} SET state = {p}, last_error = {p}, failing_event_id = NULL "
+                        "WHERE name = {p} AND generation = {p}", (state, error[:2000], name, generation))
+        else:  # not a failure at an event the position is past (skipped meanwhile)
             self._write("UPDATE {t} SET state = {p}, last_error = {p}, failing_event_id = {p} "
-                        "WHERE name = {p} AND generation = {p}",
-                        (state, error[:2000], failing_event_id, name, generation))
+                        "WHERE name = {p} AND generation = {p} AND position < {p}",
+                        (state, error[:2000], failing_event_id, name, generation, failing_event_id))
 
     def standby(self, name: str, who: str) -> None:
         self._write("UPDATE {t} SET standby = {p}, standby_at = {p} WHERE name = {p}", (who, time.time(), name))
@@ -2021,6 +2071,14 @@ class MemoryTracker(Tracker):
     def __init__(self) -> None:
         self._positions: dict[str, int] = {}  # saved and restored by MemoryEventStore.transaction()
         self._records: dict[str, TrackerRecord] = {}  # the rest of each record (its position is above)
+        self._mutex = threading.RLock()  # position moves and failure reports are one step each, across threads
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_mutex"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._mutex = threading.RLock()
 
     def _get(self, name: str) -> TrackerRecord:
         return dataclasses.replace(self._records.get(name, TrackerRecord(name, fresh=name not in self._positions)),
@@ -2061,13 +2119,19 @@ class MemoryTracker(Tracker):
         return r.generation + 1
 
     def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
-        r = self._get(name)
-        if generation is not None and r.generation != generation:
-            raise _fenced(name, generation)
-        past = r.failing_event_id is None or r.failing_event_id <= event_id
-        self._put(dataclasses.replace(r, position=event_id, fresh=False,
-                                      last_error=None if past else r.last_error,
-                                      failing_event_id=None if past else r.failing_event_id))
+        with self._mutex:
+            r = self._get(name)
+            if generation is not None and r.generation != generation:
+                raise _fenced(name, generation)
+            past = r.failing_event_id is None or r.failing_event_id <= event_id
+            self._put(dataclasses.replace(r, position=event_id, fresh=False,
+                                          last_error=None if past else r.last_error,
+                                          failing_event_id=None if past else r.failing_event_id))
+
+    def skip_event(self, name: str, event_id: int) -> None:
+        with self._mutex:
+            _check_skip(self._get(name), event_id)
+            self.commit_position(name, event_id, None)
 
     def check_owner(self, name: str, generation: int | None) -> None:
         if generation is not None and self._get(name).generation != generation:
@@ -2075,10 +2139,14 @@ class MemoryTracker(Tracker):
 
     def report(self, name: str, generation: int | None, state: str, error: str | None = None,
                failing_event_id: int | None = None) -> None:
-        r = self._get(name)
-        if r.generation == generation:
-            self._put(dataclasses.replace(r, state=state) if error is None else
-                      dataclasses.replace(r, state=state, last_error=error, failing_event_id=failing_event_id))
+        with self._mutex:
+            r = self._get(name)
+            if r.generation != generation:
+                return
+            if error is None or (failing_event_id is not None and r.position >= failing_event_id):
+                self._put(dataclasses.replace(r, state=state))  # (a failure at an event it is past: skipped)
+            else:
+                self._put(dataclasses.replace(r, state=state, last_error=error, failing_event_id=failing_event_id))
 
     def standby(self, name: str, who: str) -> None:
         self._put(dataclasses.replace(self._get(name), standby=who, standby_at=time.time()))
@@ -2256,8 +2324,11 @@ class SQLiteDatabase(Database):
     if given, runs on every new connection (the event store creates its schema).
 
     A file that cannot be written (its permissions, an immutable file, a
-    read-only filesystem) is opened read-only (``read_only`` is then True):
-    it can be read, and every write transaction raises StoreError. A file
+    read-only filesystem), or any file when ``read_only=True`` is given, is
+    opened read-only (``read_only`` is then True): it can be read, and every
+    write transaction raises StoreError; nothing changes the file (its schema
+    is not upgraded, its journal mode not switched), a missing file is not
+    created, and no -wal or -shm file is left where there was none. A file
     deleted or replaced since it was opened is noticed when the next write
     transaction begins: StoreError, nothing written, until the database is
     closed and opened again.
@@ -2276,7 +2347,8 @@ class SQLiteDatabase(Database):
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
 
     def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection, *, synchronous: str = "FULL",
-                 busy_timeout: float = 30.0, prepare: Callable[[sqlite3.Connection], None] | None = None) -> None:
+                 busy_timeout: float = 30.0, prepare: Callable[[sqlite3.Connection], None] | None = None,
+                 read_only: bool = False) -> None:
         super().__init__()
         with _fork_gate:
             _sqlite_databases.add(self)
@@ -2291,6 +2363,8 @@ class SQLiteDatabase(Database):
         self.busy_timeout = busy_timeout
         self._prepare = prepare
         self.read_only = False
+        self._open_read_only = read_only
+        self._made_companions = False  # a read-only connection made the -wal and -shm files of a WAL file
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
 
     def __repr__(self) -> str:
@@ -2317,7 +2391,9 @@ class SQLiteDatabase(Database):
         on_disk = path != ":memory:" and not path.startswith("file:")
         exists = on_disk and os.path.exists(path)
         conn = None
-        if not exists or os.access(path, os.W_OK):
+        if self._open_read_only and not exists:
+            raise StoreError(f"cannot open SQLite database {path!r} read-only: it does not exist")
+        if not self._open_read_only and (not exists or os.access(path, os.W_OK)):
             try:
                 conn = self._connect(path, read_only=False)
             except sqlite3.Error as exc:
@@ -2325,6 +2401,8 @@ class SQLiteDatabase(Database):
                     raise self.error(exc, "open it") from exc
         if conn is None:
             # A file we may not write (a read-only file, directory or filesystem): read it, refuse writes.
+            self._made_companions = self._open_read_only and not any(
+                os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
             uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
             if os.statvfs(path).f_flag & os.ST_RDONLY:
                 uri += "&immutable=1"  # nobody can write it, and its -shm file cannot be created
@@ -2344,9 +2422,11 @@ class SQLiteDatabase(Database):
                 conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             if self._prepare:
+                conn.execute(f"PRAGMA query_only = {int(read_only)}")  # so that prepare sees it may not write
                 self._prepare(conn)
+                conn.execute("PRAGMA query_only = 0")  # (writes are refused by _began, with a clearer message)
         except BaseException:
-            conn.close()
+            self._close_connection(conn)
             raise
         self.read_only = read_only
         return conn
@@ -2432,6 +2512,23 @@ class SQLiteDatabase(Database):
     def _close_connection(self, conn: Any) -> None:
         if conn is not self._given:
             conn.close()
+            if self._made_companions:
+                self._remove_companions()
+
+    def _remove_companions(self) -> None:
+        """Let SQLite remove the -wal and -shm files a read-only connection (opened with ``read_only=True``
+        where there were none) made and leaves behind: one connection that reads and closes removes them
+        when it is the file's last and the WAL is empty, as the last writer's close would; the database
+        file itself does not change. Left alone when another process has written meanwhile."""
+        self._made_companions = False
+        try:
+            if os.path.getsize(self.path + "-wal") != 0:
+                return
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as conn:
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except (OSError, sqlite3.Error):
+            pass  # nothing to tidy, or no way to: they are harmless, and the next writer removes them
 
     def create_tables(self, conn: Any, ddl: str) -> None:
         # The write transaction the caller opened (BEGIN IMMEDIATE) already keeps other processes out.
@@ -2524,6 +2621,11 @@ def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
         if version is not None and version > SQLITE_SCHEMA_VERSION:
             raise StoreError(f"this store has schema version {version}; this eventsourcery "
                              f"({__version__}) knows version {SQLITE_SCHEMA_VERSION}: upgrade eventsourcery")
+    if conn.execute("PRAGMA query_only").fetchone()[0]:  # opened read-only: it is neither created nor upgraded
+        raise StoreError(f"this file holds no store of schema version {SQLITE_SCHEMA_VERSION}, which this "
+                         f"eventsourcery ({__version__}) writes (it has none, or an older one), and it is opened "
+                         "read-only here, so nothing is created or upgraded: an older store is upgraded when it "
+                         "is first opened for writing")
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = None  # read again under the write lock: another process may have created or upgraded it
@@ -2552,17 +2654,19 @@ def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
 def _check_existing_sqlite_store(path: str) -> None:
     """Raise StoreError unless ``path`` is an existing eventsourcery store; looks read-only, changes nothing."""
     if not os.path.exists(path):
-        raise StoreError(f"no such store: {path!r} does not exist (it is not created when opening an existing store)")
+        raise StoreError(f"no eventsourcery store at {path!r}: it does not exist (it is not created when opening "
+                         "an existing store)")
     if os.path.isdir(path):
         raise StoreError(f"cannot open store {path!r}: it is a directory, not an SQLite file")
-    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    database = SQLiteDatabase(path, read_only=True)  # which leaves no -wal or -shm file behind
     try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from exc
+        tables = {row[0] for row in database.fetch_all("SELECT name FROM sqlite_master WHERE type = 'table'",
+                                                       doing="read its tables")}
+    finally:
+        database.close()
     if "events" not in tables:
-        raise StoreError(f"{path!r} is not an eventsourcery event store (it has no events table)")
+        raise StoreError(f"no eventsourcery store at {path!r}: that SQLite file is not an eventsourcery event store "
+                         "(it has no events table); it was left as it was")
 
 
 class _FileLocks:
@@ -2626,7 +2730,10 @@ class SQLiteEventStore(EventStore):
     ``"NORMAL"`` commits are about twice as fast and still survive any
     application crash, but a power loss may roll back the last commits.
     Processor positions are kept in the same file (``tracker()``), and the
-    single-instance locks of processors in ``<path>.locks/``.
+    single-instance locks of processors in ``<path>.locks/``. With
+    ``read_only=True`` an existing store is opened only to be read (as the
+    command line's read commands do): nothing is created or changed, and
+    every write raises StoreError.
     """
 
     _SELECT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events "
@@ -2635,9 +2742,9 @@ class SQLiteEventStore(EventStore):
                "metadata, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 30.0,
-                 poll_interval: float = 0.005) -> None:
+                 poll_interval: float = 0.005, read_only: bool = False) -> None:
         self._db = SQLiteDatabase(path, synchronous=synchronous, busy_timeout=busy_timeout,
-                                  prepare=_create_sqlite_store_schema)
+                                  prepare=_create_sqlite_store_schema, read_only=read_only)
         self.path = self._db.path
         self.poll_interval = poll_interval
         self._tracker = DatabaseTracker(self._db)
@@ -3168,6 +3275,21 @@ class Repository:
 # happens when a handler fails.
 # ---------------------------------------------------------------------------
 
+def _failing_event_id(error: BaseException) -> int | None:
+    """The id of the event a processor is stuck at after ``error``: the one whose handler failed, or a
+    damaged one its reader met; None for other errors."""
+    if isinstance(error, EventProcessingError):
+        return error.event.id
+    if isinstance(error, CorruptEventError):
+        return error.event_id
+    return None
+
+
+def _skip_command(store: str, processor_name: str, event_id: int) -> str:
+    """The command line that moves ``processor_name`` past ``event_id`` (see ``skip_event``)."""
+    return f"python -m eventsourcery {store} skip {shlex.quote(processor_name)} {event_id}"
+
+
 class EventStreamProcessor:
     """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
 
@@ -3183,6 +3305,10 @@ class EventStreamProcessor:
     recorded position starts. After ``reset()`` the position reached before
     is the replay horizon: while events up to it are processed again,
     ``self.replaying`` is True.
+
+    A processor stops at an event whose handler fails, or at a damaged event
+    its reader cannot decode (CorruptEventError), with every event before it
+    processed; ``es.skip_event`` moves it past that one event deliberately.
     """
 
     processor_name: ClassVar[str] = "event_stream_processor"
@@ -3325,9 +3451,13 @@ class EventStreamProcessor:
                 with contextlib.suppress(Error):
                     store.tracker().register(name, self._kind, location)
             self._generation = self.tracker.acquire(name, _instance_name(), self._kind)
+            stuck_at: int | None = None  # the event the last failure stopped at
             try:
                 while True:
                     try:
+                        if stuck_at is not None and self.last_processed_event_id >= stuck_at:
+                            log.warning("[%s] event %d was skipped (es.skip_event moved the position past it): "
+                                        "it is not processed", name, stuck_at)
                         self._follow(store, stopper)
                         return
                     except ProcessorFencedError:
@@ -3335,6 +3465,7 @@ class EventStreamProcessor:
                     except Exception as exc:
                         if handler is None:
                             raise
+                        stuck_at = _failing_event_id(exc)
                         self._report_failure(exc)
                         interval = handler.handle(exc, name)
                         if interval is None:
@@ -3351,14 +3482,53 @@ class EventStreamProcessor:
                 log.info("[%s] stopped", name)
 
     def _report_failure(self, exc: BaseException) -> None:
-        event_id = exc.event.id if isinstance(exc, EventProcessingError) else None
+        event_id = _failing_event_id(exc)
         cause = exc.__cause__ if isinstance(exc, EventProcessingError) and exc.__cause__ else exc
         with contextlib.suppress(Exception):
             self.tracker.report(self.processor_name, self._generation, "running",
                                 f"{type(cause).__name__}: {cause}", event_id)
 
     def _follow(self, store: EventStore, stopper: Stopper) -> None:
-        """Process from the recorded position (or the start position) until ``stopper`` is set."""
+        """Process from the recorded position (or the start position) until ``stopper`` is set.
+
+        When it stops at an event (a handler failed on it, or a read met it damaged), the events before
+        it are processed (read up to it, never past it) and the position is moved to the one before it,
+        so that it is the next event to process (the one ``skip_event`` may skip); then it raises."""
+        try:
+            self._follow_from_position(store, stopper)
+        except (EventProcessingError, CorruptEventError) as exc:
+            event_id = _failing_event_id(exc)
+            if event_id is not None:
+                self._process_up_to(store, event_id - 1, stopper)
+            raise
+
+    def _process_up_to(self, store: EventStore, last_id: int, stopper: Stopper) -> None:
+        """Process the events after the position up to ``last_id`` (the next one is the event it stopped
+        at), then move the position to it. When a page reaches that event damaged (through a gap in the
+        ids, or fewer events of the handled types), it is read again one event at a time, up to it."""
+        types = self.processes_event_types
+        position = self.last_processed_event_id
+        one_by_one = False
+        while position < last_id and not stopper.is_set():
+            try:
+                page = store.get_next_from(position + 1, types,
+                                           limit=1 if one_by_one else min(batch_size(), last_id - position))
+            except CorruptEventError as exc:
+                if exc.event_id != last_id + 1:
+                    raise  # another damaged event, before it
+                if one_by_one:
+                    break  # the next event of these types is the damaged one
+                one_by_one = True
+                continue
+            page = [event for event in page if (event.id or 0) <= last_id]
+            if not page:
+                break
+            self.process_batch(page)
+            position = page[-1].id or position
+        if not stopper.is_set() and self.last_processed_event_id < last_id:
+            self._advance(last_id)  # past the events it does not handle
+
+    def _follow_from_position(self, store: EventStore, stopper: Stopper) -> None:
         log = config.logger
         name = self.processor_name
         record = self.tracker.record(name)
@@ -3681,13 +3851,15 @@ class ProcessorStatus:
 STANDBY_FRESHNESS = 10.0
 
 
-def _located_record(record: TrackerRecord) -> TrackerRecord:
-    """The record kept where a registered processor's position lives (the registration when unreachable)."""
+def _located_record(record: TrackerRecord, *, read_only: bool = False) -> TrackerRecord:
+    """The record kept where a registered processor's position lives (the registration when unreachable);
+    ``read_only``: an SQLite database there is opened read-only."""
     if not record.location:
         return record
     database: Database | None = None
     try:
-        database = open_database(record.location)
+        sqlite = parse_store_url(record.location).scheme == "sqlite"
+        database = open_database(record.location, **({"read_only": True} if read_only and sqlite else {}))
         found = DatabaseTracker(database).record(record.name)
     except Exception:  # a database we cannot reach now: what the registration says
         return record
@@ -3710,7 +3882,7 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
     latest = store.latest_event_id()
     statuses = []
     for record in tracker.records():
-        record = _located_record(record)
+        record = _located_record(record, read_only=True)
         running = store.is_running(record.name)
         recent_standby = record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS
         if record.last_error is not None:
@@ -3726,6 +3898,61 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
             record.last_error, record.failing_event_id, record.owner, record.standby if recent_standby else None,
             record.horizon, record.kind))
     return statuses
+
+
+def _skip_target(store: EventStore, processor_name: str, event_id: int) -> TrackerRecord:
+    """The record of the processor a skip of ``event_id`` would move (read where its position lives);
+    ValueError when the skip would be refused (see ``skip_event``)."""
+    event_id = _skip_id(event_id)
+    records = {r.name: r for r in store.tracker().records()}
+    if processor_name not in records:
+        raise ValueError(f"cannot skip event {event_id}: unknown processor {processor_name!r} "
+                         f"(processors in this store: {', '.join(sorted(records)) or 'none'})")
+    latest = store.latest_event_id()
+    if event_id > latest:
+        raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: it is not stored "
+                         f"(the latest event is {latest}); nothing changed")
+    record = _located_record(records[processor_name])
+    _check_skip(record, event_id)
+    return record
+
+
+def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
+    """Move the processor ``processor_name`` of ``store`` past the event ``event_id`` without processing
+    it: for an event whose handler keeps failing, or a damaged one its reader cannot decode.
+
+    Only the next event the processor would process can be skipped: the
+    position must be exactly ``event_id - 1`` (as it is when the processor is
+    ``failing`` with ``failing_event_id == event_id``), and it becomes
+    ``event_id`` in one conditional write. Anything else is refused with a
+    ValueError saying where the processor is, and nothing changes: an unknown
+    name, an event not stored yet, a position before or past it (the
+    processor has moved on, or has other events to process first). So a skip
+    never makes an event run twice and never skips another one.
+
+    It works whether the processor is stopped or running, from any process
+    (the CLI: ``python -m eventsourcery STORE skip NAME EVENT_ID``): the
+    processor's own position updates are fenced by its generation, not by
+    the position, so a running instance that keeps failing on the event picks
+    the new position up at its next retry and goes on with the next event
+    (logging that the event was skipped). Its failure is cleared. A handler
+    that happens to succeed on a retry at the very moment of the skip may
+    have processed the event after all; nothing else can. A projector whose
+    position lives in its own database is found through its registration in
+    the store.
+    """
+    record = _skip_target(store, processor_name, event_id)
+    if record.location:  # a projector whose position lives in its own database
+        database = open_database(record.location)
+        try:
+            DatabaseTracker(database).skip_event(processor_name, event_id)
+        finally:
+            database.close()
+    else:
+        with store.transaction():
+            store.tracker().skip_event(processor_name, event_id)
+    config.logger.warning("[%s] skipped event %d: position %d -> %d; that event will not be processed",
+                          processor_name, event_id, event_id - 1, event_id)
 
 
 class ErrorHandler:
@@ -3751,7 +3978,11 @@ class ErrorHandler:
         if isinstance(error, UnableToLockProcessorError):  # a standby instance: nothing has failed
             config.logger.warning("[%s] %s; waiting for it to stop", processor_name, error)
         else:
-            config.logger.error("[%s] processor failed: %s", processor_name, error, exc_info=cause)
+            event_id = _failing_event_id(error)
+            hint = "" if event_id is None else (
+                f"; to move it past event {event_id} without processing it: "
+                f"{_skip_command('STORE', processor_name, event_id)} (or es.skip_event)")
+            config.logger.error("[%s] processor failed: %s%s", processor_name, error, hint, exc_info=cause)
             config.on_event_processor_error(cause, processor_name)
         interval = self.retry_interval(error)
         if interval is not None:
@@ -4282,13 +4513,19 @@ class _CLIError(Exception):
     """A failure the command line reports as one line on stderr, with exit status 1."""
 
 
-def _cli_open_store(target: str) -> EventStore:
-    """Open an existing store; nothing is ever created. A ``memory:`` store is refused: it would be empty."""
+def _cli_open_store(target: str, *, read_only: bool) -> EventStore:
+    """Open an existing store; nothing is ever created. For a read command (``read_only``) an SQLite file is
+    opened read-only, so nothing in it changes. A ``memory:`` store is refused: it would be empty."""
+    location: StoreURL | None = None
     with contextlib.suppress(Error, ValueError):
-        if parse_store_url(target).scheme == "memory":
-            raise _CLIError(f"{target!r} is a store in one process's memory, which the command line cannot see; "
-                            "give an SQLite file or a postgresql:// URL")
+        location = parse_store_url(target)
+    if location is not None and location.scheme == "memory":
+        raise _CLIError(f"{target!r} is a store in one process's memory, which the command line cannot see; "
+                        "give an SQLite file or a postgresql:// URL")
     try:
+        if location is not None and location.scheme == "sqlite" and read_only:
+            _check_existing_sqlite_store(location.target)
+            return SQLiteEventStore(location.target, read_only=True)
         return open_store(target, create=False)
     except ImportError as exc:
         raise _CLIError(f"cannot open {target!r}: {exc} (the Postgres store needs psycopg: "
@@ -4538,9 +4775,12 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
                          f"{row[3].ljust(widths[3])}  {row[4]}\n")
         if status is not None and status.last_error is not None:
             at = f" at event {status.failing_event_id}" if status.failing_event_id is not None else ""
-            sys.stdout.write(f"  failing{at}: {status.last_error}\n")
+            sys.stdout.write(f"  failing{at}: {_cli_safe(status.last_error)}\n")
+            if status.failing_event_id is not None:
+                command = _skip_command(shlex.quote(args.store), status.name, status.failing_event_id)
+                sys.stdout.write(f"  to move it past that event without processing it: {_cli_safe(command)}\n")
         if status is not None and status.standby is not None:
-            sys.stdout.write(f"  standby: pid {status.standby.replace('@', ' on host ')}\n")
+            sys.stdout.write(f"  standby: pid {_cli_safe(status.standby.replace('@', ' on host '))}\n")
     return 0
 
 
@@ -4569,9 +4809,15 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
         if database is not None:
             database.close()
     horizon = max(position, record.horizon)
-    sys.stdout.write(f"reset {name}: position {position} -> 0; it will process every event again\n")
+    latest = store.latest_event_id()
+    sys.stdout.write(f"reset {name}: position {position} -> 0; its next run processes every event again, "
+                     "from event 1\n")
+    if latest:
+        sys.stdout.write(f'  (unless its class sets start_from = "end": then its next run starts after the latest '
+                         f"event of\n  that moment (now event {latest}) and replays nothing)\n")
     if horizon:
-        sys.stdout.write(f"events 1-{horizon} are a replay: self.replaying is True while it processes them\n")
+        sys.stdout.write(f"events 1-{horizon} are a replay: self.replaying is True while it processes them; "
+                         f"events after {horizon} are new to it\n")
     if record.kind == "reactor" and horizon:
         sys.stdout.write(
             "for this reactor, during the replay:\n"
@@ -4583,6 +4829,34 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     elif record.kind == "projector":
         sys.stdout.write("its tables are not dropped by the command line: call reset() on the projector in "
                          "your code to rebuild them\n")
+    return 0
+
+
+def _cli_skip(store: EventStore, args: argparse.Namespace) -> int:
+    name, event_id = args.name, args.event_id
+    shown = _cli_safe(name)
+    try:  # refused before asking, when it would be refused after
+        record = _skip_target(store, name, event_id)
+    except ValueError as exc:
+        raise _CLIError(_cli_safe(str(exc))) from exc
+    try:
+        [event] = store.get_next_from(event_id, limit=1)
+        what = f"{_cli_safe(event.type)} of aggregate {_cli_safe(repr(event.aggregate_id))}"
+    except CorruptEventError:
+        what = "damaged: it cannot be read"
+    failing = (f"; it is failing on it: {_cli_safe(record.last_error or '')}"
+               if record.failing_event_id == event_id else "")
+    if not args.yes and not _cli_confirm(f"Skip event {event_id} ({what}) for processor {shown}{failing}? "
+                                         f"{shown} will never process it (position {event_id - 1} -> {event_id})"):
+        sys.stderr.write(f"not skipped: {shown} stays at position {record.position}\n")
+        return 1
+    try:
+        skip_event(store, name, event_id)
+    except ValueError as exc:  # it moved meanwhile
+        raise _CLIError(_cli_safe(str(exc))) from exc
+    sys.stdout.write(f"skipped event {event_id} for {shown}: position {event_id - 1} -> {event_id}; it will not "
+                     f"process event {event_id}; the next event it processes is {event_id + 1} (a running "
+                     "instance goes on at its next retry)\n")
     return 0
 
 
@@ -4623,7 +4897,8 @@ _CLI_EPILOG = """\
 exit status:
   0    ok; also when nothing matches (no events, no such aggregate, no
        processors): stdout is then empty and a note says so on stderr
-  1    error (a one-line message on stderr), or reset not confirmed
+  1    error (a one-line message on stderr), or reset, skip or erase not
+       confirmed
   2    bad usage (the usage of the command at fault, and the error)
   130  interrupted (Ctrl-C), except follow, which stops with 0
 
@@ -4632,6 +4907,10 @@ examples:
   python -m eventsourcery todo.db events --json | jq .body
   python -m eventsourcery todo.db follow
   python -m eventsourcery postgresql://localhost/todo processors
+  python -m eventsourcery todo.db skip outstanding_todos 42
+
+Only reset, skip and erase write; every other command only reads (an SQLite
+file is opened read-only) and never creates a store.
 """
 
 _CLI_RESET_HELP = """\
@@ -4641,6 +4920,20 @@ reset: the command line does not know a processor's tables, so a projector's
 or reactor's own tables (in the store's database or elsewhere) are NOT
 dropped; clear them yourself, or call processor.reset() in your code, which
 drops its schema's tables too. Refuses while the processor is running.
+The events it had processed are a replay (self.replaying is True; a reactor's
+emit_event sinks nothing); a processor class with start_from = "end" starts
+after the latest event instead.
+"""
+
+_CLI_SKIP_HELP = """\
+Move a processor's position past one event without processing it: an event
+whose handler keeps failing, or a damaged one that cannot be read (the
+processor is then "failing" at it: see the processors command). Only the next
+event it would process can be skipped (its position must be EVENT_ID - 1),
+else nothing changes; works while the processor runs: a running instance goes
+on with the next event at its next retry. The event stays in the store; this
+processor alone never processes it. The same as es.skip_event(store, NAME,
+EVENT_ID) in code.
 """
 
 
@@ -4648,12 +4941,13 @@ def _cli_parser() -> argparse.ArgumentParser:
     prog = "eventsourcery" if os.path.basename(sys.argv[0]) == "eventsourcery" else "python -m eventsourcery"
     parser = argparse.ArgumentParser(
         prog=prog, description="Look inside an eventsourcery event store: list, filter and follow events, "
-                               "show an aggregate's history, list and reset processors.",
+                               "show an aggregate's history, list, reset and skip processors.",
         epilog=_CLI_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"eventsourcery {__version__}")
     parser.add_argument("store", metavar="STORE",
                         help="an SQLite file path or sqlite:///path (it must exist: it is never created), "
                              "or a postgresql:// URL")
+    parser.set_defaults(writes=False)  # only reset, skip and erase write: the others open the store read-only
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def from_id(text: str) -> int:
@@ -4706,9 +5000,10 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     processors = commands.add_parser(
         "processors", help="list processors with their position and lag",
-        description="List the processors whose position is kept in this store (reactors, and processors "
-                    "using store.tracker()), with their position, lag and whether one is running now. "
-                    "Projectors that keep their position in their own database are not listed.")
+        description="List every processor that has run against this store (projectors that keep their "
+                    "position in their own database included), with its position, lag, whether one is running "
+                    "now and its state; under one failing at an event, its error and the skip command that "
+                    "moves it past that event.")
     processors.add_argument("--json", action="store_true", help="one JSON object per line")
     processors.set_defaults(run=_cli_processors)
 
@@ -4716,7 +5011,15 @@ def _cli_parser() -> argparse.ArgumentParser:
                                 description=_CLI_RESET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reset.add_argument("name", metavar="NAME", help="the processor's name")
     reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    reset.set_defaults(run=_cli_reset)
+    reset.set_defaults(run=_cli_reset, writes=True)
+
+    skip = commands.add_parser("skip", help="move a processor past one event without processing it (asks first)",
+                               description=_CLI_SKIP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    skip.add_argument("name", metavar="NAME", help="the processor's name")
+    skip.add_argument("event_id", metavar="EVENT_ID", type=positive,
+                      help="the event to skip: the next one the processor would process")
+    skip.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    skip.set_defaults(run=_cli_skip, writes=True)
 
     erase = commands.add_parser(
         "erase", help="erase one aggregate's data for good (asks first)",
@@ -4726,7 +5029,7 @@ def _cli_parser() -> argparse.ArgumentParser:
     erase.add_argument("aggregate_id", metavar="ID")
     erase.add_argument("--reason", help="recorded in the aggregate_erased event")
     erase.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    erase.set_defaults(run=_cli_erase)
+    erase.set_defaults(run=_cli_erase, writes=True)
 
     stats = commands.add_parser("stats", help="count events by type; first and last; file size",
                                 description="Count events (in all and by type) and aggregates, show when the "
@@ -4775,7 +5078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        store = _cli_open_store(args.store)
+        store = _cli_open_store(args.store, read_only=not args.writes)
         try:
             status: int = args.run(store, args)
         finally:

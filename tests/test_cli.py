@@ -6,6 +6,7 @@ the command line has no event classes, so this is also how it sees a store of un
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -13,7 +14,9 @@ import pathlib
 import pty
 import queue
 import re
+import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,7 +26,7 @@ import uuid
 import pytest
 
 import eventsourcery as es
-from tests._util import WAIT
+from tests._util import WAIT, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("EVENTSOURCERY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -473,7 +476,7 @@ def test_sqlite_url(db: pathlib.Path) -> None:
 @pytest.mark.parametrize("command", [("events",), ("stats",), ("processors",), ("tail",)])
 def test_missing_file_is_an_error_and_is_not_created(tmp_path: pathlib.Path, command: tuple[str, ...]) -> None:
     missing = tmp_path / "missing.db"
-    assert_one_line_error(cli(missing, *command), str(missing), "does not exist")
+    assert_one_line_error(cli(missing, *command), f"no eventsourcery store at {str(missing)!r}", "does not exist")
     assert_one_line_error(cli(f"sqlite:///{missing}", *command), "does not exist")
     assert os.listdir(tmp_path) == []
 
@@ -702,6 +705,20 @@ def test_postgres_processors_and_reset() -> None:
         store.close()
 
 
+def test_postgres_read_commands_on_a_schema_with_no_store_create_nothing() -> None:
+    from tests.pg_support import require_postgres
+
+    require_postgres()  # skips when the server is unreachable
+    import psycopg
+
+    schema = f"cli_nosuch_{uuid.uuid4().hex[:12]}"
+    url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema={schema}"
+    for command in READ_COMMANDS:
+        assert_one_line_error(cli(url, *command), "no eventsourcery store at", repr(schema))
+    with psycopg.connect(POSTGRES_URL) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() == (0,)
+
+
 # --- control characters, metadata, snapshots, erase ---------------------------------------------------
 
 
@@ -777,3 +794,253 @@ def test_erase_asks_first_and_then_leaves_tombstones(db: pathlib.Path) -> None:
     assert [e["aggregate_id"] for e in json_lines(cli(db, "events", "--json").stdout)].count("todo-2") == 3
     nothing = cli(db, "erase", "no-such-todo", "--yes")
     assert nothing.returncode == 0 and "nothing erased" in nothing.stderr
+
+
+# --- skip: moving a processor past one event ----------------------------------------------
+
+
+def stuck_at_a_damaged_event(db: pathlib.Path, event_id: int = 3) -> None:
+    """Damage one stored event behind the store's back, then run cli_counter until it gives up at it."""
+    with es.SQLiteEventStore(db) as store:
+        with store.transaction() as conn:
+            conn.execute("UPDATE events SET body = '[1, 2]' WHERE id = ?", (event_id,))
+        with pytest.raises(es.CorruptEventError):
+            es.run_processor(CLICounter(tracker=store.tracker()), store, error_handler=es.NoRetry())
+
+
+def test_processors_says_how_to_skip_the_event_a_processor_is_stuck_at(db: pathlib.Path) -> None:
+    stuck_at_a_damaged_event(db)
+    result = cli(db, "processors")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["cli_counter", "2", "3", "no", "failing"]
+    assert lines[2].startswith("  failing at event 3: CorruptEventError: stored event 3 (todo_completed)")
+    assert lines[3] == f"  to move it past that event without processing it: python -m eventsourcery {db} " \
+                       "skip cli_counter 3"
+
+
+@pytest.mark.parametrize("answer", ["n\n", "\n", ""])
+def test_skip_declined_changes_nothing(db: pathlib.Path, answer: str) -> None:
+    stuck_at_a_damaged_event(db)
+    result = cli(db, "skip", "cli_counter", "3", input=answer)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Skip event 3 (damaged: it cannot be read) for processor cli_counter; it is "
+                                    "failing on it: CorruptEventError: stored event 3 ")
+    assert "cli_counter will never process it (position 2 -> 3) [y/N] " in result.stderr
+    assert "not skipped: cli_counter stays at position 2" in result.stderr
+    assert position(db) == 2
+
+
+@pytest.mark.parametrize("how", [{"input": "y\n"}, {"flag": "--yes"}, {"flag": "-y"}])
+def test_skip_confirmed_moves_the_processor_past_the_event_and_it_goes_on_after_it(db: pathlib.Path, how) -> None:
+    stuck_at_a_damaged_event(db)
+    result = cli(db, "skip", "cli_counter", "3", *([how["flag"]] if "flag" in how else []),
+                 input=how.get("input"))
+    assert result.returncode == 0, result.stderr
+    assert ("[y/N]" in result.stderr) == ("input" in how)
+    assert result.stdout.startswith("skipped event 3 for cli_counter: position 2 -> 3; it will not process event 3")
+    assert position(db) == 3
+    status = json_lines(cli(db, "processors", "--json").stdout)[0]
+    assert (status["state"], status["last_error"], status["failing_event_id"]) == ("stopped", None, None)
+    with es.SQLiteEventStore(db) as store:  # it goes on with the events after it, never the skipped one
+        counter = CLICounter(tracker=store.tracker())
+        seen: list[int] = []
+        counter.process = lambda event: seen.append(event.id)  # type: ignore[method-assign]
+        counter.subscribe_to(store, stop=lambda: counter.last_processed_event_id >= 5)
+    assert seen == [4, 5]
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (("cli_counter", "4"), ("its position is 2, so the next event it processes is 3",)),
+    (("cli_counter", "2"), ("its position is 2, so it is past that event already",)),
+    (("cli_counter", "99"), ("it is not stored (the latest event is 5)",)),
+    (("nobody", "3"), ("unknown processor 'nobody'", "cli_counter")),
+])
+def test_skip_of_a_wrong_event_is_refused_before_asking_and_changes_nothing(db: pathlib.Path, args, fragments) -> None:
+    stuck_at_a_damaged_event(db)
+    for extra in ((), ("--yes",)):
+        assert_one_line_error(cli(db, "skip", *args, *extra, input="y\n"), "cannot skip", "nothing changed"
+                              if args[0] != "nobody" else "", *fragments)
+    assert position(db) == 2
+
+
+@pytest.mark.parametrize("event_id", ["0", "-1", "x"])
+def test_skip_needs_an_event_id(db: pathlib.Path, event_id: str) -> None:
+    assert cli(db, "skip", "cli_counter", event_id).returncode == 2
+
+
+def test_skip_help_says_only_the_next_event_can_be_skipped() -> None:
+    result = cli("skip", "--help")
+    assert result.returncode == 0
+    assert "Only the next" in result.stdout and "es.skip_event" in result.stdout
+
+
+def test_processors_table_escapes_control_characters_in_errors_and_standby(db: pathlib.Path) -> None:
+    nasty = "a\x1b[2Jb\x07c\x9bd\u202ee"
+    with es.SQLiteEventStore(db) as store:
+        tracker = store.tracker()
+        generation = tracker.acquire("evil", f"1@{nasty}", "processor")
+        tracker.report("evil", generation, "running", f"RuntimeError: {nasty}", 3)
+        tracker.setup("waiting")
+        tracker.standby("waiting", f"2@{nasty}")
+    table = cli(db, "processors")
+    assert table.returncode == 0, table.stderr
+    assert not any(ch in table.stdout for ch in "\x1b\x07\x9b\u202e"), repr(table.stdout)
+    assert "  failing at event 3: RuntimeError: a\\x1b[2Jb\\x07c\\x9bd\\u202ee\n" in table.stdout
+    assert "  standby: pid 2 on host a\\x1b[2Jb\\x07c\\x9bd\\u202ee\n" in table.stdout
+    statuses = {s["name"]: s for s in json_lines(cli(db, "processors", "--json").stdout)}
+    assert statuses["evil"]["last_error"] == f"RuntimeError: {nasty}" and statuses["evil"]["owner"] == f"1@{nasty}"
+    assert statuses["waiting"]["standby"] == f"2@{nasty}"
+
+
+# --- reset: what a reset will and will not do again --------------------------------------------------
+
+
+def test_reset_of_a_reactor_says_what_its_replay_will_and_will_not_do_again(tmp_path: pathlib.Path) -> None:
+    from tests.test_operating_processors import CountingPonger, sink_pings
+
+    path = tmp_path / "events.db"
+    with es.SQLiteEventStore(path) as store:
+        sink_pings(store, 1, 3)
+        reactor = CountingPonger(store)
+        reactor.subscribe_to(store, stop=lambda: reactor.last_processed_event_id >= 3)
+        assert store.latest_event_id() == 6  # three pongs
+    result = cli(path, "reset", "counting_ponger", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "reset counting_ponger: position 3 -> 0; its next run processes every event again, from event 1",
+        '  (unless its class sets start_from = "end": then its next run starts after the latest event of',
+        "  that moment (now event 6) and replays nothing)",
+        "events 1-3 are a replay: self.replaying is True while it processes them; events after 3 are new to it",
+        "for this reactor, during the replay:",
+        "  done again:     every handler runs again, and so does every write it makes to the reactor's",
+        "                  own tables (the command line drops no tables), and every outside effect",
+        "                  (mail, API calls) that its handler does not guard with `if not self.replaying`",
+        "  not done again: emit_event sinks nothing (the events it emitted the first time are in the",
+        "                  store), nor anything its handlers guard with `if not self.replaying`"]
+
+
+def test_reset_of_a_projector_with_its_own_database_says_its_tables_are_kept(tmp_path: pathlib.Path) -> None:
+    from tests import processing_support as ps
+
+    path = tmp_path / "events.db"
+    with es.SQLiteEventStore(path) as store:
+        store.sink([es.Event(type="todo_added", aggregate_id="t", body={}) for _ in range(4)])
+        projector = ps.CountingProjector(str(tmp_path / "projection.db"))
+        projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= 4)
+        projector.close()
+    result = cli(path, "reset", "event_counter", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "reset event_counter: position 4 -> 0; its next run processes every event again, from event 1",
+        '  (unless its class sets start_from = "end": then its next run starts after the latest event of',
+        "  that moment (now event 4) and replays nothing)",
+        "events 1-4 are a replay: self.replaying is True while it processes them; events after 4 are new to it",
+        "its tables are not dropped by the command line: call reset() on the projector in your code to "
+        "rebuild them"]
+    assert ps.projection_position(str(tmp_path / "projection.db")) == 0
+
+
+# --- read commands never create or change anything ---------------------------------------------------
+
+READ_COMMANDS = [("events",), ("events", "--json"), ("aggregate", "todo-1"), ("processors",),
+                 ("processors", "--json"), ("stats",), ("stats", "--json")]
+
+
+def file_state(path: pathlib.Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def journal_mode(path: pathlib.Path, mode: str | None = None) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(f"PRAGMA journal_mode{f' = {mode}' if mode else ''}").fetchone()[0]
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_read_commands_open_an_sqlite_store_read_only_and_change_nothing(db: pathlib.Path, tmp_path, mode) -> None:
+    from tests import processing_support as ps
+
+    projection = tmp_path / "projection.db"
+    with es.SQLiteEventStore(db) as store:
+        run_counter(store)
+        projector = ps.CountingProjector(str(projection))  # registered in the store, its position elsewhere
+        projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= 5)
+        projector.close()
+    for path in (db, projection):  # "delete": as a backup tool may leave them; a read must not switch it
+        assert journal_mode(path, mode.upper()) == mode
+    before = {path: file_state(path) for path in (db, projection)}
+    files = sorted(os.listdir(tmp_path))
+    for command in READ_COMMANDS:
+        result = cli(db, *command)
+        assert result.returncode == 0, (command, result.stderr)
+        assert {path: file_state(path) for path in (db, projection)} == before, command
+        assert sorted(os.listdir(tmp_path)) == files, command
+    assert {s["name"]: s["position"] for s in json_lines(cli(db, "processors", "--json").stdout)} == {
+        "cli_counter": 5, "event_counter": 5}
+    assert journal_mode(db) == journal_mode(projection) == mode
+    assert cli(db, "reset", "cli_counter", "--yes").returncode == 0  # a write command still writes
+    assert position(db) == 0
+
+
+def test_read_commands_do_not_upgrade_an_older_store(db: pathlib.Path) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # as an older eventsourcery left it
+        conn.execute("UPDATE eventsourcery_schema SET version = version - 1")
+        conn.commit()
+    before = file_state(db)
+    files = sorted(os.listdir(db.parent))
+    for command in READ_COMMANDS:
+        assert_one_line_error(cli(db, *command), "opened read-only here, so nothing is created or upgraded")
+        assert file_state(db) == before, command
+        assert sorted(os.listdir(db.parent)) == files, command
+
+
+def test_read_commands_refuse_a_foreign_sqlite_file_and_leave_it_untouched(tmp_path: pathlib.Path) -> None:
+    foreign = tmp_path / "foreign.db"
+    with contextlib.closing(sqlite3.connect(foreign)) as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+        conn.execute("INSERT INTO notes (text) VALUES ('mine')")
+        conn.commit()
+    before = file_state(foreign)
+    for command in [*READ_COMMANDS, ("tail",), ("reset", "x", "--yes"), ("skip", "x", "1", "--yes")]:
+        assert_one_line_error(cli(foreign, *command), f"no eventsourcery store at {str(foreign)!r}",
+                              "not an eventsourcery event store")
+        assert file_state(foreign) == before, command
+        assert os.listdir(tmp_path) == ["foreign.db"], command
+    assert journal_mode(foreign) == "delete"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_skip_from_the_command_line_moves_a_running_processor_on(tmp_path: pathlib.Path, kind: str) -> None:
+    """Another process (the CLI) skips the damaged event a processor running here is retrying at."""
+    from tests.events import ItemAdded
+    from tests.test_operating_processors import Background
+    from tests.test_skip import damage
+
+    if kind == "sqlite":
+        store: es.EventStore = es.SQLiteEventStore(tmp_path / "events.db")
+        url = str(tmp_path / "events.db")
+    else:
+        from tests.pg_support import postgres_store, store_url
+
+        store = postgres_store()
+        url = store_url(store.schema)  # type: ignore[attr-defined]
+    try:
+        store.sink([ItemAdded(aggregate_id="items", title=f"item {n}") for n in range(1, 6)])
+        damage(store, 3)
+        counter = CLICounter(tracker=store.tracker())
+        seen: list[int] = []
+        counter.process = lambda event: seen.append(event.id)  # type: ignore[method-assign]
+        running = Background(counter, store, es.ConstantRetry(0.01))
+        try:
+            assert wait_until(lambda: json_lines(cli(url, "processors", "--json").stdout)[0]["failing_event_id"] == 3)
+            listed = cli(url, "processors").stdout
+            assert f"python -m eventsourcery {shlex.quote(url)} skip cli_counter 3" in listed
+            result = cli(url, "skip", "cli_counter", "3", "--yes")
+            assert result.returncode == 0, result.stderr
+            assert counter.wait_for(5, timeout=WAIT)
+        finally:
+            running.finish()
+        assert running.error is None
+        assert seen == [1, 2, 4, 5]
+    finally:
+        store.close()
