@@ -322,7 +322,9 @@ def _run_ddl(conn: Connection, schema: str, ddl: str) -> None:
         conn.execute(ddl)
 
 
-def _ensure_store_schema(conn: Connection, schema: str) -> None:
+def _ensure_store_schema(conn: Connection, schema: str, *, create: bool = True) -> None:
+    """Create or upgrade the store's tables in ``schema``; with ``create`` False, only check that a store
+    of this version is there (nothing is created or upgraded)."""
     table = f"{_quote(schema)}.eventsourcery_schema"
     if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (True,):
         row = conn.execute(f"SELECT max(version) FROM {table}").fetchone()
@@ -332,6 +334,13 @@ def _ensure_store_schema(conn: Connection, schema: str) -> None:
         if version is not None and version > SCHEMA_VERSION:
             raise es.StoreError(f"the store in schema {schema!r} has schema version {version}; this "
                                 f"eventsourcery_pg knows version {SCHEMA_VERSION}: upgrade eventsourcery")
+        if not create:
+            raise es.StoreError(f"the store in schema {schema!r} has schema version {version}, older than this "
+                                f"eventsourcery_pg's {SCHEMA_VERSION}, and is not upgraded when opened with "
+                                "create=False (nor by a read command): open it once with create=True (start the "
+                                "application) to upgrade it")
+    elif not create:
+        raise es.StoreError(f"no eventsourcery store in schema {schema!r}")
     _run_ddl(conn, schema, _store_ddl(schema))
 
 
@@ -524,7 +533,7 @@ class _StoreDatabase(PostgresDatabase):
             if conn.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone() == (True,):
                 raise es.StoreError(f"no eventsourcery store at {describe_conninfo(self.conninfo)} "
                                     f"(schema {self.schema!r})")
-        _ensure_store_schema(conn, self.schema)
+        _ensure_store_schema(conn, self.schema, create=self.create)
 
 
 # ---------------------------------------------------------------------------

@@ -543,3 +543,17 @@ def test_an_older_store_schema_is_upgraded_and_a_newer_one_refused(url, schema, 
     admin.execute(f'UPDATE "{schema}".eventsourcery_schema SET version = %s', (es_pg.SCHEMA_VERSION + 1,))
     with pytest.raises(es.StoreError, match="upgrade eventsourcery"):
         es_pg.PostgresEventStore(url, schema=schema)
+
+
+def test_an_older_store_opened_with_create_false_is_refused_untouched(url, schema, admin):
+    with es_pg.PostgresEventStore(url, schema=schema) as s:
+        s.sink(ItemAdded(aggregate_id="v", title="kept"))
+    admin.execute(f'UPDATE "{schema}".eventsourcery_schema SET version = %s', (es_pg.SCHEMA_VERSION - 1,))
+    admin.execute(f'DROP FUNCTION "{schema}".eventsourcery_write_groups')
+    with pytest.raises(es.StoreError, match="not upgraded when opened with create=False"):
+        es_pg.PostgresEventStore(url, schema=schema, create=False)
+    assert admin.execute(f'SELECT version FROM "{schema}".eventsourcery_schema').fetchall() == [
+        (es_pg.SCHEMA_VERSION - 1,)]
+    assert admin.execute("SELECT to_regprocedure(%s)", (
+        f'"{schema}".eventsourcery_write_groups(text[], bigint[], integer[], text[], text[], timestamptz[], '
+        "text[], text[], text[], text[], boolean)",)).fetchone() == (None,)  # nothing was created
