@@ -3290,6 +3290,10 @@ def _skip_command(store: str, processor_name: str, event_id: int) -> str:
     return f"python -m eventsourcery {store} skip {shlex.quote(processor_name)} {event_id}"
 
 
+#: ``store``: the store of the processor whose error the calling thread's error handler is handling
+_handling = threading.local()
+
+
 class EventStreamProcessor:
     """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
 
@@ -3467,7 +3471,11 @@ class EventStreamProcessor:
                             raise
                         stuck_at = _failing_event_id(exc)
                         self._report_failure(exc)
-                        interval = handler.handle(exc, name)
+                        _handling.store = store  # so that the handler's hint names it
+                        try:
+                            interval = handler.handle(exc, name)
+                        finally:
+                            _handling.store = None
                         if interval is None:
                             self._given_up = exc  # reported already: run_processor only raises it
                             raise
@@ -3979,9 +3987,12 @@ class ErrorHandler:
             config.logger.warning("[%s] %s; waiting for it to stop", processor_name, error)
         else:
             event_id = _failing_event_id(error)
+            store: EventStore | None = getattr(_handling, "store", None)
+            location = store.database.location if store is not None and store.database is not None else None
             hint = "" if event_id is None else (
                 f"; to move it past event {event_id} without processing it: "
-                f"{_skip_command('STORE', processor_name, event_id)} (or es.skip_event)")
+                f"{_skip_command(shlex.quote(location) if location else 'STORE', processor_name, event_id)} "
+                "(or es.skip_event)")
             config.logger.error("[%s] processor failed: %s%s", processor_name, error, hint, exc_info=cause)
             config.on_event_processor_error(cause, processor_name)
         interval = self.retry_interval(error)

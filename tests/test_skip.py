@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import shlex
 
 import pytest
 
@@ -84,7 +85,8 @@ def test_a_running_processor_stuck_at_an_event_goes_on_once_it_is_skipped(store,
         assert wait_until(lambda: failing_at(store, stuck))
         assert recorder.seen == {1: 1, 2: 1, 4: 1}  # everything before it, even past a damaged row
         assert recorder.last_processed_event_id == stuck - 1
-        hint = f"python -m eventsourcery STORE skip skip_recorder {stuck}"
+        location = store.database.location if store.database is not None else None  # memory: no location
+        hint = f"python -m eventsourcery {shlex.quote(location) if location else 'STORE'} skip skip_recorder {stuck}"
         assert wait_until(lambda: hint in caplog.text)  # the error handler's log line says how
         es.skip_event(store, "skip_recorder", stuck)
         assert recorder.wait_for(8, timeout=WAIT)
