@@ -925,7 +925,7 @@ def test_reset_of_a_projector_with_its_own_database_says_its_tables_are_kept(tmp
 
     path = tmp_path / "events.db"
     with es.SQLiteEventStore(path) as store:
-        store.sink([es.Event(type="todo_added", aggregate_id="t", body={}) for _ in range(4)])
+        store.sink([es.Event(type="cli_test.unregistered_thing", aggregate_id="t", body={}) for _ in range(4)])
         projector = ps.CountingProjector(str(tmp_path / "projection.db"))
         projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= 4)
         projector.close()
