@@ -2111,14 +2111,15 @@ _T = TypeVar("_T")
 class _Write(typing.Generic[_T]):
     """One thread's work for the writer, handed to whichever thread commits it, and its outcome."""
 
-    __slots__ = ("work", "result", "error", "done", "woken")
+    __slots__ = ("work", "result", "error", "done", "leads", "woken")
 
     def __init__(self, work: Callable[[sqlite3.Connection], _T]) -> None:
         self.work = work
         self.result: _T | None = None
         self.error: BaseException | None = None
-        self.done = False  # the outcome is in (woken but not done: this thread is to commit next)
-        self.woken = threading.Event()
+        self.done = False  # the outcome is in
+        self.leads = False  # its thread is to wait for the writer's lock and commit what is queued then
+        self.woken = threading.Event()  # set when either becomes true
 
     def outcome(self) -> _T:
         """The work's result, or its error raised."""
@@ -2128,12 +2129,13 @@ class _Write(typing.Generic[_T]):
 
 
 class _WriterQueue:
-    """The writes of threads that found the writer busy, and whether some thread is bound to commit them.
+    """The writes of threads that found the writer busy, and whether one of those threads leads.
 
-    The leader is a thread that holds, or waits for, the writer's ``lock`` and takes
-    every write waiting when it has it. No write waits without a leader: a thread
-    that finds none becomes it, and a leader going hands the duty to the first
-    write still waiting (taken out of the queue, so it is that thread's own).
+    Whoever has the writer's ``lock`` commits every write queued at that moment
+    with its own. So that no write waits for nothing, one waiting thread, the
+    leader, waits for the lock instead of for its outcome: a thread that finds
+    no leader becomes it, and a leader that is done hands the duty on to the
+    thread of the first write still queued, or leaves none when none is.
     """
 
     __slots__ = ("mutex", "waiting", "leader")
@@ -2144,16 +2146,16 @@ class _WriterQueue:
         self.leader = False
 
     def join(self, write: _Write[Any]) -> bool:
-        """Queue ``write`` behind the leader (False), or make the caller the leader when there is none (True)."""
+        """Queue ``write``; True when the caller becomes the leader (there was none)."""
         with self.mutex:
+            self.waiting.append(write)
             if self.leader:
-                self.waiting.append(write)
                 return False
-            self.leader = True
+            self.leader = write.leads = True
             return True
 
     def take(self) -> list[_Write[Any]]:
-        """Every write waiting now, out of the queue."""
+        """Every write queued now, out of the queue."""
         if not self.waiting:  # (a write queued just after this has a leader to take it)
             return []
         with self.mutex:
@@ -2161,12 +2163,13 @@ class _WriterQueue:
         return taken
 
     def hand_on(self) -> None:
-        """The leader is done: the first waiting write's thread leads next, or nobody does."""
+        """The leader is done: the thread of the first write still queued leads next, or nobody does."""
         with self.mutex:
             if not self.waiting:
                 self.leader = False
                 return
-            successor = self.waiting.pop(0)
+            successor = self.waiting[0]
+            successor.leads = True
         successor.woken.set()
 
 
@@ -2259,11 +2262,13 @@ class SQLiteDatabase(Database):
         own = _Write(work)
         if not self._writers.join(own):
             own.woken.wait()
-            if own.done:
+            if not own.leads:
                 return own.outcome()
-        try:  # this thread leads: it commits its own work and whatever waits once it has the writer
-            with session.lock:
-                self._commit_together([own, *self._writers.take()])
+        try:  # this thread leads: once it has the writer it commits what is queued (its own, unless
+            with session.lock:  # a thread that had the writer before it took that too)
+                waiting = self._writers.take()
+                if waiting:
+                    self._commit_together(waiting)
         finally:
             self._writers.hand_on()
         return own.outcome()
