@@ -1541,7 +1541,9 @@ class Database(abc.ABC):
         errors = self.driver_errors
         session = self._session()
         with session.lock:
-            conn = self.connection
+            conn = session.conn
+            if conn is None or not self._connection_usable(conn):
+                conn = self.connection  # opened (again)
             if session.depth:
                 name = f"es_sp{session.depth + 1}"
                 try:
