@@ -2191,14 +2191,15 @@ class SQLiteDatabase(Database):
     closed and opened again.
 
     Threads: writes take turns on the process's one connection (``lock``),
-    and sinks that arrive while another thread writes are committed together
-    (``group_commit``); reads outside the calling thread's transaction go to a reader connection
-    of that thread's own (read-only, opened on first use), which WAL lets read
-    beside the writer, so a read waits neither for other readers nor for a
-    write in progress. A thread's reads inside its ``transaction()`` use the
-    writer, and see the transaction's uncommitted writes. (An in-memory
-    database, a ``file:`` URI, a connection you opened and a read-only file
-    have no readers: there every read takes its turn on the one connection.)
+    and the sinks that arrive while another thread writes are committed
+    together (``group_commit``); reads outside the calling thread's
+    transaction go to a reader connection of that thread's own (read-only,
+    opened on first use), which WAL lets read beside the writer, so a read
+    waits neither for other readers nor for a write in progress. A thread's
+    reads inside its ``transaction()`` use the writer, and see the
+    transaction's uncommitted writes. (An in-memory database, a ``file:``
+    URI, a connection you opened and a read-only file have no readers: there
+    every read takes its turn on the one connection.)
     """
 
     begin_statement: ClassVar[str] = "BEGIN IMMEDIATE"
