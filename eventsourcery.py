@@ -1714,7 +1714,9 @@ class Database(abc.ABC):
         errors = self.driver_errors
         session = self._session()
         with session.lock:
-            conn = self.connection
+            conn = session.conn
+            if conn is None or not self._connection_usable(conn):
+                conn = self.connection  # opened (again)
             if session.depth:
                 name = f"es_sp{session.depth + 1}"
                 try:
@@ -2315,6 +2317,74 @@ class MemoryEventStore(EventStore):
 # The SQLite backend: its database, event store, tracker and locks.
 # ---------------------------------------------------------------------------
 
+_T = TypeVar("_T")
+
+
+class _Write(typing.Generic[_T]):
+    """One thread's work for the writer, handed to whichever thread commits it, and its outcome."""
+
+    __slots__ = ("work", "result", "error", "done", "leads", "woken")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], _T]) -> None:
+        self.work = work
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+        self.done = False  # the outcome is in
+        self.leads = False  # its thread is to wait for the writer's lock and commit what is queued then
+        self.woken = threading.Event()  # set when either becomes true
+
+    def outcome(self) -> _T:
+        """The work's result, or its error raised."""
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]  # (None only when _T admits it)
+
+
+class _WriterQueue:
+    """The writes of threads that found the writer busy, and whether one of those threads leads.
+
+    Whoever has the writer's ``lock`` commits every write queued at that moment
+    with its own. So that no write waits for nothing, one waiting thread, the
+    leader, waits for the lock instead of for its outcome: a thread that finds
+    no leader becomes it, and a leader that is done hands the duty on to the
+    thread of the first write still queued, or leaves none when none is.
+    """
+
+    __slots__ = ("mutex", "waiting", "leader")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.waiting: list[_Write[Any]] = []
+        self.leader = False
+
+    def join(self, write: _Write[Any]) -> bool:
+        """Queue ``write``; True when the caller becomes the leader (there was none)."""
+        with self.mutex:
+            self.waiting.append(write)
+            if self.leader:
+                return False
+            self.leader = write.leads = True
+            return True
+
+    def take(self) -> list[_Write[Any]]:
+        """Every write queued now, out of the queue."""
+        if not self.waiting:  # (a write queued just after this has a leader to take it)
+            return []
+        with self.mutex:
+            taken, self.waiting = self.waiting, []
+        return taken
+
+    def hand_on(self) -> None:
+        """The leader is done: the thread of the first write still queued leads next, or nobody does."""
+        with self.mutex:
+            if not self.waiting:
+                self.leader = False
+                return
+            successor = self.waiting[0]
+            successor.leads = True
+        successor.woken.set()
+
+
 class SQLiteDatabase(Database):
     """This process's connection to one SQLite file (or a connection you opened yourself).
 
@@ -2333,14 +2403,16 @@ class SQLiteDatabase(Database):
     transaction begins: StoreError, nothing written, until the database is
     closed and opened again.
 
-    Threads: writes take turns on the process's one connection (``lock``);
-    reads outside the calling thread's transaction go to a reader connection
-    of that thread's own (read-only, opened on first use), which WAL lets read
-    beside the writer, so a read waits neither for other readers nor for a
-    write in progress. A thread's reads inside its ``transaction()`` use the
-    writer, and see the transaction's uncommitted writes. (An in-memory
-    database, a ``file:`` URI, a connection you opened and a read-only file
-    have no readers: there every read takes its turn on the one connection.)
+    Threads: writes take turns on the process's one connection (``lock``),
+    and the sinks that arrive while another thread writes are committed
+    together (``group_commit``); reads outside the calling thread's
+    transaction go to a reader connection of that thread's own (read-only,
+    opened on first use), which WAL lets read beside the writer, so a read
+    waits neither for other readers nor for a write in progress. A thread's
+    reads inside its ``transaction()`` use the writer, and see the
+    transaction's uncommitted writes. (An in-memory database, a ``file:``
+    URI, a connection you opened and a read-only file have no readers: there
+    every read takes its turn on the one connection.)
     """
 
     begin_statement: ClassVar[str] = "BEGIN IMMEDIATE"
@@ -2374,7 +2446,91 @@ class SQLiteDatabase(Database):
         if self._given is not None:
             raise TypeError("an SQLite database given as an open connection cannot be sent to another process; "
                             "pass its file path instead")
-        return super().__getstate__()
+        state = super().__getstate__()
+        state.pop("_writers", None)
+        return state
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._writers = _WriterQueue()  # (after a fork: the parent's waiting threads are not in the child)
+
+    def group_commit(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work(conn)`` on the writer and commit it; returns its result once the commit is durable.
+
+        Inside the calling thread's ``transaction()`` the work joins that
+        transaction. Otherwise the works that threads of this process hand in
+        while the writer is busy are committed together: one BEGIN IMMEDIATE,
+        a savepoint each, one COMMIT (one fsync for all of them). An exception
+        of ``work`` undoes its own writes only, and is raised to its caller
+        alone; when the transaction fails as a whole (BEGIN, COMMIT, or an
+        error that ends it) nothing of the group is stored and every caller
+        gets a StoreError. With no other thread writing, this is one
+        ``transaction()`` around ``work``.
+        """
+        session = self._session()
+        if session.lock.acquire(False):  # the writer is free, or the calling thread's already
+            try:
+                if session.depth or not self._writers.waiting:  # (depth: the calling thread's transaction)
+                    with self.transaction() as conn:
+                        return work(conn)
+                own = _Write(work)
+                self._commit_together([own, *self._writers.take()])
+                return own.outcome()
+            finally:
+                session.lock.release()
+        own = _Write(work)
+        if not self._writers.join(own):
+            own.woken.wait()
+            if not own.leads:
+                return own.outcome()
+        try:  # this thread leads: once it has the writer it commits what is queued (its own, unless
+            with session.lock:  # a thread that had the writer before it took that too)
+                waiting = self._writers.take()
+                if waiting:
+                    self._commit_together(waiting)
+        finally:
+            self._writers.hand_on()
+        return own.outcome()
+
+    def _commit_together(self, writes: list[_Write[Any]]) -> None:
+        """Run the works in one transaction, a savepoint each, and commit once (the caller has the
+        writer); then give every write its outcome and wake the threads waiting for them."""
+        try:
+            with self.transaction() as conn:
+                for write in writes:
+                    conn.execute("SAVEPOINT es_write")
+                    try:
+                        write.result = write.work(conn)
+                    except Exception as exc:
+                        write.error = exc
+                        if not conn.in_transaction:  # SQLite rolled back everything (some I/O errors do)
+                            raise StoreError(f"the transaction of {self!r} that this write shared with "
+                                             f"others was rolled back by one of them: {exc}") from exc
+                        conn.execute("ROLLBACK TO SAVEPOINT es_write")
+                    conn.execute("RELEASE SAVEPOINT es_write")
+        except BaseException as exc:  # nothing of the group is stored
+            for write in writes:
+                if write.error is None:
+                    write.result, write.error = None, self._group_failure(exc)
+            if not isinstance(exc, Exception):  # this thread was interrupted: the waiting ones have their errors
+                raise
+        finally:
+            for write in writes:
+                write.done = True
+                write.woken.set()
+
+    def _group_failure(self, exc: BaseException) -> StoreError:
+        """The error for each write of a group whose transaction failed: a new one each, as one exception
+        raised in several threads at once would mix their tracebacks."""
+        if isinstance(exc, StoreError):
+            error, cause = type(exc)(*exc.args), exc.__cause__
+        elif isinstance(exc, sqlite3.Error):
+            error, cause = self.error(exc, "commit writes together; nothing was written"), exc
+        else:
+            error, cause = StoreError(f"the transaction of {self!r} was abandoned ({exc!r}); "
+                                      "nothing was written"), exc
+        error.__cause__ = cause
+        return error
 
     def _create_connection(self) -> sqlite3.Connection:
         if self._given is not None:
@@ -2780,22 +2936,25 @@ class SQLiteEventStore(EventStore):
 
     def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
         events, aggregate_id, rows = encode_events(event_or_events, expected_version)
+
+        def append(conn: sqlite3.Connection) -> tuple[int, int]:
+            current = conn.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
+                                   (aggregate_id,)).fetchone()[0] or 0
+            if expected_version is not None and current != expected_version:
+                raise ConcurrencyError(f"aggregate {aggregate_id!r} is at version {current}, "
+                                       f"expected {expected_version}")
+            # Rowids are max + 1 under the write lock, so a batch's ids are contiguous.
+            values = [(r.uuid, r.aggregate_id, r.type, current + 1 + i, r.created_at.isoformat(),  # type: ignore[union-attr]
+                       r.correlation_id, r.causation_id, r.metadata, r.body) for i, r in enumerate(rows)]
+            if len(values) == 1:
+                last_id = conn.execute(self._INSERT, values[0]).lastrowid or 0
+            else:
+                conn.executemany(self._INSERT, values)
+                last_id = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            return last_id - len(values) + 1, current
+
         try:
-            with self._db.transaction() as conn:
-                current = conn.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
-                                       (aggregate_id,)).fetchone()[0] or 0
-                if expected_version is not None and current != expected_version:
-                    raise ConcurrencyError(f"aggregate {aggregate_id!r} is at version {current}, "
-                                           f"expected {expected_version}")
-                # Rowids are max + 1 under the write lock, so a batch's ids are contiguous.
-                values = [(r.uuid, r.aggregate_id, r.type, current + 1 + i, r.created_at.isoformat(),  # type: ignore[union-attr]
-                           r.correlation_id, r.causation_id, r.metadata, r.body) for i, r in enumerate(rows)]
-                if len(values) == 1:
-                    last_id = conn.execute(self._INSERT, values[0]).lastrowid or 0
-                else:
-                    conn.executemany(self._INSERT, values)
-                    last_id = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-                first_id = last_id - len(values) + 1
+            first_id, current = self._db.group_commit(append)  # with other threads' sinks, if they wait
         except sqlite3.IntegrityError as exc:
             if "uuid" in str(exc):
                 raise DuplicateEventError(f"an event with one of these uuids is already stored: "
