@@ -1370,42 +1370,115 @@ class Stopper:
             time.sleep(min(left, 0.05))
 
 
-class _GroupMember:
-    """One request waiting in a GroupCommit: its outcome, and the gate its thread waits at."""
+_T = TypeVar("_T")
 
-    __slots__ = ("request", "outcome", "gate", "leads")
 
-    def __init__(self, request: Any) -> None:
-        self.request = request
-        self.outcome: Any = None
-        self.gate = threading.Lock()
-        self.gate.acquire()  # released when the outcome is in, or when this member is to lead
-        self.leads = False
+class _Write(typing.Generic[_T]):
+    """One thread's write, handed to whichever thread commits it (a GroupCommit request, or an SQLite
+    sink's work), and its outcome."""
+
+    __slots__ = ("work", "result", "error", "done", "leads", "woken")
+
+    def __init__(self, work: Any) -> None:
+        self.work = work
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+        self.done = False  # the outcome is in
+        self.leads = False  # its thread is to wait for the writer's lock and commit what is queued then
+        self.woken = threading.Event()  # set when either becomes true
+
+    def outcome(self) -> _T:
+        """The work's result, or its error raised."""
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]  # (None only when _T admits it)
+
+
+class _WriterQueue:
+    """The writes of threads that found the writer busy, and whether one of those threads leads.
+
+    Whoever writes next commits every write queued at that moment. So that no
+    write waits for nothing, one waiting thread, the leader, writes (or waits
+    for the writer) instead of waiting for its outcome: a thread that finds no
+    leader becomes it, and a leader that is done hands the duty on to the
+    thread of the first write still queued, or leaves none when none is.
+    """
+
+    __slots__ = ("mutex", "waiting", "leader")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.waiting: list[_Write[Any]] = []
+        self.leader = False
+
+    def join(self, write: _Write[Any]) -> bool:
+        """Queue ``write``; True when the caller becomes the leader (there was none)."""
+        with self.mutex:
+            self.waiting.append(write)
+            if self.leader:
+                return False
+            self.leader = write.leads = True
+            return True
+
+    def take(self) -> list[_Write[Any]]:
+        """Every write queued now, out of the queue."""
+        if not self.waiting:  # (a write queued just after this has a leader to take it)
+            return []
+        with self.mutex:
+            taken, self.waiting = self.waiting, []
+        return taken
+
+    def lead_alone(self) -> bool:
+        """Become the leader if there is none and nothing is queued (a write of one, at once)."""
+        with self.mutex:
+            if self.leader or self.waiting:
+                return False
+            self.leader = True
+            return True
+
+    def leave(self, write: _Write[Any]) -> None:
+        """A queued write whose thread was interrupted while it waited: out of the queue (not written,
+        unless it was taken already), handing the lead on if it had just been given it."""
+        with self.mutex:
+            if write in self.waiting:
+                self.waiting.remove(write)
+            handed = write.leads
+        if handed:
+            self.hand_on()
+
+    def hand_on(self) -> None:
+        """The leader is done: the thread of the first write still queued leads next, or nobody does."""
+        with self.mutex:
+            if not self.waiting:
+                self.leader = False
+                return
+            successor = self.waiting[0]
+            successor.leads = True
+        successor.woken.set()
 
 
 class GroupCommit:
     """Writes from threads of one process committed together: one commit (one fsync) for all that wait.
 
-    ``write(request)`` queues ``request`` and returns its outcome. The first
-    thread to arrive while no group is being written leads: it takes every
-    request waiting at that moment (at most ``max_group``), calls
-    ``write_group(requests)`` once, hands each waiting thread its outcome,
-    and passes the lead to the first request that arrived meanwhile. So a
-    thread alone writes at once (a group of one), and threads that arrive
-    while a commit is under way share the next one, in arrival order.
+    ``write(request)`` returns the request's outcome. A thread that finds
+    nobody writing writes its request at once (a group of one). Requests that
+    arrive meanwhile queue; one of their threads leads: it takes every request
+    queued at that moment, calls ``write_group(requests)`` once, hands each
+    waiting thread its outcome, and passes the lead to the first request that
+    arrived meanwhile. So a thread alone writes at once, and threads that
+    arrive while a commit is under way share the next one, in arrival order.
 
     ``write_group`` returns one outcome per request, in order: a result, or
     an exception, which ``write`` raises in that request's thread. If it
     raises, every request of the group raises that error.
     """
 
-    def __init__(self, write_group: Callable[[list[Any]], list[Any]], *, max_group: int = 256) -> None:
+    def __init__(self, write_group: Callable[[list[Any]], list[Any]]) -> None:
         self.write_group = write_group
-        self.max_group = max_group
         self._reset()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"write_group": self.write_group, "max_group": self.max_group}
+        return {"write_group": self.write_group}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -1413,83 +1486,53 @@ class GroupCommit:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._mutex = threading.Lock()
-        self._queue: list[_GroupMember] = []
-        self._busy = False  # a leader is writing a group
+        self._writers = _WriterQueue()
 
     @property
     def waiting(self) -> int:
         """How many requests wait for a group to be written (the one being written not counted)."""
-        return len(self._queue)
+        return len(self._writers.waiting)
 
     def write(self, request: Any) -> Any:
         """Write ``request`` in the next group; its outcome once that group has been written."""
         if self._pid != os.getpid():
             self._reset()  # a forked child: the parent's threads and queue are not here
-        member: _GroupMember | None = None
-        with self._mutex:
-            if self._busy:
-                member = _GroupMember(request)
-                self._queue.append(member)
-            else:
-                self._busy = True
-        if member is None:  # nobody else is writing: a group of one, at once
+        writers = self._writers
+        if writers.lead_alone():  # nobody else is writing: a group of one, at once
             try:
-                return self._outcome(self.write_group([request])[0])
+                (outcome,) = self.write_group([request])
             finally:
-                with self._mutex:
-                    self._pass_the_lead()
-        try:
-            member.gate.acquire()
-        except BaseException:  # interrupted (KeyboardInterrupt) while waiting: never strand the queue
-            self._leave(member)
-            raise
-        if member.leads:
-            self._lead()
-        return self._outcome(member.outcome)
-
-    def _lead(self) -> None:
-        """Write the waiting requests (this thread's first among them) as one group, then pass the lead."""
-        try:
-            with self._mutex:
-                group, self._queue = self._queue[:self.max_group], self._queue[self.max_group:]
+                writers.hand_on()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        own: _Write[Any] = _Write(request)
+        if not writers.join(own):
             try:
-                outcomes = self.write_group([m.request for m in group])
+                own.woken.wait()
+            except BaseException:  # interrupted (KeyboardInterrupt) while waiting: never strand the queue
+                writers.leave(own)
+                raise
+            if not own.leads:
+                return own.outcome()
+        try:
+            group = writers.take()
+            try:
+                outcomes = self.write_group([w.work for w in group])
                 if len(outcomes) != len(group):
                     raise RuntimeError(f"write_group gave {len(outcomes)} outcomes for {len(group)} requests")
-            except BaseException as exc:  # noqa: BLE001 - every member of the group raises it
+            except BaseException as exc:  # noqa: BLE001 - every request of the group raises it
                 outcomes = [exc] * len(group)
-            for member, outcome in zip(group, outcomes, strict=True):
-                member.outcome = outcome
-                if not member.leads:  # (the leader is not waiting)
-                    member.gate.release()
+            for write, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    write.error = outcome
+                else:
+                    write.result = outcome
+                write.done = True
+                write.woken.set()
         finally:
-            with self._mutex:
-                self._pass_the_lead()
-
-    @staticmethod
-    def _outcome(outcome: Any) -> Any:
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    def _pass_the_lead(self) -> None:
-        """(Under the mutex, by the leader that is done) the first waiting request leads next."""
-        if self._queue:
-            successor = self._queue[0]
-            successor.leads = True
-            successor.gate.release()
-        else:
-            self._busy = False
-
-    def _leave(self, member: _GroupMember) -> None:
-        """A waiting request whose thread was interrupted: out of the queue (not written, unless its
-        group is being written already), passing the lead on if it had just been given it."""
-        with self._mutex:
-            if member in self._queue:
-                self._queue.remove(member)
-            if member.leads:
-                self._pass_the_lead()
+            writers.hand_on()
+        return own.outcome()
 
 
 class _Session:
@@ -2317,74 +2360,6 @@ class MemoryEventStore(EventStore):
 # The SQLite backend: its database, event store, tracker and locks.
 # ---------------------------------------------------------------------------
 
-_T = TypeVar("_T")
-
-
-class _Write(typing.Generic[_T]):
-    """One thread's work for the writer, handed to whichever thread commits it, and its outcome."""
-
-    __slots__ = ("work", "result", "error", "done", "leads", "woken")
-
-    def __init__(self, work: Callable[[sqlite3.Connection], _T]) -> None:
-        self.work = work
-        self.result: _T | None = None
-        self.error: BaseException | None = None
-        self.done = False  # the outcome is in
-        self.leads = False  # its thread is to wait for the writer's lock and commit what is queued then
-        self.woken = threading.Event()  # set when either becomes true
-
-    def outcome(self) -> _T:
-        """The work's result, or its error raised."""
-        if self.error is not None:
-            raise self.error
-        return self.result  # type: ignore[return-value]  # (None only when _T admits it)
-
-
-class _WriterQueue:
-    """The writes of threads that found the writer busy, and whether one of those threads leads.
-
-    Whoever has the writer's ``lock`` commits every write queued at that moment
-    with its own. So that no write waits for nothing, one waiting thread, the
-    leader, waits for the lock instead of for its outcome: a thread that finds
-    no leader becomes it, and a leader that is done hands the duty on to the
-    thread of the first write still queued, or leaves none when none is.
-    """
-
-    __slots__ = ("mutex", "waiting", "leader")
-
-    def __init__(self) -> None:
-        self.mutex = threading.Lock()
-        self.waiting: list[_Write[Any]] = []
-        self.leader = False
-
-    def join(self, write: _Write[Any]) -> bool:
-        """Queue ``write``; True when the caller becomes the leader (there was none)."""
-        with self.mutex:
-            self.waiting.append(write)
-            if self.leader:
-                return False
-            self.leader = write.leads = True
-            return True
-
-    def take(self) -> list[_Write[Any]]:
-        """Every write queued now, out of the queue."""
-        if not self.waiting:  # (a write queued just after this has a leader to take it)
-            return []
-        with self.mutex:
-            taken, self.waiting = self.waiting, []
-        return taken
-
-    def hand_on(self) -> None:
-        """The leader is done: the thread of the first write still queued leads next, or nobody does."""
-        with self.mutex:
-            if not self.waiting:
-                self.leader = False
-                return
-            successor = self.waiting[0]
-            successor.leads = True
-        successor.woken.set()
-
-
 class SQLiteDatabase(Database):
     """This process's connection to one SQLite file (or a connection you opened yourself).
 
@@ -2473,14 +2448,18 @@ class SQLiteDatabase(Database):
                 if session.depth or not self._writers.waiting:  # (depth: the calling thread's transaction)
                     with self.transaction() as conn:
                         return work(conn)
-                own = _Write(work)
+                own: _Write[_T] = _Write(work)
                 self._commit_together([own, *self._writers.take()])
                 return own.outcome()
             finally:
                 session.lock.release()
         own = _Write(work)
         if not self._writers.join(own):
-            own.woken.wait()
+            try:
+                own.woken.wait()
+            except BaseException:  # interrupted (KeyboardInterrupt) while waiting: never strand the queue
+                self._writers.leave(own)
+                raise
             if not own.leads:
                 return own.outcome()
         try:  # this thread leads: once it has the writer it commits what is queued (its own, unless
