@@ -204,3 +204,10 @@ QUERIES = {
     "scheduled": scheduled_todos,
     "completed": completed_todos,
 }
+
+#: The projector whose tables each query reads (the one to wait for to read your writes).
+QUERY_PROJECTORS = {
+    "outstanding": OutstandingTodos,
+    "scheduled": ScheduledTodos,
+    "completed": CompletedTodos,
+}
