@@ -60,7 +60,7 @@ from examples.todo.projections import (
     scheduled_todos,
 )
 from examples.todo.reactor import TodoCompletedNotifier
-from examples.todo.web import BEHIND_HEADER, EVENT_ID_HEADER, TodoApp, make_server, wanted_event_id
+from examples.todo.web import BEHIND_HEADER, EVENT_ID_HEADER, TodoApp, encode_rows, make_server, wanted_event_id
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 D = datetime.date
@@ -1302,3 +1302,15 @@ def test_read_your_writes_over_http(running_app):
         assert (status, body) == (400, BAD_EVENT_ID)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
+
+
+@pytest.mark.parametrize("rows", [
+    [],
+    [{"todo_id": "a", "title": "x", "description": None, "due_date": "2017-07-13", "added": 12}],
+    [{"todo_id": "a\"b\\c\n\t\x01\x7f", "title": "\u20ac \u2028 \U0001f600 \ud800"}, {"todo_id": "b"}],
+    [{"a": 1}, {}],  # an empty object: json.dumps's own
+    [{"a": True, "b": 1.5, "c": [1, {"d": None}]}],  # other values: json.dumps's own
+    [{1: "x"}],
+])
+def test_encoded_answers_are_what_json_dumps_makes(rows):
+    assert encode_rows(rows) == json.dumps(rows, indent=2, ensure_ascii=False) + "\n"

@@ -49,10 +49,12 @@ import json
 import re
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C string encoder, when built
 from urllib.parse import unquote, urlsplit
 
 import eventsourcery as es
@@ -274,7 +276,38 @@ class TodoApp:
 
 
 def encode_rows(rows: list[dict]) -> str:
-    """A query's rows as the API answers them: JSON, indented by 2, non-ASCII kept, with a final newline."""
+    """A query's rows as the API answers them: JSON, indented by 2, non-ASCII kept, with a final newline.
+
+    The same text as ``json.dumps(rows, indent=2, ensure_ascii=False) + "\\n"``, made faster for
+    what the queries return (dicts of text, None and ints): ``json`` encodes indented output in
+    Python, value by value, while each string here goes through its C string encoder. Anything
+    else is left to ``json.dumps``.
+    """
+    quote = encode_basestring
+    parts = []
+    for row in rows:
+        if row.__class__ is not dict or not row:
+            break
+        items = []
+        for key, value in row.items():
+            kind = value.__class__
+            if kind is str:
+                text = quote(value)
+            elif value is None:
+                text = "null"
+            elif kind is int:
+                text = int.__repr__(value)
+            else:
+                break
+            if key.__class__ is not str:
+                break
+            items.append(f"    {quote(key)}: {text}")
+        else:
+            parts.append("  {\n" + ",\n".join(items) + "\n  }")
+            continue
+        break
+    else:
+        return "[\n" + ",\n".join(parts) + "\n]\n" if parts else "[]\n"
     return json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -545,6 +578,19 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
                 lines.append("Connection: close")
             data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "strict") + data
         self.wfile.write(data)
+
+    _date = (0, "")  # (second, Date header text) of the last answer, shared by the threads
+
+    def date_time_string(self, timestamp=None):
+        """The Date header's text, formatted once a second rather than for every answer."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = int(time.time())
+        second, text = TodoRequestHandler._date
+        if second != now:
+            text = super().date_time_string(now)
+            TodoRequestHandler._date = (now, text)
+        return text
 
     def finish(self):
         try:
