@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # `python bench/__main__.py`
 from bench import common as C  # noqa: E402
 
 UNITS = {"a": "commands", "b": "events", "c": "events", "d": "events", "e": "events",
-         "f": "events", "g": "events", "h": "events", "i": "commands", "j": "reads"}
+         "f": "events", "g": "events", "h": "events", "i": "commands", "j": "reads", "k": "requests"}
 TITLES = {
     "a": "commands: load + 1 event + save",
     "b": "batch append to 1 aggregate",
@@ -39,6 +39,7 @@ TITLES = {
     "h": "load 1 long aggregate: from its latest snapshot vs full replay",
     "i": "N threads, one store object: commands (cmdN) and single-event appends (sinkN)",
     "j": "read latency (load a 10-event aggregate) while another thread of the process writes",
+    "k": "the todo app over HTTP under wrk: GET /todos/outstanding (200 todos), POST adds; N connections",
 }
 
 
@@ -547,6 +548,27 @@ class Harness:
                      max_ms=max(lat) * 1e3 if lat else None, writes_meanwhile=writes.get(name),
                      note="events/s here: reads per second of read time")
 
+    def w_k(self, backend):
+        """The todo example's HTTP server (bench/todo_http.py), eventsourcery only; needs wrk."""
+        from bench import todo_http
+
+        if todo_http.wrk_path() is None:
+            self.skip("k", backend, "eventsourcery", "wrk is not installed")
+            return
+        seconds = 2.0 if self.args.quick else 3.0
+        with contextlib.ExitStack() as stack:
+            store = None
+            if backend == "postgres":
+                store = stack.enter_context(todo_http.postgres_database(C.pg_conninfo()))
+            points = todo_http.run(store=store, seconds=seconds, log=self.log)
+        for r in points:
+            if not r.get("req_per_s") or not r.get("requests"):
+                continue
+            extra = {"created": r["created"], "stored": r.get("events")} if r["kind"] == "add" else {}
+            self.add("k", backend, "eventsourcery", r["requests"], [r["requests"] / r["req_per_s"]],
+                     variant=f"{r['kind']}{r['connections']:02d}", p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
+                     non_2xx=r["non_2xx"], socket_errors=r["socket_errors"], **extra)
+
     # ------------------------------------------------------------------ ratios, table
     def ratios(self):
         for row in self.results:
@@ -625,6 +647,12 @@ class Harness:
             r = row("j", backend)
             if r and r.get("p99_vs_raw") is not None:
                 check("(j) read p99 under a writer vs raw", backend, r["p99_vs_raw"], "<=", 1.5, "x")
+            one, many = row("k", backend, "get01"), row("k", backend, "get32")
+            if one and one.get("p50_ms") is not None:
+                check("(k) keep-alive GET p50, 1 connection", backend, one["p50_ms"], "<", 2.0, " ms")
+            if one and many and one.get("events_per_s"):
+                check("(k) GETs/s at 32 connections / at 1", backend, many["events_per_s"] / one["events_per_s"],
+                      ">=", 1.0, "x")
         return out
 
     def table(self) -> str:
@@ -671,6 +699,10 @@ class Harness:
                     notes += f"  x{r['speedup_vs_replay']:.1f} vs full replay"
             elif r["workload"] == "c":
                 notes = f"{r['median_ms']:.1f} ms per rebuild" if r.get("median_ms") else ""
+            elif r["workload"] == "k" and r.get("p50_ms") is not None:
+                notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+                if r.get("stored") is not None:
+                    notes += f"  201s {r['created']}, events stored {r['stored']}"
             elif r["workload"] in ("i", "j") and r.get("p50_ms") is not None:
                 notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms"
                 if r.get("p99_vs_raw") is not None:
@@ -796,7 +828,8 @@ def parse(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, fewer runs: < 60 s in total")
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
-    p.add_argument("--only", default=",".join(C.WORKLOADS), help="workloads, e.g. a,b,d (default: all)")
+    p.add_argument("--only", default=None,
+                   help="workloads, e.g. a,b,d (default: all; with --quick all but k, the todo app under wrk)")
     p.add_argument("--backend", default="sqlite,postgres", help="sqlite,postgres (default: both)")
     p.add_argument("--runs", type=int, default=None, help="runs per measurement (default 5; --quick 2)")
     p.add_argument("--no-peer", action="store_true",
@@ -807,6 +840,8 @@ def parse(argv):
     p.add_argument("--profile", metavar="DIR", default=None,
                    help="instead of the benchmark: cProfile eventsourcery's a-d once, print hot spots")
     a = p.parse_args(argv)
+    if a.only is None:
+        a.only = ",".join(w for w in C.WORKLOADS if not (a.quick and w == "k"))
     a.only = [w.strip() for w in a.only.split(",") if w.strip()]
     bad = [w for w in a.only if w not in C.WORKLOADS]
     if bad:

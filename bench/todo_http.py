@@ -1,9 +1,11 @@
 """The todo example's HTTP server under a load generator (``wrk``): workload (k).
 
     python3 -m bench.todo_http [--seconds 3] [--connections 1,8,32] [--todos 200]
-                               [--store sqlite|postgresql://...] [--json out.json]
+                               [--backend sqlite|postgres] [--json out.json]
 
-Starts ``python -m examples.todo`` on a fresh store (its projectors and
+Starts ``python -m examples.todo`` on a fresh store (a SQLite file, or a new
+database on the server at $EVENTSOURCERY_TEST_POSTGRES, dropped afterwards;
+its projectors and
 notifier run as they do in production), adds ``--todos`` todos, waits for the
 projection, then runs ``wrk`` with keep-alive connections:
 
@@ -20,6 +22,7 @@ it prints one line saying so and does nothing else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -32,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERY = "/todos/outstanding"
@@ -181,6 +185,21 @@ def _wrk(url: str, connections: int, seconds: float, script: str | None = None,
     return result
 
 
+@contextlib.contextmanager
+def postgres_database(conninfo: str):
+    """A new, empty database on the server of ``conninfo`` (a postgresql:// URL), dropped afterwards."""
+    import psycopg
+
+    name = f"esbench_todo_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    try:
+        yield urlunsplit(urlsplit(conninfo)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def run(*, store: str | None = None, seconds: float = 3.0, connections: tuple[int, ...] = (1, 8, 32),
         todos: int = 200, log=print) -> list[dict[str, Any]]:
     """Every point (``get`` and ``add`` at each number of connections) as a dict; [] without wrk."""
@@ -229,11 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="per point (default: %(default)s)")
     p.add_argument("--connections", default="1,8,32", help="comma-separated (default: %(default)s)")
     p.add_argument("--todos", type=int, default=200, help="todos listed by each GET (default: %(default)s)")
-    p.add_argument("--store", default=None, help="a postgresql:// URL (default: a fresh SQLite file)")
+    p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
+                   help="a fresh SQLite file, or a fresh database on $EVENTSOURCERY_TEST_POSTGRES")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
-    results = run(store=a.store, seconds=a.seconds, todos=a.todos,
-                  connections=tuple(int(c) for c in a.connections.split(",")))
+    connections = tuple(int(c) for c in a.connections.split(","))
+    if a.backend == "postgres" and wrk_path() is not None:
+        from bench.common import pg_conninfo
+
+        with postgres_database(pg_conninfo()) as url:
+            results = run(store=url, seconds=a.seconds, todos=a.todos, connections=connections)
+    else:
+        results = run(seconds=a.seconds, todos=a.todos, connections=connections)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0
