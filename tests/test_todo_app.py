@@ -1314,3 +1314,13 @@ def test_read_your_writes_over_http(running_app):
 ])
 def test_encoded_answers_are_what_json_dumps_makes(rows):
     assert encode_rows(rows) == json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("seconds", ["-1", "nan", "soon", "3601"])
+def test_wait_timeout_out_of_range_is_a_usage_error(seconds, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        app_main.main(["--wait-timeout", seconds, "--store", str(tmp_path / "todo.db")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --wait-timeout: invalid number of seconds" in err and "Traceback" not in err, err
+    assert not (tmp_path / "todo.db").exists()
