@@ -1324,3 +1324,27 @@ def test_wait_timeout_out_of_range_is_a_usage_error(seconds, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "argument --wait-timeout: invalid number of seconds" in err and "Traceback" not in err, err
     assert not (tmp_path / "todo.db").exists()
+
+
+def test_sqlite_queries_built_by_the_database_match_the_rows_read_one_by_one(tmp_path):
+    """On SQLite the queries' JSON is built in the database (one row to step through): the same answer."""
+    from examples.todo.projections import TODO_COLUMNS, _plain_rows
+
+    projector = CompletedTodos(tmp_path / "projections.db")
+    projector.setup()
+    odd = ["a\x00b", "\u2028 \U0001f600 \"quoted\" \\", "123", "", "  ", "null"]
+    with contextlib.closing(sqlite3.connect(tmp_path / "projections.db")) as db:
+        for i, text in enumerate(odd):  # added in the reverse order of their ids
+            db.execute("INSERT INTO query_completed_todos VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (f"t{i}", 100 - i, text, None if i % 2 else text, "2017-07-13" if i % 3 else None,
+                        text, "2017-07-14"))
+        db.commit()
+        got = completed_todos(db)
+        statement = (f"SELECT {', '.join(TODO_COLUMNS)}, completed_on FROM query_completed_todos"
+                     " ORDER BY added_event_id")
+        assert got == _plain_rows(db, statement, (*TODO_COLUMNS, "completed_on"))
+        assert [t["todo_id"] for t in got] == [f"t{i}" for i in reversed(range(len(odd)))]
+        assert got[-1]["title"] == "a\x00b"
+        db.execute("DELETE FROM query_completed_todos")
+        assert completed_todos(db) == []
+    projector.close()
