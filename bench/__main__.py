@@ -28,7 +28,7 @@ from bench import common as C  # noqa: E402
 
 UNITS = {"a": "commands", "b": "events", "c": "events", "d": "events", "e": "events",
          "f": "events", "g": "events", "h": "events", "i": "commands", "j": "reads",
-         "k": "commands"}
+         "k": "commands", "l": "requests"}
 TITLES = {
     "a": "commands: load + 1 event + save",
     "b": "batch append to 1 aggregate",
@@ -41,6 +41,7 @@ TITLES = {
     "i": "N threads, one store object: commands (cmdN) and single-event appends (sinkN)",
     "j": "read latency (load a 10-event aggregate) while another thread (j) or process (j.proc) writes",
     "k": "N processes, one store: commands (load + 1 event + save), a store object per process",
+    "l": "the todo app over HTTP under wrk: GET /todos/outstanding (200 todos), POST adds; N connections",
 }
 
 
@@ -627,6 +628,27 @@ class Harness:
         return (min(o["start"] for o in outs), max(o["end"] for o in outs),
                 [x for o in outs for x in o["latencies"]])
 
+    def w_l(self, backend):
+        """The todo example's HTTP server (bench/todo_http.py), eventsourcery only; needs wrk."""
+        from bench import todo_http
+
+        if todo_http.wrk_path() is None:
+            self.skip("l", backend, "eventsourcery", "wrk is not installed")
+            return
+        seconds = 2.0 if self.args.quick else 3.0
+        with contextlib.ExitStack() as stack:
+            store = None
+            if backend == "postgres":
+                store = stack.enter_context(todo_http.postgres_database(C.pg_conninfo()))
+            points = todo_http.run(store=store, seconds=seconds, log=self.log)
+        for r in points:
+            if not r.get("req_per_s") or not r.get("requests"):
+                continue
+            extra = {"created": r["created"], "stored": r.get("events")} if r["kind"] == "add" else {}
+            self.add("l", backend, "eventsourcery", r["requests"], [r["requests"] / r["req_per_s"]],
+                     variant=f"{r['kind']}{r['connections']:02d}", p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
+                     non_2xx=r["non_2xx"], socket_errors=r["socket_errors"], **extra)
+
     # ------------------------------------------------------------------ ratios, table
     def ratios(self):
         for row in self.results:
@@ -709,6 +731,12 @@ class Harness:
             r = row("k", backend, "proc8")
             if r and backend == "postgres":
                 check("(k) commands, 8 processes, vs raw", backend, r.get("vs_raw"), ">=", 0.9, "x")
+            one, many = row("l", backend, "get01"), row("l", backend, "get32")
+            if one and one.get("p50_ms") is not None:
+                check("(l) keep-alive GET p50, 1 connection", backend, one["p50_ms"], "<", 2.0, " ms")
+            if one and many and one.get("events_per_s"):
+                check("(l) GETs/s at 32 connections / at 1", backend, many["events_per_s"] / one["events_per_s"],
+                      ">=", 1.0, "x")
         return out
 
     def table(self) -> str:
@@ -755,6 +783,10 @@ class Harness:
                     notes += f"  x{r['speedup_vs_replay']:.1f} vs full replay"
             elif r["workload"] == "c":
                 notes = f"{r['median_ms']:.1f} ms per rebuild" if r.get("median_ms") else ""
+            elif r["workload"] == "l" and r.get("p50_ms") is not None:
+                notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+                if r.get("stored") is not None:
+                    notes += f"  201s {r['created']}, events stored {r['stored']}"
             elif r["workload"] in ("i", "j", "k") and r.get("p50_ms") is not None:
                 notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms"
                 if r.get("p99_vs_raw") is not None:
@@ -880,7 +912,8 @@ def parse(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, fewer runs: < 60 s in total")
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
-    p.add_argument("--only", default=",".join(C.WORKLOADS), help="workloads, e.g. a,b,d (default: all)")
+    p.add_argument("--only", default=None,
+                   help="workloads, e.g. a,b,d (default: all; with --quick all but l, the todo app under wrk)")
     p.add_argument("--backend", default="sqlite,postgres", help="sqlite,postgres (default: both)")
     p.add_argument("--runs", type=int, default=None, help="runs per measurement (default 5; --quick 2)")
     p.add_argument("--no-peer", action="store_true",
@@ -891,6 +924,8 @@ def parse(argv):
     p.add_argument("--profile", metavar="DIR", default=None,
                    help="instead of the benchmark: cProfile eventsourcery's a-d once, print hot spots")
     a = p.parse_args(argv)
+    if a.only is None:
+        a.only = ",".join(w for w in C.WORKLOADS if not (a.quick and w == "l"))
     a.only = [w.strip() for w in a.only.split(",") if w.strip()]
     bad = [w for w in a.only if w not in C.WORKLOADS]
     if bad:

@@ -60,7 +60,7 @@ from examples.todo.projections import (
     scheduled_todos,
 )
 from examples.todo.reactor import TodoCompletedNotifier
-from examples.todo.web import TodoApp, make_server
+from examples.todo.web import BEHIND_HEADER, EVENT_ID_HEADER, TodoApp, encode_rows, make_server, wanted_event_id
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 D = datetime.date
@@ -1014,20 +1014,23 @@ def _run_readme_command(argv, client, store_path, mail_log) -> tuple[str, bool]:
     """(output, is_read_only) of one README command, run against the test's app and store."""
     argv = [str(store_path) if a == "todo.db" else str(mail_log) if a == "todo-mail.log" else a for a in argv]
     if argv[0] == "curl":
-        method, data, show_headers, url = None, None, False, None
+        method, data, show_headers, url, headers = None, None, False, None, {}
         args = iter(argv[1:])
         for arg in args:
             if arg == "-X":
                 method = next(args)
             elif arg == "-d":
                 data = next(args).encode()
+            elif arg == "-H":
+                name, value = next(args).split(":", 1)
+                headers[name.strip()] = value.strip()
             elif arg == "-i":
                 show_headers = True
             elif arg != "-s":
                 url = arg
         path = "/" + url.split("://", 1)[-1].split("/", 1)[1]
         method = method or ("POST" if data is not None else "GET")
-        req = urllib.request.Request(client.base + path, data=data, method=method)
+        req = urllib.request.Request(client.base + path, data=data, method=method, headers=headers)
         try:
             resp = urllib.request.urlopen(req, timeout=30)
         except urllib.error.HTTPError as e:
@@ -1051,8 +1054,17 @@ def _run_readme_command(argv, client, store_path, mail_log) -> tuple[str, bool]:
     pytest.fail(f"the README runs a command this test does not know: {argv}")
 
 
-@pytest.mark.parametrize("todo_store", ["sqlite"], indirect=True)
+def _shift_event_ids(argv: list[str], expected: list[str], offset: int) -> tuple[list[str], list[str]]:
+    """The README's event ids (those of a fresh store) in Eventsourcery-Event-Id headers, plus ``offset``."""
+    def shift(text: str) -> str:
+        return re.sub(rf"^({EVENT_ID_HEADER}:\s*)(\d+)$", lambda m: f"{m[1]}{int(m[2]) + offset}", text)
+
+    return [shift(a) for a in argv], [shift(line) for line in expected]
+
+
 def test_the_walkthrough_runs_after_the_quick_start(running_app):
+    """The quick start, then the walkthrough, on SQLite and Postgres: every query the walkthrough sends
+    with the id of the write before it shows that write at the first try."""
     client, proc, store_url, mail_log, _ = running_app
     quick_start = (ROOT / "README.md").read_text().split("## Try the todo app", 1)[1].split("\n## ", 1)[0]
     quick = [(argv, out) for argv, out in _readme_commands(quick_start, "sh")]
@@ -1062,6 +1074,11 @@ def test_the_walkthrough_runs_after_the_quick_start(running_app):
         output, _ = _run_readme_command(argv, client, store_url, mail_log)
         others.update(re.findall(r"/todo/([^/\s]+)", " ".join(argv)))
     assert others, quick
+    # the quick start's notifier has emitted its event: the walkthrough's ids are the README's plus this
+    with es.open_store(store_url) as store:
+        _wait_for(lambda: (bool(store.latest_event_id(["stakeholder_notified_of_todo_completion"])), None),
+                  20, "the quick start's notification")
+        offset = store.latest_event_id()
 
     readme = (ROOT / "examples" / "todo" / "README.md").read_text()
     walkthrough = readme.split("## Walkthrough", 1)[1].split("\n## ", 1)[0]
@@ -1069,9 +1086,13 @@ def test_the_walkthrough_runs_after_the_quick_start(running_app):
     assert len(commands) > 10, commands
     ids = {i for argv, _ in commands for i in re.findall(r"/todo/([^/\s]+)", " ".join(argv))}
     assert ids and not ids & others, (ids, others)  # ids of its own
+    waited = 0
     for argv, expected in commands:
+        argv, expected = _shift_event_ids(argv, expected, offset)
         output, read_only = _run_readme_command(argv, client, store_url, mail_log)
-        if read_only:  # the projections and the notifier catch up eventually
+        if any(a.startswith(EVENT_ID_HEADER) for a in argv):
+            waited += 1  # read-your-writes: right at the first try, no retry
+        elif read_only:  # the notifier catches up eventually
             deadline = time.monotonic() + 20
             while not _matches(expected, output, others) and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -1081,6 +1102,7 @@ def test_the_walkthrough_runs_after_the_quick_start(running_app):
             assert got[0] == expected[0] and set(expected[1:]) - {""} <= set(got), (argv, expected, output)
         else:
             assert _matches(expected, output, others), (argv, expected, output)
+    assert waited >= 4, "the walkthrough's queries do not send the write's Eventsourcery-Event-Id"
 
 
 def test_forget_me_erases_the_todo_and_every_read_model_forgets_it(tmp_path):
@@ -1135,3 +1157,194 @@ def test_resetting_the_notifier_re_sends_no_mail_and_emits_nothing_again(sqlite_
     again.subscribe_to(sqlite_store, stop=lambda: again.last_processed_event_id >= latest)
     assert (tmp_path / "mail.log").read_text() == mail and mail.count("\n") == 1
     assert sqlite_store.latest_event_id() == latest
+
+
+# ---------------------------------------------------------------------------
+# Read-your-writes: a write answers with Eventsourcery-Event-Id, a query sent with it waits
+
+
+BAD_EVENT_ID = f"Bad Request: {EVENT_ID_HEADER} must be an event id, a whole number from 0 to {2**63 - 1}"
+
+
+@pytest.fixture
+def ryw(tmp_path):
+    """(app, store, the projector as the runner's child would run it) on SQLite, nothing running."""
+    store = es.SQLiteEventStore(tmp_path / "todo.db")
+    projections_db = str(tmp_path / "projections.db")
+    running = OutstandingTodos(projections_db)
+    running.setup()
+    app = TodoApp(store, lambda: sqlite3.connect(projections_db),
+                  projectors={"outstanding": OutstandingTodos(projections_db)}, wait_timeout=10)
+    yield app, store, running
+    app.close()
+    running.close()
+    store.close()
+
+
+def _todo_ids(response) -> list[str]:
+    assert response.status == 200, response
+    return [row["todo_id"] for row in json.loads(response.body)]
+
+
+def test_writes_answer_with_the_id_of_the_last_event_they_stored(ryw):
+    app, store, _ = ryw
+    assert app.dispatch("POST", "/todo/a", b'{"title": "x"}').headers == {EVENT_ID_HEADER: "1"}
+    assert app.dispatch("PUT", "/todo/a", b'{"title": "y"}').headers == {EVENT_ID_HEADER: "2"}
+    store.sink(TodoAdded(aggregate_id="other", title="z"))  # 3: someone else's write
+    # an amend that changes nothing stores nothing: the store's latest id then (what the answer saw)
+    assert app.dispatch("PUT", "/todo/a", b'{"title": "y"}').headers == {EVENT_ID_HEADER: "3"}
+    assert app.dispatch("POST", "/todo/a/complete", b'{"completed_on": "2017-07-13"}').headers == {
+        EVENT_ID_HEADER: "4"}
+    assert app.dispatch("DELETE", "/todo/a").headers == {EVENT_ID_HEADER: "5"}  # the AggregateErased
+    assert app.dispatch("DELETE", "/todo/a").headers == {EVENT_ID_HEADER: "5"}  # forgotten already
+    assert EVENT_ID_HEADER not in app.dispatch("POST", "/todo/other", b'{"title": "x"}').headers  # a 422
+
+
+def test_a_query_sent_with_the_id_waits_until_its_projection_has_the_event(ryw):
+    app, store, running = ryw
+    written = app.dispatch("POST", "/todo/a", b'{"title": "x"}').headers[EVENT_ID_HEADER]
+    assert _todo_ids(app.dispatch("GET", "/todos/outstanding")) == []  # nothing runs the projector yet
+
+    def run_projector_later():
+        time.sleep(0.3)
+        _run(running, store)
+
+    thread = threading.Thread(target=run_projector_later)
+    thread.start()
+    try:
+        response = app.dispatch("GET", "/todos/outstanding", headers={EVENT_ID_HEADER: written})
+    finally:
+        thread.join(30)
+    assert _todo_ids(response) == ["a"]
+    assert BEHIND_HEADER not in response.headers
+    # later answers follow the projection (the encoded answer is kept only while its position holds)
+    app.dispatch("POST", "/todo/a/complete", b'{"completed_on": "2017-07-13"}')
+    app.dispatch("POST", "/todo/b", b'{"title": "x"}')
+    _run(running, store)
+    assert _todo_ids(app.dispatch("GET", "/todos/outstanding")) == ["b"]
+    assert _todo_ids(app.dispatch("HEAD", "/todos/outstanding", headers={"eventsourcery-event-id": "3"})) == ["b"]
+
+
+def test_a_query_whose_projection_stays_behind_answers_with_the_behind_marker(ryw):
+    app, store, running = ryw
+    app.wait_timeout = 0.5
+    app.dispatch("POST", "/todo/a", b'{"title": "x"}')
+    _run(running, store)
+    app.dispatch("POST", "/todo/b", b'{"title": "x"}')  # event 2: the projector is not running
+    response = app.dispatch("GET", "/todos/outstanding", headers={EVENT_ID_HEADER: "2"})
+    assert _todo_ids(response) == ["a"]  # what the projection holds, marked as behind: it is at 1
+    assert response.headers == {BEHIND_HEADER: "1"}
+    # an id no store has handed out yet: answered at once, marked as behind
+    response = app.dispatch("GET", "/todos/outstanding", headers={EVENT_ID_HEADER: str(2**63 - 1)})
+    assert _todo_ids(response) == ["a"] and response.headers == {BEHIND_HEADER: "1"}
+    # caught up, and several values (repeated headers or a list) wait for the highest
+    _run(running, store)
+    for headers in ({EVENT_ID_HEADER: "2"}, {EVENT_ID_HEADER: "0, 02"}, {EVENT_ID_HEADER: " 1 "}):
+        response = app.dispatch("GET", "/todos/outstanding", headers=headers)
+        assert _todo_ids(response) == ["a", "b"] and response.headers == {}, headers
+    response = app.dispatch("GET", "/todos/outstanding", headers={EVENT_ID_HEADER: "1, 3"})
+    assert response.headers == {BEHIND_HEADER: "2"}
+
+
+@pytest.mark.parametrize("value", ["", " ", "x", "-1", "+1", "1.5", "1e3", "0x10", "1 2", "1,", ",",
+                                   "\u0661", str(2**63), "9" * 30, "9" * 5000])
+def test_a_bad_event_id_header_is_a_400(value, ryw):
+    app, store, _ = ryw
+    for path in ("/todos/outstanding", "/todos/completed"):  # with or without a projector to wait for
+        response = app.dispatch("GET", path, headers={EVENT_ID_HEADER: value})
+        assert (response.status, response.body.decode()) == (400, BAD_EVENT_ID), value
+    assert wanted_event_id({}) is None and wanted_event_id(None) is None
+
+
+class KeepAlive:
+    """One keep-alive HTTP connection: (status, headers, body text) per request."""
+
+    def __init__(self, base: str):
+        self.conn = http.client.HTTPConnection(urlsplit(base).hostname, urlsplit(base).port, timeout=30)
+
+    def __call__(self, method, path, payload=None, headers=None):
+        body = None if payload is None else json.dumps(payload).encode()
+        self.conn.request(method, path, body, headers or {})
+        resp = self.conn.getresponse()
+        return resp.status, resp.headers, resp.read().decode()
+
+
+def test_read_your_writes_over_http(running_app):
+    """On SQLite and Postgres: a query sent with the write's id sees the write at the first try."""
+    client, proc, store_url, mail_log, _ = running_app
+    call = KeepAlive(client.base)
+    last = 0
+    for i in range(20):
+        todo_id = f"ryw-{i}"
+        status, headers, _ = call("POST", f"/todo/{todo_id}", {"title": "x", "due_date": "2030-01-01"})
+        assert status == 201
+        written = int(headers[EVENT_ID_HEADER])
+        assert written > last
+        last = written
+        status, headers, body = call("GET", "/todos/scheduled", headers={EVENT_ID_HEADER: str(written)})
+        assert status == 200 and BEHIND_HEADER not in headers, headers
+        assert todo_id in [t["todo_id"] for t in json.loads(body)]
+        if i % 2:
+            status, headers, _ = call("POST", f"/todo/{todo_id}/complete", {"completed_on": "2030-01-02"})
+            assert status == 200
+            written = last = int(headers[EVENT_ID_HEADER])
+            status, headers, body = call("GET", "/todos/completed", headers={EVENT_ID_HEADER: str(written)})
+            assert status == 200 and BEHIND_HEADER not in headers, headers
+            assert todo_id in [t["todo_id"] for t in json.loads(body)]
+            _, _, body = call("GET", "/todos/outstanding", headers={EVENT_ID_HEADER: str(written)})
+            assert todo_id not in [t["todo_id"] for t in json.loads(body)]
+    # far in the future: answered with the marker (the position reached), not after a wait for ever
+    status, headers, body = call("GET", "/todos/outstanding", headers={EVENT_ID_HEADER: str(2**63 - 1)})
+    assert status == 200 and int(headers[BEHIND_HEADER]) >= last, headers
+    assert len(json.loads(body)) == 10
+    for value in ("-1", "x", str(2**63)):
+        status, _, body = call("GET", "/todos/outstanding", headers={EVENT_ID_HEADER: value})
+        assert (status, body) == (400, BAD_EVENT_ID)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+
+
+@pytest.mark.parametrize("rows", [
+    [],
+    [{"todo_id": "a", "title": "x", "description": None, "due_date": "2017-07-13", "added": 12}],
+    [{"todo_id": "a\"b\\c\n\t\x01\x7f", "title": "\u20ac \u2028 \U0001f600 \ud800"}, {"todo_id": "b"}],
+    [{"a": 1}, {}],  # an empty object: json.dumps's own
+    [{"a": True, "b": 1.5, "c": [1, {"d": None}]}],  # other values: json.dumps's own
+    [{1: "x"}],
+])
+def test_encoded_answers_are_what_json_dumps_makes(rows):
+    assert encode_rows(rows) == json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("seconds", ["-1", "nan", "soon", "3601"])
+def test_wait_timeout_out_of_range_is_a_usage_error(seconds, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        app_main.main(["--wait-timeout", seconds, "--store", str(tmp_path / "todo.db")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --wait-timeout: invalid number of seconds" in err and "Traceback" not in err, err
+    assert not (tmp_path / "todo.db").exists()
+
+
+def test_sqlite_queries_built_by_the_database_match_the_rows_read_one_by_one(tmp_path):
+    """On SQLite the queries' JSON is built in the database (one row to step through): the same answer."""
+    from examples.todo.projections import TODO_COLUMNS, _plain_rows
+
+    projector = CompletedTodos(tmp_path / "projections.db")
+    projector.setup()
+    odd = ["a\x00b", "\u2028 \U0001f600 \"quoted\" \\", "123", "", "  ", "null"]
+    with contextlib.closing(sqlite3.connect(tmp_path / "projections.db")) as db:
+        for i, text in enumerate(odd):  # added in the reverse order of their ids
+            db.execute("INSERT INTO query_completed_todos VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (f"t{i}", 100 - i, text, None if i % 2 else text, "2017-07-13" if i % 3 else None,
+                        text, "2017-07-14"))
+        db.commit()
+        got = completed_todos(db)
+        statement = (f"SELECT {', '.join(TODO_COLUMNS)}, completed_on FROM query_completed_todos"
+                     " ORDER BY added_event_id")
+        assert got == _plain_rows(db, statement, (*TODO_COLUMNS, "completed_on"))
+        assert [t["todo_id"] for t in got] == [f"t{i}" for i in reversed(range(len(odd)))]
+        assert got[-1]["title"] == "a\x00b"
+        db.execute("DELETE FROM query_completed_todos")
+        assert completed_todos(db) == []
+    projector.close()

@@ -87,6 +87,13 @@ def processors(config: Config, store) -> list:
     return [*projectors(config), TodoCompletedNotifier(store, mail_log=config.mail_log)]
 
 
+def query_projectors(config: Config) -> dict:
+    """For the API: each query's projector, opened on the projections' database (one connection for
+    the three) to read its position, never run in this process."""
+    database = es.open_database(config.projections)
+    return {name: cls(database) for name, cls in projections.QUERY_PROJECTORS.items()}
+
+
 def connect_projections(config: Config):
     if config.postgres:
         from .pg import connect
@@ -123,6 +130,9 @@ def main(argv=None) -> int:
     parser.add_argument("--mail-log", help="where the notifier 'sends' its mails "
                         "(default: <store>-mail.log next to a SQLite store, ./todo-postgres-mail.log for Postgres)")
     parser.add_argument("--quiet", action="store_true", help="do not log each HTTP request")
+    parser.add_argument("--wait-timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                        help="how long a query sent with an Eventsourcery-Event-Id header waits for its "
+                        "projection to process that event (default: %(default)s)")
     args = parser.parse_args(argv)
 
     config = configure(args.store, args.mail_log)
@@ -146,6 +156,17 @@ def _port(text: str) -> int:
     return port
 
 
+def _seconds(text: str) -> float:
+    """``--wait-timeout``: a number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:  # NaN too
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: give 0 to 3600")
+    return seconds
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -161,10 +182,12 @@ def _run(args, config: Config) -> int:
 
     web_store = es.open_store(config.store_url)  # the API's; the runner's children open their own
     try:
-        app = TodoApp(web_store, connect_projections(config))
+        app = TodoApp(web_store, connect_projections(config), projectors=query_projectors(config),
+                      wait_timeout=args.wait_timeout)
         try:
             server = make_server(app, args.host, args.port, quiet=args.quiet)
         except OSError as e:
+            app.close()
             print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
             return 1
         try:
@@ -183,6 +206,7 @@ def _run(args, config: Config) -> int:
         finally:
             server.shutdown()
             server.server_close()
+            app.close()
     finally:
         web_store.close()
     print("Stopped." if clean else "Stopped, but a processor did not end cleanly.", flush=True)

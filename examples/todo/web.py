@@ -23,6 +23,16 @@ Queries answer JSON arrays. Errors are plain text: ``Bad Request: <why>``
 ``Unprocessable Entity: <why>`` (422), ``Internal Server Error`` (500, the
 details go to the server's log, never to the client).
 
+Read-your-writes: every successful write answers with an
+``Eventsourcery-Event-Id: <n>`` header, the id of the last event it stored
+(for a write that stored nothing, the store's latest id at that moment). A
+query that sends that header back waits, up to ``wait_timeout`` seconds
+(5 by default), until the projector behind the query has processed event
+``<n>``; if it has not by then, the query answers what the projection holds,
+with ``Eventsourcery-Behind: <position it had reached>``. A value that is not
+a whole number from 0 to 2**63 - 1 is a 400. Several values (repeated headers,
+or a comma-separated list) wait for the highest.
+
 Input the app cannot read is a 400 (or a 413), never a 500: a body that is
 not UTF-8 JSON (or has an unpaired surrogate escape), a path with malformed
 percent-encoding or that is not UTF-8 once decoded, and framing it cannot
@@ -38,10 +48,13 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C string encoder, when built
 from urllib.parse import unquote, urlsplit
 
 import eventsourcery as es
@@ -70,6 +83,13 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
+
+#: On a write's answer: the id of the last event it stored. On a query: wait until the projection has it.
+EVENT_ID_HEADER = "Eventsourcery-Event-Id"
+#: On a query's answer when the wait timed out: the position the projection had reached.
+BEHIND_HEADER = "Eventsourcery-Behind"
+MAX_EVENT_ID = 2**63 - 1  # a BIGINT: no store hands out a higher id
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
 
 
 class HTTPError(Exception):
@@ -103,21 +123,38 @@ _COMMAND_ROUTES = {
 
 
 class TodoApp:
-    """The API without the HTTP plumbing: ``dispatch(method, path, body)``.
+    """The API without the HTTP plumbing: ``dispatch(method, path, body, headers)``.
 
     ``store`` is the event store the commands load from and save to, shared
-    by the request threads (the SQLite and Postgres stores guard their
-    connection with a lock). ``connect_projections()`` returns a new DB-API
-    connection to the projections; each query opens and closes its own.
+    by the request threads. ``connect_projections()`` returns a new DB-API
+    connection to the projections; each request thread keeps one of its own
+    for its queries (``release_thread()`` closes it when the thread is done).
+
+    ``projectors`` maps a query name (``"outstanding"``...) to the projector
+    whose tables it reads: an instance opened on the projections' database,
+    not running here (the runner's children run them), used only to read its
+    position. With it a query can wait for an event (``Eventsourcery-Event-Id``,
+    up to ``wait_timeout`` seconds), and the encoded answer is kept until the
+    projector's position moves, so repeated queries cost a position read. A
+    query without a projector is read and encoded every time, and does not wait.
     """
 
-    def __init__(self, store: es.EventStore, connect_projections: Callable):
+    def __init__(self, store: es.EventStore, connect_projections: Callable, *,
+                 projectors: Mapping[str, es.EventStreamProcessor] | None = None,
+                 wait_timeout: float = 5.0) -> None:
         self.store = store
         self.connect_projections = connect_projections
+        self.projectors = dict(projectors or {})
+        self.wait_timeout = wait_timeout
+        self._local = threading.local()
+        self._answers: dict[str, tuple[int, bytes]] = {}  # query name -> (position, encoded rows)
+        self._answer_locks = {name: threading.Lock() for name in QUERIES}
 
-    def dispatch(self, method: str, target: str, body: bytes | None = None) -> Response:
+    def dispatch(self, method: str, target: str, body: bytes | None = None, headers=None) -> Response:
+        """Answer one request. ``headers`` is the request's headers: a mapping of names to values, or
+        an ``email.message.Message`` (as ``http.server`` gives), or None."""
         try:
-            return self._dispatch(method, target, body)
+            return self._dispatch(method, target, body, headers)
         except HTTPError as e:
             return _error(e.status, e.message, e.headers)
         except BadRequest as e:
@@ -132,7 +169,7 @@ class TodoApp:
             traceback.print_exc(file=sys.stderr)
             return _error(HTTPStatus.INTERNAL_SERVER_ERROR, None)
 
-    def _dispatch(self, method, target, body):
+    def _dispatch(self, method, target, body, headers):
         path = urlsplit(target).path
         segments = path.split("/")[1:]
         # /todo/<id>, /todo/<id>/complete, /todo/<id>/abandon
@@ -148,32 +185,156 @@ class TodoApp:
                 todo_id = _path_segment(segments[1])
                 params = _json_object(body)
                 params["todo_id"] = todo_id  # the route's id wins
-                self.handle(command_class.build(params))
-                return Response(status)
+                stored = self.handle(command_class.build(params))
+                return Response(status, headers=self._written(stored[-1].id if stored else None))
         # /todos/<name>
         if len(segments) == 2 and segments[0] == "todos" and segments[1] in QUERIES:
             if method not in ("GET", "HEAD"):
                 raise _not_allowed(method, target, ("GET", "HEAD"))
-            rows = self.query(segments[1])
-            return Response(HTTPStatus.OK, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+            wanted = wanted_event_id(headers)
+            return self.answer(segments[1], wanted)
         raise HTTPError(HTTPStatus.NOT_FOUND, f"no route for {method} {path}")
 
+    def _written(self, event_id: int | None) -> dict[str, str]:
+        """The headers of a write's answer: the id to wait for to read what it did (or saw)."""
+        if event_id is None:  # nothing stored (an amend that changed nothing): what it saw is in the store
+            event_id = self.store.latest_event_id()
+        return {EVENT_ID_HEADER: str(event_id)}
+
     def handle(self, command) -> list:
+        """Run a command; the events it stored."""
         return CommandHandler(es.Repository(self.store)).handle(command)
 
     def forget(self, todo_id: str) -> Response:
         """Erase the todo and everything it held (the stakeholder's e-mail included) for good; the
         projectors and the notifier forget it on the ``AggregateErased`` event this appends."""
-        if self.store.erase_aggregate(todo_id, reason="forgotten on request") is None:
+        erased = self.store.erase_aggregate(todo_id, reason="forgotten on request")
+        if erased is None:
             raise HTTPError(HTTPStatus.NOT_FOUND, f"Todo {quoted(todo_id)} does not exist")
-        return Response(HTTPStatus.OK)
+        return Response(HTTPStatus.OK, headers=self._written(erased.id))
+
+    def answer(self, name: str, wanted: int | None = None) -> Response:
+        """The query's answer (200, its rows as indented JSON), once its projector has processed event
+        ``wanted`` (if given), or after ``wait_timeout`` seconds with the ``Eventsourcery-Behind`` header."""
+        projector = self.projectors.get(name)
+        if projector is None:
+            return Response(HTTPStatus.OK, encode_rows(self.query(name)))
+        position = projector.last_processed_event_id
+        headers = {}
+        if wanted is not None and position < wanted:
+            # an id the store has not handed out yet will not come in time: no wait for it
+            if self.wait_timeout > 0 and wanted <= self.store.latest_event_id():
+                projector.wait_for(wanted, timeout=self.wait_timeout)
+            position = projector.last_processed_event_id
+            if position < wanted:
+                headers[BEHIND_HEADER] = str(position)
+        return Response(HTTPStatus.OK, self._encoded(name, position), headers=headers)
+
+    def _encoded(self, name: str, position: int) -> bytes:
+        """The encoded rows of query ``name`` as of projector position ``position`` or later.
+
+        The position is read before the rows (and the projector commits its rows and its position
+        together), so the rows kept under a position are never older than it.
+        """
+        kept = self._answers.get(name)
+        if kept is not None and kept[0] == position:
+            return kept[1]
+        with self._answer_locks[name]:  # one thread reads and encodes; the others wait for its answer
+            kept = self._answers.get(name)
+            if kept is not None and kept[0] == position:
+                return kept[1]
+            body = encode_rows(self.query(name)).encode("utf-8")
+            self._answers[name] = (position, body)
+            return body
 
     def query(self, name: str) -> list[dict]:
-        db = self.connect_projections()
+        """The rows of query ``name``, read on this thread's projections connection."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self.connect_projections()
         try:
             return QUERIES[name](db)
-        finally:
-            db.close()
+        except BaseException:
+            self.release_thread()  # a connection that failed is not used again
+            raise
+
+    def release_thread(self) -> None:
+        """Close the calling thread's projections connection, if it has one."""
+        db = getattr(self._local, "db", None)
+        self._local.db = None
+        if db is not None:
+            try:
+                db.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+    def close(self) -> None:
+        """Close the calling thread's connection and the projectors' database connections."""
+        self.release_thread()
+        for projector in self.projectors.values():
+            projector.close()
+
+
+def encode_rows(rows: list[dict]) -> str:
+    """A query's rows as the API answers them: JSON, indented by 2, non-ASCII kept, with a final newline.
+
+    The same text as ``json.dumps(rows, indent=2, ensure_ascii=False) + "\\n"``, made faster for
+    what the queries return (dicts of text, None and ints): ``json`` encodes indented output in
+    Python, value by value, while each string here goes through its C string encoder. Anything
+    else is left to ``json.dumps``.
+    """
+    quote = encode_basestring
+    parts = []
+    for row in rows:
+        if row.__class__ is not dict or not row:
+            break
+        items = []
+        for key, value in row.items():
+            kind = value.__class__
+            if kind is str:
+                text = quote(value)
+            elif value is None:
+                text = "null"
+            elif kind is int:
+                text = int.__repr__(value)
+            else:
+                break
+            if key.__class__ is not str:
+                break
+            items.append(f"    {quote(key)}: {text}")
+        else:
+            parts.append("  {\n" + ",\n".join(items) + "\n  }")
+            continue
+        break
+    else:
+        return "[\n" + ",\n".join(parts) + "\n]\n" if parts else "[]\n"
+    return json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+
+
+def _header_values(headers, name: str) -> list[str]:
+    if headers is None:
+        return []
+    get_all = getattr(headers, "get_all", None)
+    if get_all is not None:  # email.message.Message, as http.server parses them
+        return list(get_all(name) or [])
+    return [value for key, value in headers.items() if key.lower() == name.lower()]
+
+
+def wanted_event_id(headers) -> int | None:
+    """The highest event id named by the request's ``Eventsourcery-Event-Id`` headers (None without any).
+
+    Each value is a comma-separated list of whole numbers from 0 to 2**63 - 1; anything else
+    (a sign, a fraction, an empty item, a larger number) is a BadRequest.
+    """
+    values = _header_values(headers, EVENT_ID_HEADER)
+    if not values:
+        return None
+    ids = []
+    for item in (i.strip() for value in values for i in str(value).split(",")):
+        if not _EVENT_ID.fullmatch(item) or int(item) > MAX_EVENT_ID:
+            raise BadRequest(f"{EVENT_ID_HEADER} must be an event id, a whole number from 0 to {MAX_EVENT_ID}")
+        ids.append(int(item))
+    return max(ids)
 
 
 def _not_allowed(method, target, allowed) -> HTTPError:
@@ -244,6 +405,7 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
     server_version = "eventsourcery-todo/1.0"
     protocol_version = "HTTP/1.1"
     timeout = 60  # seconds a client may stay silent
+    disable_nagle_algorithm = True  # TCP_NODELAY: an answer goes out at once, not after the client's ACK
     _too_large = 0  # a well-formed Content-Length over the limit, which _read_body drains (up to _DRAIN_LIMIT)
 
     def do_GET(self):
@@ -392,22 +554,49 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
             elif target is None:
                 response = _error(HTTPStatus.BAD_REQUEST, "the path is not UTF-8 text")
             else:
-                response = self.server.app.dispatch("GET" if head else self.command, target, body)
+                response = self.server.app.dispatch("GET" if head else self.command, target, body, self.headers)
             self._send(response, head=head)
         except (TimeoutError, ConnectionError):
             self.close_connection = True
 
     def _send(self, response: Response, head=False):
-        self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if not head:
-            self.wfile.write(response.body)
+        """Send the status line, the headers and the body in one write (so that no delayed ACK holds
+        back a second packet: one write per answer, and TCP_NODELAY on the socket)."""
+        status = response.status.value
+        self.log_request(status)
+        data = b"" if head else response.body
+        if self.request_version != "HTTP/0.9":  # HTTP/0.9 answers are the body alone
+            lines = [
+                f"{self.protocol_version} {status} {self.responses[status][0]}",
+                f"Server: {self.version_string()}",
+                f"Date: {self.date_time_string()}",
+                f"Content-Type: {response.content_type}",
+                f"Content-Length: {len(response.body)}",
+                *(f"{name}: {value}" for name, value in response.headers.items()),
+            ]
+            if self.close_connection:
+                lines.append("Connection: close")
+            data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "strict") + data
+        self.wfile.write(data)
+
+    _date = (0, "")  # (second, Date header text) of the last answer, shared by the threads
+
+    def date_time_string(self, timestamp=None):
+        """The Date header's text, formatted once a second rather than for every answer."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = int(time.time())
+        second, text = TodoRequestHandler._date
+        if second != now:
+            text = super().date_time_string(now)
+            TodoRequestHandler._date = (now, text)
+        return text
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.app.release_thread()  # this connection's thread ends here
 
     def log_message(self, format, *args):
         if not getattr(self.server, "quiet", False):
@@ -426,7 +615,10 @@ def _request_target(path: str) -> str | None:
 
 
 class TodoHTTPServer(ThreadingHTTPServer):
+    """The threaded HTTP server around a TodoApp: a thread per connection."""
+
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: 5 (the default) drops connections a burst of clients opens
 
     def __init__(self, address, app: TodoApp, *, quiet=False):
         self.app = app
