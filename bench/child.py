@@ -114,6 +114,9 @@ def writer(system, backend, spec):
 
 
 def k(system, backend, spec, n, prefix):
+    # The parent made the tables; eventsourcing would otherwise run its DDL (CREATE OR REPLACE FUNCTION)
+    # in every process at once, which Postgres refuses ("tuple concurrently updated").
+    os.environ["CREATE_TABLE"] = "no"
     t = make_target(system, backend, tempfile.gettempdir())
     print("READY", flush=True)
     sys.stdin.readline()  # every process starts together
