@@ -1816,12 +1816,15 @@ class Database(abc.ABC):
             with self._registry:
                 self.commits += 1
 
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[Any]:
+    def reading(self) -> contextlib.AbstractContextManager[Any]:
         """A connection to read on during the block: inside the calling thread's transaction, that
         transaction's (so it sees its own uncommitted writes); otherwise the thread's own where it has
         one, else the process's, under ``lock``. A backend with connections that read beside the
         writer (SQLite's readers) gives one of those instead."""
+        return self._under_lock()
+
+    @contextlib.contextmanager
+    def _under_lock(self) -> Iterator[Any]:
         with self.lock:
             yield self.connection
 
@@ -2360,6 +2363,33 @@ class MemoryEventStore(EventStore):
 # The SQLite backend: its database, event store, tracker and locks.
 # ---------------------------------------------------------------------------
 
+class _Reader:
+    """The calling thread's reader connection for one ``with`` block (SQLiteDatabase.reading), held under
+    its session's lock so that a fork waits for the read; opened on first use. (A class, not a
+    generator: it is on every read's path.)"""
+
+    __slots__ = ("database", "session")
+
+    def __init__(self, database: SQLiteDatabase, session: _Session) -> None:
+        self.database = database
+        self.session = session
+
+    def __enter__(self) -> sqlite3.Connection:
+        session = self.session
+        session.lock.acquire()  # uncontended: the thread's own
+        try:
+            conn: sqlite3.Connection | None = session.conn
+            if conn is None:
+                conn = session.conn = self.database._create_reader()
+        except BaseException:
+            session.lock.release()
+            raise
+        return conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.lock.release()
+
+
 class SQLiteDatabase(Database):
     """This process's connection to one SQLite file (or a connection you opened yourself).
 
@@ -2413,6 +2443,8 @@ class SQLiteDatabase(Database):
         self._open_read_only = read_only
         self._made_companions = False  # a read-only connection made the -wal and -shm files of a WAL file
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
+        # reader connections need a file of our own opening (not :memory:, a file: URI or a given connection)
+        self._can_have_readers = self._given is None and self.path != ":memory:" and not self.path.startswith("file:")
 
     def __repr__(self) -> str:
         return f"SQLiteDatabase({self.path or self._given!r})"
@@ -2566,24 +2598,16 @@ class SQLiteDatabase(Database):
         self.read_only = read_only
         return conn
 
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[Any]:
-        if self._shared.conn is None:
+    def reading(self) -> contextlib.AbstractContextManager[Any]:
+        if self._shared.conn is None or self._pid != os.getpid():
             self.ensure_open()  # the writer first: it creates (or upgrades) the schema and finds read_only
-        if self.in_transaction() or self._given is not None or self.read_only or not self._on_disk:
-            with self.lock:
-                yield self.connection
-            return
-        session = self._thread_session()
-        with session.lock:  # uncontended (the thread's own); held so that a fork waits for the read
-            conn = session.conn
-            if conn is None:
-                conn = session.conn = self._create_reader()
-            yield conn
-
-    @property
-    def _on_disk(self) -> bool:
-        return self.path != ":memory:" and not self.path.startswith("file:")
+        if not self._can_have_readers or self.read_only or self.in_transaction():
+            return super().reading()
+        try:
+            session: _Session = self._local.session
+        except AttributeError:
+            session = self._thread_session()
+        return _Reader(self, session)
 
     def _create_reader(self) -> sqlite3.Connection:
         """A read-only connection for the calling thread (it never creates the file)."""
