@@ -1428,6 +1428,19 @@ class _WriterQueue:
             taken, self.waiting = self.waiting, []
         return taken
 
+    def wait_turn(self, write: _Write[Any]) -> bool:
+        """Queue ``write`` and wait: True when its thread is to lead (there was no leader, or the lead was
+        handed to it), False once its outcome is in. A wait interrupted (KeyboardInterrupt) leaves the
+        queue without stranding it."""
+        if self.join(write):
+            return True
+        try:
+            write.woken.wait()
+        except BaseException:
+            self.leave(write)
+            raise
+        return write.leads
+
     def lead_alone(self) -> bool:
         """Become the leader if there is none and nothing is queued (a write of one, at once)."""
         with self.mutex:
@@ -1507,14 +1520,8 @@ class GroupCommit:
                 raise outcome
             return outcome
         own: _Write[Any] = _Write(request)
-        if not writers.join(own):
-            try:
-                own.woken.wait()
-            except BaseException:  # interrupted (KeyboardInterrupt) while waiting: never strand the queue
-                writers.leave(own)
-                raise
-            if not own.leads:
-                return own.outcome()
+        if not writers.wait_turn(own):
+            return own.outcome()
         try:
             group = writers.take()
             try:
@@ -2486,14 +2493,8 @@ class SQLiteDatabase(Database):
             finally:
                 session.lock.release()
         own = _Write(work)
-        if not self._writers.join(own):
-            try:
-                own.woken.wait()
-            except BaseException:  # interrupted (KeyboardInterrupt) while waiting: never strand the queue
-                self._writers.leave(own)
-                raise
-            if not own.leads:
-                return own.outcome()
+        if not self._writers.wait_turn(own):
+            return own.outcome()
         try:  # this thread leads: once it has the writer it commits what is queued (its own, unless
             with session.lock:  # a thread that had the writer before it took that too)
                 waiting = self._writers.take()
