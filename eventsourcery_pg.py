@@ -126,6 +126,19 @@ def _channel(schema: str) -> str:
     return "eventsourcery" if schema == "public" else f"eventsourcery.{schema}"[:63]
 
 
+#: pg_locks (as ``l``) rows of a granted advisory lock on one bigint key (the two halves of
+#: ``_key_halves``) in this database: a session lock or a transaction's
+_HELD_ADVISORY_LOCK = ("l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database "
+                       "WHERE datname = current_database()) AND l.classid::bigint = %s AND l.objid::bigint = %s "
+                       "AND l.objsubid = 1")
+
+
+def _key_halves(key: int) -> tuple[int, int]:
+    """The (classid, objid) under which pg_locks shows an advisory lock on ``key``."""
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
 def split_schema(conninfo: str, schema: str | None = None) -> tuple[str, str]:
     """``(conninfo, schema)``: a ``schema=`` parameter of a ``postgresql://`` URL taken out (libpq rejects it).
 
@@ -516,13 +529,13 @@ class _StoreDatabase(PostgresDatabase):
     def _commit_lost(self, exc: Exception, keys: list[str]) -> None:
         if not keys or not isinstance(exc, psycopg.Error) or not _connection_lost(exc):
             raise self.error(exc, "commit") from exc
-        found = self.stored_versions(keys, exc)
-        if len(found) == len(set(keys)):
-            return  # it committed: the answer was lost, not the transaction
-        if not found:
-            raise es.StoreError(f"lost the connection to {self!r} while committing a transaction; it was not "
-                                f"committed (none of the events {keys} it stored is in the store): {exc}") from exc
-        raise _partly_stored(found, keys) from exc
+        outcome = _lost_write_outcome(
+            self.stored_versions(keys, exc), keys, exc,
+            f"lost the connection to {self!r} while committing a transaction; it was not committed (none of "
+            f"the events {keys} it stored is in the store)")
+        if isinstance(outcome, es.Error):
+            raise outcome
+        # else it committed: the answer was lost, not the transaction
 
     def _prepare(self, conn: Connection) -> None:
         conn.execute("SELECT set_config('TimeZone', 'UTC', false), "
@@ -648,14 +661,11 @@ class PostgresEventStore(es.EventStore):
             conn.close()  # ends the session, which releases the lock if it is still held (e.g. after an error)
 
     def is_running(self, name: str) -> bool:
-        key = self._lock_key(name) & 0xFFFF_FFFF_FFFF_FFFF
         with self._db.lock:
             try:
                 row = self._db.connection.execute(
-                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                    "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
-                    (key >> 32, key & 0xFFFF_FFFF)).fetchone()
+                    f"SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {_HELD_ADVISORY_LOCK})",
+                    _key_halves(self._lock_key(name))).fetchone()
             except psycopg.Error as exc:
                 raise self._db.error(exc, f"look up processor lock {name!r}") from exc
         return bool(row and row[0])
@@ -735,7 +745,10 @@ class PostgresEventStore(es.EventStore):
                         failure.__cause__ = exc
                     return failures
                 found = db.stored_versions([r.uuid for _, _, rows in sinks for r in rows], exc)
-                return [self._lost_write_outcome([r.uuid for r in rows], found, exc) for _, _, rows in sinks]
+                return [_lost_write_outcome(
+                    found, [r.uuid for r in rows], exc,
+                    f"lost the connection to {self!r} while storing events {[r.uuid for r in rows]}; they were "
+                    "not stored (none of their uuids is in the store)") for _, _, rows in sinks]
         outcomes: list[Any] = []
         for (aggregate_id, _, rows), (first_id, first_version, state, constraint, message) in zip(
                 sinks, answers, strict=True):
@@ -750,15 +763,13 @@ class PostgresEventStore(es.EventStore):
 
     def _write_lock_holder(self) -> str:
         """Who holds this store's write lock: for the message of a write that timed out waiting for it."""
-        key = _advisory_key("write", self.schema) & 0xFFFF_FFFF_FFFF_FFFF
         try:
             conn = _connect(self.conninfo, application_name="eventsourcery lock lookup")
             try:
                 row = conn.execute(
                     "SELECT a.pid, a.application_name, a.state, now() - a.xact_start FROM pg_locks l "
-                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-                    "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 1",
-                    (key >> 32, key & 0xFFFF_FFFF)).fetchone()
+                    f"JOIN pg_stat_activity a ON a.pid = l.pid WHERE {_HELD_ADVISORY_LOCK}",
+                    _key_halves(_advisory_key("write", self.schema))).fetchone()
             finally:
                 conn.close()
         except (psycopg.Error, es.StoreError):
@@ -768,20 +779,6 @@ class PostgresEventStore(es.EventStore):
         pid, application, state, age = row
         return (f"server process {pid} ({application or 'no application_name'}, {state}, in a transaction "
                 f"for {age.total_seconds():.1f} s; a transaction that sinks holds the lock until it ends)")
-
-    def _lost_write_outcome(self, uuids: list[str], found: dict[str, tuple[int, int]],
-                            lost: psycopg.Error) -> tuple[int, int] | es.Error:
-        """What a write of ``uuids`` whose answer was lost did, given those of them that are stored."""
-        stored = [found[u] for u in uuids if u in found]
-        if len(stored) == len(uuids):
-            return stored[0]
-        if not stored:
-            error = es.StoreError(f"lost the connection to {self!r} while storing events {uuids}; they were not "
-                                  f"stored (none of their uuids is in the store): {lost}")
-        else:
-            error = _partly_stored(found, uuids)
-        error.__cause__ = lost
-        return error
 
     # -- reading ------------------------------------------------------------
 
@@ -951,10 +948,23 @@ def _conflict(state: str | None, constraint: str | None, message: str, aggregate
     return None
 
 
-def _partly_stored(found: dict[str, tuple[int, int]], uuids: list[str]) -> es.CorruptEventError:
-    ids = sorted(found[u][0] for u in uuids if u in found)
-    return es.CorruptEventError(f"only {len(ids)} of the {len(uuids)} events {uuids} written in one transaction "
-                                f"are stored (ids {ids})")
+def _lost_write_outcome(found: dict[str, tuple[int, int]], uuids: list[str], lost: psycopg.Error,
+                        not_stored: str) -> tuple[int, int] | es.Error:
+    """What a write of ``uuids`` whose answer was ``lost`` did, given those of them that are ``found``
+    stored: ``(id, version)`` of its first event if it committed; else StoreError ``not_stored`` if none is
+    there, CorruptEventError if only some are (one transaction wrote them all)."""
+    stored = [found[u] for u in uuids if u in found]
+    if len(stored) == len(uuids):
+        return stored[0]
+    error: es.Error
+    if not stored:
+        error = es.StoreError(f"{not_stored}: {lost}")
+    else:
+        ids = sorted(i for i, _ in stored)
+        error = es.CorruptEventError(f"only {len(ids)} of the {len(uuids)} events {uuids} written in one "
+                                     f"transaction are stored (ids {ids})")
+    error.__cause__ = lost
+    return error
 
 
 class _Listener:
