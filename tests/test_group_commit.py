@@ -39,7 +39,7 @@ import pytest
 import eventsourcery as es
 from tests._util import WAIT, everything_in, wait_until
 from tests.events import Numbered
-from tests.test_threads import assert_log_is_whole, run_threads
+from tests.test_threads import Tail, assert_log_is_whole, run_threads
 
 THREADS = 16
 
@@ -149,33 +149,14 @@ def test_threads_on_distinct_aggregates_all_stored_ids_gapless_returned_as_store
 @pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 def test_a_tailing_subscriber_sees_every_id_once_in_order_under_many_writer_threads(store):
     sinks_each = 25
-    total = THREADS * sum(1 if n % 3 else 2 for n in range(sinks_each))
-    stop = threading.Event()
-    seen: list[int] = []
-    failed: list[BaseException] = []
-
-    def tail():
-        try:
-            for batch in store.subscribe(1, stop=stop):
-                seen.extend(e.id for e in batch)
-                if len(seen) >= total:
-                    return
-        except BaseException as exc:
-            failed.append(exc)
-
-    subscriber = threading.Thread(target=tail, daemon=True)
-    subscriber.start()
+    tail = Tail(store, THREADS * sum(1 if n % 3 else 2 for n in range(sinks_each)))
 
     def writer(i):
         for n in range(sinks_each):
             store.sink([Numbered(aggregate_id=f"t{i}-{n}", e=k) for k in range(1 if n % 3 else 2)])
 
     run_threads(writer, THREADS)
-    subscriber.join(WAIT)
-    stop.set()
-    assert not subscriber.is_alive(), f"the subscriber saw {len(seen)} of {total} events"
-    assert not failed, failed
-    assert seen == list(range(1, total + 1))
+    tail.assert_saw_every_id_once_in_order()
 
 
 # --- one group, made deterministic by holding the writer while the sinks queue --------------------

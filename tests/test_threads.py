@@ -54,6 +54,36 @@ def run_threads(target, n: int = THREADS) -> list:
     return results
 
 
+class Tail:
+    """A subscriber thread reading the store from id 1 until it has seen ``total`` events: ``seen`` holds
+    their ids in the order it got them, ``failed`` what it raised."""
+
+    def __init__(self, store, total: int) -> None:
+        self.total = total
+        self.stop = threading.Event()
+        self.seen: list[int] = []
+        self.failed: list[BaseException] = []
+        self.thread = threading.Thread(target=self._tail, args=(store,), daemon=True)
+        self.thread.start()
+
+    def _tail(self, store) -> None:
+        try:
+            for batch in store.subscribe(1, stop=self.stop):
+                self.seen.extend(e.id for e in batch)
+                if len(self.seen) >= self.total:
+                    return
+        except BaseException as exc:
+            self.failed.append(exc)
+
+    def assert_saw_every_id_once_in_order(self) -> None:
+        """Wait (bounded) for the subscriber, then check it saw ids 1..total, each once, in order."""
+        self.thread.join(WAIT)
+        self.stop.set()
+        assert not self.thread.is_alive(), f"the subscriber saw {len(self.seen)} of {self.total} events"
+        assert not self.failed, self.failed
+        assert self.seen == list(range(1, self.total + 1))
+
+
 def assert_log_is_whole(events) -> None:
     """Ids 1..n without a gap, and every aggregate's versions 1..k without a gap, in id order."""
     assert [e.id for e in events] == list(range(1, len(events) + 1))
@@ -118,22 +148,7 @@ def test_threads_racing_for_the_first_version_of_new_aggregates(store):
 
 def test_a_tailing_subscriber_thread_sees_every_id_once_in_order(store):
     writers, sinks_each = 4, 15
-    total = writers * sum(1 if n % 2 else 3 for n in range(sinks_each))  # single events and batches of three
-    stop = threading.Event()
-    seen: list[int] = []
-    failed: list[BaseException] = []
-
-    def tail():
-        try:
-            for batch in store.subscribe(1, stop=stop):
-                seen.extend(e.id for e in batch)
-                if len(seen) >= total:
-                    return
-        except BaseException as exc:
-            failed.append(exc)
-
-    subscriber = threading.Thread(target=tail, daemon=True)
-    subscriber.start()
+    tail = Tail(store, writers * sum(1 if n % 2 else 3 for n in range(sinks_each)))  # singles and batches of 3
 
     def writer(i):
         for n in range(sinks_each):
@@ -141,11 +156,7 @@ def test_a_tailing_subscriber_thread_sees_every_id_once_in_order(store):
             store.sink([Numbered(aggregate_id=f"w{i}-{n}", e=k) for k in range(size)])
 
     run_threads(writer, writers)
-    subscriber.join(WAIT)
-    stop.set()
-    assert not subscriber.is_alive(), f"the subscriber saw {len(seen)} of {total} events"
-    assert not failed, failed
-    assert seen == list(range(1, total + 1))
+    tail.assert_saw_every_id_once_in_order()
 
 
 def test_a_sink_in_a_threads_transaction_keeps_that_transactions_atomicity(store):
