@@ -1648,6 +1648,12 @@ class Database(abc.ABC):
         if session.depth:
             session.written.extend(keys)
 
+    def _connection_lost(self, exc: Exception) -> bool:
+        """Whether driver exception ``exc`` means the connection itself is gone (its session ended, so
+        the server rolled back what it had not committed), not that a statement failed. A read outside
+        a transaction, or a BEGIN, that meets it is run again once on a new connection."""
+        return False
+
     def _commit_lost(self, exc: Exception, keys: list[str]) -> None:
         """Called when COMMIT raised ``exc``, after the rollback, with the keys ``note_written()`` noted:
         return if the transaction is known to have committed after all; otherwise raise the es error
@@ -1796,8 +1802,7 @@ class Database(abc.ABC):
             try:
                 conn.execute(self.begin_statement)
             except errors as exc:
-                self._rollback(session, conn)
-                raise self.error(exc, "begin a transaction") from exc
+                conn = self._begin_again(session, conn, exc)
             session.owner = threading.get_ident()
             session.depth = 1
             session.written = []
@@ -1823,6 +1828,21 @@ class Database(abc.ABC):
             with self._registry:
                 self.commits += 1
 
+    def _begin_again(self, session: _Session, conn: Any, exc: Exception) -> Any:
+        """After BEGIN raised ``exc`` on ``conn``: when the connection was lost, nothing of the transaction
+        had been sent, so begin once more on a new connection (returned); otherwise raise ``exc``."""
+        self._rollback(session, conn)
+        if not self._connection_lost(exc):
+            raise self.error(exc, "begin a transaction") from exc
+        self._discard(session)
+        conn = self.connection
+        try:
+            conn.execute(self.begin_statement)
+        except self.driver_errors as again:
+            self._rollback(session, conn)
+            raise self.error(again, "begin a transaction") from again
+        return conn
+
     def reading(self) -> contextlib.AbstractContextManager[Any]:
         """A connection to read on during the block: inside the calling thread's transaction, that
         transaction's (so it sees its own uncommitted writes); otherwise the thread's own where it has
@@ -1846,12 +1866,26 @@ class Database(abc.ABC):
 
     def fetch_all(self, sql: str, params: Sequence[Any] = (), *, doing: str = "read") -> list[Any]:
         """The rows one query returns (in the calling thread's transaction, if one is open; on a
-        ``reading()`` connection otherwise); a driver error is raised as ``error(exc, doing)``."""
-        with self.reading() as conn:
-            try:
-                return list(conn.execute(sql, params).fetchall())
-            except self.driver_errors as exc:
-                raise self.error(exc, doing) from exc
+        ``reading()`` connection otherwise); a driver error is raised as ``error(exc, doing)``. Outside
+        a transaction, a query whose connection turns out to be lost is run once more on a new one."""
+        for attempt in (1, 2):
+            with self.reading() as conn:
+                try:
+                    return list(conn.execute(sql, params).fetchall())
+                except self.driver_errors as exc:
+                    if attempt == 2 or not self._read_again(exc):
+                        raise self.error(exc, doing) from exc
+        raise AssertionError("unreachable")
+
+    def _read_again(self, exc: Exception) -> bool:
+        """Whether a read that raised ``exc`` may run again: its connection was lost (then forgotten, so
+        the next use opens another) and no transaction of the calling thread died with it."""
+        session = self._session()
+        if not self._connection_lost(exc) or session.depth:
+            return False
+        with session.lock:
+            self._discard(session)
+        return True
 
     def close(self) -> None:
         """Close this process's connections (each is opened again when needed): the shared one, the
@@ -1910,6 +1944,10 @@ _TRACKER_COLUMNS = (
     ("fresh", "INTEGER NOT NULL DEFAULT 0"), ("state", "TEXT"), ("last_error", "TEXT"),
     ("failing_event_id", "BIGINT"), ("owner", "TEXT"), ("standby", "TEXT"),
     ("standby_at", "DOUBLE PRECISION"), ("kind", "TEXT"), ("location", "TEXT"))
+#: Every column of a tracker row, as TrackerRecord names them.
+_TRACKER_FIELDS = ("name", "position", *(column for column, _ in _TRACKER_COLUMNS))
+
+
 def tracker_table_ddl(table: str) -> str:
     """The CREATE TABLE IF NOT EXISTS statement of a tracker table named ``table`` (for a backend's schema)."""
     return _TRACKER_DDL.format(table=table)
@@ -1984,10 +2022,10 @@ class DatabaseTracker(Tracker):
                     (name,))
 
     def last_processed_event_id(self, name: str) -> int:
-        with self.database.lock:
-            row = self._conn().execute(f"SELECT position FROM {self._table} WHERE name = {self.database.placeholder}",
-                                       (name,)).fetchone()
-        return int(row[0]) if row else 0
+        self._conn()
+        rows = self.database.fetch_all(f"SELECT position FROM {self._table} WHERE name = {self.database.placeholder}",
+                                       (name,), doing=f"read the position of processor {name!r}")
+        return int(rows[0][0]) if rows else 0
 
     def processed_event(self, name: str, event_id: int) -> None:
         self._write("INSERT INTO {t} (name, position) VALUES ({p}, {p}) "
@@ -2003,15 +2041,12 @@ class DatabaseTracker(Tracker):
         return {r.name: r.position for r in self.records()}
 
     def _select(self, where: str = "", params: Sequence[Any] = ()) -> list[TrackerRecord]:
-        with self.database.lock:
-            cursor = self._conn().execute(f"SELECT * FROM {self._table} {where} ORDER BY name", params)
-            names = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
-            del cursor  # freed under the lock (see _quiesce_sqlite_for_fork)
-        fields = {f.name for f in dataclasses.fields(TrackerRecord)}
+        self._conn()
+        rows = self.database.fetch_all(f"SELECT {', '.join(_TRACKER_FIELDS)} FROM {self._table} {where} ORDER BY name",
+                                       params, doing="read processor positions")
         out = []
         for row in rows:
-            values = {k: v for k, v in zip(names, row, strict=True) if k in fields}
+            values = dict(zip(_TRACKER_FIELDS, row, strict=True))
             values["fresh"] = bool(values.get("fresh"))
             for key in ("position", "generation", "horizon"):
                 values[key] = int(values.get(key) or 0)
@@ -3619,9 +3654,12 @@ class EventStreamProcessor:
                     store.tracker().register(name, self._kind, location)
             self._generation = self.tracker.acquire(name, _instance_name(), self._kind)
             stuck_at: int | None = None  # the event the last failure stopped at
+            retrying = False
             try:
                 while True:
                     try:
+                        if retrying:  # another instance may have taken over meanwhile, leaving nothing to commit
+                            self.tracker.check_owner(name, self._generation)
                         if stuck_at is not None and self.last_processed_event_id >= stuck_at:
                             log.warning("[%s] event %d was skipped (es.skip_event moved the position past it): "
                                         "it is not processed", name, stuck_at)
@@ -3645,6 +3683,7 @@ class EventStreamProcessor:
                         (handler.sleep or stopper.sleep)(interval)
                         if stopper.is_set():
                             return
+                        retrying = True
             finally:
                 generation, self._generation = self._generation, None
                 self._stopper = None  # (a stop callable need not pickle: the processor must, once stopped)

@@ -451,6 +451,9 @@ class PostgresDatabase(es.Database):
             return es.StoreError(f"{where}: a statement was cancelled (statement_timeout?): cannot {doing}: {exc}")
         return es.StoreError(f"cannot {doing} in {where}: {exc}")
 
+    def _connection_lost(self, exc: Exception) -> bool:
+        return _connection_lost(exc)
+
     def _lock_timeout_text(self) -> str:
         return "the server's setting" if self.lock_timeout is None else f"{self.lock_timeout:g} s"
 
@@ -661,14 +664,9 @@ class PostgresEventStore(es.EventStore):
             conn.close()  # ends the session, which releases the lock if it is still held (e.g. after an error)
 
     def is_running(self, name: str) -> bool:
-        with self._db.lock:
-            try:
-                row = self._db.connection.execute(
-                    f"SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {_HELD_ADVISORY_LOCK})",
-                    _key_halves(self._lock_key(name))).fetchone()
-            except psycopg.Error as exc:
-                raise self._db.error(exc, f"look up processor lock {name!r}") from exc
-        return bool(row and row[0])
+        [(held,)] = self._db.fetch_all(f"SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {_HELD_ADVISORY_LOCK})",
+                                       _key_halves(self._lock_key(name)), doing=f"look up processor lock {name!r}")
+        return bool(held)
 
     # -- writing ------------------------------------------------------------
 
@@ -782,62 +780,42 @@ class PostgresEventStore(es.EventStore):
 
     # -- reading ------------------------------------------------------------
 
-    def _select(self, conn: Connection, id: int, names: tuple[str, ...] | None, limit: int) -> list[es.Event]:
+    def _page_query(self, id: int, names: tuple[str, ...] | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+        """The SELECT of up to ``limit`` events from ``id`` on (of the types ``names``), and its parameters."""
         if names is None:
-            cur = conn.execute(f"SELECT {_COLUMNS} FROM {self._events} WHERE id >= %s ORDER BY id LIMIT %s",
-                               (id, limit))
-        else:
-            cur = conn.execute(f"SELECT {_COLUMNS} FROM {self._events} WHERE id >= %s AND type = ANY(%s::text[]) "
-                               "ORDER BY id LIMIT %s", (id, list(names), limit))
-        return es.decode_rows(cur.fetchall())
+            return f"SELECT {_COLUMNS} FROM {self._events} WHERE id >= %s ORDER BY id LIMIT %s", (id, limit)
+        return (f"SELECT {_COLUMNS} FROM {self._events} WHERE id >= %s AND type = ANY(%s::text[]) "
+                "ORDER BY id LIMIT %s", (id, list(names), limit))
 
     def get_next_from(self, id: int, event_types: es.EventTypes = None,
                       limit: int = 1000) -> list[es.Event]:
         names = es.type_names(event_types)
         id, limit = es.check_position("id", id), es.check_limit(limit)
-        with self._db.lock:
-            try:
-                return self._select(self._db.connection, id, names, limit)
-            except psycopg.Error as exc:
-                raise self._db.error(exc, f"read events from id {id}") from exc
+        sql, params = self._page_query(id, names, limit)
+        return es.decode_rows(self._db.fetch_all(sql, params, doing=f"read events from id {id}"))
 
     def latest_event_id(self, event_types: es.EventTypes = None) -> int:
         names = es.type_names(event_types)
-        with self._db.lock:
-            conn = self._db.connection
-            try:
-                if names is None:
-                    row = conn.execute(f"SELECT max(id) FROM {self._events}").fetchone()
-                else:
-                    row = conn.execute(f"SELECT max(id) FROM {self._events} WHERE type = ANY(%s::text[])",
-                                       (list(names),)).fetchone()
-            except psycopg.Error as exc:
-                raise self._db.error(exc, "read the latest event id") from exc
-        return int(row[0] or 0) if row else 0
+        if names is None:
+            [(latest,)] = self._db.fetch_all(f"SELECT max(id) FROM {self._events}", doing="read the latest event id")
+        else:
+            [(latest,)] = self._db.fetch_all(f"SELECT max(id) FROM {self._events} WHERE type = ANY(%s::text[])",
+                                             (list(names),), doing="read the latest event id")
+        return int(latest or 0)
 
     def get_events_for_aggregate_id(self, aggregate_id: str | uuid.UUID, *, from_version: int = 1,
                                     to_version: int | None = None) -> list[es.Event]:
         first, last = es.version_range(from_version, to_version)
         aggregate_id = es.check_aggregate_id(aggregate_id)
-        with self._db.lock:
-            try:
-                cur = self._db.connection.execute(
-                    f"SELECT {_COLUMNS} FROM {self._events} WHERE aggregate_id = %s AND version BETWEEN %s AND %s "
-                    "ORDER BY version", (aggregate_id, first, last))
-                rows = cur.fetchall()
-            except psycopg.Error as exc:
-                raise self._db.error(exc, f"read the events of aggregate {aggregate_id!r}") from exc
-        return es.decode_rows(rows)
+        return es.decode_rows(self._db.fetch_all(
+            f"SELECT {_COLUMNS} FROM {self._events} WHERE aggregate_id = %s AND version BETWEEN %s AND %s "
+            "ORDER BY version", (aggregate_id, first, last), doing=f"read the events of aggregate {aggregate_id!r}"))
 
     def aggregate_version(self, aggregate_id: str | uuid.UUID) -> int:
         aggregate_id = es.check_aggregate_id(aggregate_id)
-        with self._db.lock:
-            try:
-                row = self._db.connection.execute(
-                    f"SELECT max(version) FROM {self._events} WHERE aggregate_id = %s", (aggregate_id,)).fetchone()
-            except psycopg.Error as exc:
-                raise self._db.error(exc, f"read the version of aggregate {aggregate_id!r}") from exc
-        return int(row[0] or 0) if row else 0
+        [(version,)] = self._db.fetch_all(f"SELECT max(version) FROM {self._events} WHERE aggregate_id = %s",
+                                          (aggregate_id,), doing=f"read the version of aggregate {aggregate_id!r}")
+        return int(version or 0)
 
     # -- snapshots (a cache of aggregate state, never events) ----------------
 
@@ -897,7 +875,7 @@ class PostgresEventStore(es.EventStore):
             while not stopper.is_set():
                 try:
                     conn = listener.ensure_open()  # LISTEN first, so no commit after the read goes unnoticed
-                    batch = self._select(conn, position, names, size)
+                    batch = es.decode_rows(conn.execute(*self._page_query(position, names, size)).fetchall())
                     listener.healthy()
                     if not batch:
                         listener.wait(stopper, self.poll_interval)

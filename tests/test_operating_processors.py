@@ -131,6 +131,24 @@ def test_a_stale_instance_cannot_commit_once_another_has_taken_the_name(db_store
     assert old.last_processed_event_id == 0
 
 
+def test_an_instance_retrying_after_an_error_stops_if_another_took_the_name_meanwhile(store):
+    sink_pings(store, 1, 3)
+    reactor = CountingPonger(store, fail_on=3, fail_times=1)
+    name = reactor.processor_name
+
+    def another_instance_takes_over_and_finishes(interval):
+        generation = reactor.tracker.acquire(name, "2@elsewhere")
+        reactor.tracker.commit_position(name, store.latest_event_id(), generation)  # nothing left to commit
+
+    deadline = time.monotonic() + WAIT
+    with pytest.raises(es.ProcessorFencedError):
+        es.run_processor(reactor, store, stop=lambda: time.monotonic() > deadline,
+                         error_handler=es.ConstantRetry(0, sleep=another_instance_takes_over_and_finishes))
+    assert reactor.effects == {1: 1, 2: 1}
+    assert pongs_per_ping(store) == {1: 1, 2: 1}
+    assert reactor.tracker.record(name).generation == 2
+
+
 def test_removing_the_sqlite_lock_directory_lets_a_second_instance_in_but_never_twice(tmp_path, caplog):
     path = tmp_path / "events.db"
     writer = es.SQLiteEventStore(path)

@@ -1,5 +1,6 @@
 """Connection loss on Postgres (SPEC 2), on a private cluster this module may restart (never the shared
-server): a connection found dead before anything is sent is opened again without an error, and a sink
+server): a connection found dead before anything is sent is opened again without an error (one that
+dies just as a read or a BEGIN is sent: that is run again on a new connection), and a sink
 interrupted by a lost connection is resolved by its events' uuids: the caller sees success once, or a
 StoreError and nothing stored, never a duplicate.
 
@@ -109,20 +110,85 @@ def test_first_sink_and_read_after_the_connection_died_idle_succeed(cluster, sto
     assert len(store.get_events_for_aggregate_id("agg")) == 2
 
 
-def test_read_whose_connection_dies_during_it_is_a_store_error_and_the_next_sink_works(cluster, store):
+def dies_before_its_next_statement(cluster, store, monkeypatch) -> None:
+    """End the store's session so that the check made before a statement still finds it alive (the
+    server's farewell arrives just after the check): the statement itself meets the lost connection."""
+    store.latest_event_id()  # this thread's connection is open
+    monkeypatch.setattr(type(store.database), "_connection_usable", lambda self, conn: not conn.closed)
+    cluster.terminate_backends("eventsourcery")
+
+
+READS = {
+    "get_next_from": lambda store: [e.title for e in store.get_next_from(1)] == ["before"],
+    "latest_event_id": lambda store: store.latest_event_id() == 1,
+    "aggregate_version": lambda store: store.aggregate_version("agg") == 1,
+    "get_events_for_aggregate_id": lambda store: len(store.get_events_for_aggregate_id("agg")) == 1,
+    "snapshots": lambda store: store.snapshots("agg") == [],
+    "is_running": lambda store: store.is_running("p") is False,
+    "tracker.record": lambda store: store.tracker().record("p").position == 1,
+    "tracker.last_processed_event_id": lambda store: store.tracker().last_processed_event_id("p") == 1,
+}
+
+
+@pytest.mark.parametrize("read", list(READS))
+def test_a_read_whose_connection_dies_just_before_it_is_read_again_on_a_new_connection(cluster, store, read,
+                                                                                       monkeypatch):
+    store.sink(item("before"))
+    store.tracker().processed_event("p", 1)
+    dies_before_its_next_statement(cluster, store, monkeypatch)
+    assert READS[read](store)
+    assert store.sink(item("after"))[0].id == 2
+    assert stored_titles(cluster, store) == ["before", "after"]
+
+
+def test_a_transaction_whose_connection_dies_just_before_begin_begins_on_a_new_connection(cluster, store,
+                                                                                          monkeypatch):
+    store.sink(item("before"))
+    dies_before_its_next_statement(cluster, store, monkeypatch)
+    with store.transaction():
+        store.sink(item("inside"))
+    assert stored_titles(cluster, store) == ["before", "inside"]
+
+
+def test_a_read_whose_connection_dies_again_on_the_new_one_is_a_store_error(cluster, store):
     store.sink(item("before"))
     conn = store.connection
     real_execute = conn.execute
+    open_connection = store.database._create_connection
 
     def terminate_first(query, params=None, **kw):
         cluster.terminate_backends("eventsourcery")
         return real_execute(query, params, **kw)
 
+    def dying_connection():
+        new = open_connection()
+        execute = new.execute
+
+        def terminate_first_on_it(query, params=None, **kw):
+            cluster.terminate_backends("eventsourcery")
+            return execute(query, params, **kw)
+
+        new.execute = terminate_first_on_it
+        return new
+
     conn.execute = terminate_first
+    store.database._create_connection = dying_connection
     with pytest.raises(es.StoreError, match="lost the connection") as excinfo:
         store.get_next_from(1)
     assert isinstance(excinfo.value.__cause__, psycopg.OperationalError)
+    store.database._create_connection = open_connection
     assert store.sink(item("after"))[0].id == 2  # on a new connection, outside any transaction
+    assert stored_titles(cluster, store) == ["before", "after"]
+
+
+def test_a_read_inside_a_transaction_whose_connection_dies_is_a_store_error_and_nothing_is_stored(
+        cluster, store, monkeypatch):
+    store.sink(item("before"))
+    with pytest.raises(es.StoreError, match="lost the connection"), store.transaction():
+        store.sink(item("inside"))
+        cluster.terminate_backends("eventsourcery")
+        store.get_next_from(1)  # never read again elsewhere: it would not see the transaction's sink
+    assert store.sink(item("after"))[0].id == 2
     assert stored_titles(cluster, store) == ["before", "after"]
 
 
