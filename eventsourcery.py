@@ -486,13 +486,6 @@ def new_uuid() -> str:
     return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
-class _TypeName:
-    """``Event.type``: the class's type name, or a generic event's own."""
-
-    def __get__(self, obj: Any, owner: type) -> Any:
-        return owner.__dict__.get("_type_name")
-
-
 class _Body:
     """``Event.body``: the event's own fields as a JSON-ready dict."""
 
@@ -521,7 +514,8 @@ class Event:
     causation_id: str | None = None
     metadata: Mapping[str, str | int | float | bool | None] = dataclasses.field(default_factory=dict)
 
-    type: ClassVar[Any] = _TypeName()
+    #: the type name: each subclass's own (set when it is defined), or a generic event's (on the instance)
+    type: ClassVar[Any] = None
     body: ClassVar[Any] = _Body()
 
     def __init__(self, *, type: str | None = None, body: Mapping[str, Any] | None = None,
@@ -569,7 +563,7 @@ class Event:
             raise DuplicateEventTypeError(f"event type name {name!r} is claimed by both "
                             f"{existing.__module__}.{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
                             "pass type='...' to one of them")
-        cls._type_name = name  # type: ignore[attr-defined]
+        cls.type = name  # a plain class attribute, not a descriptor: read for every event handled
         _registry[name] = cls
 
     @classmethod
@@ -1026,7 +1020,7 @@ def type_names(event_types: EventTypes) -> tuple[str, ...] | None:
         if isinstance(t, str):
             names.append(check_text("an event type name", t))
         elif isinstance(t, type) and issubclass(t, Event) and t is not Event:
-            names.append(t._type_name)  # type: ignore[attr-defined]
+            names.append(t.type)
         else:
             raise TypeError(f"event_types must hold type names or Event subclasses, not {t!r}")
     return tuple(names)
@@ -1552,7 +1546,7 @@ class _Session:
         self.depth = 0  # transaction() blocks open on the connection (savepoints beyond the first)
         self.written: list[str] = []  # keys noted by Database.note_written() in the open transaction
         self.lock = threading.RLock()
-        self.owner = 0  # the thread (ident) inside transaction(), while depth > 0
+        self.owner = 0  # the thread (ident) inside transaction() while depth > 0; after, the last one
         self.thread = thread  # the thread whose session this is (None: shared by the process)
 
 
@@ -2406,30 +2400,44 @@ class MemoryEventStore(EventStore):
 # ---------------------------------------------------------------------------
 
 class _Reader:
-    """The calling thread's reader connection for one ``with`` block (SQLiteDatabase.reading), held under
-    its session's lock so that a fork waits for the read; opened on first use. (A class, not a
-    generator: it is on every read's path.)"""
+    """The connection one thread reads on for a ``with`` block outside its transaction (SQLiteDatabase.
+    reading): the writer, if this thread was the last to write on it and no thread is using it now (its
+    page cache holds what it wrote, where a reader connection would fetch those pages again), else the
+    thread's own reader connection (opened on first use), which WAL lets read beside the writer; so a
+    read never waits, and a thread that only reads never holds up the writers. Either is held under its
+    session's lock for the block, so that a fork waits for the read. (A class, not a generator: it is on
+    every read's path.)"""
 
-    __slots__ = ("database", "session")
+    __slots__ = ("database", "held", "ident", "session")
 
     def __init__(self, database: SQLiteDatabase, session: _Session) -> None:
         self.database = database
-        self.session = session
+        self.session = session  # the thread's own, for its reader connection
+        self.ident = threading.get_ident()
+        self.held: list[_Session] = []  # the sessions of the blocks now open, innermost last
 
     def __enter__(self) -> sqlite3.Connection:
+        writer = self.database._shared
+        if writer.owner == self.ident and writer.lock.acquire(False):
+            conn: sqlite3.Connection | None = writer.conn
+            if conn is not None and not writer.depth:
+                self.held.append(writer)
+                return conn
+            writer.lock.release()
         session = self.session
         session.lock.acquire()  # uncontended: the thread's own
         try:
-            conn: sqlite3.Connection | None = session.conn
+            conn = session.conn
             if conn is None:
                 conn = session.conn = self.database._create_reader()
         except BaseException:
             session.lock.release()
             raise
+        self.held.append(session)
         return conn
 
     def __exit__(self, *exc: object) -> None:
-        self.session.lock.release()
+        self.held.pop().lock.release()
 
 
 class SQLiteDatabase(Database):
@@ -2455,7 +2463,9 @@ class SQLiteDatabase(Database):
     together (``group_commit``); reads outside the calling thread's
     transaction go to a reader connection of that thread's own (read-only,
     opened on first use), which WAL lets read beside the writer, so a read
-    waits neither for other readers nor for a write in progress. A thread's
+    waits neither for other readers nor for a write in progress (the thread
+    that last wrote reads on the writer itself while nobody uses it: the pages
+    it wrote are cached there, and a reader would fetch them again). A thread's
     reads inside its ``transaction()`` use the writer, and see the
     transaction's uncommitted writes. (An in-memory database, a ``file:``
     URI, a connection you opened and a read-only file have no readers: there
@@ -2635,15 +2645,23 @@ class SQLiteDatabase(Database):
         return conn
 
     def reading(self) -> contextlib.AbstractContextManager[Any]:
-        if self._shared.conn is None or self._pid != os.getpid():
+        # Every read's path: in_transaction() is spelled out here, and each thread keeps its _Reader.
+        writer = self._shared
+        if writer.conn is None or self._pid != os.getpid():
             self.ensure_open()  # the writer first: it creates (or upgrades) the schema and finds read_only
-        if not self._can_have_readers or self.read_only or self.in_transaction():
+            writer = self._shared
+        if writer.depth:
+            on_writer = writer.owner == threading.get_ident()  # inside the calling thread's transaction()
+        else:
+            conn = writer.conn
+            on_writer = conn is not None and self._connection_in_transaction(conn)  # one opened by hand
+        if on_writer or not self._can_have_readers or self.read_only:
             return super().reading()
         try:
-            session: _Session = self._local.session
+            reader: _Reader = self._local.reader
         except AttributeError:
-            session = self._thread_session()
-        return _Reader(self, session)
+            reader = self._local.reader = _Reader(self, self._thread_session())
+        return reader
 
     def _create_reader(self) -> sqlite3.Connection:
         """A read-only connection for the calling thread (it never creates the file)."""
@@ -3117,7 +3135,8 @@ class SQLiteEventStore(EventStore):
 
     def _change_token(self) -> Any:
         # On a reader connection data_version moves with every commit of another connection, this
-        # process's writer included; on the writer (inside a transaction) our own are counted.
+        # process's writer included; on the writer our own are counted. (A poll that reads on the other
+        # connection than the last one sees a change that may not be one: that costs one read.)
         with self._db.reading() as conn:
             try:
                 return (conn.execute("PRAGMA data_version").fetchone()[0], self._db.commits)

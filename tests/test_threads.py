@@ -214,6 +214,41 @@ def test_reads_of_other_threads_do_not_wait_for_a_transaction_nor_see_it(store):
     assert store.aggregate_version("pending") == 1
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+def test_a_thread_that_only_reads_never_holds_up_another_threads_write(store):
+    def write_in_another_thread(aggregate_id):
+        writer = threading.Thread(target=lambda: store.sink(Numbered(aggregate_id=aggregate_id, e=0)))
+        writer.start()
+        writer.join(WAIT)
+        return not writer.is_alive()
+
+    assert write_in_another_thread("a")
+    for _ in range(2):
+        with store.database.reading() as conn:  # a read in progress in this thread
+            conn.execute("SELECT 1").fetchall()
+            assert write_in_another_thread("b"), "a write waited for another thread's read"
+    assert [e.aggregate_id for e in store.get_next_from(1)] == ["a", "b", "b"]
+
+
+def test_on_sqlite_the_thread_that_last_wrote_reads_on_the_writer_and_others_on_their_own(tmp_path):
+    store = es.SQLiteEventStore(tmp_path / "events.db")
+    store.sink(Numbered(aggregate_id="a", e=0))
+    db = store.database
+    with db.reading() as conn:
+        assert conn is db.connection  # its pages are warm there: no other thread is using it
+    lent: list = []
+
+    def other_thread():
+        with db.reading() as conn:
+            lent.append(conn)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join(WAIT)
+    assert lent and lent[0] is not db.connection
+    store.close()
+
+
 @pytest.mark.parametrize("store_kind", ["postgres"])
 def test_postgres_connections_of_ended_threads_are_handed_to_new_threads(store):
     together = threading.Barrier(4)
