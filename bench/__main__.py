@@ -519,11 +519,8 @@ class Harness:
 
                 times, _ = self.interleaved("i", backend, s.runs, run, variant=f"{mode}{n}")
                 for name, xs in times.items():
-                    lat = lat_all.get(name, [])
                     self.add("i", backend, name, s.i_commands // n * n, xs, variant=f"{mode}{n}", threads=n,
-                             p50_ms=C.percentile(lat, 50) * 1e3 if lat else None,
-                             p99_ms=C.percentile(lat, 99) * 1e3 if lat else None,
-                             max_ms=max(lat) * 1e3 if lat else None)
+                             **C.latency_fields(lat_all.get(name, [])))
 
     def w_j(self, backend):
         """Loads of a 10-event aggregate, one every ms, while another thread of the same process
@@ -546,11 +543,8 @@ class Harness:
 
             times, _ = self.interleaved("j", backend, s.runs, run, variant=variant)
             for name, xs in times.items():
-                lat = lat_all.get(name, [])
                 self.add("j", backend, name, s.j_reads, xs, variant=variant,
-                         p50_ms=C.percentile(lat, 50) * 1e3 if lat else None,
-                         p99_ms=C.percentile(lat, 99) * 1e3 if lat else None,
-                         max_ms=max(lat) * 1e3 if lat else None, writes_meanwhile=writes.get(name),
+                         **C.latency_fields(lat_all.get(name, [])), writes_meanwhile=writes.get(name),
                          note="events/s here: reads per second of read time")
 
     @contextlib.contextmanager
@@ -592,11 +586,8 @@ class Harness:
 
             times, _ = self.interleaved("k", backend, s.runs, run, variant=f"proc{n}")
             for name, xs in times.items():
-                lat = lat_all.get(name, [])
                 self.add("k", backend, name, s.k_commands // n * n, xs, variant=f"proc{n}", processes=n,
-                         p50_ms=C.percentile(lat, 50) * 1e3 if lat else None,
-                         p99_ms=C.percentile(lat, 99) * 1e3 if lat else None,
-                         max_ms=max(lat) * 1e3 if lat else None)
+                         **C.latency_fields(lat_all.get(name, [])))
 
     def processes_together(self, t, backend, spec, n, per, run):
         """Start n (k) children, release them at once; (first start, last end, every latency)."""

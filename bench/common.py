@@ -135,6 +135,13 @@ def percentile(xs, p):
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def latency_fields(lat):
+    """The p50_ms / p99_ms / max_ms fields of a row, from latencies in seconds (None when there are none)."""
+    return {"p50_ms": percentile(lat, 50) * 1e3 if lat else None,
+            "p99_ms": percentile(lat, 99) * 1e3 if lat else None,
+            "max_ms": max(lat) * 1e3 if lat else None}
+
+
 # ----------------------------------------------------------------------------- sqlite
 
 RAW_SQLITE_DDL = [

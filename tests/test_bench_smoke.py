@@ -22,15 +22,20 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 HAVE_PEER = importlib.util.find_spec("eventsourcing") is not None
 
 
-def test_bench_quick_b_writes_expected_json(tmp_path):
+def run_quick_bench(tmp_path, *args: str, timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    """``python -m bench --quick ARGS`` (``--no-peer`` when eventsourcing is missing), which must exit 0;
+    returns the process and the JSON it wrote."""
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "bench", "--quick", "--only", "b", "--backend", "sqlite",
-           "--json", str(out), "--tmpdir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "bench", "--quick", *args, "--json", str(out), "--tmpdir", str(tmp_path)]
     if not HAVE_PEER:
         cmd.append("--no-peer")
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stdout + p.stderr
-    doc = json.loads(out.read_text())
+    return p, json.loads(out.read_text())
+
+
+def test_bench_quick_b_writes_expected_json(tmp_path):
+    p, doc = run_quick_bench(tmp_path, "--only", "b", "--backend", "sqlite", timeout=120)
 
     assert set(doc) >= {"meta", "sizes", "results", "skipped", "errors"}
     assert doc["errors"] == []
@@ -67,14 +72,7 @@ def test_bench_quick_h_snapshot_vs_replay_rows(tmp_path, backend):
     if backend == "postgres":
         from tests.pg_support import require_postgres
         require_postgres()
-    out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "bench", "--quick", "--only", "h", "--backend", backend,
-           "--json", str(out), "--tmpdir", str(tmp_path)]
-    if not HAVE_PEER:
-        cmd.append("--no-peer")
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert p.returncode == 0, p.stdout + p.stderr
-    doc = json.loads(out.read_text())
+    p, doc = run_quick_bench(tmp_path, "--only", "h", "--backend", backend, timeout=180)
     assert doc["errors"] == []
     sizes = doc["sizes"]
     n, every = sizes["h_events"], sizes["h_every"]
@@ -105,14 +103,7 @@ def test_benchmark_docs_speak_of_workloads_not_issues():
 
 def test_bench_quick_k_runs_processes_together(tmp_path):
     """(k): a row per system and process count, each process's commands counted, latencies pooled."""
-    out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "bench", "--quick", "--only", "k", "--backend", "sqlite", "--runs", "1",
-           "--json", str(out), "--tmpdir", str(tmp_path)]
-    if not HAVE_PEER:
-        cmd.append("--no-peer")
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert p.returncode == 0, p.stdout + p.stderr
-    doc = json.loads(out.read_text())
+    p, doc = run_quick_bench(tmp_path, "--only", "k", "--backend", "sqlite", "--runs", "1", timeout=180)
     assert doc["errors"] == []
     sizes = doc["sizes"]
     rows = [r for r in doc["results"] if r["workload"] == "k"]
