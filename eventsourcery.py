@@ -1550,6 +1550,28 @@ class _Session:
         self.thread = thread  # the thread whose session this is (None: shared by the process)
 
 
+class _OnSession:
+    """The calling thread's connection (its own, or the process's) under its session's lock, for one
+    ``with`` block (Database.reading). (A class, not a generator: every read passes here.)"""
+
+    __slots__ = ("database", "session")
+
+    def __init__(self, database: Database, session: _Session) -> None:
+        self.database = database
+        self.session = session
+
+    def __enter__(self) -> Any:
+        self.session.lock.acquire()
+        try:
+            return self.database.connection
+        except BaseException:
+            self.session.lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.lock.release()
+
+
 class Database(abc.ABC):
     """Connections to one SQL database, one per process or one per thread, with a reentrant ``transaction()``.
 
@@ -1842,12 +1864,7 @@ class Database(abc.ABC):
         transaction's (so it sees its own uncommitted writes); otherwise the thread's own where it has
         one, else the process's, under ``lock``. A backend with connections that read beside the
         writer (SQLite's readers) gives one of those instead."""
-        return self._under_lock()
-
-    @contextlib.contextmanager
-    def _under_lock(self) -> Iterator[Any]:
-        with self.lock:
-            yield self.connection
+        return _OnSession(self, self._session())
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, doing: str = "write") -> Any:
         """Run one statement inside the current transaction, or in a transaction of its own; returns the
