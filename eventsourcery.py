@@ -2324,94 +2324,26 @@ class _ProcessLocks:
         return name in self._held
 
 
-class MemoryTracker(Tracker):
-    """Positions in this process's memory: they start again at 0 in every new process."""
+class MemoryTracker(DatabaseTracker):
+    """Positions in this process's memory: they start again at 0 in every new process (a copy
+    pickled for another process carries what it had).
+
+    The rules are DatabaseTracker's, run on an in-memory SQLite database of its own, so the memory,
+    SQLite and Postgres trackers keep positions, ownership and failures alike.
+    """
 
     def __init__(self) -> None:
-        self._positions: dict[str, int] = {}  # saved and restored by MemoryEventStore.transaction()
-        self._records: dict[str, TrackerRecord] = {}  # the rest of each record (its position is above)
-        self._mutex = threading.RLock()  # position moves and failure reports are one step each, across threads
+        super().__init__(SQLiteDatabase(":memory:"))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_mutex"}
+        return {"records": self.records()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._mutex = threading.RLock()
-
-    def _get(self, name: str) -> TrackerRecord:
-        return dataclasses.replace(self._records.get(name, TrackerRecord(name, fresh=name not in self._positions)),
-                                   position=self._positions.get(name, 0))
-
-    def _put(self, record: TrackerRecord) -> None:
-        self._records[record.name] = record
-        self._positions[record.name] = record.position
-
-    def setup(self, name: str) -> None:
-        if name not in self._positions:
-            self._put(TrackerRecord(name, fresh=True))
-
-    def last_processed_event_id(self, name: str) -> int:
-        return self._positions.get(name, 0)
-
-    def processed_event(self, name: str, event_id: int) -> None:
-        self._put(dataclasses.replace(self._get(name), position=event_id, fresh=False))
-
-    def reset(self, name: str) -> None:
-        r = self._get(name)
-        self._put(dataclasses.replace(r, position=0, horizon=max(r.horizon, r.position), fresh=True,
-                                      last_error=None, failing_event_id=None))
-
-    def positions(self) -> dict[str, int]:
-        return dict(self._positions)
-
-    def records(self) -> list[TrackerRecord]:
-        return [self._get(name) for name in sorted(set(self._positions) | set(self._records))]
-
-    def record(self, name: str) -> TrackerRecord:
-        return self._get(name)
-
-    def acquire(self, name: str, owner: str, kind: str | None = None) -> int:
-        r = self._get(name)
-        self._put(dataclasses.replace(r, generation=r.generation + 1, owner=owner, kind=kind or r.kind,
-                                      state="running", standby=None, standby_at=None))
-        return r.generation + 1
-
-    def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
-        with self._mutex:
-            r = self._get(name)
-            if generation is not None and r.generation != generation:
-                raise _fenced(name, generation)
-            past = r.failing_event_id is None or r.failing_event_id <= event_id
-            self._put(dataclasses.replace(r, position=event_id, fresh=False,
-                                          last_error=None if past else r.last_error,
-                                          failing_event_id=None if past else r.failing_event_id))
-
-    def skip_event(self, name: str, event_id: int) -> None:
-        with self._mutex:
-            _check_skip(self._get(name), event_id)
-            self.commit_position(name, event_id, None)
-
-    def check_owner(self, name: str, generation: int | None) -> None:
-        if generation is not None and self._get(name).generation != generation:
-            raise _fenced(name, generation)
-
-    def report(self, name: str, generation: int | None, state: str, error: str | None = None,
-               failing_event_id: int | None = None) -> None:
-        with self._mutex:
-            r = self._get(name)
-            if r.generation != generation:
-                return
-            if error is None or (failing_event_id is not None and r.position >= failing_event_id):
-                self._put(dataclasses.replace(r, state=state))  # (a failure at an event it is past: skipped)
-            else:
-                self._put(dataclasses.replace(r, state=state, last_error=error, failing_event_id=failing_event_id))
-
-    def standby(self, name: str, who: str) -> None:
-        self._put(dataclasses.replace(self._get(name), standby=who, standby_at=time.time()))
-
-    def register(self, name: str, kind: str, location: str) -> None:
-        self._put(dataclasses.replace(self._get(name), kind=kind, location=location))
+        self.__init__()  # type: ignore[misc]
+        fields = [f.name for f in dataclasses.fields(TrackerRecord)]
+        for record in state["records"]:
+            self._write(f"INSERT INTO {{t}} ({', '.join(fields)}) VALUES "
+                        f"({', '.join(['{p}'] * len(fields))})", dataclasses.astuple(record))
 
 
 class MemoryEventStore(EventStore):
@@ -2456,8 +2388,8 @@ class MemoryEventStore(EventStore):
     def transaction(self) -> Iterator[None]:
         """Sinks and tracker writes inside commit together; a nested block that raises rolls back
         only its own part (like a savepoint), the outermost one everything since it began."""
-        with self._changed:
-            saved_rows, saved_positions = len(self._rows), dict(self._tracker._positions)
+        with self._changed, self._tracker.database.transaction():  # (positions roll back with it)
+            saved_rows = len(self._rows)
             saved_snapshots, saved_undo = len(self._pending_snapshots), len(self._undo)
             self._depth += 1
             try:
@@ -2474,7 +2406,6 @@ class MemoryEventStore(EventStore):
                     if not positions:
                         del self._by_aggregate[row.aggregate_id]
                 del self._rows[saved_rows:]
-                self._tracker._positions = saved_positions
                 raise
             finally:
                 self._depth -= 1
