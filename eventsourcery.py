@@ -1882,7 +1882,8 @@ class Database(abc.ABC):
         for attempt in (1, 2):
             with self.reading() as conn:
                 try:
-                    return list(conn.execute(sql, params).fetchall())
+                    rows: list[Any] = conn.execute(sql, params).fetchall()
+                    return rows
                 except self.driver_errors as exc:
                     if attempt == 2 or not self._read_again(exc):
                         raise self.error(exc, doing) from exc
@@ -1932,6 +1933,14 @@ class Database(abc.ABC):
     def qualify(self, table: str) -> str:
         """The SQL name of one of the library's tables (e.g. schema-qualified)."""
         return table
+
+    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+        """The condition that ``column`` is one of ``values``, and its parameters."""
+        return f"{column} IN ({', '.join([self.placeholder] * len(values))})", tuple(values)
+
+    def time_value(self, value: _dt.datetime | str) -> Any:
+        """A time as this database stores it (a parameter of a statement)."""
+        return value
 
     def table_names(self, ddl: str) -> list[str]:
         """The tables a processor's ``schema`` DDL creates (the ones ``reset()`` drops)."""
@@ -2134,6 +2143,155 @@ class DatabaseTracker(Tracker):
 
 
 # ---------------------------------------------------------------------------
+# SQL stores: the statements SQLite and Postgres share, written once. A
+# backend's store gives the Database (its connections and dialect) and
+# writes what only it has: sink, locks, subscriptions, scrubbing.
+# ---------------------------------------------------------------------------
+
+_D = TypeVar("_D", bound="Database")
+
+
+class SQLEventStore(EventStore, typing.Generic[_D]):
+    """The part of an event store that is the same SQL on every backend: reads, snapshots, erasure,
+    statistics, transactions and the tracker, over ``self._db``.
+
+    A subclass sets ``self._db`` (its Database) and ``self._tracker``, and
+    writes ``sink``, ``lock`` and ``is_running``. The statements are written
+    with the database's ``placeholder``, ``qualify``'d table names and
+    ``in_list``; ``select_columns`` is the select list of an event row (in
+    EventRow order), which a backend may cast.
+    """
+
+    _db: _D
+    _tracker: Tracker
+    #: the columns of an event row, in EventRow order, as this backend selects them
+    select_columns: ClassVar[str] = ", ".join(EVENT_COLUMNS)
+
+    @functools.cached_property
+    def _sql(self) -> dict[str, str]:
+        """This store's statements, made once from the dialect of its database."""
+        db, p = self._db, self._db.placeholder
+        events, snapshots = db.qualify("events"), db.qualify("eventsourcery_snapshots")
+        select = f"SELECT {self.select_columns} FROM {events} "
+        return {
+            "page": select + f"WHERE id >= {p} {{types}}ORDER BY id LIMIT {p}",
+            "latest": f"SELECT max(id) FROM {events} {{types}}",
+            "aggregate": select + f"WHERE aggregate_id = {p} AND version BETWEEN {p} AND {p} "
+                                  "ORDER BY version",
+            "version": f"SELECT max(version) FROM {events} WHERE aggregate_id = {p}",
+            "save_snapshot": (
+                f"INSERT INTO {snapshots} ({', '.join(SNAPSHOT_COLUMNS)}) "
+                f"VALUES ({', '.join([p] * len(SNAPSHOT_COLUMNS))}) "
+                "ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET version = excluded.version, "
+                "snapshot_version = excluded.snapshot_version, "
+                "last_event_uuid = excluded.last_event_uuid, state = excluded.state, "
+                f"created_at = excluded.created_at WHERE excluded.version >= {snapshots}.version"),
+            "snapshots": f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM {snapshots} "
+                         f"WHERE aggregate_id = {p} ORDER BY aggregate_type",
+            "delete_snapshots": f"DELETE FROM {snapshots} WHERE aggregate_id = {p}",
+            "erase": f"UPDATE {events} SET type = {p}, body = '{{}}', metadata = NULL "
+                     f"WHERE aggregate_id = {p} AND version <= {p}",
+            "counts": f"SELECT count(*), count(DISTINCT aggregate_id) FROM {events}",
+            "first": f"SELECT created_at FROM {events} ORDER BY id LIMIT 1",
+            "last": f"SELECT created_at FROM {events} ORDER BY id DESC LIMIT 1",
+            "types": f"SELECT type, count(*) FROM {events} GROUP BY type "
+                     "ORDER BY count(*) DESC, type",
+        }
+
+    def _page_query(self, id: int, names: tuple[str, ...] | None,
+                    limit: int) -> tuple[str, tuple[Any, ...]]:
+        """The SELECT of up to ``limit`` events from ``id`` on (of the types ``names``), and its
+        parameters."""
+        if names is None:
+            return self._sql["page"].format(types=""), (id, limit)
+        where, values = self._db.in_list("type", names)
+        return self._sql["page"].format(types=f"AND {where} "), (id, *values, limit)
+
+    def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
+        names = type_names(event_types)
+        id, limit = check_position("id", id), check_limit(limit)
+        sql, params = self._page_query(id, names, limit)
+        return decode_rows(self._db.fetch_all(sql, params, doing=f"read events from id {id}"))
+
+    def latest_event_id(self, event_types: EventTypes = None) -> int:
+        names = type_names(event_types)
+        if names is None:
+            sql, params = self._sql["latest"].format(types=""), ()
+        else:
+            where, params = self._db.in_list("type", names)
+            sql = self._sql["latest"].format(types=f"WHERE {where}")
+        [(latest,)] = self._db.fetch_all(sql, params, doing="read the latest event id")
+        return int(latest or 0)
+
+    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *, from_version: int = 1,
+                                    to_version: int | None = None) -> list[Event]:
+        first, last = version_range(from_version, to_version)
+        aggregate_id = check_aggregate_id(aggregate_id)
+        return decode_rows(self._db.fetch_all(
+            self._sql["aggregate"], (aggregate_id, first, last),
+            doing=f"read the events of aggregate {aggregate_id!r}"))
+
+    def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
+        aggregate_id = check_aggregate_id(aggregate_id)
+        [(version,)] = self._db.fetch_all(self._sql["version"], (aggregate_id,),
+                                          doing=f"read the version of aggregate {aggregate_id!r}")
+        return int(version or 0)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self._db.execute(self._sql["save_snapshot"],
+                         snapshot._replace(created_at=self._db.time_value(snapshot.created_at)),
+                         doing="save a snapshot")
+
+    def snapshots(self, aggregate_id: str | _uuid.UUID) -> list[Snapshot]:
+        rows = self._db.fetch_all(self._sql["snapshots"], (check_aggregate_id(aggregate_id),),
+                                  doing="read snapshots")
+        return [Snapshot(*row) for row in rows]
+
+    def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:
+        self._db.execute(self._sql["delete_snapshots"], (check_aggregate_id(aggregate_id),),
+                         doing="delete snapshots")
+
+    def erase_events(self, aggregate_id: str, to_version: int) -> None:
+        self._db.execute(self._sql["erase"], (ERASED_TYPE, aggregate_id, to_version),
+                         doing=f"erase the events of aggregate {aggregate_id!r}")
+
+    def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        sql, fetch = self._sql, self._db.fetch_all
+        [(events, aggregates)] = fetch(sql["counts"], doing="count the events")
+        first = fetch(sql["first"], doing="count the events")
+        last = fetch(sql["last"], doing="count the events")
+        types = dict(fetch(sql["types"], doing="count the events"))
+        return {"events": events, "aggregates": aggregates,
+                "first_created_at": _iso_text(first[0][0]) if first else None,
+                "last_created_at": _iso_text(last[0][0]) if last else None, "types": types}
+
+    @property
+    def connection(self) -> Any:
+        """The calling thread's connection to the store's database (see its Database for which)."""
+        return self._db.connection
+
+    @property
+    def database(self) -> _D:
+        return self._db
+
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        return self._db.transaction()
+
+    def tracker(self) -> Tracker:
+        return self._tracker
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _iso_text(value: _dt.datetime | str) -> str:
+    """A stored time as ISO text in UTC (SQLite keeps the text, Postgres gives a datetime)."""
+    if isinstance(value, str):
+        return value
+    return value.astimezone(_dt.timezone.utc).isoformat()
+
+
+# ---------------------------------------------------------------------------
 # The memory store: the contract kept in this process's memory, for tests.
 # ---------------------------------------------------------------------------
 
@@ -2166,94 +2324,26 @@ class _ProcessLocks:
         return name in self._held
 
 
-class MemoryTracker(Tracker):
-    """Positions in this process's memory: they start again at 0 in every new process."""
+class MemoryTracker(DatabaseTracker):
+    """Positions in this process's memory: they start again at 0 in every new process (a copy
+    pickled for another process carries what it had).
+
+    The rules are DatabaseTracker's, run on an in-memory SQLite database of its own, so the memory,
+    SQLite and Postgres trackers keep positions, ownership and failures alike.
+    """
 
     def __init__(self) -> None:
-        self._positions: dict[str, int] = {}  # saved and restored by MemoryEventStore.transaction()
-        self._records: dict[str, TrackerRecord] = {}  # the rest of each record (its position is above)
-        self._mutex = threading.RLock()  # position moves and failure reports are one step each, across threads
+        super().__init__(SQLiteDatabase(":memory:"))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_mutex"}
+        return {"records": self.records()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._mutex = threading.RLock()
-
-    def _get(self, name: str) -> TrackerRecord:
-        return dataclasses.replace(self._records.get(name, TrackerRecord(name, fresh=name not in self._positions)),
-                                   position=self._positions.get(name, 0))
-
-    def _put(self, record: TrackerRecord) -> None:
-        self._records[record.name] = record
-        self._positions[record.name] = record.position
-
-    def setup(self, name: str) -> None:
-        if name not in self._positions:
-            self._put(TrackerRecord(name, fresh=True))
-
-    def last_processed_event_id(self, name: str) -> int:
-        return self._positions.get(name, 0)
-
-    def processed_event(self, name: str, event_id: int) -> None:
-        self._put(dataclasses.replace(self._get(name), position=event_id, fresh=False))
-
-    def reset(self, name: str) -> None:
-        r = self._get(name)
-        self._put(dataclasses.replace(r, position=0, horizon=max(r.horizon, r.position), fresh=True,
-                                      last_error=None, failing_event_id=None))
-
-    def positions(self) -> dict[str, int]:
-        return dict(self._positions)
-
-    def records(self) -> list[TrackerRecord]:
-        return [self._get(name) for name in sorted(set(self._positions) | set(self._records))]
-
-    def record(self, name: str) -> TrackerRecord:
-        return self._get(name)
-
-    def acquire(self, name: str, owner: str, kind: str | None = None) -> int:
-        r = self._get(name)
-        self._put(dataclasses.replace(r, generation=r.generation + 1, owner=owner, kind=kind or r.kind,
-                                      state="running", standby=None, standby_at=None))
-        return r.generation + 1
-
-    def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
-        with self._mutex:
-            r = self._get(name)
-            if generation is not None and r.generation != generation:
-                raise _fenced(name, generation)
-            past = r.failing_event_id is None or r.failing_event_id <= event_id
-            self._put(dataclasses.replace(r, position=event_id, fresh=False,
-                                          last_error=None if past else r.last_error,
-                                          failing_event_id=None if past else r.failing_event_id))
-
-    def skip_event(self, name: str, event_id: int) -> None:
-        with self._mutex:
-            _check_skip(self._get(name), event_id)
-            self.commit_position(name, event_id, None)
-
-    def check_owner(self, name: str, generation: int | None) -> None:
-        if generation is not None and self._get(name).generation != generation:
-            raise _fenced(name, generation)
-
-    def report(self, name: str, generation: int | None, state: str, error: str | None = None,
-               failing_event_id: int | None = None) -> None:
-        with self._mutex:
-            r = self._get(name)
-            if r.generation != generation:
-                return
-            if error is None or (failing_event_id is not None and r.position >= failing_event_id):
-                self._put(dataclasses.replace(r, state=state))  # (a failure at an event it is past: skipped)
-            else:
-                self._put(dataclasses.replace(r, state=state, last_error=error, failing_event_id=failing_event_id))
-
-    def standby(self, name: str, who: str) -> None:
-        self._put(dataclasses.replace(self._get(name), standby=who, standby_at=time.time()))
-
-    def register(self, name: str, kind: str, location: str) -> None:
-        self._put(dataclasses.replace(self._get(name), kind=kind, location=location))
+        self.__init__()  # type: ignore[misc]
+        fields = [f.name for f in dataclasses.fields(TrackerRecord)]
+        for record in state["records"]:
+            self._write(f"INSERT INTO {{t}} ({', '.join(fields)}) VALUES "
+                        f"({', '.join(['{p}'] * len(fields))})", dataclasses.astuple(record))
 
 
 class MemoryEventStore(EventStore):
@@ -2298,8 +2388,8 @@ class MemoryEventStore(EventStore):
     def transaction(self) -> Iterator[None]:
         """Sinks and tracker writes inside commit together; a nested block that raises rolls back
         only its own part (like a savepoint), the outermost one everything since it began."""
-        with self._changed:
-            saved_rows, saved_positions = len(self._rows), dict(self._tracker._positions)
+        with self._changed, self._tracker.database.transaction():  # (positions roll back with it)
+            saved_rows = len(self._rows)
             saved_snapshots, saved_undo = len(self._pending_snapshots), len(self._undo)
             self._depth += 1
             try:
@@ -2316,7 +2406,6 @@ class MemoryEventStore(EventStore):
                     if not positions:
                         del self._by_aggregate[row.aggregate_id]
                 del self._rows[saved_rows:]
-                self._tracker._positions = saved_positions
                 raise
             finally:
                 self._depth -= 1
@@ -2727,6 +2816,9 @@ class SQLiteDatabase(Database):
                               f"cannot {doing}: {text}")
         return StoreError(f"{where}: cannot {doing}: {text}")
 
+    def time_value(self, value: _dt.datetime | str) -> Any:
+        return value.isoformat() if isinstance(value, _dt.datetime) else value
+
     def _connection_in_transaction(self, conn: Any) -> bool:
         try:
             return bool(conn.in_transaction)
@@ -2952,7 +3044,7 @@ class _FileLocks:
         return False
 
 
-class SQLiteEventStore(EventStore):
+class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
     """An event store in one SQLite file, shared safely by several processes on one host.
 
     The file is created with its schema on first use, in WAL mode. By default
@@ -2965,8 +3057,6 @@ class SQLiteEventStore(EventStore):
     command line's read commands do): nothing is created or changed, and
     every write raises StoreError.
     """
-
-    _SELECT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events "
 
     _INSERT = ("INSERT INTO events (uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, "
                "metadata, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -2985,22 +3075,6 @@ class SQLiteEventStore(EventStore):
 
     def __repr__(self) -> str:
         return f"SQLiteEventStore({self.path!r})"
-
-    @property
-    def connection(self) -> sqlite3.Connection:
-        """This process's connection to the store's file (the writer; see SQLiteDatabase for the readers)."""
-        conn: sqlite3.Connection = self._db.connection
-        return conn
-
-    @property
-    def database(self) -> SQLiteDatabase:
-        return self._db
-
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return self._db.transaction()
-
-    def tracker(self) -> Tracker:
-        return self._tracker
 
     def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         return self._locks.lock(name)
@@ -3038,83 +3112,6 @@ class SQLiteEventStore(EventStore):
             raise self._db.error(exc, f"store events of aggregate {aggregate_id!r}; nothing was written") from exc
         return stored_copies(events, rows, first_id, current + 1)
 
-    def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
-        names = type_names(event_types)
-        id, limit = check_position("id", id), check_limit(limit)
-        with self._db.reading() as conn:
-            try:
-                if names is None:
-                    rows = conn.execute(self._SELECT + "WHERE id >= ? ORDER BY id LIMIT ?", (id, limit)).fetchall()
-                else:
-                    marks = ",".join("?" * len(names))
-                    rows = conn.execute(self._SELECT + f"WHERE id >= ? AND type IN ({marks}) ORDER BY id LIMIT ?",
-                                        (id, *names, limit)).fetchall()
-            except sqlite3.Error as exc:
-                raise self._db.error(exc, f"read events from id {id}") from exc
-        return decode_rows(rows)
-
-    def latest_event_id(self, event_types: EventTypes = None) -> int:
-        names = type_names(event_types)
-        with self._db.reading() as conn:
-            try:
-                if names is None:
-                    row = conn.execute("SELECT max(id) FROM events").fetchone()
-                else:
-                    marks = ",".join("?" * len(names))
-                    row = conn.execute(f"SELECT max(id) FROM events WHERE type IN ({marks})", names).fetchone()
-            except sqlite3.Error as exc:
-                raise self._db.error(exc, "read the latest event id") from exc
-        return int(row[0] or 0)
-
-    def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *, from_version: int = 1,
-                                    to_version: int | None = None) -> list[Event]:
-        first, last = version_range(from_version, to_version)
-        aggregate_id = check_aggregate_id(aggregate_id)
-        with self._db.reading() as conn:
-            try:
-                rows = conn.execute(
-                    self._SELECT + "WHERE aggregate_id = ? AND version BETWEEN ? AND ? ORDER BY version",
-                    (aggregate_id, first, last)).fetchall()
-            except sqlite3.Error as exc:
-                raise self._db.error(exc, f"read the events of aggregate {aggregate_id!r}") from exc
-        return decode_rows(rows)
-
-    def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
-        aggregate_id = check_aggregate_id(aggregate_id)
-        with self._db.reading() as conn:
-            try:
-                row = conn.execute("SELECT max(version) FROM events WHERE aggregate_id = ?",
-                                   (aggregate_id,)).fetchone()
-            except sqlite3.Error as exc:
-                raise self._db.error(exc, f"read the version of aggregate {aggregate_id!r}") from exc
-        return int(row[0] or 0)
-
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        created_at = snapshot.created_at
-        self._db.execute(
-            f"INSERT INTO eventsourcery_snapshots ({', '.join(SNAPSHOT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET version = excluded.version, "
-            "snapshot_version = excluded.snapshot_version, last_event_uuid = excluded.last_event_uuid, "
-            "state = excluded.state, created_at = excluded.created_at "
-            "WHERE excluded.version >= eventsourcery_snapshots.version",
-            snapshot._replace(created_at=created_at.isoformat() if isinstance(created_at, _dt.datetime)
-                              else created_at), doing="save a snapshot")
-
-    def snapshots(self, aggregate_id: str | _uuid.UUID) -> list[Snapshot]:
-        rows = self._db.fetch_all(
-            f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM eventsourcery_snapshots WHERE aggregate_id = ? "
-            "ORDER BY aggregate_type", (check_aggregate_id(aggregate_id),), doing="read snapshots")
-        return [Snapshot(*row) for row in rows]
-
-    def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:
-        self._db.execute("DELETE FROM eventsourcery_snapshots WHERE aggregate_id = ?",
-                         (check_aggregate_id(aggregate_id),), doing="delete snapshots")
-
-    def erase_events(self, aggregate_id: str, to_version: int) -> None:
-        self._db.execute("UPDATE events SET type = ?, body = '{}', metadata = NULL "
-                         "WHERE aggregate_id = ? AND version <= ?", (ERASED_TYPE, aggregate_id, to_version),
-                         doing=f"erase the events of aggregate {aggregate_id!r}")
-
     def scrub(self) -> None:
         # secure_delete (on for every store connection) zeroed what the UPDATE freed in the file; the
         # WAL still holds older copies of those pages until a checkpoint writes them back and truncates it.
@@ -3130,25 +3127,14 @@ class SQLiteEventStore(EventStore):
                                   "(the next checkpoint removes it)", self)
 
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        with self._db.reading() as conn:
-            try:
-                events, aggregates = conn.execute(
-                    "SELECT count(*), count(DISTINCT aggregate_id) FROM events").fetchone()
-                first = conn.execute("SELECT created_at FROM events ORDER BY id LIMIT 1").fetchone()
-                last = conn.execute("SELECT created_at FROM events ORDER BY id DESC LIMIT 1").fetchone()
-                types = dict(conn.execute(
-                    "SELECT type, count(*) FROM events GROUP BY type ORDER BY count(*) DESC, type"))
-            except sqlite3.Error as exc:
-                raise self._db.error(exc, "count the events") from exc
+        counts = super().stats(progress)
         wal = self.path + "-wal"
         try:
             file_size = os.path.getsize(self.path)
             wal_size = os.path.getsize(wal) if os.path.exists(wal) else 0
         except OSError as exc:
             raise StoreError(f"cannot read the size of {self.path!r}: {exc}") from exc
-        return {"events": events, "aggregates": aggregates,
-                "first_created_at": first[0] if first else None, "last_created_at": last[0] if last else None,
-                "types": types, "file_size": file_size, "wal_size": wal_size}
+        return {**counts, "file_size": file_size, "wal_size": wal_size}
 
     def _change_token(self) -> Any:
         # On a reader connection data_version moves with every commit of another connection, this
@@ -3170,9 +3156,6 @@ class SQLiteEventStore(EventStore):
             stopper.sleep(interval)
             waited += interval
             interval = min(interval * 2, self.poll_interval)
-
-    def close(self) -> None:
-        self._db.close()
 
 
 class SQLiteTracker(DatabaseTracker):

@@ -69,7 +69,6 @@ import re
 import select
 import time
 import urllib.parse
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -482,6 +481,9 @@ class PostgresDatabase(es.Database):
     def qualify(self, table: str) -> str:
         return f"{_quote(self.schema)}.{table}"
 
+    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+        return f"{column} = ANY(%s::text[])", (list(values),)  # one statement, whatever the count
+
     def create_tables(self, conn: Any, ddl: str) -> None:
         # Two sessions creating one table at once can both fail its catalog's unique index: take turns.
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_advisory_key("ddl", self.schema),))
@@ -560,7 +562,7 @@ class _StoreDatabase(PostgresDatabase):
 _COLUMNS = ", ".join(es.EVENT_COLUMNS[:-2]) + ", metadata::text, body::text"
 
 
-class PostgresEventStore(es.EventStore):
+class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
     """An event store in a Postgres database, shared by processes on any number of hosts.
 
     ``conninfo`` is a ``postgresql://`` URL or a libpq ``key=value`` string;
@@ -584,6 +586,8 @@ class PostgresEventStore(es.EventStore):
     releases when the process dies: at most one instance of a processor name
     runs at a time, across all hosts.
     """
+
+    select_columns = _COLUMNS
 
     def __init__(self, conninfo: str, *, schema: str | None = None, poll_interval: float = 2.0,
                  reconnect_timeout: float = 30.0, create: bool = True, lock_timeout: float | None = 30.0,
@@ -620,25 +624,6 @@ class PostgresEventStore(es.EventStore):
     @reconnect_timeout.setter
     def reconnect_timeout(self, seconds: float) -> None:
         self._db.reconnect_timeout = seconds
-
-    @property
-    def connection(self) -> Connection:
-        """The calling thread's connection to the store's database (autocommit; see ``transaction()``)."""
-        conn: Connection = self._db.connection
-        return conn
-
-    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
-        return self._db.transaction()
-
-    @property
-    def database(self) -> PostgresDatabase:
-        return self._db
-
-    def tracker(self) -> PostgresTracker:
-        return self._tracker
-
-    def close(self) -> None:
-        self._db.close()
 
     # -- processor locks ----------------------------------------------------
 
@@ -778,73 +763,7 @@ class PostgresEventStore(es.EventStore):
         return (f"server process {pid} ({application or 'no application_name'}, {state}, in a transaction "
                 f"for {age.total_seconds():.1f} s; a transaction that sinks holds the lock until it ends)")
 
-    # -- reading ------------------------------------------------------------
-
-    def _page_query(self, id: int, names: tuple[str, ...] | None, limit: int) -> tuple[str, tuple[Any, ...]]:
-        """The SELECT of up to ``limit`` events from ``id`` on (of the types ``names``), and its parameters."""
-        if names is None:
-            return f"SELECT {_COLUMNS} FROM {self._events} WHERE id >= %s ORDER BY id LIMIT %s", (id, limit)
-        return (f"SELECT {_COLUMNS} FROM {self._events} WHERE id >= %s AND type = ANY(%s::text[]) "
-                "ORDER BY id LIMIT %s", (id, list(names), limit))
-
-    def get_next_from(self, id: int, event_types: es.EventTypes = None,
-                      limit: int = 1000) -> list[es.Event]:
-        names = es.type_names(event_types)
-        id, limit = es.check_position("id", id), es.check_limit(limit)
-        sql, params = self._page_query(id, names, limit)
-        return es.decode_rows(self._db.fetch_all(sql, params, doing=f"read events from id {id}"))
-
-    def latest_event_id(self, event_types: es.EventTypes = None) -> int:
-        names = es.type_names(event_types)
-        if names is None:
-            [(latest,)] = self._db.fetch_all(f"SELECT max(id) FROM {self._events}", doing="read the latest event id")
-        else:
-            [(latest,)] = self._db.fetch_all(f"SELECT max(id) FROM {self._events} WHERE type = ANY(%s::text[])",
-                                             (list(names),), doing="read the latest event id")
-        return int(latest or 0)
-
-    def get_events_for_aggregate_id(self, aggregate_id: str | uuid.UUID, *, from_version: int = 1,
-                                    to_version: int | None = None) -> list[es.Event]:
-        first, last = es.version_range(from_version, to_version)
-        aggregate_id = es.check_aggregate_id(aggregate_id)
-        return es.decode_rows(self._db.fetch_all(
-            f"SELECT {_COLUMNS} FROM {self._events} WHERE aggregate_id = %s AND version BETWEEN %s AND %s "
-            "ORDER BY version", (aggregate_id, first, last), doing=f"read the events of aggregate {aggregate_id!r}"))
-
-    def aggregate_version(self, aggregate_id: str | uuid.UUID) -> int:
-        aggregate_id = es.check_aggregate_id(aggregate_id)
-        [(version,)] = self._db.fetch_all(f"SELECT max(version) FROM {self._events} WHERE aggregate_id = %s",
-                                          (aggregate_id,), doing=f"read the version of aggregate {aggregate_id!r}")
-        return int(version or 0)
-
-    # -- snapshots (a cache of aggregate state, never events) ----------------
-
-    def save_snapshot(self, snapshot: es.Snapshot) -> None:
-        table = f"{_quote(self.schema)}.eventsourcery_snapshots"
-        self._db.execute(
-            f"INSERT INTO {table} ({', '.join(es.SNAPSHOT_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET version = excluded.version, "
-            "snapshot_version = excluded.snapshot_version, last_event_uuid = excluded.last_event_uuid, "
-            f"state = excluded.state, created_at = excluded.created_at WHERE excluded.version >= {table}.version",
-            snapshot, doing="save a snapshot")
-
-    def snapshots(self, aggregate_id: str | uuid.UUID) -> list[es.Snapshot]:
-        rows = self._db.fetch_all(
-            f"SELECT {', '.join(es.SNAPSHOT_COLUMNS)} FROM {_quote(self.schema)}.eventsourcery_snapshots "
-            "WHERE aggregate_id = %s ORDER BY aggregate_type", (es.check_aggregate_id(aggregate_id),),
-            doing="read snapshots")
-        return [es.Snapshot(*row) for row in rows]
-
-    def delete_snapshots(self, aggregate_id: str | uuid.UUID) -> None:
-        self._db.execute(f"DELETE FROM {_quote(self.schema)}.eventsourcery_snapshots WHERE aggregate_id = %s",
-                         (es.check_aggregate_id(aggregate_id),), doing="delete snapshots")
-
     # -- erasure ------------------------------------------------------------
-
-    def erase_events(self, aggregate_id: str, to_version: int) -> None:
-        self._db.execute(f"UPDATE {self._events} SET type = %s, body = '{{}}', metadata = NULL "
-                         "WHERE aggregate_id = %s AND version <= %s", (es.ERASED_TYPE, aggregate_id, to_version),
-                         doing=f"erase the events of aggregate {aggregate_id!r}")
 
     def scrub(self) -> None:
         # The UPDATE left the old row versions as dead tuples; VACUUM removes them (it cannot run in a
