@@ -11,6 +11,7 @@ in a database of its own that it drops afterwards.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import http.client
 import json
@@ -96,8 +97,6 @@ def new_id() -> str:
     (AmendTodo, {"todo_id": "a", "due_date": "not a date"}, "due_date is invalid"),
     (AmendTodo, {"todo_id": "a", "title": None}, "title is blank"),
     (AmendTodo, {"todo_id": "a", "description": 1.5}, "description is invalid"),
-    (AmendTodo, {"todo_id": "a"}, "nothing to amend"),
-    (AmendTodo, {"todo_id": "a", "completed_on": "2017-07-13", "extra": 1}, "nothing to amend"),
     (CompleteTodo, {"completed_on": "2017-07-13"}, "todo_id is blank"),
     (CompleteTodo, {"todo_id": "a"}, "completed_on is blank"),
     (CompleteTodo, {"todo_id": "a", "completed_on": None}, "completed_on is blank"),
@@ -462,10 +461,10 @@ class _BrokenStore(es.MemoryEventStore):
 def test_web_layer_hides_internal_errors(capsys):
     app = TodoApp(_BrokenStore(), lambda: sqlite3.connect(":memory:"))
     response = app.dispatch("POST", "/todo/a", b'{"title": "x"}')
-    assert (response.status, response.body) == (500, b"Internal Server Error")
+    assert (response.status, response.body) == (500, b"Internal Server Error\n")
     assert "database on fire" in capsys.readouterr().err  # logged on the server side only
     response = app.dispatch("GET", "/todos/outstanding")  # no table: also a plain 500
-    assert (response.status, response.body) == (500, b"Internal Server Error")
+    assert (response.status, response.body) == (500, b"Internal Server Error\n")
 
 
 def test_web_layer_amend_with_nothing_to_amend():
@@ -474,12 +473,46 @@ def test_web_layer_amend_with_nothing_to_amend():
     assert app.dispatch("POST", "/todo/a", b'{"title": "x", "due_date": "2017-07-13"}').status == 201
     for body in (b"{}", b"", b'{"completed_on": "2017-07-14"}'):
         response = app.dispatch("PUT", "/todo/a", body)
-        assert (response.status, response.body) == (400, b"Bad Request: nothing to amend"), body
+        assert (response.status, response.body) == (400, b"Bad Request: nothing to amend\n"), body
     response = app.dispatch("PUT", "/todo/a", b'{"title": "x", "due_date": "2017-07-13"}')
     assert (response.status, response.body) == (200, b"")  # as for an amend that changes something
     assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added"]
     assert app.dispatch("PUT", "/todo/a", b'{"title": "y"}').status == 200
     assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added", "todo_amended"]
+
+
+@pytest.mark.parametrize("history, answer", [
+    ((), "does not exist"),
+    ((TodoAdded(title="x"), TodoCompleted(completed_on=datetime.date(2017, 7, 14))), "is complete"),
+    ((TodoAdded(title="x"), TodoAbandoned(abandoned_on=datetime.date(2017, 7, 14))), "is abandoned"),
+])
+@pytest.mark.parametrize("body", [None, b"", b"{}", b'{"completed_on": "2017-07-14"}'])
+def test_amend_without_fields_of_a_todo_that_is_not_open_is_a_422(history, answer, body):
+    """As the original app's request specs (amend_todo_spec.rb): ``PUT /todo/<id>`` with no fields is a
+    422 saying why the todo cannot be amended; "nothing to amend" is only for an open todo."""
+    store = es.MemoryEventStore()
+    todo_id = new_id()
+    for event in history:
+        store.sink(dataclasses.replace(event, aggregate_id=todo_id))
+    app = TodoApp(store, lambda: sqlite3.connect(":memory:"))
+    response = app.dispatch("PUT", f"/todo/{todo_id}", body)
+    assert (response.status, response.body.decode()) == (
+        422, f'Unprocessable Entity: Todo "{todo_id}" {answer}\n')
+    assert store.aggregate_version(todo_id) == len(history)
+    # validation still comes first: a bad date is a 400 whatever the todo
+    response = app.dispatch("PUT", f"/todo/{todo_id}", b'{"due_date": "invalid"}')
+    assert (response.status, response.body) == (400, b"Bad Request: due_date is invalid\n")
+
+
+def test_every_error_answer_ends_with_a_newline(sqlite_store):
+    app = TodoApp(sqlite_store, lambda: sqlite3.connect(":memory:"))
+    answers = [app.dispatch(method, target, body) for method, target, body, _ in ODD_REQUESTS]
+    answers += [app.dispatch("PATCH", "/todo/a"), app.dispatch("POST", "/todo/a", b"{}"),
+                app.dispatch("POST", "/todo/a/complete", b'{"completed_on": "2017-07-14"}'),
+                app.dispatch("DELETE", "/todo/nobody"), app.dispatch("GET", "/todos")]
+    assert {a.status for a in answers} == {400, 404, 405, 422}
+    for answer in answers:
+        assert answer.body.endswith(b"\n") and answer.body.count(b"\n") == 1, answer
 
 
 # Odd input that reaches TodoApp.dispatch: (method, target, body) -> a 400 (or 404), never a 500
@@ -513,7 +546,8 @@ ODD_REQUESTS = [
 def test_web_layer_answers_odd_input_with_400(method, target, body, answer, sqlite_store):
     app = TodoApp(sqlite_store, lambda: sqlite3.connect(":memory:"))
     response = app.dispatch(method, target, body)
-    assert (response.status, response.body.decode()) == (int(answer.startswith("Not Found")) * 4 + 400, answer)
+    assert (response.status, response.body.decode()) == (
+        int(answer.startswith("Not Found")) * 4 + 400, answer + "\n")
     assert sqlite_store.latest_event_id() == 0
 
 
@@ -521,7 +555,7 @@ def test_web_layer_odd_text_from_python_callers(sqlite_store):
     """dispatch() with a str that is no HTTP path at all (a lone surrogate) still answers plain text."""
     app = TodoApp(sqlite_store, lambda: sqlite3.connect(":memory:"))
     response = app.dispatch("POST", "/todo/\ud800", b'{"title": "x"}')
-    assert (response.status, response.body) == (400, b"Bad Request: todo_id is invalid")
+    assert (response.status, response.body) == (400, b"Bad Request: todo_id is invalid\n")
     response = app.dispatch("GET", "/nowhere/\ud800")
     assert response.status == 404 and response.body.startswith(b"Not Found: no route for GET /nowhere/")
     assert app.dispatch("POST", "/todo/%E2%82%AC%20ok", b'{"title": "\xe2\x82\xac"}').status == 201
@@ -563,6 +597,12 @@ def test_store_arguments():
 # End to end: the app as a subprocess, over HTTP
 
 
+def _error_text(body: str) -> str:
+    """An error answer's text without the newline that must end it (one line)."""
+    assert body.endswith("\n") and body.count("\n") == 1, body
+    return body[:-1]
+
+
 class Client:
     def __init__(self, base):
         self.base = base
@@ -576,7 +616,7 @@ class Client:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as e:
             with e:
-                return e.code, e.read().decode()
+                return e.code, _error_text(e.read().decode())
 
     def json(self, path):
         status, body = self.call("GET", path)
@@ -737,6 +777,10 @@ def test_the_app_end_to_end(running_app):
     ghost = new_id()
     assert call("POST", f"/todo/{ghost}/abandon", {"abandoned_on": "2017-07-13"}) == (
         422, f'Unprocessable Entity: Todo "{ghost}" does not exist')
+    # a PUT without fields, as the original app's request specs send it: the rules first
+    assert call("PUT", f"/todo/{ghost}") == (422, f'Unprocessable Entity: Todo "{ghost}" does not exist')
+    assert call("PUT", f"/todo/{a}") == (422, f'Unprocessable Entity: Todo "{a}" is complete')
+    assert call("PUT", f"/todo/{d}", {}) == (422, f'Unprocessable Entity: Todo "{d}" is abandoned')
 
     # bad requests: 400, plain text, never a traceback
     e = new_id()
@@ -848,7 +892,9 @@ def _raw(port: int, request: bytes, *, timeout: float = 10.0) -> tuple[int, str]
         response = http.client.HTTPResponse(sock)
         response.begin()
         with response:
-            return response.status, response.read().decode()
+            body = response.read().decode()
+            ours = response.getheader("Content-Type", "").startswith("text/plain")  # (not http.server's own)
+            return response.status, _error_text(body) if response.status >= 400 and ours else body
 
 
 def _post(path: bytes, headers: bytes, body: bytes = b"") -> bytes:
@@ -1135,7 +1181,7 @@ def test_forget_me_erases_the_todo_and_every_read_model_forgets_it(tmp_path):
     assert notifier.db.execute("SELECT todo_id FROM reactor_todo_completed_notifier").fetchall() == [("keep-1",)]
     assert all(secret not in json.dumps(e.body) for e in store.get_events_for_aggregate_id("forget-1"))
     response = app.dispatch("POST", "/todo/forget-1/complete", b'{"completed_on": "2030-01-01"}')
-    assert (response.status, response.body) == (410, b"Gone: this todo was forgotten")
+    assert (response.status, response.body) == (410, b"Gone: this todo was forgotten\n")
     assert app.dispatch("DELETE", "/todo/forget-1").status == 200  # forgetting again is harmless
     assert app.dispatch("DELETE", "/todo/never-was").status == 404
     assert app.dispatch("DELETE", "/todo/%00").status == 400
@@ -1252,7 +1298,7 @@ def test_a_bad_event_id_header_is_a_400(value, ryw):
     app, store, _ = ryw
     for path in ("/todos/outstanding", "/todos/completed"):  # with or without a projector to wait for
         response = app.dispatch("GET", path, headers={EVENT_ID_HEADER: value})
-        assert (response.status, response.body.decode()) == (400, BAD_EVENT_ID), value
+        assert (response.status, response.body.decode()) == (400, BAD_EVENT_ID + "\n"), value
     assert wanted_event_id({}) is None and wanted_event_id(None) is None
 
 
@@ -1299,7 +1345,7 @@ def test_read_your_writes_over_http(running_app):
     assert len(json.loads(body)) == 10
     for value in ("-1", "x", str(2**63)):
         status, _, body = call("GET", "/todos/outstanding", headers={EVENT_ID_HEADER: value})
-        assert (status, body) == (400, BAD_EVENT_ID)
+        assert (status, body) == (400, BAD_EVENT_ID + "\n")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
 
