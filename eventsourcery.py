@@ -4598,33 +4598,47 @@ class _Child:
 _P = TypeVar("_P", bound="EventStreamProcessor")
 
 
-def _describe_event(event: Event | type[Event]) -> str:
-    """One line per event for diffs: its class (or type name) and body; never ids, uuids, versions or times."""
+def _describe_event(event: Event | type[Event], *, aggregate: bool = False) -> str:
+    """One line per event for diffs: its class (or type name) and body, and with ``aggregate`` the
+    aggregate id it goes to; never ids, uuids, versions or times."""
     if isinstance(event, type):
         return f"{event.__name__}(...)"
     name = type(event).__name__ if type(event) is not Event else f"Event[{event.type}]"
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in event.body.items())})"
+    line = f"{name}({', '.join(f'{k}={v!r}' for k, v in event.body.items())})"
+    return f"{line} on {event.aggregate_id!r}" if aggregate else line
+
+
+def _names_aggregate(expected: Event | type[Event] | None) -> bool:
+    """True for an expected event instance that names its aggregate (then compared, see assert_events)."""
+    return isinstance(expected, Event) and bool(expected.aggregate_id)
 
 
 def _event_matches(actual: Event, expected: Event | type[Event]) -> bool:
     if isinstance(expected, type):
         return isinstance(actual, expected) and actual.type == expected.type
+    if _names_aggregate(expected) and actual.aggregate_id != expected.aggregate_id:
+        return False
     return bool(actual.type == expected.type and actual.body == expected.body)
 
 
 def assert_events(actual: Iterable[Event], expected: Iterable[Event | type[Event]], *,
                   what: str = "events") -> None:
-    """Assert that ``actual`` are ``expected``, in order, by type and body (ids, uuids, versions and
-    timestamps are ignored); an expected Event class matches any event of that class.
+    """Assert that ``actual`` are ``expected``, in order, by type and body, and by aggregate id (where
+    the event goes) when the expected event names one; ids, uuids, versions and timestamps are ignored.
 
-    Raises AssertionError showing a diff of the two lists, one event a line.
+    An expected Event class matches any event of that class, on any aggregate; an expected event
+    without an ``aggregate_id`` matches that type and body on any aggregate.
+
+    Raises AssertionError showing a diff of the two lists, one event a line (with the aggregate id
+    where the expected event names one).
     """
     got, want = list(actual), list(expected)
     if len(got) == len(want) and all(_event_matches(a, e) for a, e in zip(got, want, strict=True)):
         return
     import difflib
-    got_lines = [_describe_event(e) for e in got]
-    want_lines = [_describe_event(e) for e in want]
+    named = [_names_aggregate(want[i] if i < len(want) else None) for i in range(max(len(got), len(want)))]
+    got_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(got)]
+    want_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(want)]
     for i, (a, e) in enumerate(zip(got, want, strict=False)):  # a class matching: show it as matched
         if isinstance(e, type) and _event_matches(a, e):
             want_lines[i] = got_lines[i]
@@ -4676,7 +4690,8 @@ class AggregateScenario(typing.Generic[A]):
         return list(self.aggregate.changes)
 
     def then(self, *expected: Event | type[Event]) -> list[Event]:
-        """Assert that the command succeeded and applied exactly these events (by type and body); returns them.
+        """Assert that the command succeeded and applied exactly these events (by type and body, and by
+        aggregate id where an expected event names one: see ``assert_events``); returns them.
 
         ``then()`` with no events asserts that the command applied none.
         """
@@ -4736,7 +4751,9 @@ class ProcessorScenario(typing.Generic[_P]):
         return [tuple(row) for row in self.db.execute(sql, params).fetchall()]
 
     def then_emitted(self, *expected: Event | type[Event]) -> list[Event]:
-        """Assert that the processor emitted exactly these events (by type and body); returns them as stored."""
+        """Assert that the processor emitted exactly these events (by type and body, and onto the aggregate
+        an expected event names: ``ThingDone(aggregate_id="t-1", ...)`` fails for an emission onto another
+        one; see ``assert_events``); returns them as stored."""
         assert_events(self.emitted, expected, what="emitted events")
         return self.emitted
 
