@@ -51,6 +51,7 @@ import math
 import multiprocessing
 import os
 import platform
+import random
 import re
 import shlex
 import signal
@@ -3501,6 +3502,42 @@ class Repository:
                 self._save_snapshot(aggregate, aggregate.changes[-1].uuid)
             aggregate.clear_changes()
         return stored
+
+    def update(self, aggregate_class: type[A], aggregate_id: str | _uuid.UUID,
+               command: Callable[[A], object], *, attempts: int = 5, backoff: float = 0.01) -> list[Event]:
+        """Load the aggregate, run ``command(aggregate)``, save it, and start over on a conflict; returns
+        what ``save`` returns (the stored events: the last one's id feeds ``wait_for``).
+
+        ``repo.update(Order, "o-1", lambda order: order.ship("Paris"))``. When another writer stored an
+        event on the aggregate between the load and the save (a second request, or a reactor emitting
+        onto this aggregate's stream), the save raises ConcurrencyError and nothing is written; then
+        the aggregate is loaded afresh and ``command`` runs again on what is now there, up to
+        ``attempts`` times in all, sleeping a random time of up to ``backoff * attempt`` seconds
+        between attempts. After the last attempt the ConcurrencyError is raised. Any other error, the
+        command's own or the store's, is raised at once and never retried; so is a
+        DuplicateEventError (an event uuid stored already: running the command again would not help).
+
+        ``command`` may run several times, so it must only decide on the aggregate (apply events):
+        no effects outside it. Loading uses the aggregate's snapshots like ``load``, and the save
+        takes snapshots like ``save``.
+        """
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"attempts must be a whole number of at least 1, not {attempts!r}")
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff < math.inf:
+            raise ValueError(f"backoff must be a number of seconds >= 0, not {backoff!r}")
+        for attempt in range(1, attempts + 1):
+            aggregate = self.load(aggregate_class, aggregate_id)
+            command(aggregate)
+            try:
+                return self.save(aggregate)
+            except DuplicateEventError:
+                raise
+            except ConcurrencyError:
+                if attempt == attempts:
+                    raise
+                # random: writers that collided do not collide again in step
+                time.sleep(random.uniform(0, backoff * attempt))
+        raise AssertionError("unreachable")  # the loop returns or raises
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
-import time
 
 import eventsourcery as es
 
@@ -205,16 +204,14 @@ class CommandHandler:
         self.backoff = backoff
 
     def handle(self, command) -> list:
-        """Run ``command``; returns the events it stored."""
-        for attempt in range(1, self.attempts + 1):
-            todo = self.repository.load(Todo, command.todo_id)
-            command(todo)  # UnprocessableEntity (or BadRequest) propagates: retrying would not help
-            try:
-                return self.repository.save(todo)
-            except es.ConcurrencyError:
-                if attempt == self.attempts:
-                    break
-                time.sleep(self.backoff * attempt)
-        raise Conflict(
-            f"Todo {quoted(command.todo_id)} was changed by another request; try again"
-        )
+        """Run ``command``; returns the events it stored (``Repository.update`` does the retrying)."""
+        try:
+            # UnprocessableEntity (or BadRequest) propagates at once: retrying would not help
+            return self.repository.update(Todo, command.todo_id, command, attempts=self.attempts,
+                                          backoff=self.backoff)
+        except es.DuplicateEventError:
+            raise
+        except es.ConcurrencyError:
+            raise Conflict(
+                f"Todo {quoted(command.todo_id)} was changed by another request; try again"
+            ) from None
