@@ -867,6 +867,10 @@ class Tracker(abc.ABC):
     and ``MemoryTracker`` override.
     """
 
+    #: True for a tracker that records who runs each name (``acquire``, ``report``, ``standby``), so
+    #: that its ``record`` tells whether any instance does (``wait_for`` warns when none does).
+    keeps_owners: ClassVar[bool] = False
+
     @abc.abstractmethod
     def setup(self, name: str) -> None:
         """Start tracking ``name`` at 0, keeping an existing position."""
@@ -1984,6 +1988,8 @@ class DatabaseTracker(Tracker):
     same transaction), the replay horizon and what the owner reports.
     """
 
+    keeps_owners = True
+
     def __init__(self, database: Database) -> None:
         self.database = database
         self._table = database.qualify(TRACKER_TABLE)
@@ -2169,6 +2175,8 @@ class _ProcessLocks:
 
 class MemoryTracker(Tracker):
     """Positions in this process's memory: they start again at 0 in every new process."""
+
+    keeps_owners = True
 
     def __init__(self) -> None:
         self._positions: dict[str, int] = {}  # saved and restored by MemoryEventStore.transaction()
@@ -3565,6 +3573,32 @@ def _skip_command(store: str, processor_name: str, event_id: int) -> str:
 _handling = threading.local()
 
 
+def _not_running(tracker: Tracker, name: str) -> str | None:
+    """Why no instance runs processor ``name``, as ``tracker`` records it; None when one does (or may:
+    a tracker that keeps no owners, a standby about to take over, an owner on another host)."""
+    if not tracker.keeps_owners:
+        return None
+    try:
+        record = tracker.record(name)
+    except Exception:  # noqa: BLE001 - only a warning hangs on it; the wait goes on reading the position
+        return None
+    if record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS:
+        return None
+    if record.state != "running":
+        return "no instance runs it (it never ran here)" if record.owner is None else (
+            f"no instance runs it (the last one, {record.owner}, stopped)")
+    pid, _, host = (record.owner or "").partition("@")
+    # (posix only: on Windows, os.kill(pid, 0) would send CTRL_C_EVENT)
+    if os.name == "posix" and host == _instance_name().partition("@")[2] and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return f"no instance runs it (its owner {record.owner} is gone)"
+        except OSError:  # alive, someone else's (PermissionError), or not to be told
+            pass
+    return None
+
+
 class EventStreamProcessor:
     """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
 
@@ -3688,14 +3722,29 @@ class EventStreamProcessor:
 
     def wait_for(self, event_id: int, timeout: float | None = None) -> bool:
         """Wait until this processor's position, as its tracker keeps it (whichever process runs it), has
-        reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit) have passed."""
+        reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit) have passed.
+
+        False means the processor had not processed the event yet when the time was up: it is behind,
+        or failing at an earlier event, or no instance runs it at all. In that last case (the tracker
+        records no live owner, and no standby about to take over) a wait that has to wait logs a
+        warning naming the processor, once per wait, through ``es.config.logger``.
+        """
         event_id = check_position("event_id", event_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
+        check_owner_at: float | None = time.monotonic()  # now, then once a second until it warned
         while self.last_processed_event_id < event_id:
-            left = None if deadline is None else deadline - time.monotonic()
+            now = time.monotonic()
+            left = None if deadline is None else deadline - now
             if left is not None and left <= 0:
                 return False
+            if check_owner_at is not None and now >= check_owner_at:
+                check_owner_at = now + 1.0
+                why = _not_running(self.tracker, self.processor_name)
+                if why is not None:
+                    check_owner_at = None
+                    config.logger.warning("[%s] wait_for(%d): %s, so the wait will run out unless an "
+                                          "instance starts", self.processor_name, event_id, why)
             time.sleep(interval if left is None else min(interval, left))
             interval = min(interval * 2, 0.05)
         return True
