@@ -1056,11 +1056,46 @@ def _matches(expected: list[str], actual: str, others: set[str]) -> bool:
         _line_pattern(e).fullmatch(g.strip()) for e, g in zip(expected, got, strict=True))
 
 
-def _run_readme_command(argv, client, store_path, mail_log) -> tuple[str, bool]:
-    """(output, is_read_only) of one README command, run against the test's app and store."""
+_ASSIGNMENT = re.compile(r"([A-Za-z_]\w*)=\$\((.*)")  # NAME=$(command ...)
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*))")
+
+
+def _write_out(format_: str, status: int, headers) -> str:
+    """curl's ``-w`` text: ``%{http_code}``, ``%header{name}`` and ``\\n`` are what the READMEs use."""
+    def field(m: re.Match) -> str:
+        if m[1] == "http_code":
+            return str(status)
+        if m[2] is not None:
+            return headers.get(m[2], "")
+        pytest.fail(f"the README uses a curl -w variable this test does not know: {m[0]}")
+
+    return re.sub(r"%\{(\w+)\}|%header\{([\w-]+)\}", field, format_).replace("\\n", "\n")
+
+
+def _run_readme_command(argv, client, store_path, mail_log, variables=None) -> tuple[str, bool]:
+    """(output, is_read_only) of one README command, run against the test's app and store.
+
+    ``variables`` holds the shell variables the commands set (``id=$(curl ...)``, whose output is
+    kept, as command substitution does, without its final newlines) and use (``"$id"``).
+    """
+    variables = {} if variables is None else variables
+    assignment = _ASSIGNMENT.fullmatch(argv[0])
+    if assignment and argv[-1].endswith(")"):
+        inner = [assignment[2], *argv[1:-1], argv[-1][:-1]]
+        output, _ = _run_readme_command([a for a in inner if a], client, store_path, mail_log, variables)
+        variables[assignment[1]] = output.rstrip("\n")
+        return "", False
+
+    def expand(m: re.Match) -> str:
+        name = m[1] or m[2]
+        assert name in variables, f"the README uses ${name} before it sets it"
+        return variables[name]
+
+    argv = [_VARIABLE.sub(expand, a) for a in argv]
     argv = [str(store_path) if a == "todo.db" else str(mail_log) if a == "todo-mail.log" else a for a in argv]
     if argv[0] == "curl":
         method, data, show_headers, url, headers = None, None, False, None, {}
+        write_out, discard_body = None, False
         args = iter(argv[1:])
         for arg in args:
             if arg == "-X":
@@ -1072,6 +1107,11 @@ def _run_readme_command(argv, client, store_path, mail_log) -> tuple[str, bool]:
                 headers[name.strip()] = value.strip()
             elif arg == "-i":
                 show_headers = True
+            elif arg == "-w":
+                write_out = next(args)
+            elif arg == "-o":
+                assert next(args) == "/dev/null", argv
+                discard_body = True
             elif arg != "-s":
                 url = arg
         path = "/" + url.split("://", 1)[-1].split("/", 1)[1]
@@ -1085,7 +1125,12 @@ def _run_readme_command(argv, client, store_path, mail_log) -> tuple[str, bool]:
             body = resp.read().decode()
             head = [f"HTTP/1.1 {resp.status} {resp.reason}", *(f"{k}: {v}" for k, v in resp.headers.items())]
         assert resp.status < 500, (argv, body)
-        return ("\n".join(head) + "\n\n" + body if show_headers else body), method == "GET"
+        output = "\n".join(head) + "\n\n" + body if show_headers else body
+        if discard_body:
+            output = ""
+        if write_out is not None:
+            output += _write_out(write_out, resp.status, resp.headers)
+        return output, method == "GET"
     if argv[:3] in (["python", "-m", "eventsourcery"], ["python3", "-m", "eventsourcery"]):
         env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # full lines, as in the README
         p = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -1100,31 +1145,24 @@ def _run_readme_command(argv, client, store_path, mail_log) -> tuple[str, bool]:
     pytest.fail(f"the README runs a command this test does not know: {argv}")
 
 
-def _shift_event_ids(argv: list[str], expected: list[str], offset: int) -> tuple[list[str], list[str]]:
-    """The README's event ids (those of a fresh store) in Eventsourcery-Event-Id headers, plus ``offset``."""
-    def shift(text: str) -> str:
-        return re.sub(rf"^({EVENT_ID_HEADER}:\s*)(\d+)$", lambda m: f"{m[1]}{int(m[2]) + offset}", text)
-
-    return [shift(a) for a in argv], [shift(line) for line in expected]
-
-
-def test_the_walkthrough_runs_after_the_quick_start(running_app):
-    """The quick start, then the walkthrough, on SQLite and Postgres: every query the walkthrough sends
-    with the id of the write before it shows that write at the first try."""
+@pytest.mark.parametrize("after_quick_start", [False, True], ids=["alone", "after-the-quick-start"])
+def test_the_walkthrough_runs(after_quick_start, running_app):
+    """The walkthrough on SQLite and Postgres, on a new store and after the root README's quick start
+    (whose events make every id higher): the ids it keeps from the writes' answers are the real ones,
+    and every query it sends with one shows that write at the first try."""
     client, proc, store_url, mail_log, _ = running_app
-    quick_start = (ROOT / "README.md").read_text().split("## Try the todo app", 1)[1].split("\n## ", 1)[0]
-    quick = [(argv, out) for argv, out in _readme_commands(quick_start, "sh")]
-    assert quick, "the root README has no curl lines to try the app with"
     others = set()
-    for argv, _ in quick:
-        output, _ = _run_readme_command(argv, client, store_url, mail_log)
-        others.update(re.findall(r"/todo/([^/\s]+)", " ".join(argv)))
-    assert others, quick
-    # the quick start's notifier has emitted its event: the walkthrough's ids are the README's plus this
-    with es.open_store(store_url) as store:
-        _wait_for(lambda: (bool(store.latest_event_id(["stakeholder_notified_of_todo_completion"])), None),
-                  20, "the quick start's notification")
-        offset = store.latest_event_id()
+    if after_quick_start:
+        quick_start = (ROOT / "README.md").read_text().split("## Try the todo app", 1)[1].split("\n## ", 1)[0]
+        quick = [(argv, out) for argv, out in _readme_commands(quick_start, "sh")]
+        assert quick, "the root README has no curl lines to try the app with"
+        for argv, _ in quick:
+            _run_readme_command(argv, client, store_url, mail_log)
+            others.update(re.findall(r"/todo/([^/\s]+)", " ".join(argv)))
+        assert others, quick
+        with es.open_store(store_url) as store:
+            _wait_for(lambda: (bool(store.latest_event_id(["stakeholder_notified_of_todo_completion"])), None),
+                      20, "the quick start's notification")
 
     readme = (ROOT / "examples" / "todo" / "README.md").read_text()
     walkthrough = readme.split("## Walkthrough", 1)[1].split("\n## ", 1)[0]
@@ -1132,23 +1170,35 @@ def test_the_walkthrough_runs_after_the_quick_start(running_app):
     assert len(commands) > 10, commands
     ids = {i for argv, _ in commands for i in re.findall(r"/todo/([^/\s]+)", " ".join(argv))}
     assert ids and not ids & others, (ids, others)  # ids of its own
-    waited = 0
-    for argv, expected in commands:
-        argv, expected = _shift_event_ids(argv, expected, offset)
-        output, read_only = _run_readme_command(argv, client, store_url, mail_log)
-        if any(a.startswith(EVENT_ID_HEADER) for a in argv):
-            waited += 1  # read-your-writes: right at the first try, no retry
-        elif read_only:  # the notifier catches up eventually
-            deadline = time.monotonic() + 20
-            while not _matches(expected, output, others) and time.monotonic() < deadline:
-                time.sleep(0.1)
-                output, _ = _run_readme_command(argv, client, store_url, mail_log)
-        if expected and expected[0].startswith("HTTP/"):  # curl -i: the status line and the headers shown
-            got = output.splitlines()
-            assert got[0] == expected[0] and set(expected[1:]) - {""} <= set(got), (argv, expected, output)
-        else:
-            assert _matches(expected, output, others), (argv, expected, output)
+    typed = [a for argv, _ in commands for a in argv if re.fullmatch(rf"{EVENT_ID_HEADER}:\s*\d+", a)]
+    assert not typed, f"the walkthrough types event ids instead of keeping them from the answers: {typed}"
+    variables: dict[str, str] = {}
+    waited = kept = 0
+    with es.open_store(store_url) as store:
+        for argv, expected in commands:
+            before = dict(variables)
+            output, read_only = _run_readme_command(argv, client, store_url, mail_log, variables)
+            for name in [n for n in variables if variables[n] != before.get(n)]:
+                # a kept id is the id of the event the write stored, on the todo it wrote to
+                todo_id = re.findall(r"/todo/([^/\s)]+)", " ".join(argv))[-1]
+                assert variables[name].isdigit(), (argv, variables)
+                event = store.get_next_from(int(variables[name]), limit=1)[0]
+                assert (event.id, event.aggregate_id) == (int(variables[name]), todo_id), (argv, event)
+                kept += 1
+            if any(a.startswith(EVENT_ID_HEADER) for a in argv):
+                waited += 1  # read-your-writes: right at the first try, no retry
+            elif read_only:  # the notifier catches up eventually
+                deadline = time.monotonic() + 20
+                while not _matches(expected, output, others) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    output, _ = _run_readme_command(argv, client, store_url, mail_log, variables)
+            if expected and expected[0].startswith("HTTP/"):  # curl -i: the status line and the headers shown
+                got = output.splitlines()
+                assert got[0] == expected[0] and set(expected[1:]) - {""} <= set(got), (argv, expected, output)
+            else:
+                assert _matches(expected, output, others), (argv, expected, output)
     assert waited >= 4, "the walkthrough's queries do not send the write's Eventsourcery-Event-Id"
+    assert kept >= 4, "the walkthrough does not keep the ids its writes answer with"
 
 
 def test_forget_me_erases_the_todo_and_every_read_model_forgets_it(tmp_path):
