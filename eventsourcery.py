@@ -3512,26 +3512,29 @@ class Repository:
         return stored
 
     def update(self, aggregate_class: type[A], aggregate_id: str | _uuid.UUID,
-               command: Callable[[A], object], *, attempts: int = 5, backoff: float = 0.01) -> list[Event]:
-        """Load the aggregate, run ``command(aggregate)``, save it, and start over on a conflict; returns
-        what ``save`` returns (the stored events: the last one's id feeds ``wait_for``).
+               command: Callable[[A], object], *, attempts: int = 5,
+               backoff: float = 0.01) -> list[Event]:
+        """Load the aggregate, run ``command(aggregate)``, save it, and start over on a conflict;
+        returns what ``save`` returns (the stored events: the last one's id feeds ``wait_for``).
 
-        ``repo.update(Order, "o-1", lambda order: order.ship("Paris"))``. When another writer stored an
-        event on the aggregate between the load and the save (a second request, or a reactor emitting
-        onto this aggregate's stream), the save raises ConcurrencyError and nothing is written; then
-        the aggregate is loaded afresh and ``command`` runs again on what is now there, up to
-        ``attempts`` times in all, sleeping a random time of up to ``backoff * attempt`` seconds
-        between attempts. After the last attempt the ConcurrencyError is raised. Any other error, the
-        command's own or the store's, is raised at once and never retried; so is a
-        DuplicateEventError (an event uuid stored already: running the command again would not help).
+        ``repo.update(Order, "o-1", lambda order: order.ship("Paris"))``. When another writer
+        stored an event on the aggregate between the load and the save (a second request, or a
+        reactor emitting onto this aggregate's stream), the save raises ConcurrencyError and
+        nothing is written; then the aggregate is loaded afresh and ``command`` runs again on what
+        is now there, up to ``attempts`` times in all, sleeping a random time of up to
+        ``backoff * attempt`` seconds between attempts. After the last attempt the
+        ConcurrencyError is raised. Any other error, the command's own or the store's, is raised
+        at once and never retried; so is a DuplicateEventError (an event uuid stored already:
+        running the command again would not help).
 
-        ``command`` may run several times, so it must only decide on the aggregate (apply events):
-        no effects outside it. Loading uses the aggregate's snapshots like ``load``, and the save
-        takes snapshots like ``save``.
+        ``command`` may run several times, so it must only decide on the aggregate (apply
+        events): no effects outside it. Loading uses the aggregate's snapshots like ``load``, and
+        the save takes snapshots like ``save``.
         """
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts must be a whole number of at least 1, not {attempts!r}")
-        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff < math.inf:
+        if (isinstance(backoff, bool) or not isinstance(backoff, (int, float))
+                or not 0 <= backoff < math.inf):
             raise ValueError(f"backoff must be a number of seconds >= 0, not {backoff!r}")
         for attempt in range(1, attempts + 1):
             aggregate = self.load(aggregate_class, aggregate_id)
@@ -3574,13 +3577,13 @@ _handling = threading.local()
 
 
 def _not_running(tracker: Tracker, name: str) -> str | None:
-    """Why no instance runs processor ``name``, as ``tracker`` records it; None when one does (or may:
-    a tracker that keeps no owners, a standby about to take over, an owner on another host)."""
+    """Why no instance runs processor ``name``, as ``tracker`` records it; None when one does, or
+    may (a tracker that keeps no owners, a standby about to take over, an owner on another host)."""
     if not tracker.keeps_owners:
         return None
     try:
         record = tracker.record(name)
-    except Exception:  # noqa: BLE001 - only a warning hangs on it; the wait goes on reading the position
+    except Exception:  # noqa: BLE001 - only a warning hangs on it; the wait reads on
         return None
     if record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS:
         return None
@@ -3722,12 +3725,13 @@ class EventStreamProcessor:
 
     def wait_for(self, event_id: int, timeout: float | None = None) -> bool:
         """Wait until this processor's position, as its tracker keeps it (whichever process runs it), has
-        reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit) have passed.
+        reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit) have
+        passed.
 
-        False means the processor had not processed the event yet when the time was up: it is behind,
-        or failing at an earlier event, or no instance runs it at all. In that last case (the tracker
-        records no live owner, and no standby about to take over) a wait that has to wait logs a
-        warning naming the processor, once per wait, through ``es.config.logger``.
+        False means the processor had not processed the event yet when the time was up: it is
+        behind, or failing at an earlier event, or no instance runs it at all. In that last case
+        (the tracker records no live owner, and no standby about to take over) a wait that has to
+        wait logs a warning naming the processor, once per wait, through ``es.config.logger``.
         """
         event_id = check_position("event_id", event_id)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -3743,8 +3747,9 @@ class EventStreamProcessor:
                 why = _not_running(self.tracker, self.processor_name)
                 if why is not None:
                     check_owner_at = None
-                    config.logger.warning("[%s] wait_for(%d): %s, so the wait will run out unless an "
-                                          "instance starts", self.processor_name, event_id, why)
+                    config.logger.warning("[%s] wait_for(%d): %s, so the wait will run out "
+                                          "unless an instance starts", self.processor_name,
+                                          event_id, why)
             time.sleep(interval if left is None else min(interval, left))
             interval = min(interval * 2, 0.05)
         return True
@@ -4695,7 +4700,7 @@ def _describe_event(event: Event | type[Event], *, aggregate: bool = False) -> s
 
 
 def _names_aggregate(expected: Event | type[Event] | None) -> bool:
-    """True for an expected event instance that names its aggregate (then compared, see assert_events)."""
+    """True for an expected event instance that names its aggregate (assert_events compares it)."""
     return isinstance(expected, Event) and bool(expected.aggregate_id)
 
 
@@ -4709,8 +4714,9 @@ def _event_matches(actual: Event, expected: Event | type[Event]) -> bool:
 
 def assert_events(actual: Iterable[Event], expected: Iterable[Event | type[Event]], *,
                   what: str = "events") -> None:
-    """Assert that ``actual`` are ``expected``, in order, by type and body, and by aggregate id (where
-    the event goes) when the expected event names one; ids, uuids, versions and timestamps are ignored.
+    """Assert that ``actual`` are ``expected``, in order, by type and body, and by aggregate id
+    (where the event goes) when the expected event names one; ids, uuids, versions and timestamps
+    are ignored.
 
     An expected Event class matches any event of that class, on any aggregate; an expected event
     without an ``aggregate_id`` matches that type and body on any aggregate.
@@ -4722,7 +4728,8 @@ def assert_events(actual: Iterable[Event], expected: Iterable[Event | type[Event
     if len(got) == len(want) and all(_event_matches(a, e) for a, e in zip(got, want, strict=True)):
         return
     import difflib
-    named = [_names_aggregate(want[i] if i < len(want) else None) for i in range(max(len(got), len(want)))]
+    named = [_names_aggregate(want[i] if i < len(want) else None)
+             for i in range(max(len(got), len(want)))]
     got_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(got)]
     want_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(want)]
     for i, (a, e) in enumerate(zip(got, want, strict=False)):  # a class matching: show it as matched
@@ -4776,8 +4783,9 @@ class AggregateScenario(typing.Generic[A]):
         return list(self.aggregate.changes)
 
     def then(self, *expected: Event | type[Event]) -> list[Event]:
-        """Assert that the command succeeded and applied exactly these events (by type and body, and by
-        aggregate id where an expected event names one: see ``assert_events``); returns them.
+        """Assert that the command succeeded and applied exactly these events (by type and body,
+        and by aggregate id where an expected event names one: see ``assert_events``); returns
+        them.
 
         ``then()`` with no events asserts that the command applied none.
         """
@@ -4837,9 +4845,9 @@ class ProcessorScenario(typing.Generic[_P]):
         return [tuple(row) for row in self.db.execute(sql, params).fetchall()]
 
     def then_emitted(self, *expected: Event | type[Event]) -> list[Event]:
-        """Assert that the processor emitted exactly these events (by type and body, and onto the aggregate
-        an expected event names: ``ThingDone(aggregate_id="t-1", ...)`` fails for an emission onto another
-        one; see ``assert_events``); returns them as stored."""
+        """Assert that the processor emitted exactly these events (by type and body, and onto the
+        aggregate an expected event names: ``ThingDone(aggregate_id="t-1", ...)`` fails for an
+        emission onto another one; see ``assert_events``); returns them as stored."""
         assert_events(self.emitted, expected, what="emitted events")
         return self.emitted
 

@@ -42,9 +42,11 @@ def _join(threads: list[threading.Thread]) -> None:
     assert not any(t.is_alive() for t in threads), "a writer did not finish in 120 s"
 
 
-def test_concurrent_writers_and_a_reactor_on_one_aggregate_lose_nothing(store: es.EventStore) -> None:
-    """Three command writers and a reactor-like writer append to one aggregate at once: each command's
-    event is stored exactly once, conflicts happened and were retried, and snapshots stay right."""
+def test_concurrent_writers_and_a_reactor_on_one_aggregate_lose_nothing(
+        store: es.EventStore) -> None:
+    """Three command writers and a reactor-like writer append to one aggregate at once: each
+    command's event is stored exactly once, conflicts happened and were retried, and snapshots
+    stay right."""
     repo = es.Repository(store)
     writers, per_writer, notes = 3, 8, 12
     runs = []  # one entry per run of the command, successful or not
@@ -64,7 +66,7 @@ def test_concurrent_writers_and_a_reactor_on_one_aggregate_lose_nothing(store: e
         except BaseException as exc:  # reported below, not lost in the thread
             errors.append(exc)
 
-    def reactor() -> None:  # emits onto the aggregate's stream with no expected version, as emit_event does
+    def reactor() -> None:  # onto the aggregate's stream, no expected version (as emit_event)
         try:
             barrier.wait(30)
             for i in range(notes):
@@ -73,18 +75,19 @@ def test_concurrent_writers_and_a_reactor_on_one_aggregate_lose_nothing(store: e
         except BaseException as exc:
             errors.append(exc)
 
-    _join([threading.Thread(target=writer) for _ in range(writers)] + [threading.Thread(target=reactor)])
+    _join([threading.Thread(target=writer) for _ in range(writers)]
+          + [threading.Thread(target=reactor)])
     assert errors == []
-    assert [len(s) for s in stored] == [1] * (writers * per_writer)  # update returns what save stored
+    assert [len(s) for s in stored] == [1] * (writers * per_writer)  # what save stored
     history = store.get_events_for_aggregate_id("c-1")
     assert [e.version for e in history] == list(range(1, writers * per_writer + notes + 1))
     increments = [e for e in history if isinstance(e, RuIncremented)]
-    assert sorted(e.uuid for e in increments) == sorted(s[0].uuid for s in stored)  # each exactly once
+    # each command's event exactly once
+    assert sorted(e.uuid for e in increments) == sorted(s[0].uuid for s in stored)
     assert len(runs) > writers * per_writer, "no conflict happened: the retry was not exercised"
-    print(f"{len(runs)} runs of the command for {writers * per_writer} updates")
     assert repo.load(RuCounter, "c-1").count == writers * per_writer
     assert RuCounter("c-1", history).count == writers * per_writer  # a plain replay agrees
-    # updates took snapshots as save does (and loaded from them: the load above starts at the latest)
+    # updates took snapshots as save does (and the load above started at the latest)
     snapshots = store.snapshots("c-1")
     assert snapshots and snapshots[0].version % RuCounter.snapshot_every == 0, snapshots
 
@@ -121,7 +124,7 @@ def test_update_never_retries_other_errors() -> None:
     assert [e.version for e in stored] == [1]
     again = stored[0]
 
-    def duplicate(counter: RuCounter) -> None:  # an event instance already stored: not a conflict to retry
+    def duplicate(counter: RuCounter) -> None:  # an event stored already: no conflict to retry
         runs.append(2)
         counter.apply_event(RuIncremented(by=1, uuid=again.uuid))
 
@@ -132,7 +135,8 @@ def test_update_never_retries_other_errors() -> None:
 
 
 @pytest.mark.parametrize("options", [{"attempts": 0}, {"attempts": 1.5}, {"attempts": True},
-                                     {"backoff": -1}, {"backoff": float("nan")}, {"backoff": float("inf")}])
+                                     {"backoff": -1}, {"backoff": float("nan")},
+                                     {"backoff": float("inf")}])
 def test_update_refuses_bad_options(options: dict[str, object]) -> None:
     repo = es.Repository(es.MemoryEventStore())
     with pytest.raises(ValueError, match=next(iter(options))):

@@ -231,7 +231,8 @@ class ThMisdirectedLabelPrinter(ThLabelPrinter):
 
     @es.on(ThOrderShipped)
     def _shipped(self, event: ThOrderShipped) -> None:
-        self.emit_event(ThShippingLabelPrinted(aggregate_id=f"{event.aggregate_id}-label", to=event.to))
+        label = f"{event.aggregate_id}-label"
+        self.emit_event(ThShippingLabelPrinted(aggregate_id=label, to=event.to))
 
 
 def test_then_emitted_compares_where_the_event_goes() -> None:
@@ -243,7 +244,8 @@ def test_then_emitted_compares_where_the_event_goes() -> None:
         wrong.then_emitted(ThShippingLabelPrinted(to="Paris", aggregate_id="o-1"))
     assert info.value.args[0].splitlines() == [
         "emitted events differ (- expected, + actual):", "@@ -1 +1 @@",
-        "-ThShippingLabelPrinted(to='Paris') on 'o-1'", "+ThShippingLabelPrinted(to='Paris') on 'o-1-label'"]
+        "-ThShippingLabelPrinted(to='Paris') on 'o-1'",
+        "+ThShippingLabelPrinted(to='Paris') on 'o-1-label'"]
     # an expected class, or an event that names no aggregate, matches on any aggregate
     wrong.then_emitted(ThShippingLabelPrinted)
     wrong.then_emitted(ThShippingLabelPrinted(to="Paris"))

@@ -484,12 +484,13 @@ def test_web_layer_amend_with_nothing_to_amend():
 @pytest.mark.parametrize("history, answer", [
     ((), "does not exist"),
     ((TodoAdded(title="x"), TodoCompleted(completed_on=datetime.date(2017, 7, 14))), "is complete"),
-    ((TodoAdded(title="x"), TodoAbandoned(abandoned_on=datetime.date(2017, 7, 14))), "is abandoned"),
+    ((TodoAdded(title="x"), TodoAbandoned(abandoned_on=datetime.date(2017, 7, 14))),
+     "is abandoned"),
 ])
 @pytest.mark.parametrize("body", [None, b"", b"{}", b'{"completed_on": "2017-07-14"}'])
 def test_amend_without_fields_of_a_todo_that_is_not_open_is_a_422(history, answer, body):
-    """As the original app's request specs (amend_todo_spec.rb): ``PUT /todo/<id>`` with no fields is a
-    422 saying why the todo cannot be amended; "nothing to amend" is only for an open todo."""
+    """As the original app's request specs (amend_todo_spec.rb): ``PUT /todo/<id>`` with no fields
+    is a 422 saying why the todo cannot be amended; "nothing to amend" is only for an open todo."""
     store = es.MemoryEventStore()
     todo_id = new_id()
     for event in history:
@@ -778,7 +779,8 @@ def test_the_app_end_to_end(running_app):
     assert call("POST", f"/todo/{ghost}/abandon", {"abandoned_on": "2017-07-13"}) == (
         422, f'Unprocessable Entity: Todo "{ghost}" does not exist')
     # a PUT without fields, as the original app's request specs send it: the rules first
-    assert call("PUT", f"/todo/{ghost}") == (422, f'Unprocessable Entity: Todo "{ghost}" does not exist')
+    assert call("PUT", f"/todo/{ghost}") == (
+        422, f'Unprocessable Entity: Todo "{ghost}" does not exist')
     assert call("PUT", f"/todo/{a}") == (422, f'Unprocessable Entity: Todo "{a}" is complete')
     assert call("PUT", f"/todo/{d}", {}) == (422, f'Unprocessable Entity: Todo "{d}" is abandoned')
 
@@ -893,7 +895,8 @@ def _raw(port: int, request: bytes, *, timeout: float = 10.0) -> tuple[int, str]
         response.begin()
         with response:
             body = response.read().decode()
-            ours = response.getheader("Content-Type", "").startswith("text/plain")  # (not http.server's own)
+            # the app's errors, not http.server's own
+            ours = response.getheader("Content-Type", "").startswith("text/plain")
             return response.status, _error_text(body) if response.status >= 400 and ours else body
 
 
@@ -1061,7 +1064,7 @@ _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*))")
 
 
 def _write_out(format_: str, status: int, headers) -> str:
-    """curl's ``-w`` text: ``%{http_code}``, ``%header{name}`` and ``\\n`` are what the READMEs use."""
+    """curl's ``-w`` text (``%{http_code}``, ``%header{name}``, ``\\n``: what the READMEs use)."""
     def field(m: re.Match) -> str:
         if m[1] == "http_code":
             return str(status)
@@ -1082,7 +1085,8 @@ def _run_readme_command(argv, client, store_path, mail_log, variables=None) -> t
     assignment = _ASSIGNMENT.fullmatch(argv[0])
     if assignment and argv[-1].endswith(")"):
         inner = [assignment[2], *argv[1:-1], argv[-1][:-1]]
-        output, _ = _run_readme_command([a for a in inner if a], client, store_path, mail_log, variables)
+        output, _ = _run_readme_command([a for a in inner if a], client, store_path, mail_log,
+                                        variables)
         variables[assignment[1]] = output.rstrip("\n")
         return "", False
 
@@ -1147,13 +1151,14 @@ def _run_readme_command(argv, client, store_path, mail_log, variables=None) -> t
 
 @pytest.mark.parametrize("after_quick_start", [False, True], ids=["alone", "after-the-quick-start"])
 def test_the_walkthrough_runs(after_quick_start, running_app):
-    """The walkthrough on SQLite and Postgres, on a new store and after the root README's quick start
-    (whose events make every id higher): the ids it keeps from the writes' answers are the real ones,
-    and every query it sends with one shows that write at the first try."""
+    """The walkthrough on SQLite and Postgres, on a new store and after the root README's quick
+    start (whose events make every id higher): the ids it keeps from the writes' answers are the
+    real ones, and every query it sends with one shows that write at the first try."""
     client, proc, store_url, mail_log, _ = running_app
     others = set()
     if after_quick_start:
-        quick_start = (ROOT / "README.md").read_text().split("## Try the todo app", 1)[1].split("\n## ", 1)[0]
+        readme = (ROOT / "README.md").read_text()
+        quick_start = readme.split("## Try the todo app", 1)[1].split("\n## ", 1)[0]
         quick = [(argv, out) for argv, out in _readme_commands(quick_start, "sh")]
         assert quick, "the root README has no curl lines to try the app with"
         for argv, _ in quick:
@@ -1161,7 +1166,8 @@ def test_the_walkthrough_runs(after_quick_start, running_app):
             others.update(re.findall(r"/todo/([^/\s]+)", " ".join(argv)))
         assert others, quick
         with es.open_store(store_url) as store:
-            _wait_for(lambda: (bool(store.latest_event_id(["stakeholder_notified_of_todo_completion"])), None),
+            notified = ["stakeholder_notified_of_todo_completion"]
+            _wait_for(lambda: (bool(store.latest_event_id(notified)), None),
                       20, "the quick start's notification")
 
     readme = (ROOT / "examples" / "todo" / "README.md").read_text()
@@ -1170,8 +1176,9 @@ def test_the_walkthrough_runs(after_quick_start, running_app):
     assert len(commands) > 10, commands
     ids = {i for argv, _ in commands for i in re.findall(r"/todo/([^/\s]+)", " ".join(argv))}
     assert ids and not ids & others, (ids, others)  # ids of its own
-    typed = [a for argv, _ in commands for a in argv if re.fullmatch(rf"{EVENT_ID_HEADER}:\s*\d+", a)]
-    assert not typed, f"the walkthrough types event ids instead of keeping them from the answers: {typed}"
+    typed = [a for argv, _ in commands for a in argv
+             if re.fullmatch(rf"{EVENT_ID_HEADER}:\s*\d+", a)]
+    assert not typed, f"the walkthrough types event ids, not the ones the answers gave: {typed}"
     variables: dict[str, str] = {}
     waited = kept = 0
     with es.open_store(store_url) as store:
@@ -1183,7 +1190,7 @@ def test_the_walkthrough_runs(after_quick_start, running_app):
                 todo_id = re.findall(r"/todo/([^/\s)]+)", " ".join(argv))[-1]
                 assert variables[name].isdigit(), (argv, variables)
                 event = store.get_next_from(int(variables[name]), limit=1)[0]
-                assert (event.id, event.aggregate_id) == (int(variables[name]), todo_id), (argv, event)
+                assert (event.id, event.aggregate_id) == (int(variables[name]), todo_id), argv
                 kept += 1
             if any(a.startswith(EVENT_ID_HEADER) for a in argv):
                 waited += 1  # read-your-writes: right at the first try, no retry
@@ -1192,9 +1199,10 @@ def test_the_walkthrough_runs(after_quick_start, running_app):
                 while not _matches(expected, output, others) and time.monotonic() < deadline:
                     time.sleep(0.1)
                     output, _ = _run_readme_command(argv, client, store_url, mail_log, variables)
-            if expected and expected[0].startswith("HTTP/"):  # curl -i: the status line and the headers shown
+            if expected and expected[0].startswith("HTTP/"):  # curl -i: the status line, headers
                 got = output.splitlines()
-                assert got[0] == expected[0] and set(expected[1:]) - {""} <= set(got), (argv, expected, output)
+                assert got[0] == expected[0], (argv, expected, output)
+                assert set(expected[1:]) - {""} <= set(got), (argv, expected, output)
             else:
                 assert _matches(expected, output, others), (argv, expected, output)
     assert waited >= 4, "the walkthrough's queries do not send the write's Eventsourcery-Event-Id"

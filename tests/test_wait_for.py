@@ -1,4 +1,5 @@
-"""processor.wait_for: False on timeout, and a warning (once a wait) when no instance runs the processor."""
+"""processor.wait_for: False on timeout, and a warning (once a wait) when no instance runs the
+processor."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def _dead_pid() -> int:
 
 
 def _run_until_stopped(watcher: WfWatcher, store: es.EventStore) -> None:
-    watcher.subscribe_to(store, stop=lambda: watcher.last_processed_event_id >= store.latest_event_id())
+    watcher.subscribe_to(
+        store, stop=lambda: watcher.last_processed_event_id >= store.latest_event_id())
 
 
 def test_wait_for_warns_once_a_wait_when_no_instance_runs_the_processor(
@@ -47,10 +49,10 @@ def test_wait_for_warns_once_a_wait_when_no_instance_runs_the_processor(
     watcher = WfWatcher(store)
     watcher.setup()
 
-    # never ran: the wait runs out (False), and the log says why, once, though it checked again after 1 s
+    # never ran: the wait runs out (False), and the log says why, once (though it checked twice)
     assert watcher.wait_for(1, timeout=1.3) is False
-    assert _warnings(caplog) == ["[wf_watcher] wait_for(1): no instance runs it (it never ran here), "
-                                 "so the wait will run out unless an instance starts"]
+    assert _warnings(caplog) == ["[wf_watcher] wait_for(1): no instance runs it (it never ran "
+                                 "here), so the wait will run out unless an instance starts"]
     # once per wait: a second wait says it again
     caplog.clear()
     assert watcher.wait_for(1, timeout=0.05) is False
@@ -63,8 +65,9 @@ def test_wait_for_warns_once_a_wait_when_no_instance_runs_the_processor(
     caplog.clear()
     assert watcher.wait_for(2, timeout=0.05) is False
     here = es._instance_name()  # type: ignore[attr-defined]
-    assert _warnings(caplog) == [f"[wf_watcher] wait_for(2): no instance runs it (the last one, {here}, "
-                                 "stopped), so the wait will run out unless an instance starts"]
+    assert _warnings(caplog) == [f"[wf_watcher] wait_for(2): no instance runs it (the last one, "
+                                 f"{here}, stopped), so the wait will run out unless an instance "
+                                 "starts"]
 
     # a recorded owner whose process is gone (killed without a chance to say it stopped)
     watcher.tracker.acquire("wf_watcher", f"{_dead_pid()}@{here.partition('@')[2]}")

@@ -204,7 +204,7 @@ class CommandHandler:
         self.backoff = backoff
 
     def handle(self, command) -> list:
-        """Run ``command``; returns the events it stored (``Repository.update`` does the retrying)."""
+        """Run ``command``; returns the events it stored (``Repository.update`` retries)."""
         try:
             # UnprocessableEntity (or BadRequest) propagates at once: retrying would not help
             return self.repository.update(Todo, command.todo_id, command, attempts=self.attempts,
