@@ -3426,7 +3426,8 @@ def _decode_state(cls: type, text: str) -> dict[str, Any]:
 
 
 class Repository:
-    """Loads aggregates from an event store and saves their changes with optimistic concurrency."""
+    """Loads aggregates from an event store and saves their changes with optimistic concurrency;
+    ``update`` runs a command on an aggregate, retrying it when another writer got in between."""
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
