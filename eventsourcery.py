@@ -51,6 +51,7 @@ import math
 import multiprocessing
 import os
 import platform
+import random
 import re
 import shlex
 import signal
@@ -865,6 +866,10 @@ class Tracker(abc.ABC):
     replay, state) have defaults that keep nothing, which ``DatabaseTracker``
     and ``MemoryTracker`` override.
     """
+
+    #: True for a tracker that records who runs each name (``acquire``, ``report``, ``standby``), so
+    #: that its ``record`` tells whether any instance does (``wait_for`` warns when none does).
+    keeps_owners: ClassVar[bool] = False
 
     @abc.abstractmethod
     def setup(self, name: str) -> None:
@@ -1992,6 +1997,8 @@ class DatabaseTracker(Tracker):
     same transaction), the replay horizon and what the owner reports.
     """
 
+    keeps_owners = True
+
     def __init__(self, database: Database) -> None:
         self.database = database
         self._table = database.qualify(TRACKER_TABLE)
@@ -2331,6 +2338,8 @@ class MemoryTracker(DatabaseTracker):
     The rules are DatabaseTracker's, run on an in-memory SQLite database of its own, so the memory,
     SQLite and Postgres trackers keep positions, ownership and failures alike.
     """
+
+    keeps_owners = True
 
     def __init__(self) -> None:
         super().__init__(SQLiteDatabase(":memory:"))
@@ -3400,7 +3409,8 @@ def _decode_state(cls: type, text: str) -> dict[str, Any]:
 
 
 class Repository:
-    """Loads aggregates from an event store and saves their changes with optimistic concurrency."""
+    """Loads aggregates from an event store and saves their changes with optimistic concurrency;
+    ``update`` runs a command on an aggregate, retrying it when another writer got in between."""
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
@@ -3485,6 +3495,45 @@ class Repository:
             aggregate.clear_changes()
         return stored
 
+    def update(self, aggregate_class: type[A], aggregate_id: str | _uuid.UUID,
+               command: Callable[[A], object], *, attempts: int = 5,
+               backoff: float = 0.01) -> list[Event]:
+        """Load the aggregate, run ``command(aggregate)``, save it, and start over on a conflict;
+        returns what ``save`` returns (the stored events: the last one's id feeds ``wait_for``).
+
+        ``repo.update(Order, "o-1", lambda order: order.ship("Paris"))``. When another writer
+        stored an event on the aggregate between the load and the save (a second request, or a
+        reactor emitting onto this aggregate's stream), the save raises ConcurrencyError and
+        nothing is written; then the aggregate is loaded afresh and ``command`` runs again on what
+        is now there, up to ``attempts`` times in all, sleeping a random time of up to
+        ``backoff * attempt`` seconds between attempts. After the last attempt the
+        ConcurrencyError is raised. Any other error, the command's own or the store's, is raised
+        at once and never retried; so is a DuplicateEventError (an event uuid stored already:
+        running the command again would not help).
+
+        ``command`` may run several times, so it must only decide on the aggregate (apply
+        events): no effects outside it. Loading uses the aggregate's snapshots like ``load``, and
+        the save takes snapshots like ``save``.
+        """
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"attempts must be a whole number of at least 1, not {attempts!r}")
+        if (isinstance(backoff, bool) or not isinstance(backoff, (int, float))
+                or not 0 <= backoff < math.inf):
+            raise ValueError(f"backoff must be a number of seconds >= 0, not {backoff!r}")
+        for attempt in range(1, attempts + 1):
+            aggregate = self.load(aggregate_class, aggregate_id)
+            command(aggregate)
+            try:
+                return self.save(aggregate)
+            except DuplicateEventError:
+                raise
+            except ConcurrencyError:
+                if attempt == attempts:
+                    raise
+                # random: writers that collided do not collide again in step
+                time.sleep(random.uniform(0, backoff * attempt))
+        raise AssertionError("unreachable")  # the loop returns or raises
+
 
 # ---------------------------------------------------------------------------
 # Event processing: processors (projectors, reactors) handle events in
@@ -3509,6 +3558,32 @@ def _skip_command(store: str, processor_name: str, event_id: int) -> str:
 
 #: ``store``: the store of the processor whose error the calling thread's error handler is handling
 _handling = threading.local()
+
+
+def _not_running(tracker: Tracker, name: str) -> str | None:
+    """Why no instance runs processor ``name``, as ``tracker`` records it; None when one does, or
+    may (a tracker that keeps no owners, a standby about to take over, an owner on another host)."""
+    if not tracker.keeps_owners:
+        return None
+    try:
+        record = tracker.record(name)
+    except Exception:  # noqa: BLE001 - only a warning hangs on it; the wait reads on
+        return None
+    if record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS:
+        return None
+    if record.state != "running":
+        return "no instance runs it (it never ran here)" if record.owner is None else (
+            f"no instance runs it (the last one, {record.owner}, stopped)")
+    pid, _, host = (record.owner or "").partition("@")
+    # (posix only: on Windows, os.kill(pid, 0) would send CTRL_C_EVENT)
+    if os.name == "posix" and host == _instance_name().partition("@")[2] and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return f"no instance runs it (its owner {record.owner} is gone)"
+        except OSError:  # alive, someone else's (PermissionError), or not to be told
+            pass
+    return None
 
 
 class EventStreamProcessor:
@@ -3634,14 +3709,31 @@ class EventStreamProcessor:
 
     def wait_for(self, event_id: int, timeout: float | None = None) -> bool:
         """Wait until this processor's position, as its tracker keeps it (whichever process runs it), has
-        reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit) have passed."""
+        reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit) have
+        passed.
+
+        False means the processor had not processed the event yet when the time was up: it is
+        behind, or failing at an earlier event, or no instance runs it at all. In that last case
+        (the tracker records no live owner, and no standby about to take over) a wait that has to
+        wait logs a warning naming the processor, once per wait, through ``es.config.logger``.
+        """
         event_id = check_position("event_id", event_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
+        check_owner_at: float | None = time.monotonic()  # now, then once a second until it warned
         while self.last_processed_event_id < event_id:
-            left = None if deadline is None else deadline - time.monotonic()
+            now = time.monotonic()
+            left = None if deadline is None else deadline - now
             if left is not None and left <= 0:
                 return False
+            if check_owner_at is not None and now >= check_owner_at:
+                check_owner_at = now + 1.0
+                why = _not_running(self.tracker, self.processor_name)
+                if why is not None:
+                    check_owner_at = None
+                    config.logger.warning("[%s] wait_for(%d): %s, so the wait will run out "
+                                          "unless an instance starts", self.processor_name,
+                                          event_id, why)
             time.sleep(interval if left is None else min(interval, left))
             interval = min(interval * 2, 0.05)
         return True
@@ -4581,33 +4673,49 @@ class _Child:
 _P = TypeVar("_P", bound="EventStreamProcessor")
 
 
-def _describe_event(event: Event | type[Event]) -> str:
-    """One line per event for diffs: its class (or type name) and body; never ids, uuids, versions or times."""
+def _describe_event(event: Event | type[Event], *, aggregate: bool = False) -> str:
+    """One line per event for diffs: its class (or type name) and body, and with ``aggregate`` the
+    aggregate id it goes to; never ids, uuids, versions or times."""
     if isinstance(event, type):
         return f"{event.__name__}(...)"
     name = type(event).__name__ if type(event) is not Event else f"Event[{event.type}]"
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in event.body.items())})"
+    line = f"{name}({', '.join(f'{k}={v!r}' for k, v in event.body.items())})"
+    return f"{line} on {event.aggregate_id!r}" if aggregate else line
+
+
+def _names_aggregate(expected: Event | type[Event] | None) -> bool:
+    """True for an expected event instance that names its aggregate (assert_events compares it)."""
+    return isinstance(expected, Event) and bool(expected.aggregate_id)
 
 
 def _event_matches(actual: Event, expected: Event | type[Event]) -> bool:
     if isinstance(expected, type):
         return isinstance(actual, expected) and actual.type == expected.type
+    if _names_aggregate(expected) and actual.aggregate_id != expected.aggregate_id:
+        return False
     return bool(actual.type == expected.type and actual.body == expected.body)
 
 
 def assert_events(actual: Iterable[Event], expected: Iterable[Event | type[Event]], *,
                   what: str = "events") -> None:
-    """Assert that ``actual`` are ``expected``, in order, by type and body (ids, uuids, versions and
-    timestamps are ignored); an expected Event class matches any event of that class.
+    """Assert that ``actual`` are ``expected``, in order, by type and body, and by aggregate id
+    (where the event goes) when the expected event names one; ids, uuids, versions and timestamps
+    are ignored.
 
-    Raises AssertionError showing a diff of the two lists, one event a line.
+    An expected Event class matches any event of that class, on any aggregate; an expected event
+    without an ``aggregate_id`` matches that type and body on any aggregate.
+
+    Raises AssertionError showing a diff of the two lists, one event a line (with the aggregate id
+    where the expected event names one).
     """
     got, want = list(actual), list(expected)
     if len(got) == len(want) and all(_event_matches(a, e) for a, e in zip(got, want, strict=True)):
         return
     import difflib
-    got_lines = [_describe_event(e) for e in got]
-    want_lines = [_describe_event(e) for e in want]
+    named = [_names_aggregate(want[i] if i < len(want) else None)
+             for i in range(max(len(got), len(want)))]
+    got_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(got)]
+    want_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(want)]
     for i, (a, e) in enumerate(zip(got, want, strict=False)):  # a class matching: show it as matched
         if isinstance(e, type) and _event_matches(a, e):
             want_lines[i] = got_lines[i]
@@ -4659,7 +4767,9 @@ class AggregateScenario(typing.Generic[A]):
         return list(self.aggregate.changes)
 
     def then(self, *expected: Event | type[Event]) -> list[Event]:
-        """Assert that the command succeeded and applied exactly these events (by type and body); returns them.
+        """Assert that the command succeeded and applied exactly these events (by type and body,
+        and by aggregate id where an expected event names one: see ``assert_events``); returns
+        them.
 
         ``then()`` with no events asserts that the command applied none.
         """
@@ -4719,7 +4829,9 @@ class ProcessorScenario(typing.Generic[_P]):
         return [tuple(row) for row in self.db.execute(sql, params).fetchall()]
 
     def then_emitted(self, *expected: Event | type[Event]) -> list[Event]:
-        """Assert that the processor emitted exactly these events (by type and body); returns them as stored."""
+        """Assert that the processor emitted exactly these events (by type and body, and onto the
+        aggregate an expected event names: ``ThingDone(aggregate_id="t-1", ...)`` fails for an
+        emission onto another one; see ``assert_events``); returns them as stored."""
         assert_events(self.emitted, expected, what="emitted events")
         return self.emitted
 

@@ -90,9 +90,18 @@ def test_given_events_get_the_aggregate_id_and_versions() -> None:
 
 def test_then_ignores_ids_uuids_versions_and_timestamps() -> None:
     import datetime
-    expected = ThOrderShipped(to="Paris", uuid="other", id=99, version=7, aggregate_id="elsewhere",
+    expected = ThOrderShipped(to="Paris", uuid="other", id=99, version=7,
                               created_at=datetime.datetime(2000, 1, 1))
     es.given(ThOrder, ThOrderPlaced(total=5)).when(lambda o: o.ship("Paris")).then(expected)
+
+
+def test_then_compares_the_aggregate_id_an_expected_event_names() -> None:
+    scenario = es.given(ThOrder, ThOrderPlaced(total=5), id="o-1").when(lambda o: o.ship("Paris"))
+    scenario.then(ThOrderShipped(to="Paris", aggregate_id="o-1"))
+    with pytest.raises(AssertionError) as info:
+        scenario.then(ThOrderShipped(to="Paris", aggregate_id="o-2"))
+    assert info.value.args[0].splitlines()[-2:] == [
+        "-ThOrderShipped(to='Paris') on 'o-2'", "+ThOrderShipped(to='Paris') on 'o-1'"]
 
 
 def test_then_with_a_class_matches_any_event_of_that_class() -> None:
@@ -215,6 +224,42 @@ def test_feed_a_reactor_on_a_memory_store_shows_what_it_emitted() -> None:
         (3, "o-1", 3, run.given[1].uuid)]
     assert run.rows("SELECT event_uuid FROM th_printed") == [(run.given[1].uuid,)]
     assert run.store is store
+
+
+class ThMisdirectedLabelPrinter(ThLabelPrinter):
+    """Emits its label onto the wrong aggregate: a test that names the aggregate must catch it."""
+
+    @es.on(ThOrderShipped)
+    def _shipped(self, event: ThOrderShipped) -> None:
+        label = f"{event.aggregate_id}-label"
+        self.emit_event(ThShippingLabelPrinted(aggregate_id=label, to=event.to))
+
+
+def test_then_emitted_compares_where_the_event_goes() -> None:
+    shipped = ThOrderShipped(to="Paris", aggregate_id="o-1")
+    right = es.given_events(shipped).feed(ThLabelPrinter(es.MemoryEventStore()))
+    right.then_emitted(ThShippingLabelPrinted(to="Paris", aggregate_id="o-1"))
+    wrong = es.given_events(shipped).feed(ThMisdirectedLabelPrinter(es.MemoryEventStore()))
+    with pytest.raises(AssertionError) as info:
+        wrong.then_emitted(ThShippingLabelPrinted(to="Paris", aggregate_id="o-1"))
+    assert info.value.args[0].splitlines() == [
+        "emitted events differ (- expected, + actual):", "@@ -1 +1 @@",
+        "-ThShippingLabelPrinted(to='Paris') on 'o-1'",
+        "+ThShippingLabelPrinted(to='Paris') on 'o-1-label'"]
+    # an expected class, or an event that names no aggregate, matches on any aggregate
+    wrong.then_emitted(ThShippingLabelPrinted)
+    wrong.then_emitted(ThShippingLabelPrinted(to="Paris"))
+
+
+def test_assert_events_compares_the_aggregate_id_only_where_expected_names_one() -> None:
+    actual = [ThOrderPlaced(total=1, aggregate_id="a"), ThOrderPlaced(total=2, aggregate_id="b")]
+    es.assert_events(actual, [ThOrderPlaced(total=1, aggregate_id="a"), ThOrderPlaced(total=2)])
+    es.assert_events(actual, [ThOrderPlaced, ThOrderPlaced(total=2, aggregate_id="b")])
+    with pytest.raises(AssertionError) as info:
+        es.assert_events(actual, [ThOrderPlaced(total=1, aggregate_id="b"), ThOrderPlaced(total=2)])
+    assert info.value.args[0].splitlines()[1:] == [
+        "@@ -1,2 +1,2 @@", "-ThOrderPlaced(total=1) on 'b'", "+ThOrderPlaced(total=1) on 'a'",
+        " ThOrderPlaced(total=2)"]
 
 
 def test_then_emitted_fails_with_a_diff() -> None:

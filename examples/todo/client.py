@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         status, body = request(args.url, "POST", f"/todo/{quote(args.id, safe='')}/{args.command}",
                                {key: args.date})
     if status >= 400:
-        print(f"Error {status}: {body}", file=sys.stderr)
+        print(f"Error {status}: {body.rstrip()}", file=sys.stderr)
         return 1
     if body:
         print(body.rstrip("\n"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
-import time
 
 import eventsourcery as es
 
@@ -127,7 +126,9 @@ class AddTodo:
 class AmendTodo:
     """Only the keys present in ``changes`` are amended; ``{"due_date": None}`` clears it.
 
-    ``build`` wants at least one amendable key (``nothing to amend`` otherwise).
+    Without any amendable key, running it checks the todo's rules first, as the
+    original app does (a todo that does not exist, is complete or is abandoned:
+    ``UnprocessableEntity``), then raises ``BadRequest("nothing to amend")``.
     """
 
     todo_id: str
@@ -146,12 +147,12 @@ class AmendTodo:
             else:
                 # A todo always has a title: it may change, not go away.
                 changes[name] = _text(params, name, required=(name == "title"))
-        if not changes:
-            raise BadRequest("nothing to amend")
         return cls(todo_id=todo_id, changes=changes)
 
     def __call__(self, todo: Todo) -> None:
-        todo.amend(**self.changes)
+        todo.amend(**self.changes)  # the todo's rules first: a 422 before the 400 below
+        if not self.changes:
+            raise BadRequest("nothing to amend")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,16 +204,14 @@ class CommandHandler:
         self.backoff = backoff
 
     def handle(self, command) -> list:
-        """Run ``command``; returns the events it stored."""
-        for attempt in range(1, self.attempts + 1):
-            todo = self.repository.load(Todo, command.todo_id)
-            command(todo)  # UnprocessableEntity propagates: retrying would not help
-            try:
-                return self.repository.save(todo)
-            except es.ConcurrencyError:
-                if attempt == self.attempts:
-                    break
-                time.sleep(self.backoff * attempt)
-        raise Conflict(
-            f"Todo {quoted(command.todo_id)} was changed by another request; try again"
-        )
+        """Run ``command``; returns the events it stored (``Repository.update`` retries)."""
+        try:
+            # UnprocessableEntity (or BadRequest) propagates at once: retrying would not help
+            return self.repository.update(Todo, command.todo_id, command, attempts=self.attempts,
+                                          backoff=self.backoff)
+        except es.DuplicateEventError:
+            raise
+        except es.ConcurrencyError:
+            raise Conflict(
+                f"Todo {quoted(command.todo_id)} was changed by another request; try again"
+            ) from None

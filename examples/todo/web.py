@@ -16,7 +16,8 @@ route                                      command      status
 Request bodies are JSON objects with the original app's keys (``title``,
 ``description``, ``due_date``, ``stakeholder_email``, ``completed_on``,
 ``abandoned_on``; dates as ``YYYY-MM-DD``); an empty body counts as ``{}``.
-Queries answer JSON arrays. Errors are plain text: ``Bad Request: <why>``
+Queries answer JSON arrays. Errors are plain text, one line ending with a
+newline: ``Bad Request: <why>``
 (400), ``Not Found: ...`` (404), ``Method Not Allowed: ...`` (405),
 ``Conflict: ...`` (409), ``Gone: ...`` (410, a todo that was forgotten),
 ``Payload Too Large: ...`` (413),
@@ -392,9 +393,10 @@ _PHRASES = {
 
 
 def _error(status: HTTPStatus, detail: str | None, headers=None) -> Response:
+    """A plain-text error answer: ``<phrase>: <detail>`` and a newline (as a terminal wants it)."""
     phrase = _PHRASES.get(status.value, status.phrase)
     text = phrase if detail is None else f"{phrase}: {detail}"
-    return Response(status, text, TEXT_TYPE, headers)
+    return Response(status, text + "\n", TEXT_TYPE, headers)
 
 
 # ---------------------------------------------------------------------------
