@@ -2339,8 +2339,6 @@ class MemoryTracker(DatabaseTracker):
     SQLite and Postgres trackers keep positions, ownership and failures alike.
     """
 
-    keeps_owners = True
-
     def __init__(self) -> None:
         super().__init__(SQLiteDatabase(":memory:"))
 
