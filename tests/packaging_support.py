@@ -35,22 +35,32 @@ def _setuptools_version() -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
 
 
-def build_wheel(workdir: pathlib.Path) -> pathlib.Path:
-    """Build the wheel under ``workdir`` and return its path."""
+def copy_sources(dest: pathlib.Path) -> pathlib.Path:
+    """Copy what the build reads into ``dest`` (a new folder) and return it."""
+    dest.mkdir()
+    for path in [*(ROOT / name for name in BUILD_FILES), *ROOT.glob("*.py")]:
+        if path.exists():
+            shutil.copy2(path, dest / path.name)
+    return dest
+
+
+def build_wheel(workdir: pathlib.Path, editable: bool = False) -> pathlib.Path:
+    """Build the wheel (``editable``: the wheel of ``pip install -e``) under ``workdir``; its path.
+
+    An editable wheel refers to ``workdir / "src"``, the copy of the sources it was built from.
+    """
     if _setuptools_version() < (77,):
         pytest.skip("building the wheel without isolation needs setuptools>=77 "
                     "(pip install -e '.[test]')")
-    src, out = workdir / "src", workdir / "wheel"
-    src.mkdir()
+    src, out = copy_sources(workdir / "src"), workdir / "wheel"
     out.mkdir()
-    for path in [*(ROOT / name for name in BUILD_FILES), *ROOT.glob("*.py")]:
-        if path.exists():
-            shutil.copy2(path, src / path.name)
-    p = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "-w", str(out), str(src)],
-        capture_output=True, text=True, timeout=180,
-    )
+    if editable:  # what pip runs for `pip install -e .`, without build isolation
+        command = [sys.executable, "-c", "import sys, setuptools.build_meta as backend; "
+                   "backend.build_editable(sys.argv[1])", str(out)]
+    else:
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                   "--no-index", "--disable-pip-version-check", "-w", str(out), str(src)]
+    p = subprocess.run(command, cwd=src, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout + p.stderr
     wheels = list(out.glob("eventsourcery-*.whl"))
     assert len(wheels) == 1, wheels

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import typing
 import venv
 
 import pytest
@@ -54,17 +55,25 @@ def checkers() -> None:
             pytest.fail(f"{tool} is not installed here: pip install -e '.[test]'\n{p.stderr}")
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> pathlib.Path:
-    """The interpreter of a fresh virtual environment with the wheel installed (pip, no network)."""
-    wheel = build_wheel(tmp_path_factory.mktemp("build"))
-    env_dir = tmp_path_factory.mktemp("venv") / "env"
-    venv.create(env_dir, with_pip=True)
+class Installed(typing.NamedTuple):
+    python: pathlib.Path  # the virtual environment's interpreter
+    source: pathlib.Path | None  # editable: the copy of the sources it runs
+
+
+@pytest.fixture(scope="module", params=["wheel", "editable"])
+def installed(request, tmp_path_factory) -> Installed:
+    """A fresh virtual environment with the wheel installed by pip (no network), or with the
+    editable wheel that ``pip install -e .`` builds."""
+    workdir = tmp_path_factory.mktemp(request.param)
+    wheel = build_wheel(workdir, editable=request.param == "editable")
+    env_dir = workdir / "env"
+    venv.create(env_dir, with_pip=False)
     python = _python(env_dir)
-    p = _run([python, "-m", "pip", "install", "--no-deps", "--no-index",
+    # This environment's pip installs into the new one (pip >= 22.3): no time spent on ensurepip.
+    p = _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
               "--disable-pip-version-check", wheel])
     assert p.returncode == 0, p.stdout + p.stderr
-    return python
+    return Installed(python, workdir / "src" if request.param == "editable" else None)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +138,7 @@ def _pyright(python: pathlib.Path, app: pathlib.Path) -> tuple[set[tuple[str, in
 @pytest.mark.parametrize("checker", [_mypy, _pyright], ids=["mypy", "pyright"])
 def test_checkers_see_the_installed_types(checker, checkers, installed, tmp_path):
     app = _app(tmp_path)
-    errors, output = checker(installed, app)
+    errors, output = checker(installed.python, app)
     assert errors == _expected(app), output
 
 
@@ -142,16 +151,20 @@ def test_checkers_see_the_vendored_types(checker, checkers, bare, tmp_path):
 
 def test_the_installed_app_runs(installed, tmp_path):
     """The application runs on the installed packages (a reactor's ``emits_events`` list too)."""
-    app = _app(tmp_path)
-    p = _run([installed, "app.py"], cwd=app)
+    app, python = _app(tmp_path), installed.python
+    p = _run([python, "app.py"], cwd=app)
     assert (p.returncode, p.stdout.strip()) == (0, "typed app: ok"), p.stdout + p.stderr
-    p = _run([installed, "-c", "import eventsourcery, eventsourcery_pg"], cwd=app)
+    p = _run([python, "-c", "import eventsourcery, eventsourcery_pg"], cwd=app)
     assert "needs psycopg" in p.stderr  # installed with --no-deps: the message says what is missing
-    where = _run([installed, "-c", "import eventsourcery; print(eventsourcery.__file__)"], cwd=app)
-    parts = pathlib.Path(where.stdout.strip()).parts
-    assert parts[-3:] == ("site-packages", "eventsourcery", "__init__.py"), where
-    for command in ([installed, "-m", "eventsourcery", "--version"],
-                    [installed.parent / "eventsourcery", "--version"]):
+    p = _run([python, "-c", "import eventsourcery; print(eventsourcery.__file__)"], cwd=app)
+    where = pathlib.Path(p.stdout.strip())
+    assert where.parts[-2:] == ("eventsourcery", "__init__.py"), p.stdout + p.stderr
+    if installed.source is None:
+        assert where.parts[-3] == "site-packages", where
+    else:  # a link to the source file: an edit shows at once
+        assert where.resolve() == installed.source / "eventsourcery.py", where
+    for command in ([python, "-m", "eventsourcery", "--version"],
+                    [python.parent / "eventsourcery", "--version"]):
         p = _run(command, cwd=app)
         version = f"eventsourcery {es.__version__}"
         assert (p.returncode, p.stdout.strip()) == (0, version), (command, p.stdout + p.stderr)
