@@ -6,8 +6,10 @@ directory outside the checkout and checked by ``mypy --strict`` and by basedpyri
 (pyright, strict mode: tests/typed_app/pyrightconfig.json), both run from this
 environment against the new environment's interpreter. ``app.py`` and ``app_pg.py`` must
 check clean; ``app_wrong.py`` must get an error on exactly the lines marked
-``# expected error`` (were the library ``Any``, none would be reported). The same holds
-with the files vendored (copied beside the application) instead of installed.
+``# expected error`` (one or more each, none elsewhere: were the library ``Any``, none
+would be reported). The same holds for the editable install (the wheel ``pip install -e .``
+builds) and with the files vendored (copied beside the application) instead of installed;
+and the application runs.
 """
 
 from __future__ import annotations
@@ -116,7 +118,6 @@ def _mypy(python: pathlib.Path, app: pathlib.Path) -> tuple[set[tuple[str, int]]
     output = p.stdout + p.stderr
     assert p.returncode in (0, 1), output  # 1: errors found; anything else: mypy itself failed
     errors = {(m[1], int(m[2])) for m in re.finditer(r"^(\S+?):(\d+): error:", p.stdout, re.M)}
-    assert p.stdout.count(": error:") == len(errors), output  # one error a marked line
     return errors, output
 
 
@@ -131,7 +132,6 @@ def _pyright(python: pathlib.Path, app: pathlib.Path) -> tuple[set[tuple[str, in
     assert report["summary"]["filesAnalyzed"] == len(FILES), p.stdout
     assert all(d["severity"] == "error" for d in diagnostics), output  # no warnings either
     errors = {(pathlib.Path(d["file"]).name, d["range"]["start"]["line"] + 1) for d in diagnostics}
-    assert len(diagnostics) == len(errors), output
     return errors, output
 
 

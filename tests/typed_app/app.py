@@ -125,8 +125,8 @@ def testing_helpers() -> None:
     scenario: es.AggregateScenario[Chore] = es.given(Chore, ChoreAdded(title="dust"), id="c-1")
     done: list[es.Event] = scenario.when(lambda chore: chore.finish()).then(ChoreDone)
     assert len(done) == 1 and scenario.aggregate.done
-    error = es.given(Chore, ChoreDone()).when(Chore.finish).then_raises(ValueError,
-                                                                       match="already done")
+    finished = es.given(Chore, ChoreDone())
+    error = finished.when(Chore.finish).then_raises(ValueError, match="already done")
     assert isinstance(error, ValueError)
 
     run: es.ProcessorScenario[Thanker] = es.given_events(ChoreDone(aggregate_id="c-1")).feed(
@@ -140,7 +140,11 @@ def testing_helpers() -> None:
     assert projection.rows("SELECT chore_id FROM open_chores") == [("c-2",)]
 
 
-# --- async API (SPEC 7): add its use here once it is merged (see tests/test_typed_wheel.py) ---
+# --- async API (SPEC 7): its use goes here once it is merged ---------------------------------
+# An ``async def async_commands(folder: str) -> None`` with es.AsyncEventStore, es.AsyncRepository,
+# ``async for batch in astore.subscribe(...)`` and ``await projector.wait_for_async(...)``, run by
+# ``asyncio.run(...)`` in main(); and a misuse of it in app_wrong.py, marked ``# expected error``.
+# ---------------------------------------------------------------------------------------------
 
 
 def main() -> None:

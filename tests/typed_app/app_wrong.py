@@ -39,6 +39,11 @@ def wrong(store: es.EventStore) -> None:
     print(notebook, saved, latest)
 
 
+def wrong_testing() -> None:
+    """The testing helpers are generic in the aggregate or processor they were given."""
+    es.given(Notebook).aggregate.erase()  # expected error
+
+
 def wrong_pg() -> None:
     """The Postgres module's types are seen too."""
     es_pg.PostgresEventStore(5432)  # expected error
