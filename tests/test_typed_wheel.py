@@ -162,7 +162,7 @@ def test_the_installed_app_runs(installed, tmp_path):
     if installed.source is None:
         assert where.parts[-3] == "site-packages", where
     else:  # a link to the source file: an edit shows at once
-        assert where.resolve() == installed.source / "eventsourcery.py", where
+        assert where.resolve() == (installed.source / "eventsourcery.py").resolve(), where
     for command in ([python, "-m", "eventsourcery", "--version"],
                     [python.parent / "eventsourcery", "--version"]):
         p = _run(command, cwd=app)
