@@ -4047,9 +4047,9 @@ class Reactor(_TableOwner):
     does not sink: the events emitted the first time are in the store.
     """
 
-    emits_events: ClassVar[tuple[type[Event], ...]] = ()
-    _kind: ClassVar[str] = "reactor"
+    emits_events: ClassVar[Iterable[type[Event]]] = ()
     """The Event classes ``emit_event`` accepts: any iterable (a list is fine), checked and stored as a tuple."""
+    _kind: ClassVar[str] = "reactor"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -4159,7 +4159,7 @@ class Reactor(_TableOwner):
         correlation id (or its uuid when it has none); ``metadata`` is the
         cause's, updated with the emitted event's own (its keys win).
         """
-        if not isinstance(event, self.emits_events) or type(event) is Event:
+        if not isinstance(event, tuple(self.emits_events)) or type(event) is Event:
             raise UndeclaredEventEmissionError(
                 f"{self.processor_name} emitted {type(event).__name__} ({event.type!r}), which is not in "
                 f"emits_events {[c.__name__ for c in self.emits_events]}")

@@ -1,56 +1,26 @@
-"""The wheel ships what it should: both modules, the ``py.typed`` marker and the license.
+"""The wheel ships what it should: each module as a typed package, and the license.
 
-The wheel is built from the source tree with ``pip wheel --no-build-isolation``,
-so the environment's setuptools builds it (the ``test`` extra asks for one
-that can: ``setuptools>=77``, which has ``bdist_wheel`` and PEP 639 license
-metadata built in).
+PEP 561 marks packages, not single modules: each top-level module ``NAME.py`` of the
+source tree is in the wheel as the package ``NAME/`` (its source as ``__init__.py``,
+the ``py.typed`` marker, and a ``__main__.py`` for the module with a ``main()``).
+tests/test_typed_wheel.py installs the wheel and type-checks an application against it.
+The wheel is built as tests/packaging_support.py says (no build isolation, no network).
 """
 
 from __future__ import annotations
 
 import email.parser
-import importlib.metadata
-import pathlib
-import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "py.typed",
-           "eventsourcery.py", "eventsourcery_pg.py")
-
-
-def _setuptools_version() -> tuple[int, ...]:
-    try:
-        version = importlib.metadata.version("setuptools")
-    except importlib.metadata.PackageNotFoundError:
-        return (0,)
-    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+from tests.packaging_support import ROOT, build_wheel, module_sources
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Iterator[zipfile.ZipFile]:
-    if _setuptools_version() < (77,):
-        pytest.skip("building the wheel without isolation needs setuptools>=77 (pip install -e '.[test]')")
-    # A copy of the sources the build reads, so the build leaves nothing (build/, *.egg-info) in the tree.
-    src = tmp_path_factory.mktemp("src")
-    for name in SOURCES:
-        if (ROOT / name).exists():
-            shutil.copy2(ROOT / name, src / name)
-    out = tmp_path_factory.mktemp("wheel")
-    p = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "-w", str(out), str(src)],
-        capture_output=True, text=True, timeout=180,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    wheels = list(out.glob("eventsourcery-*.whl"))
-    assert len(wheels) == 1, wheels
-    with zipfile.ZipFile(wheels[0]) as zf:
+    with zipfile.ZipFile(build_wheel(tmp_path_factory.mktemp("build"))) as zf:
         yield zf
 
 
@@ -59,13 +29,29 @@ def _metadata(wheel: zipfile.ZipFile):
     return email.parser.Parser().parsestr(wheel.read(name).decode())
 
 
-def test_wheel_ships_the_modules_and_the_typed_marker(wheel):
+def _top_level(wheel: zipfile.ZipFile) -> set[str]:
+    name = next(n for n in wheel.namelist() if n.endswith(".dist-info/top_level.txt"))
+    return set(wheel.read(name).decode().split())
+
+
+def test_wheel_ships_each_module_as_a_typed_package(wheel):
     names = set(wheel.namelist())
-    # top level, next to the modules (site-packages), not under a data-files scheme
-    assert {"eventsourcery.py", "eventsourcery_pg.py", "py.typed"} <= names, sorted(names)
+    modules = {path.stem for path in module_sources()}
+    assert {"eventsourcery", "eventsourcery_pg"} <= modules
+    # every eventsourcery*.py of the tree is built (list a new one in pyproject's py-modules)
+    assert _top_level(wheel) == modules, "list every eventsourcery*.py in pyproject's py-modules"
+    for module in modules:
+        assert wheel.read(f"{module}/__init__.py") == (ROOT / f"{module}.py").read_bytes(), module
+        assert wheel.read(f"{module}/py.typed") == (ROOT / "py.typed").read_bytes(), module
+        assert f"{module}.py" not in names, sorted(names)  # one copy, in the package
+    assert "py.typed" not in names, sorted(names)  # at the top of site-packages it marks nothing
+    main = wheel.read("eventsourcery/__main__.py").decode()
+    assert "from eventsourcery import main" in main and "sys.exit(main())" in main, main
+    assert "eventsourcery_pg/__main__.py" not in names  # it has no main()
     assert not any(n.startswith(("tests/", "examples/", "bench/")) or n == "setup.py" for n in names), sorted(names)
     assert not any(".data/" in n for n in names), sorted(names)
-    assert wheel.read("py.typed") == (ROOT / "py.typed").read_bytes()
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "eventsourcery = eventsourcery:main" in wheel.read(entry_points).decode()
 
 
 def test_wheel_ships_the_license(wheel):
