@@ -840,7 +840,9 @@ class TrackerRecord:
     of one waiting for it (``standby_at``: when it last tried, Unix time).
     ``kind`` is ``projector``, ``reactor`` or ``processor``; ``location`` is
     set on a registration in the store of a processor whose position lives
-    in another database (the URL or path of that database).
+    in another database (the URL or path of that database). ``tables``: the
+    tables of a processor with a ``schema`` (in the database this record
+    lives in), which its ``reset()`` drops; None when it has not said.
     """
 
     name: str
@@ -856,6 +858,7 @@ class TrackerRecord:
     standby_at: float | None = None
     kind: str | None = None
     location: str | None = None
+    tables: tuple[str, ...] | None = None
 
 
 class Tracker(abc.ABC):
@@ -924,6 +927,9 @@ class Tracker(abc.ABC):
 
     def register(self, name: str, kind: str, location: str) -> None:  # noqa: B027 - by default nothing is kept
         """Record that ``name`` runs against this tracker's store with its position kept at ``location``."""
+
+    def declare_tables(self, name: str, tables: Sequence[str]) -> None:  # noqa: B027 - by default nothing is kept
+        """Record the tables of ``name`` (beside this record) that its ``reset()`` drops."""
 
 
 def _fenced(name: str, generation: int | None) -> ProcessorFencedError:
@@ -1954,7 +1960,7 @@ _TRACKER_COLUMNS = (
     ("generation", "BIGINT NOT NULL DEFAULT 0"), ("horizon", "BIGINT NOT NULL DEFAULT 0"),
     ("fresh", "INTEGER NOT NULL DEFAULT 0"), ("state", "TEXT"), ("last_error", "TEXT"),
     ("failing_event_id", "BIGINT"), ("owner", "TEXT"), ("standby", "TEXT"),
-    ("standby_at", "DOUBLE PRECISION"), ("kind", "TEXT"), ("location", "TEXT"))
+    ("standby_at", "DOUBLE PRECISION"), ("kind", "TEXT"), ("location", "TEXT"), ("tables", "TEXT"))
 #: Every column of a tracker row, as TrackerRecord names them.
 _TRACKER_FIELDS = ("name", "position", *(column for column, _ in _TRACKER_COLUMNS))
 
@@ -1987,6 +1993,7 @@ class DatabaseTracker(Tracker):
         self.database = database
         self._table = database.qualify(TRACKER_TABLE)
         self._ready_pid = 0
+        self._absent: frozenset[str] = frozenset()  # columns an older table opened read-only lacks (read as NULL)
 
     def _conn(self) -> Any:
         db = self.database
@@ -1994,7 +2001,9 @@ class DatabaseTracker(Tracker):
         if self._ready_pid != os.getpid():
             # Look first, with a read: only a missing table or column takes a write transaction, so reading
             # a position never waits behind another process's write (nor holds a lock a fork could copy).
-            if self._missing_columns(db) != []:
+            missing = self._missing_columns(db)
+            self._absent = frozenset(missing or ()) if getattr(db, "read_only", False) else frozenset()
+            if missing is None or (missing and not self._absent):
                 with db.transaction() as conn:
                     db.create_tables(conn, _TRACKER_DDL.format(table=self._table))
                     for column, kind in _TRACKER_COLUMNS:
@@ -2053,12 +2062,14 @@ class DatabaseTracker(Tracker):
 
     def _select(self, where: str = "", params: Sequence[Any] = ()) -> list[TrackerRecord]:
         self._conn()
-        rows = self.database.fetch_all(f"SELECT {', '.join(_TRACKER_FIELDS)} FROM {self._table} {where} ORDER BY name",
+        columns = ", ".join("NULL" if f in self._absent else f for f in _TRACKER_FIELDS)
+        rows = self.database.fetch_all(f"SELECT {columns} FROM {self._table} {where} ORDER BY name",
                                        params, doing="read processor positions")
         out = []
         for row in rows:
             values = dict(zip(_TRACKER_FIELDS, row, strict=True))
             values["fresh"] = bool(values.get("fresh"))
+            values["tables"] = None if values.get("tables") is None else tuple(json.loads(values["tables"]))
             for key in ("position", "generation", "horizon"):
                 values[key] = int(values.get(key) or 0)
             out.append(TrackerRecord(**values))
@@ -2131,6 +2142,9 @@ class DatabaseTracker(Tracker):
         self._write("INSERT INTO {t} (name, position, kind, location) VALUES ({p}, 0, {p}, {p}) "
                     "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, location = excluded.location",
                     (name, kind, location))
+
+    def declare_tables(self, name: str, tables: Sequence[str]) -> None:
+        self._write("UPDATE {t} SET tables = {p} WHERE name = {p}", (json.dumps(list(tables)), name))
 
 
 # ---------------------------------------------------------------------------
@@ -2254,6 +2268,9 @@ class MemoryTracker(Tracker):
 
     def register(self, name: str, kind: str, location: str) -> None:
         self._put(dataclasses.replace(self._get(name), kind=kind, location=location))
+
+    def declare_tables(self, name: str, tables: Sequence[str]) -> None:
+        self._put(dataclasses.replace(self._get(name), tables=tuple(tables)))
 
 
 class MemoryEventStore(EventStore):
@@ -3846,6 +3863,7 @@ class _TableOwner(EventStreamProcessor):
             if self.schema:
                 self._database.create_tables(conn, self.schema)
             super().setup()
+            self.tracker.declare_tables(self.processor_name, self._owned_tables())  # for the CLI's reset
 
     def reset(self) -> None:
         """Drop this processor's tables and position, then set up again."""
@@ -5055,6 +5073,11 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
         if status is not None and status.last_error is not None:
             at = f" at event {status.failing_event_id}" if status.failing_event_id is not None else ""
             sys.stdout.write(f"  failing{at}: {_cli_safe(status.last_error)}\n")
+            if status.failing_event_id is not None and status.failing_event_id <= status.replay_horizon:
+                reset = f"python -m eventsourcery {shlex.quote(args.store)} reset {shlex.quote(status.name)}"
+                sys.stdout.write(f"  it fails while replaying (it had processed events 1-{status.replay_horizon} "
+                                 "before its last reset): if its tables still hold what it wrote then, skipping "
+                                 f"will not help; reset it with its tables: {_cli_safe(reset)}\n")
             if status.failing_event_id is not None:
                 command = _skip_command(shlex.quote(args.store), status.name, status.failing_event_id)
                 sys.stdout.write(f"  to move it past that event without processing it: {_cli_safe(command)}\n")
@@ -5065,32 +5088,56 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
 
 def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     name = args.name
+    shown = _cli_safe(name)
     records = {r.name: r for r in store.tracker().records()}
     if name not in records:
         known = ", ".join(sorted(records)) or "none"
         raise _CLIError(f"unknown processor {name!r} (processors in this store: {known})")
     record = _located_record(records[name])
-    tracker: Tracker = store.tracker()
-    database: Database | None = None
-    if record.location:  # a projector whose position lives in its own database
-        database = open_database(record.location)
-        tracker = DatabaseTracker(database)
     position = record.position
-    if not args.yes and not _cli_confirm(f"Reset processor {name} (position {position})?"):
-        sys.stderr.write(f"not reset: {name} stays at position {position}\n")
+    # A processor with a schema lists its tables in its record, beside them: they go with the position,
+    # as its reset() drops them, so that it rebuilds them from event 1.
+    tables: tuple[str, ...] = () if args.keep_tables else record.tables or ()
+    if record.tables is None and record.kind in ("projector", "reactor") and not args.keep_tables:
+        command = f"python -m eventsourcery {shlex.quote(args.store)} reset {shlex.quote(name)}"
+        raise _CLIError(
+            f"not reset: the tables of {record.kind} {name!r} are not recorded in its tracker (it last ran with "
+            "an older eventsourcery), so the command line cannot drop them, and a position of 0 over its old "
+            f"rows would fail or double them; either call reset() on the {record.kind} in your code (it drops "
+            "its tables and its position), or run it once with this eventsourcery (it records its tables as it "
+            f"starts) and then: {command}; or drop its tables yourself and then: {command} --keep-tables")
+    store_own = [t for t in tables if t.lower() == "events" or t.lower().startswith("eventsourcery_")]
+    if store_own and not record.location:
+        raise _CLIError(f"not reset: {name!r} lists the store's own tables {', '.join(store_own)} as its "
+                        "tables; the command line does not drop those")
+    dropping = f" and drop its tables {', '.join(tables)}" if tables else ""
+    if not args.yes and not _cli_confirm(f"Reset processor {shown} (position {position}){_cli_safe(dropping)}?"):
+        sys.stderr.write(f"not reset: {shown} stays at position {position}\n")
         return 1
+    database = open_database(record.location) if record.location else store.database
     try:
         with store.lock(name):
-            tracker.reset(name)
+            if database is None:  # a store without an SQL database (none the command line can open)
+                store.tracker().reset(name)
+            else:
+                tracker = DatabaseTracker(database) if record.location else store.tracker()
+                with database.transaction() as conn:  # the tables and the position go together
+                    database.drop_tables(conn, tables)
+                    tracker.reset(name)
     except UnableToLockProcessorError as exc:
         raise _CLIError(f"cannot reset {name!r} while it is running; stop it first ({exc})") from exc
     finally:
-        if database is not None:
+        if record.location and database is not None:
             database.close()
     horizon = max(position, record.horizon)
     latest = store.latest_event_id()
-    sys.stdout.write(f"reset {name}: position {position} -> 0; its next run processes every event again, "
+    sys.stdout.write(f"reset {shown}: position {position} -> 0; its next run processes every event again, "
                      "from event 1\n")
+    if tables:
+        sys.stdout.write(f"dropped its tables {_cli_safe(', '.join(tables))}: its next run creates them again "
+                         "and rebuilds them\n")
+    elif args.keep_tables and record.kind in ("projector", "reactor"):
+        sys.stdout.write("its tables were kept (--keep-tables): they still hold what it wrote before\n")
     if latest:
         sys.stdout.write(f'  (unless its class sets start_from = "end": then its next run starts after the latest '
                          f"event of\n  that moment (now event {latest}) and replays nothing)\n")
@@ -5100,14 +5147,11 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     if record.kind == "reactor" and horizon:
         sys.stdout.write(
             "for this reactor, during the replay:\n"
-            "  done again:     every handler runs again, and so does every write it makes to the reactor's\n"
-            "                  own tables (the command line drops no tables), and every outside effect\n"
-            "                  (mail, API calls) that its handler does not guard with `if not self.replaying`\n"
+            "  done again:     every handler runs again, with its writes to the reactor's own tables, and\n"
+            "                  every outside effect (mail, API calls) that its handler does not guard with\n"
+            "                  `if not self.replaying`\n"
             "  not done again: emit_event sinks nothing (the events it emitted the first time are in the\n"
             "                  store), nor anything its handlers guard with `if not self.replaying`\n")
-    elif record.kind == "projector":
-        sys.stdout.write("its tables are not dropped by the command line: call reset() on the projector in "
-                         "your code to rebuild them\n")
     return 0
 
 
@@ -5193,12 +5237,14 @@ file is opened read-only) and never creates a store.
 """
 
 _CLI_RESET_HELP = """\
-Set the processor's position in the store's tracker back to 0, so that it
-processes every event again the next time it runs. Only the position is
-reset: the command line does not know a processor's tables, so a projector's
-or reactor's own tables (in the store's database or elsewhere) are NOT
-dropped; clear them yourself, or call processor.reset() in your code, which
-drops its schema's tables too. Refuses while the processor is running.
+Do what processor.reset() does: drop the processor's own tables (those of its
+schema, which a projector or reactor records in its tracker as it starts, in
+the store's database or its own) and set its position back to 0, in one
+transaction, so that its next run creates its tables again and rebuilds them
+from event 1. Asks first (--yes skips the question). Refuses while the
+processor is running, and refuses a projector or reactor whose tables are not
+recorded (it last ran with an older eventsourcery), saying what to run.
+--keep-tables resets the position only.
 The events it had processed are a replay (self.replaying is True; a reactor's
 emit_event sinks nothing); a processor class with start_from = "end" starts
 after the latest event instead.
@@ -5286,10 +5332,12 @@ def _cli_parser() -> argparse.ArgumentParser:
     processors.add_argument("--json", action="store_true", help="one JSON object per line")
     processors.set_defaults(run=_cli_processors)
 
-    reset = commands.add_parser("reset", help="reset a processor's position to 0 (its tables are not dropped)",
+    reset = commands.add_parser("reset", help="reset a processor: drop its tables, position to 0 (asks first)",
                                 description=_CLI_RESET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reset.add_argument("name", metavar="NAME", help="the processor's name")
     reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    reset.add_argument("--keep-tables", action="store_true",
+                       help="reset the position only, keeping the processor's tables as they are")
     reset.set_defaults(run=_cli_reset, writes=True)
 
     skip = commands.add_parser("skip", help="move a processor past one event without processing it (asks first)",
