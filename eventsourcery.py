@@ -4838,14 +4838,62 @@ def _cli_time(value: _dt.datetime | None) -> str:
 _CLI_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def _cli_safe(text: str) -> str:
-    """``text`` with control characters escaped, so a stored string cannot drive the terminal."""
-    return _CLI_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                            else f"\\u{ord(m.group()):04x}", text)
+def _cli_safe(text: str, keep: str = "") -> str:
+    """``text`` with control characters escaped (except those in ``keep``), so that a stored string cannot
+    drive the terminal: the one escaping of the command line. A value printed inside a line is escaped
+    whole (a newline in it too, so it cannot forge a line); all output passes here once more, on its way
+    out (``_CLISafeStream``), with its own newlines kept."""
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if char in keep:
+            return char
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    return _CLI_CONTROL.sub(escape, text)
+
+
+class _CLISafeStream:
+    """A text stream that writes to ``stream`` through ``_cli_safe``, keeping newlines: the command line
+    writes all it prints (stdout and stderr, its own messages, argparse's, the library's log lines) through
+    two of these, so nothing stored reaches the terminal as a control character, whichever command prints
+    it. JSON output is ASCII (``_cli_json_line``): it passes unchanged."""
+
+    def __init__(self, stream: typing.TextIO) -> None:
+        self.raw_stream = stream
+
+    def write(self, text: str) -> int:
+        self.raw_stream.write(_cli_safe(text, keep="\n"))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...
+        return getattr(self.raw_stream, name)
+
+
+class _CLILogFormatter(logging.Formatter):
+    """The library's log lines as the command line prints them: one line each, escaped whole (a processor
+    name with a newline in it cannot forge a line)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _cli_safe(super().format(record))
+
+
+def _cli_raw(stream: typing.TextIO) -> typing.TextIO:
+    """The stream under a ``_CLISafeStream``: for the progress line's own carriage returns only."""
+    return stream.raw_stream if isinstance(stream, _CLISafeStream) else stream
 
 
 def _cli_json(value: Any) -> str:
+    """``value`` as compact JSON, non-ASCII kept: for a table cell, which ``_cli_safe`` escapes."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _cli_json_line(value: Any) -> str:
+    """``value`` as one line of JSON output: ASCII only (JSON escapes every control character of a string,
+    and ``ensure_ascii`` every character past ASCII, C1 controls included), so it is exact and safe."""
+    return json.dumps(value, default=str) + "\n"
 
 
 def _cli_event_dict(event: Event) -> dict[str, Any]:
@@ -4871,15 +4919,17 @@ class _CLIProgress:
         if not self.enabled or now - self._last < 0.1:
             return
         self._last = now
-        text = f"{self.label}: {done:,} of {self.total:,}"
-        sys.stderr.write("\r" + text.ljust(self._shown))
-        sys.stderr.flush()
+        text = _cli_safe(f"{self.label}: {done:,} of {self.total:,}")
+        err = _cli_raw(sys.stderr)
+        err.write("\r" + text.ljust(self._shown))
+        err.flush()
         self._shown = len(text)
 
     def clear(self) -> None:
         if self._shown:
-            sys.stderr.write("\r" + " " * self._shown + "\r")
-            sys.stderr.flush()
+            err = _cli_raw(sys.stderr)
+            err.write("\r" + " " * self._shown + "\r")
+            err.flush()
             self._shown = 0
             self._last = float("-inf")
 
@@ -4914,7 +4964,7 @@ class _CLIEventPrinter:
     def write(self, events: Sequence[Event]) -> None:
         out = sys.stdout
         if self.as_json:
-            out.writelines(json.dumps(_cli_event_dict(e), default=str) + "\n" for e in events)
+            out.writelines(_cli_json_line(_cli_event_dict(e)) for e in events)
         else:
             rows = [(str(e.id), _cli_time(e.created_at), _cli_safe(str(e.type)), _cli_safe(e.aggregate_id),
                      str(e.version), _cli_safe(_cli_json(e.body) + (f"  metadata {_cli_json(e.metadata)}"
@@ -5062,7 +5112,7 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
         sys.stderr.write("no processors have run against this store\n")
         return 0
     if args.json:
-        sys.stdout.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in statuses)
+        sys.stdout.writelines(_cli_json_line(dataclasses.asdict(s)) for s in statuses)
         return 0
     rows = [("name", "position", "lag", "running", "state")] + [
         (_cli_safe(s.name), str(s.position), str(s.lag), "yes" if s.running else "no", s.state) for s in statuses]
@@ -5195,23 +5245,24 @@ def _cli_stats(store: EventStore, args: argparse.Namespace) -> int:
     finally:
         progress.clear()
     if args.json:
-        sys.stdout.write(json.dumps(stats) + "\n")
+        sys.stdout.write(_cli_json_line(stats))
         return 0
 
     def when(text: str | None) -> str:
         return _cli_time(_dt.datetime.fromisoformat(text)) if text else "-"
 
-    lines = [("store", str(stats["store"])), ("events", f"{stats['events']:,}"),
+    lines = [("store", _cli_safe(str(stats["store"]))), ("events", f"{stats['events']:,}"),
              ("aggregates", f"{stats['aggregates']:,}"), ("first event", when(stats["first_created_at"])),
              ("last event", when(stats["last_created_at"]))]
     if "file_size" in stats:
         lines.append(("file size", f"{stats['file_size']:,} bytes (+ {stats['wal_size']:,} bytes of WAL)"))
     out = [f"{label + ':':<13}{value}" for label, value in lines]
-    if stats["types"]:
+    types = {_cli_safe(str(t)): n for t, n in stats["types"].items()}
+    if types:
         out.append("events by type:")
-        width = max(len(t) for t in stats["types"])
-        digits = max(len(f"{n:,}") for n in stats["types"].values())
-        out.extend(f"  {t.ljust(width)}  {n:>{digits},}" for t, n in stats["types"].items())
+        width = max(len(t) for t in types)
+        digits = max(len(f"{n:,}") for n in types.values())
+        out.extend(f"  {t.ljust(width)}  {n:>{digits},}" for t, n in types.items())
     sys.stdout.write("\n".join(out) + "\n")
     return 0
 
@@ -5367,7 +5418,7 @@ def _cli_parser() -> argparse.ArgumentParser:
 
 
 def _cli_one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = _cli_safe(" ".join(str(exc).split()))
     if isinstance(exc, (_CLIError, Error)) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -5400,10 +5451,27 @@ def _cli_parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line, ``python -m eventsourcery STORE COMMAND ...``; returns the exit status."""
-    args = _cli_parse(list(sys.argv[1:] if argv is None else argv))
     if sys.stdout is not None and hasattr(sys.stdout, "reconfigure"):
         with contextlib.suppress(Exception):
             sys.stdout.reconfigure(errors="backslashreplace")
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (typing.cast(typing.TextIO, _CLISafeStream(s)) if s is not None else s for s in streams)
+    log: logging.Handler | None = None
+    if not config.logger.hasHandlers():  # where logging's last resort would print to stderr, unescaped
+        log = logging.StreamHandler(sys.stderr)
+        log.setLevel(logging.WARNING)
+        log.setFormatter(_CLILogFormatter())
+        config.logger.addHandler(log)
+    try:
+        return _cli_main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+        if log is not None:
+            config.logger.removeHandler(log)
+
+
+def _cli_main(argv: Sequence[str] | None) -> int:
+    args = _cli_parse(list(sys.argv[1:] if argv is None else argv))
     try:
         store = _cli_open_store(args.store, read_only=not args.writes)
         try:
