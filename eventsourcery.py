@@ -4807,7 +4807,11 @@ def given_events(*events: Event, aggregate_id: str = "test-aggregate") -> GivenE
 # ---------------------------------------------------------------------------
 
 class _CLIError(Exception):
-    """A failure the command line reports as one line on stderr, with exit status 1."""
+    """A failure the command line reports as one line on stderr, with exit status ``status`` (1)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _cli_open_store(target: str, *, read_only: bool) -> EventStore:
@@ -5267,13 +5271,116 @@ def _cli_stats(store: EventStore, args: argparse.Namespace) -> int:
     return 0
 
 
+#: Pages copied per step of a backup (the progress line moves between steps).
+_CLI_BACKUP_PAGES = 1024
+
+
+def _cli_backup_target(args: argparse.Namespace) -> None:
+    """Refuse a backup the command line cannot make, before anything is opened: a Postgres store (exit
+    status 2, saying which pg_dump command does it)."""
+    location = parse_store_url(args.store)
+    if location.scheme == "sqlite":
+        return
+    parts = urllib.parse.urlsplit(args.store)
+    query = urllib.parse.parse_qsl(parts.query)
+    schema = next((value for key, value in query if key == "schema"), "public")
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username
+    url = urllib.parse.urlunsplit((parts.scheme, f"{user}@{netloc}" if user else netloc, parts.path,
+                                   urllib.parse.urlencode([(k, v) for k, v in query if k != "schema"]), ""))
+    dump = (f"pg_dump --format=custom --schema={shlex.quote(schema)} --file={shlex.quote(args.file)} "
+            f"{shlex.quote(url)}")
+    raise _CLIError(f"a {location.scheme} store is not copied by eventsourcery: back it up with the server's own "
+                    f"tools, which take a consistent copy while it is in use: {dump} (restore it with pg_restore "
+                    "into an empty database; see README, Backups)", status=2)
+
+
+def _cli_backup(store: EventStore, args: argparse.Namespace) -> int:
+    database = store.database
+    path = os.path.abspath(parse_store_url(args.store).target)
+    target = os.path.abspath(args.file)
+    shown = _cli_safe(target)
+    if database is None:
+        raise _CLIError(f"{_cli_safe(args.store)} is not a store the command line can copy")
+    if os.path.isdir(target):
+        raise _CLIError(f"{shown} is a directory: give the path of the backup file to write")
+    if target in (path, path + "-wal", path + "-shm", path + "-journal") or (
+            os.path.exists(target) and os.path.samefile(target, path)):
+        raise _CLIError(f"{shown} is the store itself (or one of its files): give another path")
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(target + suffix):
+            raise _CLIError(f"{shown}{suffix} exists: {shown} is, or was, an open database, and SQLite would "
+                            f"apply that {suffix[1:]} file to the copy; nothing written (remove it once no "
+                            "process uses the file)")
+    if os.path.exists(target) and not args.force:
+        raise _CLIError(f"{shown} exists: nothing written (--force replaces it)")
+    partial = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.partial")
+    progress = _CLIProgress("copying pages", 0)
+    try:
+        with contextlib.closing(sqlite3.connect(partial, isolation_level=None)) as copy:
+            _cli_copy_sqlite(database.connection, copy, progress)
+            check = copy.execute("PRAGMA quick_check").fetchone()[0]
+            count, latest = copy.execute("SELECT count(*), coalesce(max(id), 0) FROM events").fetchone()
+        if check != "ok":
+            raise _CLIError(f"the copy does not check out ({_cli_safe(str(check))}): nothing written")
+        if args.force:
+            os.replace(partial, target)
+        else:
+            try:
+                os.link(partial, target)  # never over a file that appeared meanwhile
+            except FileExistsError:
+                raise _CLIError(f"{shown} exists: nothing written (--force replaces it)") from None
+            os.unlink(partial)
+        directory = os.open(os.path.dirname(target), os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    finally:
+        progress.clear()
+        for leftover in (partial, *(partial + suffix for suffix in ("-journal", "-wal", "-shm"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+    sys.stdout.write(f"backed up {_cli_safe(path)} to {shown}: {count:,} events, up to event {latest} "
+                     f"({os.path.getsize(target):,} bytes); a consistent copy as of that event\n")
+    others = [r for r in store.tracker().records() if r.location]
+    if others:
+        sys.stderr.write("not in this copy: the projectors that keep their tables and position in their own "
+                         "database (back them up before the store, or reset them after a restore; see README, "
+                         "Backups):\n")
+        sys.stderr.writelines(f"  {_cli_safe(r.name)}: {_cli_safe(r.location or '')}\n" for r in others)
+    return 0
+
+
+def _cli_copy_sqlite(source: sqlite3.Connection, copy: sqlite3.Connection, progress: _CLIProgress) -> None:
+    """Copy the database of ``source`` into ``copy`` with SQLite's online backup, a page range at a time,
+    all from one snapshot: a read transaction held across the steps, so that no write between them makes
+    SQLite restart the copy (which a steady writer could make endless). In WAL mode (as eventsourcery
+    creates stores) a reader never holds a writer up, so applications write on meanwhile; in
+    rollback-journal mode their commits wait for the copy, up to their busy timeout."""
+    def report(status: int, remaining: int, total: int) -> None:
+        progress.total = total
+        progress.update(total - remaining)
+
+    try:
+        source.execute("BEGIN")
+        try:
+            source.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot starts here
+            source.backup(copy, pages=_CLI_BACKUP_PAGES, progress=report, sleep=0.05)
+        finally:
+            source.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        raise _CLIError(f"the backup failed: {exc}; nothing written") from exc
+
+
 _CLI_EPILOG = """\
 exit status:
   0    ok; also when nothing matches (no events, no such aggregate, no
        processors): stdout is then empty and a note says so on stderr
   1    error (a one-line message on stderr), or reset, skip or erase not
        confirmed
-  2    bad usage (the usage of the command at fault, and the error)
+  2    bad usage (the usage of the command at fault, and the error); also
+       backup of a Postgres store (the message names the pg_dump command)
   130  interrupted (Ctrl-C), except follow, which stops with 0
 
 examples:
@@ -5282,9 +5389,10 @@ examples:
   python -m eventsourcery todo.db follow
   python -m eventsourcery postgresql://localhost/todo processors
   python -m eventsourcery todo.db skip outstanding_todos 42
+  python -m eventsourcery todo.db backup todo-backup.db
 
 Only reset, skip and erase write; every other command only reads (an SQLite
-file is opened read-only) and never creates a store.
+file is opened read-only) and never creates a store (backup writes FILE only).
 """
 
 _CLI_RESET_HELP = """\
@@ -5409,6 +5517,18 @@ def _cli_parser() -> argparse.ArgumentParser:
     erase.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     erase.set_defaults(run=_cli_erase, writes=True)
 
+    backup = commands.add_parser(
+        "backup", help="copy an SQLite store to FILE while it is in use",
+        description="Write a consistent copy of an SQLite store to FILE with SQLite's online backup, while "
+                    "applications write to it (in WAL mode, as eventsourcery creates stores, writers are never "
+                    "held up). FILE is written beside its final place and moved there once complete and "
+                    "checked. Projectors with a database of their own are not in the copy (they are listed). "
+                    "A Postgres store is backed up with pg_dump (exit status 2, with the command). Restore: "
+                    "see README, Backups.")
+    backup.add_argument("file", metavar="FILE", help="the backup file to write")
+    backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    backup.set_defaults(run=_cli_backup, before_open=_cli_backup_target)
+
     stats = commands.add_parser("stats", help="count events by type; first and last; file size",
                                 description="Count events (in all and by type) and aggregates, show when the "
                                             "first and last events were stored and, for SQLite, the file size.")
@@ -5473,6 +5593,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cli_main(argv: Sequence[str] | None) -> int:
     args = _cli_parse(list(sys.argv[1:] if argv is None else argv))
     try:
+        before_open: Callable[[argparse.Namespace], None] | None = getattr(args, "before_open", None)
+        if before_open is not None:  # a command that refuses some stores before opening them
+            before_open(args)
         store = _cli_open_store(args.store, read_only=not args.writes)
         try:
             status: int = args.run(store, args)
@@ -5490,7 +5613,7 @@ def _cli_main(argv: Sequence[str] | None) -> int:
         return 130
     except Exception as exc:
         sys.stderr.write(f"eventsourcery: error: {_cli_one_line(exc)}\n")
-        return 1
+        return exc.status if isinstance(exc, _CLIError) else 1
 
 
 if __name__ == "__main__":
