@@ -928,8 +928,9 @@ class Tracker(abc.ABC):
     def register(self, name: str, kind: str, location: str) -> None:  # noqa: B027 - by default nothing is kept
         """Record that ``name`` runs against this tracker's store with its position kept at ``location``."""
 
-    def declare_tables(self, name: str, tables: Sequence[str]) -> None:  # noqa: B027 - by default nothing is kept
-        """Record the tables of ``name`` (beside this record) that its ``reset()`` drops."""
+    def declare_tables(self, name: str, tables: Sequence[str]) -> None:  # noqa: B027
+        """Record the tables of ``name`` (beside this record) that its ``reset()`` drops; by default
+        nothing is kept."""
 
 
 def _fenced(name: str, generation: int | None) -> ProcessorFencedError:
@@ -1993,7 +1994,8 @@ class DatabaseTracker(Tracker):
         self.database = database
         self._table = database.qualify(TRACKER_TABLE)
         self._ready_pid = 0
-        self._absent: frozenset[str] = frozenset()  # columns an older table opened read-only lacks (read as NULL)
+        # The columns an older table, opened read-only, lacks (read as NULL).
+        self._absent: frozenset[str] = frozenset()
 
     def _conn(self) -> Any:
         db = self.database
@@ -2002,7 +2004,8 @@ class DatabaseTracker(Tracker):
             # Look first, with a read: only a missing table or column takes a write transaction, so reading
             # a position never waits behind another process's write (nor holds a lock a fork could copy).
             missing = self._missing_columns(db)
-            self._absent = frozenset(missing or ()) if getattr(db, "read_only", False) else frozenset()
+            read_only = getattr(db, "read_only", False)
+            self._absent = frozenset(missing or ()) if read_only else frozenset()
             if missing is None or (missing and not self._absent):
                 with db.transaction() as conn:
                     db.create_tables(conn, _TRACKER_DDL.format(table=self._table))
@@ -2069,7 +2072,8 @@ class DatabaseTracker(Tracker):
         for row in rows:
             values = dict(zip(_TRACKER_FIELDS, row, strict=True))
             values["fresh"] = bool(values.get("fresh"))
-            values["tables"] = None if values.get("tables") is None else tuple(json.loads(values["tables"]))
+            tables = values.get("tables")
+            values["tables"] = None if tables is None else tuple(json.loads(tables))
             for key in ("position", "generation", "horizon"):
                 values[key] = int(values.get(key) or 0)
             out.append(TrackerRecord(**values))
@@ -2144,7 +2148,8 @@ class DatabaseTracker(Tracker):
                     (name, kind, location))
 
     def declare_tables(self, name: str, tables: Sequence[str]) -> None:
-        self._write("UPDATE {t} SET tables = {p} WHERE name = {p}", (json.dumps(list(tables)), name))
+        self._write("UPDATE {t} SET tables = {p} WHERE name = {p}",
+                    (json.dumps(list(tables)), name))
 
 
 # ---------------------------------------------------------------------------
@@ -3863,7 +3868,8 @@ class _TableOwner(EventStreamProcessor):
             if self.schema:
                 self._database.create_tables(conn, self.schema)
             super().setup()
-            self.tracker.declare_tables(self.processor_name, self._owned_tables())  # for the CLI's reset
+            # recorded beside them, for the command line's reset
+            self.tracker.declare_tables(self.processor_name, self._owned_tables())
 
     def reset(self) -> None:
         """Drop this processor's tables and position, then set up again."""
@@ -4843,10 +4849,10 @@ _CLI_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u
 
 
 def _cli_safe(text: str, keep: str = "") -> str:
-    """``text`` with control characters escaped (except those in ``keep``), so that a stored string cannot
-    drive the terminal: the one escaping of the command line. A value printed inside a line is escaped
-    whole (a newline in it too, so it cannot forge a line); all output passes here once more, on its way
-    out (``_CLISafeStream``), with its own newlines kept."""
+    """``text`` with control characters escaped (except those in ``keep``), so that a stored
+    string cannot drive the terminal: the one escaping of the command line. A value printed
+    inside a line is escaped whole (a newline in it too, so it cannot forge a line); all output
+    passes here once more on its way out (``_CLISafeStream``), with its own newlines kept."""
     def escape(match: re.Match[str]) -> str:
         char = match.group()
         if char in keep:
@@ -4856,10 +4862,11 @@ def _cli_safe(text: str, keep: str = "") -> str:
 
 
 class _CLISafeStream:
-    """A text stream that writes to ``stream`` through ``_cli_safe``, keeping newlines: the command line
-    writes all it prints (stdout and stderr, its own messages, argparse's, the library's log lines) through
-    two of these, so nothing stored reaches the terminal as a control character, whichever command prints
-    it. JSON output is ASCII (``_cli_json_line``): it passes unchanged."""
+    """A text stream that writes to ``stream`` through ``_cli_safe``, keeping newlines: the
+    command line writes all it prints (stdout and stderr, its own messages, argparse's, the
+    library's log lines) through two of these, so nothing stored reaches the terminal as a
+    control character, whichever command prints it. JSON output is ASCII (``_cli_json_line``):
+    it passes unchanged."""
 
     def __init__(self, stream: typing.TextIO) -> None:
         self.raw_stream = stream
@@ -4877,8 +4884,8 @@ class _CLISafeStream:
 
 
 class _CLILogFormatter(logging.Formatter):
-    """The library's log lines as the command line prints them: one line each, escaped whole (a processor
-    name with a newline in it cannot forge a line)."""
+    """The library's log lines as the command line prints them: one line each, escaped whole (a
+    processor name with a newline in it cannot forge a line)."""
 
     def format(self, record: logging.LogRecord) -> str:
         return _cli_safe(super().format(record))
@@ -4895,8 +4902,9 @@ def _cli_json(value: Any) -> str:
 
 
 def _cli_json_line(value: Any) -> str:
-    """``value`` as one line of JSON output: ASCII only (JSON escapes every control character of a string,
-    and ``ensure_ascii`` every character past ASCII, C1 controls included), so it is exact and safe."""
+    """``value`` as one line of JSON output: ASCII only (JSON escapes every control character of
+    a string, and ``ensure_ascii`` every character past ASCII, C1 controls included), so it is
+    exact and safe."""
     return json.dumps(value, default=str) + "\n"
 
 
@@ -5127,11 +5135,14 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
         if status is not None and status.last_error is not None:
             at = f" at event {status.failing_event_id}" if status.failing_event_id is not None else ""
             sys.stdout.write(f"  failing{at}: {_cli_safe(status.last_error)}\n")
-            if status.failing_event_id is not None and status.failing_event_id <= status.replay_horizon:
-                reset = f"python -m eventsourcery {shlex.quote(args.store)} reset {shlex.quote(status.name)}"
-                sys.stdout.write(f"  it fails while replaying (it had processed events 1-{status.replay_horizon} "
-                                 "before its last reset): if its tables still hold what it wrote then, skipping "
-                                 f"will not help; reset it with its tables: {_cli_safe(reset)}\n")
+            horizon = status.replay_horizon
+            if status.failing_event_id is not None and status.failing_event_id <= horizon:
+                reset = (f"python -m eventsourcery {shlex.quote(args.store)} reset "
+                         f"{shlex.quote(status.name)}")
+                sys.stdout.write(
+                    f"  it fails while replaying (it had processed events 1-{horizon} before its "
+                    "last reset): if its tables still hold what it wrote then, skipping will not "
+                    f"help; reset it with its tables: {_cli_safe(reset)}\n")
             if status.failing_event_id is not None:
                 command = _skip_command(shlex.quote(args.store), status.name, status.failing_event_id)
                 sys.stdout.write(f"  to move it past that event without processing it: {_cli_safe(command)}\n")
@@ -5149,29 +5160,32 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
         raise _CLIError(f"unknown processor {name!r} (processors in this store: {known})")
     record = _located_record(records[name])
     position = record.position
-    # A processor with a schema lists its tables in its record, beside them: they go with the position,
-    # as its reset() drops them, so that it rebuilds them from event 1.
+    # A processor with a schema lists its tables in its record, beside them: they go with the
+    # position, as its reset() drops them, so that it rebuilds them from event 1.
     tables: tuple[str, ...] = () if args.keep_tables else record.tables or ()
     if record.tables is None and record.kind in ("projector", "reactor") and not args.keep_tables:
         command = f"python -m eventsourcery {shlex.quote(args.store)} reset {shlex.quote(name)}"
         raise _CLIError(
-            f"not reset: the tables of {record.kind} {name!r} are not recorded in its tracker (it last ran with "
-            "an older eventsourcery), so the command line cannot drop them, and a position of 0 over its old "
-            f"rows would fail or double them; either call reset() on the {record.kind} in your code (it drops "
-            "its tables and its position), or run it once with this eventsourcery (it records its tables as it "
-            f"starts) and then: {command}; or drop its tables yourself and then: {command} --keep-tables")
-    store_own = [t for t in tables if t.lower() == "events" or t.lower().startswith("eventsourcery_")]
+            f"not reset: the tables of {record.kind} {name!r} are not recorded in its tracker (it "
+            "last ran with an older eventsourcery), so the command line cannot drop them, and a "
+            "position of 0 over its old rows would fail or double them; either call reset() on "
+            f"the {record.kind} in your code (it drops its tables and its position), or run it "
+            "once with this eventsourcery (it records its tables as it starts) and then: "
+            f"{command}; or drop its tables yourself and then: {command} --keep-tables")
+    store_own = [t for t in tables
+                 if t.lower() == "events" or t.lower().startswith("eventsourcery_")]
     if store_own and not record.location:
-        raise _CLIError(f"not reset: {name!r} lists the store's own tables {', '.join(store_own)} as its "
-                        "tables; the command line does not drop those")
-    dropping = f" and drop its tables {', '.join(tables)}" if tables else ""
-    if not args.yes and not _cli_confirm(f"Reset processor {shown} (position {position}){_cli_safe(dropping)}?"):
+        raise _CLIError(f"not reset: {name!r} lists the store's own tables {', '.join(store_own)} "
+                        "as its tables; the command line does not drop those")
+    dropping = _cli_safe(f" and drop its tables {', '.join(tables)}" if tables else "")
+    question = f"Reset processor {shown} (position {position}){dropping}?"
+    if not args.yes and not _cli_confirm(question):
         sys.stderr.write(f"not reset: {shown} stays at position {position}\n")
         return 1
     database = open_database(record.location) if record.location else store.database
     try:
         with store.lock(name):
-            if database is None:  # a store without an SQL database (none the command line can open)
+            if database is None:  # a store without an SQL database (none the command line opens)
                 store.tracker().reset(name)
             else:
                 tracker = DatabaseTracker(database) if record.location else store.tracker()
@@ -5185,26 +5199,30 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
             database.close()
     horizon = max(position, record.horizon)
     latest = store.latest_event_id()
-    sys.stdout.write(f"reset {shown}: position {position} -> 0; its next run processes every event again, "
-                     "from event 1\n")
+    sys.stdout.write(f"reset {shown}: position {position} -> 0; its next run processes every event "
+                     "again, from event 1\n")
     if tables:
-        sys.stdout.write(f"dropped its tables {_cli_safe(', '.join(tables))}: its next run creates them again "
-                         "and rebuilds them\n")
+        sys.stdout.write(f"dropped its tables {_cli_safe(', '.join(tables))}: its next run creates "
+                         "them again and rebuilds them\n")
     elif args.keep_tables and record.kind in ("projector", "reactor"):
-        sys.stdout.write("its tables were kept (--keep-tables): they still hold what it wrote before\n")
+        sys.stdout.write("its tables were kept (--keep-tables): they still hold what it wrote\n")
     if latest:
-        sys.stdout.write(f'  (unless its class sets start_from = "end": then its next run starts after the latest '
-                         f"event of\n  that moment (now event {latest}) and replays nothing)\n")
+        sys.stdout.write('  (unless its class sets start_from = "end": then its next run starts '
+                         f"after the latest event of\n  that moment (now event {latest}) and "
+                         "replays nothing)\n")
     if horizon:
-        sys.stdout.write(f"events 1-{horizon} are a replay: self.replaying is True while it processes them; "
-                         f"events after {horizon} are new to it\n")
+        sys.stdout.write(f"events 1-{horizon} are a replay: self.replaying is True while it "
+                         f"processes them; events after {horizon} are new to it\n")
     if record.kind == "reactor" and horizon:
         sys.stdout.write(
             "for this reactor, during the replay:\n"
-            "  done again:     every handler runs again, with its writes to the reactor's own tables, and\n"
-            "                  every outside effect (mail, API calls) that its handler does not guard with\n"
+            "  done again:     every handler runs again, with its writes to the reactor's own "
+            "tables, and\n"
+            "                  every outside effect (mail, API calls) that its handler does not "
+            "guard with\n"
             "                  `if not self.replaying`\n"
-            "  not done again: emit_event sinks nothing (the events it emitted the first time are in the\n"
+            "  not done again: emit_event sinks nothing (the events it emitted the first time are "
+            "in the\n"
             "                  store), nor anything its handlers guard with `if not self.replaying`\n")
     return 0
 
@@ -5276,23 +5294,24 @@ _CLI_BACKUP_PAGES = 1024
 
 
 def _cli_backup_target(args: argparse.Namespace) -> None:
-    """Refuse a backup the command line cannot make, before anything is opened: a Postgres store (exit
-    status 2, saying which pg_dump command does it)."""
+    """Refuse a backup the command line cannot make, before anything is opened: a Postgres store
+    (exit status 2, saying which pg_dump command does it)."""
     location = parse_store_url(args.store)
     if location.scheme == "sqlite":
         return
     parts = urllib.parse.urlsplit(args.store)
     query = urllib.parse.parse_qsl(parts.query)
     schema = next((value for key, value in query if key == "schema"), "public")
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username
-    url = urllib.parse.urlunsplit((parts.scheme, f"{user}@{netloc}" if user else netloc, parts.path,
-                                   urllib.parse.urlencode([(k, v) for k, v in query if k != "schema"]), ""))
-    dump = (f"pg_dump --format=custom --schema={shlex.quote(schema)} --file={shlex.quote(args.file)} "
-            f"{shlex.quote(url)}")
-    raise _CLIError(f"a {location.scheme} store is not copied by eventsourcery: back it up with the server's own "
-                    f"tools, which take a consistent copy while it is in use: {dump} (restore it with pg_restore "
-                    "into an empty database; see README, Backups)", status=2)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username}@{host}" if parts.username else host  # without the password
+    rest = urllib.parse.urlencode([(key, value) for key, value in query if key != "schema"])
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, rest, ""))
+    dump = (f"pg_dump --format=custom --schema={shlex.quote(schema)} "
+            f"--file={shlex.quote(args.file)} {shlex.quote(url)}")
+    raise _CLIError(f"a {location.scheme} store is not copied by eventsourcery: back it up with "
+                    "the server's own tools, which take a consistent copy while it is in use: "
+                    f"{dump} (restore it with pg_restore into an empty database; see README, "
+                    "Backups)", status=2)
 
 
 def _cli_backup(store: EventStore, args: argparse.Namespace) -> int:
@@ -5309,20 +5328,24 @@ def _cli_backup(store: EventStore, args: argparse.Namespace) -> int:
         raise _CLIError(f"{shown} is the store itself (or one of its files): give another path")
     for suffix in ("-wal", "-shm"):
         if os.path.exists(target + suffix):
-            raise _CLIError(f"{shown}{suffix} exists: {shown} is, or was, an open database, and SQLite would "
-                            f"apply that {suffix[1:]} file to the copy; nothing written (remove it once no "
-                            "process uses the file)")
+            raise _CLIError(f"{shown}{suffix} exists: {shown} is, or was, an open database, and "
+                            f"SQLite would apply that {suffix[1:]} file to the copy; nothing "
+                            "written (remove it once no process uses the file)")
     if os.path.exists(target) and not args.force:
         raise _CLIError(f"{shown} exists: nothing written (--force replaces it)")
-    partial = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.partial")
+    # Written beside the target, then moved there whole: FILE is never half-written.
+    directory = os.path.dirname(target)
+    partial = os.path.join(directory, f".{os.path.basename(target)}.{os.getpid()}.partial")
     progress = _CLIProgress("copying pages", 0)
     try:
         with contextlib.closing(sqlite3.connect(partial, isolation_level=None)) as copy:
             _cli_copy_sqlite(database.connection, copy, progress)
             check = copy.execute("PRAGMA quick_check").fetchone()[0]
-            count, latest = copy.execute("SELECT count(*), coalesce(max(id), 0) FROM events").fetchone()
+            count, latest = copy.execute(
+                "SELECT count(*), coalesce(max(id), 0) FROM events").fetchone()
         if check != "ok":
-            raise _CLIError(f"the copy does not check out ({_cli_safe(str(check))}): nothing written")
+            raise _CLIError(f"the copy does not check out ({_cli_safe(str(check))}): nothing "
+                            "written")
         if args.force:
             os.replace(partial, target)
         else:
@@ -5331,33 +5354,37 @@ def _cli_backup(store: EventStore, args: argparse.Namespace) -> int:
             except FileExistsError:
                 raise _CLIError(f"{shown} exists: nothing written (--force replaces it)") from None
             os.unlink(partial)
-        directory = os.open(os.path.dirname(target), os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY)
         try:
-            os.fsync(directory)
+            os.fsync(fd)  # the move itself survives a power loss
         finally:
-            os.close(directory)
+            os.close(fd)
     finally:
         progress.clear()
         for leftover in (partial, *(partial + suffix for suffix in ("-journal", "-wal", "-shm"))):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
-    sys.stdout.write(f"backed up {_cli_safe(path)} to {shown}: {count:,} events, up to event {latest} "
-                     f"({os.path.getsize(target):,} bytes); a consistent copy as of that event\n")
+    sys.stdout.write(f"backed up {_cli_safe(path)} to {shown}: {count:,} events, up to event "
+                     f"{latest} ({os.path.getsize(target):,} bytes); a consistent copy as of that "
+                     "event\n")
     others = [r for r in store.tracker().records() if r.location]
     if others:
-        sys.stderr.write("not in this copy: the projectors that keep their tables and position in their own "
-                         "database (back them up before the store, or reset them after a restore; see README, "
-                         "Backups):\n")
-        sys.stderr.writelines(f"  {_cli_safe(r.name)}: {_cli_safe(r.location or '')}\n" for r in others)
+        sys.stderr.write("not in this copy: the projectors that keep their tables and position in "
+                         "their own database (back them up before the store, or reset them after a "
+                         "restore; see README, Backups):\n")
+        sys.stderr.writelines(f"  {_cli_safe(r.name)}: {_cli_safe(r.location or '')}\n"
+                              for r in others)
     return 0
 
 
-def _cli_copy_sqlite(source: sqlite3.Connection, copy: sqlite3.Connection, progress: _CLIProgress) -> None:
-    """Copy the database of ``source`` into ``copy`` with SQLite's online backup, a page range at a time,
-    all from one snapshot: a read transaction held across the steps, so that no write between them makes
-    SQLite restart the copy (which a steady writer could make endless). In WAL mode (as eventsourcery
-    creates stores) a reader never holds a writer up, so applications write on meanwhile; in
-    rollback-journal mode their commits wait for the copy, up to their busy timeout."""
+def _cli_copy_sqlite(source: sqlite3.Connection, copy: sqlite3.Connection,
+                     progress: _CLIProgress) -> None:
+    """Copy the database of ``source`` into ``copy`` with SQLite's online backup, a page range at
+    a time, all from one snapshot: a read transaction held across the steps, so that no write
+    between them makes SQLite restart the copy (which a steady writer could make endless). In WAL
+    mode (as eventsourcery creates stores) a reader never holds a writer up, so applications
+    write on meanwhile; in rollback-journal mode their commits wait for the copy, up to their busy
+    timeout."""
     def report(status: int, remaining: int, total: int) -> None:
         progress.total = total
         progress.update(total - remaining)
@@ -5365,7 +5392,7 @@ def _cli_copy_sqlite(source: sqlite3.Connection, copy: sqlite3.Connection, progr
     try:
         source.execute("BEGIN")
         try:
-            source.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot starts here
+            source.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot begins
             source.backup(copy, pages=_CLI_BACKUP_PAGES, progress=report, sleep=0.05)
         finally:
             source.execute("ROLLBACK")
@@ -5491,7 +5518,8 @@ def _cli_parser() -> argparse.ArgumentParser:
     processors.add_argument("--json", action="store_true", help="one JSON object per line")
     processors.set_defaults(run=_cli_processors)
 
-    reset = commands.add_parser("reset", help="reset a processor: drop its tables, position to 0 (asks first)",
+    reset = commands.add_parser("reset",
+                                help="reset a processor: drop its tables, position 0 (asks first)",
                                 description=_CLI_RESET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reset.add_argument("name", metavar="NAME", help="the processor's name")
     reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
@@ -5519,12 +5547,13 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     backup = commands.add_parser(
         "backup", help="copy an SQLite store to FILE while it is in use",
-        description="Write a consistent copy of an SQLite store to FILE with SQLite's online backup, while "
-                    "applications write to it (in WAL mode, as eventsourcery creates stores, writers are never "
-                    "held up). FILE is written beside its final place and moved there once complete and "
-                    "checked. Projectors with a database of their own are not in the copy (they are listed). "
-                    "A Postgres store is backed up with pg_dump (exit status 2, with the command). Restore: "
-                    "see README, Backups.")
+        description="Write a consistent copy of an SQLite store to FILE with SQLite's online "
+                    "backup, while applications write to it (in WAL mode, as eventsourcery "
+                    "creates stores, writers are never held up). FILE is written beside its final "
+                    "place and moved there once complete and checked. Projectors with a database "
+                    "of their own are not in the copy (they are listed). A Postgres store is "
+                    "backed up with pg_dump (exit status 2, with the command). Restore: see "
+                    "README, Backups.")
     backup.add_argument("file", metavar="FILE", help="the backup file to write")
     backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
     backup.set_defaults(run=_cli_backup, before_open=_cli_backup_target)
@@ -5575,9 +5604,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             sys.stdout.reconfigure(errors="backslashreplace")
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (typing.cast(typing.TextIO, _CLISafeStream(s)) if s is not None else s for s in streams)
+    sys.stdout, sys.stderr = (typing.cast(typing.TextIO, _CLISafeStream(s)) if s is not None else s
+                              for s in streams)
     log: logging.Handler | None = None
-    if not config.logger.hasHandlers():  # where logging's last resort would print to stderr, unescaped
+    if not config.logger.hasHandlers():  # else logging's last resort prints to stderr, unescaped
         log = logging.StreamHandler(sys.stderr)
         log.setLevel(logging.WARNING)
         log.setFormatter(_CLILogFormatter())
@@ -5593,7 +5623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cli_main(argv: Sequence[str] | None) -> int:
     args = _cli_parse(list(sys.argv[1:] if argv is None else argv))
     try:
-        before_open: Callable[[argparse.Namespace], None] | None = getattr(args, "before_open", None)
+        before_open: Callable[[argparse.Namespace], None] | None = getattr(args, "before_open",
+                                                                           None)
         if before_open is not None:  # a command that refuses some stores before opening them
             before_open(args)
         store = _cli_open_store(args.store, read_only=not args.writes)

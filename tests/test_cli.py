@@ -129,7 +129,8 @@ def test_help_lists_commands_and_reset_explains_tables_are_dropped(db: pathlib.P
     reset_help = cli(db, "reset", "--help")
     assert reset_help.returncode == 0
     text = " ".join(reset_help.stdout.split())
-    assert "drop the processor's own tables" in text and "--keep-tables resets the position only" in text
+    assert "drop the processor's own tables" in text
+    assert "--keep-tables resets the position only" in text
 
 
 @pytest.mark.parametrize("args", [(), ("events", "--limit", "0"), ("events", "--from", "x"), ("frobnicate",),
@@ -914,14 +915,16 @@ def test_reset_of_a_reactor_says_what_its_replay_will_and_will_not_do_again(tmp_
         "  that moment (now event 6) and replays nothing)",
         "events 1-3 are a replay: self.replaying is True while it processes them; events after 3 are new to it",
         "for this reactor, during the replay:",
-        "  done again:     every handler runs again, with its writes to the reactor's own tables, and",
-        "                  every outside effect (mail, API calls) that its handler does not guard with",
+        "  done again:     every handler runs again, with its writes to the reactor's own "
+        "tables, and",
+        "                  every outside effect (mail, API calls) that its handler does not "
+        "guard with",
         "                  `if not self.replaying`",
         "  not done again: emit_event sinks nothing (the events it emitted the first time are in the",
         "                  store), nor anything its handlers guard with `if not self.replaying`"]
 
 
-def test_reset_of_a_projector_with_its_own_database_drops_its_tables(tmp_path: pathlib.Path) -> None:
+def test_reset_of_a_projector_with_its_own_database_drops_its_tables(tmp_path) -> None:
     from tests import processing_support as ps
 
     path = tmp_path / "events.db"
@@ -937,10 +940,12 @@ def test_reset_of_a_projector_with_its_own_database_drops_its_tables(tmp_path: p
         "dropped its tables counts, seen: its next run creates them again and rebuilds them",
         '  (unless its class sets start_from = "end": then its next run starts after the latest event of',
         "  that moment (now event 4) and replays nothing)",
-        "events 1-4 are a replay: self.replaying is True while it processes them; events after 4 are new to it"]
+        "events 1-4 are a replay: self.replaying is True while it processes them; "
+        "events after 4 are new to it"]
     assert ps.projection_position(str(tmp_path / "projection.db")) == 0
     with contextlib.closing(sqlite3.connect(tmp_path / "projection.db")) as conn:
-        assert conn.execute("SELECT name FROM sqlite_master WHERE name IN ('counts', 'seen')").fetchall() == []
+        found = conn.execute("SELECT name FROM sqlite_master WHERE name IN ('counts', 'seen')")
+        assert found.fetchall() == []
 
 
 # --- read commands never create or change anything ---------------------------------------------------

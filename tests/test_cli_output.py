@@ -29,8 +29,11 @@ TYPE = f"type-{NASTY}"
 PROCESSOR = f"proc-{NASTY}"
 PROJECTOR = f"projector-{NASTY}"
 #: Any control character but the newline (the formats use no tab).
-CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-SEEN = "[31mB"  # the printable part of NASTY: present, in some escaped form, where stored data is printed
+CONTROL = re.compile(
+    r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+#: The printable part of NASTY: present, in some escaped form, where stored data is printed.
+SEEN = "[31mB"
 
 
 @pytest.fixture
@@ -38,11 +41,20 @@ def nasty_store(tmp_path: pathlib.Path) -> pathlib.Path:
     path = tmp_path / "nasty.db"
     with es.SQLiteEventStore(path) as store:
         for n in range(2):
-            store.sink(es.Event(type=TYPE, aggregate_id=AGGREGATE, body={"s": NASTY, f"k{NASTY}": n},
-                                metadata={"m": NASTY, f"k{NASTY}": NASTY}, correlation_id=NASTY))
+            store.sink(
+                es.Event(
+                    type=TYPE,
+                    aggregate_id=AGGREGATE,
+                    body={"s": NASTY, f"k{NASTY}": n},
+                    metadata={"m": NASTY, f"k{NASTY}": NASTY},
+                    correlation_id=NASTY,
+                )
+            )
         with store.transaction() as conn:
-            conn.execute("INSERT INTO eventsourcery_snapshots VALUES (?, ?, 2, 1, ?, '{}', ?)",
-                         (AGGREGATE, f"Type{NASTY}", NASTY, "2024-01-01T00:00:00+00:00"))
+            conn.execute(
+                "INSERT INTO eventsourcery_snapshots VALUES (?, ?, 2, 1, ?, '{}', ?)",
+                (AGGREGATE, f"Type{NASTY}", NASTY, "2024-01-01T00:00:00+00:00"),
+            )
         tracker = store.tracker()
         generation = tracker.acquire(PROCESSOR, f"1@{NASTY}", "processor")
         tracker.report(PROCESSOR, generation, "running", f"RuntimeError: {NASTY}", 1)
@@ -53,7 +65,9 @@ def nasty_store(tmp_path: pathlib.Path) -> pathlib.Path:
 
 def follow(path: pathlib.Path, *args: str) -> tuple[str, str]:
     """Run ``tail --from 0 ARGS`` until it has printed the two stored events, then stop it."""
-    proc = cli_popen(path, "tail", "--from", "0", *args, stdout=subprocess_pipe(), stderr=subprocess_pipe())
+    proc = cli_popen(
+        path, "tail", "--from", "0", *args, stdout=subprocess_pipe(), stderr=subprocess_pipe()
+    )
     lines: list[str] = []
     try:
         reader = LineReader(proc)
@@ -85,21 +99,33 @@ def subprocess_pipe() -> int:
 
 #: command -> [(arguments after the command, stdin, whether stored data is printed)]
 COMMANDS: dict[str, list[tuple[tuple[str, ...], str, bool]]] = {
-    "events": [((), "", True), (("--json",), "", True), (("--wide",), "", True),
-               (("--aggregate", AGGREGATE, "--type", TYPE), "", True)],
+    "events": [
+        ((), "", True),
+        (("--json",), "", True),
+        (("--wide",), "", True),
+        (("--aggregate", AGGREGATE, "--type", TYPE), "", True),
+    ],
     "tail": [((), "", True), (("--json",), "", True), (("--wide",), "", True)],
     "follow": [(("--json",), "", True)],
-    "aggregate": [((AGGREGATE,), "", True), ((AGGREGATE, "--json"), "", True), ((AGGREGATE, "--wide"), "", True),
-                  ((f"no-{NASTY}",), "", True)],
+    "aggregate": [
+        ((AGGREGATE,), "", True),
+        ((AGGREGATE, "--json"), "", True),
+        ((AGGREGATE, "--wide"), "", True),
+        ((f"no-{NASTY}",), "", True),
+    ],
     "processors": [((), "", True), (("--json",), "", True)],
     "stats": [((), "", True), (("--json",), "", True)],
-    "reset": [((PROCESSOR,), "n\n", True), ((PROCESSOR, "--yes"), "", True), ((PROJECTOR, "--yes"), "", True),
-              ((f"no-{NASTY}", "--yes"), "", True)],
+    "reset": [
+        ((PROCESSOR,), "n\n", True),
+        ((PROCESSOR, "--yes"), "", True),
+        ((PROJECTOR, "--yes"), "", True),
+        ((f"no-{NASTY}", "--yes"), "", True),
+    ],
     "skip": [((PROCESSOR, "1"), "n\n", True), ((PROCESSOR, "1", "--yes"), "", True)],
     "erase": [((AGGREGATE,), "n\n", True), ((AGGREGATE, "--yes", "--reason", NASTY), "", True)],
     "backup": [(("copy.db",), "", False)],
 }
-#: Commands that print no stored data to a terminal of their own (the event browser escapes its HTML).
+#: Commands that print no stored data to a terminal (the event browser escapes its own HTML).
 NOT_HERE = {"serve"}
 
 
@@ -108,11 +134,17 @@ def test_every_command_is_covered() -> None:
     assert parser_commands - NOT_HERE == set(COMMANDS)
 
 
-@pytest.mark.parametrize(("command", "args", "answer", "prints_data"), [
-    pytest.param(command, args, answer, prints_data, id=f"{command}-{i}")
-    for command, runs in COMMANDS.items() for i, (args, answer, prints_data) in enumerate(runs)])
+@pytest.mark.parametrize(
+    ("command", "args", "answer", "prints_data"),
+    [
+        pytest.param(command, args, answer, prints_data, id=f"{command}-{i}")
+        for command, runs in COMMANDS.items()
+        for i, (args, answer, prints_data) in enumerate(runs)
+    ],
+)
 def test_no_control_character_from_stored_data_reaches_the_terminal(
-        nasty_store: pathlib.Path, command: str, args: tuple[str, ...], answer: str, prints_data: bool) -> None:
+    nasty_store: pathlib.Path, command: str, args: tuple[str, ...], answer: str, prints_data: bool
+) -> None:
     args = tuple(str(nasty_store.parent / a) if a == "copy.db" else a for a in args)
     if command in ("tail", "follow"):
         stdout, stderr = follow(nasty_store, *args)
@@ -140,7 +172,9 @@ def flatten(value: object) -> list[object]:
     return [value]
 
 
-def test_the_progress_line_keeps_its_carriage_returns_and_escapes_nothing_stored(nasty_store) -> None:
+def test_the_progress_line_keeps_its_carriage_returns_and_escapes_nothing_stored(
+    nasty_store,
+) -> None:
     """The one raw write: the progress line's own carriage returns, on a terminal only."""
     import io
 

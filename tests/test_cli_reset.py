@@ -1,5 +1,6 @@
-"""The command line's ``reset`` does what ``processor.reset()`` does: it drops the tables a projector
-(or reactor) recorded in its tracker and sets its position to 0, so that its next run rebuilds them.
+"""The command line's ``reset`` does what ``processor.reset()`` does: it drops the tables a
+projector (or reactor) recorded in its tracker and sets its position to 0, so that its next run
+rebuilds them.
 
 A projector that writes with plain INSERTs is the test: reset with its rows left in place, its next
 run fails at event 1 (a duplicate key) forever.
@@ -25,17 +26,25 @@ class PlainInserts(es.Projector):
     """One row per event, written with a plain INSERT: it cannot process an event twice."""
 
     processor_name = "plain_inserts"
-    schema = "CREATE TABLE IF NOT EXISTS plain_titles (aggregate_id TEXT PRIMARY KEY, title TEXT NOT NULL)"
+    schema = (
+        "CREATE TABLE IF NOT EXISTS plain_titles "
+        "(aggregate_id TEXT PRIMARY KEY, title TEXT NOT NULL)"
+    )
 
     @es.on(TitleAdded)
     def _added(self, event: TitleAdded) -> None:
         p = self.placeholder
-        self.db.execute(f"INSERT INTO plain_titles (aggregate_id, title) VALUES ({p}, {p})",
-                        (event.aggregate_id, event.title))
+        self.db.execute(
+            f"INSERT INTO plain_titles (aggregate_id, title) VALUES ({p}, {p})",
+            (event.aggregate_id, event.title),
+        )
 
     def rows(self) -> list[tuple[str, str]]:
         with self.database.transaction() as conn:
-            return [tuple(r) for r in conn.execute("SELECT aggregate_id, title FROM plain_titles ORDER BY 1")]
+            return [
+                tuple(r)
+                for r in conn.execute("SELECT aggregate_id, title FROM plain_titles ORDER BY 1")
+            ]
 
 
 def run(projector: es.Projector, store: es.EventStore) -> None:
@@ -48,7 +57,9 @@ def add(store: es.EventStore, *titles: str) -> None:
         store.sink(TitleAdded(aggregate_id=f"t-{title}", title=title))
 
 
-@pytest.fixture(params=["sqlite-own-file", "sqlite-store-file", "postgres-store-schema", "postgres-own-schema"])
+@pytest.fixture(
+    params=["sqlite-own-file", "sqlite-store-file", "postgres-store-schema", "postgres-own-schema"]
+)
 def placed(request, tmp_path: pathlib.Path):
     """(store, STORE argument of the command line, where the projector lives)."""
     kind = request.param
@@ -63,14 +74,20 @@ def placed(request, tmp_path: pathlib.Path):
         schema = pg_support.new_schema()
         target = pg_support.store_url(schema)
         store = es.open_store(target)
-        where = target if kind == "postgres-store-schema" else pg_support.store_url(pg_support.new_schema())
+        where = (
+            target
+            if kind == "postgres-store-schema"
+            else pg_support.store_url(pg_support.new_schema())
+        )
     try:
         yield store, target, where
     finally:
         store.close()
 
 
-def test_a_plain_insert_projector_reset_from_the_command_line_rebuilds_on_its_next_run(placed) -> None:
+def test_a_plain_insert_projector_reset_from_the_command_line_rebuilds_on_its_next_run(
+    placed,
+) -> None:
     store, target, where = placed
     add(store, "a", "b", "c")
     projector = PlainInserts(where)
@@ -80,7 +97,10 @@ def test_a_plain_insert_projector_reset_from_the_command_line_rebuilds_on_its_ne
 
     result = cli(target, "reset", "plain_inserts", input="y\n")
     assert result.returncode == 0, result.stderr
-    assert "Reset processor plain_inserts (position 3) and drop its tables plain_titles?" in result.stderr
+    assert (
+        "Reset processor plain_inserts (position 3) and drop its tables plain_titles?"
+        in result.stderr
+    )
     assert "dropped its tables plain_titles" in result.stdout
 
     add(store, "d")
@@ -109,12 +129,16 @@ def sqlite_projected(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path
 
 def projection_state(projection: pathlib.Path) -> tuple[list, list]:
     with contextlib.closing(sqlite3.connect(projection)) as conn:
-        return (conn.execute("SELECT * FROM plain_titles ORDER BY 1").fetchall(),
-                conn.execute("SELECT position, tables FROM eventsourcery_trackers").fetchall())
+        return (
+            conn.execute("SELECT * FROM plain_titles ORDER BY 1").fetchall(),
+            conn.execute("SELECT position, tables FROM eventsourcery_trackers").fetchall(),
+        )
 
 
 @pytest.mark.parametrize("answer", ["n\n", "\n", ""])
-def test_a_declined_reset_drops_nothing_and_keeps_the_position(sqlite_projected, answer: str) -> None:
+def test_a_declined_reset_drops_nothing_and_keeps_the_position(
+    sqlite_projected, answer: str
+) -> None:
     path, projection = sqlite_projected
     before = projection_state(projection)
     assert before == ([("t-a", "a"), ("t-b", "b")], [(2, '["plain_titles"]')])
@@ -125,16 +149,22 @@ def test_a_declined_reset_drops_nothing_and_keeps_the_position(sqlite_projected,
 
 
 def test_unrecorded_tables_are_refused_with_what_to_run_and_keep_tables_resets_the_position_only(
-        sqlite_projected) -> None:
+    sqlite_projected,
+) -> None:
     path, projection = sqlite_projected
-    with contextlib.closing(sqlite3.connect(projection)) as conn:  # as an older eventsourcery left it
+    with contextlib.closing(
+        sqlite3.connect(projection)
+    ) as conn:  # as an older eventsourcery left it
         conn.execute("UPDATE eventsourcery_trackers SET tables = NULL")
         conn.commit()
     before = projection_state(projection)
     refused = cli(path, "reset", "plain_inserts", "--yes")
-    assert_one_line_error(refused, "not reset: the tables of projector 'plain_inserts' are not recorded",
-                          "call reset() on the projector in your code",
-                          f"python -m eventsourcery {path} reset plain_inserts --keep-tables")
+    assert_one_line_error(
+        refused,
+        "not reset: the tables of projector 'plain_inserts' are not recorded",
+        "call reset() on the projector in your code",
+        f"python -m eventsourcery {path} reset plain_inserts --keep-tables",
+    )
     assert projection_state(projection) == before
 
     kept = cli(path, "reset", "plain_inserts", "--keep-tables", "--yes")
@@ -160,7 +190,9 @@ def test_the_store_s_own_tables_are_never_dropped(tmp_path: pathlib.Path) -> Non
         assert store.tracker().last_processed_event_id("greedy") == 1
 
 
-def test_a_projector_failing_in_its_replay_is_told_to_reset_with_its_tables(sqlite_projected) -> None:
+def test_a_projector_failing_in_its_replay_is_told_to_reset_with_its_tables(
+    sqlite_projected,
+) -> None:
     path, projection = sqlite_projected
     assert cli(path, "reset", "plain_inserts", "--keep-tables", "--yes").returncode == 0
     with es.SQLiteEventStore(path) as store:
@@ -169,9 +201,11 @@ def test_a_projector_failing_in_its_replay_is_told_to_reset_with_its_tables(sqli
     lines = cli(path, "processors").stdout.splitlines()
     assert lines[2].startswith("  failing at event 1: ")
     assert lines[3] == (
-        "  it fails while replaying (it had processed events 1-2 before its last reset): if its tables still "
-        f"hold what it wrote then, skipping will not help; reset it with its tables: python -m eventsourcery "
-        f"{path} reset plain_inserts")
+        "  it fails while replaying (it had processed events 1-2 before its last reset): "
+        "if its tables still hold what it wrote then, skipping will not help; "
+        "reset it with its tables: python -m eventsourcery "
+        f"{path} reset plain_inserts"
+    )
     assert cli(path, "reset", "plain_inserts", "--yes").returncode == 0
     with es.SQLiteEventStore(path) as store:
         projector = PlainInserts(str(projection))
