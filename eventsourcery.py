@@ -5158,7 +5158,10 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     if name not in records:
         known = ", ".join(sorted(records)) or "none"
         raise _CLIError(f"unknown processor {name!r} (processors in this store: {known})")
-    record = _located_record(records[name])
+    record = _located_record(records[name], read_only=True)  # (a missing file is not created)
+    if record.location and record is records[name]:  # what the registration says: unreachable
+        raise _CLIError(f"not reset: {name!r} keeps its position and tables in "
+                        f"{record.location!r}, which cannot be opened now; nothing changed")
     position = record.position
     # A processor with a schema lists its tables in its record, beside them: they go with the
     # position, as its reset() drops them, so that it rebuilds them from event 1.
@@ -5323,6 +5326,8 @@ def _cli_backup(store: EventStore, args: argparse.Namespace) -> int:
         raise _CLIError(f"{_cli_safe(args.store)} is not a store the command line can copy")
     if os.path.isdir(target):
         raise _CLIError(f"{shown} is a directory: give the path of the backup file to write")
+    if not os.path.isdir(os.path.dirname(target)):
+        raise _CLIError(f"cannot write {shown}: its directory does not exist")
     if target in (path, path + "-wal", path + "-shm", path + "-journal") or (
             os.path.exists(target) and os.path.samefile(target, path)):
         raise _CLIError(f"{shown} is the store itself (or one of its files): give another path")
@@ -5338,11 +5343,14 @@ def _cli_backup(store: EventStore, args: argparse.Namespace) -> int:
     partial = os.path.join(directory, f".{os.path.basename(target)}.{os.getpid()}.partial")
     progress = _CLIProgress("copying pages", 0)
     try:
-        with contextlib.closing(sqlite3.connect(partial, isolation_level=None)) as copy:
-            _cli_copy_sqlite(database.connection, copy, progress)
-            check = copy.execute("PRAGMA quick_check").fetchone()[0]
-            count, latest = copy.execute(
-                "SELECT count(*), coalesce(max(id), 0) FROM events").fetchone()
+        try:
+            with contextlib.closing(sqlite3.connect(partial, isolation_level=None)) as copy:
+                _cli_copy_sqlite(database.connection, copy, progress)
+                check = copy.execute("PRAGMA quick_check").fetchone()[0]
+                count, latest = copy.execute(
+                    "SELECT count(*), coalesce(max(id), 0) FROM events").fetchone()
+        except sqlite3.Error as exc:
+            raise _CLIError(f"cannot write {shown}: {exc}; nothing written") from exc
         if check != "ok":
             raise _CLIError(f"the copy does not check out ({_cli_safe(str(check))}): nothing "
                             "written")

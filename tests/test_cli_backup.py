@@ -167,6 +167,8 @@ def test_a_file_with_a_wal_beside_it_is_refused_even_when_forced(
 
 def test_a_directory_or_a_missing_store_is_refused(small_store: pathlib.Path, tmp_path) -> None:
     assert_one_line_error(cli(small_store, "backup", tmp_path), "is a directory")
+    assert_one_line_error(cli(small_store, "backup", tmp_path / "no" / "b.db"),
+                          "its directory does not exist")
     assert_one_line_error(
         cli(tmp_path / "nosuch.db", "backup", tmp_path / "b.db"), "no eventsourcery store at"
     )
@@ -221,3 +223,13 @@ def test_restore_as_the_readme_says(small_store: pathlib.Path, tmp_path) -> None
     shutil.copyfile(backup, small_store)
     with es.SQLiteEventStore(small_store) as restored:
         assert [e.type for e in restored.get_next_from(1)] == ["noted"] * 3
+
+
+def test_a_store_in_rollback_journal_mode_is_copied_too(small_store, tmp_path) -> None:
+    with contextlib.closing(sqlite3.connect(small_store)) as conn:
+        assert conn.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
+    result = cli(small_store, "backup", tmp_path / "b.db")
+    assert result.returncode == 0, result.stderr
+    assert events_of(tmp_path / "b.db") == events_of(small_store)
+    with es.SQLiteEventStore(tmp_path / "b.db") as copy:
+        assert copy.latest_event_id() == 3

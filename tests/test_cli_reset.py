@@ -9,6 +9,7 @@ run fails at event 1 (a duplicate key) forever.
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import sqlite3
 
@@ -212,3 +213,13 @@ def test_a_projector_failing_in_its_replay_is_told_to_reset_with_its_tables(
         run(projector, store)
         assert projector.rows() == [("t-a", "a"), ("t-b", "b")]
         projector.close()
+
+
+def test_a_projector_whose_database_is_gone_is_not_reset(sqlite_projected) -> None:
+    path, projection = sqlite_projected
+    os.rename(projection, f"{projection}.moved")
+    assert_one_line_error(cli(path, "reset", "plain_inserts", "--yes"),
+                          "not reset: 'plain_inserts' keeps its position and tables in",
+                          f"'{projection}'",
+                          "cannot be opened now; nothing changed")
+    assert not os.path.exists(projection)  # not created empty
