@@ -223,3 +223,28 @@ def test_a_projector_whose_database_is_gone_is_not_reset(sqlite_projected) -> No
                           f"'{projection}'",
                           "cannot be opened now; nothing changed")
     assert not os.path.exists(projection)  # not created empty
+
+
+def test_a_tracker_table_of_before_the_tables_column_is_read_unchanged_and_upgraded_by_a_write(
+    sqlite_projected,
+) -> None:
+    path, projection = sqlite_projected
+    for db in (path, projection):  # as an older eventsourcery left them
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.execute("ALTER TABLE eventsourcery_trackers DROP COLUMN tables")
+            conn.commit()
+    before = path.read_bytes()
+    listed = cli(path, "processors", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert path.read_bytes() == before  # read-only: not upgraded
+    refused = cli(path, "reset", "plain_inserts", "--yes")
+    assert_one_line_error(refused, "the tables of projector 'plain_inserts' are not recorded")
+    with es.SQLiteEventStore(path) as store:  # a run with this version records them
+        projector = PlainInserts(str(projection))
+        run(projector, store)
+        projector.close()
+    assert cli(path, "reset", "plain_inserts", "--yes").returncode == 0
+    with contextlib.closing(sqlite3.connect(projection)) as conn:
+        assert conn.execute("SELECT position, tables FROM eventsourcery_trackers").fetchall() == [
+            (0, '["plain_titles"]')]
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'plain_titles'").fetchall() == []
