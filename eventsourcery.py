@@ -5300,8 +5300,11 @@ def _cli_backup_target(args: argparse.Namespace) -> None:
     """Refuse a backup the command line cannot make, before anything is opened: a Postgres store
     (exit status 2, saying which pg_dump command does it)."""
     location = parse_store_url(args.store)
-    if location.scheme == "sqlite":
+    if location.scheme in ("sqlite", "memory"):  # (memory: refused as the store is opened)
         return
+    if BACKENDS.get(location.scheme) != "eventsourcery_pg":
+        raise _CLIError(f"a {location.scheme} store is not copied by eventsourcery: back it up with "
+                        "its database's own tools", status=2)
     parts = urllib.parse.urlsplit(args.store)
     query = urllib.parse.parse_qsl(parts.query)
     schema = next((value for key, value in query if key == "schema"), "public")
