@@ -305,7 +305,8 @@ def test_exit_statuses_are_documented_in_the_help() -> None:
 # --- usage errors and help are the command's own ---------------------------------------
 
 
-@pytest.mark.parametrize("command", ["events", "follow", "tail", "aggregate", "processors", "reset", "stats"])
+@pytest.mark.parametrize("command", ["events", "follow", "tail", "aggregate", "processors", "reset", "stats",
+                                     "backup"])
 def test_command_help_without_a_store_is_the_commands_own(command: str) -> None:
     result = cli(command, "--help")
     assert result.returncode == 0, result.stderr
