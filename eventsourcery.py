@@ -841,7 +841,9 @@ class TrackerRecord:
     of one waiting for it (``standby_at``: when it last tried, Unix time).
     ``kind`` is ``projector``, ``reactor`` or ``processor``; ``location`` is
     set on a registration in the store of a processor whose position lives
-    in another database (the URL or path of that database).
+    in another database (the URL or path of that database). ``tables``: the
+    tables of a processor with a ``schema`` (in the database this record
+    lives in), which its ``reset()`` drops; None when it has not said.
     """
 
     name: str
@@ -857,6 +859,7 @@ class TrackerRecord:
     standby_at: float | None = None
     kind: str | None = None
     location: str | None = None
+    tables: tuple[str, ...] | None = None
 
 
 class Tracker(abc.ABC):
@@ -929,6 +932,10 @@ class Tracker(abc.ABC):
 
     def register(self, name: str, kind: str, location: str) -> None:  # noqa: B027 - by default nothing is kept
         """Record that ``name`` runs against this tracker's store with its position kept at ``location``."""
+
+    def declare_tables(self, name: str, tables: Sequence[str]) -> None:  # noqa: B027
+        """Record the tables of ``name`` (beside this record) that its ``reset()`` drops; by default
+        nothing is kept."""
 
 
 def _fenced(name: str, generation: int | None) -> ProcessorFencedError:
@@ -1968,7 +1975,7 @@ _TRACKER_COLUMNS = (
     ("generation", "BIGINT NOT NULL DEFAULT 0"), ("horizon", "BIGINT NOT NULL DEFAULT 0"),
     ("fresh", "INTEGER NOT NULL DEFAULT 0"), ("state", "TEXT"), ("last_error", "TEXT"),
     ("failing_event_id", "BIGINT"), ("owner", "TEXT"), ("standby", "TEXT"),
-    ("standby_at", "DOUBLE PRECISION"), ("kind", "TEXT"), ("location", "TEXT"))
+    ("standby_at", "DOUBLE PRECISION"), ("kind", "TEXT"), ("location", "TEXT"), ("tables", "TEXT"))
 #: Every column of a tracker row, as TrackerRecord names them.
 _TRACKER_FIELDS = ("name", "position", *(column for column, _ in _TRACKER_COLUMNS))
 
@@ -2003,6 +2010,8 @@ class DatabaseTracker(Tracker):
         self.database = database
         self._table = database.qualify(TRACKER_TABLE)
         self._ready_pid = 0
+        # The columns an older table, opened read-only, lacks (read as NULL).
+        self._absent: frozenset[str] = frozenset()
 
     def _conn(self) -> Any:
         db = self.database
@@ -2010,7 +2019,10 @@ class DatabaseTracker(Tracker):
         if self._ready_pid != os.getpid():
             # Look first, with a read: only a missing table or column takes a write transaction, so reading
             # a position never waits behind another process's write (nor holds a lock a fork could copy).
-            if self._missing_columns(db) != []:
+            missing = self._missing_columns(db)
+            read_only = getattr(db, "read_only", False)
+            self._absent = frozenset(missing or ()) if read_only else frozenset()
+            if missing is None or (missing and not self._absent):
                 with db.transaction() as conn:
                     db.create_tables(conn, _TRACKER_DDL.format(table=self._table))
                     for column, kind in _TRACKER_COLUMNS:
@@ -2069,12 +2081,15 @@ class DatabaseTracker(Tracker):
 
     def _select(self, where: str = "", params: Sequence[Any] = ()) -> list[TrackerRecord]:
         self._conn()
-        rows = self.database.fetch_all(f"SELECT {', '.join(_TRACKER_FIELDS)} FROM {self._table} {where} ORDER BY name",
+        columns = ", ".join("NULL" if f in self._absent else f for f in _TRACKER_FIELDS)
+        rows = self.database.fetch_all(f"SELECT {columns} FROM {self._table} {where} ORDER BY name",
                                        params, doing="read processor positions")
         out = []
         for row in rows:
             values = dict(zip(_TRACKER_FIELDS, row, strict=True))
             values["fresh"] = bool(values.get("fresh"))
+            tables = values.get("tables")
+            values["tables"] = None if tables is None else tuple(json.loads(tables))
             for key in ("position", "generation", "horizon"):
                 values[key] = int(values.get(key) or 0)
             out.append(TrackerRecord(**values))
@@ -2147,6 +2162,10 @@ class DatabaseTracker(Tracker):
         self._write("INSERT INTO {t} (name, position, kind, location) VALUES ({p}, 0, {p}, {p}) "
                     "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, location = excluded.location",
                     (name, kind, location))
+
+    def declare_tables(self, name: str, tables: Sequence[str]) -> None:
+        self._write("UPDATE {t} SET tables = {p} WHERE name = {p}",
+                    (json.dumps(list(tables)), name))
 
 
 # ---------------------------------------------------------------------------
@@ -2351,6 +2370,9 @@ class MemoryTracker(DatabaseTracker):
         for record in state["records"]:
             self._write(f"INSERT INTO {{t}} ({', '.join(fields)}) VALUES "
                         f"({', '.join(['{p}'] * len(fields))})", dataclasses.astuple(record))
+
+    def declare_tables(self, name: str, tables: Sequence[str]) -> None:
+        self._put(dataclasses.replace(self._get(name), tables=tuple(tables)))
 
 
 class MemoryEventStore(EventStore):
@@ -3919,6 +3941,8 @@ class _TableOwner(EventStreamProcessor):
             if self.schema:
                 self._database.create_tables(conn, self.schema)
             super().setup()
+            # recorded beside them, for the command line's reset
+            self.tracker.declare_tables(self.processor_name, self._owned_tables())
 
     def reset(self) -> None:
         """Drop this processor's tables and position, then set up again."""
@@ -4882,7 +4906,11 @@ def given_events(*events: Event, aggregate_id: str = "test-aggregate") -> GivenE
 # ---------------------------------------------------------------------------
 
 class _CLIError(Exception):
-    """A failure the command line reports as one line on stderr, with exit status 1."""
+    """A failure the command line reports as one line on stderr, with exit status ``status`` (1)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _cli_open_store(target: str, *, read_only: bool) -> EventStore:
@@ -4913,14 +4941,64 @@ def _cli_time(value: _dt.datetime | None) -> str:
 _CLI_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def _cli_safe(text: str) -> str:
-    """``text`` with control characters escaped, so a stored string cannot drive the terminal."""
-    return _CLI_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                            else f"\\u{ord(m.group()):04x}", text)
+def _cli_safe(text: str, keep: str = "") -> str:
+    """``text`` with control characters escaped (except those in ``keep``), so that a stored
+    string cannot drive the terminal: the one escaping of the command line. A value printed
+    inside a line is escaped whole (a newline in it too, so it cannot forge a line); all output
+    passes here once more on its way out (``_CLISafeStream``), with its own newlines kept."""
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if char in keep:
+            return char
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    return _CLI_CONTROL.sub(escape, text)
+
+
+class _CLISafeStream:
+    """A text stream that writes to ``stream`` through ``_cli_safe``, keeping newlines: the
+    command line writes all it prints (stdout and stderr, its own messages, argparse's, the
+    library's log lines) through two of these, so nothing stored reaches the terminal as a
+    control character, whichever command prints it. JSON output is ASCII (``_cli_json_line``):
+    it passes unchanged."""
+
+    def __init__(self, stream: typing.TextIO) -> None:
+        self.raw_stream = stream
+
+    def write(self, text: str) -> int:
+        self.raw_stream.write(_cli_safe(text, keep="\n"))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...
+        return getattr(self.raw_stream, name)
+
+
+class _CLILogFormatter(logging.Formatter):
+    """The library's log lines as the command line prints them: one line each, escaped whole (a
+    processor name with a newline in it cannot forge a line)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _cli_safe(super().format(record))
+
+
+def _cli_raw(stream: typing.TextIO) -> typing.TextIO:
+    """The stream under a ``_CLISafeStream``: for the progress line's own carriage returns only."""
+    return stream.raw_stream if isinstance(stream, _CLISafeStream) else stream
 
 
 def _cli_json(value: Any) -> str:
+    """``value`` as compact JSON, non-ASCII kept: for a table cell, which ``_cli_safe`` escapes."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _cli_json_line(value: Any) -> str:
+    """``value`` as one line of JSON output: ASCII only (JSON escapes every control character of
+    a string, and ``ensure_ascii`` every character past ASCII, C1 controls included), so it is
+    exact and safe."""
+    return json.dumps(value, default=str) + "\n"
 
 
 def _cli_event_dict(event: Event) -> dict[str, Any]:
@@ -4946,15 +5024,17 @@ class _CLIProgress:
         if not self.enabled or now - self._last < 0.1:
             return
         self._last = now
-        text = f"{self.label}: {done:,} of {self.total:,}"
-        sys.stderr.write("\r" + text.ljust(self._shown))
-        sys.stderr.flush()
+        text = _cli_safe(f"{self.label}: {done:,} of {self.total:,}")
+        err = _cli_raw(sys.stderr)
+        err.write("\r" + text.ljust(self._shown))
+        err.flush()
         self._shown = len(text)
 
     def clear(self) -> None:
         if self._shown:
-            sys.stderr.write("\r" + " " * self._shown + "\r")
-            sys.stderr.flush()
+            err = _cli_raw(sys.stderr)
+            err.write("\r" + " " * self._shown + "\r")
+            err.flush()
             self._shown = 0
             self._last = float("-inf")
 
@@ -4989,7 +5069,7 @@ class _CLIEventPrinter:
     def write(self, events: Sequence[Event]) -> None:
         out = sys.stdout
         if self.as_json:
-            out.writelines(json.dumps(_cli_event_dict(e), default=str) + "\n" for e in events)
+            out.writelines(_cli_json_line(_cli_event_dict(e)) for e in events)
         else:
             rows = [(str(e.id), _cli_time(e.created_at), _cli_safe(str(e.type)), _cli_safe(e.aggregate_id),
                      str(e.version), _cli_safe(_cli_json(e.body) + (f"  metadata {_cli_json(e.metadata)}"
@@ -5137,7 +5217,7 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
         sys.stderr.write("no processors have run against this store\n")
         return 0
     if args.json:
-        sys.stdout.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in statuses)
+        sys.stdout.writelines(_cli_json_line(dataclasses.asdict(s)) for s in statuses)
         return 0
     rows = [("name", "position", "lag", "running", "state")] + [
         (_cli_safe(s.name), str(s.position), str(s.lag), "yes" if s.running else "no", s.state) for s in statuses]
@@ -5148,6 +5228,14 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
         if status is not None and status.last_error is not None:
             at = f" at event {status.failing_event_id}" if status.failing_event_id is not None else ""
             sys.stdout.write(f"  failing{at}: {_cli_safe(status.last_error)}\n")
+            horizon = status.replay_horizon
+            if status.failing_event_id is not None and status.failing_event_id <= horizon:
+                reset = (f"python -m eventsourcery {shlex.quote(args.store)} reset "
+                         f"{shlex.quote(status.name)}")
+                sys.stdout.write(
+                    f"  it fails while replaying (it had processed events 1-{horizon} before its "
+                    "last reset): if its tables still hold what it wrote then, skipping will not "
+                    f"help; reset it with its tables: {_cli_safe(reset)}\n")
             if status.failing_event_id is not None:
                 command = _skip_command(shlex.quote(args.store), status.name, status.failing_event_id)
                 sys.stdout.write(f"  to move it past that event without processing it: {_cli_safe(command)}\n")
@@ -5158,49 +5246,80 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
 
 def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     name = args.name
+    shown = _cli_safe(name)
     records = {r.name: r for r in store.tracker().records()}
     if name not in records:
         known = ", ".join(sorted(records)) or "none"
         raise _CLIError(f"unknown processor {name!r} (processors in this store: {known})")
-    record = _located_record(records[name])
-    tracker: Tracker = store.tracker()
-    database: Database | None = None
-    if record.location:  # a projector whose position lives in its own database
-        database = open_database(record.location)
-        tracker = DatabaseTracker(database)
+    record = _located_record(records[name], read_only=True)  # (a missing file is not created)
+    if record.location and record is records[name]:  # what the registration says: unreachable
+        raise _CLIError(f"not reset: {name!r} keeps its position and tables in "
+                        f"{record.location!r}, which cannot be opened now; nothing changed")
     position = record.position
-    if not args.yes and not _cli_confirm(f"Reset processor {name} (position {position})?"):
-        sys.stderr.write(f"not reset: {name} stays at position {position}\n")
+    # A processor with a schema lists its tables in its record, beside them: they go with the
+    # position, as its reset() drops them, so that it rebuilds them from event 1.
+    tables: tuple[str, ...] = () if args.keep_tables else record.tables or ()
+    if record.tables is None and record.kind in ("projector", "reactor") and not args.keep_tables:
+        command = f"python -m eventsourcery {shlex.quote(args.store)} reset {shlex.quote(name)}"
+        raise _CLIError(
+            f"not reset: the tables of {record.kind} {name!r} are not recorded in its tracker (it "
+            "last ran with an older eventsourcery), so the command line cannot drop them, and a "
+            "position of 0 over its old rows would fail or double them; either call reset() on "
+            f"the {record.kind} in your code (it drops its tables and its position), or run it "
+            "once with this eventsourcery (it records its tables as it starts) and then: "
+            f"{command}; or drop its tables yourself and then: {command} --keep-tables")
+    store_own = [t for t in tables
+                 if t.lower() == "events" or t.lower().startswith("eventsourcery_")]
+    if store_own and not record.location:
+        raise _CLIError(f"not reset: {name!r} lists the store's own tables {', '.join(store_own)} "
+                        "as its tables; the command line does not drop those")
+    dropping = _cli_safe(f" and drop its tables {', '.join(tables)}" if tables else "")
+    question = f"Reset processor {shown} (position {position}){dropping}?"
+    if not args.yes and not _cli_confirm(question):
+        sys.stderr.write(f"not reset: {shown} stays at position {position}\n")
         return 1
+    database = open_database(record.location) if record.location else store.database
     try:
         with store.lock(name):
-            tracker.reset(name)
+            if database is None:  # a store without an SQL database (none the command line opens)
+                store.tracker().reset(name)
+            else:
+                tracker = DatabaseTracker(database) if record.location else store.tracker()
+                with database.transaction() as conn:  # the tables and the position go together
+                    database.drop_tables(conn, tables)
+                    tracker.reset(name)
     except UnableToLockProcessorError as exc:
         raise _CLIError(f"cannot reset {name!r} while it is running; stop it first ({exc})") from exc
     finally:
-        if database is not None:
+        if record.location and database is not None:
             database.close()
     horizon = max(position, record.horizon)
     latest = store.latest_event_id()
-    sys.stdout.write(f"reset {name}: position {position} -> 0; its next run processes every event again, "
-                     "from event 1\n")
+    sys.stdout.write(f"reset {shown}: position {position} -> 0; its next run processes every event "
+                     "again, from event 1\n")
+    if tables:
+        sys.stdout.write(f"dropped its tables {_cli_safe(', '.join(tables))}: its next run creates "
+                         "them again and rebuilds them\n")
+    elif args.keep_tables and record.kind in ("projector", "reactor"):
+        sys.stdout.write("its tables were kept (--keep-tables): they still hold what it wrote\n")
     if latest:
-        sys.stdout.write(f'  (unless its class sets start_from = "end": then its next run starts after the latest '
-                         f"event of\n  that moment (now event {latest}) and replays nothing)\n")
+        sys.stdout.write('  (unless its class sets start_from = "end": then its next run starts '
+                         f"after the latest event of\n  that moment (now event {latest}) and "
+                         "replays nothing)\n")
     if horizon:
-        sys.stdout.write(f"events 1-{horizon} are a replay: self.replaying is True while it processes them; "
-                         f"events after {horizon} are new to it\n")
+        sys.stdout.write(f"events 1-{horizon} are a replay: self.replaying is True while it "
+                         f"processes them; events after {horizon} are new to it\n")
     if record.kind == "reactor" and horizon:
         sys.stdout.write(
             "for this reactor, during the replay:\n"
-            "  done again:     every handler runs again, and so does every write it makes to the reactor's\n"
-            "                  own tables (the command line drops no tables), and every outside effect\n"
-            "                  (mail, API calls) that its handler does not guard with `if not self.replaying`\n"
-            "  not done again: emit_event sinks nothing (the events it emitted the first time are in the\n"
+            "  done again:     every handler runs again, with its writes to the reactor's own "
+            "tables, and\n"
+            "                  every outside effect (mail, API calls) that its handler does not "
+            "guard with\n"
+            "                  `if not self.replaying`\n"
+            "  not done again: emit_event sinks nothing (the events it emitted the first time are "
+            "in the\n"
             "                  store), nor anything its handlers guard with `if not self.replaying`\n")
-    elif record.kind == "projector":
-        sys.stdout.write("its tables are not dropped by the command line: call reset() on the projector in "
-                         "your code to rebuild them\n")
     return 0
 
 
@@ -5244,25 +5363,145 @@ def _cli_stats(store: EventStore, args: argparse.Namespace) -> int:
     finally:
         progress.clear()
     if args.json:
-        sys.stdout.write(json.dumps(stats) + "\n")
+        sys.stdout.write(_cli_json_line(stats))
         return 0
 
     def when(text: str | None) -> str:
         return _cli_time(_dt.datetime.fromisoformat(text)) if text else "-"
 
-    lines = [("store", str(stats["store"])), ("events", f"{stats['events']:,}"),
+    lines = [("store", _cli_safe(str(stats["store"]))), ("events", f"{stats['events']:,}"),
              ("aggregates", f"{stats['aggregates']:,}"), ("first event", when(stats["first_created_at"])),
              ("last event", when(stats["last_created_at"]))]
     if "file_size" in stats:
         lines.append(("file size", f"{stats['file_size']:,} bytes (+ {stats['wal_size']:,} bytes of WAL)"))
     out = [f"{label + ':':<13}{value}" for label, value in lines]
-    if stats["types"]:
+    types = {_cli_safe(str(t)): n for t, n in stats["types"].items()}
+    if types:
         out.append("events by type:")
-        width = max(len(t) for t in stats["types"])
-        digits = max(len(f"{n:,}") for n in stats["types"].values())
-        out.extend(f"  {t.ljust(width)}  {n:>{digits},}" for t, n in stats["types"].items())
+        width = max(len(t) for t in types)
+        digits = max(len(f"{n:,}") for n in types.values())
+        out.extend(f"  {t.ljust(width)}  {n:>{digits},}" for t, n in types.items())
     sys.stdout.write("\n".join(out) + "\n")
     return 0
+
+
+#: Pages copied per step of a backup (the progress line moves between steps).
+_CLI_BACKUP_PAGES = 1024
+
+
+def _cli_backup_target(args: argparse.Namespace) -> None:
+    """Refuse a backup the command line cannot make, before anything is opened: a Postgres store
+    (exit status 2, saying which pg_dump command does it)."""
+    location = parse_store_url(args.store)
+    if location.scheme in ("sqlite", "memory"):  # (memory: refused as the store is opened)
+        return
+    if BACKENDS.get(location.scheme) != "eventsourcery_pg":
+        raise _CLIError(f"a {location.scheme} store is not copied by eventsourcery: back it up with "
+                        "its database's own tools", status=2)
+    parts = urllib.parse.urlsplit(args.store)
+    query = urllib.parse.parse_qsl(parts.query)
+    schema = next((value for key, value in query if key == "schema"), "public")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username}@{host}" if parts.username else host  # without the password
+    rest = urllib.parse.urlencode([(key, value) for key, value in query if key != "schema"])
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, rest, ""))
+    dump = (f"pg_dump --format=custom --schema={shlex.quote(schema)} "
+            f"--file={shlex.quote(args.file)} {shlex.quote(url)}")
+    raise _CLIError(f"a {location.scheme} store is not copied by eventsourcery: back it up with "
+                    "the server's own tools, which take a consistent copy while it is in use: "
+                    f"{dump} (restore it with pg_restore into an empty database; see README, "
+                    "Backups)", status=2)
+
+
+def _cli_backup(store: EventStore, args: argparse.Namespace) -> int:
+    database = store.database
+    path = os.path.abspath(parse_store_url(args.store).target)
+    target = os.path.abspath(args.file)
+    shown = _cli_safe(target)
+    if database is None:
+        raise _CLIError(f"{_cli_safe(args.store)} is not a store the command line can copy")
+    if os.path.isdir(target):
+        raise _CLIError(f"{shown} is a directory: give the path of the backup file to write")
+    if not os.path.isdir(os.path.dirname(target)):
+        raise _CLIError(f"cannot write {shown}: its directory does not exist")
+    if target in (path, path + "-wal", path + "-shm", path + "-journal") or (
+            os.path.exists(target) and os.path.samefile(target, path)):
+        raise _CLIError(f"{shown} is the store itself (or one of its files): give another path")
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(target + suffix):
+            raise _CLIError(f"{shown}{suffix} exists: {shown} is, or was, an open database, and "
+                            f"SQLite would apply that {suffix[1:]} file to the copy; nothing "
+                            "written (remove it once no process uses the file)")
+    if os.path.exists(target) and not args.force:
+        raise _CLIError(f"{shown} exists: nothing written (--force replaces it)")
+    # Written beside the target, then moved there whole: FILE is never half-written.
+    directory = os.path.dirname(target)
+    partial = os.path.join(directory, f".{os.path.basename(target)}.{os.getpid()}.partial")
+    progress = _CLIProgress("copying pages", 0)
+    try:
+        try:
+            with contextlib.closing(sqlite3.connect(partial, isolation_level=None)) as copy:
+                _cli_copy_sqlite(database.connection, copy, progress)
+                check = copy.execute("PRAGMA quick_check").fetchone()[0]
+                count, latest = copy.execute(
+                    "SELECT count(*), coalesce(max(id), 0) FROM events").fetchone()
+        except sqlite3.Error as exc:
+            raise _CLIError(f"cannot write {shown}: {exc}; nothing written") from exc
+        if check != "ok":
+            raise _CLIError(f"the copy does not check out ({_cli_safe(str(check))}): nothing "
+                            "written")
+        if args.force:
+            os.replace(partial, target)
+        else:
+            try:
+                os.link(partial, target)  # never over a file that appeared meanwhile
+            except FileExistsError:
+                raise _CLIError(f"{shown} exists: nothing written (--force replaces it)") from None
+            os.unlink(partial)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the move itself survives a power loss
+        finally:
+            os.close(fd)
+    finally:
+        progress.clear()
+        for leftover in (partial, *(partial + suffix for suffix in ("-journal", "-wal", "-shm"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+    sys.stdout.write(f"backed up {_cli_safe(path)} to {shown}: {count:,} events, up to event "
+                     f"{latest} ({os.path.getsize(target):,} bytes); a consistent copy as of that "
+                     "event\n")
+    others = [r for r in store.tracker().records() if r.location]
+    if others:
+        sys.stderr.write("not in this copy: the projectors that keep their tables and position in "
+                         "their own database (back them up before the store, or reset them after a "
+                         "restore; see README, Backups):\n")
+        sys.stderr.writelines(f"  {_cli_safe(r.name)}: {_cli_safe(r.location or '')}\n"
+                              for r in others)
+    return 0
+
+
+def _cli_copy_sqlite(source: sqlite3.Connection, copy: sqlite3.Connection,
+                     progress: _CLIProgress) -> None:
+    """Copy the database of ``source`` into ``copy`` with SQLite's online backup, a page range at
+    a time, all from one snapshot: a read transaction held across the steps, so that no write
+    between them makes SQLite restart the copy (which a steady writer could make endless). In WAL
+    mode (as eventsourcery creates stores) a reader never holds a writer up, so applications
+    write on meanwhile; in rollback-journal mode their commits wait for the copy, up to their busy
+    timeout."""
+    def report(status: int, remaining: int, total: int) -> None:
+        progress.total = total
+        progress.update(total - remaining)
+
+    try:
+        source.execute("BEGIN")
+        try:
+            source.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot begins
+            source.backup(copy, pages=_CLI_BACKUP_PAGES, progress=report, sleep=0.05)
+        finally:
+            source.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        raise _CLIError(f"the backup failed: {exc}; nothing written") from exc
 
 
 _CLI_EPILOG = """\
@@ -5271,7 +5510,8 @@ exit status:
        processors): stdout is then empty and a note says so on stderr
   1    error (a one-line message on stderr), or reset, skip or erase not
        confirmed
-  2    bad usage (the usage of the command at fault, and the error)
+  2    bad usage (the usage of the command at fault, and the error); also
+       backup of a Postgres store (the message names the pg_dump command)
   130  interrupted (Ctrl-C), except follow, which stops with 0
 
 examples:
@@ -5280,18 +5520,21 @@ examples:
   python -m eventsourcery todo.db follow
   python -m eventsourcery postgresql://localhost/todo processors
   python -m eventsourcery todo.db skip outstanding_todos 42
+  python -m eventsourcery todo.db backup todo-backup.db
 
 Only reset, skip and erase write; every other command only reads (an SQLite
-file is opened read-only) and never creates a store.
+file is opened read-only) and never creates a store (backup writes FILE only).
 """
 
 _CLI_RESET_HELP = """\
-Set the processor's position in the store's tracker back to 0, so that it
-processes every event again the next time it runs. Only the position is
-reset: the command line does not know a processor's tables, so a projector's
-or reactor's own tables (in the store's database or elsewhere) are NOT
-dropped; clear them yourself, or call processor.reset() in your code, which
-drops its schema's tables too. Refuses while the processor is running.
+Do what processor.reset() does: drop the processor's own tables (those of its
+schema, which a projector or reactor records in its tracker as it starts, in
+the store's database or its own) and set its position back to 0, in one
+transaction, so that its next run creates its tables again and rebuilds them
+from event 1. Asks first (--yes skips the question). Refuses while the
+processor is running, and refuses a projector or reactor whose tables are not
+recorded (it last ran with an older eventsourcery), saying what to run.
+--keep-tables resets the position only.
 The events it had processed are a replay (self.replaying is True; a reactor's
 emit_event sinks nothing); a processor class with start_from = "end" starts
 after the latest event instead.
@@ -5379,10 +5622,13 @@ def _cli_parser() -> argparse.ArgumentParser:
     processors.add_argument("--json", action="store_true", help="one JSON object per line")
     processors.set_defaults(run=_cli_processors)
 
-    reset = commands.add_parser("reset", help="reset a processor's position to 0 (its tables are not dropped)",
+    reset = commands.add_parser("reset",
+                                help="reset a processor: drop its tables, position 0 (asks first)",
                                 description=_CLI_RESET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reset.add_argument("name", metavar="NAME", help="the processor's name")
     reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    reset.add_argument("--keep-tables", action="store_true",
+                       help="reset the position only, keeping the processor's tables as they are")
     reset.set_defaults(run=_cli_reset, writes=True)
 
     skip = commands.add_parser("skip", help="move a processor past one event without processing it (asks first)",
@@ -5403,6 +5649,19 @@ def _cli_parser() -> argparse.ArgumentParser:
     erase.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     erase.set_defaults(run=_cli_erase, writes=True)
 
+    backup = commands.add_parser(
+        "backup", help="copy an SQLite store to FILE while it is in use",
+        description="Write a consistent copy of an SQLite store to FILE with SQLite's online "
+                    "backup, while applications write to it (in WAL mode, as eventsourcery "
+                    "creates stores, writers are never held up). FILE is written beside its final "
+                    "place and moved there once complete and checked. Projectors with a database "
+                    "of their own are not in the copy (they are listed). A Postgres store is "
+                    "backed up with pg_dump (exit status 2, with the command). Restore: see "
+                    "README, Backups.")
+    backup.add_argument("file", metavar="FILE", help="the backup file to write")
+    backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    backup.set_defaults(run=_cli_backup, before_open=_cli_backup_target)
+
     stats = commands.add_parser("stats", help="count events by type; first and last; file size",
                                 description="Count events (in all and by type) and aggregates, show when the "
                                             "first and last events were stored and, for SQLite, the file size.")
@@ -5412,7 +5671,7 @@ def _cli_parser() -> argparse.ArgumentParser:
 
 
 def _cli_one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = _cli_safe(" ".join(str(exc).split()))
     if isinstance(exc, (_CLIError, Error)) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -5445,11 +5704,33 @@ def _cli_parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line, ``python -m eventsourcery STORE COMMAND ...``; returns the exit status."""
-    args = _cli_parse(list(sys.argv[1:] if argv is None else argv))
     if sys.stdout is not None and hasattr(sys.stdout, "reconfigure"):
         with contextlib.suppress(Exception):
             sys.stdout.reconfigure(errors="backslashreplace")
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (typing.cast(typing.TextIO, _CLISafeStream(s)) if s is not None else s
+                              for s in streams)
+    log: logging.Handler | None = None
+    if not config.logger.hasHandlers():  # else logging's last resort prints to stderr, unescaped
+        log = logging.StreamHandler(sys.stderr)
+        log.setLevel(logging.WARNING)
+        log.setFormatter(_CLILogFormatter())
+        config.logger.addHandler(log)
     try:
+        return _cli_main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+        if log is not None:
+            config.logger.removeHandler(log)
+
+
+def _cli_main(argv: Sequence[str] | None) -> int:
+    args = _cli_parse(list(sys.argv[1:] if argv is None else argv))
+    try:
+        before_open: Callable[[argparse.Namespace], None] | None = getattr(args, "before_open",
+                                                                           None)
+        if before_open is not None:  # a command that refuses some stores before opening them
+            before_open(args)
         store = _cli_open_store(args.store, read_only=not args.writes)
         try:
             status: int = args.run(store, args)
@@ -5467,7 +5748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         sys.stderr.write(f"eventsourcery: error: {_cli_one_line(exc)}\n")
-        return 1
+        return exc.status if isinstance(exc, _CLIError) else 1
 
 
 if __name__ == "__main__":

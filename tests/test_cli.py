@@ -121,14 +121,16 @@ def test_version() -> None:
     assert result.stdout.strip() == f"eventsourcery {es.__version__}"
 
 
-def test_help_lists_commands_and_reset_explains_tables_are_kept(db: pathlib.Path) -> None:
+def test_help_lists_commands_and_reset_explains_tables_are_dropped(db: pathlib.Path) -> None:
     result = cli("--help")
     assert result.returncode == 0
     for command in ("events", "tail", "follow", "aggregate", "processors", "reset", "stats"):
         assert command in result.stdout
     reset_help = cli(db, "reset", "--help")
     assert reset_help.returncode == 0
-    assert "NOT\ndropped" in reset_help.stdout or "NOT dropped" in reset_help.stdout
+    text = " ".join(reset_help.stdout.split())
+    assert "drop the processor's own tables" in text
+    assert "--keep-tables resets the position only" in text
 
 
 @pytest.mark.parametrize("args", [(), ("events", "--limit", "0"), ("events", "--from", "x"), ("frobnicate",),
@@ -303,7 +305,8 @@ def test_exit_statuses_are_documented_in_the_help() -> None:
 # --- usage errors and help are the command's own ---------------------------------------
 
 
-@pytest.mark.parametrize("command", ["events", "follow", "tail", "aggregate", "processors", "reset", "stats"])
+@pytest.mark.parametrize("command", ["events", "follow", "tail", "aggregate", "processors", "reset", "stats",
+                                     "backup"])
 def test_command_help_without_a_store_is_the_commands_own(command: str) -> None:
     result = cli(command, "--help")
     assert result.returncode == 0, result.stderr
@@ -913,14 +916,16 @@ def test_reset_of_a_reactor_says_what_its_replay_will_and_will_not_do_again(tmp_
         "  that moment (now event 6) and replays nothing)",
         "events 1-3 are a replay: self.replaying is True while it processes them; events after 3 are new to it",
         "for this reactor, during the replay:",
-        "  done again:     every handler runs again, and so does every write it makes to the reactor's",
-        "                  own tables (the command line drops no tables), and every outside effect",
-        "                  (mail, API calls) that its handler does not guard with `if not self.replaying`",
+        "  done again:     every handler runs again, with its writes to the reactor's own "
+        "tables, and",
+        "                  every outside effect (mail, API calls) that its handler does not "
+        "guard with",
+        "                  `if not self.replaying`",
         "  not done again: emit_event sinks nothing (the events it emitted the first time are in the",
         "                  store), nor anything its handlers guard with `if not self.replaying`"]
 
 
-def test_reset_of_a_projector_with_its_own_database_says_its_tables_are_kept(tmp_path: pathlib.Path) -> None:
+def test_reset_of_a_projector_with_its_own_database_drops_its_tables(tmp_path) -> None:
     from tests import processing_support as ps
 
     path = tmp_path / "events.db"
@@ -933,12 +938,15 @@ def test_reset_of_a_projector_with_its_own_database_says_its_tables_are_kept(tmp
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "reset event_counter: position 4 -> 0; its next run processes every event again, from event 1",
+        "dropped its tables counts, seen: its next run creates them again and rebuilds them",
         '  (unless its class sets start_from = "end": then its next run starts after the latest event of',
         "  that moment (now event 4) and replays nothing)",
-        "events 1-4 are a replay: self.replaying is True while it processes them; events after 4 are new to it",
-        "its tables are not dropped by the command line: call reset() on the projector in your code to "
-        "rebuild them"]
+        "events 1-4 are a replay: self.replaying is True while it processes them; "
+        "events after 4 are new to it"]
     assert ps.projection_position(str(tmp_path / "projection.db")) == 0
+    with contextlib.closing(sqlite3.connect(tmp_path / "projection.db")) as conn:
+        found = conn.execute("SELECT name FROM sqlite_master WHERE name IN ('counts', 'seen')")
+        assert found.fetchall() == []
 
 
 # --- read commands never create or change anything ---------------------------------------------------
