@@ -2369,10 +2369,9 @@ class MemoryTracker(DatabaseTracker):
         fields = [f.name for f in dataclasses.fields(TrackerRecord)]
         for record in state["records"]:
             self._write(f"INSERT INTO {{t}} ({', '.join(fields)}) VALUES "
-                        f"({', '.join(['{p}'] * len(fields))})", dataclasses.astuple(record))
-
-    def declare_tables(self, name: str, tables: Sequence[str]) -> None:
-        self._put(dataclasses.replace(self._get(name), tables=tuple(tables)))
+                        f"({', '.join(['{p}'] * len(fields))})",
+                        [json.dumps(list(v)) if isinstance(v, tuple) else v
+                         for v in dataclasses.astuple(record)])
 
 
 class MemoryEventStore(EventStore):

@@ -521,3 +521,18 @@ def test_lock_names_that_look_alike_are_different_locks_and_long_ones_work(store
             with store.lock(a):
                 pass
     assert not store.is_running(a) and not store.is_running(b)
+
+
+def test_a_pickled_memory_tracker_carries_its_records():
+    import pickle
+
+    tracker = es.MemoryTracker()
+    tracker.setup("carried")
+    generation = tracker.acquire("carried", "1@here", "projector")
+    tracker.commit_position("carried", 7, generation)
+    tracker.declare_tables("carried", ["rows", "totals"])
+    copy = pickle.loads(pickle.dumps(tracker))
+    assert copy.records() == tracker.records()
+    assert copy.record("carried").tables == ("rows", "totals")
+    copy.commit_position("carried", 8, generation)  # the copy's own: the original stays
+    assert (copy.last_processed_event_id("carried"), tracker.last_processed_event_id("carried")) == (8, 7)
