@@ -2510,7 +2510,7 @@ class SQLiteDatabase(Database):
         self._prepare = prepare
         self.read_only = False
         self._open_read_only = read_only
-        self._made_companions = False  # a read-only connection made the -wal and -shm files of a WAL file
+        self._read_only_conns: dict[int, str] = {}  # id -> key of its connections in _read_only_openings
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
         # reader connections need a file of our own opening (not :memory:, a file: URI or a given connection)
         self._can_have_readers = self._given is None and self.path != ":memory:" and not self.path.startswith("file:")
@@ -2631,15 +2631,20 @@ class SQLiteDatabase(Database):
                     raise self.error(exc, "open it") from exc
         if conn is None:
             # A file we may not write (a read-only file, directory or filesystem): read it, refuse writes.
-            self._made_companions = self._open_read_only and not any(
-                os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
             uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
             if os.statvfs(path).f_flag & os.ST_RDONLY:
                 uri += "&immutable=1"  # nobody can write it, and its -shm file cannot be created
+            key = _begin_read_only_opening(path) if self._open_read_only else None
             try:
                 conn = self._connect(uri, read_only=True)
-            except sqlite3.Error as exc:
-                raise self.error(exc, "open it, even read-only") from exc
+            except BaseException as exc:
+                if key is not None:
+                    self._end_read_only_opening(key)
+                if isinstance(exc, sqlite3.Error):
+                    raise self.error(exc, "open it, even read-only") from exc
+                raise
+            if key is not None:
+                self._read_only_conns[id(conn)] = key
         self._file_id = self._stat_file() if on_disk else None  # the file the connection opened (or made)
         return conn
 
@@ -2742,15 +2747,26 @@ class SQLiteDatabase(Database):
     def _close_connection(self, conn: Any) -> None:
         if conn is not self._given:
             conn.close()
-            if self._made_companions:
-                self._remove_companions()
+            key = self._read_only_conns.pop(id(conn), None)
+            if key is not None:
+                self._end_read_only_opening(key)
+
+    def _end_read_only_opening(self, key: str) -> None:
+        """Count one read-only connection to the file ``key`` closed; the process's last one removes the
+        -wal and -shm files that the first one made (whichever thread or database object opened it)."""
+        with _read_only_openings_lock:
+            openings = _read_only_openings[key]
+            openings[0] -= 1
+            if openings[0] == 0:
+                del _read_only_openings[key]
+                if openings[1]:  # (under the lock: no read-only connection to it opens meanwhile)
+                    self._remove_companions()
 
     def _remove_companions(self) -> None:
-        """Let SQLite remove the -wal and -shm files a read-only connection (opened with ``read_only=True``
-        where there were none) made and leaves behind: one connection that reads and closes removes them
+        """Let SQLite remove the -wal and -shm files read-only connections (opened with ``read_only=True``
+        where there were none) made and leave behind: one connection that reads and closes removes them
         when it is the file's last and the WAL is empty, as the last writer's close would; the database
         file itself does not change. Left alone when another process has written meanwhile."""
-        self._made_companions = False
         try:
             if os.path.getsize(self.path + "-wal") != 0:
                 return
@@ -2779,6 +2795,25 @@ _fork_gate = threading.Lock()  # held from the start of a fork until it is done:
 _held_for_fork: list[Any] = []  # the locks a fork holds (released after it, in parent and child)
 
 
+# The connections opened with read_only=True that this process has open on each SQLite file (by real
+# path): [how many, whether the first found no -wal or -shm file there]. Counted for the process, not per
+# database object: threads that each open a file read-only at once (processor_statuses() of a threaded
+# server) must leave the companions to the last of them, which removes them if theirs they were.
+_read_only_openings: dict[str, list[int]] = {}
+_read_only_openings_lock = threading.Lock()
+
+
+def _begin_read_only_opening(path: str) -> str:
+    """Count a read-only connection to ``path`` about to open; returns the key to end it with."""
+    key = os.path.realpath(path)
+    with _read_only_openings_lock:
+        openings = _read_only_openings.setdefault(key, [0, 0])
+        if openings[0] == 0:
+            openings[1] = not any(os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
+        openings[0] += 1
+    return key
+
+
 def _quiesce_sqlite_for_fork() -> None:
     deadline = time.monotonic() + 2.0
 
@@ -2792,6 +2827,7 @@ def _quiesce_sqlite_for_fork() -> None:
             hold(database._registry)  # no thread gets a new session (and so a connection) meanwhile
             for session in [database._shared, *database._sessions]:
                 hold(session.lock)
+    hold(_read_only_openings_lock)  # last: its holder (closing a connection) may hold a session's lock
 
 
 def _release_after_fork() -> None:
