@@ -5099,6 +5099,22 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _reset_processor(store: EventStore, record: TrackerRecord) -> None:
+    """Set the position of processor ``record.name`` (a located record) back to 0 where it is kept, under
+    its lock (UnableToLockProcessorError while it runs); its tables are not dropped."""
+    tracker: Tracker = store.tracker()
+    database: Database | None = None
+    if record.location:  # a projector whose position lives in its own database
+        database = open_database(record.location)
+        tracker = DatabaseTracker(database)
+    try:
+        with store.lock(record.name):
+            tracker.reset(record.name)
+    finally:
+        if database is not None:
+            database.close()
+
+
 def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     name = args.name
     records = {r.name: r for r in store.tracker().records()}
@@ -5106,23 +5122,14 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
         known = ", ".join(sorted(records)) or "none"
         raise _CLIError(f"unknown processor {name!r} (processors in this store: {known})")
     record = _located_record(records[name])
-    tracker: Tracker = store.tracker()
-    database: Database | None = None
-    if record.location:  # a projector whose position lives in its own database
-        database = open_database(record.location)
-        tracker = DatabaseTracker(database)
     position = record.position
     if not args.yes and not _cli_confirm(f"Reset processor {name} (position {position})?"):
         sys.stderr.write(f"not reset: {name} stays at position {position}\n")
         return 1
     try:
-        with store.lock(name):
-            tracker.reset(name)
+        _reset_processor(store, record)
     except UnableToLockProcessorError as exc:
         raise _CLIError(f"cannot reset {name!r} while it is running; stop it first ({exc})") from exc
-    finally:
-        if database is not None:
-            database.close()
     horizon = max(position, record.horizon)
     latest = store.latest_event_id()
     sys.stdout.write(f"reset {name}: position {position} -> 0; its next run processes every event again, "
@@ -5206,6 +5213,19 @@ def _cli_stats(store: EventStore, args: argparse.Namespace) -> int:
         out.extend(f"  {t.ljust(width)}  {n:>{digits},}" for t, n in stats["types"].items())
     sys.stdout.write("\n".join(out) + "\n")
     return 0
+
+
+def _cli_serve(store: EventStore, args: argparse.Namespace) -> int:
+    try:
+        import eventsourcery_web
+    except ModuleNotFoundError as exc:
+        if exc.name != "eventsourcery_web":
+            raise
+        here = os.path.dirname(os.path.abspath(__file__))
+        raise _CLIError(f"the event browser needs eventsourcery_web.py, which is not found beside "
+                        f"eventsourcery.py (in {here}) nor anywhere on sys.path: copy it there as you copied "
+                        "eventsourcery.py, or pip install eventsourcery") from exc
+    return eventsourcery_web.serve_command(store, args)
 
 
 _CLI_EPILOG = """\
@@ -5351,6 +5371,20 @@ def _cli_parser() -> argparse.ArgumentParser:
                                             "first and last events were stored and, for SQLite, the file size.")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.set_defaults(run=_cli_stats)
+
+    serve = commands.add_parser(
+        "serve", help="serve the event browser: a web page over this store (read-only unless told)",
+        description="Serve the event browser (eventsourcery_web.py, beside eventsourcery.py): events with "
+                    "filters, paging and live updates, one event and its causes, an aggregate's history, the "
+                    "processors with a lag chart, statistics, and a JSON API under /api/. It only reads (an "
+                    "SQLite file is opened read-only) unless --allow-actions is given. Ctrl-C stops it.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="the address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8100, help="the port (default: 8100; 0 picks a free one)")
+    serve.add_argument("--allow-actions", action="store_true",
+                       help="offer reset, skip, retry-parked and drop-parked on the page (each asks first and "
+                            "is a POST carrying a token made at start)")
+    serve.set_defaults(run=_cli_serve)
     return parser
 
 
