@@ -789,6 +789,7 @@ _JS = r"""'use strict';
   }
 
   let refresh = function () {};
+  let shownSignature = null;
   async function processorsPage() {
     clear(main);
     main.append(el('h1', {text: 'Processors'}), el('p', {cls: 'live', id: 'live'}),
@@ -810,19 +811,29 @@ _JS = r"""'use strict';
         status.className = 'live stale'; status.textContent = 'Not live: ' + e.message + ' (trying again)';
         timer = setTimeout(refresh, 3000); return;
       }
+      const now = Date.now();
+      for (const p of data.processors) {
+        (history[p.name] = history[p.name] || []).push([now, p.lag]);
+        if (history[p.name].length > 3600) history[p.name].shift();
+      }
+      const names = data.processors.map(function (p) { return p.name; });
+      drawChart(svg, names);
+      status.className = 'live';
+      status.textContent = 'Live: refreshed every 2 s (latest event ' + data.latest_event_id + ', '
+                           + new Date().toLocaleTimeString() + ')';
+      timer = setTimeout(refresh, 2000);
+      const signature = JSON.stringify([data.processors, data.actions]);
+      if (signature === shownSignature) return;  // the table stays as it is (and its buttons)
+      shownSignature = signature;
       const box = document.getElementById('processors');
-      const keepOpen = confirmBox !== null;
       const rows = el('tbody', {});
       const head = ['name', 'kind', 'state', 'position', 'lag', 'running', 'owner', 'partitions', 'parked',
                     'last error'];
       const table = el('table', {id: 'processor-table'},
         el('thead', {}, el('tr', {}, ...head.map(function (h) { return el('th', {text: h}); }),
            data.actions.length ? el('th', {text: 'actions'}) : null)), rows);
-      const now = Date.now();
       const parkedBoxes = el('div', {id: 'parked'});
       for (const p of data.processors) {
-        (history[p.name] = history[p.name] || []).push([now, p.lag]);
-        if (history[p.name].length > 3600) history[p.name].shift();
         const extra = Object.keys(p).filter(function (k) { return !KNOWN.includes(k); });
         const error = p.last_error ? el('div', {},
           p.failing_event_id !== null && p.failing_event_id !== undefined
@@ -842,7 +853,6 @@ _JS = r"""'use strict';
       clear(box);
       if (!data.processors.length) box.append(el('p', {cls: 'note', text: 'No processor has run against this store.'}));
       else box.append(table, parkedBoxes);
-      const names = data.processors.map(function (p) { return p.name; });
       const legend = document.getElementById('legend');
       clear(legend);
       names.forEach(function (name, i) {
@@ -850,11 +860,6 @@ _JS = r"""'use strict';
         swatch.style.background = COLORS[i % COLORS.length];
         legend.append(el('span', {}, swatch, name));
       });
-      drawChart(svg, names);
-      status.className = 'live';
-      status.textContent = 'Live: refreshed every 2 s (latest event ' + data.latest_event_id + ', '
-                           + new Date().toLocaleTimeString() + ')' + (keepOpen ? '' : '');
-      timer = setTimeout(refresh, 2000);
     };
     refresh();
   }

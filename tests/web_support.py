@@ -115,3 +115,34 @@ def chromium():  # -> selenium.webdriver.Chrome
     driver.set_page_load_timeout(WAIT)
     driver.set_script_timeout(WAIT)
     return driver
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request, tmp_path):
+    """A store's URL (an SQLite path, or a postgresql:// URL naming a schema of its own), and a writable
+    store open on it to fill; the browser opens it again, as ``serve`` does."""
+    if request.param == "sqlite":
+        path = tmp_path / "events.db"
+        store = es.SQLiteEventStore(path)
+        url = str(path)
+    else:
+        from tests.pg_support import postgres_store, store_url
+
+        store = postgres_store()
+        url = store_url(store.database.schema)
+    try:
+        yield url, store
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def serving(url: str, **options):
+    """The browser as ``serve`` runs it: the store opened as the read commands open it."""
+    store = es._cli_open_store(url, read_only=True)
+    try:
+        with running_server(store, target=url, open_for_actions=lambda: es._cli_open_store(url, read_only=False),
+                            **options) as server:
+            yield server
+    finally:
+        store.close()
