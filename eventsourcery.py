@@ -2510,7 +2510,7 @@ class SQLiteDatabase(Database):
         self._prepare = prepare
         self.read_only = False
         self._open_read_only = read_only
-        self._read_only_conns: dict[int, str] = {}  # id -> key of its connections in _read_only_openings
+        self._read_only_conns: dict[int, str] = {}  # id -> key, of those in _read_only_openings
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
         # reader connections need a file of our own opening (not :memory:, a file: URI or a given connection)
         self._can_have_readers = self._given is None and self.path != ":memory:" and not self.path.startswith("file:")
@@ -2752,8 +2752,9 @@ class SQLiteDatabase(Database):
                 self._end_read_only_opening(key)
 
     def _end_read_only_opening(self, key: str) -> None:
-        """Count one read-only connection to the file ``key`` closed; the process's last one removes the
-        -wal and -shm files that the first one made (whichever thread or database object opened it)."""
+        """Count one read-only connection to the file ``key`` closed; the process's last one
+        removes the -wal and -shm files that the first one made (whichever thread or database
+        object opened it)."""
         with _read_only_openings_lock:
             openings = _read_only_openings[key]
             openings[0] -= 1
@@ -2763,10 +2764,11 @@ class SQLiteDatabase(Database):
                     self._remove_companions()
 
     def _remove_companions(self) -> None:
-        """Let SQLite remove the -wal and -shm files read-only connections (opened with ``read_only=True``
-        where there were none) made and leave behind: one connection that reads and closes removes them
-        when it is the file's last and the WAL is empty, as the last writer's close would; the database
-        file itself does not change. Left alone when another process has written meanwhile."""
+        """Let SQLite remove the -wal and -shm files read-only connections (opened with
+        ``read_only=True`` where there were none) made and leave behind: one connection that reads
+        and closes removes them when it is the file's last and the WAL is empty, as the last
+        writer's close would; the database file itself does not change. Left alone when another
+        process has written meanwhile."""
         try:
             if os.path.getsize(self.path + "-wal") != 0:
                 return
@@ -2795,10 +2797,11 @@ _fork_gate = threading.Lock()  # held from the start of a fork until it is done:
 _held_for_fork: list[Any] = []  # the locks a fork holds (released after it, in parent and child)
 
 
-# The connections opened with read_only=True that this process has open on each SQLite file (by real
-# path): [how many, whether the first found no -wal or -shm file there]. Counted for the process, not per
-# database object: threads that each open a file read-only at once (processor_statuses() of a threaded
-# server) must leave the companions to the last of them, which removes them if theirs they were.
+# The connections opened with read_only=True that this process has open on each SQLite file (by
+# real path): [how many, whether the first found no -wal or -shm file there]. Counted for the
+# process, not per database object: threads that each open a file read-only at once
+# (processor_statuses() of a threaded server) must leave the companions to the last of them, which
+# removes them if theirs they were.
 _read_only_openings: dict[str, list[int]] = {}
 _read_only_openings_lock = threading.Lock()
 
@@ -2827,7 +2830,7 @@ def _quiesce_sqlite_for_fork() -> None:
             hold(database._registry)  # no thread gets a new session (and so a connection) meanwhile
             for session in [database._shared, *database._sessions]:
                 hold(session.lock)
-    hold(_read_only_openings_lock)  # last: its holder (closing a connection) may hold a session's lock
+    hold(_read_only_openings_lock)  # last: its holder (closing) may hold a session's lock
 
 
 def _release_after_fork() -> None:
@@ -5100,8 +5103,8 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
 
 
 def _reset_processor(store: EventStore, record: TrackerRecord) -> None:
-    """Set the position of processor ``record.name`` (a located record) back to 0 where it is kept, under
-    its lock (UnableToLockProcessorError while it runs); its tables are not dropped."""
+    """Set the position of processor ``record.name`` (a located record) back to 0 where it is
+    kept, under its lock (UnableToLockProcessorError while it runs); its tables are not dropped."""
     tracker: Tracker = store.tracker()
     database: Database | None = None
     if record.location:  # a projector whose position lives in its own database
@@ -5223,8 +5226,8 @@ def _cli_serve(store: EventStore, args: argparse.Namespace) -> int:
             raise
         here = os.path.dirname(os.path.abspath(__file__))
         raise _CLIError(f"the event browser needs eventsourcery_web.py, which is not found beside "
-                        f"eventsourcery.py (in {here}) nor anywhere on sys.path: copy it there as you copied "
-                        "eventsourcery.py, or pip install eventsourcery") from exc
+                        f"eventsourcery.py (in {here}) nor anywhere on sys.path: copy it there "
+                        "as you copied eventsourcery.py, or pip install eventsourcery") from exc
     return eventsourcery_web.serve_command(store, args)
 
 
@@ -5235,7 +5238,7 @@ exit status:
   1    error (a one-line message on stderr), or reset, skip or erase not
        confirmed
   2    bad usage (the usage of the command at fault, and the error)
-  130  interrupted (Ctrl-C), except follow, which stops with 0
+  130  interrupted (Ctrl-C), except follow and serve, which stop with 0
 
 examples:
   python -m eventsourcery todo.db events --type todo_added --limit 20
@@ -5243,9 +5246,11 @@ examples:
   python -m eventsourcery todo.db follow
   python -m eventsourcery postgresql://localhost/todo processors
   python -m eventsourcery todo.db skip outstanding_todos 42
+  python -m eventsourcery todo.db serve        # the event browser: http://127.0.0.1:8100/
 
-Only reset, skip and erase write; every other command only reads (an SQLite
-file is opened read-only) and never creates a store.
+Only reset, skip and erase write (and serve's actions, with --allow-actions);
+every other command only reads (an SQLite file is opened read-only) and never
+creates a store.
 """
 
 _CLI_RESET_HELP = """\
@@ -5374,16 +5379,18 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve", help="serve the event browser: a web page over this store (read-only unless told)",
-        description="Serve the event browser (eventsourcery_web.py, beside eventsourcery.py): events with "
-                    "filters, paging and live updates, one event and its causes, an aggregate's history, the "
-                    "processors with a lag chart, statistics, and a JSON API under /api/. It only reads (an "
-                    "SQLite file is opened read-only) unless --allow-actions is given. Ctrl-C stops it.")
+        description="Serve the event browser (eventsourcery_web.py, beside eventsourcery.py): "
+                    "events with filters, paging and live updates, one event and its causes, an "
+                    "aggregate's history, the processors with a lag chart, statistics, and a JSON "
+                    "API under /api/. It only reads (an SQLite file is opened read-only) unless "
+                    "--allow-actions is given. Ctrl-C stops it.")
     serve.add_argument("--host", default="127.0.0.1",
                        help="the address to listen on (default: 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=int, default=8100, help="the port (default: 8100; 0 picks a free one)")
+    serve.add_argument("--port", type=int, default=8100,
+                       help="the port (default: 8100; 0 picks a free one)")
     serve.add_argument("--allow-actions", action="store_true",
-                       help="offer reset, skip, retry-parked and drop-parked on the page (each asks first and "
-                            "is a POST carrying a token made at start)")
+                       help="offer reset, skip, retry-parked and drop-parked on the page (each "
+                            "asks first and is a POST carrying a token made at start)")
     serve.set_defaults(run=_cli_serve)
     return parser
 

@@ -24,7 +24,9 @@ from tests.web_support import Note, running_server, seed_hostile, serving
 from tests.web_support import target as target  # the fixture
 
 
-def test_statuses_read_from_eight_threads_at_once_leave_no_wal_or_shm_beside_a_projection(tmp_path) -> None:
+def test_statuses_read_from_eight_threads_at_once_leave_no_wal_or_shm_beside_a_projection(
+    tmp_path,
+) -> None:
     db, projection = tmp_path / "events.db", tmp_path / "projection.db"
     with es.SQLiteEventStore(db) as store:
         for n in range(5):
@@ -35,7 +37,9 @@ def test_statuses_read_from_eight_threads_at_once_leave_no_wal_or_shm_beside_a_p
     files = sorted(os.listdir(tmp_path))
     store = es.SQLiteEventStore(db, read_only=True)
     try:
-        for _ in range(5):  # each round: 8 threads open, read and close the projection's file together
+        for _ in range(
+            5
+        ):  # each round: 8 threads open, read and close the projection's file together
             barrier = threading.Barrier(8, timeout=WAIT)
             seen: list[int] = []
 
@@ -56,7 +60,7 @@ def test_statuses_read_from_eight_threads_at_once_leave_no_wal_or_shm_beside_a_p
     assert sorted(os.listdir(tmp_path)) == files
 
 
-# --- the API over HTTP, on SQLite and Postgres --------------------------------------------------------
+# --- the API over HTTP, on SQLite and Postgres ----------------------------------------------------
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -66,14 +70,18 @@ class Other(es.Event, type="webtest.other"):
 
 
 def get(server, path: str, *, host: str | None = None) -> tuple[int, dict, object]:
-    request = urllib.request.Request(server.url.rstrip("/") + path, headers={"Host": host} if host else {})
+    request = urllib.request.Request(
+        server.url.rstrip("/") + path, headers={"Host": host} if host else {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=WAIT) as answer:
             body = answer.read()
             status, headers = answer.status, dict(answer.headers)
     except urllib.error.HTTPError as exc:
         body, status, headers = exc.read(), exc.code, dict(exc.headers)
-    value = json.loads(body) if headers.get("Content-Type", "").startswith("application/json") else body
+    value = (
+        json.loads(body) if headers.get("Content-Type", "").startswith("application/json") else body
+    )
     return status, headers, value
 
 
@@ -81,8 +89,12 @@ def post(server, path: str, body: dict | None = None, token: str | None = None) 
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["X-Eventsourcery-Token"] = token
-    request = urllib.request.Request(server.url.rstrip("/") + path, data=json.dumps(body or {}).encode(),
-                                     headers=headers, method="POST")
+    request = urllib.request.Request(
+        server.url.rstrip("/") + path,
+        data=json.dumps(body or {}).encode(),
+        headers=headers,
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(request, timeout=WAIT) as answer:
             return answer.status, json.loads(answer.read())
@@ -96,18 +108,24 @@ def fill(store, count: int = 130) -> None:
         store.sink(kind(aggregate_id=f"a{n % 4}", n=n))
 
 
-FILTERS = [({}, lambda e: True), ({"type": ["webtest.note"]}, lambda e: e.type == "webtest.note"),
-           ({"aggregate_id": ["a1"]}, lambda e: e.aggregate_id == "a1"),
-           ({"type": ["webtest.other"], "aggregate_id": ["a2"]},
-            lambda e: e.type == "webtest.other" and e.aggregate_id == "a2"),
-           ({"type": ["webtest.note", "webtest.other"]}, lambda e: True),
-           ({"type": ["webtest.none"]}, lambda e: False)]
+FILTERS = [
+    ({}, lambda e: True),
+    ({"type": ["webtest.note"]}, lambda e: e.type == "webtest.note"),
+    ({"aggregate_id": ["a1"]}, lambda e: e.aggregate_id == "a1"),
+    (
+        {"type": ["webtest.other"], "aggregate_id": ["a2"]},
+        lambda e: e.type == "webtest.other" and e.aggregate_id == "a2",
+    ),
+    ({"type": ["webtest.note", "webtest.other"]}, lambda e: True),
+    ({"type": ["webtest.none"]}, lambda e: False),
+]
 
 
 def query(filters: dict, **more) -> str:
-    pairs = [(k, v) for k, values in filters.items() for v in values] + [(k, str(v)) for k, v in more.items()]
+    pairs = [(k, v) for k, values in filters.items() for v in values] + [
+        (k, str(v)) for k, v in more.items()
+    ]
     return "/api/events?" + urllib.parse.urlencode(pairs)
-
 
 
 def test_event_pages_are_newest_first_and_their_cursors_walk_every_event_once(target) -> None:
@@ -119,7 +137,9 @@ def test_event_pages_are_newest_first_and_their_cursors_walk_every_event_once(ta
             expected = [e.id for e in stored if matches(e)]
             older, seen = None, []  # from the newest page back, by `older`
             for _ in range(100):
-                status, _, page = get(server, query(filters, limit=7, **({"before": older} if older else {})))
+                status, _, page = get(
+                    server, query(filters, limit=7, **({"before": older} if older else {}))
+                )
                 assert status == 200, page
                 ids = [e["id"] for e in page["events"]]
                 assert ids == sorted(ids, reverse=True)
@@ -145,8 +165,13 @@ def test_event_pages_are_newest_first_and_their_cursors_walk_every_event_once(ta
 
 
 def cli_json(url: str, *args: str) -> list:
-    result = subprocess.run([sys.executable, "-m", "eventsourcery", url, *args, "--json"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=WAIT)
+    result = subprocess.run(
+        [sys.executable, "-m", "eventsourcery", url, *args, "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -160,22 +185,33 @@ def test_the_api_gives_the_fields_of_the_command_lines_json_output(target) -> No
         assert status == 200 and headers["Content-Type"].startswith("application/json")
         assert events["events"][::-1] == cli_json(url, "events")
         assert get(server, "/api/aggregates/a1")[2]["events"] == cli_json(url, "aggregate", "a1")
-        assert get(server, "/api/events/5")[2]["event"] == cli_json(url, "events", "--from", "5", "--limit", "1")[0]
+        assert (
+            get(server, "/api/events/5")[2]["event"]
+            == cli_json(url, "events", "--from", "5", "--limit", "1")[0]
+        )
         assert get(server, "/api/processors")[2]["processors"] == cli_json(url, "processors")
         stats = get(server, "/api/stats")[2]
         assert {k: v for k, v in stats.items() if k not in ("store", "wal_size")} == {
-            k: v for k, v in cli_json(url, "stats")[0].items() if k not in ("store", "wal_size")}
+            k: v for k, v in cli_json(url, "stats")[0].items() if k not in ("store", "wal_size")
+        }
         assert stats["store"] == url
-        hostile = get(server, "/api/aggregates/" + urllib.parse.quote(events["events"][1]["aggregate_id"], safe=""))
+        hostile = get(
+            server,
+            "/api/aggregates/" + urllib.parse.quote(events["events"][1]["aggregate_id"], safe=""),
+        )
         assert hostile[0] == 200 and hostile[2]["events"][0]["body"] == events["events"][1]["body"]
 
 
 def test_one_event_links_its_cause_the_events_it_caused_and_its_correlation(target) -> None:
     url, store = target
     [root] = store.sink(Note(aggregate_id="c1", n=1))
-    [child] = store.sink(Note(aggregate_id="c2", n=2, causation_id=root.uuid, correlation_id=root.uuid))
+    [child] = store.sink(
+        Note(aggregate_id="c2", n=2, causation_id=root.uuid, correlation_id=root.uuid)
+    )
     store.sink(Other(aggregate_id="c3", n=3))
-    [grandchild] = store.sink(Note(aggregate_id="c3", n=4, causation_id=child.uuid, correlation_id=root.uuid))
+    [grandchild] = store.sink(
+        Note(aggregate_id="c3", n=4, causation_id=child.uuid, correlation_id=root.uuid)
+    )
     with serving(url) as server:
         status, _, answer = get(server, f"/api/events/{child.id}")
         assert status == 200
@@ -207,7 +243,9 @@ class CountingStore:
         return found
 
     def each_by_range(self, *args, **kwargs):
-        return es.EventStore.each_by_range(self, *args, **kwargs)  # through the counted get_next_from
+        return es.EventStore.each_by_range(
+            self, *args, **kwargs
+        )  # through the counted get_next_from
 
     def stats(self, *args, **kwargs):
         raise AssertionError("a page of events must not count the store's events")
@@ -222,13 +260,26 @@ def test_a_page_reads_about_as_many_events_as_it_shows_never_the_whole_store(tmp
         store.sink(Other(aggregate_id="rare", n=1))
         counting = CountingStore(store)
         browser = web.EventBrowser(counting)  # type: ignore[arg-type]
-        for filters in [{}, {"types": ["webtest.note"]}, {"types": ["webtest.other"]}, {"aggregate_id": "a3"},
-                        {"aggregate_id": "rare"}, {"types": ["webtest.other", "webtest.note"]}]:
+        for filters in [
+            {},
+            {"types": ["webtest.note"]},
+            {"types": ["webtest.other"]},
+            {"aggregate_id": "a3"},
+            {"aggregate_id": "rare"},
+            {"types": ["webtest.other", "webtest.note"]},
+        ]:
             for cursor in [{}, {"before": 2000}, {"after": 2000}]:
                 counting.read = 0
                 page = browser.events(**filters, **cursor, limit=20)
-                assert len(page["events"]) == (2 if "rare" in str(filters) or filters.get("types") == [
-                    "webtest.other"] else 20) or cursor, (filters, cursor)
+                assert (
+                    len(page["events"])
+                    == (
+                        2
+                        if "rare" in str(filters) or filters.get("types") == ["webtest.other"]
+                        else 20
+                    )
+                    or cursor
+                ), (filters, cursor)
                 assert counting.read <= 20 * 12, (filters, cursor, counting.read)  # of 4,002 events
 
 
@@ -244,8 +295,12 @@ def test_actions_need_allow_actions_and_the_servers_token(target) -> None:
         assert post(server, path, {"event_id": 2})[0] == 403
         assert post(server, path, {"event_id": 2}, token="not-" + server.browser.token)[0] == 403
         assert post(server, path, {"event_id": 8, "token": ""})[0] == 403
-        assert {s.name: s.position for s in es.processor_statuses(store)}[name] == 1  # nothing changed
-        assert get(server, "/")[2].decode().count(server.browser.token) == 1  # the page has it, to send it
+        assert {s.name: s.position for s in es.processor_statuses(store)}[
+            name
+        ] == 1  # nothing changed
+        assert (
+            get(server, "/")[2].decode().count(server.browser.token) == 1
+        )  # the page has it, to send it
         status, answer = post(server, path, {"event_id": 2}, token=server.browser.token)
         assert status == 200, answer
         assert answer["processor"]["position"] == 2 and answer["processor"]["last_error"] is None
@@ -257,7 +312,9 @@ def test_actions_need_allow_actions_and_the_servers_token(target) -> None:
         assert {s.name: s.position for s in es.processor_statuses(store)}[name] == 0
         assert post(server, path.replace("/skip", "/explode"), token=server.browser.token)[0] == 404
     with serving(url, allow_actions=True) as other:
-        assert post(other, reset, token=server.browser.token)[0] == 403  # each start makes its own token
+        assert (
+            post(other, reset, token=server.browser.token)[0] == 403
+        )  # each start makes its own token
 
 
 def file_state(path: pathlib.Path) -> tuple[bytes, int]:
@@ -274,9 +331,20 @@ def test_browsing_changes_nothing_in_an_sqlite_store_nor_in_a_projectors_file(tm
         projector.close()
     before = {path: file_state(path) for path in (db, projection)}
     files = sorted(os.listdir(tmp_path))
-    paths = ["/", "/processors", "/stats", "/events/3", "/aggregates/a1", "/static/app.js", "/static/app.css",
-             "/api/events", "/api/events?type=webtest.note&aggregate_id=a1", "/api/events/3",
-             "/api/aggregates/a1", "/api/stats"] + ["/api/processors"] * 16
+    paths = [
+        "/",
+        "/processors",
+        "/stats",
+        "/events/3",
+        "/aggregates/a1",
+        "/static/app.js",
+        "/static/app.css",
+        "/api/events",
+        "/api/events?type=webtest.note&aggregate_id=a1",
+        "/api/events/3",
+        "/api/aggregates/a1",
+        "/api/stats",
+    ] + ["/api/processors"] * 16
     with serving(str(db)) as server:
         errors: list[object] = []
 
@@ -299,7 +367,14 @@ def test_every_answer_has_the_policy_and_a_request_for_another_host_is_refused(t
     with es.SQLiteEventStore(tmp_path / "events.db") as store:
         fill(store, 3)
     with serving(str(tmp_path / "events.db")) as server:
-        for path in ["/", "/processors", "/static/app.js", "/api/events", "/api/nothing", "/nothing"]:
+        for path in [
+            "/",
+            "/processors",
+            "/static/app.js",
+            "/api/events",
+            "/api/nothing",
+            "/nothing",
+        ]:
             status, headers, _ = get(server, path)
             assert headers["Content-Security-Policy"] == web.CONTENT_SECURITY_POLICY, path
             assert "script-src 'self'" in headers["Content-Security-Policy"]
@@ -309,12 +384,12 @@ def test_every_answer_has_the_policy_and_a_request_for_another_host_is_refused(t
         assert get(server, "/", host="evil.example:8100")[0] == 403  # DNS rebinding
         assert get(server, "/api/events", host="localhost:1")[0] == 200
         status, _, page = get(server, "/")
-        assert b"<script src=\"/static/app.js\"" in page and b"<script>" not in page
+        assert b'<script src="/static/app.js"' in page and b"<script>" not in page
 
 
 def test_the_page_escapes_the_stores_name(tmp_path) -> None:
     with es.SQLiteEventStore(tmp_path / "events.db") as store:
-        with running_server(store, target="<script>x</script>\"") as server:
+        with running_server(store, target='<script>x</script>"') as server:
             page = get(server, "/")[2].decode()
     assert "<script>x" not in page and "&lt;script&gt;x&lt;/script&gt;&quot;" in page
 
@@ -323,8 +398,13 @@ def test_serve_listens_on_127_0_0_1_answers_and_stops_on_ctrl_c(tmp_path) -> Non
     db = tmp_path / "events.db"
     with es.SQLiteEventStore(db) as store:
         fill(store, 3)
-    process = subprocess.Popen([sys.executable, "-m", "eventsourcery", str(db), "serve", "--port", "0"], cwd=ROOT,
-                               stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eventsourcery", str(db), "serve", "--port", "0"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stderr.readline()  # bounded: the process is killed below if it hangs
         assert "http://127.0.0.1:" in line and "read-only" in line, line
@@ -345,9 +425,17 @@ def test_serve_without_eventsourcery_web_says_which_file_is_missing(tmp_path) ->
     alone = tmp_path / "vendored"
     alone.mkdir()
     (alone / "eventsourcery.py").write_bytes((ROOT / "eventsourcery.py").read_bytes())
-    result = subprocess.run([sys.executable, "-S", str(alone / "eventsourcery.py"), str(db), "serve"],
-                            capture_output=True, text=True, timeout=WAIT, cwd=tmp_path,
-                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    result = subprocess.run(
+        [sys.executable, "-S", str(alone / "eventsourcery.py"), str(db), "serve"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert result.returncode == 1
-    assert "eventsourcery_web.py" in result.stderr and "not found beside eventsourcery.py" in result.stderr
+    assert (
+        "eventsourcery_web.py" in result.stderr
+        and "not found beside eventsourcery.py" in result.stderr
+    )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

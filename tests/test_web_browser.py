@@ -1,8 +1,9 @@
-"""The event browser in a real browser (SPEC §9): headless Chromium from the Debian packages, driven by
-selenium, on SQLite and Postgres. Every page loads and links to the others, a new event appears without
-a reload, hostile stored strings show as text and never run, an allowed action is done through the
-page's own button once confirmed, and the page breaks none of its Content-Security-Policy. Screenshots
-of the events and processors pages are saved (tests/web_support.py: SCREENSHOTS).
+"""The event browser in a real browser (SPEC §9): headless Chromium from the Debian packages,
+driven by selenium, on SQLite and Postgres. Every page loads and links to the others, a new event
+appears without a reload, hostile stored strings show as text and never run, an allowed action is
+done through the page's own button once confirmed, and the page breaks none of its
+Content-Security-Policy. Screenshots of the events and processors pages are saved
+(tests/web_support.py: SCREENSHOTS).
 
 Skipped only when Chromium, its driver or selenium is missing; with CI=true that is a failure.
 """
@@ -52,9 +53,14 @@ def css(driver, selector: str) -> list:
 
 def shown(text: str) -> str:
     """``text`` as the page shows it: control and direction characters as \\xNN and \\uNNNN."""
-    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F
-                   else f"\\u{ord(c):04x}" if c in "\u2028\u2029\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-                   else c for c in text)
+    return "".join(
+        f"\\x{ord(c):02x}"
+        if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F
+        else f"\\u{ord(c):04x}"
+        if c in "\u2028\u2029\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+        else c
+        for c in text
+    )
 
 
 def assert_nothing_ran(driver) -> None:
@@ -64,11 +70,13 @@ def assert_nothing_ran(driver) -> None:
 
 def assert_no_policy_violation(driver) -> None:
     messages = [entry["message"] for entry in driver.get_log("browser")]
-    assert not [m for m in messages if "Content Security Policy" in m or "Refused to" in m], messages
+    assert not [m for m in messages if "Content Security Policy" in m or "Refused to" in m], (
+        messages
+    )
 
 
 def click(driver, selector: str) -> None:
-    """Click the first element ``selector`` finds (found again if the page replaced it meanwhile)."""
+    """Click the first element ``selector`` finds (found again if the page replaced it)."""
     from selenium.common.exceptions import StaleElementReferenceException
 
     def clicked(d) -> bool:
@@ -84,7 +92,7 @@ def click(driver, selector: str) -> None:
 
 
 def text(driver, selector: str) -> str:
-    """The text of the first element ``selector`` finds (read again if the page replaced it meanwhile)."""
+    """The text of the first element ``selector`` finds (read again if the page replaced it)."""
     from selenium.common.exceptions import StaleElementReferenceException
 
     def read(d) -> str | bool:
@@ -103,11 +111,16 @@ def visit(driver, url: str, ready: str) -> None:
 
 
 def test_every_page_loads_links_to_the_others_updates_live_and_shows_hostile_data_as_text(
-        target, driver, request) -> None:
+    target, driver, request
+) -> None:
     url, store = target
     backend = request.node.callspec.params["target"]
-    stored = seed_hostile(store)  # events 1 (hostile) and 2; a processor failing at 2 with a hostile error
-    [caused] = store.sink(Note(aggregate_id="child", n=3, causation_id=stored[0].uuid, correlation_id=stored[0].uuid))
+    stored = seed_hostile(
+        store
+    )  # events 1 (hostile) and 2; a processor failing at 2 with a hostile error
+    [caused] = store.sink(
+        Note(aggregate_id="child", n=3, causation_id=stored[0].uuid, correlation_id=stored[0].uuid)
+    )
     for n in range(4, 30):
         store.sink(Note(aggregate_id=f"note-{n % 3}", n=n))
     with serving(url) as server:
@@ -123,7 +136,11 @@ def test_every_page_loads_links_to_the_others_updates_live_and_shows_hostile_dat
         # a new event appears without a reload
         driver.execute_script("window.__sameDocument = true")
         [new] = store.sink(Note(aggregate_id="live-one", n=99))
-        wait(driver, lambda d: css(d, f'#event-rows tr[data-id="{new.id}"]'), "the new event on the page")
+        wait(
+            driver,
+            lambda d: css(d, f'#event-rows tr[data-id="{new.id}"]'),
+            "the new event on the page",
+        )
         assert css(driver, "#event-rows tr")[0].get_attribute("data-id") == str(new.id)
         assert driver.execute_script("return window.__sameDocument") is True
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -132,8 +149,13 @@ def test_every_page_loads_links_to_the_others_updates_live_and_shows_hostile_dat
         # filters
         css(driver, "#filter-aggregate")[0].send_keys("live-one")
         click(driver, "#filter-apply")
-        wait(driver, lambda d: "aggregate_id=live-one" in d.current_url and len(css(d, "#event-rows tr")) == 1,
-             "the filtered page")
+        wait(
+            driver,
+            lambda d: (
+                "aggregate_id=live-one" in d.current_url and len(css(d, "#event-rows tr")) == 1
+            ),
+            "the filtered page",
+        )
 
         # one event: follow the link of the hostile one
         visit(driver, server.url, "#event-rows tr")
@@ -143,8 +165,11 @@ def test_every_page_loads_links_to_the_others_updates_live_and_shows_hostile_dat
         body = text(driver, "#event-body")
         assert "<script>window.__pwned = 1</script>" in body
         assert "<script>" in text(driver, "#event-metadata")
-        assert [a.text for a in css(driver, "#caused tr a") if a.get_attribute("href").endswith(
-            f"/events/{caused.id}")] == [str(caused.id)]
+        assert [
+            a.text
+            for a in css(driver, "#caused tr a")
+            if a.get_attribute("href").endswith(f"/events/{caused.id}")
+        ] == [str(caused.id)]
         assert_nothing_ran(driver)
 
         # its aggregate
@@ -157,7 +182,11 @@ def test_every_page_loads_links_to_the_others_updates_live_and_shows_hostile_dat
         # the events it caused: the cause's link from the caused event
         visit(driver, server.url.rstrip("/") + f"/events/{caused.id}", "#caused-by tr")
         click(driver, "#caused-by tr td a")
-        wait(driver, lambda d: d.current_url.endswith("/events/1") and css(d, "#event-body"), "the cause")
+        wait(
+            driver,
+            lambda d: d.current_url.endswith("/events/1") and css(d, "#event-body"),
+            "the cause",
+        )
 
         # processors: the failing one with its hostile error, and the lag chart
         click(driver, "#nav-processors")
@@ -166,9 +195,15 @@ def test_every_page_loads_links_to_the_others_updates_live_and_shows_hostile_dat
         assert "web_hostile_<b>reactor</b>" in row and "failing" in row
         assert "<script>window.__pwned = 1</script>" in row
         assert css(driver, "#processor-table button") == []  # read-only: no actions offered
-        lines = "return [...document.querySelectorAll('#lag-chart polyline')].map(p => p.getAttribute('points'))"
-        wait(driver, lambda d: [len(points.split()) >= 2 for points in d.execute_script(lines)] == [True],
-             "one line of two samples or more in the chart")
+        lines = (
+            "return [...document.querySelectorAll('#lag-chart polyline')]"
+            ".map(p => p.getAttribute('points'))"
+        )
+        wait(
+            driver,
+            lambda d: [len(points.split()) >= 2 for points in d.execute_script(lines)] == [True],
+            "one line of two samples or more in the chart",
+        )
         assert text(driver, "#legend") == "web_hostile_<b>reactor</b>"
         assert_nothing_ran(driver)
         driver.save_screenshot(str(SCREENSHOTS / f"processors-{backend}.png"))
@@ -178,10 +213,18 @@ def test_every_page_loads_links_to_the_others_updates_live_and_shows_hostile_dat
         wait(driver, lambda d: css(d, "#types tr td a"), "the statistics page")
         link = [a for a in css(driver, "#types tr td a") if a.text == "webtest.note"][0]
         link.click()
-        wait(driver, lambda d: "type=webtest.note" in d.current_url and css(d, "#event-rows tr"), "a type's events")
+        wait(
+            driver,
+            lambda d: "type=webtest.note" in d.current_url and css(d, "#event-rows tr"),
+            "a type's events",
+        )
         assert {r.text.split()[3] for r in css(driver, "#event-rows tr")} == {"webtest.note"}
         click(driver, "#nav-events")
-        wait(driver, lambda d: d.current_url == server.url and css(d, "#event-rows tr"), "the events again")
+        wait(
+            driver,
+            lambda d: d.current_url == server.url and css(d, "#event-rows tr"),
+            "the events again",
+        )
         assert_nothing_ran(driver)
         assert_no_policy_violation(driver)
     for name in (f"events-{backend}.png", f"processors-{backend}.png"):
@@ -197,7 +240,11 @@ def test_an_allowed_action_is_done_through_the_pages_button_once_confirmed(targe
         return {s.name: s.position for s in es.processor_statuses(store)}[name]
 
     with serving(url, allow_actions=True) as server:
-        visit(driver, server.url.rstrip("/") + "/processors", '#processor-table button[data-action="skip"]')
+        visit(
+            driver,
+            server.url.rstrip("/") + "/processors",
+            '#processor-table button[data-action="skip"]',
+        )
         click(driver, '#processor-table button[data-action="skip"]')
         wait(driver, lambda d: css(d, "#confirm-question"), "the question")
         assert "Skip event 2" in text(driver, "#confirm-question")
@@ -209,12 +256,20 @@ def test_an_allowed_action_is_done_through_the_pages_button_once_confirmed(targe
         click(driver, "#confirm-yes")
         wait(driver, lambda d: "skipped event 2" in text(d, "#action-result"), "the answer")
         assert position() == 2
-        wait(driver, lambda d: not css(d, '#processor-table button[data-action="skip"]'), "no more to skip")
+        wait(
+            driver,
+            lambda d: not css(d, '#processor-table button[data-action="skip"]'),
+            "no more to skip",
+        )
         click(driver, '#processor-table button[data-action="reset"]')
         wait(driver, lambda d: css(d, "#confirm-yes"), "the question")
         assert "Reset processor web_hostile_<b>reactor</b>" in text(driver, "#confirm-question")
         click(driver, "#confirm-yes")
-        wait(driver, lambda d: "reset web_hostile_<b>reactor</b>" in text(d, "#action-result"), "the answer")
+        wait(
+            driver,
+            lambda d: "reset web_hostile_<b>reactor</b>" in text(d, "#action-result"),
+            "the answer",
+        )
         assert position() == 0
         assert_nothing_ran(driver)
         assert_no_policy_violation(driver)

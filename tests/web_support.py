@@ -1,9 +1,9 @@
-"""Helpers for the event browser's tests (not a test module): a server in a thread, headless Chromium
-from the Debian packages driven by selenium, and hostile data.
+"""Helpers for the event browser's tests (not a test module): a server in a thread, headless
+Chromium from the Debian packages driven by selenium, and hostile data.
 
 The browser tests skip only when Chromium, its driver or selenium is missing, and fail instead when
-``CI=true``. Selenium is pointed at /usr/bin/chromium and /usr/bin/chromedriver: it never downloads a
-browser or a driver (selenium-manager is not asked for anything).
+``CI=true``. Selenium is pointed at /usr/bin/chromium and /usr/bin/chromedriver: it never downloads
+a browser or a driver (selenium-manager is not asked for anything).
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ from tests.pg_support import IN_CI
 CHROMIUM = os.environ.get("EVENTSOURCERY_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("EVENTSOURCERY_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 #: Where the browser tests save their screenshots of the events and processors pages.
-SCREENSHOTS = pathlib.Path(os.environ.get("EVENTSOURCERY_SCREENSHOTS", "/tmp/eventsourcery-screenshots"))
+SCREENSHOTS = pathlib.Path(
+    os.environ.get("EVENTSOURCERY_SCREENSHOTS", "/tmp/eventsourcery-screenshots")
+)
 
 #: A string that would run script or make markup if it were ever put into the page as HTML: tags,
 #: quotes, an event handler, a terminal escape, a right-to-left override and a newline.
-HOSTILE = ("<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"
-           "\"'`&amp;\x1b[31m\u202e\n</td></tr>")
+HOSTILE = (
+    '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+    "\"'`&amp;\x1b[31m\u202e\n</td></tr>"
+)
 
 
 class HostileEvent(es.Event, type="web<script>window.__pwned = 3</script>\"'"):
@@ -57,7 +61,9 @@ class HostileFailure(es.Reactor):
 def seed_hostile(store: es.EventStore) -> list[es.Event]:
     """Events whose aggregate id, type name, body strings and metadata values are hostile, and a
     processor failing with a hostile error message."""
-    stored = store.sink(HostileEvent(aggregate_id=HOSTILE, text=HOSTILE, metadata={"who": HOSTILE, HOSTILE: 1}))
+    stored = store.sink(
+        HostileEvent(aggregate_id=HOSTILE, text=HOSTILE, metadata={"who": HOSTILE, HOSTILE: 1})
+    )
     stored += store.sink(Note(aggregate_id="plain", n=1))
     reactor = HostileFailure(store)
     with contextlib.suppress(es.EventProcessingError):
@@ -67,10 +73,12 @@ def seed_hostile(store: es.EventStore) -> list[es.Event]:
 
 @contextlib.contextmanager
 def running_server(store: es.EventStore, **options: object) -> Iterator[web.BrowserServer]:
-    """The event browser over ``store`` on a free port of 127.0.0.1, served by a thread, until the block
-    ends (then shut down, within a bounded wait)."""
+    """The event browser over ``store`` on a free port of 127.0.0.1, served by a thread, until the
+    block ends (then shut down, within a bounded wait)."""
     server = web.make_server(store, port=0, **options)  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield server
@@ -84,8 +92,11 @@ def running_server(store: es.EventStore, **options: object) -> Iterator[web.Brow
 def browser_missing() -> str | None:
     """Why the browser tests cannot run here, or None."""
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        return f"headless Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}: apt-get install chromium " \
-               "chromium-driver)"
+        return (
+            f"headless Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}: "
+            "apt-get install chromium "
+            "chromium-driver)"
+        )
     try:
         import selenium  # noqa: F401
     except ImportError as exc:
@@ -94,8 +105,8 @@ def browser_missing() -> str | None:
 
 
 def chromium():  # -> selenium.webdriver.Chrome
-    """A new headless Chromium session (the caller quits it); skips, or fails when CI=true, when it is
-    not installed."""
+    """A new headless Chromium session (the caller quits it); skips, or fails when CI=true, when
+    it is not installed."""
     why = browser_missing()
     if why is not None:
         if IN_CI:
@@ -106,9 +117,18 @@ def chromium():  # -> selenium.webdriver.Chrome
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1280,900", "--no-first-run", "--disable-extensions",
-                     "--disable-background-networking", "--disable-sync", "--disable-default-apps"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-sync",
+        "--disable-default-apps",
+    ):
         options.add_argument(argument)
     service = Service(executable_path=CHROMEDRIVER)  # a driver given: selenium-manager is not used
     driver = webdriver.Chrome(service=service, options=options)
@@ -119,8 +139,8 @@ def chromium():  # -> selenium.webdriver.Chrome
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def target(request, tmp_path):
-    """A store's URL (an SQLite path, or a postgresql:// URL naming a schema of its own), and a writable
-    store open on it to fill; the browser opens it again, as ``serve`` does."""
+    """A store's URL (an SQLite path, or a postgresql:// URL naming a schema of its own), and a
+    writable store open on it to fill; the browser opens it again, as ``serve`` does."""
     if request.param == "sqlite":
         path = tmp_path / "events.db"
         store = es.SQLiteEventStore(path)
@@ -141,8 +161,12 @@ def serving(url: str, **options):
     """The browser as ``serve`` runs it: the store opened as the read commands open it."""
     store = es._cli_open_store(url, read_only=True)
     try:
-        with running_server(store, target=url, open_for_actions=lambda: es._cli_open_store(url, read_only=False),
-                            **options) as server:
+        with running_server(
+            store,
+            target=url,
+            open_for_actions=lambda: es._cli_open_store(url, read_only=False),
+            **options,
+        ) as server:
             yield server
     finally:
         store.close()
