@@ -565,11 +565,15 @@ th.num {
   text-align: right;
   font-variant-numeric: tabular-nums;
 }
+td.when {
+  white-space: nowrap;
+}
 td.body {
   font-family: ui-monospace, monospace;
   font-size: 12px;
   color: var(--muted);
-  max-width: 40em;
+  width: 100%;
+  max-width: 1px;
   overflow: hidden;
   text-overflow: ellipsis;
   white-space: nowrap;
@@ -837,7 +841,7 @@ _JS = r"""'use strict';
       'tr',
       { cls: fresh ? 'new event' : 'event', 'data-id': String(e.id) },
       cell(link(eventHref(e.id), String(e.id)), 'num'),
-      cell(time(e.created_at), 'mono'),
+      cell(time(e.created_at), 'mono when'),
       cell(e.type),
       cell(link(aggregateHref(e.aggregate_id), e.aggregate_id)),
       cell(String(e.version), 'num'),

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "py.typed",
-           "eventsourcery.py", "eventsourcery_pg.py")
+           "eventsourcery.py", "eventsourcery_pg.py", "eventsourcery_web.py")
 
 
 def _setuptools_version() -> tuple[int, ...]:
@@ -62,7 +62,8 @@ def _metadata(wheel: zipfile.ZipFile):
 def test_wheel_ships_the_modules_and_the_typed_marker(wheel):
     names = set(wheel.namelist())
     # top level, next to the modules (site-packages), not under a data-files scheme
-    assert {"eventsourcery.py", "eventsourcery_pg.py", "py.typed"} <= names, sorted(names)
+    modules = {"eventsourcery.py", "eventsourcery_pg.py", "eventsourcery_web.py"}
+    assert modules | {"py.typed"} <= names, sorted(names)
     assert not any(n.startswith(("tests/", "examples/", "bench/")) or n == "setup.py" for n in names), sorted(names)
     assert not any(".data/" in n for n in names), sorted(names)
     assert wheel.read("py.typed") == (ROOT / "py.typed").read_bytes()
