@@ -387,13 +387,28 @@ class _Finder:
         return sorted(found, key=lambda e: e.id or 0)[:n]
 
     def _back(self, top: int, name: str | None, n: int) -> list[es.Event]:
-        width = n
+        found: list[es.Event] = []  # the matching events of [first, top), in id order
+        width, end = n, top
         while True:
             first = max(top - width, 1)
-            window = list(self.store.each_by_range(first, top - 1, name)) if top > first else []
-            if len(window) >= n or first == 1:
-                return window[-n:]
-            width *= 4
+            found = self._between(first, end, name, n) + found  # each id is read once
+            if len(found) >= n or first == 1:
+                return found[-n:]
+            end, width = first, width * 4
+
+    def _between(self, first: int, end: int, name: str | None, n: int) -> list[es.Event]:
+        """The events (of type ``name``) with ``first <= id < end``: a read by type may run past
+        ``end`` by one read's ``limit``, which is kept small for that."""
+        found: list[es.Event] = []
+        position = first
+        while position < end:
+            limit = min(end - position, 1000 if name is None else max(2 * n, 100))
+            page = self.store.get_next_from(position, name, limit=limit)
+            found += [e for e in page if (e.id or 0) < end]
+            if len(page) < limit or (page[-1].id or 0) >= end - 1:
+                break
+            position = (page[-1].id or 0) + 1
+        return found
 
     def _matches(self, event: es.Event) -> bool:
         return self.types is None or event.type in self.types
