@@ -4,6 +4,7 @@ library fix a threaded server needs (statuses read from several threads leave no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -20,7 +21,7 @@ import eventsourcery_web as web
 from tests import processing_support as ps
 from tests._util import WAIT, everything_in
 from tests.processing_support import Ping
-from tests.web_support import Note, running_server, seed_hostile, serving
+from tests.web_support import HOSTILE, Note, running_server, seed_hostile, serving
 from tests.web_support import target as target  # the fixture
 
 
@@ -439,3 +440,111 @@ def test_serve_without_eventsourcery_web_says_which_file_is_missing(tmp_path) ->
         and "not found beside eventsourcery.py" in result.stderr
     )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# --- partitions and parked events: shown and acted on where the library has them -------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledStatus(es.ProcessorStatus):
+    """A status as the scale-out work gives it: with partitions and a parked count."""
+
+    partitions: tuple = ()
+    parked: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Parked:
+    event_id: int
+    aggregate_id: str
+    error: str
+    attempts: int
+    parked_at: str
+    behind: int | None
+
+
+def with_parking(monkeypatch, calls: list) -> None:
+    """Make this eventsourcery look like one that partitions processors and parks events."""
+    status = ScaledStatus(
+        "scaled",
+        5,
+        2,
+        True,
+        "running",
+        owner="1@h",
+        parked=1,
+        partitions=(
+            {"partition": 0, "position": 5, "lag": 2, "owner": "1@h", "state": "running"},
+            {"partition": 1, "position": 7, "lag": 0, "owner": "2@h", "state": "running"},
+        ),
+    )
+    monkeypatch.setattr(es, "processor_statuses", lambda store, tracker=None: [status])
+    parked = [Parked(3, HOSTILE, f"failing: {HOSTILE}", 4, "2026-12-06T10:00:00+00:00", None)]
+    monkeypatch.setattr(es, "parked_events", lambda store, name: parked, raising=False)
+    monkeypatch.setattr(
+        es,
+        "retry_parked",
+        lambda store, name, event_id=None: calls.append(("retry", name, event_id)),
+        raising=False,
+    )
+    monkeypatch.setattr(
+        es,
+        "drop_parked",
+        lambda store, name, event_id: calls.append(("drop", name, event_id)),
+        raising=False,
+    )
+
+
+def test_partitions_and_parked_events_are_given_and_acted_on_where_the_library_has_them(
+    tmp_path, monkeypatch
+) -> None:
+    path = str(tmp_path / "events.db")
+    with es.SQLiteEventStore(path) as store:
+        fill(store, 3)
+    with serving(path, allow_actions=True) as server:  # this eventsourcery: no parking yet
+        assert get(server, "/api/processors")[2]["actions"] == ["reset", "skip"]
+        assert get(server, "/api/processors/scaled/parked")[0] == 404
+        assert (
+            post(
+                server,
+                "/api/processors/scaled/drop-parked",
+                {"event_id": 3},
+                token=server.browser.token,
+            )[0]
+            == 404
+        )
+    calls: list = []
+    with_parking(monkeypatch, calls)
+    with serving(path, allow_actions=True) as server:
+        token = server.browser.token
+        answer = get(server, "/api/processors")[2]
+        assert answer["actions"] == ["reset", "skip", "retry-parked", "drop-parked"]
+        [status] = answer["processors"]
+        assert status["parked"] == 1 and [p["owner"] for p in status["partitions"]] == [
+            "1@h",
+            "2@h",
+        ]
+        parked = get(server, "/api/processors/scaled/parked")[2]["parked"]
+        assert parked == [
+            {
+                "event_id": 3,
+                "aggregate_id": HOSTILE,
+                "error": f"failing: {HOSTILE}",
+                "attempts": 4,
+                "parked_at": "2026-12-06T10:00:00+00:00",
+                "behind": None,
+            }
+        ]
+        assert post(server, "/api/processors/scaled/drop-parked", {"event_id": 3})[0] == 403
+        assert post(server, "/api/processors/scaled/drop-parked", {}, token=token)[0] == 400
+        assert calls == []
+        assert post(server, "/api/processors/scaled/retry-parked", {}, token=token)[0] == 200
+        assert (
+            post(server, "/api/processors/scaled/retry-parked", {"event_id": 3}, token=token)[0]
+            == 200
+        )
+        assert (
+            post(server, "/api/processors/scaled/drop-parked", {"event_id": 3}, token=token)[0]
+            == 200
+        )
+        assert calls == [("retry", "scaled", None), ("retry", "scaled", 3), ("drop", "scaled", 3)]

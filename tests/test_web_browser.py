@@ -273,3 +273,30 @@ def test_an_allowed_action_is_done_through_the_pages_button_once_confirmed(targe
         assert position() == 0
         assert_nothing_ran(driver)
         assert_no_policy_violation(driver)
+
+
+def test_partitions_and_parked_events_show_and_a_parked_one_is_dropped_from_the_page(
+    tmp_path, driver, monkeypatch
+) -> None:
+    from tests.test_web_api import with_parking
+
+    path = str(tmp_path / "events.db")
+    with es.SQLiteEventStore(path) as store:
+        seed_hostile(store)
+    calls: list = []
+    with_parking(monkeypatch, calls)
+    with serving(path, allow_actions=True) as server:
+        visit(driver, server.url.rstrip("/") + "/processors", "table.partitions tr td")
+        partitions = text(driver, "table.partitions")
+        assert "1@h" in partitions and "2@h" in partitions
+        wait(driver, lambda d: css(d, "table.parked tr td"), "the parked events")
+        assert "<script>window.__pwned = 1</script>" in text(driver, "table.parked")
+        click(driver, 'table.parked button[data-action="drop-parked"]')
+        wait(driver, lambda d: css(d, "#confirm-question"), "the question")
+        assert "Drop parked event 3 of scaled" in text(driver, "#confirm-question")
+        assert calls == []
+        click(driver, "#confirm-yes")
+        wait(driver, lambda d: "dropped parked event 3" in text(d, "#action-result"), "the answer")
+        assert calls == [("drop", "scaled", 3)]
+        assert_nothing_ran(driver)
+        assert_no_policy_violation(driver)
