@@ -130,7 +130,7 @@ def chromium():  # -> selenium.webdriver.Chrome
         "--disable-default-apps",
     ):
         options.add_argument(argument)
-    os.environ.setdefault("SE_OFFLINE", "true")  # and were it asked, selenium-manager downloads nothing
+    os.environ.setdefault("SE_OFFLINE", "true")  # were selenium-manager asked: no download
     service = Service(executable_path=CHROMEDRIVER)  # a driver given: selenium-manager is not used
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(WAIT)
