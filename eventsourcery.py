@@ -5227,7 +5227,8 @@ def _cli_serve(store: EventStore, args: argparse.Namespace) -> int:
         here = os.path.dirname(os.path.abspath(__file__))
         raise _CLIError(f"the event browser needs eventsourcery_web.py, which is not found beside "
                         f"eventsourcery.py (in {here}) nor anywhere on sys.path: copy it there "
-                        "as you copied eventsourcery.py, or pip install eventsourcery") from exc
+                        "as you copied eventsourcery.py (pip install of the repository installs "
+                        "both)") from exc
     return eventsourcery_web.serve_command(store, args)
 
 
