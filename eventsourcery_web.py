@@ -770,9 +770,11 @@ _JS = r"""'use strict';
   ];
 
   // A stored string as text, with control and direction characters made visible (\xNN, \uNNNN).
-  function shown(value) {
+  // (keepLines: a block's own line breaks stay.)
+  function shown(value, keepLines) {
     const text = value === null || value === undefined ? '' : String(value);
     return text.replace(CONTROL, function (c) {
+      if (keepLines && c === '\n') return c;
       const code = c.charCodeAt(0);
       return code < 0x100
         ? '\\x' + code.toString(16).padStart(2, '0')
@@ -795,6 +797,12 @@ _JS = r"""'use strict';
       node.append(typeof child === 'string' ? document.createTextNode(shown(child)) : child);
     }
     return node;
+  }
+  // A value as indented JSON (which escapes the line breaks inside its strings).
+  function block(id, value) {
+    const pre = el('pre', { id: id });
+    pre.textContent = shown(JSON.stringify(value, null, 2), true);
+    return pre;
   }
   function link(href, text, cls) {
     return el('a', { href: href, text: text, cls: cls || '' });
@@ -1021,11 +1029,11 @@ _JS = r"""'use strict';
     );
     main.append(
       el('h2', { text: 'Body' }),
-      el('pre', { id: 'event-body', text: JSON.stringify(e.body, null, 2) })
+      block('event-body', e.body)
     );
     main.append(
       el('h2', { text: 'Metadata' }),
-      el('pre', { id: 'event-metadata', text: JSON.stringify(e.metadata, null, 2) })
+      block('event-metadata', e.metadata)
     );
     const where = 'among events ' + data.searched.from + '–' + data.searched.to;
     main.append(related('Caused by', data.caused_by, 'caused-by', 'No cause ' + where + '.'));

@@ -164,6 +164,7 @@ def test_every_page_loads_links_to_the_others_updates_live_and_shows_hostile_dat
         assert driver.current_url.endswith("/events/1")
         body = text(driver, "#event-body")
         assert "<script>window.__pwned = 1</script>" in body
+        assert body.count("\n") == 2 and "\u202e" not in body and "\\u202e" in body  # indented JSON
         assert "<script>" in text(driver, "#event-metadata")
         assert [
             a.text
