@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import select
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+
+import pytest
 
 import eventsourcery as es
 import eventsourcery_web as web
@@ -395,29 +398,56 @@ def test_the_page_escapes_the_stores_name(tmp_path) -> None:
     assert "<script>x" not in page and "&lt;script&gt;x&lt;/script&gt;&quot;" in page
 
 
-def test_serve_listens_on_127_0_0_1_answers_and_stops_on_ctrl_c(tmp_path) -> None:
+@pytest.mark.parametrize("actions", [False, True], ids=["read-only", "allow-actions"])
+def test_serve_listens_on_127_0_0_1_answers_and_stops_on_ctrl_c(tmp_path, actions) -> None:
     db = tmp_path / "events.db"
     with es.SQLiteEventStore(db) as store:
         fill(store, 3)
+        seed_hostile(store)  # a processor failing at event 2 (the first Note)
+    before, files = file_state(db), sorted(os.listdir(tmp_path))
     process = subprocess.Popen(
-        [sys.executable, "-m", "eventsourcery", str(db), "serve", "--port", "0"],
+        [sys.executable, "-m", "eventsourcery", str(db), "serve", "--port", "0"]
+        + (["--allow-actions"] if actions else []),
         cwd=ROOT,
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        line = process.stderr.readline()  # bounded: the process is killed below if it hangs
-        assert "http://127.0.0.1:" in line and "read-only" in line, line
+        ready, _, _ = select.select([process.stderr], [], [], WAIT)  # a bounded wait for its line
+        assert ready, "serve printed nothing"
+        line = process.stderr.readline()
+        assert "http://127.0.0.1:" in line and ("with actions" if actions else "read-only") in line
         url = line.split(" on ", 1)[1].split(" ", 1)[0]
         with urllib.request.urlopen(url + "api/stats", timeout=WAIT) as answer:
-            assert json.loads(answer.read())["events"] == 3
+            assert json.loads(answer.read())["events"] == 5
+        name = urllib.parse.quote("web_hostile_<b>reactor</b>", safe="")
+        request = urllib.request.Request(
+            f"{url}api/processors/{name}/skip", method="POST", data=b'{"event_id": 2}'
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=WAIT)
+        assert refused.value.code == 403
+        if actions:  # with the token the page carries, the skip is done on the store
+            with urllib.request.urlopen(url, timeout=WAIT) as answer:
+                page = answer.read().decode()
+            token = page.split('data-token="', 1)[1].split('"', 1)[0]
+            request.add_header("X-Eventsourcery-Token", token)
+            with urllib.request.urlopen(request, timeout=WAIT) as answer:
+                assert json.loads(answer.read())["processor"]["position"] == 2
         process.send_signal(signal.SIGINT)
         assert process.wait(WAIT) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(WAIT)
+    if not actions:
+        assert file_state(db) == before and sorted(os.listdir(tmp_path)) == files
+    with es.SQLiteEventStore(db) as store:
+        position = {s.name: s.position for s in es.processor_statuses(store)}[
+            "web_hostile_<b>reactor</b>"
+        ]
+    assert position == (2 if actions else 1)
 
 
 def test_serve_without_eventsourcery_web_says_which_file_is_missing(tmp_path) -> None:
