@@ -2627,7 +2627,7 @@ class SQLiteDatabase(Database):
         self._prepare = prepare
         self.read_only = False
         self._open_read_only = read_only
-        self._made_companions = False  # a read-only connection made the -wal and -shm files of a WAL file
+        self._read_only_conns: dict[int, str] = {}  # id -> key, of those in _read_only_openings
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
         # reader connections need a file of our own opening (not :memory:, a file: URI or a given connection)
         self._can_have_readers = self._given is None and self.path != ":memory:" and not self.path.startswith("file:")
@@ -2748,15 +2748,20 @@ class SQLiteDatabase(Database):
                     raise self.error(exc, "open it") from exc
         if conn is None:
             # A file we may not write (a read-only file, directory or filesystem): read it, refuse writes.
-            self._made_companions = self._open_read_only and not any(
-                os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
             uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
             if os.statvfs(path).f_flag & os.ST_RDONLY:
                 uri += "&immutable=1"  # nobody can write it, and its -shm file cannot be created
+            key = _begin_read_only_opening(path) if self._open_read_only else None
             try:
                 conn = self._connect(uri, read_only=True)
-            except sqlite3.Error as exc:
-                raise self.error(exc, "open it, even read-only") from exc
+            except BaseException as exc:
+                if key is not None:
+                    self._end_read_only_opening(key)
+                if isinstance(exc, sqlite3.Error):
+                    raise self.error(exc, "open it, even read-only") from exc
+                raise
+            if key is not None:
+                self._read_only_conns[id(conn)] = key
         self._file_id = self._stat_file() if on_disk else None  # the file the connection opened (or made)
         return conn
 
@@ -2862,15 +2867,28 @@ class SQLiteDatabase(Database):
     def _close_connection(self, conn: Any) -> None:
         if conn is not self._given:
             conn.close()
-            if self._made_companions:
-                self._remove_companions()
+            key = self._read_only_conns.pop(id(conn), None)
+            if key is not None:
+                self._end_read_only_opening(key)
+
+    def _end_read_only_opening(self, key: str) -> None:
+        """Count one read-only connection to the file ``key`` closed; the process's last one
+        removes the -wal and -shm files that the first one made (whichever thread or database
+        object opened it)."""
+        with _read_only_openings_lock:
+            openings = _read_only_openings[key]
+            openings[0] -= 1
+            if openings[0] == 0:
+                del _read_only_openings[key]
+                if openings[1]:  # (under the lock: no read-only connection to it opens meanwhile)
+                    self._remove_companions()
 
     def _remove_companions(self) -> None:
-        """Let SQLite remove the -wal and -shm files a read-only connection (opened with ``read_only=True``
-        where there were none) made and leaves behind: one connection that reads and closes removes them
-        when it is the file's last and the WAL is empty, as the last writer's close would; the database
-        file itself does not change. Left alone when another process has written meanwhile."""
-        self._made_companions = False
+        """Let SQLite remove the -wal and -shm files read-only connections (opened with
+        ``read_only=True`` where there were none) made and leave behind: one connection that reads
+        and closes removes them when it is the file's last and the WAL is empty, as the last
+        writer's close would; the database file itself does not change. Left alone when another
+        process has written meanwhile."""
         try:
             if os.path.getsize(self.path + "-wal") != 0:
                 return
@@ -2899,6 +2917,26 @@ _fork_gate = threading.Lock()  # held from the start of a fork until it is done:
 _held_for_fork: list[Any] = []  # the locks a fork holds (released after it, in parent and child)
 
 
+# The connections opened with read_only=True that this process has open on each SQLite file (by
+# real path): [how many, whether the first found no -wal or -shm file there]. Counted for the
+# process, not per database object: threads that each open a file read-only at once
+# (processor_statuses() of a threaded server) must leave the companions to the last of them, which
+# removes them if theirs they were.
+_read_only_openings: dict[str, list[int]] = {}
+_read_only_openings_lock = threading.Lock()
+
+
+def _begin_read_only_opening(path: str) -> str:
+    """Count a read-only connection to ``path`` about to open; returns the key to end it with."""
+    key = os.path.realpath(path)
+    with _read_only_openings_lock:
+        openings = _read_only_openings.setdefault(key, [0, 0])
+        if openings[0] == 0:
+            openings[1] = not any(os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
+        openings[0] += 1
+    return key
+
+
 def _quiesce_sqlite_for_fork() -> None:
     deadline = time.monotonic() + 2.0
 
@@ -2912,6 +2950,7 @@ def _quiesce_sqlite_for_fork() -> None:
             hold(database._registry)  # no thread gets a new session (and so a connection) meanwhile
             for session in [database._shared, *database._sessions]:
                 hold(session.lock)
+    hold(_read_only_openings_lock)  # last: its holder (closing) may hold a session's lock
 
 
 def _release_after_fork() -> None:
@@ -5243,6 +5282,26 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _reset_processor(store: EventStore, record: TrackerRecord,
+                     tables: Sequence[str] = ()) -> None:
+    """Set the position of processor ``record.name`` (a located record) back to 0 where it is
+    kept and drop ``tables`` in the same transaction, under its lock
+    (UnableToLockProcessorError while it runs)."""
+    database = open_database(record.location) if record.location else store.database
+    try:
+        with store.lock(record.name):
+            if database is None:  # a store without an SQL database (none the command line opens)
+                store.tracker().reset(record.name)
+            else:
+                tracker = DatabaseTracker(database) if record.location else store.tracker()
+                with database.transaction() as conn:  # the tables and the position go together
+                    database.drop_tables(conn, tables)
+                    tracker.reset(record.name)
+    finally:
+        if record.location and database is not None:
+            database.close()
+
+
 def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     name = args.name
     shown = _cli_safe(name)
@@ -5277,21 +5336,10 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     if not args.yes and not _cli_confirm(question):
         sys.stderr.write(f"not reset: {shown} stays at position {position}\n")
         return 1
-    database = open_database(record.location) if record.location else store.database
     try:
-        with store.lock(name):
-            if database is None:  # a store without an SQL database (none the command line opens)
-                store.tracker().reset(name)
-            else:
-                tracker = DatabaseTracker(database) if record.location else store.tracker()
-                with database.transaction() as conn:  # the tables and the position go together
-                    database.drop_tables(conn, tables)
-                    tracker.reset(name)
+        _reset_processor(store, record, tables)
     except UnableToLockProcessorError as exc:
         raise _CLIError(f"cannot reset {name!r} while it is running; stop it first ({exc})") from exc
-    finally:
-        if record.location and database is not None:
-            database.close()
     horizon = max(position, record.horizon)
     latest = store.latest_event_id()
     sys.stdout.write(f"reset {shown}: position {position} -> 0; its next run processes every event "
@@ -5503,6 +5551,20 @@ def _cli_copy_sqlite(source: sqlite3.Connection, copy: sqlite3.Connection,
         raise _CLIError(f"the backup failed: {exc}; nothing written") from exc
 
 
+def _cli_serve(store: EventStore, args: argparse.Namespace) -> int:
+    try:
+        import eventsourcery_web
+    except ModuleNotFoundError as exc:
+        if exc.name != "eventsourcery_web":
+            raise
+        here = os.path.dirname(os.path.abspath(__file__))
+        raise _CLIError(f"the event browser needs eventsourcery_web.py, which is not found beside "
+                        f"eventsourcery.py (in {here}) nor anywhere on sys.path: copy it there "
+                        "as you copied eventsourcery.py (pip install of the repository installs "
+                        "both)") from exc
+    return eventsourcery_web.serve_command(store, args)
+
+
 _CLI_EPILOG = """\
 exit status:
   0    ok; also when nothing matches (no events, no such aggregate, no
@@ -5511,7 +5573,7 @@ exit status:
        confirmed
   2    bad usage (the usage of the command at fault, and the error); also
        backup of a Postgres store (the message names the pg_dump command)
-  130  interrupted (Ctrl-C), except follow, which stops with 0
+  130  interrupted (Ctrl-C), except follow and serve, which stop with 0
 
 examples:
   python -m eventsourcery todo.db events --type todo_added --limit 20
@@ -5520,9 +5582,11 @@ examples:
   python -m eventsourcery postgresql://localhost/todo processors
   python -m eventsourcery todo.db skip outstanding_todos 42
   python -m eventsourcery todo.db backup todo-backup.db
+  python -m eventsourcery todo.db serve        # the event browser: http://127.0.0.1:8100/
 
-Only reset, skip and erase write; every other command only reads (an SQLite
-file is opened read-only) and never creates a store (backup writes FILE only).
+Only reset, skip and erase write (and serve's actions, with --allow-actions);
+every other command only reads (an SQLite file is opened read-only) and never
+creates a store (backup writes FILE only).
 """
 
 _CLI_RESET_HELP = """\
@@ -5666,6 +5730,22 @@ def _cli_parser() -> argparse.ArgumentParser:
                                             "first and last events were stored and, for SQLite, the file size.")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.set_defaults(run=_cli_stats)
+
+    serve = commands.add_parser(
+        "serve", help="serve the event browser: a web page over this store (read-only unless told)",
+        description="Serve the event browser (eventsourcery_web.py, beside eventsourcery.py): "
+                    "events with filters, paging and live updates, one event and its causes, an "
+                    "aggregate's history, the processors with a lag chart, statistics, and a JSON "
+                    "API under /api/. It only reads (an SQLite file is opened read-only) unless "
+                    "--allow-actions is given. Ctrl-C stops it.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="the address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8100,
+                       help="the port (default: 8100; 0 picks a free one)")
+    serve.add_argument("--allow-actions", action="store_true",
+                       help="offer reset, skip, retry-parked and drop-parked on the page (each "
+                            "asks first and is a POST carrying a token made at start)")
+    serve.set_defaults(run=_cli_serve)
     return parser
 
 

@@ -28,7 +28,7 @@ from bench import common as C  # noqa: E402
 
 UNITS = {"a": "commands", "b": "events", "c": "events", "d": "events", "e": "events",
          "f": "events", "g": "events", "h": "events", "i": "commands", "j": "reads",
-         "k": "commands", "l": "requests"}
+         "k": "commands", "l": "requests", "web": "events"}
 TITLES = {
     "a": "commands: load + 1 event + save",
     "b": "batch append to 1 aggregate",
@@ -42,6 +42,7 @@ TITLES = {
     "j": "read latency (load a 10-event aggregate) while another thread (j) or process (j.proc) writes",
     "k": "N processes, one store: commands (load + 1 event + save), a store object per process",
     "l": "the todo app over HTTP under wrk: GET /todos/outstanding (200 todos), POST adds; N connections",
+    "web": "event browser: a page of 50 events of a 1,000,000-event store, by HTTP (web_pages.py)",
 }
 
 
@@ -641,6 +642,20 @@ class Harness:
                      variant=f"{r['kind']}{r['connections']:02d}", p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
                      non_2xx=r["non_2xx"], socket_errors=r["socket_errors"], **extra)
 
+    def w_web(self, backend):
+        """The event browser's pages over a 1,000,000-event SQLite store (bench/web_pages.py)."""
+        from bench import web_pages
+
+        if backend != "sqlite":
+            self.skip("web", backend, "eventsourcery", "the 1,000,000-event store is SQLite only")
+            return
+        t = next(t for t in self.targets[backend] if t.name == "eventsourcery")
+        path = self.copy_of(self.template(t, web_pages.EVENTS), t)
+        for row in web_pages.run(path, runs=self.sizes.runs, log=self.log):
+            self.add("web", backend, "eventsourcery", row["events"], row["runs_s"],
+                     variant=row["variant"], **row["extra"])
+        t.drop_store(path)
+
     # ------------------------------------------------------------------ ratios, table
     def ratios(self):
         for row in self.results:
@@ -905,7 +920,8 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="small sizes, fewer runs: < 60 s in total")
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
     p.add_argument("--only", default=None,
-                   help="workloads, e.g. a,b,d (default: all; with --quick all but l, the todo app under wrk)")
+                   help="workloads, e.g. a,b,d (default: all; with --quick all but l, the todo app "
+                        "under wrk, and web, the event browser over 1,000,000 events)")
     p.add_argument("--backend", default="sqlite,postgres", help="sqlite,postgres (default: both)")
     p.add_argument("--runs", type=int, default=None, help="runs per measurement (default 5; --quick 2)")
     p.add_argument("--no-peer", action="store_true",
@@ -917,7 +933,7 @@ def parse(argv):
                    help="instead of the benchmark: cProfile eventsourcery's a-d once, print hot spots")
     a = p.parse_args(argv)
     if a.only is None:
-        a.only = ",".join(w for w in C.WORKLOADS if not (a.quick and w == "l"))
+        a.only = ",".join(w for w in C.WORKLOADS if not (a.quick and w in ("l", "web")))
     a.only = [w.strip() for w in a.only.split(",") if w.strip()]
     bad = [w for w in a.only if w not in C.WORKLOADS]
     if bad:
