@@ -74,36 +74,50 @@ if __name__ == "__main__":
 
 __version__ = "0.1.0"
 
+#: What an application uses: events, aggregates, stores, processors, the runner, testing helpers,
+#: configuration and errors.
 __all__ = [
     # events and aggregates
-    "Event", "event_class", "new_uuid", "AggregateErased", "ERASED_TYPE", "Aggregate", "Repository", "on",
-    # stores: the contract, the memory and SQLite stores, opening by URL
-    "EventStore", "Tracker", "TrackerRecord", "StopSignal", "EventTypes", "MemoryEventStore", "MemoryTracker",
-    "SQLiteEventStore", "SQLiteTracker", "SQLITE_SCHEMA_VERSION",
-    "StoreURL", "BACKENDS", "parse_store_url", "open_store", "open_database",
-    # the backend interface
-    "EventRow", "EVENT_COLUMNS", "Snapshot", "SNAPSHOT_COLUMNS",
-    "encode_events", "stored_copies", "decode_rows", "type_names", "Stopper", "GroupCommit",
-    "MAX_POSITION", "MAX_BODY_DEPTH", "check_position", "check_limit", "check_text", "check_aggregate_id",
-    "version_range", "batch_size",
-    "Database", "SQLiteDatabase", "DatabaseTracker", "TRACKER_TABLE", "tracker_table_ddl",
+    "Event", "event_class", "new_uuid", "AggregateErased", "ERASED_TYPE", "Aggregate", "Repository",
+    "on",
+    # stores, and the trackers that keep processor positions
+    "EventStore", "MemoryEventStore", "SQLiteEventStore", "open_store",
+    "Tracker", "TrackerRecord", "MemoryTracker", "SQLiteTracker",
     # processing and the runner
-    "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses", "skip_event",
-    "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry", "run_processor", "ESPRunner",
+    "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
+    "skip_event", "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry",
+    "run_processor", "ESPRunner",
     # testing helpers
-    "given", "AggregateScenario", "given_events", "GivenEvents", "ProcessorScenario", "assert_events",
+    "given", "AggregateScenario", "given_events", "GivenEvents", "ProcessorScenario",
+    "assert_events",
     # configuration
-    "BodySerializer", "Converter", "Config", "config", "configure", "main",
+    "BodySerializer", "Config", "config", "configure",
     # errors
     "Error", "ConcurrencyError", "DuplicateEventError", "AtomicWriteToMultipleAggregatesNotSupported",
     "UnknownEventError", "EventProcessingError", "UndeclaredEventEmissionError",
-    "MultipleCatchAllHandlersDefined", "UnableToLockProcessorError", "ProcessorFencedError", "InvalidEventError",
-    "DuplicateEventTypeError", "StoreError", "CorruptEventError", "AggregateErasedError",
+    "MultipleCatchAllHandlersDefined", "UnableToLockProcessorError", "ProcessorFencedError",
+    "InvalidEventError", "DuplicateEventTypeError", "StoreError", "CorruptEventError",
+    "AggregateErasedError",
 ]
 
-E = TypeVar("E", bound="Event")
-A = TypeVar("A", bound="Aggregate")
-S = TypeVar("S", bound="EventStore")
+#: The backend interface: what a store module (such as eventsourcery_pg) builds on. Public, and
+#: kept apart from ``__all__``: a backend needs these names of this module and no private one.
+__backend__ = [
+    # rows, their encoding and decoding, and the checks every store makes of its arguments
+    "EventRow", "EVENT_COLUMNS", "Snapshot", "SNAPSHOT_COLUMNS", "encode_events", "stored_copies",
+    "decode_rows", "type_names", "check_position", "check_limit", "check_text",
+    "check_aggregate_id", "version_range", "batch_size", "MAX_POSITION", "MAX_BODY_DEPTH",
+    "EventTypes", "StopSignal", "Stopper", "Converter",
+    # SQL databases and the store base they share
+    "Database", "SQLiteDatabase", "DatabaseTracker", "SQLEventStore", "GroupCommit",
+    "TRACKER_TABLE", "tracker_table_ddl", "SQLITE_SCHEMA_VERSION",
+    # opening stores and databases by URL
+    "StoreURL", "BACKENDS", "parse_store_url", "open_database",
+]
+
+_E = TypeVar("_E", bound="Event")
+_A = TypeVar("_A", bound="Aggregate")
+_S = TypeVar("_S", bound="EventStore")
 
 
 # ---------------------------------------------------------------------------
@@ -625,7 +639,7 @@ def _codec(cls: type) -> _FieldCodec:
     return config.body_serializer.codec(cls)
 
 
-def _with_fields(event: E, **fields: Any) -> E:
+def _with_fields(event: _E, **fields: Any) -> _E:
     """A copy of ``event`` with some envelope fields replaced (no validation, no __init__)."""
     copy = object.__new__(event.__class__)
     copy.__dict__.update(event.__dict__)
@@ -819,7 +833,7 @@ class EventStore(abc.ABC):
     def close(self) -> None:  # noqa: B027 - a store with no connections has nothing to release
         """Release connections; the store reconnects if used again."""
 
-    def __enter__(self: S) -> S:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -3413,7 +3427,7 @@ class Aggregate:
             config.on_unknown_event(event, self)
         self.version += 1
 
-    def apply_event(self, event: type[E] | E, **fields: Any) -> E:
+    def apply_event(self, event: type[_E] | _E, **fields: Any) -> _E:
         """Build (from a class and fields) or take an event, apply it to state and record it in changes."""
         if isinstance(event, type):
             instance = event(aggregate_id=self.id, **fields)
@@ -3473,7 +3487,7 @@ class Repository:
     def __init__(self, store: EventStore) -> None:
         self.store = store
 
-    def load(self, aggregate_class: type[A], aggregate_id: str | _uuid.UUID) -> A:
+    def load(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID) -> _A:
         """Replay one aggregate's events into a new instance of ``aggregate_class`` (from its latest
         snapshot on, when the class keeps snapshots and a usable one exists)."""
         if aggregate_class.snapshot_every:
@@ -3485,7 +3499,7 @@ class Repository:
             raise AggregateErasedError(f"aggregate {str(aggregate_id)!r} was erased ({events[-1].created_at})")
         return aggregate_class(aggregate_id, events)
 
-    def _load_from_snapshot(self, aggregate_class: type[A], aggregate_id: str | _uuid.UUID) -> A | None:
+    def _load_from_snapshot(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID) -> _A | None:
         """The aggregate from its snapshot and the events after it; None when there is no usable snapshot."""
         kind = _aggregate_type(aggregate_class)
         snapshot = next((s for s in self.store.snapshots(aggregate_id) if s.aggregate_type == kind), None)
@@ -3553,8 +3567,8 @@ class Repository:
             aggregate.clear_changes()
         return stored
 
-    def update(self, aggregate_class: type[A], aggregate_id: str | _uuid.UUID,
-               command: Callable[[A], object], *, attempts: int = 5,
+    def update(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID,
+               command: Callable[[_A], object], *, attempts: int = 5,
                backoff: float = 0.01) -> list[Event]:
         """Load the aggregate, run ``command(aggregate)``, save it, and start over on a conflict;
         returns what ``save`` returns (the stored events: the last one's id feeds ``wait_for``).
@@ -4798,21 +4812,21 @@ def _given_with_fields(events: Sequence[Event], aggregate_id: str | None) -> lis
     return result
 
 
-class AggregateScenario(typing.Generic[A]):
+class AggregateScenario(typing.Generic[_A]):
     """An aggregate built from given events; ``when(command)`` runs a command, ``then``/``then_raises`` check it.
 
     ``aggregate`` is the instance (inspect its state); ``error`` is what the
     command raised (None if it did not); ``result`` is what it returned.
     """
 
-    def __init__(self, aggregate_class: type[A], events: Sequence[Event], id: str) -> None:
+    def __init__(self, aggregate_class: type[_A], events: Sequence[Event], id: str) -> None:
         self.given = _given_with_fields(events, id)
-        self.aggregate: A = aggregate_class(id, self.given)
+        self.aggregate: _A = aggregate_class(id, self.given)
         self.error: Exception | None = None
         self.result: Any = None
         self._ran = False
 
-    def when(self, command: Callable[[A], Any]) -> AggregateScenario[A]:
+    def when(self, command: Callable[[_A], Any]) -> AggregateScenario[_A]:
         """Run ``command(aggregate)``, e.g. ``lambda order: order.ship("Paris")``; an error is kept for then_raises."""
         self._ran = True
         try:
@@ -4857,7 +4871,7 @@ class AggregateScenario(typing.Generic[A]):
         return error
 
 
-def given(aggregate_class: type[A], *events: Event, id: str = "test-aggregate") -> AggregateScenario[A]:
+def given(aggregate_class: type[_A], *events: Event, id: str = "test-aggregate") -> AggregateScenario[_A]:
     """Start a test: an ``aggregate_class`` with this ``id`` rebuilt from ``events`` (missing ids, aggregate ids
     and versions are filled in). ``es.given(Order, OrderPlaced(total=5)).when(lambda o: o.ship()).then(...)``.
     """
