@@ -1582,9 +1582,11 @@ class _OnSession:
 class _Pool:
     """The connections a Database lends to its threads (in one process): at most ``size`` open at once.
 
-    A thread takes one for a block (a read, a transaction, a group of sinks) and gives it back after;
-    the connections given back wait, most recently used first, for the next thread. A thread that
-    finds all ``size`` in use waits for one, up to ``timeout`` seconds, then gets a StoreError.
+    A thread takes one for a block (a read, a transaction, a group of sinks) and keeps it after, so
+    that its next block needs no hand-over, until another thread needs one: a thread that finds no
+    idle connection opens one while fewer than ``size`` are open, else takes one that another thread
+    keeps but is not using (``Database._take_unused``), else waits, up to ``timeout`` seconds, then
+    gets a StoreError. While threads wait, a thread gives its connection back at the end of its block.
     """
 
     __slots__ = ("cond", "idle", "opened", "size", "timeout", "waiting")
@@ -1594,39 +1596,52 @@ class _Pool:
         self.timeout = timeout
         self.cond = threading.Condition(threading.Lock())
         self.idle: list[Any] = []  # connections given back, the most recent last
-        self.opened = 0  # connections open: lent out or idle
+        self.opened = 0  # connections open: lent out, kept by a thread, or idle
         self.waiting = 0  # threads waiting for one
 
     def take(self, database: Database) -> Any:
-        """An idle connection, or a new one while fewer than ``size`` are open; else wait for one."""
+        """An idle connection, or a new one while fewer than ``size`` are open, or one another thread
+        keeps unused; else wait for one."""
         cond = self.cond
-        deadline = 0.0
         with cond:
-            while not self.idle and self.opened >= self.size:
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self.timeout
-                elif now >= deadline:
-                    raise StoreError(
-                        f"all {self.size} connections of {database!r} stayed in use for "
-                        f"connection_timeout={self.timeout:g} s ({self.waiting} threads waiting for one): "
-                        f"no connection for this thread (max_connections={self.size}); raise "
-                        "max_connections (within what the server allows), use fewer threads at once, or "
-                        "keep each transaction() short (a thread keeps its connection throughout)")
-                self.waiting += 1
-                try:
-                    # in slices: a thread that took a connection with no block and has ended hands it on
-                    if not cond.wait(min(deadline - now, 0.25)):
-                        cond.release()
-                        try:
-                            database._reclaim_ended()
-                        finally:
-                            cond.acquire()
-                finally:
-                    self.waiting -= 1
             if self.idle:
                 return self.idle.pop()
-            self.opened += 1
+            room = self.opened < self.size
+            if room:
+                self.opened += 1
+            else:
+                self.waiting += 1
+        if room:
+            return self._new(database)  # (opened outside the lock: threads open theirs side by side)
+        deadline = time.monotonic() + self.timeout
+        try:
+            while True:
+                conn = database._take_unused()
+                if conn is not None:
+                    return conn
+                with cond:
+                    if self.idle:
+                        return self.idle.pop()
+                    if self.opened < self.size:
+                        self.opened += 1
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise StoreError(
+                            f"all {self.size} connections of {database!r} stayed in use for "
+                            f"connection_timeout={self.timeout:g} s ({self.waiting} threads waiting for one): "
+                            f"no connection for this thread (max_connections={self.size}); raise "
+                            "max_connections (within what the server allows), use fewer threads at once, "
+                            "or keep each transaction() short (a thread keeps its connection throughout)")
+                    # in slices: a connection kept by a thread that is between blocks can be taken
+                    cond.wait(min(left, 0.05))
+        finally:
+            with cond:
+                self.waiting -= 1
+        return self._new(database)
+
+    def _new(self, database: Database) -> Any:
+        """A new connection, its place counted already (freed again if it cannot be opened)."""
         try:
             return database._create_thread_connection()
         except BaseException:
@@ -1841,6 +1856,31 @@ class Database(abc.ABC):
             else:
                 self._pool.give_back(conn)
 
+    def _take_unused(self) -> Any:
+        """A connection another thread keeps between blocks (or kept until it ended), taken from it;
+        None when every one is in use. (Called by the pool, which counts it still.)"""
+        me = threading.current_thread()
+        with self._registry:
+            sessions = list(self._sessions)
+        for session in sessions:
+            if (session.conn is None or session.holds or session.depth or session.thread is me
+                    or session.pinned and session.thread is not None and session.thread.is_alive()):
+                continue
+            if not session.lock.acquire(blocking=False):
+                continue  # its thread is entering a block: it keeps it
+            try:
+                conn = session.conn
+                if (conn is None or session.holds or session.depth
+                        or session.pinned and session.thread is not None and session.thread.is_alive()
+                        or self._connection_in_transaction(conn)):
+                    continue
+                session.conn = None
+                session.pinned = False
+            finally:
+                session.lock.release()
+            return conn
+        return None
+
     def _open(self, session: _Session) -> Any:
         """The session's connection, usable: the process's opened (again) if need be, a thread's taken
         from the pool (or one that was lost replaced); StoreError if it was lost inside a transaction.
@@ -1874,10 +1914,12 @@ class Database(abc.ABC):
         return conn
 
     def _let_go(self, session: _Session) -> None:
-        """The end of a block that held the session's connection: a thread's goes back to the pool
-        when nothing holds it any more (no block, no transaction, not taken with no block)."""
+        """The end of a block that held the session's connection: a thread keeps its connection for
+        its next block, unless other threads wait for one, then it goes back to the pool (once
+        nothing holds it: no block, no transaction, not taken with no block)."""
         session.holds -= 1
-        if session.holds or session.depth or session.pinned or session.thread is None:
+        if (not self._pool.waiting or session.holds or session.depth or session.pinned
+                or session.thread is None):
             return
         conn, session.conn = session.conn, None
         if conn is None:
