@@ -2854,15 +2854,50 @@ class SQLiteDatabase(Database):
         return conn
 
     def _connect(self, target: str, *, read_only: bool) -> sqlite3.Connection:
+        """Open and prepare a connection; an open that finds the file locked is tried again.
+
+        Processes (or connections) that open one new file at once take turns: switching it to WAL
+        needs the file to itself, and SQLite answers that BUSY at once, without waiting (busy_timeout
+        does not apply, as waiting there could deadlock). So the whole open is tried again, after a
+        growing pause (2 ms up to 100 ms, with jitter), until it succeeds or busy_timeout has passed
+        since the first try; then StoreError says so."""
+        import random
+
+        started = time.monotonic()
+        pause = 0.002
+        tries = 0
+        while True:
+            tries += 1
+            step = ["open it"]
+            try:
+                return self._connect_once(target, read_only=read_only, step=step)
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+                if code not in (5, 6) and "locked" not in str(exc):  # SQLITE_BUSY, SQLITE_LOCKED
+                    raise
+                elapsed = time.monotonic() - started
+                if elapsed + pause > self.busy_timeout:
+                    raise StoreError(
+                        f"cannot open the SQLite database {self.path!r}: other connections kept it locked "
+                        f"while it was being opened (the last try failed to {step[0]}), through {tries} "
+                        f"tries over {elapsed:.1f} s (busy_timeout={self.busy_timeout:g} s bounds the "
+                        f"tries): {exc}") from exc
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(pause * 2, 0.1)
+
+    def _connect_once(self, target: str, *, read_only: bool, step: list[str]) -> sqlite3.Connection:
         conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False,
                                uri=read_only)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if not read_only and target != ":memory:" and not target.startswith("file:"):
+                step[0] = "switch it to WAL mode (which needs the file to itself)"
                 conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            step[0] = "set it up"
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             if self._prepare:
                 conn.execute(f"PRAGMA query_only = {int(read_only)}")  # so that prepare sees it may not write
+                step[0] = "create or check its schema"
                 self._prepare(conn)
                 conn.execute("PRAGMA query_only = 0")  # (writes are refused by _began, with a clearer message)
         except BaseException:
