@@ -592,7 +592,7 @@ class PostgresEventStore(es.EventStore):
     10) for its threads' reads, writes and transactions, lent to a thread for
     each (for the whole of a ``transaction()``); a thread that finds them all
     in use waits for one up to ``connection_timeout`` seconds (default 30),
-    then gets ``es.StoreError``. Beside them, each ``subscribe`` iteration and
+    then gets ``es.StoreError``. Beside them, each running ``subscribe`` and
     each running processor's ``lock`` holds a connection of its own.
 
     A running processor holds its single-instance lock (``lock(name)``) as a

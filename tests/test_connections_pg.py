@@ -179,6 +179,42 @@ def test_threads_that_get_no_connection_in_time_get_a_store_error_and_nothing_le
         store.close()
 
 
+def test_a_thread_keeps_its_connection_for_its_whole_transaction(cluster):
+    cluster.ensure_running()
+    store = es_pg.PostgresEventStore(f"{cluster.url}?schema=bound_{next(_schemas)}", max_connections=1,
+                                     connection_timeout=0.3)
+    in_transaction = threading.Event()
+    done = threading.Event()
+    seen: list[object] = []
+
+    def other_thread() -> None:
+        assert in_transaction.wait(BOUND)
+        try:  # the one connection is the transaction's, between its statements too
+            seen.append(store.get_next_from(1))
+        except es.StoreError as exc:
+            seen.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        with store.transaction() as conn:
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            store.sink(ItemAdded(aggregate_id="a", title="inside"))
+            in_transaction.set()
+            assert done.wait(BOUND)
+            assert [e.title for e in store.get_next_from(1)] == ["inside"]  # its own uncommitted write
+            assert store.connection.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+    finally:
+        in_transaction.set()
+        thread.join(BOUND)
+    assert len(seen) == 1 and isinstance(seen[0], es.StoreError), seen
+    assert "max_connections=1" in str(seen[0])
+    assert [e.title for e in store.get_next_from(1)] == ["inside"]  # committed, and the connection lent again
+    store.close()
+
+
 # --- the `eventsourcing` peer's contention test, through our store -------------------------------------
 
 persistence = pytest.importorskip("eventsourcing.persistence")
