@@ -1698,13 +1698,16 @@ class Database(abc.ABC):
     threads off it while one uses it (a transaction holds it throughout).
     With ``connection_per_thread`` True (Postgres) each thread's
     ``transaction()`` is its own, on a connection lent to that thread from
-    the database's pool for the block (``reading()``, ``transaction()``,
+    the database's pool for each block (``reading()``, ``transaction()``,
     ``borrow()``), and ``lock`` is that thread's. The pool holds at most
-    ``max_connections`` connections (per process): a thread that finds them
-    all lent out waits for one, up to ``connection_timeout`` seconds, then
-    gets a StoreError saying so. A thread keeps its connection for its
-    whole transaction; one that takes ``connection`` outside any block
-    keeps it until the thread ends (or ``close()``). Either way
+    ``max_connections`` connections (per process). A thread keeps its
+    connection between blocks until another thread needs one: a thread that
+    finds none idle and the pool full takes one that another thread keeps
+    but is not using, else waits for one to be given back, up to
+    ``connection_timeout`` seconds, then gets a StoreError saying so. A
+    thread keeps its connection for its whole transaction; one that takes
+    ``connection`` outside any block keeps it until the thread ends (or
+    ``close()``). Either way
     ``in_transaction()`` answers for the calling thread, and ``reading()``
     gives a connection to read on that waits for no other thread where the
     backend can (one from the pool; SQLite's reader connections, which
@@ -1941,7 +1944,7 @@ class Database(abc.ABC):
         """The calling thread's connection (the process's, or its own), opened on first use (and again
         after a fork or once lost). A thread that takes its own connection here, outside any block
         (``transaction()``, ``reading()``, ``borrow()``), keeps it until the thread ends or ``close()``;
-        prefer ``with borrow() as conn``, which gives it back to the pool after the block."""
+        prefer ``with borrow() as conn``, which leaves it to other threads after the block."""
         session = self._session()
         conn = session.conn
         if conn is None or not self._connection_usable(conn) or not (
@@ -1955,8 +1958,9 @@ class Database(abc.ABC):
     def borrow(self) -> contextlib.AbstractContextManager[Any]:
         """The calling thread's connection for a ``with`` block, under its ``lock``: the connection of
         its transaction if one is open, else one lent from the pool (waiting up to
-        ``connection_timeout`` when all ``max_connections`` are in use) and given back after the block.
-        (The process's one connection where the backend has no pool: SQLite's writer.)"""
+        ``connection_timeout`` when all ``max_connections`` are in use), which other threads may have
+        once the block is over. (The process's one connection where the backend has no pool: SQLite's
+        writer.)"""
         return _OnSession(self, self._session())
 
     def ensure_open(self) -> None:
