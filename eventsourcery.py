@@ -106,8 +106,8 @@ __backend__ = [
     # rows, their encoding and decoding, and the checks every store makes of its arguments
     "EventRow", "EVENT_COLUMNS", "Snapshot", "SNAPSHOT_COLUMNS", "encode_events", "stored_copies",
     "decode_rows", "type_names", "check_position", "check_limit", "check_text",
-    "check_aggregate_id", "version_range", "batch_size", "MAX_POSITION", "MAX_BODY_DEPTH",
-    "EventTypes", "StopSignal", "Stopper", "Converter",
+    "check_aggregate_id", "version_range", "batch_size", "check_pool_arguments", "MAX_POSITION",
+    "MAX_BODY_DEPTH", "EventTypes", "StopSignal", "Stopper", "Converter",
     # SQL databases and the store base they share
     "Database", "SQLiteDatabase", "DatabaseTracker", "SQLEventStore", "GroupCommit",
     "TRACKER_TABLE", "tracker_table_ddl", "SQLITE_SCHEMA_VERSION",
@@ -1565,11 +1565,13 @@ class GroupCommit:
 class _Session:
     """One connection and the transaction open on it: the process's (shared by its threads), or one thread's."""
 
-    __slots__ = ("conn", "depth", "lock", "owner", "thread", "written")
+    __slots__ = ("conn", "depth", "holds", "lock", "owner", "pinned", "thread", "written")
 
     def __init__(self, thread: threading.Thread | None) -> None:
         self.conn: Any = None
         self.depth = 0  # transaction() blocks open on the connection (savepoints beyond the first)
+        self.holds = 0  # with blocks (reads, transactions, borrow()) using the connection now
+        self.pinned = False  # the thread took its connection with no block (``Database.connection``)
         self.written: list[str] = []  # keys noted by Database.note_written() in the open transaction
         self.lock = threading.RLock()
         self.owner = 0  # the thread (ident) inside transaction() while depth > 0; after, the last one
@@ -1587,15 +1589,123 @@ class _OnSession:
         self.session = session
 
     def __enter__(self) -> Any:
-        self.session.lock.acquire()
+        session = self.session
+        session.lock.acquire()
         try:
-            return self.database.connection
+            return self.database._hold(session)
         except BaseException:
-            self.session.lock.release()
+            session.lock.release()
             raise
 
     def __exit__(self, *exc: object) -> None:
-        self.session.lock.release()
+        session = self.session
+        try:
+            self.database._let_go(session)
+        finally:
+            session.lock.release()
+
+
+class _Pool:
+    """The connections a Database lends to its threads (in one process): at most ``size`` open at once.
+
+    A thread takes one for a block (a read, a transaction, a group of sinks) and keeps it after, so
+    that its next block needs no hand-over, until another thread needs one: a thread that finds no
+    idle connection opens one while fewer than ``size`` are open, else takes one that another thread
+    keeps but is not using (``Database._take_unused``), else waits, up to ``timeout`` seconds, then
+    gets a StoreError. While threads wait, a thread gives its connection back at the end of its block.
+    """
+
+    __slots__ = ("cond", "idle", "opened", "size", "timeout", "waiting")
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self.size = size
+        self.timeout = timeout
+        self.cond = threading.Condition(threading.Lock())
+        self.idle: list[Any] = []  # connections given back, the most recent last
+        self.opened = 0  # connections open: lent out, kept by a thread, or idle
+        self.waiting = 0  # threads waiting for one
+
+    def take(self, database: Database) -> Any:
+        """An idle connection, or a new one while fewer than ``size`` are open, or one another thread
+        keeps unused; else wait for one."""
+        cond = self.cond
+        with cond:
+            if self.idle:
+                return self.idle.pop()
+            room = self.opened < self.size
+            if room:
+                self.opened += 1
+            else:
+                self.waiting += 1
+        if room:
+            return self._new(database)  # (opened outside the lock: threads open theirs side by side)
+        deadline = time.monotonic() + self.timeout
+        try:
+            while True:
+                conn = database._take_unused()
+                if conn is not None:
+                    return conn
+                with cond:
+                    if self.idle:
+                        return self.idle.pop()
+                    if self.opened < self.size:
+                        self.opened += 1
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise StoreError(
+                            f"all {self.size} connections of {database!r} stayed in use for "
+                            f"connection_timeout={self.timeout:g} s ({self.waiting} threads waiting for one): "
+                            f"no connection for this thread (max_connections={self.size}); raise "
+                            "max_connections (within what the server allows), use fewer threads at once, "
+                            "or keep each transaction() short (a thread keeps its connection throughout)")
+                    # in slices: a connection kept by a thread that is between blocks can be taken
+                    cond.wait(min(left, 0.05))
+        finally:
+            with cond:
+                self.waiting -= 1
+        return self._new(database)
+
+    def _new(self, database: Database) -> Any:
+        """A new connection, its place counted already (freed again if it cannot be opened)."""
+        try:
+            return database._create_thread_connection()
+        except BaseException:
+            self.forget()
+            raise
+
+    def give_back(self, conn: Any) -> None:
+        with self.cond:
+            self.idle.append(conn)
+            self.cond.notify()
+
+    def forget(self) -> None:
+        """One connection was closed (or could not be opened): its place is free."""
+        with self.cond:
+            self.opened -= 1
+            self.cond.notify()
+
+    def drain(self) -> list[Any]:
+        """Take every idle connection out (to be closed by the caller; their places are free)."""
+        with self.cond:
+            idle, self.idle = self.idle, []
+            self.opened -= len(idle)
+            self.cond.notify_all()
+        return idle
+
+
+def check_pool_arguments(max_connections: object, connection_timeout: object) -> None:
+    """Raise TypeError or ValueError unless ``max_connections`` is an int of at least 1 and
+    ``connection_timeout`` a finite number of seconds, 0 or more."""
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise TypeError(f"max_connections must be an int (at least 1), not {max_connections!r}")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
+    if isinstance(connection_timeout, bool) or not isinstance(connection_timeout, (int, float)):
+        raise TypeError(f"connection_timeout must be a number of seconds, not {connection_timeout!r}")
+    if not 0 <= connection_timeout < float("inf"):
+        raise ValueError("connection_timeout must be a number of seconds, 0 or more (not NaN nor "
+                         f"infinite), not {connection_timeout!r}")
 
 
 class Database(abc.ABC):
@@ -1612,14 +1722,22 @@ class Database(abc.ABC):
     Threads: with ``connection_per_thread`` False (SQLite's writer) the
     process has one connection, and ``lock``, a reentrant lock, keeps other
     threads off it while one uses it (a transaction holds it throughout).
-    With ``connection_per_thread`` True (Postgres) every thread has a
-    connection of its own, ``lock`` is that thread's, and each thread's
-    ``transaction()`` is its own; the connection of a thread that has ended
-    is handed to the next new thread, so a process holds at most as many
-    connections as it has live threads that used the database. Either way
+    With ``connection_per_thread`` True (Postgres) each thread's
+    ``transaction()`` is its own, on a connection lent to that thread from
+    the database's pool for each block (``reading()``, ``transaction()``,
+    ``borrow()``), and ``lock`` is that thread's. The pool holds at most
+    ``max_connections`` connections (per process). A thread keeps its
+    connection between blocks until another thread needs one: a thread that
+    finds none idle and the pool full takes one that another thread keeps
+    but is not using, else waits for one to be given back, up to
+    ``connection_timeout`` seconds, then gets a StoreError saying so. A
+    thread keeps its connection for its whole transaction; one that takes
+    ``connection`` outside any block keeps it until the thread ends (or
+    ``close()``). Either way
     ``in_transaction()`` answers for the calling thread, and ``reading()``
     gives a connection to read on that waits for no other thread where the
-    backend can (a thread's own connection; SQLite's reader connections).
+    backend can (one from the pool; SQLite's reader connections, which
+    come from the same kind of pool, bounded the same way).
 
     A backend supplies ``_create_connection()`` (a new connection in
     autocommit mode, ready to use), ``_connection_in_transaction()``, its
@@ -1646,7 +1764,10 @@ class Database(abc.ABC):
     #: the driver's exception classes, which ``error()`` turns into es errors
     driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_connections: int = 10, connection_timeout: float = 30.0) -> None:
+        check_pool_arguments(max_connections, connection_timeout)
+        self.max_connections = max_connections
+        self.connection_timeout = float(connection_timeout)
         self._pid = 0
         self._reset()
 
@@ -1655,13 +1776,18 @@ class Database(abc.ABC):
         self._shared = _Session(None)  # the process's connection
         self._local = threading.local()  # .session: this thread's own
         self._sessions: list[_Session] = []  # every thread's, to hand ended threads' connections on
-        self._idle: list[Any] = []  # connections of ended threads, for the next new thread
-        self._registry = threading.Lock()  # guards _sessions, _idle and commits
+        self._pool = _Pool(self.max_connections, self.connection_timeout)  # what threads borrow
+        self._registry = threading.Lock()  # guards _sessions and commits
         self.commits = 0  # commits made through this object, in this process
 
     @abc.abstractmethod
     def _create_connection(self) -> Any:
         """Open and prepare a new connection in autocommit mode (DB-API ``execute`` returning a cursor)."""
+
+    def _create_thread_connection(self) -> Any:
+        """A new connection for the pool that threads borrow from (by default ``_create_connection()``;
+        SQLite's are read-only readers beside its one writer)."""
+        return self._create_connection()
 
     @abc.abstractmethod
     def _connection_in_transaction(self, conn: Any) -> bool:
@@ -1704,7 +1830,7 @@ class Database(abc.ABC):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_shared", "_local", "_sessions", "_idle", "_registry"):
+        for name in ("_shared", "_local", "_sessions", "_pool", "_registry"):
             state.pop(name, None)
         state.update(_pid=0, commits=0)
         return state
@@ -1718,7 +1844,7 @@ class Database(abc.ABC):
         if self._pid != pid:
             # The parent's sessions: never used nor closed here (another thread may have held a lock at the fork).
             Database._abandoned.extend(s.conn for s in (self._shared, *self._sessions) if s.conn is not None)
-            Database._abandoned.extend(self._idle)
+            Database._abandoned.extend(self._pool.idle)
             self._reset()
             self._pid = pid
 
@@ -1736,24 +1862,103 @@ class Database(abc.ABC):
         except AttributeError:
             pass
         session = _Session(threading.current_thread())
-        stale = []
+        self._reclaim_ended()
         with self._registry:
-            for other in [s for s in self._sessions if s.thread is not None and not s.thread.is_alive()]:
-                self._sessions.remove(other)
-                if other.conn is not None:
-                    self._idle.append(other.conn)
             self._sessions.append(session)
-            while self._idle and session.conn is None:
-                conn = self._idle.pop()
-                if self._connection_in_transaction(conn):  # left open by hand: its work is not ours to finish
-                    stale.append(conn)
-                else:
-                    session.conn = conn
-        for conn in stale:
-            with contextlib.suppress(Exception):
-                self._close_connection(conn)
         self._local.session = session
         return session
+
+    def _reclaim_ended(self) -> None:
+        """Forget the sessions of threads that have ended; their connections go back to the pool."""
+        with self._registry:
+            ended = [s for s in self._sessions if s.thread is not None and not s.thread.is_alive()]
+            for session in ended:
+                self._sessions.remove(session)
+        for session in ended:
+            conn, session.conn = session.conn, None
+            if conn is None:
+                continue
+            if self._connection_in_transaction(conn):  # left open by hand: its work is not ours to finish
+                with contextlib.suppress(Exception):
+                    self._close_connection(conn)
+                self._pool.forget()
+            else:
+                self._pool.give_back(conn)
+
+    def _take_unused(self) -> Any:
+        """A connection another thread keeps between blocks (or kept until it ended), taken from it;
+        None when every one is in use. (Called by the pool, which counts it still.)"""
+        me = threading.current_thread()
+        with self._registry:
+            sessions = list(self._sessions)
+        for session in sessions:
+            if (session.conn is None or session.holds or session.depth or session.thread is me
+                    or session.pinned and session.thread is not None and session.thread.is_alive()):
+                continue
+            if not session.lock.acquire(blocking=False):
+                continue  # its thread is entering a block: it keeps it
+            try:
+                conn = session.conn
+                if (conn is None or session.holds or session.depth
+                        or session.pinned and session.thread is not None and session.thread.is_alive()
+                        or self._connection_in_transaction(conn)):
+                    continue
+                session.conn = None
+                session.pinned = False
+            finally:
+                session.lock.release()
+            return conn
+        return None
+
+    def _open(self, session: _Session) -> Any:
+        """The session's connection, usable: the process's opened (again) if need be, a thread's taken
+        from the pool (or one that was lost replaced); StoreError if it was lost inside a transaction.
+        The caller has the session's lock."""
+        conn = session.conn
+        if conn is not None:
+            if self._connection_usable(conn):
+                return conn
+            if session.depth:  # the open transaction died with it: never carry on in another
+                raise StoreError(f"lost the connection of {self!r} inside a transaction; "
+                                 "the transaction was rolled back")
+            self._discard(session)
+        if session.thread is None:
+            conn = session.conn = self._create_connection()
+            return conn
+        while True:
+            conn = self._pool.take(self)
+            if self._connection_usable(conn):
+                session.conn = conn
+                return conn
+            with contextlib.suppress(Exception):  # an idle one that died meanwhile
+                self._close_connection(conn)
+            self._pool.forget()
+
+    def _hold(self, session: _Session) -> Any:
+        """The session's connection, held for a block until ``_let_go`` (the caller has its lock)."""
+        conn = session.conn
+        if conn is None or not self._connection_usable(conn):
+            conn = self._open(session)
+        session.holds += 1
+        return conn
+
+    def _let_go(self, session: _Session) -> None:
+        """The end of a block that held the session's connection: a thread keeps its connection for
+        its next block, unless other threads wait for one, then it goes back to the pool (once
+        nothing holds it: no block, no transaction, not taken with no block)."""
+        session.holds -= 1
+        if (not self._pool.waiting or session.holds or session.depth or session.pinned
+                or session.thread is None):
+            return
+        conn, session.conn = session.conn, None
+        if conn is None:
+            return
+        if self._connection_in_transaction(conn):  # opened by hand on it: not for another thread
+            with contextlib.suppress(Exception):
+                self._close_connection(conn)
+            self._pool.forget()
+        else:
+            self._pool.give_back(conn)
 
     @property
     def lock(self) -> threading.RLock:
@@ -1763,23 +1968,31 @@ class Database(abc.ABC):
     @property
     def connection(self) -> Any:
         """The calling thread's connection (the process's, or its own), opened on first use (and again
-        after a fork or once lost)."""
+        after a fork or once lost). A thread that takes its own connection here, outside any block
+        (``transaction()``, ``reading()``, ``borrow()``), keeps it until the thread ends or ``close()``;
+        prefer ``with borrow() as conn``, which leaves it to other threads after the block."""
         session = self._session()
         conn = session.conn
-        if conn is None or not self._connection_usable(conn):
+        if conn is None or not self._connection_usable(conn) or not (
+                session.holds or session.depth or session.pinned or session.thread is None):
             with session.lock:
-                conn = session.conn
-                if conn is None or not self._connection_usable(conn):
-                    if session.depth:  # the open transaction died with it: never carry on in another
-                        raise StoreError(f"lost the connection of {self!r} inside a transaction; "
-                                         "the transaction was rolled back")
-                    self._discard(session)
-                    conn = session.conn = self._create_connection()
+                conn = self._open(session)
+                if not (session.holds or session.depth or session.thread is None):
+                    session.pinned = True
         return conn
+
+    def borrow(self) -> contextlib.AbstractContextManager[Any]:
+        """The calling thread's connection for a ``with`` block, under its ``lock``: the connection of
+        its transaction if one is open, else one lent from the pool (waiting up to
+        ``connection_timeout`` when all ``max_connections`` are in use), which other threads may have
+        once the block is over. (The process's one connection where the backend has no pool: SQLite's
+        writer.)"""
+        return _OnSession(self, self._session())
 
     def ensure_open(self) -> None:
         """Open the calling thread's connection now, so that a bad target fails here with a clear error."""
-        self.connection  # noqa: B018
+        with self.borrow():
+            pass
 
     def in_transaction(self) -> bool:
         """Whether the calling thread is inside ``transaction()`` (or another transaction open on its
@@ -1799,9 +2012,12 @@ class Database(abc.ABC):
 
     def _discard(self, session: _Session) -> None:
         conn, session.conn = session.conn, None
+        session.pinned = False
         if conn is not None:
             with contextlib.suppress(Exception):
                 self._close_connection(conn)
+            if session.thread is not None:
+                self._pool.forget()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -1811,10 +2027,7 @@ class Database(abc.ABC):
         calling thread's: other threads wait for the shared connection, or use their own."""
         errors = self.driver_errors
         session = self._session()
-        with session.lock:
-            conn = session.conn
-            if conn is None or not self._connection_usable(conn):
-                conn = self.connection  # opened (again)
+        with _OnSession(self, session) as conn:  # (a thread's connection is held until the end)
             if session.depth:
                 name = f"es_sp{session.depth + 1}"
                 try:
@@ -1933,8 +2146,7 @@ class Database(abc.ABC):
             return
         with self._registry:
             sessions = [self._shared, *self._sessions]
-            idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn in self._pool.drain():
             with contextlib.suppress(Exception):
                 self._close_connection(conn)
         me = threading.current_thread()
@@ -2027,9 +2239,8 @@ class DatabaseTracker(Tracker):
         # The columns an older table, opened read-only, lacks (read as NULL).
         self._absent: frozenset[str] = frozenset()
 
-    def _conn(self) -> Any:
+    def _conn(self) -> None:
         db = self.database
-        conn = db.connection
         if self._ready_pid != os.getpid():
             # Look first, with a read: only a missing table or column takes a write transaction, so reading
             # a position never waits behind another process's write (nor holds a lock a fork could copy).
@@ -2043,16 +2254,15 @@ class DatabaseTracker(Tracker):
                         if column in (self._missing_columns(db) or ()):
                             conn.execute(f"ALTER TABLE {self._table} ADD COLUMN {column} {kind}")
             self._ready_pid = os.getpid()
-        return conn
 
     def _missing_columns(self, db: Database) -> list[str] | None:
         """The tracker columns the table lacks; None when there is no table."""
         # Inside a caller's transaction the look is a savepoint, so a missing table spoils nothing (Postgres
         # aborts a transaction on any failed statement); outside, a plain read: no write lock is taken.
-        probe = db.transaction() if db.in_transaction() else contextlib.nullcontext(None)
+        probe = db.transaction() if db.in_transaction() else db.borrow()
         try:
-            with db.lock, probe:
-                cursor = db.connection.execute(f"SELECT * FROM {self._table} WHERE 1 = 0")
+            with probe as conn:
+                cursor = conn.execute(f"SELECT * FROM {self._table} WHERE 1 = 0")
                 have = {d[0] for d in cursor.description}
                 cursor.fetchall()
                 del cursor  # freed under the lock (see _quiesce_sqlite_for_fork)
@@ -2307,7 +2517,8 @@ class SQLEventStore(EventStore, typing.Generic[_D]):
 
     @property
     def connection(self) -> Any:
-        """The calling thread's connection to the store's database (see its Database for which)."""
+        """The calling thread's connection to the store's database (see its Database for which).
+        Outside a transaction the thread keeps it (one of ``max_connections``) until it ends."""
         return self._db.connection
 
     @property
@@ -2575,9 +2786,7 @@ class _Reader:
         session = self.session
         session.lock.acquire()  # uncontended: the thread's own
         try:
-            conn = session.conn
-            if conn is None:
-                conn = session.conn = self.database._create_reader()
+            conn = self.database._hold(session)  # a reader from the pool (waiting if all are in use)
         except BaseException:
             session.lock.release()
             raise
@@ -2585,7 +2794,12 @@ class _Reader:
         return conn
 
     def __exit__(self, *exc: object) -> None:
-        self.held.pop().lock.release()
+        session = self.held.pop()
+        try:
+            if session is self.session:
+                self.database._let_go(session)
+        finally:
+            session.lock.release()
 
 
 class SQLiteDatabase(Database):
@@ -2625,8 +2839,9 @@ class SQLiteDatabase(Database):
 
     def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection, *, synchronous: str = "FULL",
                  busy_timeout: float = 30.0, prepare: Callable[[sqlite3.Connection], None] | None = None,
-                 read_only: bool = False) -> None:
-        super().__init__()
+                 read_only: bool = False, max_connections: int = 10,
+                 connection_timeout: float = 30.0) -> None:
+        super().__init__(max_connections=max_connections, connection_timeout=connection_timeout)
         with _fork_gate:
             _sqlite_databases.add(self)
         if not isinstance(synchronous, str) or synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -2780,15 +2995,50 @@ class SQLiteDatabase(Database):
         return conn
 
     def _connect(self, target: str, *, read_only: bool) -> sqlite3.Connection:
+        """Open and prepare a connection; an open that finds the file locked is tried again.
+
+        Processes (or connections) that open one new file at once take turns: switching it to WAL
+        needs the file to itself, and SQLite answers that BUSY at once, without waiting (busy_timeout
+        does not apply, as waiting there could deadlock). So the whole open is tried again, after a
+        growing pause (2 ms up to 100 ms, with jitter), until it succeeds or busy_timeout has passed
+        since the first try; then StoreError says so."""
+        import random
+
+        started = time.monotonic()
+        pause = 0.002
+        tries = 0
+        while True:
+            tries += 1
+            step = ["open it"]
+            try:
+                return self._connect_once(target, read_only=read_only, step=step)
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+                if code not in (5, 6) and "locked" not in str(exc):  # SQLITE_BUSY, SQLITE_LOCKED
+                    raise
+                elapsed = time.monotonic() - started
+                if elapsed + pause > self.busy_timeout:
+                    raise StoreError(
+                        f"cannot open the SQLite database {self.path!r}: other connections kept it locked "
+                        f"while it was being opened (the last try failed to {step[0]}), through {tries} "
+                        f"tries over {elapsed:.1f} s (busy_timeout={self.busy_timeout:g} s bounds the "
+                        f"tries): {exc}") from exc
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(pause * 2, 0.1)
+
+    def _connect_once(self, target: str, *, read_only: bool, step: list[str]) -> sqlite3.Connection:
         conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False,
                                uri=read_only)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if not read_only and target != ":memory:" and not target.startswith("file:"):
+                step[0] = "switch it to WAL mode (which needs the file to itself)"
                 conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            step[0] = "set it up"
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             if self._prepare:
                 conn.execute(f"PRAGMA query_only = {int(read_only)}")  # so that prepare sees it may not write
+                step[0] = "create or check its schema"
                 self._prepare(conn)
                 conn.execute("PRAGMA query_only = 0")  # (writes are refused by _began, with a clearer message)
         except BaseException:
@@ -2816,8 +3066,11 @@ class SQLiteDatabase(Database):
             reader = self._local.reader = _Reader(self, self._thread_session())
         return reader
 
+    def _create_thread_connection(self) -> sqlite3.Connection:
+        return self._create_reader()
+
     def _create_reader(self) -> sqlite3.Connection:
-        """A read-only connection for the calling thread (it never creates the file)."""
+        """A read-only connection for the pool of readers (it never creates the file)."""
         uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw"
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None,
@@ -3137,15 +3390,22 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
     ``read_only=True`` an existing store is opened only to be read (as the
     command line's read commands do): nothing is created or changed, and
     every write raises StoreError.
+
+    Reads go to reader connections beside the one writer: at most
+    ``max_connections`` of them (default 10); a thread that finds them all
+    in use waits for one up to ``connection_timeout`` seconds (default 30),
+    then gets StoreError.
     """
 
     _INSERT = ("INSERT INTO events (uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, "
                "metadata, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 30.0,
-                 poll_interval: float = 0.005, read_only: bool = False) -> None:
+                 poll_interval: float = 0.005, read_only: bool = False, max_connections: int = 10,
+                 connection_timeout: float = 30.0) -> None:
         self._db = SQLiteDatabase(path, synchronous=synchronous, busy_timeout=busy_timeout,
-                                  prepare=_create_sqlite_store_schema, read_only=read_only)
+                                  prepare=_create_sqlite_store_schema, read_only=read_only,
+                                  max_connections=max_connections, connection_timeout=connection_timeout)
         self.path = self._db.path
         self.poll_interval = poll_interval
         self._tracker = DatabaseTracker(self._db)
@@ -3260,7 +3520,8 @@ class StoreURL(NamedTuple):
 
 
 #: URL scheme -> the module that opens stores and databases of that kind, imported when a URL first
-#: names it. Such a module offers ``open_store(url, *, create=True)`` and ``open_database(url, **options)``.
+#: names it. Such a module offers ``open_store(url, *, create=True, max_connections=10,
+#: connection_timeout=30.0)`` and ``open_database(url, **options)``.
 BACKENDS: dict[str, str] = {"postgresql": "eventsourcery_pg", "postgres": "eventsourcery_pg"}
 
 
@@ -3290,19 +3551,26 @@ def _backend(scheme: str) -> Any:
     return importlib.import_module(BACKENDS[scheme])
 
 
-def open_store(url: str | os.PathLike[str], *, create: bool = True) -> EventStore:
+def open_store(url: str | os.PathLike[str], *, create: bool = True, max_connections: int = 10,
+               connection_timeout: float = 30.0) -> EventStore:
     """Open an event store from ``memory:``, a file path, ``sqlite:///path`` or ``postgresql://...``.
 
     With ``create=False`` only an existing store is opened (StoreError otherwise) and nothing is created.
+    ``max_connections`` bounds the connections the store object lends its threads (SQLite: its reader
+    connections; the writer is one more), and ``connection_timeout`` is how long (seconds) a thread
+    waits for one when all are in use before StoreError.
     """
+    check_pool_arguments(max_connections, connection_timeout)
     location = parse_store_url(url)
     if location.scheme == "memory":
         return MemoryEventStore()
     if location.scheme == "sqlite":
         if not create:
             _check_existing_sqlite_store(location.target)
-        return SQLiteEventStore(location.target)
-    store: EventStore = _backend(location.scheme).open_store(location.target, create=create)
+        return SQLiteEventStore(location.target, max_connections=max_connections,
+                                connection_timeout=connection_timeout)
+    store: EventStore = _backend(location.scheme).open_store(
+        location.target, create=create, max_connections=max_connections, connection_timeout=connection_timeout)
     return store
 
 

@@ -362,15 +362,18 @@ def _ensure_store_schema(conn: Connection, schema: str, *, create: bool = True) 
 # ---------------------------------------------------------------------------
 
 class PostgresDatabase(es.Database):
-    """A connection per thread to one Postgres database (opened lazily, re-opened after a fork or a loss).
+    """Connections to one Postgres database, lent to threads from a bounded pool (opened lazily,
+    re-opened after a fork or a loss).
 
     ``schema`` (or ``?schema=`` in the URL) is where the library's tables
     live and, first on the search path, where a processor's unqualified
     tables are created. Transactions are BEGIN ... COMMIT with savepoints for
-    nested use, from es.Database; each thread's are its own, on its own
-    connection, so threads of one process neither queue behind each other's
-    reads nor see each other's uncommitted writes. A thread that ends hands
-    its connection to the next new thread.
+    nested use, from es.Database; each thread's are its own, on a connection
+    it keeps for the transaction, so threads of one process neither queue
+    behind each other's reads nor see each other's uncommitted writes.
+    At most ``max_connections`` connections are open (default 10): a thread
+    that finds them all in use waits up to ``connection_timeout`` seconds
+    (default 30), then gets es.StoreError.
 
     ``lock_timeout`` (seconds; None keeps the server's setting) bounds every
     lock wait of this database's connections: a wait that lasts longer raises
@@ -382,8 +385,9 @@ class PostgresDatabase(es.Database):
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
 
     def __init__(self, conninfo: str, *, schema: str | None = None, application_name: str = "eventsourcery",
-                 lock_timeout: float | None = 30.0) -> None:
-        super().__init__()
+                 lock_timeout: float | None = 30.0, max_connections: int = 10,
+                 connection_timeout: float = 30.0) -> None:
+        super().__init__(max_connections=max_connections, connection_timeout=connection_timeout)
         if not isinstance(conninfo, str):
             raise TypeError(f"conninfo must be a str (a postgresql:// URL or key=value string), not {conninfo!r}")
         if lock_timeout is not None and (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))
@@ -472,9 +476,9 @@ class PostgresDatabase(es.Database):
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, doing: str = "write") -> Any:
         # One statement needs no BEGIN/COMMIT round trips: it joins an open transaction or commits alone.
-        with self.lock:
+        with self.borrow() as conn:
             try:
-                return self.connection.execute(sql, params)
+                return conn.execute(sql, params)
             except psycopg.Error as exc:
                 raise self.error(exc, doing) from exc
 
@@ -502,8 +506,10 @@ class _StoreDatabase(PostgresDatabase):
     A transaction whose COMMIT lost its answer is resolved by the uuids of the events it stored."""
 
     def __init__(self, conninfo: str, *, schema: str | None = None, create: bool = True,
-                 lock_timeout: float | None = 30.0, reconnect_timeout: float = 30.0) -> None:
-        super().__init__(conninfo, schema=schema, lock_timeout=lock_timeout)
+                 lock_timeout: float | None = 30.0, reconnect_timeout: float = 30.0, max_connections: int = 10,
+                 connection_timeout: float = 30.0) -> None:
+        super().__init__(conninfo, schema=schema, lock_timeout=lock_timeout, max_connections=max_connections,
+                         connection_timeout=connection_timeout)
         self.create = create
         self.reconnect_timeout = reconnect_timeout
 
@@ -512,12 +518,15 @@ class _StoreDatabase(PostgresDatabase):
         connection after ``lost`` (tried for ``reconnect_timeout`` seconds; then StoreError)."""
         deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.05
+        session = self._session()
         while True:
-            self.close()
+            with session.lock:
+                self._discard(session)  # the lost one (the pool's others are checked as they are lent)
             try:
-                rows = self.connection.execute(
-                    f"SELECT uuid, id, version FROM {_quote(self.schema)}.events WHERE uuid = ANY(%s::text[])",
-                    (uuids,)).fetchall()
+                with self.borrow() as conn:
+                    rows = conn.execute(
+                        f"SELECT uuid, id, version FROM {_quote(self.schema)}.events WHERE uuid = ANY(%s::text[])",
+                        (uuids,)).fetchall()
                 return {u: (int(i), int(v)) for u, i, v in rows}
             except (psycopg.Error, es.StoreError) as exc:
                 if isinstance(exc, psycopg.Error) and not _connection_lost(exc):
@@ -581,6 +590,13 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
     ``create=False`` only an existing store is opened (es.StoreError
     otherwise) and nothing is created.
 
+    The store object opens at most ``max_connections`` connections (default
+    10) for its threads' reads, writes and transactions, lent to a thread for
+    each (for the whole of a ``transaction()``); a thread that finds them all
+    in use waits for one up to ``connection_timeout`` seconds (default 30),
+    then gets ``es.StoreError``. Beside them, each running ``subscribe`` and
+    each running processor's ``lock`` holds a connection of its own.
+
     A running processor holds its single-instance lock (``lock(name)``) as a
     session advisory lock on a connection of its own, which the server
     releases when the process dies: at most one instance of a processor name
@@ -591,9 +607,10 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
 
     def __init__(self, conninfo: str, *, schema: str | None = None, poll_interval: float = 2.0,
                  reconnect_timeout: float = 30.0, create: bool = True, lock_timeout: float | None = 30.0,
-                 _lock_writes: bool = True) -> None:
+                 max_connections: int = 10, connection_timeout: float = 30.0, _lock_writes: bool = True) -> None:
         self._db = _StoreDatabase(conninfo, schema=schema, create=create, lock_timeout=lock_timeout,
-                                  reconnect_timeout=reconnect_timeout)
+                                  reconnect_timeout=reconnect_timeout, max_connections=max_connections,
+                                  connection_timeout=connection_timeout)
         self.conninfo = self._db.conninfo
         self.schema = self._db.schema
         self.poll_interval = poll_interval
@@ -611,7 +628,7 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
                                   "%s::text[], %s::bigint[], %s::integer[], %s::text[], %s::text[], "
                                   "%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s)")
         self._writes = es.GroupCommit(self._write_group)
-        self._db.connection  # noqa: B018 - connect now, so that a bad conninfo fails here, clearly
+        self._db.ensure_open()  # connect now, so that a bad conninfo fails here, clearly
 
     def __repr__(self) -> str:
         return f"PostgresEventStore({describe_conninfo(self.conninfo)!r}, schema={self.schema!r})"
@@ -715,9 +732,9 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
                       [r.correlation_id for r in flat], [r.causation_id for r in flat], [r.metadata for r in flat],
                       [r.body for r in flat], self._lock_writes)
         db = self._db
-        with db.lock:  # this thread's connection (the server's advisory lock orders the writers)
+        with db.borrow() as conn:  # lent for the group (the server's advisory lock orders the writers)
             try:
-                cursor = db.connection.execute(sql, params)
+                cursor = conn.execute(sql, params)
                 if len(sinks) == 1:
                     return [cursor.fetchone()]
                 answers = cursor.fetchall()
@@ -969,12 +986,14 @@ class Projector(es.Projector):
 # postgresql:// URLs (through es.BACKENDS).
 # ---------------------------------------------------------------------------
 
-def open_store(url: str, *, create: bool = True) -> PostgresEventStore:
+def open_store(url: str, *, create: bool = True, max_connections: int = 10,
+               connection_timeout: float = 30.0) -> PostgresEventStore:
     """The event store at a ``postgresql://`` URL (``?schema=`` names its schema)."""
-    return PostgresEventStore(url, create=create)
+    return PostgresEventStore(url, create=create, max_connections=max_connections,
+                              connection_timeout=connection_timeout)
 
 
 def open_database(url: str, **options: Any) -> PostgresDatabase:
     """The database at a ``postgresql://`` URL, for a projector's tables; ``options``: ``schema``,
-    ``application_name``."""
+    ``application_name``, ``max_connections``, ``connection_timeout``."""
     return PostgresDatabase(url, **options)
