@@ -2758,6 +2758,11 @@ class MemoryEventStore(EventStore):
 # The SQLite backend: its database, event store, tracker and locks.
 # ---------------------------------------------------------------------------
 
+def _is_file_path(target: str) -> bool:
+    """Whether an SQLite target names a file we open ourselves: not ``:memory:`` nor a ``file:`` URI."""
+    return target != ":memory:" and not target.startswith("file:")
+
+
 class _Reader:
     """The connection one thread reads on for a ``with`` block outside its transaction (SQLiteDatabase.
     reading): the writer, if this thread was the last to write on it and no thread is using it now (its
@@ -2859,7 +2864,7 @@ class SQLiteDatabase(Database):
         self._read_only_conns: dict[int, str] = {}  # id -> key, of those in _read_only_openings
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
         # reader connections need a file of our own opening (not :memory:, a file: URI or a given connection)
-        self._can_have_readers = self._given is None and self.path != ":memory:" and not self.path.startswith("file:")
+        self._can_have_readers = self._given is None and _is_file_path(self.path)
 
     def __repr__(self) -> str:
         return f"SQLiteDatabase({self.path or self._given!r})"
@@ -2964,7 +2969,7 @@ class SQLiteDatabase(Database):
         path = self.path
         if os.path.isdir(path):
             raise StoreError(f"cannot open SQLite database {path!r}: it is a directory")
-        on_disk = path != ":memory:" and not path.startswith("file:")
+        on_disk = _is_file_path(path)
         exists = on_disk and os.path.exists(path)
         conn = None
         if self._open_read_only and not exists:
@@ -3031,7 +3036,7 @@ class SQLiteDatabase(Database):
                                uri=read_only)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            if not read_only and target != ":memory:" and not target.startswith("file:"):
+            if not read_only and _is_file_path(target):
                 step[0] = "switch it to WAL mode (which needs the file to itself)"
                 conn.execute("PRAGMA journal_mode = WAL").fetchone()
             step[0] = "set it up"
@@ -3127,7 +3132,7 @@ class SQLiteDatabase(Database):
 
     @property
     def location(self) -> str | None:
-        if not self.path or self.path == ":memory:" or self.path.startswith("file:"):
+        if not self.path or not _is_file_path(self.path):
             return None
         return os.path.abspath(self.path)
 
@@ -3389,7 +3394,8 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
     single-instance locks of processors in ``<path>.locks/``. With
     ``read_only=True`` an existing store is opened only to be read (as the
     command line's read commands do): nothing is created or changed, and
-    every write raises StoreError.
+    every write raises StoreError. With ``create=False`` only an existing
+    store is opened (StoreError otherwise).
 
     Reads go to reader connections beside the one writer: at most
     ``max_connections`` of them (default 10); a thread that finds them all
@@ -3401,8 +3407,10 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
                "metadata, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 30.0,
-                 poll_interval: float = 0.005, read_only: bool = False, max_connections: int = 10,
-                 connection_timeout: float = 30.0) -> None:
+                 poll_interval: float = 0.005, read_only: bool = False, create: bool = True,
+                 max_connections: int = 10, connection_timeout: float = 30.0) -> None:
+        if read_only or not create:
+            _check_existing_sqlite_store(os.fspath(path))
         self._db = SQLiteDatabase(path, synchronous=synchronous, busy_timeout=busy_timeout,
                                   prepare=_create_sqlite_store_schema, read_only=read_only,
                                   max_connections=max_connections, connection_timeout=connection_timeout)
@@ -3410,7 +3418,7 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
         self.poll_interval = poll_interval
         self._tracker = DatabaseTracker(self._db)
         self._locks: _FileLocks | _ProcessLocks = (
-            _FileLocks(self.path + ".locks") if self.path != ":memory:" and not self.path.startswith("file:")
+            _FileLocks(self.path + ".locks") if _is_file_path(self.path)
             else _ProcessLocks())
         self._db.ensure_open()  # so that a bad path fails here, with a clear error
 
@@ -3551,26 +3559,27 @@ def _backend(scheme: str) -> Any:
     return importlib.import_module(BACKENDS[scheme])
 
 
-def open_store(url: str | os.PathLike[str], *, create: bool = True, max_connections: int = 10,
-               connection_timeout: float = 30.0) -> EventStore:
+def open_store(url: str | os.PathLike[str], *, create: bool = True, read_only: bool = False,
+               max_connections: int = 10, connection_timeout: float = 30.0) -> EventStore:
     """Open an event store from ``memory:``, a file path, ``sqlite:///path`` or ``postgresql://...``.
 
-    With ``create=False`` only an existing store is opened (StoreError otherwise) and nothing is created.
-    ``max_connections`` bounds the connections the store object lends its threads (SQLite: its reader
-    connections; the writer is one more), and ``connection_timeout`` is how long (seconds) a thread
-    waits for one when all are in use before StoreError.
+    With ``create=False`` only an existing store is opened (StoreError otherwise) and nothing is
+    created; with ``read_only=True`` it is also only read: every write raises StoreError (an SQLite
+    file is opened read-only and stays as it was; a Postgres session's transactions are read-only).
+    ``max_connections`` bounds the connections the store object lends its threads (SQLite: its
+    reader connections; the writer is one more), and ``connection_timeout`` is how long (seconds) a
+    thread waits for one when all are in use before StoreError.
     """
     check_pool_arguments(max_connections, connection_timeout)
     location = parse_store_url(url)
     if location.scheme == "memory":
         return MemoryEventStore()
+    options: dict[str, Any] = dict(create=create, read_only=read_only,
+                                   max_connections=max_connections,
+                                   connection_timeout=connection_timeout)
     if location.scheme == "sqlite":
-        if not create:
-            _check_existing_sqlite_store(location.target)
-        return SQLiteEventStore(location.target, max_connections=max_connections,
-                                connection_timeout=connection_timeout)
-    store: EventStore = _backend(location.scheme).open_store(
-        location.target, create=create, max_connections=max_connections, connection_timeout=connection_timeout)
+        return SQLiteEventStore(location.target, **options)
+    store: EventStore = _backend(location.scheme).open_store(location.target, **options)
     return store
 
 
@@ -4546,13 +4555,12 @@ STANDBY_FRESHNESS = 10.0
 
 def _located_record(record: TrackerRecord, *, read_only: bool = False) -> TrackerRecord:
     """The record kept where a registered processor's position lives (the registration when unreachable);
-    ``read_only``: an SQLite database there is opened read-only."""
+    ``read_only``: the database there is opened read-only."""
     if not record.location:
         return record
     database: Database | None = None
     try:
-        sqlite = parse_store_url(record.location).scheme == "sqlite"
-        database = open_database(record.location, **({"read_only": True} if read_only and sqlite else {}))
+        database = open_database(record.location, read_only=read_only)
         found = DatabaseTracker(database).record(record.name)
     except Exception:  # a database we cannot reach now: what the registration says
         return record
@@ -5243,10 +5251,7 @@ def _cli_open_store(target: str, *, read_only: bool) -> EventStore:
         raise _CLIError(f"{target!r} is a store in one process's memory, which the command line cannot see; "
                         "give an SQLite file or a postgresql:// URL")
     try:
-        if location is not None and location.scheme == "sqlite" and read_only:
-            _check_existing_sqlite_store(location.target)
-            return SQLiteEventStore(location.target, read_only=True)
-        return open_store(target, create=False)
+        return open_store(target, create=False, read_only=read_only)
     except ImportError as exc:
         raise _CLIError(f"cannot open {target!r}: {exc} (the Postgres store needs psycopg: "
                         "pip install 'eventsourcery[postgres]')") from exc

@@ -375,6 +375,9 @@ class PostgresDatabase(es.Database):
     that finds them all in use waits up to ``connection_timeout`` seconds
     (default 30), then gets es.StoreError.
 
+    With ``read_only`` every transaction of its sessions is read-only: the
+    server refuses writes (es.StoreError), so nothing can change.
+
     ``lock_timeout`` (seconds; None keeps the server's setting) bounds every
     lock wait of this database's connections: a wait that lasts longer raises
     es.StoreError saying what it waited for, instead of hanging.
@@ -386,8 +389,9 @@ class PostgresDatabase(es.Database):
 
     def __init__(self, conninfo: str, *, schema: str | None = None, application_name: str = "eventsourcery",
                  lock_timeout: float | None = 30.0, max_connections: int = 10,
-                 connection_timeout: float = 30.0) -> None:
+                 connection_timeout: float = 30.0, read_only: bool = False) -> None:
         super().__init__(max_connections=max_connections, connection_timeout=connection_timeout)
+        self.read_only = read_only
         if not isinstance(conninfo, str):
             raise TypeError(f"conninfo must be a str (a postgresql:// URL or key=value string), not {conninfo!r}")
         if lock_timeout is not None and (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))
@@ -421,6 +425,8 @@ class PostgresDatabase(es.Database):
         if self.schema != "public":
             conn.execute("SELECT set_config('search_path', quote_ident(%s) || ', ' || "
                          "current_setting('search_path'), false)", (self.schema,))
+        if self.read_only:  # the server refuses every write of this session
+            conn.execute("SELECT set_config('default_transaction_read_only', 'on', false)")
 
     def _connection_usable(self, conn: Any) -> bool:
         if conn.closed:
@@ -507,10 +513,10 @@ class _StoreDatabase(PostgresDatabase):
 
     def __init__(self, conninfo: str, *, schema: str | None = None, create: bool = True,
                  lock_timeout: float | None = 30.0, reconnect_timeout: float = 30.0, max_connections: int = 10,
-                 connection_timeout: float = 30.0) -> None:
+                 connection_timeout: float = 30.0, read_only: bool = False) -> None:
         super().__init__(conninfo, schema=schema, lock_timeout=lock_timeout, max_connections=max_connections,
-                         connection_timeout=connection_timeout)
-        self.create = create
+                         connection_timeout=connection_timeout, read_only=read_only)
+        self.create = create and not read_only
         self.reconnect_timeout = reconnect_timeout
 
     def stored_versions(self, uuids: list[str], lost: psycopg.Error) -> dict[str, tuple[int, int]]:
@@ -588,7 +594,8 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
     lock, held by another session's sinking transaction, before it raises
     ``es.StoreError`` naming that session (nothing written). With
     ``create=False`` only an existing store is opened (es.StoreError
-    otherwise) and nothing is created.
+    otherwise) and nothing is created; with ``read_only=True`` nothing is
+    created either, and the server refuses every write (es.StoreError).
 
     The store object opens at most ``max_connections`` connections (default
     10) for its threads' reads, writes and transactions, lent to a thread for
@@ -607,10 +614,11 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
 
     def __init__(self, conninfo: str, *, schema: str | None = None, poll_interval: float = 2.0,
                  reconnect_timeout: float = 30.0, create: bool = True, lock_timeout: float | None = 30.0,
-                 max_connections: int = 10, connection_timeout: float = 30.0, _lock_writes: bool = True) -> None:
+                 max_connections: int = 10, connection_timeout: float = 30.0, read_only: bool = False,
+                 _lock_writes: bool = True) -> None:
         self._db = _StoreDatabase(conninfo, schema=schema, create=create, lock_timeout=lock_timeout,
                                   reconnect_timeout=reconnect_timeout, max_connections=max_connections,
-                                  connection_timeout=connection_timeout)
+                                  connection_timeout=connection_timeout, read_only=read_only)
         self.conninfo = self._db.conninfo
         self.schema = self._db.schema
         self.poll_interval = poll_interval
@@ -986,10 +994,10 @@ class Projector(es.Projector):
 # postgresql:// URLs (through es.BACKENDS).
 # ---------------------------------------------------------------------------
 
-def open_store(url: str, *, create: bool = True, max_connections: int = 10,
+def open_store(url: str, *, create: bool = True, read_only: bool = False, max_connections: int = 10,
                connection_timeout: float = 30.0) -> PostgresEventStore:
     """The event store at a ``postgresql://`` URL (``?schema=`` names its schema)."""
-    return PostgresEventStore(url, create=create, max_connections=max_connections,
+    return PostgresEventStore(url, create=create, read_only=read_only, max_connections=max_connections,
                               connection_timeout=connection_timeout)
 
 
