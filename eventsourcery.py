@@ -4904,13 +4904,25 @@ async def _await_call(future: concurrent.futures.Future[_T]) -> _T:
 
 
 async def _on_own_thread(fn: Callable[[], _T], name: str) -> _T:
-    """``fn()`` run on a thread started for it, which ends with the call."""
-    worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+    """``fn()`` run on a thread started for it; once the call is done the thread is gone too."""
+    import asyncio
+
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def work() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
     try:
-        future = worker.submit(fn)
+        return await _await_call(future)
     finally:
-        worker.shutdown(wait=False)
-    return await _await_call(future)
+        while future.done() and thread.is_alive():  # it ends as soon as it handed the outcome over
+            await asyncio.sleep(0.001)
 
 
 class AsyncEventStore(typing.Generic[S]):

@@ -127,3 +127,46 @@ class SyncFacade(es.EventStore):
             return
         self.loop.run(self.astore.aclose())
         self.loop.close()
+
+
+def eventsourcery_threads() -> list[str]:
+    """The names of this process's live threads that the library started."""
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("eventsourcery-"))
+
+
+def _socket_ports(remote_port: int) -> set[int]:
+    """The local ports of this process's TCP sockets connected to ``remote_port`` (from /proc)."""
+    import os
+
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local, remote, inode = fields[1], fields[2], fields[9]
+                if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == remote_port:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def pg_sessions_of_this_process() -> int:
+    """How many server sessions in pg_stat_activity belong to this process's connections (the
+    counting connection left out)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tests.pg_support import connect
+
+    with connect() as conn:
+        port = int(conninfo_to_dict(conn.info.dsn).get("port") or 5432)
+        ports = _socket_ports(port)
+        mine = conn.execute("SELECT inet_client_port()").fetchone()[0]
+        rows = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%s)",
+                            (sorted(ports - {mine}),)).fetchone()
+    return int(rows[0])
