@@ -28,7 +28,7 @@ from bench import common as C  # noqa: E402
 
 UNITS = {"a": "commands", "b": "events", "c": "events", "d": "events", "e": "events",
          "f": "events", "g": "events", "h": "events", "i": "commands", "j": "reads",
-         "k": "commands", "l": "requests"}
+         "k": "commands", "l": "requests", "aio": "commands"}
 TITLES = {
     "a": "commands: load + 1 event + save",
     "b": "batch append to 1 aggregate",
@@ -42,6 +42,7 @@ TITLES = {
     "j": "read latency (load a 10-event aggregate) while another thread (j) or process (j.proc) writes",
     "k": "N processes, one store: commands (load + 1 event + save), a store object per process",
     "l": "the todo app over HTTP under wrk: GET /todos/outstanding (200 todos), POST adds; N connections",
+    "aio": "8 asyncio tasks (tsk8, AsyncRepository) against 8 threads (thr8, Repository): commands",
 }
 
 
@@ -568,6 +569,10 @@ class Harness:
                 child.kill()
                 child.wait()
 
+    def w_aio(self, backend):
+        from bench.async_cmds import workload
+        workload(self, backend)
+
     def w_k(self, backend):
         """N processes on one store, started together, each running its share of k_commands on 10
         aggregates of its own; commands/s over the span from the first start to the last end."""
@@ -779,6 +784,9 @@ class Harness:
                 notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
                 if r.get("stored") is not None:
                     notes += f"  201s {r['created']}, events stored {r['stored']}"
+            elif r["workload"] == "aio":
+                from bench.async_cmds import notes as async_notes
+                notes = async_notes(r)
             elif r["workload"] in ("i", "j", "k") and r.get("p50_ms") is not None:
                 notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms"
                 if r.get("p99_vs_raw") is not None:
