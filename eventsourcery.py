@@ -31,7 +31,8 @@ The sections below follow that story: errors, serialisation, configuration,
 events, the event store contract, the backend interface (what a store module
 such as eventsourcery_pg builds on), the memory store, the SQLite backend,
 opening stores by URL, aggregates, event processing, the multiprocess runner,
-testing helpers, and the command line (``python -m eventsourcery STORE COMMAND``).
+testing helpers, the asyncio API (AsyncEventStore, AsyncRepository), and the
+command line (``python -m eventsourcery STORE COMMAND``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import math
 import multiprocessing
 import os
 import platform
+import queue
 import re
 import shlex
 import signal
@@ -4903,6 +4905,84 @@ async def _await_call(future: concurrent.futures.Future[_T]) -> _T:
         raise
 
 
+class _Job:
+    """One call handed to a worker thread, and how its outcome goes back to the loop awaiting it."""
+
+    __slots__ = ("call", "claim", "finished", "future", "loop", "waiter")
+
+    def __init__(self, call: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.call = call
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.claim = [True]  # popped (atomically) by whoever takes the job: its thread, or a cancellation
+        self.finished = False
+        self.waiter: asyncio.Future[None] | None = None  # made when a cancelled task waits for the end
+
+
+def _deliver(job: _Job, result: Any, error: BaseException | None) -> None:
+    """On the loop: hand a finished job's outcome to its future (unless cancelled) and its waiter."""
+    job.finished = True
+    if not job.future.done():
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
+    if job.waiter is not None and not job.waiter.done():
+        job.waiter.set_result(None)
+
+
+class _Workers:
+    """Up to ``size`` threads that run jobs for event loops (leaner than a ThreadPoolExecutor with
+    asyncio.wrap_future: the outcome goes straight to the loop's future, one call_soon_threadsafe)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size, self.name = size, name
+        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.idle = threading.Semaphore(0)  # released by a thread each time it waits for a job
+
+    def submit(self, job: _Job) -> None:
+        self.queue.put(job)
+        # a new thread only when none is waiting (so that each has a connection it keeps using)
+        if not self.idle.acquire(blocking=False) and len(self.threads) < self.size:
+            thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self.threads)}",
+                                      daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            if job.claim and self._claim(job):  # else cancelled before it started: it never runs
+                result, error = None, None
+                try:
+                    result = job.call()
+                except BaseException as exc:
+                    error = exc
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for it
+                    job.loop.call_soon_threadsafe(_deliver, job, result, error)
+                del result, error
+            del job
+            self.idle.release()
+
+    @staticmethod
+    def _claim(job: _Job) -> bool:
+        try:
+            job.claim.pop()
+            return True
+        except IndexError:
+            return False
+
+    def shutdown(self) -> None:
+        """End the threads once the jobs queued before are done, and wait for them."""
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
+
+
 async def _on_own_thread(fn: Callable[[], _T], name: str) -> _T:
     """``fn()`` run on a thread started for it; once the call is done the thread is gone too."""
     import asyncio
@@ -4949,21 +5029,39 @@ class AsyncEventStore(typing.Generic[S]):
         self.store: S = store
         self.max_threads = max_threads
         self._guard = threading.Lock()
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._workers: _Workers | None = None
         self._stops: set[threading.Event] = set()  # one per running subscription
 
     def __repr__(self) -> str:
         return f"AsyncEventStore({self.store!r})"
 
     async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """``fn(*args, **kwargs)`` run on a worker thread (in the caller's context variables)."""
-        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        """``fn(*args, **kwargs)`` run on a worker thread (in the caller's context variables).
+
+        When the awaiting task is cancelled, a call that has not started never
+        runs; one that is running is finished by its thread, and the task waits
+        for that (up to ``_CANCEL_GRACE`` seconds) before the cancellation goes
+        on, so that a cancelled write has by then happened entirely or not at all.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        job = _Job(functools.partial(contextvars.copy_context().run, fn, *args, **kwargs), loop)
         with self._guard:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self.max_threads, thread_name_prefix="eventsourcery-async")
-            future = self._pool.submit(call)
-        return await _await_call(future)
+            if self._workers is None:
+                self._workers = _Workers(self.max_threads, "eventsourcery-async")
+            self._workers.submit(job)
+        try:
+            result: _T = await job.future
+            return result
+        except asyncio.CancelledError:
+            if not job.finished:
+                try:
+                    job.claim.pop()  # not started yet: now it never will
+                except IndexError:  # running: wait (a bounded while) for its thread to finish it
+                    job.waiter = loop.create_future()
+                    await asyncio.wait({job.waiter}, timeout=_CANCEL_GRACE)
+            raise
 
     async def sink(self, event_or_events: Event | Sequence[Event],
                    expected_version: int | None = None) -> list[Event]:
@@ -5028,13 +5126,13 @@ class AsyncEventStore(typing.Generic[S]):
         """Wait for the calls in flight, end the worker threads and subscriptions, then close
         the store."""
         with self._guard:
-            pool, self._pool = self._pool, None
+            workers, self._workers = self._workers, None
             for stop in self._stops:
                 stop.set()
 
         def close() -> None:
-            if pool is not None:
-                pool.shutdown(wait=True)
+            if workers is not None:
+                workers.shutdown()
             self.store.close()
 
         await _on_own_thread(close, "eventsourcery-close")
