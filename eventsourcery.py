@@ -4886,13 +4886,8 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 async def _await_call(future: concurrent.futures.Future[_T]) -> _T:
-    """The outcome of a call running on a worker thread.
-
-    When the awaiting task is cancelled, a call that has not started never
-    runs; one that is running is finished by its thread, and the task waits
-    for that (up to ``_CANCEL_GRACE`` seconds) before the cancellation goes
-    on, so that a cancelled write has by then happened entirely or not at all.
-    """
+    """The outcome of a call running on another thread, with the cancellation rules of
+    ``AsyncEventStore._call``."""
     import asyncio
 
     waiting = asyncio.wrap_future(future)
@@ -4914,13 +4909,13 @@ class _Job:
         self.call = call
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
-        self.claim = [True]  # popped (atomically) by whoever takes the job: its thread, or a cancellation
+        self.claim = [True]  # popped (atomically) by whoever takes the job: thread or cancellation
         self.finished = False
-        self.waiter: asyncio.Future[None] | None = None  # made when a cancelled task waits for the end
+        self.waiter: asyncio.Future[None] | None = None  # for a cancelled task to wait on
 
 
 def _deliver(job: _Job, result: Any, error: BaseException | None) -> None:
-    """On the loop: hand a finished job's outcome to its future (unless cancelled) and its waiter."""
+    """On the loop: a finished job's outcome to its future (unless cancelled) and its waiter."""
     job.finished = True
     if not job.future.done():
         if error is None:
@@ -4932,8 +4927,9 @@ def _deliver(job: _Job, result: Any, error: BaseException | None) -> None:
 
 
 class _Workers:
-    """Up to ``size`` threads that run jobs for event loops (leaner than a ThreadPoolExecutor with
-    asyncio.wrap_future: the outcome goes straight to the loop's future, one call_soon_threadsafe)."""
+    """Up to ``size`` threads that run jobs for event loops (leaner than a ThreadPoolExecutor
+    behind asyncio.wrap_future: the outcome goes straight to the loop's future, with one
+    call_soon_threadsafe)."""
 
     def __init__(self, size: int, name: str) -> None:
         self.size, self.name = size, name
@@ -4955,7 +4951,7 @@ class _Workers:
             job = self.queue.get()
             if job is None:
                 return
-            if job.claim and self._claim(job):  # else cancelled before it started: it never runs
+            if self._claim(job):  # else it was cancelled before it started: it never runs
                 result, error = None, None
                 try:
                     result = job.call()
@@ -4969,6 +4965,7 @@ class _Workers:
 
     @staticmethod
     def _claim(job: _Job) -> bool:
+        """Take the job to run it; False when a cancellation took it first."""
         try:
             job.claim.pop()
             return True

@@ -57,10 +57,10 @@ async def _end(task, batches) -> None:
 class SyncFacade(es.EventStore):
     """A store whose contract methods await an AsyncEventStore (on a LoopThread of its own).
 
-    ``sink``, the reads and ``subscribe`` go through the async layer (``stop`` becomes the end of the
-    ``async for``: the pending batch's task is cancelled); ``each_by_range`` is EventStore's own, on
-    the async ``get_next_from``. What the async API does not offer (``transaction``, the tracker,
-    locks) is the wrapped store's.
+    ``sink``, the reads and ``subscribe`` go through the async layer (``stop`` becomes the end of
+    the ``async for``: the pending batch's task is cancelled); ``each_by_range`` is EventStore's
+    own, on the async ``get_next_from``. What the async API does not offer (``transaction``, the
+    tracker, locks) is the wrapped store's.
     """
 
     def __init__(self, store: es.EventStore) -> None:

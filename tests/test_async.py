@@ -46,7 +46,7 @@ def item(aggregate_id, n=0):
     return ItemAdded(aggregate_id=aggregate_id, title=f"t{n}")
 
 
-# --- AsyncRepository: Repository's own load and save ----------------------------------------------
+# --- AsyncRepository: Repository's own load and save ---------------------------------------------
 
 
 def test_async_repository_loads_and_saves_with_snapshots(store):
@@ -61,7 +61,8 @@ def test_async_repository_loads_and_saves_with_snapshots(store):
                 assert [e.version for e in stored] == [tally.version]
                 assert tally.changes == []
             snapshots = store.snapshots(tally_id)
-            assert [s.version for s in snapshots][:1] == [4]  # taken by the save that reached version 4
+            # taken by the save that reached version 4
+            assert [s.version for s in snapshots][:1] == [4]
             loaded = await arepo.load(Tally, tally_id)
             assert (loaded.version, loaded.count, loaded.last) == (5, 5, 4)
             sync = es.Repository(store).load(Tally, tally_id)
@@ -93,7 +94,7 @@ def test_async_repository_saves_several_aggregates_atomically(store):
     run(main())
 
 
-# --- cancellation ----------------------------------------------------------------------------------
+# --- cancellation --------------------------------------------------------------------------------
 
 
 def test_a_cancelled_sink_is_stored_entirely_or_not_at_all_and_settled_when_the_task_ends(
@@ -107,9 +108,10 @@ def test_a_cancelled_sink_is_stored_entirely_or_not_at_all_and_settled_when_the_
         for _ in range(40):
             agg = new_id()
             # others first, so that the cancelled sink is sometimes still queued, sometimes running
-            others = [asyncio.create_task(astore.sink(item(new_id()))) for _ in range(rng.randrange(8))]
-            sinks = [asyncio.create_task(astore.sink([item(agg, k) for k in range(20)], expected_version=0)),
-                     *others]
+            others = [asyncio.create_task(astore.sink(item(new_id())))
+                      for _ in range(rng.randrange(8))]
+            batch = [item(agg, k) for k in range(20)]
+            sinks = [asyncio.create_task(astore.sink(batch, expected_version=0)), *others]
             await asyncio.sleep(rng.uniform(0, 0.004))
             started = time.monotonic()
             sinks[0].cancel()
@@ -261,7 +263,7 @@ def test_live_events_arrive_through_subscribe(store):
     run(main())
 
 
-# --- the loop is never blocked ---------------------------------------------------------------------
+# --- the loop is never blocked -------------------------------------------------------------------
 
 
 def test_the_loop_is_never_late_by_100ms_while_8_tasks_run_commands(store):
@@ -288,7 +290,8 @@ def test_the_loop_is_never_late_by_100ms_while_8_tasks_run_commands(store):
                     await asyncio.sleep(0.01)
                     lateness.append(loop.time() - due)
 
-            tasks = [asyncio.create_task(commander(w)) for w in range(8)] + [asyncio.create_task(timer())]
+            tasks = [asyncio.create_task(commander(w)) for w in range(8)]
+            tasks.append(asyncio.create_task(timer()))
             await asyncio.gather(*tasks)
             return commands, lateness
 
@@ -298,7 +301,7 @@ def test_the_loop_is_never_late_by_100ms_while_8_tasks_run_commands(store):
     assert all(n >= 3 for n in commands), commands  # every task ran commands all along
 
 
-# --- wait_for_async --------------------------------------------------------------------------------
+# --- wait_for_async ------------------------------------------------------------------------------
 
 
 class Seen(es.EventStreamProcessor):
@@ -310,7 +313,8 @@ class Seen(es.EventStreamProcessor):
 def test_wait_for_async_waits_for_the_position_without_blocking_the_loop(store):
     processor = Seen(tracker=store.tracker())
     stop = threading.Event()
-    thread = threading.Thread(target=es.run_processor, args=(processor, store), kwargs={"stop": stop})
+    thread = threading.Thread(target=es.run_processor, args=(processor, store),
+                              kwargs={"stop": stop})
 
     async def main():
         async with es.AsyncEventStore(store) as astore:
@@ -349,7 +353,7 @@ def test_wait_for_async_waits_for_the_position_without_blocking_the_loop(store):
     assert not thread.is_alive()
 
 
-# --- the runner beside an event loop ---------------------------------------------------------------
+# --- the runner beside an event loop -------------------------------------------------------------
 
 
 def test_start_in_background_refuses_to_fork(tmp_path):

@@ -55,9 +55,9 @@ def test_the_readme_starlette_recipe_serves_commands_and_read_your_writes_querie
     (tmp_path / "notes_app.py").write_text(recipe())
     (tmp_path / "drive.py").write_text(DRIVER)
     root = str(README.parent)
-    done = subprocess.run([sys.executable, "drive.py"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin",
-                                            "NOTES_STORE": str(tmp_path / "notes.db")})
+    env = {"PYTHONPATH": root, "PATH": "/usr/bin:/bin", "NOTES_STORE": str(tmp_path / "notes.db")}
+    done = subprocess.run([sys.executable, "drive.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["writes"] == [[201, {"event_id": 1}], [201, {"event_id": 2}]]
