@@ -364,3 +364,39 @@ def test_start_in_background_refuses_to_fork(tmp_path):
     with pytest.raises(RuntimeError, match="start_in_background"):
         runner.stop()
     store.close()
+
+
+def test_a_runner_that_fails_in_the_background_raises_from_stop(tmp_path):
+    class Local(es.EventStreamProcessor):  # a spawned child cannot import it
+        @es.on(ItemAdded)
+        def _added(self, event):
+            pass
+
+    store = es.SQLiteEventStore(tmp_path / "events.db")
+    runner = es.ESPRunner([Local(tracker=store.tracker())], store, start_method="spawn")
+    started = time.monotonic()
+    runner.start_in_background()
+    assert time.monotonic() - started < 1.0  # returned at once
+    with pytest.raises(Exception, match="(?i)pickle"):
+        runner.stop()
+    assert [t for t in eventsourcery_threads() if t == "eventsourcery-runner"] == []
+    store.close()
+
+
+def test_a_runner_started_in_the_background_runs_until_stop_async(tmp_path):
+    store = es.SQLiteEventStore(tmp_path / "events.db")
+    stored = store.sink(item("r"))
+    own_store = es.SQLiteEventStore(tmp_path / "events.db")  # the runner closes its store's connections
+    runner = es.ESPRunner([Seen(tracker=store.tracker())], own_store, start_method="spawn")
+
+    async def main():
+        runner.start_in_background()
+        assert "eventsourcery-runner" in eventsourcery_threads()
+        watcher = Seen(tracker=store.tracker())
+        assert await watcher.wait_for_async(stored[-1].id, timeout=WAIT)  # processed in the child
+        return await runner.stop_async()
+
+    assert run(main()) is True
+    assert runner.exit_statuses == {"seen": [0]}
+    assert "eventsourcery-runner" not in eventsourcery_threads()
+    store.close()
