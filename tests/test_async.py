@@ -386,7 +386,7 @@ def test_a_runner_that_fails_in_the_background_raises_from_stop(tmp_path):
 def test_a_runner_started_in_the_background_runs_until_stop_async(tmp_path):
     store = es.SQLiteEventStore(tmp_path / "events.db")
     stored = store.sink(item("r"))
-    own_store = es.SQLiteEventStore(tmp_path / "events.db")  # the runner closes its store's connections
+    own_store = es.SQLiteEventStore(tmp_path / "events.db")  # the runner closes its connections
     runner = es.ESPRunner([Seen(tracker=store.tracker())], own_store, start_method="spawn")
 
     async def main():
