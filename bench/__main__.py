@@ -728,6 +728,12 @@ class Harness:
             r = row("k", backend, "proc8")
             if r and backend == "postgres":
                 check("(k) commands, 8 processes, vs raw", backend, r.get("vs_raw"), ">=", 0.9, "x")
+            r = row("aio", backend, "tsk8")
+            if r and r.get("throughput_vs_threads") is not None:
+                check("(aio) commands/s, 8 tasks / 8 threads", backend, r["throughput_vs_threads"],
+                      ">=", 0.8, "x")
+                check("(aio) command p99, 8 tasks / 8 threads", backend, r["p99_vs_threads"],
+                      "<=", 2.0, "x")
             one, many = row("l", backend, "get01"), row("l", backend, "get32")
             if one and one.get("p50_ms") is not None:
                 check("(l) keep-alive GET p50, 1 connection", backend, one["p50_ms"], "<", 2.0, " ms")
