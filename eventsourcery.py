@@ -4935,12 +4935,18 @@ class _Workers:
         self.size, self.name = size, name
         self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
-        self.idle = threading.Semaphore(0)  # released by a thread each time it waits for a job
+        self.idle: queue.SimpleQueue[None] = queue.SimpleQueue()  # a token per thread free for a job
 
     def submit(self, job: _Job) -> None:
         self.queue.put(job)
         # a new thread only when none is waiting (so that each has a connection it keeps using)
-        if not self.idle.acquire(blocking=False) and len(self.threads) < self.size:
+        try:
+            self.idle.get_nowait()
+        except queue.Empty:
+            self._add_thread()
+
+    def _add_thread(self) -> None:
+        if len(self.threads) < self.size:
             thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self.threads)}",
                                       daemon=True)
             self.threads.append(thread)
@@ -4961,7 +4967,7 @@ class _Workers:
                     job.loop.call_soon_threadsafe(_deliver, job, result, error)
                 del result, error
             del job
-            self.idle.release()
+            self.idle.put(None)
 
     @staticmethod
     def _claim(job: _Job) -> bool:
