@@ -4608,9 +4608,9 @@ class ESPRunner:
     _outcome: concurrent.futures.Future[bool] | None = None
 
     def start_in_background(self) -> None:
-        """Start the children and return at once; a thread of the runner supervises them (as
-        ``start()`` does, restarts included) until ``stop()`` or ``stop_async()``. For an ASGI
-        app's lifespan.
+        """Run ``start()`` on a thread of the runner's own and return at once: that thread starts
+        the children and supervises them (restarts included) until ``stop()`` or
+        ``stop_async()``. For an ASGI app's lifespan.
 
         Needs ``start_method="spawn"`` (or ``"forkserver"``), else ValueError: the children then
         start from a new interpreter and copy nothing of this process, whose other threads (the
