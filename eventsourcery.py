@@ -4933,6 +4933,7 @@ class _Workers:
 
     def __init__(self, size: int, name: str) -> None:
         self.size, self.name = size, name
+        self.pid = os.getpid()  # a forked child has none of these threads: it makes its own
         self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
         self.idle: queue.SimpleQueue[None] = queue.SimpleQueue()  # a token per thread free for a job
@@ -5051,7 +5052,7 @@ class AsyncEventStore(typing.Generic[S]):
         loop = asyncio.get_running_loop()
         job = _Job(functools.partial(contextvars.copy_context().run, fn, *args, **kwargs), loop)
         with self._guard:
-            if self._workers is None:
+            if self._workers is None or self._workers.pid != os.getpid():
                 self._workers = _Workers(self.max_threads, "eventsourcery-async")
             self._workers.submit(job)
         try:
@@ -5130,6 +5131,8 @@ class AsyncEventStore(typing.Generic[S]):
         the store."""
         with self._guard:
             workers, self._workers = self._workers, None
+            if workers is not None and workers.pid != os.getpid():
+                workers = None  # a parent's: not ours to end
             for stop in self._stops:
                 stop.set()
 

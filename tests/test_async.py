@@ -400,3 +400,25 @@ def test_a_runner_started_in_the_background_runs_until_stop_async(tmp_path):
     assert runner.exit_statuses == {"seen": [0]}
     assert "eventsourcery-runner" not in eventsourcery_threads()
     store.close()
+
+
+def test_a_forked_child_runs_calls_on_threads_of_its_own(tmp_path):
+    import multiprocessing
+
+    store = es.SQLiteEventStore(tmp_path / "events.db")
+    astore = es.AsyncEventStore(store)
+    run(astore.sink(item("parent")))  # the parent's worker threads exist now
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child_sinks, args=(astore, out))
+    child.start()
+    try:
+        assert out.get(timeout=WAIT) == 2
+    finally:
+        child.join(WAIT)
+    assert child.exitcode == 0
+    run(astore.aclose())
+
+
+def _child_sinks(astore, out):
+    out.put(asyncio.run(asyncio.wait_for(astore.sink(item("child")), WAIT))[-1].id)
