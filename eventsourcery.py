@@ -31,14 +31,17 @@ The sections below follow that story: errors, serialisation, configuration,
 events, the event store contract, the backend interface (what a store module
 such as eventsourcery_pg builds on), the memory store, the SQLite backend,
 opening stores by URL, aggregates, event processing, the multiprocess runner,
-testing helpers, and the command line (``python -m eventsourcery STORE COMMAND``).
+testing helpers, the asyncio API (AsyncEventStore, AsyncRepository), and the
+command line (``python -m eventsourcery STORE COMMAND``).
 """
 
 from __future__ import annotations
 
 import abc
 import argparse
+import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import datetime as _dt
 import decimal
@@ -51,6 +54,7 @@ import math
 import multiprocessing
 import os
 import platform
+import queue
 import random
 import re
 import shlex
@@ -64,8 +68,11 @@ import typing
 import urllib.parse
 import uuid as _uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar, Union
+
+if typing.TYPE_CHECKING:
+    import asyncio  # imported where used (see the Asyncio section)
 
 if __name__ == "__main__":
     # Run as ``python -m eventsourcery``, this file is the module __main__. Let a backend's
@@ -87,6 +94,8 @@ __all__ = [
     "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
     "skip_event", "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry",
     "run_processor", "ESPRunner",
+    # asyncio
+    "AsyncEventStore", "AsyncRepository",
     # testing helpers
     "given", "AggregateScenario", "given_events", "GivenEvents", "ProcessorScenario",
     "assert_events",
@@ -4087,6 +4096,23 @@ class EventStreamProcessor:
             interval = min(interval * 2, 0.05)
         return True
 
+    async def wait_for_async(self, event_id: int, timeout: float | None = None) -> bool:
+        """``wait_for`` as a coroutine: the position is read on a worker thread (the loop's
+        default executor) and the pauses between reads are the loop's, so the loop is never
+        blocked; cancelling the awaiting task ends the wait."""
+        import asyncio
+
+        event_id = check_position("event_id", event_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.002
+        while await asyncio.to_thread(lambda: self.last_processed_event_id) < event_id:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.sleep(interval if left is None else min(interval, left))
+            interval = min(interval * 2, 0.05)
+        return True
+
     def subscribe_to(self, store: EventStore, stop: StopSignal = None) -> None:
         """Lock this processor name, set up, take ownership, then process batches from the last position
         until ``stop``. A handler's error is raised (after the events before it have committed)."""
@@ -5002,6 +5028,63 @@ class ESPRunner:
             proc.join()
         self._reap()
 
+    # Started from an asyncio application (an ASGI app's lifespan): start_in_background(), stop().
+    _background: threading.Thread | None = None
+    _outcome: concurrent.futures.Future[bool] | None = None
+
+    def start_in_background(self) -> None:
+        """Run ``start()`` on a thread of the runner's own and return at once: that thread starts
+        the children and supervises them (restarts included) until ``stop()`` or
+        ``stop_async()``. For an ASGI app's lifespan.
+
+        Needs ``start_method="spawn"`` (or ``"forkserver"``), else ValueError: the children then
+        start from a new interpreter and copy nothing of this process, whose other threads (the
+        event loop's, an AsyncEventStore's, the server's) may hold a lock at any moment, which a
+        forked child would wait on forever. Processors and stores must then be picklable
+        (classes defined at the top level of an importable module). Give the runner a store
+        object of its own: ``start()`` closes the store's idle connections first.
+        """
+        method = self._context.get_start_method()
+        if method == "fork":
+            raise ValueError("start_in_background() forks no child from a process whose other "
+                             "threads may hold locks: make the runner with "
+                             "ESPRunner(..., start_method='spawn') (or 'forkserver')")
+        if self._background is not None:
+            raise RuntimeError("this ESPRunner was already started in the background")
+        outcome: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def supervise() -> None:
+            try:
+                outcome.set_result(self.start())
+            except BaseException as exc:
+                config.logger.exception("ESPRunner: the runner failed")
+                outcome.set_exception(exc)
+
+        # A daemon thread: should the application exit without stop(), the children stop by
+        # themselves (they watch their parent).
+        self._outcome = outcome
+        self._background = threading.Thread(target=supervise, name="eventsourcery-runner",
+                                            daemon=True)
+        self._background.start()
+
+    def stop(self) -> bool:
+        """Stop a runner started with ``start_in_background()``: ask its children to stop, wait
+        until they ended, and return what ``start()`` returns (True when every child ended
+        cleanly); an error that stopped the runner is raised here."""
+        thread, outcome = self._background, self._outcome
+        if thread is None or outcome is None:
+            raise RuntimeError("stop() ends a runner started with start_in_background(); "
+                               "this one was not")
+        self.shutdown()
+        thread.join()
+        return outcome.result()
+
+    async def stop_async(self) -> bool:
+        """``stop()`` as a coroutine (the wait for the children is a thread's, not the loop's)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.stop)
+
 
 @dataclasses.dataclass
 class _Child:
@@ -5227,6 +5310,313 @@ def given_events(*events: Event, aggregate_id: str = "test-aggregate") -> GivenE
     timestamps are assigned by the store they are sunk into.
     """
     return GivenEvents(events, aggregate_id)
+
+
+# ---------------------------------------------------------------------------
+# Asyncio: stores, the repository and subscriptions awaited from an event
+# loop. Each call runs the wrapped store's own method (or Repository's) on a
+# worker thread, so a store's logic exists once and keeps its guarantees; the
+# loop only waits. (asyncio is imported where it is used, so the command line
+# and the runner's children never load it.)
+# ---------------------------------------------------------------------------
+
+#: How long a task whose call was cancelled waits for the worker thread to finish that call.
+_CANCEL_GRACE = 1.0
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Take a finished future's exception, so that asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _await_call(future: concurrent.futures.Future[_T]) -> _T:
+    """The outcome of a call running on another thread, with the cancellation rules of
+    ``AsyncEventStore._call``."""
+    import asyncio
+
+    waiting = asyncio.wrap_future(future)
+    try:
+        return await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        if not future.cancel():
+            waiting.add_done_callback(_retrieve)
+            await asyncio.wait({waiting}, timeout=_CANCEL_GRACE)
+        raise
+
+
+class _Job:
+    """One call handed to a worker thread, and how its outcome goes back to the loop awaiting it."""
+
+    __slots__ = ("call", "claim", "finished", "future", "loop", "waiter")
+
+    def __init__(self, call: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.call = call
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.claim = [True]  # popped (atomically) by whoever takes the job: thread or cancellation
+        self.finished = False
+        self.waiter: asyncio.Future[None] | None = None  # for a cancelled task to wait on
+
+
+def _deliver(job: _Job, result: Any, error: BaseException | None) -> None:
+    """On the loop: a finished job's outcome to its future (unless cancelled) and its waiter."""
+    job.finished = True
+    if not job.future.done():
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
+    if job.waiter is not None and not job.waiter.done():
+        job.waiter.set_result(None)
+
+
+class _Workers:
+    """Up to ``size`` threads that run jobs for event loops (leaner than a ThreadPoolExecutor
+    behind asyncio.wrap_future: the outcome goes straight to the loop's future, with one
+    call_soon_threadsafe)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size, self.name = size, name
+        self.pid = os.getpid()  # a forked child has none of these threads: it makes its own
+        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.idle: queue.SimpleQueue[None] = queue.SimpleQueue()  # a token per thread free for a job
+
+    def submit(self, job: _Job) -> None:
+        self.queue.put(job)
+        # a new thread only when none is waiting (so that each has a connection it keeps using)
+        try:
+            self.idle.get_nowait()
+        except queue.Empty:
+            self._add_thread()
+
+    def _add_thread(self) -> None:
+        if len(self.threads) < self.size:
+            thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self.threads)}",
+                                      daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            if self._claim(job):  # else it was cancelled before it started: it never runs
+                result, error = None, None
+                try:
+                    result = job.call()
+                except BaseException as exc:
+                    error = exc
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for it
+                    job.loop.call_soon_threadsafe(_deliver, job, result, error)
+                del result, error
+            del job
+            self.idle.put(None)
+
+    @staticmethod
+    def _claim(job: _Job) -> bool:
+        """Take the job to run it; False when a cancellation took it first."""
+        try:
+            job.claim.pop()
+            return True
+        except IndexError:
+            return False
+
+    def shutdown(self) -> None:
+        """End the threads once the jobs queued before are done, and wait for them."""
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
+
+
+async def _on_own_thread(fn: Callable[[], _T], name: str) -> _T:
+    """``fn()`` run on a thread started for it; once the call is done the thread is gone too."""
+    import asyncio
+
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def work() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    try:
+        return await _await_call(future)
+    finally:
+        while future.done() and thread.is_alive():  # it ends as soon as it handed the outcome over
+            await asyncio.sleep(0.001)
+
+
+class AsyncEventStore(typing.Generic[_S]):
+    """Any event store (memory, SQLite, Postgres) for asyncio code: ``await astore.sink(...)``,
+    ``async for batch in astore.subscribe(1): ...``.
+
+    Each call runs the wrapped store's own method on one of at most
+    ``max_threads`` worker threads of this object, so it takes the same
+    arguments and gives the same results and errors as the store, keeps the
+    store's guarantees (group commit, fencing, bounded connections) and never
+    blocks the event loop. When the task awaiting a call is cancelled, a call
+    that has not started yet never runs; a running one is finished by its
+    thread, and the task waits for that (up to about a second) before the
+    cancellation goes on: a cancelled ``sink`` stores its events entirely or
+    not at all. ``aclose()`` (or leaving ``async with``) waits for the calls in
+    flight, ends the worker threads and the subscriptions, and closes the
+    store; like the store, it may be used again after that (threads and
+    connections are made again when needed).
+    """
+
+    def __init__(self, store: _S, *, max_threads: int = 10) -> None:
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
+            raise ValueError(f"max_threads must be an int of at least 1, not {max_threads!r}")
+        self.store: _S = store
+        self.max_threads = max_threads
+        self._guard = threading.Lock()
+        self._workers: _Workers | None = None
+        self._stops: set[threading.Event] = set()  # one per running subscription
+
+    def __repr__(self) -> str:
+        return f"AsyncEventStore({self.store!r})"
+
+    async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` run on a worker thread (in the caller's context variables).
+
+        When the awaiting task is cancelled, a call that has not started never
+        runs; one that is running is finished by its thread, and the task waits
+        for that (up to ``_CANCEL_GRACE`` seconds) before the cancellation goes
+        on, so that a cancelled write has by then happened entirely or not at all.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        job = _Job(functools.partial(contextvars.copy_context().run, fn, *args, **kwargs), loop)
+        with self._guard:
+            if self._workers is None or self._workers.pid != os.getpid():
+                self._workers = _Workers(self.max_threads, "eventsourcery-async")
+            self._workers.submit(job)
+        try:
+            result: _T = await job.future
+            return result
+        except asyncio.CancelledError:
+            if not job.finished:
+                try:
+                    job.claim.pop()  # not started yet: now it never will
+                except IndexError:  # running: wait (a bounded while) for its thread to finish it
+                    job.waiter = loop.create_future()
+                    await asyncio.wait({job.waiter}, timeout=_CANCEL_GRACE)
+            raise
+
+    async def sink(self, event_or_events: Event | Sequence[Event],
+                   expected_version: int | None = None) -> list[Event]:
+        """``store.sink``: append atomically and return the stored copies."""
+        return await self._call(self.store.sink, event_or_events, expected_version)
+
+    async def get_next_from(self, id: int, event_types: EventTypes = None,
+                            limit: int = 1000) -> list[Event]:
+        """``store.get_next_from``: at most ``limit`` events with ``id >= id``, in id order."""
+        return await self._call(self.store.get_next_from, id, event_types, limit)
+
+    async def latest_event_id(self, event_types: EventTypes = None) -> int:
+        """``store.latest_event_id``: the highest id (of those types); 0 when none."""
+        return await self._call(self.store.latest_event_id, event_types)
+
+    async def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *,
+                                          from_version: int = 1,
+                                          to_version: int | None = None) -> list[Event]:
+        """``store.get_events_for_aggregate_id``: one aggregate's events in version order."""
+        return await self._call(self.store.get_events_for_aggregate_id, aggregate_id,
+                                from_version=from_version, to_version=to_version)
+
+    async def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
+        """``store.aggregate_version``: the aggregate's highest stored version; 0 for none."""
+        return await self._call(self.store.aggregate_version, aggregate_id)
+
+    async def subscribe(self, from_id: int,
+                        event_types: EventTypes = None) -> AsyncIterator[list[Event]]:
+        """``store.subscribe`` as an async iterator: non-empty batches from ``from_id`` on, stored
+        events first, then new ones as any process commits them, until the loop is left.
+
+        The store's own subscription runs on a thread of its own (never one
+        of the worker threads, which it would hold). Breaking out of the loop,
+        cancelling the task that iterates, or ``aclose()`` of this object ends
+        it within about a second, with its thread and connection.
+        """
+        import asyncio
+
+        stop = threading.Event()
+        batches = self.store.subscribe(from_id, event_types, stop=stop)
+        reader = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="eventsourcery-subscribe")
+        with self._guard:
+            self._stops.add(stop)
+        try:
+            while True:
+                batch = await asyncio.wrap_future(reader.submit(next, batches, None))
+                if batch is None:
+                    return
+                yield batch
+        finally:
+            stop.set()  # ends the read in flight, which the close below waits for
+            with self._guard:
+                self._stops.discard(stop)
+            # a generator's close() releases what it holds (on Postgres, its LISTEN connection)
+            closed = reader.submit(getattr(batches, "close", lambda: None))
+            reader.shutdown(wait=False)
+            with contextlib.suppress(Exception):
+                await asyncio.wait({asyncio.wrap_future(closed)}, timeout=_CANCEL_GRACE)
+
+    async def aclose(self) -> None:
+        """Wait for the calls in flight, end the worker threads and subscriptions, then close
+        the store."""
+        with self._guard:
+            workers, self._workers = self._workers, None
+            if workers is not None and workers.pid != os.getpid():
+                workers = None  # a parent's: not ours to end
+            for stop in self._stops:
+                stop.set()
+
+        def close() -> None:
+            if workers is not None:
+                workers.shutdown()
+            self.store.close()
+
+        await _on_own_thread(close, "eventsourcery-close")
+
+    async def __aenter__(self) -> AsyncEventStore[_S]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncRepository:
+    """``Repository`` for asyncio code: ``todo = await arepo.load(Todo, id)``,
+    ``await arepo.save(todo)``.
+
+    Each ``load`` and ``save`` is a ``Repository``'s own (snapshots, several
+    aggregates saved in one transaction), run whole on one worker thread of
+    the AsyncEventStore, with its results and errors. A ``save`` whose task is
+    cancelled is finished or not started, never half done (see AsyncEventStore).
+    """
+
+    def __init__(self, store: AsyncEventStore[Any]) -> None:
+        self.store = store
+        self.repository = Repository(store.store)  # the logic it runs
+
+    async def load(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID) -> _A:
+        """``Repository.load``: the aggregate rebuilt from its events (and snapshot)."""
+        return await self.store._call(self.repository.load, aggregate_class, aggregate_id)
+
+    async def save(self, *aggregates: Aggregate) -> list[Event]:
+        """``Repository.save``: sink each aggregate's changes (several in one transaction);
+        return the stored events."""
+        return await self.store._call(self.repository.save, *aggregates)
 
 
 # ---------------------------------------------------------------------------

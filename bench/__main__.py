@@ -28,7 +28,7 @@ from bench import common as C  # noqa: E402
 
 UNITS = {"a": "commands", "b": "events", "c": "events", "d": "events", "e": "events",
          "f": "events", "g": "events", "h": "events", "i": "commands", "j": "reads",
-         "k": "commands", "l": "requests", "web": "events"}
+         "k": "commands", "l": "requests", "web": "events", "aio": "commands"}
 TITLES = {
     "a": "commands: load + 1 event + save",
     "b": "batch append to 1 aggregate",
@@ -43,6 +43,7 @@ TITLES = {
     "k": "N processes, one store: commands (load + 1 event + save), a store object per process",
     "l": "the todo app over HTTP under wrk: GET /todos/outstanding (200 todos), POST adds; N connections",
     "web": "event browser: a page of 50 events of a 1,000,000-event store, by HTTP (web_pages.py)",
+    "aio": "8 asyncio tasks (tsk8, AsyncRepository) against 8 threads (thr8, Repository): commands",
 }
 
 
@@ -569,6 +570,10 @@ class Harness:
                 child.kill()
                 child.wait()
 
+    def w_aio(self, backend):
+        from bench.async_cmds import workload
+        workload(self, backend)
+
     def w_k(self, backend):
         """N processes on one store, started together, each running its share of k_commands on 10
         aggregates of its own; commands/s over the span from the first start to the last end."""
@@ -738,6 +743,12 @@ class Harness:
             r = row("k", backend, "proc8")
             if r and backend == "postgres":
                 check("(k) commands, 8 processes, vs raw", backend, r.get("vs_raw"), ">=", 0.9, "x")
+            r = row("aio", backend, "tsk8")
+            if r and r.get("throughput_vs_threads") is not None:
+                check("(aio) commands/s, 8 tasks / 8 threads", backend, r["throughput_vs_threads"],
+                      ">=", 0.8, "x")
+                check("(aio) command p99, 8 tasks / 8 threads", backend, r["p99_vs_threads"],
+                      "<=", 2.0, "x")
             one, many = row("l", backend, "get01"), row("l", backend, "get32")
             if one and one.get("p50_ms") is not None:
                 check("(l) keep-alive GET p50, 1 connection", backend, one["p50_ms"], "<", 2.0, " ms")
@@ -794,6 +805,9 @@ class Harness:
                 notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
                 if r.get("stored") is not None:
                     notes += f"  201s {r['created']}, events stored {r['stored']}"
+            elif r["workload"] == "aio":
+                from bench.async_cmds import notes as async_notes
+                notes = async_notes(r)
             elif r["workload"] in ("i", "j", "k") and r.get("p50_ms") is not None:
                 notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms"
                 if r.get("p99_vs_raw") is not None:

@@ -19,7 +19,7 @@ DEFAULT_PG = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 PG_ENV = "EVENTSOURCERY_TEST_POSTGRES"
 
 SYSTEMS = ("eventsourcery", "eventsourcing", "raw")
-WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "web")
+WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "web", "aio")
 
 TITLE = "benchmark item"  # the payload every event carries: {"title": TITLE, "amount": i}
 
