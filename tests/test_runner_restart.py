@@ -17,6 +17,7 @@ import os
 import pathlib
 import random
 import re
+import shutil
 import signal
 import threading
 import time
@@ -397,4 +398,45 @@ def test_two_runners_a_killed_owner_hands_over_to_the_standby_and_comes_back_as_
     assert b.terminations() == [(COUNTER, 0)], b.diagnostics()
     got = ps.projection_of(projection)
     assert sorted(got["seen"]) == list(range(1, second[-1].id + 1))
+    store.close()
+
+
+def test_a_child_fenced_by_another_instance_is_restarted_and_waits_as_a_standby(tmp_path, runners):  # noqa: F811
+    """A tmp cleaner removes the SQLite store's lock directory, and runner B's child takes the name from
+    runner A's. A's child is fenced at its next commit (exit status 1), is restarted, and waits as a
+    standby until B's child is killed; then one of them takes over. Every event is counted once."""
+    store_path = str(tmp_path / "events.db")
+    store = es.SQLiteEventStore(store_path)
+    projection = str(tmp_path / "projection.db")
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    spec = {"store": store_path, "start_method": "spawn", "max_seconds": 30, "restart": True,
+            "restart_delay": 0.05, "max_restart_delay": 0.2,
+            "processors": [{"kind": "counter", "db": projection, "error_handler": "constant"}]}
+    for d in dirs:
+        d.mkdir()
+    a = runners(dirs[0], **spec)
+    assert wait_until(lambda: a.child_pid() is not None, timeout=LONG), a.diagnostics()
+    first = store.sink([Tick(aggregate_id="t", n=i) for i in range(50)])
+    assert wait_until(lambda: ps.projection_position(projection) == first[-1].id, timeout=LONG)
+    shutil.rmtree(f"{store_path}.locks")
+    b = runners(dirs[1], **spec)
+    assert wait_until(lambda: b.child_pid() is not None, timeout=LONG), b.diagnostics()  # B took the name
+    second = store.sink([Tick(aggregate_id="t", n=i) for i in range(50)])
+    assert wait_until(lambda: a.terminations() == [(COUNTER, 1)], timeout=LONG), a.diagnostics()
+    assert wait_until(lambda: "standby" in read_text(dirs[0] / f"{COUNTER}.log"), timeout=LONG), (
+        a.diagnostics())
+    assert "exit status 1: restarting it in" in read_text(a.out_path)
+    assert wait_until(lambda: ps.projection_position(projection) == second[-1].id, timeout=LONG)
+
+    os.kill(b.child_pid(), signal.SIGKILL)
+    third = store.sink([Tick(aggregate_id="t", n=i) for i in range(50)])
+    assert wait_until(lambda: ps.projection_position(projection) == third[-1].id, timeout=LONG), (
+        a.diagnostics() + b.diagnostics())
+
+    assert a.stop(signal.SIGTERM) == 3  # its first child was fenced
+    assert b.stop(signal.SIGTERM) == 3  # its first child was killed
+    assert a.terminations() == [(COUNTER, 1), (COUNTER, 0)], a.diagnostics()
+    assert b.terminations() == [(COUNTER, -signal.SIGKILL), (COUNTER, 0)], b.diagnostics()
+    got = ps.projection_of(projection)
+    assert sorted(got["seen"]) == list(range(1, third[-1].id + 1))
     store.close()
