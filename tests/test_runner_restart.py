@@ -366,8 +366,8 @@ def test_sigterm_to_the_runner_during_a_restart_wait_stops_it_without_a_restart(
 
 def test_two_runners_a_killed_owner_hands_over_to_the_standby_and_comes_back_as_a_standby(tmp_path, runners):  # noqa: F811
     """Runner A's child owns the processor, runner B's waits as a standby. kill -9 of A's child: B's
-    takes over, A restarts its child, which waits as a standby in its turn (it neither dies again nor
-    processes anything twice)."""
+    takes over (as a rule), A restarts its child, which waits as a standby in its turn (it neither dies
+    again nor processes anything twice)."""
     store_path = str(tmp_path / "events.db")
     store = es.SQLiteEventStore(store_path)
     projection = str(tmp_path / "projection.db")
@@ -384,13 +384,19 @@ def test_two_runners_a_killed_owner_hands_over_to_the_standby_and_comes_back_as_
     first = store.sink([Tick(aggregate_id="t", n=i) for i in range(100)])
     assert wait_until(lambda: ps.projection_position(projection) == first[-1].id, timeout=LONG)
 
-    os.kill(a.child_pid(), signal.SIGKILL)
-    assert wait_until(lambda: b.child_pid() is not None, timeout=LONG), b.diagnostics()  # B took over
-    # A's new child waits as a standby (A's first child owned the name: it never logged "standby").
-    assert wait_until(lambda: "standby" in read_text(dirs[0] / f"{COUNTER}.log"), timeout=LONG), (
-        a.diagnostics())
+    killed = a.child_pid()
+    os.kill(killed, signal.SIGKILL)
+    # B's standby takes over, and A's new child waits as a standby (A's first child owned the name: it
+    # never logged "standby"); or, rarely, A's new child is first to take the name back from the killed
+    # one, and B's stays a standby. Either way one owns the name, and the other waits.
+    assert wait_until(lambda: b.child_pid() is not None or a.child_pid() not in (None, killed),
+                      timeout=LONG), a.diagnostics() + b.diagnostics()
+    if b.child_pid() is not None:
+        assert wait_until(lambda: "standby" in read_text(dirs[0] / f"{COUNTER}.log"), timeout=LONG), (
+            a.diagnostics())
     second = store.sink([Tick(aggregate_id="t", n=i) for i in range(100)])
     assert wait_until(lambda: ps.projection_position(projection) == second[-1].id, timeout=LONG)
+    assert a.terminations() == [(COUNTER, -signal.SIGKILL)]  # its new child did not die again
 
     assert a.stop(signal.SIGTERM) == 3  # its first child was killed
     assert b.stop(signal.SIGTERM) == 0
