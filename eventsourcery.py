@@ -4376,8 +4376,9 @@ def _set_process_title(title: str) -> None:
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
-#: A child's exit status when its processor's error handler gave up (NoRetry): the processor stopped on
-#: purpose, at an error, and the runner does not start it again. Any other non-zero status is a death.
+#: A child's exit status when its processor's error handler gave up (NoRetry): the processor
+#: stopped on purpose, at an error, and the runner does not start it again. Any other non-zero
+#: status is a death.
 _EXIT_GAVE_UP = 3
 
 
@@ -4426,7 +4427,8 @@ def _child_main(processor: EventStreamProcessor, store: EventStore,
 
 
 def _describe_exit(status: int) -> str:
-    """A child's exit status as an operator reads it: ``exit status 1``, ``killed by SIGKILL (9)``."""
+    """A child's exit status as an operator reads it: ``exit status 1``, ``killed by SIGKILL (9)``.
+    """
     if status < 0:
         with contextlib.suppress(ValueError):
             return f"killed by {signal.Signals(-status).name} ({-status})"
@@ -4437,10 +4439,10 @@ def _describe_exit(status: int) -> str:
 class _RestartBackoff:
     """How long the runner waits before it starts a child again after it died (one per child).
 
-    After a first death it waits ``initial`` seconds; each further death of a child that ran for less
-    than ``reset_after`` seconds doubles the wait, up to ``maximum``. A child that ran for at least
-    ``reset_after`` seconds before dying starts a new series at ``initial``. ``deaths`` counts the
-    deaths of the current series.
+    After a first death it waits ``initial`` seconds; each further death of a child that ran for
+    less than ``reset_after`` seconds doubles the wait, up to ``maximum``. A child that ran for at
+    least ``reset_after`` seconds before dying starts a new series at ``initial``. ``deaths``
+    counts the deaths of the current series.
     """
 
     def __init__(self, initial: float, maximum: float, reset_after: float) -> None:
@@ -4500,8 +4502,9 @@ class ESPRunner:
                             "in a child process, which would never see the events this process sinks; "
                             "use an SQLiteEventStore or a PostgresEventStore (or run_processor in a thread)")
         if not 0 < restart_delay <= max_restart_delay:
-            raise ValueError(f"ESPRunner: restart_delay must be more than 0 and at most max_restart_delay; "
-                             f"got restart_delay={restart_delay!r}, max_restart_delay={max_restart_delay!r}")
+            raise ValueError(f"ESPRunner: restart_delay must be more than 0 and at most "
+                             f"max_restart_delay; got restart_delay={restart_delay!r}, "
+                             f"max_restart_delay={max_restart_delay!r}")
         if not restart_reset_after > 0:
             raise ValueError(f"ESPRunner: restart_reset_after must be more than 0 seconds; "
                              f"got {restart_reset_after!r}")
@@ -4521,13 +4524,14 @@ class ESPRunner:
         self._context: Any = multiprocessing.get_context(start_method)
         self._shutdown = threading.Event()  # set by shutdown(), from any thread
         self._signalled = False  # set by the signal handler (which must not touch locks)
-        # By child key: the processor name (one child per processor); each child has its own backoff.
+        # By child key: the processor name (one child per processor); each has its own backoff.
         self._children = {p.processor_name: self._new_child(p) for p in self.processors}
         self.exit_statuses: dict[str, list[int]] = {n: [] for n in names}
 
     def _new_child(self, processor: EventStreamProcessor) -> _Child:
-        return _Child(processor.processor_name, processor,
-                      _RestartBackoff(self.restart_delay, self.max_restart_delay, self.restart_reset_after))
+        backoff = _RestartBackoff(self.restart_delay, self.max_restart_delay,
+                                  self.restart_reset_after)
+        return _Child(processor.processor_name, processor, backoff)
 
     def shutdown(self) -> None:
         """Ask the runner to stop its children and return from start()."""
@@ -4552,9 +4556,9 @@ class ESPRunner:
 
     def _start_child(self, child: _Child) -> None:
         name = child.processor.processor_name
-        proc = self._context.Process(target=_child_main,
-                                     args=(child.processor, self.store, self.after_fork, os.getpid()),
-                                     name=f"eventsourcery:{name}", daemon=False)
+        proc = self._context.Process(
+            target=_child_main, args=(child.processor, self.store, self.after_fork, os.getpid()),
+            name=f"eventsourcery:{name}", daemon=False)
         # The child starts with TERM and INT blocked (the mask survives fork and exec) and
         # unblocks them once its handlers are in place, so an early TERM is a clean stop.
         if self._context.get_start_method() != "fork":
@@ -4580,7 +4584,8 @@ class ESPRunner:
             for processor in self.processors:
                 self.start_processor(processor)
             while not self.shutdown_requested() and any(
-                    c.process is not None or c.restart_at is not None for c in self._children.values()):
+                    c.process is not None or c.restart_at is not None
+                    for c in self._children.values()):
                 self._reap()
                 self._restart_due()
                 time.sleep(0.05)
@@ -4615,8 +4620,8 @@ class ESPRunner:
             if stopping or self.shutdown_requested():
                 (config.logger.info if status == 0 else config.logger.error)("%s", ended)
             elif status == 0:
-                config.logger.warning("%s: it was asked to stop (a SIGTERM or SIGINT not sent by the "
-                                      "runner): not restarting it", ended)
+                config.logger.warning("%s: it was asked to stop (a SIGTERM or SIGINT not sent by "
+                                      "the runner): not restarting it", ended)
             elif status == _EXIT_GAVE_UP:
                 config.logger.error("%s: its error handler gave up: not restarting it", ended)
             elif not self.restart:
@@ -4624,8 +4629,8 @@ class ESPRunner:
             else:
                 delay = child.backoff.next_delay(ran_for)
                 child.restart_at = time.monotonic() + delay
-                config.logger.error("%s: restarting it in %s s (death %s in a row)", ended, f"{delay:g}",
-                                    child.backoff.deaths)
+                config.logger.error("%s: restarting it in %s s (death %s in a row)", ended,
+                                    f"{delay:g}", child.backoff.deaths)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -4637,8 +4642,8 @@ class ESPRunner:
                 except Exception as exc:  # fork can fail for want of memory: try again later
                     delay = child.backoff.next_delay(0.0)
                     child.restart_at = time.monotonic() + delay
-                    config.logger.error("ESPRunner: could not restart %s (%r): trying again in %s s",
-                                        child.processor.processor_name, exc, f"{delay:g}")
+                    config.logger.error("ESPRunner: could not restart %s (%r): trying again in "
+                                        "%s s", child.processor.processor_name, exc, f"{delay:g}")
 
     def _terminate_children(self) -> None:
         for child in self._children.values():

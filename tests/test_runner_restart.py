@@ -1,11 +1,13 @@
 """ESPRunner restarts a child that dies (issue 19 point 3, SPEC section 4).
 
-``restart=True`` is the default: a child that dies (here: ``kill -9``, an ``after_fork`` that raises)
-starts again after a backoff that grows while it keeps dying and resets once it has run for a while;
-``after_subprocess_termination`` is called for every death. A child that stopped on purpose (exit
-status 0, or its error handler gave up) is not restarted, nor is any child once shutdown was requested.
+``restart=True`` is the default: a child that dies (here: ``kill -9``, an ``after_fork`` that
+raises, a fenced child) starts again after a backoff that grows while it keeps dying and resets once
+it has run for a while; ``after_subprocess_termination`` is called for every death. A child that
+stopped on purpose (exit status 0, or its error handler gave up) is not restarted, nor is any child
+once shutdown was requested.
 
-The backoff policy is tested on its own, deterministically; the rest with real processes and signals.
+The backoff policy is tested on its own, deterministically; the rest with real processes and
+signals.
 Every wait is bounded (LONG only expires when something hangs); no test asserts a speed, only that a
 restart did not come before its wait and that a shutdown did not wait out a long backoff.
 """
@@ -28,23 +30,46 @@ import eventsourcery as es
 from tests import processing_support as ps
 from tests._util import wait_until
 from tests.processing_support import Tick
-from tests.test_runner import COUNTER, LONG, locations, read_text, run_in_this_process, runners  # noqa: F401
+from tests.test_runner import (
+    COUNTER,
+    LONG,
+    RunnerProcess,
+    locations,
+    read_text,
+    run_in_this_process,
+)
 
 N_KILLS = 5
 RESTARTING = re.compile(r"restarting it in ([0-9.e+-]+) s \(death (\d+) in a row\)")
 
 
+@pytest.fixture
+def runners():
+    """Runners in subprocesses of their own (test_runner.RunnerProcess), cleaned up afterwards."""
+    started: list[RunnerProcess] = []
+    yield lambda workdir, **spec: started.append(RunnerProcess(workdir, **spec)) or started[-1]
+    for r in started:
+        r.cleanup()
+
+
 def runner_log(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("ESPRunner: process ")]
+    return [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("ESPRunner: process ")
+    ]
 
 
 def restart_waits(caplog) -> list[tuple[float, int]]:
     """(wait, deaths in a row) of every "restarting it in" line the runner logged, in order."""
-    return [(float(m[1]), int(m[2])) for line in runner_log(caplog) for m in [RESTARTING.search(line)] if m]
+    return [
+        (float(m[1]), int(m[2]))
+        for line in runner_log(caplog)
+        for m in [RESTARTING.search(line)]
+        if m
+    ]
 
 
 class Terminations:
-    """An after_subprocess_termination callback that records (processor name, status, monotonic time)."""
+    """An after_subprocess_termination callback: records (processor, status, monotonic time)."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -60,25 +85,29 @@ class Terminations:
 
 
 class RunnerThread:
-    """runner.start() in a thread of this process (no signal handlers there); stop() shuts it down."""
+    """runner.start() in a thread of this process (no signal handlers there); stop() ends it."""
 
     def __init__(self, runner: es.ESPRunner):
         self.runner = runner
         self.result: list[object] = []
-        self.thread = threading.Thread(target=lambda: self.result.append(runner.start()), daemon=True)
+        self.thread = threading.Thread(
+            target=lambda: self.result.append(runner.start()), daemon=True
+        )
         self.thread.start()
 
     def stop(self, timeout: float = LONG) -> object:
         self.runner.shutdown()
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), f"start() did not return within {timeout} s of shutdown()"
+        assert not self.thread.is_alive(), (
+            f"start() did not return within {timeout} s of shutdown()"
+        )
         assert self.result, "start() raised"
         return self.result[0]
 
 
 def live_pid(workdir: pathlib.Path, not_in=()) -> int | None:
-    """The pid in <workdir>/<COUNTER>.pid (written by the child once it holds its lock) if it is a live
-    process not in ``not_in``."""
+    """The pid in <workdir>/<COUNTER>.pid (written by the child once it holds its lock) if it is a
+    live process not in ``not_in``."""
     pid = ps.read_pid(str(workdir / f"{COUNTER}.pid"))
     if pid is None or pid in not_in or not os.path.exists(f"/proc/{pid}"):
         return None
@@ -89,7 +118,7 @@ def starts(workdir: pathlib.Path) -> list[int]:
     return [s["pid"] for s in ps.read_json_lines(str(workdir / f"{COUNTER}.starts.jsonl"))]
 
 
-# --- the policy, deterministically ---------------------------------------------------------------
+# --- the policy, deterministically ----------------------------------------------------------------
 
 
 def test_backoff_doubles_while_a_child_keeps_dying_up_to_its_maximum_and_resets_after_a_good_run():
@@ -109,8 +138,12 @@ def test_backoff_doubles_while_a_child_keeps_dying_up_to_its_maximum_and_resets_
 
 
 def test_each_child_backs_off_on_its_own():
-    runner = es.ESPRunner([ps.CountingProjector(":memory:"), ps.OtherCounter(":memory:")],
-                          es.SQLiteEventStore(":memory:"), restart_delay=1.0, max_restart_delay=8.0)
+    runner = es.ESPRunner(
+        [ps.CountingProjector(":memory:"), ps.OtherCounter(":memory:")],
+        es.SQLiteEventStore(":memory:"),
+        restart_delay=1.0,
+        max_restart_delay=8.0,
+    )
     first, second = (child.backoff for child in runner._children.values())
     assert first is not second
     assert [first.next_delay(0.0) for _ in range(3)] == [1.0, 2.0, 4.0]
@@ -124,13 +157,16 @@ def test_restart_is_the_default_with_sensible_waits():
     assert runner.restart_reset_after >= runner.max_restart_delay
 
 
-@pytest.mark.parametrize("options, wrong", [
-    ({"restart_delay": 0}, "restart_delay"),
-    ({"restart_delay": -1.0}, "restart_delay"),
-    ({"restart_delay": float("nan")}, "restart_delay"),
-    ({"restart_delay": 10.0, "max_restart_delay": 5.0}, "max_restart_delay"),
-    ({"restart_reset_after": 0}, "restart_reset_after"),
-])
+@pytest.mark.parametrize(
+    "options, wrong",
+    [
+        ({"restart_delay": 0}, "restart_delay"),
+        ({"restart_delay": -1.0}, "restart_delay"),
+        ({"restart_delay": float("nan")}, "restart_delay"),
+        ({"restart_delay": 10.0, "max_restart_delay": 5.0}, "max_restart_delay"),
+        ({"restart_reset_after": 0}, "restart_reset_after"),
+    ],
+)
 def test_backoff_arguments_that_would_spin_or_never_wait_are_refused(options, wrong):
     with pytest.raises(ValueError, match=wrong):
         es.ESPRunner([ps.CountingProjector(":memory:")], es.SQLiteEventStore(":memory:"), **options)
@@ -141,14 +177,16 @@ def test_describe_exit_names_the_signal():
     assert es._describe_exit(1) == "exit status 1"
 
 
-# --- kill -9, repeatedly, while events are sunk ----------------------------------------------------
+# --- kill -9, repeatedly, while events are sunk ---------------------------------------------------
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_child_killed_again_and_again_is_restarted_and_catches_up_with_every_event_once(
-        tmp_path, backend, caplog):
-    """The default runner (restart not given) restarts the child after each of N_KILLS kill -9s, which
-    land while the events just sunk are being processed; each time the processor catches up."""
+    tmp_path, backend, caplog
+):
+    """The default runner (restart not given) restarts the child after each of N_KILLS kill -9s,
+    which land while the events just sunk are being processed; each time the processor catches
+    up."""
     caplog.set_level(logging.INFO, logger="eventsourcery")
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -156,27 +194,40 @@ def test_a_child_killed_again_and_again_is_restarted_and_catches_up_with_every_e
     store = es.open_store(store_url)
     watcher = ps.counting_projector_class(projection)(projection)  # wait_for, from this process
     terminations = Terminations()
-    runner = es.ESPRunner([ps.counting_projector_class(projection)(projection, workdir=str(tmp_path))],
-                          es.open_store(store_url), start_method="spawn", restart_delay=0.05,
-                          max_restart_delay=0.4, after_subprocess_termination=terminations,
-                          max_seconds_for_processes_to_terminate=30)
+    runner = es.ESPRunner(
+        [ps.counting_projector_class(projection)(projection, workdir=str(tmp_path))],
+        es.open_store(store_url),
+        start_method="spawn",
+        restart_delay=0.05,
+        max_restart_delay=0.4,
+        after_subprocess_termination=terminations,
+        max_seconds_for_processes_to_terminate=30,
+    )
     running = RunnerThread(runner)
     killed: list[int] = []
     try:
         for kill in range(N_KILLS):
             assert wait_until(lambda: live_pid(tmp_path, killed) is not None, timeout=LONG), (
-                f"seed {seed}: no new child after kill {kill}")
+                f"seed {seed}: no new child after kill {kill}"
+            )
             pid = live_pid(tmp_path, killed)
-            stored = [e for a in range(4) for e in store.sink([Tick(aggregate_id=f"t{a}", n=i)
-                                                                for i in range(rng.randint(1, 100))])]
+            stored = [
+                e
+                for a in range(4)
+                for e in store.sink(
+                    [Tick(aggregate_id=f"t{a}", n=i) for i in range(rng.randint(1, 100))]
+                )
+            ]
             time.sleep(rng.uniform(0, 0.2))  # somewhere in those events' processing, or after it
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             assert wait_until(lambda n=kill + 1: len(terminations.statuses()) == n, timeout=LONG)
             assert wait_until(lambda: live_pid(tmp_path, killed) is not None, timeout=LONG), (
-                f"seed {seed}: no new child after kill {kill + 1}")
+                f"seed {seed}: no new child after kill {kill + 1}"
+            )
             assert watcher.wait_for(stored[-1].id, timeout=LONG), (
-                f"seed {seed}: the processor did not catch up after kill {kill + 1}")
+                f"seed {seed}: the processor did not catch up after kill {kill + 1}"
+            )
         stored = store.sink([Tick(aggregate_id="last")])
         assert watcher.wait_for(stored[-1].id, timeout=LONG)
     finally:
@@ -186,7 +237,8 @@ def test_a_child_killed_again_and_again_is_restarted_and_catches_up_with_every_e
     got = ps.projection_of(projection)
     assert got["position"] == latest
     assert sorted(got["seen"]) == list(range(1, latest + 1)), (
-        f"seed {seed}: {len(got['seen']) - latest:+d} rows: events lost or processed twice")
+        f"seed {seed}: {len(got['seen']) - latest:+d} rows: events lost or processed twice"
+    )
     assert sum(got["counts"].values()) == latest
     assert len(set(starts(tmp_path))) == N_KILLS + 1  # a new pid for each restart
     assert starts(tmp_path)[:N_KILLS] == killed
@@ -194,12 +246,14 @@ def test_a_child_killed_again_and_again_is_restarted_and_catches_up_with_every_e
     assert runner.exit_statuses == {COUNTER: [-signal.SIGKILL] * N_KILLS + [0]}
     assert ok is False  # not every end was clean
     deaths = [line for line in runner_log(caplog) if "killed by SIGKILL (9)" in line]
-    assert len(deaths) == N_KILLS and all("restarting it in" in line for line in deaths), runner_log(caplog)
+    assert len(deaths) == N_KILLS and all("restarting it in" in line for line in deaths), (
+        runner_log(caplog)
+    )
     store.close()
     watcher.close()
 
 
-# --- a child that dies at once, every time ---------------------------------------------------------
+# --- a child that dies at once, every time --------------------------------------------------------
 
 QUICK_DEATHS = 4
 
@@ -214,27 +268,37 @@ def die_at_first_starts(processor) -> None:
         raise RuntimeError(f"setup failed (start {n})")
 
 
-def test_a_child_that_dies_at_once_backs_off_to_the_cap_and_a_good_run_resets_the_wait(tmp_path, caplog):
+def test_a_child_that_dies_at_once_backs_off_to_the_cap_and_a_good_run_resets_the_wait(
+    tmp_path, caplog
+):
     caplog.set_level(logging.INFO, logger="eventsourcery")
     store_path = str(tmp_path / "events.db")
     es.SQLiteEventStore(store_path).sink(Tick(aggregate_id="t"))
     projection = str(tmp_path / "projection.db")
     initial, maximum, reset_after = 0.1, 0.4, 3.0
     terminations = Terminations()
-    runner = es.ESPRunner([ps.CountingProjector(projection, workdir=str(tmp_path))],
-                          es.SQLiteEventStore(store_path), start_method="fork", after_fork=die_at_first_starts,
-                          after_subprocess_termination=terminations, restart_delay=initial,
-                          max_restart_delay=maximum, restart_reset_after=reset_after,
-                          max_seconds_for_processes_to_terminate=30)
+    runner = es.ESPRunner(
+        [ps.CountingProjector(projection, workdir=str(tmp_path))],
+        es.SQLiteEventStore(store_path),
+        start_method="fork",
+        after_fork=die_at_first_starts,
+        after_subprocess_termination=terminations,
+        restart_delay=initial,
+        max_restart_delay=maximum,
+        restart_reset_after=reset_after,
+        max_seconds_for_processes_to_terminate=30,
+    )
     running = RunnerThread(runner)
     try:
-        # The fifth start lives: it processes the event, runs for longer than reset_after, and is killed.
+        # The fifth start lives: it processes the event, runs longer than reset_after, is killed.
         assert wait_until(lambda: live_pid(tmp_path) is not None, timeout=LONG), runner_log(caplog)
         assert wait_until(lambda: ps.projection_position(projection) == 1, timeout=LONG)
         good = live_pid(tmp_path)
         time.sleep(reset_after + 0.5)
         os.kill(good, signal.SIGKILL)
-        assert wait_until(lambda: live_pid(tmp_path, [good]) is not None, timeout=LONG), runner_log(caplog)
+        assert wait_until(lambda: live_pid(tmp_path, [good]) is not None, timeout=LONG), runner_log(
+            caplog
+        )
     finally:
         running.stop()
 
@@ -251,16 +315,21 @@ def test_a_child_that_dies_at_once_backs_off_to_the_cap_and_a_good_run_resets_th
         assert next_start >= died_at + wait - 0.01, "started again before its wait was over"
 
 
-# --- what is not restarted ---------------------------------------------------------------------------
+# --- what is not restarted ------------------------------------------------------------------------
 
 
 def test_with_restart_false_a_killed_child_is_only_reported(tmp_path):
     store_path = str(tmp_path / "events.db")
     es.SQLiteEventStore(store_path).sink(Tick(aggregate_id="t"))
     terminations = Terminations()
-    runner = es.ESPRunner([ps.CountingProjector(str(tmp_path / "projection.db"), workdir=str(tmp_path))],
-                          es.SQLiteEventStore(store_path), start_method="fork", restart=False,
-                          restart_delay=0.05, after_subprocess_termination=terminations)
+    runner = es.ESPRunner(
+        [ps.CountingProjector(str(tmp_path / "projection.db"), workdir=str(tmp_path))],
+        es.SQLiteEventStore(store_path),
+        start_method="fork",
+        restart=False,
+        restart_delay=0.05,
+        after_subprocess_termination=terminations,
+    )
 
     def kill_the_child():
         if wait_until(lambda: live_pid(tmp_path) is not None, timeout=LONG):
@@ -281,8 +350,12 @@ def test_a_child_stopped_by_sigterm_from_outside_the_runner_is_not_restarted(tmp
     caplog.set_level(logging.INFO, logger="eventsourcery")
     store_path = str(tmp_path / "events.db")
     es.SQLiteEventStore(store_path).sink(Tick(aggregate_id="t"))
-    runner = es.ESPRunner([ps.CountingProjector(str(tmp_path / "projection.db"), workdir=str(tmp_path))],
-                          es.SQLiteEventStore(store_path), start_method="fork", restart_delay=0.05)
+    runner = es.ESPRunner(
+        [ps.CountingProjector(str(tmp_path / "projection.db"), workdir=str(tmp_path))],
+        es.SQLiteEventStore(store_path),
+        start_method="fork",
+        restart_delay=0.05,
+    )
 
     def stop_the_child():
         if wait_until(lambda: live_pid(tmp_path) is not None, timeout=LONG):
@@ -296,7 +369,9 @@ def test_a_child_stopped_by_sigterm_from_outside_the_runner_is_not_restarted(tmp
     assert ok is True
     assert runner.exit_statuses == {COUNTER: [0]}
     assert len(starts(tmp_path)) == 1
-    assert any("asked to stop" in line and "not restarting it" in line for line in runner_log(caplog))
+    assert any(
+        "asked to stop" in line and "not restarting it" in line for line in runner_log(caplog)
+    )
 
 
 def test_a_child_whose_error_handler_gave_up_is_not_restarted(tmp_path, caplog):
@@ -306,10 +381,16 @@ def test_a_child_whose_error_handler_gave_up_is_not_restarted(tmp_path, caplog):
     store.sink(Tick(aggregate_id="t"))
     store.sink(ps.Poison(aggregate_id="p"))
     store.close()
-    projector = ps.CountingProjector(str(tmp_path / "projection.db"), workdir=str(tmp_path),
-                                     error_handler_name="none")
-    runner = es.ESPRunner([projector], es.SQLiteEventStore(store_path), start_method="fork",
-                          after_fork=ps.configure_child, restart_delay=0.05)
+    projector = ps.CountingProjector(
+        str(tmp_path / "projection.db"), workdir=str(tmp_path), error_handler_name="none"
+    )
+    runner = es.ESPRunner(
+        [projector],
+        es.SQLiteEventStore(store_path),
+        start_method="fork",
+        after_fork=ps.configure_child,
+        restart_delay=0.05,
+    )
     ok = run_in_this_process(runner)  # returns by itself once the child gave up
 
     assert ok is False
@@ -318,7 +399,7 @@ def test_a_child_whose_error_handler_gave_up_is_not_restarted(tmp_path, caplog):
     assert any("error handler gave up: not restarting it" in line for line in runner_log(caplog))
 
 
-# --- shutdown while a restart is pending -------------------------------------------------------------
+# --- shutdown while a restart is pending ----------------------------------------------------------
 
 
 def test_shutdown_during_a_restart_wait_returns_at_once_and_starts_nothing(tmp_path):
@@ -326,9 +407,14 @@ def test_shutdown_during_a_restart_wait_returns_at_once_and_starts_nothing(tmp_p
     es.SQLiteEventStore(store_path).sink(Tick(aggregate_id="t"))
     long_wait = 600.0
     terminations = Terminations()
-    runner = es.ESPRunner([ps.CountingProjector(str(tmp_path / "projection.db"), workdir=str(tmp_path))],
-                          es.SQLiteEventStore(store_path), start_method="fork", restart_delay=long_wait,
-                          max_restart_delay=long_wait, after_subprocess_termination=terminations)
+    runner = es.ESPRunner(
+        [ps.CountingProjector(str(tmp_path / "projection.db"), workdir=str(tmp_path))],
+        es.SQLiteEventStore(store_path),
+        start_method="fork",
+        restart_delay=long_wait,
+        max_restart_delay=long_wait,
+        after_subprocess_termination=terminations,
+    )
     running = RunnerThread(runner)
     try:
         assert wait_until(lambda: live_pid(tmp_path) is not None, timeout=LONG)
@@ -340,19 +426,29 @@ def test_shutdown_during_a_restart_wait_returns_at_once_and_starts_nothing(tmp_p
     assert ok is False
     assert runner.exit_statuses == {COUNTER: [-signal.SIGKILL]}
     assert len(starts(tmp_path)) == 1
-    assert all(child.restart_at is None and child.process is None for child in runner._children.values())
+    assert all(
+        child.restart_at is None and child.process is None for child in runner._children.values()
+    )
 
 
-def test_sigterm_to_the_runner_during_a_restart_wait_stops_it_without_a_restart(tmp_path, runners):  # noqa: F811
+def test_sigterm_to_the_runner_during_a_restart_wait_stops_it_without_a_restart(tmp_path, runners):
     store_path = str(tmp_path / "events.db")
     es.SQLiteEventStore(store_path).sink(Tick(aggregate_id="t"))
-    runner = runners(tmp_path, store=store_path, start_method="fork", max_seconds=30, restart=True,
-                     restart_delay=600.0, max_restart_delay=600.0,
-                     processors=[{"kind": "counter", "db": str(tmp_path / "projection.db")}])
+    runner = runners(
+        tmp_path,
+        store=store_path,
+        start_method="fork",
+        max_seconds=30,
+        restart=True,
+        restart_delay=600.0,
+        max_restart_delay=600.0,
+        processors=[{"kind": "counter", "db": str(tmp_path / "projection.db")}],
+    )
     assert wait_until(lambda: runner.child_pid() is not None, timeout=LONG), runner.diagnostics()
     os.kill(runner.child_pid(), signal.SIGKILL)
-    assert wait_until(lambda: runner.terminations() == [(COUNTER, -signal.SIGKILL)], timeout=LONG), (
-        runner.diagnostics())
+    assert wait_until(
+        lambda: runner.terminations() == [(COUNTER, -signal.SIGKILL)], timeout=LONG
+    ), runner.diagnostics()
 
     code = runner.stop(signal.SIGTERM, timeout=LONG)  # far less than the wait
 
@@ -361,39 +457,51 @@ def test_sigterm_to_the_runner_during_a_restart_wait_stops_it_without_a_restart(
     assert len(starts(tmp_path)) == 1
 
 
-# --- a standby: another runner holds the processor's name -------------------------------------------
+# --- a standby: another runner holds the processor's name -----------------------------------------
 
 
-def test_two_runners_a_killed_owner_hands_over_to_the_standby_and_comes_back_as_a_standby(tmp_path, runners):  # noqa: F811
+def test_two_runners_a_killed_owner_hands_over_to_the_standby_and_comes_back_as_a_standby(
+    tmp_path, runners
+):
     """Runner A's child owns the processor, runner B's waits as a standby. kill -9 of A's child: B's
-    takes over (as a rule), A restarts its child, which waits as a standby in its turn (it neither dies
-    again nor processes anything twice)."""
+    takes over (as a rule), A restarts its child, which waits as a standby in its turn (it neither
+    dies again nor processes anything twice)."""
     store_path = str(tmp_path / "events.db")
     store = es.SQLiteEventStore(store_path)
     projection = str(tmp_path / "projection.db")
     dirs = [tmp_path / "a", tmp_path / "b"]
-    spec = {"store": store_path, "start_method": "spawn", "max_seconds": 30, "restart": True,
-            "restart_delay": 0.05, "max_restart_delay": 0.2,
-            "processors": [{"kind": "counter", "db": projection, "error_handler": "constant"}]}
+    spec = {
+        "store": store_path,
+        "start_method": "spawn",
+        "max_seconds": 30,
+        "restart": True,
+        "restart_delay": 0.05,
+        "max_restart_delay": 0.2,
+        "processors": [{"kind": "counter", "db": projection, "error_handler": "constant"}],
+    }
     for d in dirs:
         d.mkdir()
     a = runners(dirs[0], **spec)
     assert wait_until(lambda: a.child_pid() is not None, timeout=LONG), a.diagnostics()
     b = runners(dirs[1], **spec)
-    assert wait_until(lambda: "standby" in read_text(dirs[1] / f"{COUNTER}.log"), timeout=LONG), b.diagnostics()
+    assert wait_until(lambda: "standby" in read_text(dirs[1] / f"{COUNTER}.log"), timeout=LONG), (
+        b.diagnostics()
+    )
     first = store.sink([Tick(aggregate_id="t", n=i) for i in range(100)])
     assert wait_until(lambda: ps.projection_position(projection) == first[-1].id, timeout=LONG)
 
     killed = a.child_pid()
     os.kill(killed, signal.SIGKILL)
-    # B's standby takes over, and A's new child waits as a standby (A's first child owned the name: it
-    # never logged "standby"); or, rarely, A's new child is first to take the name back from the killed
-    # one, and B's stays a standby. Either way one owns the name, and the other waits.
-    assert wait_until(lambda: b.child_pid() is not None or a.child_pid() not in (None, killed),
-                      timeout=LONG), a.diagnostics() + b.diagnostics()
+    # B's standby takes over, and A's new child waits as a standby (A's first child owned the
+    # name: it never logged "standby"); or, rarely, A's new child is first to take the name back
+    # from the killed one, and B's stays a standby. Either way one owns the name, the other waits.
+    assert wait_until(
+        lambda: b.child_pid() is not None or a.child_pid() not in (None, killed), timeout=LONG
+    ), a.diagnostics() + b.diagnostics()
     if b.child_pid() is not None:
-        assert wait_until(lambda: "standby" in read_text(dirs[0] / f"{COUNTER}.log"), timeout=LONG), (
-            a.diagnostics())
+        assert wait_until(
+            lambda: "standby" in read_text(dirs[0] / f"{COUNTER}.log"), timeout=LONG
+        ), a.diagnostics()
     second = store.sink([Tick(aggregate_id="t", n=i) for i in range(100)])
     assert wait_until(lambda: ps.projection_position(projection) == second[-1].id, timeout=LONG)
     assert a.terminations() == [(COUNTER, -signal.SIGKILL)]  # its new child did not die again
@@ -407,17 +515,24 @@ def test_two_runners_a_killed_owner_hands_over_to_the_standby_and_comes_back_as_
     store.close()
 
 
-def test_a_child_fenced_by_another_instance_is_restarted_and_waits_as_a_standby(tmp_path, runners):  # noqa: F811
-    """A tmp cleaner removes the SQLite store's lock directory, and runner B's child takes the name from
-    runner A's. A's child is fenced at its next commit (exit status 1), is restarted, and waits as a
-    standby until B's child is killed; then one of them takes over. Every event is counted once."""
+def test_a_child_fenced_by_another_instance_is_restarted_and_waits_as_a_standby(tmp_path, runners):
+    """A tmp cleaner removes the SQLite store's lock directory, and runner B's child takes the name
+    from runner A's. A's child is fenced at its next commit (exit status 1), is restarted, and waits
+    as a standby until B's child is killed; then one of them takes over. Every event is counted
+    once."""
     store_path = str(tmp_path / "events.db")
     store = es.SQLiteEventStore(store_path)
     projection = str(tmp_path / "projection.db")
     dirs = [tmp_path / "a", tmp_path / "b"]
-    spec = {"store": store_path, "start_method": "spawn", "max_seconds": 30, "restart": True,
-            "restart_delay": 0.05, "max_restart_delay": 0.2,
-            "processors": [{"kind": "counter", "db": projection, "error_handler": "constant"}]}
+    spec = {
+        "store": store_path,
+        "start_method": "spawn",
+        "max_seconds": 30,
+        "restart": True,
+        "restart_delay": 0.05,
+        "max_restart_delay": 0.2,
+        "processors": [{"kind": "counter", "db": projection, "error_handler": "constant"}],
+    }
     for d in dirs:
         d.mkdir()
     a = runners(dirs[0], **spec)
@@ -426,18 +541,22 @@ def test_a_child_fenced_by_another_instance_is_restarted_and_waits_as_a_standby(
     assert wait_until(lambda: ps.projection_position(projection) == first[-1].id, timeout=LONG)
     shutil.rmtree(f"{store_path}.locks")
     b = runners(dirs[1], **spec)
-    assert wait_until(lambda: b.child_pid() is not None, timeout=LONG), b.diagnostics()  # B took the name
+    assert wait_until(lambda: b.child_pid() is not None, timeout=LONG), (
+        b.diagnostics()
+    )  # B took the name
     second = store.sink([Tick(aggregate_id="t", n=i) for i in range(50)])
     assert wait_until(lambda: a.terminations() == [(COUNTER, 1)], timeout=LONG), a.diagnostics()
     assert wait_until(lambda: "standby" in read_text(dirs[0] / f"{COUNTER}.log"), timeout=LONG), (
-        a.diagnostics())
+        a.diagnostics()
+    )
     assert "exit status 1: restarting it in" in read_text(a.out_path)
     assert wait_until(lambda: ps.projection_position(projection) == second[-1].id, timeout=LONG)
 
     os.kill(b.child_pid(), signal.SIGKILL)
     third = store.sink([Tick(aggregate_id="t", n=i) for i in range(50)])
     assert wait_until(lambda: ps.projection_position(projection) == third[-1].id, timeout=LONG), (
-        a.diagnostics() + b.diagnostics())
+        a.diagnostics() + b.diagnostics()
+    )
 
     assert a.stop(signal.SIGTERM) == 3  # its first child was fenced
     assert b.stop(signal.SIGTERM) == 3  # its first child was killed
