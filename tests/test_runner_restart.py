@@ -106,9 +106,11 @@ class RunnerThread:
 
 
 def live_pid(workdir: pathlib.Path, not_in=()) -> int | None:
-    """The pid in <workdir>/<COUNTER>.pid (written by the child once it holds its lock) if it is a
-    live process not in ``not_in``."""
-    pid = ps.read_pid(str(workdir / f"{COUNTER}.pid"))
+    """The pid of the child that announced itself last (once it holds its lock, in
+    <workdir>/<COUNTER>.starts.jsonl, written after its pid file) if it is a live process not in
+    ``not_in``."""
+    pids = starts(workdir)
+    pid = pids[-1] if pids else None
     if pid is None or pid in not_in or not os.path.exists(f"/proc/{pid}"):
         return None
     return pid
@@ -444,8 +446,8 @@ def test_sigterm_to_the_runner_during_a_restart_wait_stops_it_without_a_restart(
         max_restart_delay=600.0,
         processors=[{"kind": "counter", "db": str(tmp_path / "projection.db")}],
     )
-    assert wait_until(lambda: runner.child_pid() is not None, timeout=LONG), runner.diagnostics()
-    os.kill(runner.child_pid(), signal.SIGKILL)
+    assert wait_until(lambda: live_pid(tmp_path) is not None, timeout=LONG), runner.diagnostics()
+    os.kill(live_pid(tmp_path), signal.SIGKILL)
     assert wait_until(
         lambda: runner.terminations() == [(COUNTER, -signal.SIGKILL)], timeout=LONG
     ), runner.diagnostics()
