@@ -4721,7 +4721,8 @@ class ErrorHandler:
 
 
 class NoRetry(ErrorHandler):
-    """Stop the processor at its first error (under ESPRunner its process exits with status 1)."""
+    """Stop the processor at its first error (under ESPRunner its process exits with status 3,
+    and the runner does not start it again)."""
 
     def retry_interval(self, error: BaseException) -> float | None:
         return None
@@ -4826,6 +4827,11 @@ def _set_process_title(title: str) -> None:
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
+#: A child's exit status when its processor's error handler gave up (NoRetry): the processor
+#: stopped on purpose, at an error, and the runner does not start it again. Any other non-zero
+#: status is a death.
+_EXIT_GAVE_UP = 3
+
 
 def _child_main(processor: EventStreamProcessor, store: EventStore,
                 after_fork: Callable[[EventStreamProcessor], None] | None, parent_pid: int = 0) -> None:
@@ -4845,9 +4851,11 @@ def _child_main(processor: EventStreamProcessor, store: EventStore,
     signal.signal(signal.SIGINT, request_stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent until now
     _set_process_title(f"es:{name}")
+    running = False
     try:
         if after_fork is not None:
             after_fork(processor)
+        running = True
         run_processor(processor, store, stop=stop)
     except ProcessorFencedError:  # run_processor has logged it, in one line
         sys.stderr.flush()
@@ -4857,7 +4865,8 @@ def _child_main(processor: EventStreamProcessor, store: EventStore,
         with contextlib.suppress(Exception):
             config.on_event_processor_critical_error(exc, name)
         sys.stderr.flush()
-        os._exit(1)
+        # run_processor raises an Exception only once the error handler has given up.
+        os._exit(_EXIT_GAVE_UP if running and isinstance(exc, Exception) else 1)
     config.logger.info("[%s] process exiting", name)
     # Python restores the default action of handled signals while it shuts down, so the
     # runner's TERM arriving after a Ctrl-C to the whole group would kill us mid-exit.
@@ -4866,6 +4875,41 @@ def _child_main(processor: EventStreamProcessor, store: EventStore,
         signal.signal(sig, signal.SIG_IGN)
     sys.stdout.flush()
     sys.stderr.flush()
+
+
+def _describe_exit(status: int) -> str:
+    """A child's exit status as an operator reads it: ``exit status 1``, ``killed by SIGKILL (9)``.
+    """
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name} ({-status})"
+        return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+class _RestartBackoff:
+    """How long the runner waits before it starts a child again after it died (one per child).
+
+    After a first death it waits ``initial`` seconds; each further death of a child that ran for
+    less than ``reset_after`` seconds doubles the wait, up to ``maximum``. A child that ran for at
+    least ``reset_after`` seconds before dying starts a new series at ``initial``. ``deaths``
+    counts the deaths of the current series.
+    """
+
+    def __init__(self, initial: float, maximum: float, reset_after: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.reset_after = reset_after
+        self.delay: float | None = None  # the last wait, None before a first death
+        self.deaths = 0
+
+    def next_delay(self, ran_for: float) -> float:
+        """The wait before starting again a child that died after running ``ran_for`` seconds."""
+        if self.delay is None or ran_for >= self.reset_after:
+            self.delay, self.deaths = self.initial, 1
+        else:
+            self.delay, self.deaths = min(self.delay * 2, self.maximum), self.deaths + 1
+        return self.delay
 
 
 class ESPRunner:
@@ -4877,13 +4921,21 @@ class ESPRunner:
     children still alive after ``max_seconds_for_processes_to_terminate``
     get SIGKILL. A child stops by itself (within about a second, between events) once the runner
     process is gone, even after SIGKILL. A MemoryEventStore is refused (TypeError).
-    With ``restart=True`` a child that dies is started again
-    after ``restart_delay`` seconds, doubling while it keeps dying within
-    ``max_restart_delay`` seconds of its start (up to that maximum).
+
+    With ``restart=True`` (the default) a child that dies (an uncaught error, ``kill -9``, the OOM
+    killer, an ``after_fork`` that raises, a child that lost its processor name to another instance)
+    is started again after ``restart_delay`` seconds; while it keeps dying within
+    ``restart_reset_after`` seconds of its start, the wait doubles up to ``max_restart_delay``, and
+    a child that ran longer starts the series again at ``restart_delay``. Every death is logged with
+    its exit status or signal and the wait. A child that stopped on purpose is not started again:
+    it exited with status 0 (it was sent SIGTERM or SIGINT by someone other than the runner), or its
+    error handler gave up (``NoRetry``: status 3). ``restart=False`` only reports deaths.
+    A restart never happens once shutdown was requested, also during a wait.
+
     ``start()`` returns
-    True only if every child ended cleanly (exit status 0).
-    ``after_subprocess_termination(processor, runner, exit_status)`` is
-    called for every child that ends.
+    True only if every child ended cleanly (exit status 0); ``exit_statuses`` lists every end, by
+    processor name. ``after_subprocess_termination(processor, runner, exit_status)`` is
+    called for every child that ends (before it is started again).
     With the ``fork`` start method (the default on Linux) a child copies
     SQLite's in-process lock state: do not write to an SQLite store from other
     threads of this process while the runner starts children, or use
@@ -4894,12 +4946,19 @@ class ESPRunner:
                  max_seconds_for_processes_to_terminate: float = 30,
                  after_fork: Callable[[EventStreamProcessor], None] | None = None,
                  after_subprocess_termination: Callable[[EventStreamProcessor, ESPRunner, int], None] | None = None,
-                 restart: bool = False, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
-                 start_method: str | None = None) -> None:
+                 restart: bool = True, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
+                 restart_reset_after: float = 60.0, start_method: str | None = None) -> None:
         if isinstance(store, MemoryEventStore):
             raise TypeError("ESPRunner cannot run processors against a MemoryEventStore: each processor runs "
                             "in a child process, which would never see the events this process sinks; "
                             "use an SQLiteEventStore or a PostgresEventStore (or run_processor in a thread)")
+        if not 0 < restart_delay <= max_restart_delay:
+            raise ValueError(f"ESPRunner: restart_delay must be more than 0 and at most "
+                             f"max_restart_delay; got restart_delay={restart_delay!r}, "
+                             f"max_restart_delay={max_restart_delay!r}")
+        if not restart_reset_after > 0:
+            raise ValueError(f"ESPRunner: restart_reset_after must be more than 0 seconds; "
+                             f"got {restart_reset_after!r}")
         self.processors = list(processors)
         names = [p.processor_name for p in self.processors]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -4912,11 +4971,18 @@ class ESPRunner:
         self.restart = restart
         self.restart_delay = restart_delay
         self.max_restart_delay = max_restart_delay
+        self.restart_reset_after = restart_reset_after
         self._context: Any = multiprocessing.get_context(start_method)
         self._shutdown = threading.Event()  # set by shutdown(), from any thread
         self._signalled = False  # set by the signal handler (which must not touch locks)
-        self._children = {p.processor_name: _Child(p) for p in self.processors}
+        # By child key: the processor name (one child per processor); each has its own backoff.
+        self._children = {p.processor_name: self._new_child(p) for p in self.processors}
         self.exit_statuses: dict[str, list[int]] = {n: [] for n in names}
+
+    def _new_child(self, processor: EventStreamProcessor) -> _Child:
+        backoff = _RestartBackoff(self.restart_delay, self.max_restart_delay,
+                                  self.restart_reset_after)
+        return _Child(processor.processor_name, processor, backoff)
 
     def shutdown(self) -> None:
         """Ask the runner to stop its children and return from start()."""
@@ -4932,9 +4998,18 @@ class ESPRunner:
     def start_processor(self, processor: EventStreamProcessor) -> None:
         """Start one child process for ``processor``."""
         name = processor.processor_name
-        proc = self._context.Process(target=_child_main,
-                                     args=(processor, self.store, self.after_fork, os.getpid()),
-                                     name=f"eventsourcery:{name}", daemon=False)
+        child = self._children.get(name)
+        if child is None:
+            child = self._children[name] = self._new_child(processor)
+        child.processor = processor
+        self.exit_statuses.setdefault(name, [])
+        self._start_child(child)
+
+    def _start_child(self, child: _Child) -> None:
+        name = child.processor.processor_name
+        proc = self._context.Process(
+            target=_child_main, args=(child.processor, self.store, self.after_fork, os.getpid()),
+            name=f"eventsourcery:{name}", daemon=False)
         # The child starts with TERM and INT blocked (the mask survives fork and exec) and
         # unblocks them once its handlers are in place, so an early TERM is a clean stop.
         if self._context.get_start_method() != "fork":
@@ -4946,8 +5021,6 @@ class ESPRunner:
             proc.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        child = self._children.setdefault(name, _Child(processor))
-        self.exit_statuses.setdefault(name, [])
         child.process, child.started_at = proc, time.monotonic()
         config.logger.info("ESPRunner: started %s (pid %s)", name, proc.pid)
 
@@ -4961,7 +5034,9 @@ class ESPRunner:
             self.store.close()  # never hand an open connection to a child
             for processor in self.processors:
                 self.start_processor(processor)
-            while not self.shutdown_requested() and any(c.process or c.restart_at for c in self._children.values()):
+            while not self.shutdown_requested() and any(
+                    c.process is not None or c.restart_at is not None
+                    for c in self._children.values()):
                 self._reap()
                 self._restart_due()
                 time.sleep(0.05)
@@ -4974,42 +5049,57 @@ class ESPRunner:
         config.logger.info("ESPRunner: processes shut down")
         return all(code == 0 for codes in self.exit_statuses.values() for code in codes)
 
-    def _reap(self) -> None:
-        for name, child in self._children.items():
+    def _reap(self, stopping: bool = False) -> None:
+        """Record the children that ended, and schedule a restart for those that died (unless
+        ``stopping``: the runner is terminating its children)."""
+        for child in self._children.values():
             proc = child.process
             if proc is None or proc.exitcode is None:
                 continue
             proc.join()
             child.process = None
-            status = proc.exitcode
-            self.exit_statuses[name].append(status)
-            log = config.logger.info if status == 0 else config.logger.error
-            log("ESPRunner: process %s (pid %s) ended with exit status %s", name, proc.pid, status)
+            name, status = child.processor.processor_name, proc.exitcode
+            ran_for = time.monotonic() - child.started_at
+            self.exit_statuses.setdefault(name, []).append(status)
             if self.after_subprocess_termination is not None:
                 try:
                     self.after_subprocess_termination(child.processor, self, status)
                 except Exception:
                     config.logger.exception("ESPRunner: after_subprocess_termination failed for %s", name)
-            if self.restart and not self.shutdown_requested():
-                lived = time.monotonic() - child.started_at
-                previous = child.restart_delay
-                delay = (self.restart_delay if previous is None or lived > self.max_restart_delay
-                         else min(previous * 2, self.max_restart_delay))
-                child.restart_delay = delay
+            ended = (f"ESPRunner: process {name} (pid {proc.pid}) ended after {ran_for:.1f} s, "
+                     f"{_describe_exit(status)}")
+            if stopping or self.shutdown_requested():
+                (config.logger.info if status == 0 else config.logger.error)("%s", ended)
+            elif status == 0:
+                config.logger.warning("%s: it was asked to stop (a SIGTERM or SIGINT not sent by "
+                                      "the runner): not restarting it", ended)
+            elif status == _EXIT_GAVE_UP:
+                config.logger.error("%s: its error handler gave up: not restarting it", ended)
+            elif not self.restart:
+                config.logger.error("%s: not restarting it (restart=False)", ended)
+            else:
+                delay = child.backoff.next_delay(ran_for)
                 child.restart_at = time.monotonic() + delay
-                config.logger.info("ESPRunner: restarting %s in %.2f s", name, delay)
+                config.logger.error("%s: restarting it in %s s (death %s in a row)", ended,
+                                    f"{delay:g}", child.backoff.deaths)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
         for child in self._children.values():
             if child.restart_at is not None and child.restart_at <= now and not self.shutdown_requested():
                 child.restart_at = None
-                self.start_processor(child.processor)
+                try:
+                    self._start_child(child)
+                except Exception as exc:  # fork can fail for want of memory: try again later
+                    delay = child.backoff.next_delay(0.0)
+                    child.restart_at = time.monotonic() + delay
+                    config.logger.error("ESPRunner: could not restart %s (%r): trying again in "
+                                        "%s s", child.processor.processor_name, exc, f"{delay:g}")
 
     def _terminate_children(self) -> None:
         for child in self._children.values():
             child.restart_at = None
-        alive = [(name, c.process) for name, c in self._children.items()
+        alive = [(c.processor.processor_name, c.process) for c in self._children.values()
                  if c.process is not None and c.process.exitcode is None]
         if alive:
             config.logger.info("ESPRunner: sending TERM to %s", [name for name, _ in alive])
@@ -5026,7 +5116,7 @@ class ESPRunner:
                     proc.kill()
         for _, proc in alive:
             proc.join()
-        self._reap()
+        self._reap(stopping=True)
 
     # Started from an asyncio application (an ASGI app's lifespan): start_in_background(), stop().
     _background: threading.Thread | None = None
@@ -5088,13 +5178,18 @@ class ESPRunner:
 
 @dataclasses.dataclass
 class _Child:
-    """What the runner knows of one processor's child process."""
+    """One child process of the runner: its processor, its current process and its restarts.
 
+    The runner keeps its children by ``key``, today the processor's name; a processor run by several
+    children would have one _Child each, under keys of their own, each with its own backoff.
+    """
+
+    key: str
     processor: EventStreamProcessor
+    backoff: _RestartBackoff
     process: Any = None  # the running multiprocessing.Process, or None
     started_at: float = 0.0
     restart_at: float | None = None  # when a dead child is due to start again
-    restart_delay: float | None = None  # the delay used for its last restart
 
 
 # ---------------------------------------------------------------------------

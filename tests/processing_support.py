@@ -346,6 +346,8 @@ def runner_main(spec_path: str) -> None:
     if spec.get("restart"):
         options.update(restart=True, restart_delay=spec.get("restart_delay", 0.05),
                        max_restart_delay=spec.get("max_restart_delay", 0.2))
+    elif "restart" in spec:
+        options.update(restart=False)
     runner = es.ESPRunner(processors, store,
                           max_seconds_for_processes_to_terminate=spec["max_seconds"],
                           after_fork=configure_child, after_subprocess_termination=after_termination,
