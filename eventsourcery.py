@@ -1778,11 +1778,15 @@ class Database(abc.ABC):
                 self._close_connection(conn)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, *, lazy: bool = False) -> Iterator[Any]:
         """``begin_statement`` ... COMMIT around the block (yields the connection); nested use is a
         savepoint inside the outer transaction, rolled back alone if the inner block raises. A failed
         BEGIN, SAVEPOINT or COMMIT is rolled back and raised as ``error()``. The transaction is the
-        calling thread's: other threads wait for the shared connection, or use their own."""
+        calling thread's: other threads wait for the shared connection, or use their own.
+
+        ``lazy`` (an outermost block): where a write transaction is the database's only write lock
+        (``_begin_at_first_write``: SQLite), it begins at the block's first write statement (or
+        nested block), so the block holds that lock only from then on; elsewhere at once."""
         errors = self.driver_errors
         session = self._session()
         with session.lock:
@@ -1792,6 +1796,8 @@ class Database(abc.ABC):
             if session.depth:
                 name = f"es_sp{session.depth + 1}"
                 try:
+                    if not self._connection_in_transaction(conn):  # a lazy one, not begun yet
+                        conn.execute(self.begin_statement)
                     conn.execute(f"SAVEPOINT {name}")
                 except errors as exc:
                     raise self.error(exc, "open a savepoint") from exc
@@ -1815,10 +1821,12 @@ class Database(abc.ABC):
                 finally:
                     session.depth -= 1
                 return
-            try:
-                conn.execute(self.begin_statement)
-            except errors as exc:
-                conn = self._begin_again(session, conn, exc)
+            lazy = lazy and self._begin_at_first_write(conn, True)
+            if not lazy:
+                try:
+                    conn.execute(self.begin_statement)
+                except errors as exc:
+                    conn = self._begin_again(session, conn, exc)
             session.owner = threading.get_ident()
             session.depth = 1
             session.written = []
@@ -1828,7 +1836,13 @@ class Database(abc.ABC):
             except BaseException:
                 session.depth = 0
                 self._rollback(session, conn)
+                if lazy:  # (after the ROLLBACK or COMMIT: with SQLite, switching back would commit)
+                    self._begin_at_first_write(conn, False)
                 raise
+            if lazy and not self._connection_in_transaction(conn):
+                session.depth = 0  # nothing was written: nothing to commit
+                self._begin_at_first_write(conn, False)
+                return
             written, session.written = session.written, []
             try:
                 conn.execute("COMMIT")
@@ -1841,8 +1855,15 @@ class Database(abc.ABC):
                 raise
             finally:
                 session.depth = 0
+                if lazy:
+                    self._begin_at_first_write(conn, False)
             with self._registry:
                 self.commits += 1
+
+    def _begin_at_first_write(self, conn: Any, on: bool) -> bool:
+        """Make ``conn`` begin its transaction at its first write statement (``on``), or no longer;
+        True where the backend does (``transaction(lazy=True)``)."""
+        return False
 
     def _begin_again(self, session: _Session, conn: Any, exc: Exception) -> Any:
         """After BEGIN raised ``exc`` on ``conn``: when the connection was lost, nothing of the transaction
@@ -2726,6 +2747,12 @@ class SQLiteDatabase(Database):
             return StoreError(f"{where} stayed locked by another writer for busy_timeout={self.busy_timeout} s: "
                               f"cannot {doing}: {text}")
         return StoreError(f"{where}: cannot {doing}: {text}")
+
+    def _begin_at_first_write(self, conn: Any, on: bool) -> bool:
+        # sqlite3 itself issues BEGIN IMMEDIATE before the first INSERT, UPDATE, DELETE or REPLACE
+        with contextlib.suppress(sqlite3.Error):  # (a connection closed meanwhile)
+            conn.isolation_level = "IMMEDIATE" if on else None
+        return True
 
     def _connection_in_transaction(self, conn: Any) -> bool:
         try:
@@ -3836,9 +3863,10 @@ class _TableOwner(EventStreamProcessor):
     def _owned_tables(self) -> list[str]:
         return list(self.tables) if self.tables is not None else self._database.table_names(self.schema)
 
-    def _batch_transaction(self) -> contextlib.AbstractContextManager[Any]:
-        """The transaction a batch's writes and its new position commit in."""
-        return self._database.transaction()
+    def _batch_transaction(self, *, lazy: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """The transaction a batch's writes and its new position commit in (``lazy``: begun at its
+        first write where a transaction is the database's write lock, see Database.transaction)."""
+        return self._database.transaction(lazy=lazy)
 
     def setup(self) -> None:
         """Create the schema's tables (if missing) and the tracker row."""
@@ -3853,32 +3881,6 @@ class _TableOwner(EventStreamProcessor):
             self._database.drop_tables(conn, self._owned_tables())
             super().reset()
         self.setup()
-
-    def process_batch(self, events: list[Event]) -> None:
-        """Process events in transactions of ``batch_size``: each commits its writes and position together.
-
-        Each handled event runs in a savepoint: when its handler fails, its writes roll back alone, the
-        events before it commit with their position, and then the error is raised.
-        """
-        size = self.batch_size or len(events)
-        for start in range(0, len(events), size):
-            chunk = events[start:start + size]
-            failure: EventProcessingError | None = None
-            with self._batch_transaction():
-                done: Event | None = None
-                for event in chunk:
-                    if self._handles(event):
-                        try:
-                            with self._database.transaction():
-                                self.process(event)
-                        except EventProcessingError as exc:
-                            failure = exc
-                            break
-                    done = event
-                if done is not None:
-                    self._commit(done.id)  # type: ignore[arg-type]
-            if failure is not None:
-                raise failure
 
     def _advance(self, event_id: int) -> None:
         with self._batch_transaction():
@@ -3952,23 +3954,23 @@ class Projector(_TableOwner):
 class Reactor(_TableOwner):
     """Reacts to events by doing things and emitting new events (``emit_event``).
 
-    Where the reactor's position lives in the event store's own database
-    (``db=None`` with an SQLite or Postgres store), its handlers run outside
-    any write transaction (so they never hold the store's write lock, and may
-    take their time), the events they emit are kept until the handler
-    returns, and then those events and the new position commit together in
-    one short transaction per event: after a crash the reactor neither skips
-    an event nor emits twice, and application writes interleave with a busy
-    reactor. Its own tables (``schema``) are written as its handlers write
-    them (each statement commits), so write them idempotently (upserts).
-    Effects outside the database (sending mail, calling an API) are
-    at-least-once: a crash after the effect and before the commit repeats it
-    on restart, so make them idempotent (the processed event's ``uuid`` is a
-    good key). With a separate ``db``, handlers and their table writes run
-    in that database's transaction, and emitted events commit apart from the
-    position, so emission is at-least-once too. On a store with no SQL
-    database (the memory store), a reactor's ``schema`` lives in an
-    in-memory SQLite database.
+    Each handled event is one unit: its handlers' writes to the reactor's
+    tables (``schema``), the events they emit (kept until the handler
+    returns) and the new position commit together, in one transaction of
+    their own, as soon as the event is done. Where a transaction is the
+    database's only write lock (SQLite), that transaction begins at the
+    handler's first write statement, so a handler holds no lock while it
+    waits on the outside world before writing. With ``db=None`` (the
+    reactor's position in the event store's own database, or in an in-memory
+    SQLite database on a memory store) a crash at any point, even ``kill -9``,
+    neither loses nor repeats a table write or an emitted event. With a
+    separate ``db`` the emitted events are sunk into the store just before
+    that database commits, so they are at-least-once.
+
+    Effects outside the database (sending mail, calling an API) can repeat:
+    a crash after the effect and before the event's commit runs the handler
+    again on restart (at most once more per crash). Make them idempotent at
+    their target, keyed by the processed event's ``uuid``.
 
     While replaying (``self.replaying``, after ``reset()``), ``emit_event``
     does not sink: the events emitted the first time are in the store.
@@ -3993,7 +3995,6 @@ class Reactor(_TableOwner):
     def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | Database | None = None,
                  *, batch_size: int | None = None) -> None:
         self.store = store
-        self._store_transaction = db is None
         tracker: Tracker
         if db is None:
             database = store.database
@@ -4002,81 +4003,55 @@ class Reactor(_TableOwner):
         else:
             self._database = open_database(db)
             tracker = DatabaseTracker(self._database)
+        self._with_store = db is None and store.database is None  # and the memory store's
         super().__init__(tracker)
         self._emitted: list[Event] | None = None  # emitted by the running handler, sunk with its position
         if batch_size is not None:
             self.batch_size = batch_size
 
-    def _batch_transaction(self) -> contextlib.AbstractContextManager[Any]:
-        if not self._store_transaction:
-            return self._database.transaction()
-        if self.store.database is self._database:
-            return self.store.transaction()
+    def _batch_transaction(self, *, lazy: bool = False) -> contextlib.AbstractContextManager[Any]:
+        if not self._with_store:
+            return self._database.transaction(lazy=lazy)
         stack = contextlib.ExitStack()  # the memory store's transaction, and that of the reactor's tables
         stack.enter_context(self.store.transaction())
         try:
-            stack.enter_context(self._database.transaction())
+            stack.enter_context(self._database.transaction(lazy=lazy))
         except BaseException:
             stack.close()
             raise
         return stack
 
-    #: Seconds of handler work after which a reactor whose position lives in the store commits what it
-    #: has emitted and its position (and at the end of every batch, and before a failing event's error).
-    commit_interval: float = 0.005
-
     def process_batch(self, events: list[Event]) -> None:
-        """Process a batch, committing emitted events with the position after every ``commit_interval``
-        seconds of handler work (with a ``db`` of its own: as a projector does).
-
-        On SQLite a write transaction is the store's write lock, so handlers run with none open and their
-        table writes commit as they make them; elsewhere they run in the group's transaction. Emitted
-        events are sunk only when the group commits, so the store's write lock is held only for that.
-        """
-        if not self._store_transaction:
-            super().process_batch(events)
-            return
-        outside = isinstance(self._database, SQLiteDatabase) and self.store.database is self._database
-        name = self.processor_name
-        i = 0
-        while i < len(events):
-            if i and self._stopper is not None and self._stopper.is_set():
-                return  # between events: what is done is committed
-            emitted: list[Event] = []
-            failure: EventProcessingError | None = None
-            done: Event | None = None
-            work = 0.0
-            self.tracker.check_owner(name, self._generation)  # before any outside effect of this group
-            with contextlib.ExitStack() as group:
-                if not outside:
-                    group.enter_context(self._batch_transaction())
-                while i < len(events) and work < self.commit_interval:
-                    event = events[i]
-                    if self._handles(event):
-                        began = time.monotonic()
-                        self._emitted = []
-                        try:
-                            if outside:
-                                self.process(event)
-                            else:
-                                with self._database.transaction():  # a failing event's writes roll back alone
-                                    self.process(event)
-                        except EventProcessingError as exc:
-                            failure = exc  # what it emitted is dropped with it
-                            break
-                        finally:
-                            this, self._emitted = self._emitted or [], None
-                        emitted.extend(this)
-                        work += time.monotonic() - began
-                    done = event
-                    i += 1
-                if done is not None:
-                    with self._batch_transaction():
-                        for emission in emitted:
+        """Process a batch event by event, each handled event's table writes, emitted events and
+        position committing together as soon as it is done (see the class); the position moves past
+        the events it does not handle at the next commit. Stops between events once told to."""
+        skipped: Event | None = None  # the last event it does not handle, since its last commit
+        first = True
+        self.tracker.check_owner(self.processor_name, self._generation)  # before any outside effect
+        try:
+            for event in events:
+                if not self._handles(event):
+                    skipped = event
+                    continue
+                if not first and self._stopper is not None and self._stopper.is_set():
+                    break
+                first = False
+                self._emitted = []
+                try:
+                    with self._batch_transaction(lazy=True):
+                        self.process(event)
+                        for emission in self._emitted:
                             self.store.sink(emission)
-                        self._commit(done.id)  # type: ignore[arg-type]
-            if failure is not None:
-                raise failure
+                        self._commit(event.id)  # type: ignore[arg-type]
+                finally:
+                    self._emitted = None
+                skipped = None
+        except EventProcessingError:
+            if skipped is not None:
+                self._advance(skipped.id)  # type: ignore[arg-type]
+            raise
+        if skipped is not None:
+            self._advance(skipped.id)  # type: ignore[arg-type]
 
     def emit_event(self, event: Event) -> Event:
         """Sink ``event`` caused by the event being processed; returns it as stored (or, where emissions
