@@ -3546,15 +3546,6 @@ def _failing_event_id(error: BaseException) -> int | None:
     return None
 
 
-def _skip_command(store: str, processor_name: str, event_id: int) -> str:
-    """The command line that moves ``processor_name`` past ``event_id`` (see ``skip_event``)."""
-    return f"python -m eventsourcery {store} skip {shlex.quote(processor_name)} {event_id}"
-
-
-#: ``store``: the store of the processor whose error the calling thread's error handler is handling
-_handling = threading.local()
-
-
 class EventStreamProcessor:
     """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
 
@@ -3610,7 +3601,6 @@ class EventStreamProcessor:
         self._generation: int | None = None  # this instance's ownership of its name, while it runs
         self._horizon = 0  # the replay horizon, read when it starts and after reset()
         self._replaying = False
-        self._given_up: BaseException | None = None
         self._stopper: Stopper | None = None  # while it runs: a long batch may stop between events
 
     def __repr__(self) -> str:
@@ -3706,53 +3696,88 @@ class EventStreamProcessor:
         return location
 
     def _run(self, store: EventStore, stopper: Stopper, handler: ErrorHandler | None) -> None:
+        """Take the name (the store's lock, setup, a new generation), then follow the stream until
+        ``stopper``. The one retry loop: after an error, ``handler`` (None: raise it) reports it and
+        says how long to wait before trying again, holding the name while it has it (a failing
+        processor is ``failing``, not stopped), or whether to raise it. An instance that finds the
+        name taken waits as a standby; one that has lost it (ProcessorFencedError) raises."""
         log = config.logger
         name = self.processor_name
-        with store.lock(name):  # one running instance per name and store, whatever the tracker
-            self._stopper = stopper
-            self.setup()
-            location = self._location(store)
-            if location is not None:  # so that processor_statuses(store) lists it
-                with contextlib.suppress(Error):
-                    store.tracker().register(name, self._kind, location)
-            self._generation = self.tracker.acquire(name, _instance_name(), self._kind)
-            stuck_at: int | None = None  # the event the last failure stopped at
-            retrying = False
-            try:
-                while True:
-                    try:
-                        if retrying:  # another instance may have taken over meanwhile, leaving nothing to commit
-                            self.tracker.check_owner(name, self._generation)
-                        if stuck_at is not None and self.last_processed_event_id >= stuck_at:
-                            log.warning("[%s] event %d was skipped (es.skip_event moved the position past it): "
-                                        "it is not processed", name, stuck_at)
-                        self._follow(store, stopper)
-                        return
-                    except ProcessorFencedError:
+        held = contextlib.ExitStack()  # the store's lock of the name, and this instance's ownership
+        stuck_at: int | None = None  # the event the last failure stopped at
+        standby_logged = False
+        with held:
+            while True:
+                try:
+                    if self._generation is None:
+                        held.enter_context(store.lock(name))  # one instance per name and store
+                        held.callback(self._release)
+                        self._take(store, stopper)
+                        standby_logged = False
+                    else:  # another instance may have taken over meanwhile: nothing to commit
+                        self.tracker.check_owner(name, self._generation)
+                    self._follow(store, stopper, stuck_at)
+                    return
+                except ProcessorFencedError as exc:
+                    if handler is not None:
+                        log.error("[%s] %s; stopping", name, exc)
+                    raise
+                except Exception as exc:
+                    if handler is None:
                         raise
-                    except Exception as exc:
-                        if handler is None:
-                            raise
-                        stuck_at = _failing_event_id(exc)
-                        self._report_failure(exc)
-                        _handling.store = store  # so that the handler's hint names it
-                        try:
-                            interval = handler.handle(exc, name)
-                        finally:
-                            _handling.store = None
+                    if self._generation is None:
+                        held.close()  # it did not take the name: let go of the lock while it waits
+                    if isinstance(exc, UnableToLockProcessorError):
+                        interval = handler.retry_interval(exc)
                         if interval is None:
-                            self._given_up = exc  # reported already: run_processor only raises it
+                            handler.handle(exc, name, store=store)
                             raise
-                        (handler.sleep or stopper.sleep)(interval)
-                        if stopper.is_set():
-                            return
-                        retrying = True
-            finally:
-                generation, self._generation = self._generation, None
-                self._stopper = None  # (a stop callable need not pickle: the processor must, once stopped)
-                with contextlib.suppress(Exception):
-                    self.tracker.report(name, generation, "stopped")
-                log.info("[%s] stopped", name)
+                        self._standby(exc, interval, first=not standby_logged)
+                        standby_logged = True
+                    else:
+                        stuck_at = _failing_event_id(exc)
+                        if self._generation is not None:
+                            self._report_failure(exc)
+                        standby_logged = False
+                        interval = handler.handle(exc, name, store=store)
+                        if interval is None:
+                            raise
+                    (handler.sleep or stopper.sleep)(interval)
+                    if stopper.is_set():
+                        return
+
+    def _take(self, store: EventStore, stopper: Stopper) -> None:
+        """Set up and take ownership of the name (a new generation), holding the store's lock."""
+        self._stopper = stopper
+        self.setup()
+        location = self._location(store)
+        if location is not None:  # so that processor_statuses(store) lists it
+            with contextlib.suppress(Error):
+                store.tracker().register(self.processor_name, self._kind, location)
+        self._generation = self.tracker.acquire(self.processor_name, _instance_name(), self._kind)
+
+    def _release(self) -> None:
+        """Give the name up (the store's lock is released next): it is stopped."""
+        generation, self._generation = self._generation, None
+        self._stopper = None  # (a stop callable need not pickle: the processor must, once stopped)
+        if generation is None:
+            return  # it never took it
+        with contextlib.suppress(Exception):
+            self.tracker.report(self.processor_name, generation, "stopped")
+        config.logger.info("[%s] stopped", self.processor_name)
+
+    def _standby(self, exc: UnableToLockProcessorError, interval: float, *, first: bool) -> None:
+        """Note in the tracker that this instance waits for another to stop (saying so the ``first``
+        time)."""
+        name = self.processor_name
+        holder = None
+        with contextlib.suppress(Exception):
+            holder = self.tracker.record(name).owner
+            self.tracker.standby(name, _instance_name())
+        if first:
+            held_by = f", held by pid {holder.replace('@', ' on host ')}" if holder else ""
+            config.logger.warning("[%s] standby: %s%s; waiting for it to stop "
+                                  "(retrying every %s s)", name, exc, held_by, interval)
 
     def _report_failure(self, exc: BaseException) -> None:
         event_id = _failing_event_id(exc)
@@ -3761,14 +3786,15 @@ class EventStreamProcessor:
             self.tracker.report(self.processor_name, self._generation, "running",
                                 f"{type(cause).__name__}: {cause}", event_id)
 
-    def _follow(self, store: EventStore, stopper: Stopper) -> None:
-        """Process from the recorded position (or the start position) until ``stopper`` is set.
+    def _follow(self, store: EventStore, stopper: Stopper, stuck_at: int | None = None) -> None:
+        """Process from the recorded position (or the start position) until ``stopper`` is set
+        (saying so if the position is past ``stuck_at``, the event the last failure stopped at).
 
         When it stops at an event (a handler failed on it, or a read met it damaged), the events before
         it are processed (read up to it, never past it) and the position is moved to the one before it,
         so that it is the next event to process (the one ``skip_event`` may skip); then it raises."""
         try:
-            self._follow_from_position(store, stopper)
+            self._follow_from_position(store, stopper, stuck_at)
         except (EventProcessingError, CorruptEventError) as exc:
             event_id = _failing_event_id(exc)
             if event_id is not None:
@@ -3801,12 +3827,16 @@ class EventStreamProcessor:
         if not stopper.is_set() and self.last_processed_event_id < last_id:
             self._advance(last_id)  # past the events it does not handle
 
-    def _follow_from_position(self, store: EventStore, stopper: Stopper) -> None:
+    def _follow_from_position(self, store: EventStore, stopper: Stopper,
+                              stuck_at: int | None) -> None:
         log = config.logger
         name = self.processor_name
         record = self.tracker.record(name)
         self._horizon = record.horizon
         position = record.position
+        if stuck_at is not None and position >= stuck_at:
+            log.warning("[%s] event %d was skipped (es.skip_event moved the position past it): "
+                        "it is not processed", name, stuck_at)
         if record.fresh and self.start_from == "end":
             position = store.latest_event_id()
             self._advance(position)
@@ -4206,6 +4236,11 @@ def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
                           processor_name, event_id, event_id - 1, event_id)
 
 
+def _skip_command(store: str, processor_name: str, event_id: int) -> str:
+    """The command line that moves ``processor_name`` past ``event_id`` (see ``skip_event``)."""
+    return f"python -m eventsourcery {store} skip {shlex.quote(processor_name)} {event_id}"
+
+
 class ErrorHandler:
     """Decides what a processor does after an error: retry after an interval, or stop.
 
@@ -4223,15 +4258,18 @@ class ErrorHandler:
         """Seconds to wait before retrying after ``error``; None to stop."""
         raise NotImplementedError
 
-    def handle(self, error: BaseException, processor_name: str) -> float | None:
-        """Report ``error`` and return the retry interval (None: stop)."""
+    def handle(self, error: BaseException, processor_name: str, *,
+               store: EventStore | None = None) -> float | None:
+        """Report ``error`` and return the retry interval (None: stop). When the processor is stuck
+        at an event, the log line says how to skip it, naming ``store`` by its location if it has
+        one (its own description of where it lives)."""
         cause = error.__cause__ if isinstance(error, EventProcessingError) and error.__cause__ else error
         if isinstance(error, UnableToLockProcessorError):  # a standby instance: nothing has failed
             config.logger.warning("[%s] %s; waiting for it to stop", processor_name, error)
         else:
             event_id = _failing_event_id(error)
-            store: EventStore | None = getattr(_handling, "store", None)
-            location = store.database.location if store is not None and store.database is not None else None
+            database = store.database if store is not None else None
+            location = database.location if database is not None else None
             hint = "" if event_id is None else (
                 f"; to move it past event {event_id} without processing it: "
                 f"{_skip_command(shlex.quote(location) if location else 'STORE', processor_name, event_id)} "
@@ -4301,41 +4339,9 @@ def run_processor(processor: EventStreamProcessor, store: EventStore, *, stop: S
     that finds its name taken waits as a standby, logging that once with the pid and host that hold it.
     An instance that has lost its name to another (ProcessorFencedError) logs one line and raises.
     """
-    handler = error_handler or _make_error_handler()
     stopper = Stopper(stop)
-    name = processor.processor_name
-    standby_logged = False
-    while not stopper.is_set():
-        try:
-            processor._run(store, stopper, handler)
-            return
-        except ProcessorFencedError as exc:
-            config.logger.error("[%s] %s; stopping", name, exc)
-            raise
-        except UnableToLockProcessorError as exc:
-            interval = handler.retry_interval(exc)
-            if interval is None:
-                handler.handle(exc, name)
-                raise
-            holder = None
-            with contextlib.suppress(Exception):
-                holder = processor.tracker.record(name).owner
-                processor.tracker.standby(name, _instance_name())
-            if not standby_logged:
-                config.logger.warning("[%s] standby: %s%s; waiting for it to stop (retrying every %s s)", name,
-                                      exc, f", held by pid {holder.replace('@', ' on host ')}" if holder else "",
-                                      interval)
-                standby_logged = True
-            (handler.sleep or stopper.sleep)(interval)
-        except Exception as exc:
-            if exc is processor._given_up:
-                processor._given_up = None
-                raise
-            standby_logged = False
-            interval = handler.handle(exc, name)
-            if interval is None:
-                raise
-            (handler.sleep or stopper.sleep)(interval)
+    if not stopper.is_set():
+        processor._run(stopper=stopper, store=store, handler=error_handler or _make_error_handler())
 
 
 # ---------------------------------------------------------------------------
