@@ -46,9 +46,14 @@ def logged(reactor: es.Reactor) -> list[int]:
     return [row[0] for row in rows]
 
 
-def test_a_failing_event_rolls_back_its_writes_and_emissions_and_the_ones_before_commit(store):
+@pytest.mark.parametrize("commit_interval", [0.0, 60.0], ids=["each-event", "grouped"])
+def test_a_failing_event_rolls_back_its_writes_and_emissions_and_the_ones_before_commit(
+        store, commit_interval):
+    """Each event in a unit of its own, or (grouped) the whole batch in one transaction, a savepoint
+    per event after the first: either way the failing event alone rolls back."""
     pings = [store.sink(Ping(aggregate_id=f"p{n}", n=n))[0] for n in range(1, 5)]
     r = LoggingPonger(store)
+    r.commit_interval = commit_interval
     r.fail_after = {3}
     with pytest.raises(es.EventProcessingError) as info:
         run_until_caught_up(r, store, latest=pings[-1].id)
