@@ -1764,6 +1764,13 @@ class Database(abc.ABC):
         conn = session.conn
         return conn is not None and self._connection_in_transaction(conn)
 
+    def has_begun(self) -> bool:
+        """Whether the calling thread's transaction has begun on the database (a lazy one begins at
+        its first write; see ``transaction``)."""
+        session = self._session()
+        return self.in_transaction() and session.conn is not None and \
+            self._connection_in_transaction(session.conn)
+
     def _rollback(self, session: _Session, conn: Any) -> None:
         try:
             if self._connection_in_transaction(conn):
@@ -3990,15 +3997,17 @@ class Reactor(_TableOwner):
     Each handled event is one unit: its handlers' writes to the reactor's
     tables (``schema``), the events they emit (kept until the handler
     returns) and the new position commit together, in one transaction of
-    their own, as soon as the event is done. Where a transaction is the
-    database's only write lock (SQLite), that transaction begins at the
-    handler's first write statement, so a handler holds no lock while it
-    waits on the outside world before writing. With ``db=None`` (the
-    reactor's position in the event store's own database, or in an in-memory
-    SQLite database on a memory store) a crash at any point, even ``kill -9``,
-    neither loses nor repeats a table write or an emitted event. With a
-    separate ``db`` the emitted events are sunk into the store just before
-    that database commits, so they are at-least-once.
+    their own, as soon as the event is done (``commit_interval`` groups
+    them). Where a transaction is the database's only write lock (SQLite),
+    that transaction begins at the handler's first write statement, so a
+    handler holds no lock while it waits on the outside world before
+    writing (other threads of its process that write through the same
+    SQLite store object do wait: they share its one writer connection).
+    With ``db=None`` (the reactor's position in the event store's own
+    database, or in an in-memory SQLite database on a memory store) a crash
+    at any point, even ``kill -9``, neither loses nor repeats a table write
+    or an emitted event. With a separate ``db`` the emitted events are sunk
+    into the store just before that database commits: at-least-once.
 
     Effects outside the database (sending mail, calling an API) can repeat:
     a crash after the effect and before the event's commit runs the handler
@@ -4082,17 +4091,17 @@ class Reactor(_TableOwner):
                     while i < len(events):
                         event = events[i]
                         if self._handles(event):
-                            if grouped := began > 0.0:  # a handled event is in this commit already
-                                if time.monotonic() - began >= self.commit_interval:
-                                    break
-                            else:
-                                began = time.monotonic()
+                            if began and time.monotonic() - began >= self.commit_interval:
+                                break
+                            began = began or time.monotonic()
+                            # a savepoint once the transaction holds writes of events before it
+                            savepoint = last is not None and self._database.has_begun()
                             self._emitted = []
-                            try:  # a group's later event in a savepoint: its writes roll back alone
-                                with self._database.transaction() if grouped else _NO_SAVEPOINT:
+                            try:
+                                with self._database.transaction() if savepoint else _NO_SAVEPOINT:
                                     self.process(event)
                             except EventProcessingError as exc:
-                                if not grouped:
+                                if not savepoint:
                                     raise  # its writes roll back with the transaction (alone in it)
                                 failure = exc
                                 break
@@ -4106,8 +4115,11 @@ class Reactor(_TableOwner):
                             self.store.sink(emission)
                         self._commit(last.id)  # type: ignore[arg-type]
             except EventProcessingError:
-                if last is not None:
-                    self._advance(last.id)  # type: ignore[arg-type]
+                if last is not None:  # the events before it commit (they wrote nothing yet)
+                    with self._batch_transaction():
+                        for emission in emitted:
+                            self.store.sink(emission)
+                        self._commit(last.id)  # type: ignore[arg-type]
                 raise
             if failure is not None:
                 raise failure
