@@ -67,6 +67,43 @@ def test_a_failing_event_rolls_back_its_writes_and_emissions_and_the_ones_before
     assert [p.ping_id for p in pongs(store)] == [1, 2, 3, 4]
 
 
+class Answerer(es.Reactor):
+    """Answers each Ping, writing no table; fails on the pings in ``fail_after`` after answering."""
+
+    processor_name = "unit_answerer"
+    emits_events = (Pong,)
+    fail_after: set[int] = set()
+    calls: list[int] = []
+
+    @es.on(Ping)
+    def _ping(self, event: Ping) -> None:
+        self.calls.append(event.n)  # an outside effect: never repeated without a crash
+        self.emit_event(Pong(aggregate_id=f"pong-{event.aggregate_id}", ping_id=event.id))
+        if event.n in self.fail_after:
+            raise RuntimeError("fails after answering")
+
+
+@pytest.mark.parametrize("commit_interval", [0.0, 60.0], ids=["each-event", "grouped"])
+def test_an_emitting_reactor_commits_the_emissions_before_a_failing_event(store, commit_interval):
+    """With no table writes a group's transaction has not begun when an event fails (on SQLite): it
+    rolls back, and the emissions and position of the events before it commit in a new one."""
+    pings = [store.sink(Ping(aggregate_id=f"p{n}", n=n))[0] for n in range(1, 5)]
+    r = Answerer(store)
+    r.calls = []
+    r.commit_interval = commit_interval
+    r.fail_after = {3}
+    with pytest.raises(es.EventProcessingError) as info:
+        run_until_caught_up(r, store, latest=pings[-1].id)
+    assert info.value.event.id == pings[2].id
+    assert [p.ping_id for p in pongs(store)] == [1, 2]
+    assert store.tracker().last_processed_event_id("unit_answerer") == 2
+    assert r.calls == [1, 2, 3]  # the events before the failing one: handled once, not again
+    r.fail_after = set()
+    run_until_caught_up(r, store, latest=store.latest_event_id())
+    assert [p.ping_id for p in pongs(store)] == [1, 2, 3, 4]
+    assert r.calls == [1, 2, 3, 3, 4]
+
+
 class Waiter(es.Reactor):
     """Waits on the outside world (two threading.Events) before it writes its table, then emits."""
 
