@@ -91,7 +91,8 @@ __all__ = [
     "EventStore", "MemoryEventStore", "SQLiteEventStore", "open_store",
     "Tracker", "TrackerRecord", "MemoryTracker", "SQLiteTracker",
     # processing and the runner
-    "EventStreamProcessor", "Projector", "Reactor", "ProcessorStatus", "processor_statuses",
+    "EventStreamProcessor", "TableProcessor", "Projector", "Reactor", "ProcessorStatus",
+    "processor_statuses",
     "skip_event", "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry",
     "run_processor", "ESPRunner",
     # asyncio
@@ -4325,8 +4326,23 @@ class EventStreamProcessor:
 _NO_SAVEPOINT = contextlib.nullcontext()
 
 
-class _TableOwner(EventStreamProcessor):
-    """A processor with its own tables (``schema``) in a Database it writes in one transaction per batch."""
+class TableProcessor(EventStreamProcessor):
+    """A processor with tables of its own in a SQL database: the base of Projector and Reactor.
+
+    What a subclass sets (class attributes):
+
+    - ``schema``: ``CREATE TABLE IF NOT EXISTS ...`` statements (``;``-separated), run by
+      ``setup()``; ``reset()`` drops the tables they create.
+    - ``tables``: the tables ``reset()`` drops, when ``schema`` does not say (default: the tables
+      ``schema`` creates).
+    - ``batch_size``: at most this many events per batch (default: the subscription's,
+      ``es.config.subscription_batch_size``).
+
+    What its handlers use: ``self.db``, the driver's own connection (sqlite3 or psycopg) inside
+    the transaction its writes commit in, with the processor's new position;
+    ``self.placeholder``, that driver's parameter marker (``?`` or ``%s``); ``self.database``,
+    the es.Database behind them.
+    """
 
     schema: ClassVar[str] = ""
     tables: ClassVar[tuple[str, ...] | None] = None  # default: the tables schema creates
@@ -4382,7 +4398,7 @@ class _TableOwner(EventStreamProcessor):
         self._database.close()
 
 
-class Projector(_TableOwner):
+class Projector(TableProcessor):
     """Builds a read model in a database of its own: a file path, an ``sqlite3.Connection``, a
     ``postgresql://`` URL (the Postgres backend is imported then) or a Database.
 
@@ -4442,7 +4458,7 @@ class Projector(_TableOwner):
             self.batch_size = batch_size
 
 
-class Reactor(_TableOwner):
+class Reactor(TableProcessor):
     """Reacts to events by doing things and emitting new events (``emit_event``).
 
     Each handled event is one unit: its handlers' writes to the reactor's
@@ -5369,7 +5385,7 @@ class ProcessorScenario(typing.Generic[_P]):
     @property
     def db(self) -> Any:
         """The processor's database connection (``processor.db``)."""
-        if not isinstance(self.processor, _TableOwner):
+        if not isinstance(self.processor, TableProcessor):
             raise TypeError(f"{self.processor!r} has no database: only projectors and reactors do")
         return self.processor.db
 
