@@ -92,9 +92,8 @@ __all__ = [
     "Tracker", "TrackerRecord", "MemoryTracker", "SQLiteTracker",
     # processing and the runner
     "EventStreamProcessor", "TableProcessor", "Projector", "Reactor", "ProcessorStatus",
-    "processor_statuses",
-    "skip_event", "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry",
-    "run_processor", "ESPRunner",
+    "processor_statuses", "skip_event", "ErrorHandler", "NoRetry", "ConstantRetry",
+    "ExponentialBackoffRetry", "run_processor", "ESPRunner",
     # asyncio
     "AsyncEventStore", "AsyncRepository",
     # testing helpers
