@@ -676,6 +676,10 @@ class EventStore(abc.ABC):
     the processors that keep them in its database.
     """
 
+    #: Whether other processes see this store's events (a file or a server), so that processors
+    #: may run in processes of their own (ESPRunner); False for a store in one process's memory.
+    shared_between_processes: ClassVar[bool] = True
+
     @abc.abstractmethod
     def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
         """Append events of one aggregate atomically; return the stored copies.
@@ -2644,6 +2648,8 @@ class MemoryEventStore(EventStore):
     ``subscribe`` works across threads.
     """
 
+    shared_between_processes: ClassVar[bool] = False
+
     def __init__(self) -> None:
         self._rows: list[EventRow] = []
         self._by_aggregate: dict[str, list[int]] = {}
@@ -3466,6 +3472,10 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
 
     def __repr__(self) -> str:
         return f"SQLiteEventStore({self.path!r})"
+
+    @property
+    def shared_between_processes(self) -> bool:  # type: ignore[override]
+        return _is_file_path(self.path)  # (":memory:" and a "file:" URI are this process's)
 
     def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         return self._locks.lock(name)
@@ -4984,10 +4994,11 @@ class ESPRunner:
                  after_subprocess_termination: Callable[[EventStreamProcessor, ESPRunner, int], None] | None = None,
                  restart: bool = True, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
                  restart_reset_after: float = 60.0, start_method: str | None = None) -> None:
-        if isinstance(store, MemoryEventStore):
-            raise TypeError("ESPRunner cannot run processors against a MemoryEventStore: each processor runs "
-                            "in a child process, which would never see the events this process sinks; "
-                            "use an SQLiteEventStore or a PostgresEventStore (or run_processor in a thread)")
+        if not store.shared_between_processes:
+            raise TypeError(f"ESPRunner cannot run processors against a {type(store).__name__}: each "
+                            "processor runs in a child process, which would never see the events this "
+                            "process sinks; use an SQLiteEventStore or a PostgresEventStore (or "
+                            "run_processor in a thread)")
         if not 0 < restart_delay <= max_restart_delay:
             raise ValueError(f"ESPRunner: restart_delay must be more than 0 and at most "
                              f"max_restart_delay; got restart_delay={restart_delay!r}, "

@@ -100,6 +100,13 @@ def test_esp_runner_refuses_a_memory_store_with_a_clear_error():
         es.ESPRunner([CountingPonger(es.MemoryEventStore())], es.MemoryEventStore())
 
 
+def test_esp_runner_refuses_an_sqlite_store_in_memory_too():
+    store = es.SQLiteEventStore(":memory:")  # this process's own: a child would see nothing
+    assert not store.shared_between_processes
+    with pytest.raises(TypeError, match="SQLiteEventStore"):
+        es.ESPRunner([CountingPonger(store)], store)
+
+
 # --- 3. a failing event commits the work before it --------------------------------------------------
 
 

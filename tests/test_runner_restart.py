@@ -152,8 +152,8 @@ def test_each_child_backs_off_on_its_own():
     assert second.next_delay(0.0) == 1.0
 
 
-def test_restart_is_the_default_with_sensible_waits():
-    runner = es.ESPRunner([ps.CountingProjector(":memory:")], es.SQLiteEventStore(":memory:"))
+def test_restart_is_the_default_with_sensible_waits(tmp_path):
+    runner = es.ESPRunner([ps.CountingProjector(":memory:")], es.SQLiteEventStore(tmp_path / "e.db"))
     assert runner.restart is True
     assert 0 < runner.restart_delay <= 5 and runner.restart_delay <= runner.max_restart_delay <= 300
     assert runner.restart_reset_after >= runner.max_restart_delay
@@ -169,9 +169,10 @@ def test_restart_is_the_default_with_sensible_waits():
         ({"restart_reset_after": 0}, "restart_reset_after"),
     ],
 )
-def test_backoff_arguments_that_would_spin_or_never_wait_are_refused(options, wrong):
+def test_backoff_arguments_that_would_spin_or_never_wait_are_refused(options, wrong, tmp_path):
+    store = es.SQLiteEventStore(tmp_path / "e.db")
     with pytest.raises(ValueError, match=wrong):
-        es.ESPRunner([ps.CountingProjector(":memory:")], es.SQLiteEventStore(":memory:"), **options)
+        es.ESPRunner([ps.CountingProjector(":memory:")], store, **options)
 
 
 def test_describe_exit_names_the_signal():
