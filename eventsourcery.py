@@ -27,11 +27,13 @@ events, replays them, and feeds them to projectors and reactors::
     repo.save(chore)
     assert [e.title for e in store.get_next_from(1)] == ["Buy milk"]
 
-The sections below follow that story: errors, serialisation, configuration,
-events, the event store contract, the backend interface (what a store module
-such as eventsourcery_pg builds on), the memory store, the SQLite backend,
-opening stores by URL, aggregates, event processing, the multiprocess runner,
-testing helpers, the asyncio API (AsyncEventStore, AsyncRepository), and the
+The sections below follow that story, as a user meets it: errors, serialisation
+and configuration, events, aggregates and the repository, the event store
+contract, event processing (projectors, reactors, trackers, error handlers),
+the multiprocess runner, testing helpers and asyncio. Then the machinery: the
+backend interface (rows, group commit, Database and trackers in a database:
+what a store module such as eventsourcery_pg builds on), the SQL store base,
+the memory store, the SQLite backend, opening stores by URL, and last the
 command line (``python -m eventsourcery STORE COMMAND``).
 """
 
@@ -992,11 +994,10 @@ def _check_skip(record: TrackerRecord, event_id: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The backend interface: what a store module (like eventsourcery_pg) builds
-# on. Rows as every store writes and reads them, the encoding of events into
-# rows and back, the stop signal of subscribe(), and Database: one connection
-# per process with a reentrant transaction, which a SQL backend completes by
-# saying how to connect and how its SQL differs.
+# The backend interface, 1: rows. What a store module (like eventsourcery_pg)
+# builds on, listed in __backend__: rows as every store writes and reads them,
+# the checks every store makes of its arguments, and the encoding of events
+# into rows and back.
 # ---------------------------------------------------------------------------
 
 class EventRow(NamedTuple):
@@ -1377,6 +1378,11 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
     return events
 
 
+# ---------------------------------------------------------------------------
+# The backend interface, 2: waiting and writing together. The stop signal of
+# subscribe(), and group commit: the writes of several threads in one commit.
+# ---------------------------------------------------------------------------
+
 class Stopper:
     """A ``stop`` argument (threading.Event, no-argument callable or None) that can be asked and slept on."""
 
@@ -1574,6 +1580,12 @@ class GroupCommit:
             writers.hand_on()
         return own.outcome()
 
+
+# ---------------------------------------------------------------------------
+# The backend interface, 3: Database. Connections to one SQL database (one per
+# process, or lent to threads from a bounded pool) with a reentrant transaction,
+# which a SQL backend completes by saying how to connect and how its SQL differs.
+# ---------------------------------------------------------------------------
 
 class _Session:
     """One connection and the transaction open on it: the process's (shared by its threads), or one thread's."""
@@ -2235,6 +2247,12 @@ class Database(abc.ABC):
     def drop_tables(self, conn: Any, tables: Iterable[str]) -> None:
         """Drop these tables, if they exist, inside the open transaction on ``conn``."""
 
+
+# ---------------------------------------------------------------------------
+# The backend interface, 4: trackers in a database. Processor positions,
+# ownership (the fencing generation) and failures, kept in a table by the same
+# rules on every SQL database (and, through an in-memory SQLite, in memory).
+# ---------------------------------------------------------------------------
 
 TRACKER_TABLE = "eventsourcery_trackers"
 #: The tracker table's columns beyond (name, position), added in place to an older table.
