@@ -1279,19 +1279,14 @@ _JS = r"""'use strict';
     }
     return td;
   }
+  function headRow(names) {
+    return el('tr', {}, ...names.map((name) => el('th', { text: name })));
+  }
   function partitionsTable(parts) {
     const t = el(
       'table',
       { cls: 'partitions' },
-      el(
-        'tr',
-        {},
-        el('th', { text: 'partition' }),
-        el('th', { text: 'position' }),
-        el('th', { text: 'lag' }),
-        el('th', { text: 'owner' }),
-        el('th', { text: 'state' })
-      )
+      headRow(['partition', 'position', 'lag', 'owner', 'state'])
     );
     for (const q of parts) {
       t.append(
@@ -1319,16 +1314,7 @@ _JS = r"""'use strict';
     const t = el(
       'table',
       { cls: 'parked' },
-      el(
-        'tr',
-        {},
-        el('th', { text: 'event' }),
-        el('th', { text: 'aggregate' }),
-        el('th', { text: 'attempts' }),
-        el('th', { text: 'behind' }),
-        el('th', { text: 'error' }),
-        el('th', { text: '' })
-      )
+      headRow(['event', 'aggregate', 'attempts', 'behind', 'error', ''])
     );
     for (const q of data.parked) {
       const drop = actions.includes('drop-parked')
