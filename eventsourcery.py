@@ -1413,8 +1413,8 @@ _T = TypeVar("_T")
 
 
 class _Write(typing.Generic[_T]):
-    """One thread's write, handed to whichever thread commits it (a GroupCommit request, or an SQLite
-    sink's work), and its outcome."""
+    """One thread's write (a GroupCommit request), handed to whichever thread commits it, and its
+    outcome."""
 
     __slots__ = ("work", "result", "error", "done", "leads", "woken")
 
@@ -1522,15 +1522,29 @@ class GroupCommit:
 
     ``write_group`` returns one outcome per request, in order: a result, or
     an exception, which ``write`` raises in that request's thread. If it
-    raises, every request of the group raises that error.
+    raises, every request of the group raises that error (an interruption,
+    such as KeyboardInterrupt, is raised in the thread it interrupted, and
+    the others of its group get ``abandoned(exc)``, by default a StoreError).
+
+    ``writer_lock``, where the writes share one connection (SQLite's writer),
+    returns the lock that keeps other threads off it: the leader holds it
+    while it takes the queue, so the requests that arrive while it waits for
+    the lock join its group; and a thread that finds it free, or holds it
+    already (inside a transaction of its own), writes at once, with every
+    request queued then.
     """
 
-    def __init__(self, write_group: Callable[[list[Any]], list[Any]]) -> None:
+    def __init__(self, write_group: Callable[[list[Any]], list[Any]], *,
+                 writer_lock: Callable[[], threading.RLock] | None = None,
+                 abandoned: Callable[[BaseException], BaseException] | None = None) -> None:
         self.write_group = write_group
+        self.writer_lock = writer_lock
+        self.abandoned = abandoned
         self._reset()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"write_group": self.write_group}
+        return {"write_group": self.write_group, "writer_lock": self.writer_lock,
+                "abandoned": self.abandoned}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -1550,35 +1564,62 @@ class GroupCommit:
         if self._pid != os.getpid():
             self._reset()  # a forked child: the parent's threads and queue are not here
         writers = self._writers
-        if writers.lead_alone():  # nobody else is writing: a group of one, at once
+        own: _Write[Any] = _Write(request)
+        lock = self.writer_lock() if self.writer_lock is not None else None
+        if lock is not None:
+            if lock.acquire(False):  # the writer is free, or this thread's already
+                try:
+                    self._write([own, *writers.take()])
+                finally:
+                    lock.release()
+                return own.outcome()
+        elif writers.lead_alone():  # nobody else is writing: a group of one, at once
             try:
-                (outcome,) = self.write_group([request])
+                self._write([own])
             finally:
                 writers.hand_on()
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
-        own: _Write[Any] = _Write(request)
+            return own.outcome()
         if not writers.wait_turn(own):
             return own.outcome()
-        try:
-            group = writers.take()
-            try:
-                outcomes = self.write_group([w.work for w in group])
-                if len(outcomes) != len(group):
-                    raise RuntimeError(f"write_group gave {len(outcomes)} outcomes for {len(group)} requests")
-            except BaseException as exc:  # noqa: BLE001 - every request of the group raises it
-                outcomes = [exc] * len(group)
-            for write, outcome in zip(group, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    write.error = outcome
-                else:
-                    write.result = outcome
-                write.done = True
-                write.woken.set()
+        try:  # this thread leads: once it may write it writes what is queued (its own, unless a
+            with lock if lock is not None else contextlib.nullcontext():  # thread took it first)
+                group = writers.take()
+                if group:
+                    self._write(group)
         finally:
             writers.hand_on()
         return own.outcome()
+
+    def _write(self, group: list[_Write[Any]]) -> None:
+        """Write ``group`` with one call of ``write_group``; give every write its outcome and wake
+        the threads waiting for them."""
+        interrupted: BaseException | None = None
+        try:
+            outcomes = self.write_group([w.work for w in group])
+            if len(outcomes) != len(group):
+                raise RuntimeError(f"write_group gave {len(outcomes)} outcomes for {len(group)} requests")
+        except Exception as exc:  # noqa: BLE001 - every request of the group raises it
+            outcomes = [exc] * len(group)
+        except BaseException as exc:  # this thread was interrupted: the others are told, it raises
+            interrupted = exc
+            outcomes = [self._abandoned(exc) for _ in group]
+        for write, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                write.error = outcome
+            else:
+                write.result = outcome
+            write.done = True
+            write.woken.set()
+        if interrupted is not None:
+            raise interrupted
+
+    def _abandoned(self, exc: BaseException) -> BaseException:
+        if self.abandoned is not None:
+            return self.abandoned(exc)
+        error = StoreError(f"the thread writing this request with others was interrupted ({exc!r}); "
+                           "whether it was stored is not known: look it up before writing it again")
+        error.__cause__ = exc
+        return error
 
 
 # ---------------------------------------------------------------------------
@@ -2935,75 +2976,61 @@ class SQLiteDatabase(Database):
             raise TypeError("an SQLite database given as an open connection cannot be sent to another process; "
                             "pass its file path instead")
         state = super().__getstate__()
-        state.pop("_writers", None)
+        state.pop("_group", None)
         return state
 
     def _reset(self) -> None:
         super()._reset()
-        self._writers = _WriterQueue()  # (after a fork: the parent's waiting threads are not in the child)
+        # (after a fork: the parent's waiting threads are not in the child)
+        self._group = GroupCommit(self._commit_together, writer_lock=lambda: self._session().lock,
+                                  abandoned=self._group_failure)
 
     def group_commit(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work(conn)`` on the writer and commit it; returns its result once the commit is durable.
 
         Inside the calling thread's ``transaction()`` the work joins that
         transaction. Otherwise the works that threads of this process hand in
-        while the writer is busy are committed together: one BEGIN IMMEDIATE,
-        a savepoint each, one COMMIT (one fsync for all of them). An exception
-        of ``work`` undoes its own writes only, and is raised to its caller
-        alone; when the transaction fails as a whole (BEGIN, COMMIT, or an
-        error that ends it) nothing of the group is stored and every caller
-        gets a StoreError. With no other thread writing, this is one
-        ``transaction()`` around ``work``.
+        while the writer is busy are committed together (GroupCommit, holding
+        the writer's lock): one BEGIN IMMEDIATE, a savepoint each, one COMMIT
+        (one fsync for all of them). An exception of ``work`` undoes its own
+        writes only, and is raised to its caller alone; when the transaction
+        fails as a whole (BEGIN, COMMIT, or an error that ends it) nothing of
+        the group is stored and every caller gets a StoreError. With no other
+        thread writing, this is one ``transaction()`` around ``work``.
         """
-        session = self._session()
-        if session.lock.acquire(False):  # the writer is free, or the calling thread's already
-            try:
-                if session.depth or not self._writers.waiting:  # (depth: the calling thread's transaction)
-                    with self.transaction() as conn:
-                        return work(conn)
-                own: _Write[_T] = _Write(work)
-                self._commit_together([own, *self._writers.take()])
-                return own.outcome()
-            finally:
-                session.lock.release()
-        own = _Write(work)
-        if not self._writers.wait_turn(own):
-            return own.outcome()
-        try:  # this thread leads: once it has the writer it commits what is queued (its own, unless
-            with session.lock:  # a thread that had the writer before it took that too)
-                waiting = self._writers.take()
-                if waiting:
-                    self._commit_together(waiting)
-        finally:
-            self._writers.hand_on()
-        return own.outcome()
+        if self._session().depth and self.in_transaction():  # the calling thread's transaction
+            with self.transaction() as conn:
+                return work(conn)
+        result: _T = self._group.write(work)
+        return result
 
-    def _commit_together(self, writes: list[_Write[Any]]) -> None:
-        """Run the works in one transaction, a savepoint each, and commit once (the caller has the
-        writer); then give every write its outcome and wake the threads waiting for them."""
+    def _commit_together(self, works: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        """GroupCommit's writer: the works in one transaction, a savepoint each (none for a work
+        alone), one commit; the outcome of each (its result, or its exception)."""
+        if len(works) == 1:
+            try:
+                with self.transaction() as conn:
+                    return [works[0](conn)]
+            except Exception as exc:  # noqa: BLE001 - its caller raises it
+                return [exc]
+        outcomes: list[Any] = []
         try:
             with self.transaction() as conn:
-                for write in writes:
+                for work in works:
                     conn.execute("SAVEPOINT es_write")
                     try:
-                        write.result = write.work(conn)
+                        outcomes.append(work(conn))
                     except Exception as exc:
-                        write.error = exc
+                        outcomes.append(exc)
                         if not conn.in_transaction:  # SQLite rolled back everything (some I/O errors do)
                             raise StoreError(f"the transaction of {self!r} that this write shared with "
                                              f"others was rolled back by one of them: {exc}") from exc
                         conn.execute("ROLLBACK TO SAVEPOINT es_write")
                     conn.execute("RELEASE SAVEPOINT es_write")
-        except BaseException as exc:  # nothing of the group is stored
-            for write in writes:
-                if write.error is None:
-                    write.result, write.error = None, self._group_failure(exc)
-            if not isinstance(exc, Exception):  # this thread was interrupted: the waiting ones have their errors
-                raise
-        finally:
-            for write in writes:
-                write.done = True
-                write.woken.set()
+        except Exception as exc:  # nothing of the group is stored
+            failed = [o if isinstance(o, BaseException) else self._group_failure(exc) for o in outcomes]
+            return failed + [self._group_failure(exc) for _ in works[len(outcomes):]]
+        return outcomes
 
     def _group_failure(self, exc: BaseException) -> StoreError:
         """The error for each write of a group whose transaction failed: a new one each, as one exception

@@ -55,7 +55,7 @@ def sqlite_store(db_path):
 
 def queued(store: es.SQLiteEventStore) -> int:
     """How many sinks wait in the store's writer queue (behind a leader)."""
-    return len(store.database._writers.waiting)
+    return len(store.database._group._writers.waiting)
 
 
 class Sinks:
@@ -169,12 +169,12 @@ def test_queued_sinks_commit_in_one_transaction_in_queue_order(sqlite_store):
     with store.database.lock:
         for n in range(6):
             sinks.start(f"s{n}", Numbered(aggregate_id=f"g-{n}", e=n))
-        assert queued(store) == 6 and store.database._writers.leader  # the first waits for the lock
+        assert queued(store) == 6 and store.database._group._writers.leader  # the first waits for the lock
     outcomes = sinks.finish()
     assert store.database.commits == commits + 1  # one COMMIT for the six
     assert [outcomes[f"s{n}"][0].id for n in range(6)] == [1, 2, 3, 4, 5, 6]  # in queue order
     assert [e.aggregate_id for e in everything_in(store)] == [f"g-{n}" for n in range(6)]
-    assert queued(store) == 0 and not store.database._writers.leader
+    assert queued(store) == 0 and not store.database._group._writers.leader
 
 
 def test_a_conflicting_sink_in_a_group_fails_alone_and_the_others_commit(sqlite_store):
@@ -225,7 +225,7 @@ def test_sinks_queued_while_a_group_commits_are_committed_next_by_one_of_their_t
     outcomes = {**first.finish(), **second.finish()}
     assert store.database.commits == commits + 2  # the first group, then the second, led by b0's thread
     assert [outcomes[k][0].id for k in ("slow", "a", "b0", "b1", "b2")] == [1, 2, 3, 4, 5]
-    assert queued(store) == 0 and not store.database._writers.leader
+    assert queued(store) == 0 and not store.database._group._writers.leader
 
 
 def _deferred_failure(store: es.SQLiteEventStore, *, poison: str) -> None:
@@ -308,7 +308,7 @@ def test_a_thread_holding_the_writers_lock_commits_the_queued_sinks_with_its_own
     outcomes = sinks.finish()
     assert store.database.commits == commits + 1  # the leader found its own sink committed: nothing left
     assert [outcomes[f"s{n}"][0].id for n in range(4)] == [2, 3, 4, 5]
-    assert not store.database._writers.leader
+    assert not store.database._group._writers.leader
 
 
 # --- processes: kill -9 in the middle of group commits, fork -------------------------------------
