@@ -1564,21 +1564,24 @@ class GroupCommit:
         if self._pid != os.getpid():
             self._reset()  # a forked child: the parent's threads and queue are not here
         writers = self._writers
-        own: _Write[Any] = _Write(request)
         lock = self.writer_lock() if self.writer_lock is not None else None
         if lock is not None:
             if lock.acquire(False):  # the writer is free, or this thread's already
                 try:
-                    self._write([own, *writers.take()])
+                    waiting = writers.take()
+                    if not waiting:
+                        return self._write_alone(request)
+                    own: _Write[Any] = _Write(request)
+                    self._write([own, *waiting])
+                    return own.outcome()
                 finally:
                     lock.release()
-                return own.outcome()
         elif writers.lead_alone():  # nobody else is writing: a group of one, at once
             try:
-                self._write([own])
+                return self._write_alone(request)
             finally:
                 writers.hand_on()
-            return own.outcome()
+        own = _Write(request)
         if not writers.wait_turn(own):
             return own.outcome()
         try:  # this thread leads: once it may write it writes what is queued (its own, unless a
@@ -1589,6 +1592,13 @@ class GroupCommit:
         finally:
             writers.hand_on()
         return own.outcome()
+
+    def _write_alone(self, request: Any) -> Any:
+        """Write ``request`` as a group of one, in the calling thread; its outcome."""
+        (outcome,) = self.write_group([request])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _write(self, group: list[_Write[Any]]) -> None:
         """Write ``group`` with one call of ``write_group``; give every write its outcome and wake
@@ -2982,7 +2992,7 @@ class SQLiteDatabase(Database):
     def _reset(self) -> None:
         super()._reset()
         # (after a fork: the parent's waiting threads are not in the child)
-        self._group = GroupCommit(self._commit_together, writer_lock=lambda: self._session().lock,
+        self._group = GroupCommit(self._commit_together, writer_lock=lambda: self._shared.lock,
                                   abandoned=self._group_failure)
 
     def group_commit(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -2998,7 +3008,8 @@ class SQLiteDatabase(Database):
         the group is stored and every caller gets a StoreError. With no other
         thread writing, this is one ``transaction()`` around ``work``.
         """
-        if self._session().depth and self.in_transaction():  # the calling thread's transaction
+        writer = self._session()
+        if writer.depth and writer.owner == threading.get_ident():  # the calling thread's transaction
             with self.transaction() as conn:
                 return work(conn)
         result: _T = self._group.write(work)
