@@ -2029,17 +2029,23 @@ class Database(abc.ABC):
                 self._pool.forget()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, *, lazy: bool = False) -> Iterator[Any]:
         """``begin_statement`` ... COMMIT around the block (yields the connection); nested use is a
         savepoint inside the outer transaction, rolled back alone if the inner block raises. A failed
         BEGIN, SAVEPOINT or COMMIT is rolled back and raised as ``error()``. The transaction is the
-        calling thread's: other threads wait for the shared connection, or use their own."""
+        calling thread's: other threads wait for the shared connection, or use their own.
+
+        ``lazy`` (an outermost block): where a write transaction is the database's only write lock
+        (``_begin_at_first_write``: SQLite), it begins at the block's first write statement (or
+        nested block), so the block holds that lock only from then on; elsewhere at once."""
         errors = self.driver_errors
         session = self._session()
         with _OnSession(self, session) as conn:  # (a thread's connection is held until the end)
             if session.depth:
                 name = f"es_sp{session.depth + 1}"
                 try:
+                    if not self._connection_in_transaction(conn):  # a lazy one, not begun yet
+                        conn.execute(self.begin_statement)
                     conn.execute(f"SAVEPOINT {name}")
                 except errors as exc:
                     raise self.error(exc, "open a savepoint") from exc
@@ -2063,10 +2069,12 @@ class Database(abc.ABC):
                 finally:
                     session.depth -= 1
                 return
-            try:
-                conn.execute(self.begin_statement)
-            except errors as exc:
-                conn = self._begin_again(session, conn, exc)
+            lazy = lazy and self._begin_at_first_write(conn, True)
+            if not lazy:
+                try:
+                    conn.execute(self.begin_statement)
+                except errors as exc:
+                    conn = self._begin_again(session, conn, exc)
             session.owner = threading.get_ident()
             session.depth = 1
             session.written = []
@@ -2076,7 +2084,13 @@ class Database(abc.ABC):
             except BaseException:
                 session.depth = 0
                 self._rollback(session, conn)
+                if lazy:  # (after the ROLLBACK or COMMIT: with SQLite, switching back would commit)
+                    self._begin_at_first_write(conn, False)
                 raise
+            if lazy and not self._connection_in_transaction(conn):
+                session.depth = 0  # nothing was written: nothing to commit
+                self._begin_at_first_write(conn, False)
+                return
             written, session.written = session.written, []
             try:
                 conn.execute("COMMIT")
@@ -2089,8 +2103,15 @@ class Database(abc.ABC):
                 raise
             finally:
                 session.depth = 0
+                if lazy:
+                    self._begin_at_first_write(conn, False)
             with self._registry:
                 self.commits += 1
+
+    def _begin_at_first_write(self, conn: Any, on: bool) -> bool:
+        """Make ``conn`` begin its transaction at its first write statement (``on``), or no longer;
+        True where the backend does (``transaction(lazy=True)``)."""
+        return False
 
     def _begin_again(self, session: _Session, conn: Any, exc: Exception) -> Any:
         """After BEGIN raised ``exc`` on ``conn``: when the connection was lost, nothing of the transaction
@@ -3132,6 +3153,11 @@ class SQLiteDatabase(Database):
 
     def time_value(self, value: _dt.datetime | str) -> Any:
         return value.isoformat() if isinstance(value, _dt.datetime) else value
+    def _begin_at_first_write(self, conn: Any, on: bool) -> bool:
+        # sqlite3 itself issues BEGIN IMMEDIATE before the first INSERT, UPDATE, DELETE or REPLACE
+        with contextlib.suppress(sqlite3.Error):  # (a connection closed meanwhile)
+            conn.isolation_level = "IMMEDIATE" if on else None
+        return True
 
     def _connection_in_transaction(self, conn: Any) -> bool:
         try:
@@ -3909,15 +3935,6 @@ def _failing_event_id(error: BaseException) -> int | None:
     return None
 
 
-def _skip_command(store: str, processor_name: str, event_id: int) -> str:
-    """The command line that moves ``processor_name`` past ``event_id`` (see ``skip_event``)."""
-    return f"python -m eventsourcery {store} skip {shlex.quote(processor_name)} {event_id}"
-
-
-#: ``store``: the store of the processor whose error the calling thread's error handler is handling
-_handling = threading.local()
-
-
 def _not_running(tracker: Tracker, name: str) -> str | None:
     """Why no instance runs processor ``name``, as ``tracker`` records it; None when one does, or
     may (a tracker that keeps no owners, a standby about to take over, an owner on another host)."""
@@ -3999,7 +4016,6 @@ class EventStreamProcessor:
         self._generation: int | None = None  # this instance's ownership of its name, while it runs
         self._horizon = 0  # the replay horizon, read when it starts and after reset()
         self._replaying = False
-        self._given_up: BaseException | None = None
         self._stopper: Stopper | None = None  # while it runs: a long batch may stop between events
 
     def __repr__(self) -> str:
@@ -4129,53 +4145,88 @@ class EventStreamProcessor:
         return location
 
     def _run(self, store: EventStore, stopper: Stopper, handler: ErrorHandler | None) -> None:
+        """Take the name (the store's lock, setup, a new generation), then follow the stream until
+        ``stopper``. The one retry loop: after an error, ``handler`` (None: raise it) reports it and
+        says how long to wait before trying again, holding the name while it has it (a failing
+        processor is ``failing``, not stopped), or whether to raise it. An instance that finds the
+        name taken waits as a standby; one that has lost it (ProcessorFencedError) raises."""
         log = config.logger
         name = self.processor_name
-        with store.lock(name):  # one running instance per name and store, whatever the tracker
-            self._stopper = stopper
-            self.setup()
-            location = self._location(store)
-            if location is not None:  # so that processor_statuses(store) lists it
-                with contextlib.suppress(Error):
-                    store.tracker().register(name, self._kind, location)
-            self._generation = self.tracker.acquire(name, _instance_name(), self._kind)
-            stuck_at: int | None = None  # the event the last failure stopped at
-            retrying = False
-            try:
-                while True:
-                    try:
-                        if retrying:  # another instance may have taken over meanwhile, leaving nothing to commit
-                            self.tracker.check_owner(name, self._generation)
-                        if stuck_at is not None and self.last_processed_event_id >= stuck_at:
-                            log.warning("[%s] event %d was skipped (es.skip_event moved the position past it): "
-                                        "it is not processed", name, stuck_at)
-                        self._follow(store, stopper)
-                        return
-                    except ProcessorFencedError:
+        held = contextlib.ExitStack()  # the store's lock of the name, and this instance's ownership
+        stuck_at: int | None = None  # the event the last failure stopped at
+        standby_logged = False
+        with held:
+            while True:
+                try:
+                    if self._generation is None:
+                        held.enter_context(store.lock(name))  # one instance per name and store
+                        held.callback(self._release)
+                        self._take(store, stopper)
+                        standby_logged = False
+                    else:  # another instance may have taken over meanwhile: nothing to commit
+                        self.tracker.check_owner(name, self._generation)
+                    self._follow(store, stopper, stuck_at)
+                    return
+                except ProcessorFencedError as exc:
+                    if handler is not None:
+                        log.error("[%s] %s; stopping", name, exc)
+                    raise
+                except Exception as exc:
+                    if handler is None:
                         raise
-                    except Exception as exc:
-                        if handler is None:
-                            raise
-                        stuck_at = _failing_event_id(exc)
-                        self._report_failure(exc)
-                        _handling.store = store  # so that the handler's hint names it
-                        try:
-                            interval = handler.handle(exc, name)
-                        finally:
-                            _handling.store = None
+                    if self._generation is None:
+                        held.close()  # it did not take the name: let go of the lock while it waits
+                    if isinstance(exc, UnableToLockProcessorError):
+                        interval = handler.retry_interval(exc)
                         if interval is None:
-                            self._given_up = exc  # reported already: run_processor only raises it
+                            handler.handle(exc, name, store=store)
                             raise
-                        (handler.sleep or stopper.sleep)(interval)
-                        if stopper.is_set():
-                            return
-                        retrying = True
-            finally:
-                generation, self._generation = self._generation, None
-                self._stopper = None  # (a stop callable need not pickle: the processor must, once stopped)
-                with contextlib.suppress(Exception):
-                    self.tracker.report(name, generation, "stopped")
-                log.info("[%s] stopped", name)
+                        self._standby(exc, interval, first=not standby_logged)
+                        standby_logged = True
+                    else:
+                        stuck_at = _failing_event_id(exc)
+                        if self._generation is not None:
+                            self._report_failure(exc)
+                        standby_logged = False
+                        interval = handler.handle(exc, name, store=store)
+                        if interval is None:
+                            raise
+                    (handler.sleep or stopper.sleep)(interval)
+                    if stopper.is_set():
+                        return
+
+    def _take(self, store: EventStore, stopper: Stopper) -> None:
+        """Set up and take ownership of the name (a new generation), holding the store's lock."""
+        self._stopper = stopper
+        self.setup()
+        location = self._location(store)
+        if location is not None:  # so that processor_statuses(store) lists it
+            with contextlib.suppress(Error):
+                store.tracker().register(self.processor_name, self._kind, location)
+        self._generation = self.tracker.acquire(self.processor_name, _instance_name(), self._kind)
+
+    def _release(self) -> None:
+        """Give the name up (the store's lock is released next): it is stopped."""
+        generation, self._generation = self._generation, None
+        self._stopper = None  # (a stop callable need not pickle: the processor must, once stopped)
+        if generation is None:
+            return  # it never took it
+        with contextlib.suppress(Exception):
+            self.tracker.report(self.processor_name, generation, "stopped")
+        config.logger.info("[%s] stopped", self.processor_name)
+
+    def _standby(self, exc: UnableToLockProcessorError, interval: float, *, first: bool) -> None:
+        """Note in the tracker that this instance waits for another to stop (saying so the ``first``
+        time)."""
+        name = self.processor_name
+        holder = None
+        with contextlib.suppress(Exception):
+            holder = self.tracker.record(name).owner
+            self.tracker.standby(name, _instance_name())
+        if first:
+            held_by = f", held by pid {holder.replace('@', ' on host ')}" if holder else ""
+            config.logger.warning("[%s] standby: %s%s; waiting for it to stop "
+                                  "(retrying every %s s)", name, exc, held_by, interval)
 
     def _report_failure(self, exc: BaseException) -> None:
         event_id = _failing_event_id(exc)
@@ -4184,14 +4235,15 @@ class EventStreamProcessor:
             self.tracker.report(self.processor_name, self._generation, "running",
                                 f"{type(cause).__name__}: {cause}", event_id)
 
-    def _follow(self, store: EventStore, stopper: Stopper) -> None:
-        """Process from the recorded position (or the start position) until ``stopper`` is set.
+    def _follow(self, store: EventStore, stopper: Stopper, stuck_at: int | None = None) -> None:
+        """Process from the recorded position (or the start position) until ``stopper`` is set
+        (saying so if the position is past ``stuck_at``, the event the last failure stopped at).
 
         When it stops at an event (a handler failed on it, or a read met it damaged), the events before
         it are processed (read up to it, never past it) and the position is moved to the one before it,
         so that it is the next event to process (the one ``skip_event`` may skip); then it raises."""
         try:
-            self._follow_from_position(store, stopper)
+            self._follow_from_position(store, stopper, stuck_at)
         except (EventProcessingError, CorruptEventError) as exc:
             event_id = _failing_event_id(exc)
             if event_id is not None:
@@ -4224,12 +4276,16 @@ class EventStreamProcessor:
         if not stopper.is_set() and self.last_processed_event_id < last_id:
             self._advance(last_id)  # past the events it does not handle
 
-    def _follow_from_position(self, store: EventStore, stopper: Stopper) -> None:
+    def _follow_from_position(self, store: EventStore, stopper: Stopper,
+                              stuck_at: int | None) -> None:
         log = config.logger
         name = self.processor_name
         record = self.tracker.record(name)
         self._horizon = record.horizon
         position = record.position
+        if stuck_at is not None and position >= stuck_at:
+            log.warning("[%s] event %d was skipped (es.skip_event moved the position past it): "
+                        "it is not processed", name, stuck_at)
         if record.fresh and self.start_from == "end":
             position = store.latest_event_id()
             self._advance(position)
@@ -4259,6 +4315,9 @@ class EventStreamProcessor:
             log.info("[%s] processed up to event %d", name, batch[-1].id)
 
 
+_NO_SAVEPOINT = contextlib.nullcontext()
+
+
 class _TableOwner(EventStreamProcessor):
     """A processor with its own tables (``schema``) in a Database it writes in one transaction per batch."""
 
@@ -4286,9 +4345,10 @@ class _TableOwner(EventStreamProcessor):
     def _owned_tables(self) -> list[str]:
         return list(self.tables) if self.tables is not None else self._database.table_names(self.schema)
 
-    def _batch_transaction(self) -> contextlib.AbstractContextManager[Any]:
-        """The transaction a batch's writes and its new position commit in."""
-        return self._database.transaction()
+    def _batch_transaction(self, *, lazy: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """The transaction a batch's writes and its new position commit in (``lazy``: begun at its
+        first write where a transaction is the database's write lock, see Database.transaction)."""
+        return self._database.transaction(lazy=lazy)
 
     def setup(self) -> None:
         """Create the schema's tables (if missing) and the tracker row."""
@@ -4305,32 +4365,6 @@ class _TableOwner(EventStreamProcessor):
             self._database.drop_tables(conn, self._owned_tables())
             super().reset()
         self.setup()
-
-    def process_batch(self, events: list[Event]) -> None:
-        """Process events in transactions of ``batch_size``: each commits its writes and position together.
-
-        Each handled event runs in a savepoint: when its handler fails, its writes roll back alone, the
-        events before it commit with their position, and then the error is raised.
-        """
-        size = self.batch_size or len(events)
-        for start in range(0, len(events), size):
-            chunk = events[start:start + size]
-            failure: EventProcessingError | None = None
-            with self._batch_transaction():
-                done: Event | None = None
-                for event in chunk:
-                    if self._handles(event):
-                        try:
-                            with self._database.transaction():
-                                self.process(event)
-                        except EventProcessingError as exc:
-                            failure = exc
-                            break
-                    done = event
-                if done is not None:
-                    self._commit(done.id)  # type: ignore[arg-type]
-            if failure is not None:
-                raise failure
 
     def _advance(self, event_id: int) -> None:
         with self._batch_transaction():
@@ -4404,23 +4438,23 @@ class Projector(_TableOwner):
 class Reactor(_TableOwner):
     """Reacts to events by doing things and emitting new events (``emit_event``).
 
-    Where the reactor's position lives in the event store's own database
-    (``db=None`` with an SQLite or Postgres store), its handlers run outside
-    any write transaction (so they never hold the store's write lock, and may
-    take their time), the events they emit are kept until the handler
-    returns, and then those events and the new position commit together in
-    one short transaction per event: after a crash the reactor neither skips
-    an event nor emits twice, and application writes interleave with a busy
-    reactor. Its own tables (``schema``) are written as its handlers write
-    them (each statement commits), so write them idempotently (upserts).
-    Effects outside the database (sending mail, calling an API) are
-    at-least-once: a crash after the effect and before the commit repeats it
-    on restart, so make them idempotent (the processed event's ``uuid`` is a
-    good key). With a separate ``db``, handlers and their table writes run
-    in that database's transaction, and emitted events commit apart from the
-    position, so emission is at-least-once too. On a store with no SQL
-    database (the memory store), a reactor's ``schema`` lives in an
-    in-memory SQLite database.
+    Each handled event is one unit: its handlers' writes to the reactor's
+    tables (``schema``), the events they emit (kept until the handler
+    returns) and the new position commit together, in one transaction of
+    their own, as soon as the event is done. Where a transaction is the
+    database's only write lock (SQLite), that transaction begins at the
+    handler's first write statement, so a handler holds no lock while it
+    waits on the outside world before writing. With ``db=None`` (the
+    reactor's position in the event store's own database, or in an in-memory
+    SQLite database on a memory store) a crash at any point, even ``kill -9``,
+    neither loses nor repeats a table write or an emitted event. With a
+    separate ``db`` the emitted events are sunk into the store just before
+    that database commits, so they are at-least-once.
+
+    Effects outside the database (sending mail, calling an API) can repeat:
+    a crash after the effect and before the event's commit runs the handler
+    again on restart (at most once more per crash). Make them idempotent at
+    their target, keyed by the processed event's ``uuid``.
 
     While replaying (``self.replaying``, after ``reset()``), ``emit_event``
     does not sink: the events emitted the first time are in the store.
@@ -4445,7 +4479,6 @@ class Reactor(_TableOwner):
     def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | Database | None = None,
                  *, batch_size: int | None = None) -> None:
         self.store = store
-        self._store_transaction = db is None
         tracker: Tracker
         if db is None:
             database = store.database
@@ -4454,79 +4487,79 @@ class Reactor(_TableOwner):
         else:
             self._database = open_database(db)
             tracker = DatabaseTracker(self._database)
+        self._with_store = db is None and store.database is None  # and the memory store's
         super().__init__(tracker)
         self._emitted: list[Event] | None = None  # emitted by the running handler, sunk with its position
         if batch_size is not None:
             self.batch_size = batch_size
 
-    def _batch_transaction(self) -> contextlib.AbstractContextManager[Any]:
-        if not self._store_transaction:
-            return self._database.transaction()
-        if self.store.database is self._database:
-            return self.store.transaction()
+    def _batch_transaction(self, *, lazy: bool = False) -> contextlib.AbstractContextManager[Any]:
+        if not self._with_store:
+            return self._database.transaction(lazy=lazy)
         stack = contextlib.ExitStack()  # the memory store's transaction, and that of the reactor's tables
         stack.enter_context(self.store.transaction())
         try:
-            stack.enter_context(self._database.transaction())
+            stack.enter_context(self._database.transaction(lazy=lazy))
         except BaseException:
             stack.close()
             raise
         return stack
 
-    #: Seconds of handler work after which a reactor whose position lives in the store commits what it
-    #: has emitted and its position (and at the end of every batch, and before a failing event's error).
-    commit_interval: float = 0.005
+    #: Seconds of handler work whose events may commit together. 0 (the default): each handled
+    #: event's unit commits as soon as its handler returns, so a crash repeats at most one event's
+    #: outside effects. A reactor whose events come fast and whose effects are cheap to repeat may
+    #: group them (one commit, one fsync, for many events): a crash then repeats the outside
+    #: effects of the whole group, and on SQLite the write lock is held from the group's second
+    #: handled event on (at most ``commit_interval`` plus one event).
+    commit_interval: float = 0.0
 
     def process_batch(self, events: list[Event]) -> None:
-        """Process a batch, committing emitted events with the position after every ``commit_interval``
-        seconds of handler work (with a ``db`` of its own: as a projector does).
-
-        On SQLite a write transaction is the store's write lock, so handlers run with none open and their
-        table writes commit as they make them; elsewhere they run in the group's transaction. Emitted
-        events are sunk only when the group commits, so the store's write lock is held only for that.
+        """Process a batch: each handled event's table writes, emitted events and position commit
+        together as soon as it is done (see the class and ``commit_interval``); the position moves
+        past the events it does not handle with the next commit. Stops between events once told to.
+        A failing event's writes and emissions roll back alone, after the events before it commit.
         """
-        if not self._store_transaction:
-            super().process_batch(events)
-            return
-        outside = isinstance(self._database, SQLiteDatabase) and self.store.database is self._database
-        name = self.processor_name
+        self.tracker.check_owner(self.processor_name, self._generation)  # before any outside effect
         i = 0
         while i < len(events):
             if i and self._stopper is not None and self._stopper.is_set():
                 return  # between events: what is done is committed
             emitted: list[Event] = []
+            last: Event | None = None  # the last event this commit covers
             failure: EventProcessingError | None = None
-            done: Event | None = None
-            work = 0.0
-            self.tracker.check_owner(name, self._generation)  # before any outside effect of this group
-            with contextlib.ExitStack() as group:
-                if not outside:
-                    group.enter_context(self._batch_transaction())
-                while i < len(events) and work < self.commit_interval:
-                    event = events[i]
-                    if self._handles(event):
-                        began = time.monotonic()
-                        self._emitted = []
-                        try:
-                            if outside:
-                                self.process(event)
+            began = 0.0
+            try:
+                with self._batch_transaction(lazy=True):
+                    while i < len(events):
+                        event = events[i]
+                        if self._handles(event):
+                            if grouped := began > 0.0:  # a handled event is in this commit already
+                                if time.monotonic() - began >= self.commit_interval:
+                                    break
                             else:
-                                with self._database.transaction():  # a failing event's writes roll back alone
+                                began = time.monotonic()
+                            self._emitted = []
+                            try:  # a group's later event in a savepoint: its writes roll back alone
+                                with self._database.transaction() if grouped else _NO_SAVEPOINT:
                                     self.process(event)
-                        except EventProcessingError as exc:
-                            failure = exc  # what it emitted is dropped with it
-                            break
-                        finally:
-                            this, self._emitted = self._emitted or [], None
-                        emitted.extend(this)
-                        work += time.monotonic() - began
-                    done = event
-                    i += 1
-                if done is not None:
-                    with self._batch_transaction():
+                            except EventProcessingError as exc:
+                                if not grouped:
+                                    raise  # its writes roll back with the transaction (alone in it)
+                                failure = exc
+                                break
+                            finally:
+                                this, self._emitted = self._emitted or [], None
+                            emitted.extend(this)
+                        last = event
+                        i += 1
+                    if last is not None:
                         for emission in emitted:
                             self.store.sink(emission)
-                        self._commit(done.id)  # type: ignore[arg-type]
+                        self._commit(last.id)  # type: ignore[arg-type]
+            except EventProcessingError:
+                if last is not None:
+                    self._advance(last.id)  # type: ignore[arg-type]
+                raise
             if failure is not None:
                 raise failure
 
@@ -4682,6 +4715,11 @@ def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
                           processor_name, event_id, event_id - 1, event_id)
 
 
+def _skip_command(store: str, processor_name: str, event_id: int) -> str:
+    """The command line that moves ``processor_name`` past ``event_id`` (see ``skip_event``)."""
+    return f"python -m eventsourcery {store} skip {shlex.quote(processor_name)} {event_id}"
+
+
 class ErrorHandler:
     """Decides what a processor does after an error: retry after an interval, or stop.
 
@@ -4699,15 +4737,18 @@ class ErrorHandler:
         """Seconds to wait before retrying after ``error``; None to stop."""
         raise NotImplementedError
 
-    def handle(self, error: BaseException, processor_name: str) -> float | None:
-        """Report ``error`` and return the retry interval (None: stop)."""
+    def handle(self, error: BaseException, processor_name: str, *,
+               store: EventStore | None = None) -> float | None:
+        """Report ``error`` and return the retry interval (None: stop). When the processor is stuck
+        at an event, the log line says how to skip it, naming ``store`` by its location if it has
+        one (its own description of where it lives)."""
         cause = error.__cause__ if isinstance(error, EventProcessingError) and error.__cause__ else error
         if isinstance(error, UnableToLockProcessorError):  # a standby instance: nothing has failed
             config.logger.warning("[%s] %s; waiting for it to stop", processor_name, error)
         else:
             event_id = _failing_event_id(error)
-            store: EventStore | None = getattr(_handling, "store", None)
-            location = store.database.location if store is not None and store.database is not None else None
+            database = store.database if store is not None else None
+            location = database.location if database is not None else None
             hint = "" if event_id is None else (
                 f"; to move it past event {event_id} without processing it: "
                 f"{_skip_command(shlex.quote(location) if location else 'STORE', processor_name, event_id)} "
@@ -4778,41 +4819,9 @@ def run_processor(processor: EventStreamProcessor, store: EventStore, *, stop: S
     that finds its name taken waits as a standby, logging that once with the pid and host that hold it.
     An instance that has lost its name to another (ProcessorFencedError) logs one line and raises.
     """
-    handler = error_handler or _make_error_handler()
     stopper = Stopper(stop)
-    name = processor.processor_name
-    standby_logged = False
-    while not stopper.is_set():
-        try:
-            processor._run(store, stopper, handler)
-            return
-        except ProcessorFencedError as exc:
-            config.logger.error("[%s] %s; stopping", name, exc)
-            raise
-        except UnableToLockProcessorError as exc:
-            interval = handler.retry_interval(exc)
-            if interval is None:
-                handler.handle(exc, name)
-                raise
-            holder = None
-            with contextlib.suppress(Exception):
-                holder = processor.tracker.record(name).owner
-                processor.tracker.standby(name, _instance_name())
-            if not standby_logged:
-                config.logger.warning("[%s] standby: %s%s; waiting for it to stop (retrying every %s s)", name,
-                                      exc, f", held by pid {holder.replace('@', ' on host ')}" if holder else "",
-                                      interval)
-                standby_logged = True
-            (handler.sleep or stopper.sleep)(interval)
-        except Exception as exc:
-            if exc is processor._given_up:
-                processor._given_up = None
-                raise
-            standby_logged = False
-            interval = handler.handle(exc, name)
-            if interval is None:
-                raise
-            (handler.sleep or stopper.sleep)(interval)
+    if not stopper.is_set():
+        processor._run(stopper=stopper, store=store, handler=error_handler or _make_error_handler())
 
 
 # ---------------------------------------------------------------------------
