@@ -983,10 +983,11 @@ class Tracker(abc.ABC):
         return []
 
     def park(self, name: str, event: Event, error: str | None, attempts: int, generation: int | None,
-             behind: int | None = None) -> None:
-        """Park ``event`` (with its ``error``; ``behind``: the parked event of its aggregate it waits
-        for) and, for one that failed (``behind`` None), move the position to it, in one transaction
-        fenced by ``generation``."""
+             behind: int | None = None) -> bool:
+        """Park ``event``, in one transaction fenced by ``generation``: one that failed (``behind``
+        None) with its ``error``, moving the position to it; else behind the first parked event of its
+        aggregate (``behind``: the one it was seen to wait for), to be retried with them if they are;
+        False, and nothing parked, when none of its aggregate is parked any more."""
         raise Error(f"processor {name!r}: its tracker ({type(self).__name__}) keeps no parked events, "
                     "so it cannot park one (use a DatabaseTracker, or no park_after)")
 
@@ -2513,17 +2514,27 @@ class DatabaseTracker(Tracker):
                             None if b is None else int(b)) for e, a, err, n, t, b in rows]
 
     def park(self, name: str, event: Event, error: str | None, attempts: int, generation: int | None,
-             behind: int | None = None) -> None:
+             behind: int | None = None) -> bool:
+        p = self.database.placeholder
+        retry = 0
         with self.database.transaction():
             if behind is not None:
-                self._fence(name, generation)
-            self._write("INSERT INTO {q} (name, event_id, aggregate_id, error, attempts, parked_at, behind) "
-                        "VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (name, event_id) DO UPDATE SET "
-                        "error = excluded.error, attempts = excluded.attempts, behind = excluded.behind, "
-                        "retry = 0", (name, event.id, event.aggregate_id, error and error[:2000], attempts,
-                                      time.time(), behind))
+                self._fence(name, generation)  # (also waits for a drop or retry request under way)
+                first, retry = self.database.fetch_all(
+                    f"SELECT min(event_id), max(retry) FROM {self._parked} WHERE name = {p} AND "
+                    f"aggregate_id = {p} AND event_id < {p}", (name, event.aggregate_id, event.id))[0]
+                if first is None:
+                    return False  # dropped meanwhile
+                behind = int(first)
+            self._write("INSERT INTO {q} (name, event_id, aggregate_id, error, attempts, parked_at, behind, "
+                        "retry) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (name, event_id) "
+                        "DO UPDATE SET error = excluded.error, attempts = excluded.attempts, "
+                        "behind = excluded.behind, retry = excluded.retry",
+                        (name, event.id, event.aggregate_id, error and error[:2000], attempts, time.time(),
+                         behind, int(retry or 0)))
             if behind is None:
                 self.commit_position(name, event.id, generation)  # type: ignore[arg-type]
+        return True
 
     def retry_requested(self, name: str) -> list[int]:
         self._conn()
@@ -2546,6 +2557,7 @@ class DatabaseTracker(Tracker):
 
     def request_retry(self, name: str, event_id: int | None = None) -> list[int]:
         with self.database.transaction():
+            self._write("UPDATE {t} SET generation = generation WHERE name = {p}", (name,))  # one at a time
             if event_id is None:
                 ids = [p.event_id for p in self.parked_events(name)]
             else:
@@ -2579,6 +2591,7 @@ class DatabaseTracker(Tracker):
 
     def drop_parked(self, name: str, event_id: int) -> None:
         with self.database.transaction():
+            self._write("UPDATE {t} SET generation = generation WHERE name = {p}", (name,))  # one at a time
             _, same = self._parked_one(name, event_id, "drop")
             self._write("DELETE FROM {q} WHERE name = {p} AND event_id = {p}", (name, event_id))
             if same[0].event_id == event_id:  # the first of its aggregate: those behind it go on
@@ -4210,8 +4223,9 @@ class EventStreamProcessor:
         if self._parked_aggregates and not self._unparking:
             first = self._parked_aggregates.get(event.aggregate_id)
             if first is not None:  # its aggregate waits behind a parked event: so does it, unhandled
-                self.tracker.park(self.processor_name, event, None, 0, self._generation, behind=first)
-                return
+                if self.tracker.park(self.processor_name, event, None, 0, self._generation, behind=first):
+                    return
+                del self._parked_aggregates[event.aggregate_id]  # none left (dropped): handle it
         self._current_event = event
         self._replaying = (event.id or 0) <= self._horizon
         try:
@@ -4459,8 +4473,10 @@ class EventStreamProcessor:
             for parked in self.tracker.parked_events(name):
                 chains.setdefault(parked.aggregate_id, []).append(parked.event_id)
             for aggregate_id, ids in chains.items():
-                for event_id in ids:  # only an aggregate's first parked events: its order holds
-                    if event_id not in requested or (self._stopper is not None and self._stopper.is_set()):
+                if ids[0] not in requested:
+                    continue  # (the events behind the first of an aggregate are retried with it)
+                for event_id in ids:  # in order: one failing again keeps the rest behind it
+                    if self._stopper is not None and self._stopper.is_set():
                         break
                     if not self._retry_one(store, event_id):
                         break
@@ -6445,6 +6461,10 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
                 sys.stdout.write(f"  to move it past that event without processing it: {_cli_safe(command)}\n")
         if status is not None and status.standby is not None:
             sys.stdout.write(f"  standby: pid {_cli_safe(status.standby.replace('@', ' on host '))}\n")
+        if status is not None and status.parked:
+            command = f"python -m eventsourcery {shlex.quote(args.store)} parked {shlex.quote(status.name)}"
+            sys.stdout.write(f"  parked: {status.parked} event{'s' if status.parked != 1 else ''} "
+                             f"(see {_cli_safe(command)})\n")
     return 0
 
 
@@ -6561,6 +6581,78 @@ def _cli_skip(store: EventStore, args: argparse.Namespace) -> int:
     sys.stdout.write(f"skipped event {event_id} for {shown}: position {event_id - 1} -> {event_id}; it will not "
                      f"process event {event_id}; the next event it processes is {event_id + 1} (a running "
                      "instance goes on at its next retry)\n")
+    return 0
+
+
+def _cli_parked_list(store: EventStore, name: str) -> list[ParkedEvent]:
+    try:
+        return parked_events(store, name)
+    except ValueError as exc:
+        raise _CLIError(_cli_safe(str(exc))) from exc
+
+
+def _cli_parked(store: EventStore, args: argparse.Namespace) -> int:
+    found = _cli_parked_list(store, args.name)
+    if args.json:
+        sys.stdout.writelines(_cli_json_line({**dataclasses.asdict(p), "parked_at": p.parked_at.isoformat()})
+                              for p in found)
+        return 0
+    shown = _cli_safe(args.name)
+    if not found:
+        sys.stderr.write(f"{shown} has no parked events\n")
+        return 0
+    for p in found:
+        when = p.parked_at.isoformat(timespec="seconds")
+        if p.behind is None:
+            sys.stdout.write(f"{p.event_id}  aggregate {_cli_safe(repr(p.aggregate_id))}  parked {when} after "
+                             f"{p.attempts} failure{'s' if p.attempts != 1 else ''}: {_cli_safe(p.error or '')}\n")
+        else:
+            sys.stdout.write(f"{p.event_id}  aggregate {_cli_safe(repr(p.aggregate_id))}  parked {when} behind "
+                             f"event {p.behind}\n")
+    store_arg = shlex.quote(args.store)
+    sys.stdout.write(f"{len(found)} parked; to retry: "
+                     f"{_cli_safe(f'python -m eventsourcery {store_arg} retry-parked {shlex.quote(args.name)}')}"
+                     " [EVENT_ID]; to give one up: "
+                     f"{_cli_safe(f'python -m eventsourcery {store_arg} drop-parked {shlex.quote(args.name)}')}"
+                     " EVENT_ID\n")
+    return 0
+
+
+def _cli_retry_parked(store: EventStore, args: argparse.Namespace) -> int:
+    try:
+        ids = retry_parked(store, args.name, args.event_id)
+    except ValueError as exc:
+        raise _CLIError(_cli_safe(str(exc))) from exc
+    shown = _cli_safe(args.name)
+    if not ids:
+        sys.stdout.write(f"{shown} has no parked events: nothing to retry\n")
+    else:
+        sys.stdout.write(f"asked {shown} to retry parked event{'s' if len(ids) != 1 else ''} "
+                         f"{', '.join(map(str, ids))}: the instance running now, or the next to run, "
+                         "handles them before its next batch (one that fails again stays parked)\n")
+    return 0
+
+
+def _cli_drop_parked(store: EventStore, args: argparse.Namespace) -> int:
+    name, event_id = args.name, args.event_id
+    shown = _cli_safe(name)
+    found = _cli_parked_list(store, name)
+    this = next((p for p in found if p.event_id == event_id), None)
+    if this is None:
+        raise _CLIError(f"{shown} has no parked event {event_id} (its parked events: "
+                        f"{', '.join(str(p.event_id) for p in found[:20]) or 'none'}); nothing changed")
+    behind = [p.event_id for p in found if p.behind == event_id]
+    then = f"; the {len(behind)} event(s) parked behind it are retried" if behind else ""
+    why = f" (it failed: {_cli_safe(this.error)})" if this.error else f" (parked behind event {this.behind})"
+    if not args.yes and not _cli_confirm(f"Drop parked event {event_id} of {shown}{why}? {shown} will never "
+                                         f"handle it{then}"):
+        sys.stderr.write(f"not dropped: event {event_id} stays parked\n")
+        return 1
+    try:
+        drop_parked(store, name, event_id)
+    except ValueError as exc:  # dropped or retried meanwhile
+        raise _CLIError(_cli_safe(str(exc))) from exc
+    sys.stdout.write(f"dropped parked event {event_id} of {shown}: it will not be handled{then}\n")
     return 0
 
 
@@ -6867,6 +6959,36 @@ def _cli_parser() -> argparse.ArgumentParser:
                       help="the event to skip: the next one the processor would process")
     skip.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     skip.set_defaults(run=_cli_skip, writes=True)
+
+    parked = commands.add_parser(
+        "parked", help="list a processor's parked events",
+        description="List the events a processor has parked (a retry handler with park_after parks an "
+                    "event whose handler keeps failing, and the later events of its aggregate behind it): "
+                    "each with its aggregate, when, and its error or the event it waits behind. The same "
+                    "as es.parked_events(store, NAME).")
+    parked.add_argument("name", metavar="NAME", help="the processor's name")
+    parked.add_argument("--json", action="store_true", help="one JSON object per line")
+    parked.set_defaults(run=_cli_parked)
+
+    retry = commands.add_parser(
+        "retry-parked", help="ask a processor to handle its parked events again",
+        description="Ask a processor (the instance running now, or the next to run) to handle its parked "
+                    "events again before its next batch, each aggregate's in order: all of them, or "
+                    "EVENT_ID with the events parked behind it. One that fails again stays parked. The "
+                    "same as es.retry_parked(store, NAME, EVENT_ID).")
+    retry.add_argument("name", metavar="NAME", help="the processor's name")
+    retry.add_argument("event_id", metavar="EVENT_ID", type=positive, nargs="?",
+                       help="the parked event to retry (default: all of them)")
+    retry.set_defaults(run=_cli_retry_parked, writes=True)
+
+    drop = commands.add_parser(
+        "drop-parked", help="give up on one parked event (asks first)",
+        description="Remove one parked event for good: the processor never handles it; the events "
+                    "parked behind it are retried. The same as es.drop_parked(store, NAME, EVENT_ID).")
+    drop.add_argument("name", metavar="NAME", help="the processor's name")
+    drop.add_argument("event_id", metavar="EVENT_ID", type=positive, help="the parked event to drop")
+    drop.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    drop.set_defaults(run=_cli_drop_parked, writes=True)
 
     erase = commands.add_parser(
         "erase", help="erase one aggregate's data for good (asks first)",

@@ -145,7 +145,7 @@ def test_drop_parked_gives_one_up_and_retries_those_behind_it(store):
         es.drop_parked(store, NAME, ids["bad"])
         assert wait_until(lambda: not es.parked_events(store, NAME))
         assert recorder.handled[-2:] == [ids["a1-3"], ids["a1-4"]] and ids["bad"] not in recorder.handled
-        with pytest.raises(ValueError, match=f"no such parked event.*nothing changed"):
+        with pytest.raises(ValueError, match="no such parked event.*nothing changed"):
             es.drop_parked(store, NAME, ids["bad"])
     finally:
         running.finish()
@@ -157,6 +157,19 @@ def test_dropping_one_parked_behind_another_leaves_the_first_and_the_rest_parked
     running.finish()
     es.drop_parked(store, NAME, ids["a1-3"])
     assert parked(store) == [(ids["bad"], "a1", None), (ids["a1-4"], "a1", ids["bad"])]
+
+
+def test_after_its_last_parked_event_is_dropped_an_aggregate_goes_on_at_once(store):
+    recorder, running, ids = park_story(store)
+    try:
+        for event_id in (ids["a1-4"], ids["a1-3"], ids["bad"]):  # the last one has nobody behind it
+            es.drop_parked(store, NAME, event_id)
+        new = add(store, "a1", "a1-5")  # handled, not parked behind the dropped one
+        assert recorder.wait_for(new, timeout=WAIT)
+        assert recorder.handled[-1] == new and not es.parked_events(store, NAME)
+    finally:
+        running.finish()
+    assert running.error is None
 
 
 def test_reset_clears_the_parked_events(store):
@@ -288,3 +301,103 @@ def test_bad_arguments_are_refused_and_change_nothing(store):
         es.retry_parked(store, NAME, 2.0)  # type: ignore[arg-type]
     assert parked(store) == before
     assert isinstance(es.parked_events(store, NAME)[0].parked_at, datetime.datetime)
+
+
+# --- under faults: kill -9 in a loop while events flow, some always failing (SQLite, Postgres) -------
+
+
+class KillEmitter(es.Reactor):
+    """Emits one item_rejected per item it handles (committed with its position, or with its unparking):
+    the emitted events record what was handled, exactly how often, and in which order."""
+
+    processor_name = "kill_parker"
+    emits_events = [ItemRejected]
+
+    @es.on(ItemAdded)
+    def _added(self, event):
+        if event.title == "bad":
+            raise RuntimeError("always fails")
+        time.sleep(0.002)  # so that kills land while it works
+        self.emit_event(ItemRejected(aggregate_id="out", reason=event.aggregate_id))
+
+
+def _run_child(store, parent: int) -> None:
+    logging.getLogger("eventsourcery").setLevel(logging.CRITICAL)
+    es.run_processor(KillEmitter(store), store, stop=lambda: os.getppid() != parent,
+                     error_handler=es.ConstantRetry(0.01, park_after=2))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_kill_9_in_a_loop_neither_loses_nor_doubles_a_handled_or_parked_event(kind, tmp_path):
+    import multiprocessing
+
+    from tests.conftest import STORE_FACTORIES
+
+    store = STORE_FACTORIES[kind](tmp_path / "events.db")
+    fork = multiprocessing.get_context("fork")
+    rng = random.Random(21)
+    aggregates = [f"agg{n}" for n in range(9)] + ["bad0", "bad1", "bad2"]
+    sunk: dict[str, int] = dict.fromkeys(aggregates, 0)
+    name = KillEmitter.processor_name
+
+    def sink_some(count: int) -> None:
+        for _ in range(count):
+            aggregate_id = rng.choice(aggregates)
+            sunk[aggregate_id] += 1
+            bad = aggregate_id.startswith("bad") and sunk[aggregate_id] == 3
+            store.sink(ItemAdded(aggregate_id=aggregate_id, title="bad" if bad else "ok"))
+
+    def start():
+        child = fork.Process(target=_run_child, args=(store, os.getpid()), daemon=True)
+        child.start()
+        return child
+
+    dropped: list[int] = []
+    kills = 0
+    try:
+        for round_ in range(10):
+            child = start()
+            sink_some(40)
+            if round_ == 5:  # give one parked event up while it runs: those behind it are retried
+                assert wait_until(lambda: any(p.behind is None for p in es.parked_events(store, name)), 20)
+                dropped.append(next(p.event_id for p in es.parked_events(store, name) if p.behind is None))
+                es.drop_parked(store, name, dropped[0])
+            time.sleep(rng.uniform(0.05, 0.3))
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(WAIT)
+            assert child.exitcode == -signal.SIGKILL
+            kills += 1
+        child = start()
+        sink_some(10)
+        try:
+            tracker = store.tracker()
+            assert wait_until(lambda: tracker.last_processed_event_id(name) == store.latest_event_id()
+                              and not tracker.retry_requested(name), WAIT)
+        finally:
+            child.terminate()
+            child.join(WAIT)
+        events = _all(store)
+        items = {e.id: e for e in events if isinstance(e, ItemAdded)}
+        id_of = {e.uuid: e.id for e in items.values()}
+        handled = [id_of[e.causation_id] for e in events if isinstance(e, ItemRejected)]  # in commit order
+        parked_now = es.parked_events(store, name)
+        parked_ids = [p.event_id for p in parked_now]
+    finally:
+        store.close()
+    assert kills == 10 and len(dropped) == 1
+    assert len(handled) == len(set(handled)), "an event was handled twice"
+    assert not set(handled) & set(parked_ids), "an event was both handled and parked"
+    assert set(handled) | set(parked_ids) | set(dropped) == set(items), "an event was lost"
+    assert dropped[0] not in handled and dropped[0] not in parked_ids
+    for aggregate_id in aggregates:  # each aggregate's events handled in id order
+        mine = [i for i in handled if items[i].aggregate_id == aggregate_id]
+        assert mine == sorted(mine), aggregate_id
+        if aggregate_id.startswith("bad") and sunk[aggregate_id] >= 3:
+            first_bad = next(i for i in sorted(items) if items[i].aggregate_id == aggregate_id
+                             and items[i].title == "bad")
+            later = [i for i in sorted(items) if items[i].aggregate_id == aggregate_id and i > first_bad]
+            if first_bad in dropped:
+                assert set(later) <= set(handled)
+            else:  # it, and everything after it, parked; nothing of it handled after it
+                assert [first_bad, *later] == [p for p in parked_ids if items[p].aggregate_id == aggregate_id]
+    assert any(p.behind is not None for p in parked_now) and len(handled) > 200
