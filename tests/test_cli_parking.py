@@ -37,13 +37,18 @@ def db(tmp_path: pathlib.Path) -> pathlib.Path:
     """A store whose processor has parked event 2 (aggregate HOSTILE) with event 4 behind it."""
     path = tmp_path / "events.db"
     with es.SQLiteEventStore(path) as store:
-        for aggregate_id, title in ((HOSTILE, "ok"), (HOSTILE, "bad"), ("other", "ok"), (HOSTILE, "ok")):
-            store.sink(ItemAdded(aggregate_id=aggregate_id, title=title))
-        parker = Parker(store.tracker())
-        es.run_processor(parker, store, stop=lambda: parker.last_processed_event_id >= 4,
-                         error_handler=es.ConstantRetry(0.0, park_after=2))
-        assert parker.handled == [1, 3]
+        park_two(store)
     return path
+
+
+def park_two(store: es.EventStore) -> None:
+    """Events 1-4 sunk; event 2 (aggregate HOSTILE) parked after two failures, 4 parked behind it."""
+    for aggregate_id, title in ((HOSTILE, "ok"), (HOSTILE, "bad"), ("other", "ok"), (HOSTILE, "ok")):
+        store.sink(ItemAdded(aggregate_id=aggregate_id, title=title))
+    parker = Parker(store.tracker())
+    es.run_processor(parker, store, stop=lambda: parker.last_processed_event_id >= 4,
+                     error_handler=es.ConstantRetry(0.0, park_after=2))
+    assert parker.handled == [1, 3]
 
 
 def parked_ids(path: pathlib.Path) -> list[int]:
