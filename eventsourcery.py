@@ -888,10 +888,11 @@ class TrackerRecord:
 
 @dataclasses.dataclass(frozen=True)
 class ParkedEvent:
-    """An event a processor has set aside (see ``es.parked_events``): ``event_id`` and ``aggregate_id``;
-    ``error`` the last failure of its handler and ``attempts`` how often it failed (None and 0 for an
-    event parked ``behind`` another, unhandled: ``behind`` is the id of the parked event of its
-    aggregate it waits for, None for the one that failed); ``parked_at`` when it was parked (UTC)."""
+    """An event a processor has set aside (see ``es.parked_events``): ``event_id``,
+    ``aggregate_id``; ``error`` the last failure of its handler and ``attempts`` how often it
+    failed (None and 0 for an event parked ``behind`` another, unhandled: ``behind`` is the id of
+    the parked event of its aggregate it waits for, None for the one that failed); ``parked_at``
+    when it was parked (UTC)."""
 
     event_id: int
     aggregate_id: str
@@ -976,20 +977,21 @@ class Tracker(abc.ABC):
         """Record the tables of ``name`` (beside this record) that its ``reset()`` drops; by default
         nothing is kept."""
 
-    # -- parked events (see ``es.parked_events``): kept by DatabaseTracker; by default there are none --
+    # -- parked events (see es.parked_events): kept by DatabaseTracker; by default there are none --
 
     def parked_events(self, name: str) -> list[ParkedEvent]:
         """The events ``name`` has parked, by id."""
         return []
 
-    def park(self, name: str, event: Event, error: str | None, attempts: int, generation: int | None,
-             behind: int | None = None) -> bool:
-        """Park ``event``, in one transaction fenced by ``generation``: one that failed (``behind``
-        None) with its ``error``, moving the position to it; else behind the first parked event of its
-        aggregate (``behind``: the one it was seen to wait for), to be retried with them if they are;
-        False, and nothing parked, when none of its aggregate is parked any more."""
-        raise Error(f"processor {name!r}: its tracker ({type(self).__name__}) keeps no parked events, "
-                    "so it cannot park one (use a DatabaseTracker, or no park_after)")
+    def park(self, name: str, event: Event, error: str | None, attempts: int,
+             generation: int | None, behind: int | None = None) -> bool:
+        """Park ``event``, in one transaction fenced by ``generation``: one that failed
+        (``behind`` None) with its ``error``, moving the position to it; else behind the first
+        parked event of its aggregate (``behind``: the one it was seen to wait for), to be retried
+        with them if they are; False, and nothing parked, when none of its aggregate is parked
+        any more."""
+        raise Error(f"processor {name!r}: its tracker ({type(self).__name__}) keeps no parked "
+                    "events, so it cannot park one (use a DatabaseTracker, or no park_after)")
 
     def retry_requested(self, name: str) -> list[int]:
         """The parked events of ``name`` it has been asked to retry, by id."""
@@ -1002,8 +1004,8 @@ class Tracker(abc.ABC):
 
     def unpark(self, name: str, event_id: int, generation: int | None,  # noqa: B027 - none kept
                error: str | None = None) -> None:
-        """After a retry, fenced by ``generation``: forget parked ``event_id`` (it was handled, or,
-        with ``error``, keep it with that error as the one the rest of its aggregate waits behind)."""
+        """After a retry, fenced by ``generation``: forget parked ``event_id`` (it was handled),
+        or, with ``error``, keep it with that error, the rest of its aggregate behind it."""
 
     def drop_parked(self, name: str, event_id: int) -> None:
         """Forget parked ``event_id`` for good; the events parked behind it are to be retried."""
@@ -2298,8 +2300,8 @@ _TRACKER_DDL = ("CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, posi
 _PARKED_TABLE = "eventsourcery_parked"
 _PARKED_DDL = ("CREATE TABLE IF NOT EXISTS {table} (name TEXT NOT NULL, event_id BIGINT NOT NULL, "
                "aggregate_id TEXT NOT NULL, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, "
-               "parked_at DOUBLE PRECISION NOT NULL, behind BIGINT, retry INTEGER NOT NULL DEFAULT 0, "
-               "PRIMARY KEY (name, event_id))")
+               "parked_at DOUBLE PRECISION NOT NULL, behind BIGINT, "
+               "retry INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (name, event_id))")
 
 
 def _instance_name() -> str:
@@ -2323,7 +2325,7 @@ class DatabaseTracker(Tracker):
         self.database = database
         self._table = database.qualify(TRACKER_TABLE)
         self._parked = database.qualify(_PARKED_TABLE)
-        self._has_parked = True  # False: a read-only database without the parked table (none parked)
+        self._has_parked = True  # False: a read-only database without that table (none parked)
         self._ready_pid = 0
         # The columns an older table, opened read-only, lacks (read as NULL).
         self._absent: frozenset[str] = frozenset()
@@ -2350,7 +2352,8 @@ class DatabaseTracker(Tracker):
             self._ready_pid = os.getpid()
 
     def _missing_columns(self, db: Database, table: str | None = None) -> list[str] | None:
-        """The tracker columns the table (or another ``table``) lacks; None when there is no table."""
+        """The tracker columns the table (or another ``table``: none) lacks; None when there is no
+        table."""
         # Inside a caller's transaction the look is a savepoint, so a missing table spoils nothing (Postgres
         # aborts a transaction on any failed statement); outside, a plain read: no write lock is taken.
         probe = db.transaction() if db.in_transaction() else db.borrow()
@@ -2371,11 +2374,11 @@ class DatabaseTracker(Tracker):
         return [column for column, _ in _TRACKER_COLUMNS if column not in have]
 
     def _write(self, sql: str, params: Sequence[Any]) -> int:
-        """Run one write (``{p}`` is the placeholder, ``{t}`` the table, ``{q}`` that of parked events);
-        returns the rows it changed."""
+        """Run one write (``{p}`` is the placeholder, ``{t}`` the table, ``{q}`` that of parked
+        events); returns the rows it changed."""
         self._conn()
-        cursor = self.database.execute(sql.format(p=self.database.placeholder, t=self._table, q=self._parked),
-                                       params)
+        sql = sql.format(p=self.database.placeholder, t=self._table, q=self._parked)
+        cursor = self.database.execute(sql, params)
         return int(cursor.rowcount)
 
     def setup(self, name: str) -> None:
@@ -2394,10 +2397,12 @@ class DatabaseTracker(Tracker):
 
     def reset(self, name: str) -> None:
         with self.database.transaction():
-            self._write("INSERT INTO {t} (name, position, fresh) VALUES ({p}, 0, 1) ON CONFLICT (name) DO UPDATE SET "
+            self._write("INSERT INTO {t} (name, position, fresh) VALUES ({p}, 0, 1) "
+                        "ON CONFLICT (name) DO UPDATE SET "
                         f"horizon = CASE WHEN {TRACKER_TABLE}.position > {TRACKER_TABLE}.horizon "
                         f"THEN {TRACKER_TABLE}.position ELSE {TRACKER_TABLE}.horizon END, "
-                        "position = 0, fresh = 1, last_error = NULL, failing_event_id = NULL", (name,))
+                        "position = 0, fresh = 1, last_error = NULL, failing_event_id = NULL",
+                        (name,))
             if self._has_parked:
                 self._write("DELETE FROM {q} WHERE name = {p}", (name,))
 
@@ -2492,15 +2497,19 @@ class DatabaseTracker(Tracker):
         self._write("UPDATE {t} SET tables = {p} WHERE name = {p}",
                     (json.dumps(list(tables)), name))
 
-    # -- parked events: rows of the parked table, written in the tracker's database's transactions --
+    # -- parked events: rows of the parked table, in transactions of the tracker's database --
 
     def _fence(self, name: str, generation: int | None) -> None:
-        """Inside a transaction: raise ProcessorFencedError unless ``generation`` still owns ``name``
-        (a write to the tracker row, so the check holds until the transaction ends)."""
+        """Inside a transaction: raise ProcessorFencedError unless ``generation`` still owns
+        ``name`` (a write to the tracker row, so the check holds until the transaction ends)."""
         if generation is not None and self._write("UPDATE {t} SET generation = generation "
                                                   "WHERE name = {p} AND generation = {p}",
                                                   (name, generation)) != 1:
             raise _fenced(name, generation)
+
+    def _take_turn(self, name: str) -> None:
+        """Inside a transaction: wait for any unit of ``name`` under way (its row is locked)."""
+        self._write("UPDATE {t} SET generation = generation WHERE name = {p}", (name,))
 
     def parked_events(self, name: str) -> list[ParkedEvent]:
         self._conn()
@@ -2508,30 +2517,34 @@ class DatabaseTracker(Tracker):
             return []
         p = self.database.placeholder
         rows = self.database.fetch_all(
-            f"SELECT event_id, aggregate_id, error, attempts, parked_at, behind FROM {self._parked} "
-            f"WHERE name = {p} ORDER BY event_id", (name,), doing=f"read the parked events of {name!r}")
-        return [ParkedEvent(int(e), str(a), err, int(n), _dt.datetime.fromtimestamp(float(t), _dt.timezone.utc),
+            "SELECT event_id, aggregate_id, error, attempts, parked_at, behind "
+            f"FROM {self._parked} WHERE name = {p} ORDER BY event_id", (name,),
+            doing=f"read the parked events of {name!r}")
+        utc = _dt.timezone.utc
+        return [ParkedEvent(int(e), str(a), err, int(n), _dt.datetime.fromtimestamp(float(t), utc),
                             None if b is None else int(b)) for e, a, err, n, t, b in rows]
 
-    def park(self, name: str, event: Event, error: str | None, attempts: int, generation: int | None,
-             behind: int | None = None) -> bool:
+    def park(self, name: str, event: Event, error: str | None, attempts: int,
+             generation: int | None, behind: int | None = None) -> bool:
         p = self.database.placeholder
         retry = 0
         with self.database.transaction():
             if behind is not None:
                 self._fence(name, generation)  # (also waits for a drop or retry request under way)
                 first, retry = self.database.fetch_all(
-                    f"SELECT min(event_id), max(retry) FROM {self._parked} WHERE name = {p} AND "
-                    f"aggregate_id = {p} AND event_id < {p}", (name, event.aggregate_id, event.id))[0]
+                    f"SELECT min(event_id), max(retry) FROM {self._parked} WHERE name = {p} "
+                    f"AND aggregate_id = {p} AND event_id < {p}",
+                    (name, event.aggregate_id, event.id))[0]
                 if first is None:
                     return False  # dropped meanwhile
                 behind = int(first)
-            self._write("INSERT INTO {q} (name, event_id, aggregate_id, error, attempts, parked_at, behind, "
-                        "retry) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (name, event_id) "
-                        "DO UPDATE SET error = excluded.error, attempts = excluded.attempts, "
-                        "behind = excluded.behind, retry = excluded.retry",
-                        (name, event.id, event.aggregate_id, error and error[:2000], attempts, time.time(),
-                         behind, int(retry or 0)))
+            self._write("INSERT INTO {q} (name, event_id, aggregate_id, error, attempts, "
+                        "parked_at, behind, retry) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+                        "ON CONFLICT (name, event_id) DO UPDATE SET error = excluded.error, "
+                        "attempts = excluded.attempts, behind = excluded.behind, "
+                        "retry = excluded.retry",
+                        (name, event.id, event.aggregate_id, error and error[:2000], attempts,
+                         time.time(), behind, int(retry or 0)))
             if behind is None:
                 self.commit_position(name, event.id, generation)  # type: ignore[arg-type]
         return True
@@ -2541,31 +2554,35 @@ class DatabaseTracker(Tracker):
         if not self._has_parked:
             return []
         p = self.database.placeholder
-        rows = self.database.fetch_all(f"SELECT event_id FROM {self._parked} WHERE name = {p} AND retry = 1 "
-                                       "ORDER BY event_id", (name,), doing=f"read the parked events of {name!r}")
+        rows = self.database.fetch_all(
+            f"SELECT event_id FROM {self._parked} WHERE name = {p} AND retry = 1 ORDER BY event_id",
+            (name,), doing=f"read the parked events of {name!r}")
         return [int(row[0]) for row in rows]
 
-    def _parked_one(self, name: str, event_id: int, doing: str) -> tuple[ParkedEvent, list[ParkedEvent]]:
-        """Parked ``event_id`` and every parked event of its aggregate (ValueError when not parked)."""
+    def _parked_one(self, name: str, event_id: int,
+                    doing: str) -> tuple[ParkedEvent, list[ParkedEvent]]:
+        """Parked ``event_id`` and every parked event of its aggregate (ValueError when it is not
+        parked)."""
         parked = self.parked_events(name)
         found = next((p for p in parked if p.event_id == event_id), None)
         if found is None:
             listed = ", ".join(str(p.event_id) for p in parked[:20]) or "none"
-            raise ValueError(f"cannot {doing} event {event_id}: processor {name!r} has no such parked event "
-                             f"(its parked events: {listed}); nothing changed")
+            raise ValueError(f"cannot {doing} event {event_id}: processor {name!r} has no such "
+                             f"parked event (its parked events: {listed}); nothing changed")
         return found, [p for p in parked if p.aggregate_id == found.aggregate_id]
 
     def request_retry(self, name: str, event_id: int | None = None) -> list[int]:
         with self.database.transaction():
-            self._write("UPDATE {t} SET generation = generation WHERE name = {p}", (name,))  # one at a time
+            self._take_turn(name)
             if event_id is None:
                 ids = [p.event_id for p in self.parked_events(name)]
             else:
                 found, same = self._parked_one(name, event_id, "retry")
                 if same[0].event_id != event_id:
-                    raise ValueError(f"cannot retry parked event {event_id} of processor {name!r} alone: it "
-                                     f"waits behind parked event {same[0].event_id} of the same aggregate; "
-                                     f"retry that one (the events behind it follow); nothing changed")
+                    raise ValueError(
+                        f"cannot retry parked event {event_id} of processor {name!r} alone: it "
+                        f"waits behind parked event {same[0].event_id} of the same aggregate; "
+                        "retry that one (the events behind it follow); nothing changed")
                 ids = [p.event_id for p in same]
                 self._write("UPDATE {q} SET retry = 1 WHERE name = {p} AND aggregate_id = {p}",
                             (name, found.aggregate_id))
@@ -2580,18 +2597,19 @@ class DatabaseTracker(Tracker):
             if error is None:
                 self._write("DELETE FROM {q} WHERE name = {p} AND event_id = {p}", (name, event_id))
                 return
-            self._write("UPDATE {q} SET error = {p}, attempts = attempts + 1, behind = NULL, retry = 0, "
-                        "parked_at = {p} WHERE name = {p} AND event_id = {p}",
+            self._write("UPDATE {q} SET error = {p}, attempts = attempts + 1, behind = NULL, "
+                        "retry = 0, parked_at = {p} WHERE name = {p} AND event_id = {p}",
                         (error[:2000], time.time(), name, event_id))
             _, same = self._parked_one(name, event_id, "keep")
             for later in same:
                 if later.event_id > event_id:
-                    self._write("UPDATE {q} SET behind = {p}, retry = 0 WHERE name = {p} AND event_id = {p}",
+                    self._write("UPDATE {q} SET behind = {p}, retry = 0 "
+                                "WHERE name = {p} AND event_id = {p}",
                                 (event_id, name, later.event_id))
 
     def drop_parked(self, name: str, event_id: int) -> None:
         with self.database.transaction():
-            self._write("UPDATE {t} SET generation = generation WHERE name = {p}", (name,))  # one at a time
+            self._take_turn(name)
             _, same = self._parked_one(name, event_id, "drop")
             self._write("DELETE FROM {q} WHERE name = {p} AND event_id = {p}", (name, event_id))
             if same[0].event_id == event_id:  # the first of its aggregate: those behind it go on
@@ -4199,7 +4217,8 @@ class EventStreamProcessor:
         self._horizon = 0  # the replay horizon, read when it starts and after reset()
         self._replaying = False
         self._stopper: Stopper | None = None  # while it runs: a long batch may stop between events
-        self._parked_aggregates: dict[str, int] = {}  # aggregate id -> its first parked event, while it runs
+        # While it runs: each aggregate with parked events -> its first parked event.
+        self._parked_aggregates: dict[str, int] = {}
         self._unparking = False  # while a parked event is retried: its commit unparks it
         self._retry_checked_at = 0.0  # when an idle instance last looked for retry requests
 
@@ -4222,8 +4241,9 @@ class EventStreamProcessor:
             return
         if self._parked_aggregates and not self._unparking:
             first = self._parked_aggregates.get(event.aggregate_id)
-            if first is not None:  # its aggregate waits behind a parked event: so does it, unhandled
-                if self.tracker.park(self.processor_name, event, None, 0, self._generation, behind=first):
+            if first is not None:  # its aggregate waits behind a parked event: so does it
+                if self.tracker.park(self.processor_name, event, None, 0, self._generation,
+                                     behind=first):
                     return
                 del self._parked_aggregates[event.aggregate_id]  # none left (dropped): handle it
         self._current_event = event
@@ -4238,8 +4258,9 @@ class EventStreamProcessor:
             self._replaying = False
 
     def _commit(self, event_id: int) -> None:
-        """Record the position, fenced by this instance's generation (inside the caller's transaction);
-        while a parked event is retried, unpark it instead (the position is past it already)."""
+        """Record the position, fenced by this instance's generation (inside the caller's
+        transaction); while a parked event is retried, unpark it instead (the position is past
+        it already)."""
         if self._unparking:
             self.tracker.unpark(self.processor_name, event_id, self._generation)
             return
@@ -4427,8 +4448,9 @@ class EventStreamProcessor:
                                   "(retrying every %s s)", name, exc, held_by, interval)
 
     def _park_if_due(self, handler: ErrorHandler, exc: BaseException) -> bool:
-        """Park the event ``exc`` failed at once it has failed ``handler.park_after`` times in a row: kept
-        with its error, and the position moved to it, in one transaction; True when it did."""
+        """Park the event ``exc`` failed at once it has failed ``handler.park_after`` times in a
+        row: kept with its error, and the position moved to it, in one transaction; True when it
+        did."""
         if not isinstance(exc, EventProcessingError) or self._generation is None:
             return False
         attempts = handler.count_failure(self.processor_name, exc)
@@ -4437,13 +4459,14 @@ class EventStreamProcessor:
             return False
         event = exc.event
         cause = exc.__cause__ or exc
-        self.tracker.park(self.processor_name, event, f"{type(cause).__name__}: {cause}", attempts,
-                          self._generation)
+        self.tracker.park(self.processor_name, event, f"{type(cause).__name__}: {cause}",
+                          attempts, self._generation)
         self._parked_aggregates.setdefault(event.aggregate_id, event.id)  # type: ignore[arg-type]
         handler.count_failure(self.processor_name, None)
-        config.logger.warning("[%s] parked event %d (aggregate %r) after %d failures; later events of "
-                              "its aggregate park behind it (es.parked_events, es.retry_parked, "
-                              "es.drop_parked)", self.processor_name, event.id, event.aggregate_id, attempts)
+        config.logger.warning("[%s] parked event %d (aggregate %r) after %d failures; later "
+                              "events of its aggregate park behind it (es.parked_events, "
+                              "es.retry_parked, es.drop_parked)", self.processor_name, event.id,
+                              event.aggregate_id, attempts)
         return True
 
     def _load_parked(self) -> None:
@@ -4463,8 +4486,9 @@ class EventStreamProcessor:
         return self._retry_checked_at < 0
 
     def _retry_parked(self, store: EventStore) -> None:
-        """Before a batch: handle again the parked events a retry was asked for, each aggregate's in id
-        order; one that fails again stays parked (the rest of its aggregate behind it)."""
+        """Before a batch: handle again the parked events a retry was asked for, each
+        aggregate's in id order; one that fails again stays parked (the rest of its aggregate
+        behind it)."""
         name = self.processor_name
         requested = set(self.tracker.retry_requested(name))
         self._retry_checked_at = time.monotonic()
@@ -4485,7 +4509,8 @@ class EventStreamProcessor:
         self._load_parked()
 
     def _retry_one(self, store: EventStore, event_id: int) -> bool:
-        """Handle parked ``event_id`` again, unparking it with its effects; False when it failed again."""
+        """Handle parked ``event_id`` again, unparking it with its effects; False when it failed
+        again."""
         found = store.get_next_from(event_id, limit=1)
         self._unparking = True
         try:
@@ -4497,8 +4522,8 @@ class EventStreamProcessor:
             cause = exc.__cause__ or exc
             error = f"{type(cause).__name__}: {cause}"
             self.tracker.unpark(self.processor_name, event_id, self._generation, error)
-            config.logger.warning("[%s] parked event %d failed again on retry, so it stays parked: %s",
-                                  self.processor_name, event_id, error)
+            config.logger.warning("[%s] parked event %d failed again on retry, so it stays "
+                                  "parked: %s", self.processor_name, event_id, error)
             config.on_event_processor_error(cause, self.processor_name)
             return False
         finally:
@@ -4587,10 +4612,11 @@ class EventStreamProcessor:
                         self._advance(latest)
                         position = latest
                     break
-        # Live: every new event, so the position also moves past the ones not handled. Asked to retry
-        # parked events, it does so before its next batch (an idle one within about a second).
+        # Live: every new event, so the position also moves past the ones not handled. Asked to
+        # retry parked events, it does so before its next batch (an idle one within a second).
         while not stopper.is_set():
-            for batch in store.subscribe(position + 1, stop=lambda: stopper.is_set() or self._retry_due()):
+            live_until = lambda: stopper.is_set() or self._retry_due()  # noqa: E731
+            for batch in store.subscribe(position + 1, stop=live_until):
                 if self._retry_due():
                     self._retry_parked(store)
                 self.process_batch(batch)
@@ -5020,7 +5046,8 @@ def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
 
 
 @contextlib.contextmanager
-def _parking_tracker(store: EventStore, processor_name: str, *, read_only: bool = False) -> Iterator[Tracker]:
+def _parking_tracker(store: EventStore, processor_name: str, *,
+                     read_only: bool = False) -> Iterator[Tracker]:
     """The tracker that keeps ``processor_name``'s parked events: the store's, or (for a processor
     registered in the store with its position in its own database) one on that database."""
     check_text("processor name", processor_name)
@@ -5040,7 +5067,8 @@ def _parking_tracker(store: EventStore, processor_name: str, *, read_only: bool 
 
 
 def _parked_id(event_id: object) -> int:
-    """``event_id`` checked as the id of a parked event (TypeError unless an int, ValueError below 1)."""
+    """``event_id`` checked as the id of a parked event (TypeError unless an int, ValueError
+    below 1)."""
     if check_position("event_id", event_id) != event_id or event_id < 1:
         raise ValueError(f"no parked event {event_id!r}: event ids start at 1")
     return event_id
@@ -5049,25 +5077,25 @@ def _parked_id(event_id: object) -> int:
 def parked_events(store: EventStore, processor_name: str) -> list[ParkedEvent]:
     """The events processor ``processor_name`` of ``store`` has parked, by id (see ``ParkedEvent``).
 
-    A retry handler with ``park_after=N`` parks an event once its handler has failed N times in a
-    row: it is kept in the processor's tracker with its error, the position moves past it in the same
-    transaction, and the processor goes on. Later events of the same aggregate park behind it,
-    unhandled, so each aggregate's events are still handled in order; other aggregates' events are
-    not held up. A parked event counts as passed for ``wait_for`` and ``lag``. ValueError for a name
-    that has not run against the store; a projector whose position lives in its own database is
-    found through its registration in the store.
+    A retry handler with ``park_after=N`` parks an event once its handler has failed N times in
+    a row: it is kept in the processor's tracker with its error, the position moves past it in
+    the same transaction, and the processor goes on. Later events of the same aggregate park
+    behind it, unhandled, so each aggregate's events are still handled in order; other
+    aggregates' events are not held up. A parked event counts as passed for ``wait_for`` and
+    ``lag``. ValueError for a name that has not run against the store; a projector whose
+    position lives in its own database is found through its registration in the store.
     """
     with _parking_tracker(store, processor_name, read_only=True) as tracker:
         return tracker.parked_events(processor_name)
 
 
 def retry_parked(store: EventStore, processor_name: str, event_id: int | None = None) -> list[int]:
-    """Ask processor ``processor_name`` (the instance running now, or the next to run) to handle its
-    parked events again, before its next batch (an idle one within about a second): all of them, or
-    parked ``event_id`` with the events parked behind it. Each aggregate's are handled in id order;
-    one that fails again stays parked (its ``attempts`` counted, its new error kept), with the rest of
-    its aggregate behind it. Returns the ids asked for. ValueError (nothing changed) for an event that
-    is not parked, or that waits behind another (retry that one)."""
+    """Ask processor ``processor_name`` (the instance running now, or the next to run) to handle
+    its parked events again, before its next batch (an idle one within about a second): all of
+    them, or parked ``event_id`` with the events parked behind it. Each aggregate's are handled in
+    id order; one that fails again stays parked (its ``attempts`` counted, its new error kept),
+    with the rest of its aggregate behind it. Returns the ids asked for. ValueError (nothing
+    changed) for an event that is not parked, or that waits behind another (retry that one)."""
     if event_id is not None:
         event_id = _parked_id(event_id)
     with _parking_tracker(store, processor_name) as tracker:
@@ -5084,7 +5112,8 @@ def drop_parked(store: EventStore, processor_name: str, event_id: int) -> None:
     event_id = _parked_id(event_id)
     with _parking_tracker(store, processor_name) as tracker:
         tracker.drop_parked(processor_name, event_id)
-    config.logger.warning("[%s] dropped parked event %d: it will not be handled", processor_name, event_id)
+    config.logger.warning("[%s] dropped parked event %d: it will not be handled", processor_name,
+                          event_id)
 
 
 def _skip_command(store: str, processor_name: str, event_id: int) -> str:
@@ -5102,7 +5131,8 @@ class ErrorHandler:
     not wait.
     """
 
-    #: Park an event once it has failed this many times in a row (None: never; see ``es.parked_events``).
+    #: Park an event once it has failed this many times in a row (None: never; see
+    #: ``es.parked_events``).
     park_after: int | None = None
 
     def __init__(self, *, sleep: Callable[[float], None] | None = None) -> None:
@@ -5159,8 +5189,8 @@ class NoRetry(ErrorHandler):
 def _check_park_after(park_after: object) -> int | None:
     if park_after is not None and (not isinstance(park_after, int) or isinstance(park_after, bool)
                                    or park_after < 1):
-        raise ValueError(f"park_after must be None or an int >= 1 (the failures of one event after which "
-                         f"it is parked), not {park_after!r}")
+        raise ValueError(f"park_after must be None or an int >= 1 (the failures of one event "
+                         f"after which it is parked), not {park_after!r}")
     return park_after
 
 
@@ -5187,7 +5217,8 @@ class ExponentialBackoffRetry(ErrorHandler):
     ``es.parked_events``).
     """
 
-    def __init__(self, initial: float = 1.0, maximum: float = 64.0, park_after: int | None = None, *,
+    def __init__(self, initial: float = 1.0, maximum: float = 64.0,
+                 park_after: int | None = None, *,
                  sleep: Callable[[float], None] | None = None) -> None:
         super().__init__(sleep=sleep)
         self.park_after = _check_park_after(park_after)
@@ -6462,7 +6493,8 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
         if status is not None and status.standby is not None:
             sys.stdout.write(f"  standby: pid {_cli_safe(status.standby.replace('@', ' on host '))}\n")
         if status is not None and status.parked:
-            command = f"python -m eventsourcery {shlex.quote(args.store)} parked {shlex.quote(status.name)}"
+            command = (f"python -m eventsourcery {shlex.quote(args.store)} parked "
+                       f"{shlex.quote(status.name)}")
             sys.stdout.write(f"  parked: {status.parked} event{'s' if status.parked != 1 else ''} "
                              f"(see {_cli_safe(command)})\n")
     return 0
@@ -6594,27 +6626,25 @@ def _cli_parked_list(store: EventStore, name: str) -> list[ParkedEvent]:
 def _cli_parked(store: EventStore, args: argparse.Namespace) -> int:
     found = _cli_parked_list(store, args.name)
     if args.json:
-        sys.stdout.writelines(_cli_json_line({**dataclasses.asdict(p), "parked_at": p.parked_at.isoformat()})
-                              for p in found)
+        sys.stdout.writelines(
+            _cli_json_line({**dataclasses.asdict(p), "parked_at": p.parked_at.isoformat()})
+            for p in found)
         return 0
     shown = _cli_safe(args.name)
     if not found:
         sys.stderr.write(f"{shown} has no parked events\n")
         return 0
     for p in found:
-        when = p.parked_at.isoformat(timespec="seconds")
+        head = (f"{p.event_id}  aggregate {_cli_safe(repr(p.aggregate_id))}  "
+                f"parked {p.parked_at.isoformat(timespec='seconds')}")
         if p.behind is None:
-            sys.stdout.write(f"{p.event_id}  aggregate {_cli_safe(repr(p.aggregate_id))}  parked {when} after "
-                             f"{p.attempts} failure{'s' if p.attempts != 1 else ''}: {_cli_safe(p.error or '')}\n")
+            failures = f"{p.attempts} failure{'s' if p.attempts != 1 else ''}"
+            sys.stdout.write(f"{head} after {failures}: {_cli_safe(p.error or '')}\n")
         else:
-            sys.stdout.write(f"{p.event_id}  aggregate {_cli_safe(repr(p.aggregate_id))}  parked {when} behind "
-                             f"event {p.behind}\n")
-    store_arg = shlex.quote(args.store)
-    sys.stdout.write(f"{len(found)} parked; to retry: "
-                     f"{_cli_safe(f'python -m eventsourcery {store_arg} retry-parked {shlex.quote(args.name)}')}"
-                     " [EVENT_ID]; to give one up: "
-                     f"{_cli_safe(f'python -m eventsourcery {store_arg} drop-parked {shlex.quote(args.name)}')}"
-                     " EVENT_ID\n")
+            sys.stdout.write(f"{head} behind event {p.behind}\n")
+    command = f"python -m eventsourcery {shlex.quote(args.store)} %s {shlex.quote(args.name)}"
+    sys.stdout.write(f"{len(found)} parked; to retry: {_cli_safe(command % 'retry-parked')} "
+                     f"[EVENT_ID]; to give one up: {_cli_safe(command % 'drop-parked')} EVENT_ID\n")
     return 0
 
 
@@ -6628,8 +6658,9 @@ def _cli_retry_parked(store: EventStore, args: argparse.Namespace) -> int:
         sys.stdout.write(f"{shown} has no parked events: nothing to retry\n")
     else:
         sys.stdout.write(f"asked {shown} to retry parked event{'s' if len(ids) != 1 else ''} "
-                         f"{', '.join(map(str, ids))}: the instance running now, or the next to run, "
-                         "handles them before its next batch (one that fails again stays parked)\n")
+                         f"{', '.join(map(str, ids))}: the instance running now, or the next to "
+                         "run, handles them before its next batch (one that fails again stays "
+                         "parked)\n")
     return 0
 
 
@@ -6639,13 +6670,15 @@ def _cli_drop_parked(store: EventStore, args: argparse.Namespace) -> int:
     found = _cli_parked_list(store, name)
     this = next((p for p in found if p.event_id == event_id), None)
     if this is None:
-        raise _CLIError(f"{shown} has no parked event {event_id} (its parked events: "
-                        f"{', '.join(str(p.event_id) for p in found[:20]) or 'none'}); nothing changed")
+        listed = ", ".join(str(p.event_id) for p in found[:20]) or "none"
+        raise _CLIError(f"{shown} has no parked event {event_id} (its parked events: {listed}); "
+                        "nothing changed")
     behind = [p.event_id for p in found if p.behind == event_id]
     then = f"; the {len(behind)} event(s) parked behind it are retried" if behind else ""
-    why = f" (it failed: {_cli_safe(this.error)})" if this.error else f" (parked behind event {this.behind})"
-    if not args.yes and not _cli_confirm(f"Drop parked event {event_id} of {shown}{why}? {shown} will never "
-                                         f"handle it{then}"):
+    why = (f" (it failed: {_cli_safe(this.error)})" if this.error
+           else f" (parked behind event {this.behind})")
+    question = f"Drop parked event {event_id} of {shown}{why}? {shown} will never handle it{then}"
+    if not args.yes and not _cli_confirm(question):
         sys.stderr.write(f"not dropped: event {event_id} stays parked\n")
         return 1
     try:
@@ -6962,20 +6995,20 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     parked = commands.add_parser(
         "parked", help="list a processor's parked events",
-        description="List the events a processor has parked (a retry handler with park_after parks an "
-                    "event whose handler keeps failing, and the later events of its aggregate behind it): "
-                    "each with its aggregate, when, and its error or the event it waits behind. The same "
-                    "as es.parked_events(store, NAME).")
+        description="List the events a processor has parked (a retry handler with park_after "
+                    "parks an event whose handler keeps failing, and the later events of its "
+                    "aggregate behind it): each with its aggregate, when, and its error or the "
+                    "event it waits behind. The same as es.parked_events(store, NAME).")
     parked.add_argument("name", metavar="NAME", help="the processor's name")
     parked.add_argument("--json", action="store_true", help="one JSON object per line")
     parked.set_defaults(run=_cli_parked)
 
     retry = commands.add_parser(
         "retry-parked", help="ask a processor to handle its parked events again",
-        description="Ask a processor (the instance running now, or the next to run) to handle its parked "
-                    "events again before its next batch, each aggregate's in order: all of them, or "
-                    "EVENT_ID with the events parked behind it. One that fails again stays parked. The "
-                    "same as es.retry_parked(store, NAME, EVENT_ID).")
+        description="Ask a processor (the instance running now, or the next to run) to handle "
+                    "its parked events again before its next batch, each aggregate's in order: "
+                    "all of them, or EVENT_ID with the events parked behind it. One that fails "
+                    "again stays parked. The same as es.retry_parked(store, NAME, EVENT_ID).")
     retry.add_argument("name", metavar="NAME", help="the processor's name")
     retry.add_argument("event_id", metavar="EVENT_ID", type=positive, nargs="?",
                        help="the parked event to retry (default: all of them)")
@@ -6983,10 +7016,12 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     drop = commands.add_parser(
         "drop-parked", help="give up on one parked event (asks first)",
-        description="Remove one parked event for good: the processor never handles it; the events "
-                    "parked behind it are retried. The same as es.drop_parked(store, NAME, EVENT_ID).")
+        description="Remove one parked event for good: the processor never handles it; the "
+                    "events parked behind it are retried. The same as es.drop_parked(store, "
+                    "NAME, EVENT_ID).")
     drop.add_argument("name", metavar="NAME", help="the processor's name")
-    drop.add_argument("event_id", metavar="EVENT_ID", type=positive, help="the parked event to drop")
+    drop.add_argument("event_id", metavar="EVENT_ID", type=positive,
+                      help="the parked event to drop")
     drop.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     drop.set_defaults(run=_cli_drop_parked, writes=True)
 

@@ -1,5 +1,5 @@
 """Parked events (dead letters): ``park_after`` on the retry handlers, ``es.parked_events``,
-``es.retry_parked``, ``es.drop_parked`` (SPEC section 4; the CLI's commands are in test_cli_parking.py).
+``es.retry_parked``, ``es.drop_parked`` (SPEC section 4; the CLI's commands: test_cli_parking.py).
 
 An event whose handler has failed ``park_after`` times in a row is parked: kept in the processor's
 tracker with its error, the position past it (in one transaction), and the processor goes on. Later
@@ -57,9 +57,15 @@ def parked(store, name=NAME) -> list[tuple[int, str, int | None]]:
 
 def sink_story(store) -> dict[str, int]:
     """a1's second event fails; its later ones park behind it; b's go on."""
-    return {"a1-1": add(store, "a1", "a1-1"), "bad": add(store, "a1", "bad"), "b-1": add(store, "b", "b-1"),
-            "a1-3": add(store, "a1", "a1-3"), "rejected": store.sink(ItemRejected(aggregate_id="a1"))[0].id,
-            "b-2": add(store, "b", "b-2"), "a1-4": add(store, "a1", "a1-4")}
+    return {
+        "a1-1": add(store, "a1", "a1-1"),
+        "bad": add(store, "a1", "bad"),
+        "b-1": add(store, "b", "b-1"),
+        "a1-3": add(store, "a1", "a1-3"),
+        "rejected": store.sink(ItemRejected(aggregate_id="a1"))[0].id,
+        "b-2": add(store, "b", "b-2"),
+        "a1-4": add(store, "a1", "a1-4"),
+    }
 
 
 def park_story(store, park_after=3) -> tuple[Recorder, Background, dict[str, int]]:
@@ -70,14 +76,20 @@ def park_story(store, park_after=3) -> tuple[Recorder, Background, dict[str, int
     return recorder, running, ids
 
 
-def test_an_event_that_keeps_failing_is_parked_with_its_aggregate_behind_it_and_the_rest_goes_on(store, caplog):
+def test_an_event_that_keeps_failing_is_parked_with_its_aggregate_behind_it_and_the_rest_goes_on(
+    store, caplog
+):
     caplog.set_level(logging.WARNING, logger="eventsourcery")
     before = time.time()
     recorder, running, ids = park_story(store)
     try:
         assert recorder.handled == [ids["a1-1"], ids["b-1"], ids["b-2"]]
         bad = ids["bad"]
-        assert parked(store) == [(bad, "a1", None), (ids["a1-3"], "a1", bad), (ids["a1-4"], "a1", bad)]
+        assert parked(store) == [
+            (bad, "a1", None),
+            (ids["a1-3"], "a1", bad),
+            (ids["a1-4"], "a1", bad),
+        ]
         first, *behind = es.parked_events(store, NAME)
         assert (first.error, first.attempts) == ("RuntimeError: cannot handle bad", 3)
         assert [(p.error, p.attempts) for p in behind] == [(None, 0), (None, 0)]
@@ -104,8 +116,11 @@ def test_retry_parked_handles_them_in_order_and_one_failing_again_stays_parked(s
         asked = es.retry_parked(store, NAME)  # still failing: it stays parked, attempts counted
         assert asked == [ids["bad"], ids["a1-3"], ids["a1-4"]]
         assert wait_until(lambda: es.parked_events(store, NAME)[0].attempts == 4)
-        assert parked(store) == [(ids["bad"], "a1", None), (ids["a1-3"], "a1", ids["bad"]),
-                                 (ids["a1-4"], "a1", ids["bad"])]
+        assert parked(store) == [
+            (ids["bad"], "a1", None),
+            (ids["a1-3"], "a1", ids["bad"]),
+            (ids["a1-4"], "a1", ids["bad"]),
+        ]
         with pytest.raises(ValueError, match=f"waits behind parked event {ids['bad']}"):
             es.retry_parked(store, NAME, ids["a1-3"])
         recorder.failing.clear()  # fixed: a retry of that one (with those behind it) handles them
@@ -144,7 +159,10 @@ def test_drop_parked_gives_one_up_and_retries_those_behind_it(store):
     try:
         es.drop_parked(store, NAME, ids["bad"])
         assert wait_until(lambda: not es.parked_events(store, NAME))
-        assert recorder.handled[-2:] == [ids["a1-3"], ids["a1-4"]] and ids["bad"] not in recorder.handled
+        assert (
+            recorder.handled[-2:] == [ids["a1-3"], ids["a1-4"]]
+            and ids["bad"] not in recorder.handled
+        )
         with pytest.raises(ValueError, match="no such parked event.*nothing changed"):
             es.drop_parked(store, NAME, ids["bad"])
     finally:
@@ -190,24 +208,41 @@ class ParkingProjector(es.Projector):
     def _added(self, event):
         if event.title == "bad":
             raise RuntimeError("bad item")
-        self.db.execute(f"INSERT INTO seen VALUES ({self.placeholder}, {self.placeholder})",
-                        (event.id, event.aggregate_id))
+        self.db.execute(
+            f"INSERT INTO seen VALUES ({self.placeholder}, {self.placeholder})",
+            (event.id, event.aggregate_id),
+        )
 
 
-def test_a_projector_with_its_own_database_parks_there_and_is_found_through_the_store(store, tmp_path):
+def test_a_projector_with_its_own_database_parks_there_and_is_found_through_the_store(
+    store, tmp_path
+):
     ids = sink_story(store)
     projector = ParkingProjector(str(tmp_path / "projection.db"))
     running = Background(projector, store, es.ConstantRetry(0.01, park_after=2))
     try:
         assert projector.wait_for(ids["a1-4"], timeout=WAIT)
         assert [p.event_id for p in es.parked_events(store, "parking_projector")] == [
-            ids["bad"], ids["a1-3"], ids["a1-4"]]
-        assert DatabaseParked(projector) == [ids["bad"], ids["a1-3"], ids["a1-4"]]  # in its own database
+            ids["bad"],
+            ids["a1-3"],
+            ids["a1-4"],
+        ]
+        assert DatabaseParked(projector) == [
+            ids["bad"],
+            ids["a1-3"],
+            ids["a1-4"],
+        ]  # in its own database
         assert status(store, "parking_projector").parked == 3
         es.drop_parked(store, "parking_projector", ids["bad"])
         assert wait_until(lambda: not es.parked_events(store, "parking_projector"))
         seen = projector.db.execute("SELECT id FROM seen ORDER BY id").fetchall()
-        assert [row[0] for row in seen] == [ids["a1-1"], ids["b-1"], ids["a1-3"], ids["b-2"], ids["a1-4"]]
+        assert [row[0] for row in seen] == [
+            ids["a1-1"],
+            ids["b-1"],
+            ids["a1-3"],
+            ids["b-2"],
+            ids["a1-4"],
+        ]
     finally:
         running.finish()
         projector.close()
@@ -265,7 +300,9 @@ def test_without_park_after_nothing_is_parked(store):
     recorder = Recorder(store.tracker())
     running = Background(recorder, store, es.ConstantRetry(0.01))
     try:
-        assert wait_until(lambda: any(s.failing_event_id == ids["bad"] for s in es.processor_statuses(store)))
+        assert wait_until(
+            lambda: any(s.failing_event_id == ids["bad"] for s in es.processor_statuses(store))
+        )
         assert not recorder.wait_for(ids["bad"], timeout=0.3)
     finally:
         running.finish()
@@ -274,8 +311,10 @@ def test_without_park_after_nothing_is_parked(store):
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
 def test_park_after_must_be_none_or_a_positive_int(value):
-    for make in (lambda: es.ConstantRetry(0.1, park_after=value),
-                 lambda: es.ExponentialBackoffRetry(0.1, 1.0, park_after=value)):
+    for make in (
+        lambda: es.ConstantRetry(0.1, park_after=value),
+        lambda: es.ExponentialBackoffRetry(0.1, 1.0, park_after=value),
+    ):
         with pytest.raises(ValueError, match="park_after must be None or an int >= 1"):
             make()
     assert es.ConstantRetry(park_after=1).park_after == 1
@@ -286,8 +325,11 @@ def test_bad_arguments_are_refused_and_change_nothing(store):
     recorder, running, ids = park_story(store)
     running.finish()
     before = parked(store)
-    for call in (lambda: es.parked_events(store, "nobody"), lambda: es.retry_parked(store, "nobody"),
-                 lambda: es.drop_parked(store, "nobody", ids["bad"])):
+    for call in (
+        lambda: es.parked_events(store, "nobody"),
+        lambda: es.retry_parked(store, "nobody"),
+        lambda: es.drop_parked(store, "nobody", ids["bad"]),
+    ):
         with pytest.raises(ValueError, match=f"unknown processor 'nobody'.*{NAME}"):
             call()
     with pytest.raises(ValueError, match="no such parked event"):
@@ -303,11 +345,11 @@ def test_bad_arguments_are_refused_and_change_nothing(store):
     assert isinstance(es.parked_events(store, NAME)[0].parked_at, datetime.datetime)
 
 
-# --- under faults: kill -9 in a loop while events flow, some always failing (SQLite, Postgres) -------
+# --- under faults: kill -9 in a loop while events flow, some always failing (SQLite, Postgres) ---
 
 
 class KillEmitter(es.Reactor):
-    """Emits one item_rejected per item it handles (committed with its position, or with its unparking):
+    """Emits one item_rejected per item it handles (committed with its position, or its unparking):
     the emitted events record what was handled, exactly how often, and in which order."""
 
     processor_name = "kill_parker"
@@ -323,8 +365,12 @@ class KillEmitter(es.Reactor):
 
 def _run_child(store, parent: int) -> None:
     logging.getLogger("eventsourcery").setLevel(logging.CRITICAL)
-    es.run_processor(KillEmitter(store), store, stop=lambda: os.getppid() != parent,
-                     error_handler=es.ConstantRetry(0.01, park_after=2))
+    es.run_processor(
+        KillEmitter(store),
+        store,
+        stop=lambda: os.getppid() != parent,
+        error_handler=es.ConstantRetry(0.01, park_after=2),
+    )
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -359,8 +405,12 @@ def test_kill_9_in_a_loop_neither_loses_nor_doubles_a_handled_or_parked_event(ki
             child = start()
             sink_some(40)
             if round_ == 5:  # give one parked event up while it runs: those behind it are retried
-                assert wait_until(lambda: any(p.behind is None for p in es.parked_events(store, name)), 20)
-                dropped.append(next(p.event_id for p in es.parked_events(store, name) if p.behind is None))
+                assert wait_until(
+                    lambda: any(p.behind is None for p in es.parked_events(store, name)), 20
+                )
+                dropped.append(
+                    next(p.event_id for p in es.parked_events(store, name) if p.behind is None)
+                )
                 es.drop_parked(store, name, dropped[0])
             time.sleep(rng.uniform(0.05, 0.3))
             os.kill(child.pid, signal.SIGKILL)
@@ -371,15 +421,22 @@ def test_kill_9_in_a_loop_neither_loses_nor_doubles_a_handled_or_parked_event(ki
         sink_some(10)
         try:
             tracker = store.tracker()
-            assert wait_until(lambda: tracker.last_processed_event_id(name) == store.latest_event_id()
-                              and not tracker.retry_requested(name), WAIT)
+            assert wait_until(
+                lambda: (
+                    tracker.last_processed_event_id(name) == store.latest_event_id()
+                    and not tracker.retry_requested(name)
+                ),
+                WAIT,
+            )
         finally:
             child.terminate()
             child.join(WAIT)
         events = _all(store)
         items = {e.id: e for e in events if isinstance(e, ItemAdded)}
         id_of = {e.uuid: e.id for e in items.values()}
-        handled = [id_of[e.causation_id] for e in events if isinstance(e, ItemRejected)]  # in commit order
+        handled = [
+            id_of[e.causation_id] for e in events if isinstance(e, ItemRejected)
+        ]  # in commit order
         parked_now = es.parked_events(store, name)
         parked_ids = [p.event_id for p in parked_now]
     finally:
@@ -393,11 +450,18 @@ def test_kill_9_in_a_loop_neither_loses_nor_doubles_a_handled_or_parked_event(ki
         mine = [i for i in handled if items[i].aggregate_id == aggregate_id]
         assert mine == sorted(mine), aggregate_id
         if aggregate_id.startswith("bad") and sunk[aggregate_id] >= 3:
-            first_bad = next(i for i in sorted(items) if items[i].aggregate_id == aggregate_id
-                             and items[i].title == "bad")
-            later = [i for i in sorted(items) if items[i].aggregate_id == aggregate_id and i > first_bad]
+            first_bad = next(
+                i
+                for i in sorted(items)
+                if items[i].aggregate_id == aggregate_id and items[i].title == "bad"
+            )
+            later = [
+                i for i in sorted(items) if items[i].aggregate_id == aggregate_id and i > first_bad
+            ]
             if first_bad in dropped:
                 assert set(later) <= set(handled)
             else:  # it, and everything after it, parked; nothing of it handled after it
-                assert [first_bad, *later] == [p for p in parked_ids if items[p].aggregate_id == aggregate_id]
+                assert [first_bad, *later] == [
+                    p for p in parked_ids if items[p].aggregate_id == aggregate_id
+                ]
     assert any(p.behind is not None for p in parked_now) and len(handled) > 200
