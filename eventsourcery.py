@@ -94,8 +94,9 @@ __all__ = [
     "Tracker", "TrackerRecord", "MemoryTracker", "SQLiteTracker",
     # processing and the runner
     "EventStreamProcessor", "TableProcessor", "Projector", "Reactor", "ProcessorStatus",
-    "processor_statuses", "skip_event", "ErrorHandler", "NoRetry", "ConstantRetry",
-    "ExponentialBackoffRetry", "run_processor", "ESPRunner",
+    "processor_statuses", "skip_event", "ParkedEvent", "parked_events", "retry_parked",
+    "drop_parked", "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry",
+    "run_processor", "ESPRunner",
     # asyncio
     "AsyncEventStore", "AsyncRepository",
     # testing helpers
@@ -891,6 +892,22 @@ class TrackerRecord:
     tables: tuple[str, ...] | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ParkedEvent:
+    """An event a processor has set aside (see ``es.parked_events``): ``event_id``,
+    ``aggregate_id``; ``error`` the last failure of its handler and ``attempts`` how often it
+    failed (None and 0 for an event parked ``behind`` another, unhandled: ``behind`` is the id of
+    the parked event of its aggregate it waits for, None for the one that failed); ``parked_at``
+    when it was parked (UTC)."""
+
+    event_id: int
+    aggregate_id: str
+    error: str | None
+    attempts: int
+    parked_at: _dt.datetime
+    behind: int | None = None
+
+
 class Tracker(abc.ABC):
     """Keeps each processor's last processed event id, by processor name.
 
@@ -965,6 +982,40 @@ class Tracker(abc.ABC):
     def declare_tables(self, name: str, tables: Sequence[str]) -> None:  # noqa: B027
         """Record the tables of ``name`` (beside this record) that its ``reset()`` drops; by default
         nothing is kept."""
+
+    # -- parked events (see es.parked_events): kept by DatabaseTracker; by default there are none --
+
+    def parked_events(self, name: str) -> list[ParkedEvent]:
+        """The events ``name`` has parked, by id."""
+        return []
+
+    def park(self, name: str, event: Event, error: str | None, attempts: int,
+             generation: int | None, behind: int | None = None) -> bool:
+        """Park ``event``, in one transaction fenced by ``generation``: one that failed
+        (``behind`` None) with its ``error``, moving the position to it; else behind the first
+        parked event of its aggregate (``behind``: the one it was seen to wait for), to be retried
+        with them if they are; False, and nothing parked, when none of its aggregate is parked
+        any more."""
+        raise Error(f"processor {name!r}: its tracker ({type(self).__name__}) keeps no parked "
+                    "events, so it cannot park one (use a DatabaseTracker, or no park_after)")
+
+    def retry_requested(self, name: str) -> list[int]:
+        """The parked events of ``name`` it has been asked to retry, by id."""
+        return []
+
+    def request_retry(self, name: str, event_id: int | None = None) -> list[int]:
+        """Ask ``name`` to retry its parked events (``event_id``: that one with those behind it);
+        returns their ids."""
+        raise ValueError(f"processor {name!r} has no parked events")
+
+    def unpark(self, name: str, event_id: int, generation: int | None,  # noqa: B027 - none kept
+               error: str | None = None) -> None:
+        """After a retry, fenced by ``generation``: forget parked ``event_id`` (it was handled),
+        or, with ``error``, keep it with that error, the rest of its aggregate behind it."""
+
+    def drop_parked(self, name: str, event_id: int) -> None:
+        """Forget parked ``event_id`` for good; the events parked behind it are to be retried."""
+        raise ValueError(f"processor {name!r} has no parked event {event_id}")
 
 
 def _fenced(name: str, generation: int | None) -> ProcessorFencedError:
@@ -2325,6 +2376,14 @@ _TRACKER_DDL = ("CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, posi
                 + ", ".join(f"{column} {kind}" for column, kind in _TRACKER_COLUMNS) + ")")
 
 
+#: Where a DatabaseTracker keeps parked events (see ``es.parked_events``), beside its positions.
+_PARKED_TABLE = "eventsourcery_parked"
+_PARKED_DDL = ("CREATE TABLE IF NOT EXISTS {table} (name TEXT NOT NULL, event_id BIGINT NOT NULL, "
+               "aggregate_id TEXT NOT NULL, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, "
+               "parked_at DOUBLE PRECISION NOT NULL, behind BIGINT, "
+               "retry INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (name, event_id))")
+
+
 def _instance_name() -> str:
     """``pid@host`` of this process: who owns, or waits for, a processor name."""
     return f"{os.getpid()}@{platform.node() or 'localhost'}"
@@ -2345,6 +2404,8 @@ class DatabaseTracker(Tracker):
     def __init__(self, database: Database) -> None:
         self.database = database
         self._table = database.qualify(TRACKER_TABLE)
+        self._parked = database.qualify(_PARKED_TABLE)
+        self._has_parked = True  # False: a read-only database without that table (none parked)
         self._ready_pid = 0
         # The columns an older table, opened read-only, lacks (read as NULL).
         self._absent: frozenset[str] = frozenset()
@@ -2363,16 +2424,22 @@ class DatabaseTracker(Tracker):
                     for column, kind in _TRACKER_COLUMNS:
                         if column in (self._missing_columns(db) or ()):
                             conn.execute(f"ALTER TABLE {self._table} ADD COLUMN {column} {kind}")
+            self._has_parked = self._missing_columns(db, self._parked) is not None
+            if not self._has_parked and not read_only:
+                with db.transaction() as conn:
+                    db.create_tables(conn, _PARKED_DDL.format(table=self._parked))
+                self._has_parked = True
             self._ready_pid = os.getpid()
 
-    def _missing_columns(self, db: Database) -> list[str] | None:
-        """The tracker columns the table lacks; None when there is no table."""
+    def _missing_columns(self, db: Database, table: str | None = None) -> list[str] | None:
+        """The tracker columns the table (or another ``table``: none) lacks; None when there is no
+        table."""
         # Inside a caller's transaction the look is a savepoint, so a missing table spoils nothing (Postgres
         # aborts a transaction on any failed statement); outside, a plain read: no write lock is taken.
         probe = db.transaction() if db.in_transaction() else db.borrow()
         try:
             with probe as conn:
-                cursor = conn.execute(f"SELECT * FROM {self._table} WHERE 1 = 0")
+                cursor = conn.execute(f"SELECT * FROM {table or self._table} WHERE 1 = 0")
                 have = {d[0] for d in cursor.description}
                 cursor.fetchall()
                 del cursor  # freed under the lock (see _quiesce_sqlite_for_fork)
@@ -2382,12 +2449,16 @@ class DatabaseTracker(Tracker):
             if not isinstance(exc.__cause__, db.driver_errors):
                 raise
             return None
+        if table is not None:
+            return []
         return [column for column, _ in _TRACKER_COLUMNS if column not in have]
 
     def _write(self, sql: str, params: Sequence[Any]) -> int:
-        """Run one write (``{p}`` is the placeholder, ``{t}`` the table); returns the rows it changed."""
+        """Run one write (``{p}`` is the placeholder, ``{t}`` the table, ``{q}`` that of parked
+        events); returns the rows it changed."""
         self._conn()
-        cursor = self.database.execute(sql.format(p=self.database.placeholder, t=self._table), params)
+        sql = sql.format(p=self.database.placeholder, t=self._table, q=self._parked)
+        cursor = self.database.execute(sql, params)
         return int(cursor.rowcount)
 
     def setup(self, name: str) -> None:
@@ -2405,10 +2476,15 @@ class DatabaseTracker(Tracker):
                     "ON CONFLICT (name) DO UPDATE SET position = excluded.position, fresh = 0", (name, event_id))
 
     def reset(self, name: str) -> None:
-        self._write("INSERT INTO {t} (name, position, fresh) VALUES ({p}, 0, 1) ON CONFLICT (name) DO UPDATE SET "
-                    f"horizon = CASE WHEN {TRACKER_TABLE}.position > {TRACKER_TABLE}.horizon "
-                    f"THEN {TRACKER_TABLE}.position ELSE {TRACKER_TABLE}.horizon END, "
-                    "position = 0, fresh = 1, last_error = NULL, failing_event_id = NULL", (name,))
+        with self.database.transaction():
+            self._write("INSERT INTO {t} (name, position, fresh) VALUES ({p}, 0, 1) "
+                        "ON CONFLICT (name) DO UPDATE SET "
+                        f"horizon = CASE WHEN {TRACKER_TABLE}.position > {TRACKER_TABLE}.horizon "
+                        f"THEN {TRACKER_TABLE}.position ELSE {TRACKER_TABLE}.horizon END, "
+                        "position = 0, fresh = 1, last_error = NULL, failing_event_id = NULL",
+                        (name,))
+            if self._has_parked:
+                self._write("DELETE FROM {q} WHERE name = {p}", (name,))
 
     def positions(self) -> dict[str, int]:
         return {r.name: r.position for r in self.records()}
@@ -2500,6 +2576,126 @@ class DatabaseTracker(Tracker):
     def declare_tables(self, name: str, tables: Sequence[str]) -> None:
         self._write("UPDATE {t} SET tables = {p} WHERE name = {p}",
                     (json.dumps(list(tables)), name))
+
+    # -- parked events: rows of the parked table, in transactions of the tracker's database --
+
+    def _fence(self, name: str, generation: int | None) -> None:
+        """Inside a transaction: raise ProcessorFencedError unless ``generation`` still owns
+        ``name`` (a write to the tracker row, so the check holds until the transaction ends)."""
+        if generation is not None and self._write("UPDATE {t} SET generation = generation "
+                                                  "WHERE name = {p} AND generation = {p}",
+                                                  (name, generation)) != 1:
+            raise _fenced(name, generation)
+
+    def _take_turn(self, name: str) -> None:
+        """Inside a transaction: wait for any unit of ``name`` under way (its row is locked)."""
+        self._write("UPDATE {t} SET generation = generation WHERE name = {p}", (name,))
+
+    def parked_events(self, name: str) -> list[ParkedEvent]:
+        self._conn()
+        if not self._has_parked:
+            return []
+        p = self.database.placeholder
+        rows = self.database.fetch_all(
+            "SELECT event_id, aggregate_id, error, attempts, parked_at, behind "
+            f"FROM {self._parked} WHERE name = {p} ORDER BY event_id", (name,),
+            doing=f"read the parked events of {name!r}")
+        utc = _dt.timezone.utc
+        return [ParkedEvent(int(e), str(a), err, int(n), _dt.datetime.fromtimestamp(float(t), utc),
+                            None if b is None else int(b)) for e, a, err, n, t, b in rows]
+
+    def park(self, name: str, event: Event, error: str | None, attempts: int,
+             generation: int | None, behind: int | None = None) -> bool:
+        p = self.database.placeholder
+        retry = 0
+        with self.database.transaction():
+            if behind is not None:
+                self._fence(name, generation)  # (also waits for a drop or retry request under way)
+                first, retry = self.database.fetch_all(
+                    f"SELECT min(event_id), max(retry) FROM {self._parked} WHERE name = {p} "
+                    f"AND aggregate_id = {p} AND event_id < {p}",
+                    (name, event.aggregate_id, event.id))[0]
+                if first is None:
+                    return False  # dropped meanwhile
+                behind = int(first)
+            self._write("INSERT INTO {q} (name, event_id, aggregate_id, error, attempts, "
+                        "parked_at, behind, retry) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+                        "ON CONFLICT (name, event_id) DO UPDATE SET error = excluded.error, "
+                        "attempts = excluded.attempts, behind = excluded.behind, "
+                        "retry = excluded.retry",
+                        (name, event.id, event.aggregate_id, error and error[:2000], attempts,
+                         time.time(), behind, int(retry or 0)))
+            if behind is None:
+                self.commit_position(name, event.id, generation)  # type: ignore[arg-type]
+        return True
+
+    def retry_requested(self, name: str) -> list[int]:
+        self._conn()
+        if not self._has_parked:
+            return []
+        p = self.database.placeholder
+        rows = self.database.fetch_all(
+            f"SELECT event_id FROM {self._parked} WHERE name = {p} AND retry = 1 ORDER BY event_id",
+            (name,), doing=f"read the parked events of {name!r}")
+        return [int(row[0]) for row in rows]
+
+    def _parked_one(self, name: str, event_id: int,
+                    doing: str) -> tuple[ParkedEvent, list[ParkedEvent]]:
+        """Parked ``event_id`` and every parked event of its aggregate (ValueError when it is not
+        parked)."""
+        parked = self.parked_events(name)
+        found = next((p for p in parked if p.event_id == event_id), None)
+        if found is None:
+            listed = ", ".join(str(p.event_id) for p in parked[:20]) or "none"
+            raise ValueError(f"cannot {doing} event {event_id}: processor {name!r} has no such "
+                             f"parked event (its parked events: {listed}); nothing changed")
+        return found, [p for p in parked if p.aggregate_id == found.aggregate_id]
+
+    def request_retry(self, name: str, event_id: int | None = None) -> list[int]:
+        with self.database.transaction():
+            self._take_turn(name)
+            if event_id is None:
+                ids = [p.event_id for p in self.parked_events(name)]
+            else:
+                found, same = self._parked_one(name, event_id, "retry")
+                if same[0].event_id != event_id:
+                    raise ValueError(
+                        f"cannot retry parked event {event_id} of processor {name!r} alone: it "
+                        f"waits behind parked event {same[0].event_id} of the same aggregate; "
+                        "retry that one (the events behind it follow); nothing changed")
+                ids = [p.event_id for p in same]
+                self._write("UPDATE {q} SET retry = 1 WHERE name = {p} AND aggregate_id = {p}",
+                            (name, found.aggregate_id))
+                return ids
+            self._write("UPDATE {q} SET retry = 1 WHERE name = {p}", (name,))
+        return ids
+
+    def unpark(self, name: str, event_id: int, generation: int | None,
+               error: str | None = None) -> None:
+        with self.database.transaction():
+            self._fence(name, generation)
+            if error is None:
+                self._write("DELETE FROM {q} WHERE name = {p} AND event_id = {p}", (name, event_id))
+                return
+            self._write("UPDATE {q} SET error = {p}, attempts = attempts + 1, behind = NULL, "
+                        "retry = 0, parked_at = {p} WHERE name = {p} AND event_id = {p}",
+                        (error[:2000], time.time(), name, event_id))
+            _, same = self._parked_one(name, event_id, "keep")
+            for later in same:
+                if later.event_id > event_id:
+                    self._write("UPDATE {q} SET behind = {p}, retry = 0 "
+                                "WHERE name = {p} AND event_id = {p}",
+                                (event_id, name, later.event_id))
+
+    def drop_parked(self, name: str, event_id: int) -> None:
+        with self.database.transaction():
+            self._take_turn(name)
+            _, same = self._parked_one(name, event_id, "drop")
+            self._write("DELETE FROM {q} WHERE name = {p} AND event_id = {p}", (name, event_id))
+            if same[0].event_id == event_id:  # the first of its aggregate: those behind it go on
+                for later in same[1:]:
+                    self._write("UPDATE {q} SET retry = 1 WHERE name = {p} AND event_id = {p}",
+                                (name, later.event_id))
 
 
 # ---------------------------------------------------------------------------
@@ -2697,7 +2893,9 @@ class MemoryTracker(DatabaseTracker):
         super().__init__(SQLiteDatabase(":memory:"))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"records": self.records()}
+        self._conn()
+        parked = self.database.fetch_all(f"SELECT * FROM {self._parked}")
+        return {"records": self.records(), "parked": [tuple(row) for row in parked]}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()  # type: ignore[misc]
@@ -2707,6 +2905,8 @@ class MemoryTracker(DatabaseTracker):
                         f"({', '.join(['{p}'] * len(fields))})",
                         [json.dumps(list(v)) if isinstance(v, tuple) else v
                          for v in dataclasses.astuple(record)])
+        for row in state.get("parked", ()):
+            self._write(f"INSERT INTO {{q}} VALUES ({', '.join(['{p}'] * len(row))})", row)
 
 
 class MemoryEventStore(EventStore):
@@ -4090,6 +4290,10 @@ class EventStreamProcessor:
         self._horizon = 0  # the replay horizon, read when it starts and after reset()
         self._replaying = False
         self._stopper: Stopper | None = None  # while it runs: a long batch may stop between events
+        # While it runs: each aggregate with parked events -> its first parked event.
+        self._parked_aggregates: dict[str, int] = {}
+        self._unparking = False  # while a parked event is retried: its commit unparks it
+        self._retry_checked_at = 0.0  # when an idle instance last looked for retry requests
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.processor_name!r}>"
@@ -4108,6 +4312,13 @@ class EventStreamProcessor:
         handlers = self._dispatch.get(event.type, self._catch_all)
         if not handlers:
             return
+        if self._parked_aggregates and not self._unparking:
+            first = self._parked_aggregates.get(event.aggregate_id)
+            if first is not None:  # its aggregate waits behind a parked event: so does it
+                if self.tracker.park(self.processor_name, event, None, 0, self._generation,
+                                     behind=first):
+                    return
+                del self._parked_aggregates[event.aggregate_id]  # none left (dropped): handle it
         self._current_event = event
         self._replaying = (event.id or 0) <= self._horizon
         try:
@@ -4120,7 +4331,12 @@ class EventStreamProcessor:
             self._replaying = False
 
     def _commit(self, event_id: int) -> None:
-        """Record the position, fenced by this instance's generation (inside the caller's transaction)."""
+        """Record the position, fenced by this instance's generation (inside the caller's
+        transaction); while a parked event is retried, unpark it instead (the position is past
+        it already)."""
+        if self._unparking:
+            self.tracker.unpark(self.processor_name, event_id, self._generation)
+            return
         self.tracker.commit_position(self.processor_name, event_id, self._generation)
 
     def process_batch(self, events: list[Event]) -> None:
@@ -4264,6 +4480,9 @@ class EventStreamProcessor:
                         interval = handler.handle(exc, name, store=store)
                         if interval is None:
                             raise
+                        if self._park_if_due(handler, exc):
+                            stuck_at = None
+                            continue  # past it at once
                     (handler.sleep or stopper.sleep)(interval)
                     if stopper.is_set():
                         return
@@ -4300,6 +4519,89 @@ class EventStreamProcessor:
             held_by = f", held by pid {holder.replace('@', ' on host ')}" if holder else ""
             config.logger.warning("[%s] standby: %s%s; waiting for it to stop "
                                   "(retrying every %s s)", name, exc, held_by, interval)
+
+    def _park_if_due(self, handler: ErrorHandler, exc: BaseException) -> bool:
+        """Park the event ``exc`` failed at once it has failed ``handler.park_after`` times in a
+        row: kept with its error, and the position moved to it, in one transaction; True when it
+        did."""
+        if not isinstance(exc, EventProcessingError) or self._generation is None:
+            return False
+        attempts = handler.count_failure(self.processor_name, exc)
+        park_after = getattr(handler, "park_after", None)
+        if park_after is None or attempts < park_after:
+            return False
+        event = exc.event
+        cause = exc.__cause__ or exc
+        self.tracker.park(self.processor_name, event, f"{type(cause).__name__}: {cause}",
+                          attempts, self._generation)
+        self._parked_aggregates.setdefault(event.aggregate_id, event.id)  # type: ignore[arg-type]
+        handler.count_failure(self.processor_name, None)
+        config.logger.warning("[%s] parked event %d (aggregate %r) after %d failures; later "
+                              "events of its aggregate park behind it (es.parked_events, "
+                              "es.retry_parked, es.drop_parked)", self.processor_name, event.id,
+                              event.aggregate_id, attempts)
+        return True
+
+    def _load_parked(self) -> None:
+        """Read which aggregates have parked events (their later events park behind them)."""
+        self._parked_aggregates = {}
+        for parked in self.tracker.parked_events(self.processor_name):
+            self._parked_aggregates.setdefault(parked.aggregate_id, parked.event_id)
+
+    def _retry_due(self) -> bool:
+        """Whether a retry of parked events was asked for (looked up at most once a second)."""
+        now = time.monotonic()
+        if self._retry_checked_at < 0 or now - self._retry_checked_at < 1.0:
+            return self._retry_checked_at < 0  # (< 0: found, until _retry_parked runs)
+        self._retry_checked_at = now
+        if self.tracker.retry_requested(self.processor_name):
+            self._retry_checked_at = -1.0
+        return self._retry_checked_at < 0
+
+    def _retry_parked(self, store: EventStore) -> None:
+        """Before a batch: handle again the parked events a retry was asked for, each
+        aggregate's in id order; one that fails again stays parked (the rest of its aggregate
+        behind it)."""
+        name = self.processor_name
+        requested = set(self.tracker.retry_requested(name))
+        self._retry_checked_at = time.monotonic()
+        if requested:
+            chains: dict[str, list[int]] = {}
+            for parked in self.tracker.parked_events(name):
+                chains.setdefault(parked.aggregate_id, []).append(parked.event_id)
+            for aggregate_id, ids in chains.items():
+                if ids[0] not in requested:
+                    continue  # (the events behind the first of an aggregate are retried with it)
+                for event_id in ids:  # in order: one failing again keeps the rest behind it
+                    if self._stopper is not None and self._stopper.is_set():
+                        break
+                    if not self._retry_one(store, event_id):
+                        break
+                    config.logger.info("[%s] parked event %d (aggregate %r) handled on retry", name,
+                                       event_id, aggregate_id)
+        self._load_parked()
+
+    def _retry_one(self, store: EventStore, event_id: int) -> bool:
+        """Handle parked ``event_id`` again, unparking it with its effects; False when it failed
+        again."""
+        found = store.get_next_from(event_id, limit=1)
+        self._unparking = True
+        try:
+            if found and found[0].id == event_id:
+                self.process_batch(found)
+            else:  # gone from the store (erased): nothing to handle
+                self.tracker.unpark(self.processor_name, event_id, self._generation)
+        except EventProcessingError as exc:
+            cause = exc.__cause__ or exc
+            error = f"{type(cause).__name__}: {cause}"
+            self.tracker.unpark(self.processor_name, event_id, self._generation, error)
+            config.logger.warning("[%s] parked event %d failed again on retry, so it stays "
+                                  "parked: %s", self.processor_name, event_id, error)
+            config.on_event_processor_error(cause, self.processor_name)
+            return False
+        finally:
+            self._unparking = False
+        return True
 
     def _report_failure(self, exc: BaseException) -> None:
         event_id = _failing_event_id(exc)
@@ -4364,6 +4666,7 @@ class EventStreamProcessor:
             self._advance(position)
         log.info("[%s] starting at event %d%s", name, position + 1,
                  f" (replaying up to event {self._horizon})" if self._horizon > position else "")
+        self._retry_parked(store)
         types = self.processes_event_types
         if types is not None:
             # Catch up reading only the handled types; past them, the position moves to the latest id
@@ -4382,10 +4685,18 @@ class EventStreamProcessor:
                         self._advance(latest)
                         position = latest
                     break
-        # Live: every new event, so the position also moves past the ones not handled.
-        for batch in store.subscribe(position + 1, stop=stopper.is_set):
-            self.process_batch(batch)
-            log.info("[%s] processed up to event %d", name, batch[-1].id)
+        # Live: every new event, so the position also moves past the ones not handled. Asked to
+        # retry parked events, it does so before its next batch (an idle one within a second).
+        while not stopper.is_set():
+            live_until = lambda: stopper.is_set() or self._retry_due()  # noqa: E731
+            for batch in store.subscribe(position + 1, stop=live_until):
+                if self._retry_due():
+                    self._retry_parked(store)
+                self.process_batch(batch)
+                position = batch[-1].id or position
+                log.info("[%s] processed up to event %d", name, batch[-1].id)
+            if not stopper.is_set():
+                self._retry_parked(store)
 
 
 _NO_SAVEPOINT = contextlib.nullcontext()
@@ -4699,6 +5010,7 @@ class ProcessorStatus:
     standby: str | None = None
     replay_horizon: int = 0
     kind: str | None = None
+    parked: int = 0  # how many events it has parked (see es.parked_events)
 
 
 #: How recently (seconds) a standby instance must have tried to take a name for ``state`` to say standby.
@@ -4723,6 +5035,23 @@ def _located_record(record: TrackerRecord, *, read_only: bool = False) -> Tracke
     return dataclasses.replace(found, kind=found.kind or record.kind, location=record.location)
 
 
+def _parked_count(tracker: Tracker, record: TrackerRecord) -> int:
+    """How many events ``record``'s processor has parked, read where its position lives (0 when that
+    cannot be read now)."""
+    if not record.location:
+        return len(tracker.parked_events(record.name))
+    database: Database | None = None
+    try:
+        database = open_database(record.location, read_only=True)
+        return len(DatabaseTracker(database).parked_events(record.name))
+    except Exception:  # noqa: BLE001 - unreachable now: its status says what the registration says
+        return 0
+    finally:
+        if database is not None:
+            with contextlib.suppress(Exception):
+                database.close()
+
+
 def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> list[ProcessorStatus]:
     """The status of every processor that has run against ``store``: those whose position ``tracker``
     (default: the store's) keeps, and those registered in it whose position lives in their own database.
@@ -4735,6 +5064,7 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
     latest = store.latest_event_id()
     statuses = []
     for record in tracker.records():
+        parked = _parked_count(tracker, record)
         record = _located_record(record, read_only=True)
         running = store.is_running(record.name)
         recent_standby = record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS
@@ -4749,7 +5079,7 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
         statuses.append(ProcessorStatus(
             record.name, record.position, max(latest - record.position, 0), running, state,
             record.last_error, record.failing_event_id, record.owner, record.standby if recent_standby else None,
-            record.horizon, record.kind))
+            record.horizon, record.kind, parked))
     return statuses
 
 
@@ -4808,6 +5138,77 @@ def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
                           processor_name, event_id, event_id - 1, event_id)
 
 
+@contextlib.contextmanager
+def _parking_tracker(store: EventStore, processor_name: str, *,
+                     read_only: bool = False) -> Iterator[Tracker]:
+    """The tracker that keeps ``processor_name``'s parked events: the store's, or (for a processor
+    registered in the store with its position in its own database) one on that database."""
+    check_text("processor name", processor_name)
+    records = {r.name: r for r in store.tracker().records()}
+    if processor_name not in records:
+        raise ValueError(f"unknown processor {processor_name!r} (processors in this store: "
+                         f"{', '.join(sorted(records)) or 'none'})")
+    location = records[processor_name].location
+    if not location:
+        yield store.tracker()
+        return
+    database = open_database(location, read_only=read_only)
+    try:
+        yield DatabaseTracker(database)
+    finally:
+        database.close()
+
+
+def _parked_id(event_id: object) -> int:
+    """``event_id`` checked as the id of a parked event (TypeError unless an int, ValueError
+    below 1)."""
+    if check_position("event_id", event_id) != event_id or event_id < 1:
+        raise ValueError(f"no parked event {event_id!r}: event ids start at 1")
+    return event_id
+
+
+def parked_events(store: EventStore, processor_name: str) -> list[ParkedEvent]:
+    """The events processor ``processor_name`` of ``store`` has parked, by id (see ``ParkedEvent``).
+
+    A retry handler with ``park_after=N`` parks an event once its handler has failed N times in
+    a row: it is kept in the processor's tracker with its error, the position moves past it in
+    the same transaction, and the processor goes on. Later events of the same aggregate park
+    behind it, unhandled, so each aggregate's events are still handled in order; other
+    aggregates' events are not held up. A parked event counts as passed for ``wait_for`` and
+    ``lag``. ValueError for a name that has not run against the store; a projector whose
+    position lives in its own database is found through its registration in the store.
+    """
+    with _parking_tracker(store, processor_name, read_only=True) as tracker:
+        return tracker.parked_events(processor_name)
+
+
+def retry_parked(store: EventStore, processor_name: str, event_id: int | None = None) -> list[int]:
+    """Ask processor ``processor_name`` (the instance running now, or the next to run) to handle
+    its parked events again, before its next batch (an idle one within about a second): all of
+    them, or parked ``event_id`` with the events parked behind it. Each aggregate's are handled in
+    id order; one that fails again stays parked (its ``attempts`` counted, its new error kept),
+    with the rest of its aggregate behind it. Returns the ids asked for. ValueError (nothing
+    changed) for an event that is not parked, or that waits behind another (retry that one)."""
+    if event_id is not None:
+        event_id = _parked_id(event_id)
+    with _parking_tracker(store, processor_name) as tracker:
+        ids = tracker.request_retry(processor_name, event_id)
+    config.logger.warning("[%s] asked to retry parked events %s", processor_name,
+                          ", ".join(map(str, ids)) or "(none parked)")
+    return ids
+
+
+def drop_parked(store: EventStore, processor_name: str, event_id: int) -> None:
+    """Give up on parked event ``event_id`` of processor ``processor_name``: it is removed from the
+    parked events for good (never handled), and the events parked behind it are retried (as
+    ``retry_parked`` does). ValueError (nothing changed) when it is not parked."""
+    event_id = _parked_id(event_id)
+    with _parking_tracker(store, processor_name) as tracker:
+        tracker.drop_parked(processor_name, event_id)
+    config.logger.warning("[%s] dropped parked event %d: it will not be handled", processor_name,
+                          event_id)
+
+
 def _skip_command(store: str, processor_name: str, event_id: int) -> str:
     """The command line that moves ``processor_name`` past ``event_id`` (see ``skip_event``)."""
     return f"python -m eventsourcery {store} skip {shlex.quote(processor_name)} {event_id}"
@@ -4823,8 +5224,24 @@ class ErrorHandler:
     not wait.
     """
 
+    #: Park an event once it has failed this many times in a row (None: never; see
+    #: ``es.parked_events``).
+    park_after: int | None = None
+
     def __init__(self, *, sleep: Callable[[float], None] | None = None) -> None:
         self.sleep = sleep
+
+    def count_failure(self, processor_name: str, error: EventProcessingError | None) -> int:
+        """Count ``error`` for ``processor_name``: how many times in a row its event has failed now
+        (None forgets the count)."""
+        counts: dict[str, tuple[str | None, int]] = self.__dict__.setdefault("_failure_counts", {})
+        if error is None:
+            counts.pop(processor_name, None)
+            return 0
+        last, count = counts.get(processor_name, (None, 0))
+        count = count + 1 if last == error.event.uuid else 1
+        counts[processor_name] = (error.event.uuid, count)
+        return count
 
     def retry_interval(self, error: BaseException) -> float | None:
         """Seconds to wait before retrying after ``error``; None to stop."""
@@ -4862,12 +5279,23 @@ class NoRetry(ErrorHandler):
         return None
 
 
-class ConstantRetry(ErrorHandler):
-    """Retry forever, ``interval`` seconds after every error (the default)."""
+def _check_park_after(park_after: object) -> int | None:
+    if park_after is not None and (not isinstance(park_after, int) or isinstance(park_after, bool)
+                                   or park_after < 1):
+        raise ValueError(f"park_after must be None or an int >= 1 (the failures of one event "
+                         f"after which it is parked), not {park_after!r}")
+    return park_after
 
-    def __init__(self, interval: float = 1.0, *, sleep: Callable[[float], None] | None = None) -> None:
+
+class ConstantRetry(ErrorHandler):
+    """Retry forever, ``interval`` seconds after every error (the default); with ``park_after``, an
+    event that has failed that many times in a row is parked instead (see ``es.parked_events``)."""
+
+    def __init__(self, interval: float = 1.0, park_after: int | None = None, *,
+                 sleep: Callable[[float], None] | None = None) -> None:
         super().__init__(sleep=sleep)
         self.interval = interval
+        self.park_after = _check_park_after(park_after)
 
     def retry_interval(self, error: BaseException) -> float | None:
         return self.interval
@@ -4877,12 +5305,16 @@ class ExponentialBackoffRetry(ErrorHandler):
     """Retry after ``initial`` seconds, doubling up to ``maximum`` while the same event keeps failing.
 
     An error on another event, or an error that is not an
-    EventProcessingError, starts again at ``initial``.
+    EventProcessingError, starts again at ``initial``. With ``park_after``, an
+    event that has failed that many times in a row is parked instead (see
+    ``es.parked_events``).
     """
 
-    def __init__(self, initial: float = 1.0, maximum: float = 64.0, *,
+    def __init__(self, initial: float = 1.0, maximum: float = 64.0,
+                 park_after: int | None = None, *,
                  sleep: Callable[[float], None] | None = None) -> None:
         super().__init__(sleep=sleep)
+        self.park_after = _check_park_after(park_after)
         self.initial = initial
         self.maximum = maximum
         self._interval = initial
@@ -6154,6 +6586,11 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
                 sys.stdout.write(f"  to move it past that event without processing it: {_cli_safe(command)}\n")
         if status is not None and status.standby is not None:
             sys.stdout.write(f"  standby: pid {_cli_safe(status.standby.replace('@', ' on host '))}\n")
+        if status is not None and status.parked:
+            command = (f"python -m eventsourcery {shlex.quote(args.store)} parked "
+                       f"{shlex.quote(status.name)}")
+            sys.stdout.write(f"  parked: {status.parked} event{'s' if status.parked != 1 else ''} "
+                             f"(see {_cli_safe(command)})\n")
     return 0
 
 
@@ -6270,6 +6707,79 @@ def _cli_skip(store: EventStore, args: argparse.Namespace) -> int:
     sys.stdout.write(f"skipped event {event_id} for {shown}: position {event_id - 1} -> {event_id}; it will not "
                      f"process event {event_id}; the next event it processes is {event_id + 1} (a running "
                      "instance goes on at its next retry)\n")
+    return 0
+
+
+def _cli_parked_list(store: EventStore, name: str) -> list[ParkedEvent]:
+    try:
+        return parked_events(store, name)
+    except ValueError as exc:
+        raise _CLIError(_cli_safe(str(exc))) from exc
+
+
+def _cli_parked(store: EventStore, args: argparse.Namespace) -> int:
+    found = _cli_parked_list(store, args.name)
+    if args.json:
+        sys.stdout.writelines(
+            _cli_json_line({**dataclasses.asdict(p), "parked_at": p.parked_at.isoformat()})
+            for p in found)
+        return 0
+    shown = _cli_safe(args.name)
+    if not found:
+        sys.stderr.write(f"{shown} has no parked events\n")
+        return 0
+    for p in found:
+        head = (f"{p.event_id}  aggregate {_cli_safe(repr(p.aggregate_id))}  "
+                f"parked {p.parked_at.isoformat(timespec='seconds')}")
+        if p.behind is None:
+            failures = f"{p.attempts} failure{'s' if p.attempts != 1 else ''}"
+            sys.stdout.write(f"{head} after {failures}: {_cli_safe(p.error or '')}\n")
+        else:
+            sys.stdout.write(f"{head} behind event {p.behind}\n")
+    command = f"python -m eventsourcery {shlex.quote(args.store)} %s {shlex.quote(args.name)}"
+    sys.stdout.write(f"{len(found)} parked; to retry: {_cli_safe(command % 'retry-parked')} "
+                     f"[EVENT_ID]; to give one up: {_cli_safe(command % 'drop-parked')} EVENT_ID\n")
+    return 0
+
+
+def _cli_retry_parked(store: EventStore, args: argparse.Namespace) -> int:
+    try:
+        ids = retry_parked(store, args.name, args.event_id)
+    except ValueError as exc:
+        raise _CLIError(_cli_safe(str(exc))) from exc
+    shown = _cli_safe(args.name)
+    if not ids:
+        sys.stdout.write(f"{shown} has no parked events: nothing to retry\n")
+    else:
+        sys.stdout.write(f"asked {shown} to retry parked event{'s' if len(ids) != 1 else ''} "
+                         f"{', '.join(map(str, ids))}: the instance running now, or the next to "
+                         "run, handles them before its next batch (one that fails again stays "
+                         "parked)\n")
+    return 0
+
+
+def _cli_drop_parked(store: EventStore, args: argparse.Namespace) -> int:
+    name, event_id = args.name, args.event_id
+    shown = _cli_safe(name)
+    found = _cli_parked_list(store, name)
+    this = next((p for p in found if p.event_id == event_id), None)
+    if this is None:
+        listed = ", ".join(str(p.event_id) for p in found[:20]) or "none"
+        raise _CLIError(f"{shown} has no parked event {event_id} (its parked events: {listed}); "
+                        "nothing changed")
+    behind = [p.event_id for p in found if p.behind == event_id]
+    then = f"; the {len(behind)} event(s) parked behind it are retried" if behind else ""
+    why = (f" (it failed: {_cli_safe(this.error)})" if this.error
+           else f" (parked behind event {this.behind})")
+    question = f"Drop parked event {event_id} of {shown}{why}? {shown} will never handle it{then}"
+    if not args.yes and not _cli_confirm(question):
+        sys.stderr.write(f"not dropped: event {event_id} stays parked\n")
+        return 1
+    try:
+        drop_parked(store, name, event_id)
+    except ValueError as exc:  # dropped or retried meanwhile
+        raise _CLIError(_cli_safe(str(exc))) from exc
+    sys.stdout.write(f"dropped parked event {event_id} of {shown}: it will not be handled{then}\n")
     return 0
 
 
@@ -6576,6 +7086,38 @@ def _cli_parser() -> argparse.ArgumentParser:
                       help="the event to skip: the next one the processor would process")
     skip.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     skip.set_defaults(run=_cli_skip, writes=True)
+
+    parked = commands.add_parser(
+        "parked", help="list a processor's parked events",
+        description="List the events a processor has parked (a retry handler with park_after "
+                    "parks an event whose handler keeps failing, and the later events of its "
+                    "aggregate behind it): each with its aggregate, when, and its error or the "
+                    "event it waits behind. The same as es.parked_events(store, NAME).")
+    parked.add_argument("name", metavar="NAME", help="the processor's name")
+    parked.add_argument("--json", action="store_true", help="one JSON object per line")
+    parked.set_defaults(run=_cli_parked)
+
+    retry = commands.add_parser(
+        "retry-parked", help="ask a processor to handle its parked events again",
+        description="Ask a processor (the instance running now, or the next to run) to handle "
+                    "its parked events again before its next batch, each aggregate's in order: "
+                    "all of them, or EVENT_ID with the events parked behind it. One that fails "
+                    "again stays parked. The same as es.retry_parked(store, NAME, EVENT_ID).")
+    retry.add_argument("name", metavar="NAME", help="the processor's name")
+    retry.add_argument("event_id", metavar="EVENT_ID", type=positive, nargs="?",
+                       help="the parked event to retry (default: all of them)")
+    retry.set_defaults(run=_cli_retry_parked, writes=True)
+
+    drop = commands.add_parser(
+        "drop-parked", help="give up on one parked event (asks first)",
+        description="Remove one parked event for good: the processor never handles it; the "
+                    "events parked behind it are retried. The same as es.drop_parked(store, "
+                    "NAME, EVENT_ID).")
+    drop.add_argument("name", metavar="NAME", help="the processor's name")
+    drop.add_argument("event_id", metavar="EVENT_ID", type=positive,
+                      help="the parked event to drop")
+    drop.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    drop.set_defaults(run=_cli_drop_parked, writes=True)
 
     erase = commands.add_parser(
         "erase", help="erase one aggregate's data for good (asks first)",

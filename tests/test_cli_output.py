@@ -28,6 +28,7 @@ AGGREGATE = f"agg-{NASTY}"
 TYPE = f"type-{NASTY}"
 PROCESSOR = f"proc-{NASTY}"
 PROJECTOR = f"projector-{NASTY}"
+PARKER = f"parker-{NASTY}"
 #: Any control character but the newline (the formats use no tab).
 CONTROL = re.compile(
     r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
@@ -60,6 +61,10 @@ def nasty_store(tmp_path: pathlib.Path) -> pathlib.Path:
         tracker.report(PROCESSOR, generation, "running", f"RuntimeError: {NASTY}", 1)
         tracker.standby(PROCESSOR, f"2@{NASTY}")
         tracker.register(PROJECTOR, "projector", f"/nonexistent/{NASTY}.db")
+        first, second = store.get_next_from(1, limit=2)  # parked: 1 with its error, 2 behind it
+        generation = tracker.acquire(PARKER, f"3@{NASTY}", "processor")
+        tracker.park(PARKER, first, f"RuntimeError: {NASTY}", 3, generation)
+        tracker.park(PARKER, second, None, 0, generation, behind=1)
     return path
 
 
@@ -122,6 +127,9 @@ COMMANDS: dict[str, list[tuple[tuple[str, ...], str, bool]]] = {
         ((f"no-{NASTY}", "--yes"), "", True),
     ],
     "skip": [((PROCESSOR, "1"), "n\n", True), ((PROCESSOR, "1", "--yes"), "", True)],
+    "parked": [((PARKER,), "", True), ((PARKER, "--json"), "", True)],
+    "retry-parked": [((PARKER,), "", True), ((PARKER, "1"), "", True)],
+    "drop-parked": [((PARKER, "1"), "n\n", True), ((PARKER, "1", "--yes"), "", True)],
     "erase": [((AGGREGATE,), "n\n", True), ((AGGREGATE, "--yes", "--reason", NASTY), "", True)],
     "backup": [(("copy.db",), "", False)],
 }

@@ -525,24 +525,44 @@ def with_parking(monkeypatch, calls: list) -> None:
     )
 
 
+def test_real_parked_events_are_listed_retried_and_dropped(tmp_path) -> None:
+    from tests.test_cli_parking import HOSTILE as ERROR_TEXT
+    from tests.test_cli_parking import NAME, park_two
+
+    path = str(tmp_path / "events.db")
+    with es.SQLiteEventStore(path) as store:
+        park_two(store)  # event 2 parked (it failed), 4 behind it
+        with serving(path, allow_actions=True) as server:
+            token = server.browser.token
+            answer = get(server, "/api/processors")[2]
+            assert answer["actions"] == ["reset", "skip", "retry-parked", "drop-parked"]
+            assert [p["parked"] for p in answer["processors"]] == [2]
+            parked = get(server, f"/api/processors/{NAME}/parked")[2]["parked"]
+            assert [(p["event_id"], p["behind"], p["attempts"]) for p in parked] == [
+                (2, None, 2),
+                (4, 2, 0),
+            ]
+            assert parked[0]["error"] == f"RuntimeError: cannot {ERROR_TEXT}"
+            assert get(server, "/api/processors/nobody/parked")[0] == 404
+            assert post(server, f"/api/processors/{NAME}/retry-parked", {}, token=token)[0] == 200
+            assert store.tracker().retry_requested(NAME) == [2, 4]
+            assert (
+                post(server, f"/api/processors/{NAME}/drop-parked", {"event_id": 3}, token=token)[0]
+                == 409
+            )
+            assert (
+                post(server, f"/api/processors/{NAME}/drop-parked", {"event_id": 2}, token=token)[0]
+                == 200
+            )
+        assert [p.event_id for p in es.parked_events(store, NAME)] == [4]
+
+
 def test_partitions_and_parked_events_are_given_and_acted_on_where_the_library_has_them(
     tmp_path, monkeypatch
 ) -> None:
     path = str(tmp_path / "events.db")
     with es.SQLiteEventStore(path) as store:
         fill(store, 3)
-    with serving(path, allow_actions=True) as server:  # this eventsourcery: no parking yet
-        assert get(server, "/api/processors")[2]["actions"] == ["reset", "skip"]
-        assert get(server, "/api/processors/scaled/parked")[0] == 404
-        assert (
-            post(
-                server,
-                "/api/processors/scaled/drop-parked",
-                {"event_id": 3},
-                token=server.browser.token,
-            )[0]
-            == 404
-        )
     calls: list = []
     with_parking(monkeypatch, calls)
     with serving(path, allow_actions=True) as server:
