@@ -660,6 +660,290 @@ def _with_fields(event: _E, **fields: Any) -> _E:
 
 
 # ---------------------------------------------------------------------------
+# Aggregates: state rebuilt from events; commands check, then apply_event().
+# The Repository loads them from a store and saves their changes.
+# ---------------------------------------------------------------------------
+
+def on(*event_types: type[Event] | str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method as the handler of these event classes (or type names).
+
+    On an Aggregate it changes state; on a processor it handles events.
+    ``@es.on()`` with no classes, on a processor, receives every event.
+    """
+    names = type_names(event_types) or ()
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__es_handles__ = names  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def _collect_handlers(cls: type) -> list[tuple[tuple[str, ...], Callable[..., Any]]]:
+    """Handlers marked with @on along the MRO, base classes first, each in definition order."""
+    found: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in klass.__dict__.items():
+            names = getattr(value, "__es_handles__", None)
+            if names is not None:
+                found.pop(attr, None)
+                found[attr] = (names, value)
+            elif attr in found:
+                del found[attr]  # overridden by something that is not a handler
+    return list(found.values())
+
+
+def _ignore_event(aggregate: Aggregate, event: Event) -> None:
+    """The replay handler of a type in ``Aggregate.ignores_events``: no change of state."""
+
+
+class Aggregate:
+    """Base class of aggregates: state rebuilt from events; commands call apply_event().
+
+    ``Aggregate(id, events=())`` replays ``events``. ``version`` counts the
+    events applied (history and new); ``changes`` holds the new ones.
+
+    With ``snapshot_every = N`` the Repository keeps a snapshot of the state
+    whenever a save takes the version to or past a multiple of N, and loads
+    start from it. The state is ``snapshot_state()`` (by default the instance
+    attributes, encoded like event bodies by their class annotations); a
+    snapshot is used only if it decodes to exactly that state, so a loaded
+    aggregate is indistinguishable from a full replay. Change
+    ``snapshot_version`` when the meaning of the state changes: snapshots
+    taken under another version are ignored.
+    """
+
+    _handlers: ClassVar[dict[str, list[Callable[..., Any]]]] = {}
+    snapshot_every: ClassVar[int | None] = None
+    snapshot_version: ClassVar[int] = 1
+    ignores_events: ClassVar[tuple[type[Event] | str, ...]] = ()
+    """Event classes (or type names) replay skips: e.g. those a reactor emits onto this aggregate's stream.
+
+    An ignored event changes no state but counts in ``version``, so saving
+    after it still writes at the right version. Any iterable works; it is
+    stored as a tuple. A type with a handler here is handled, not ignored.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        every = cls.snapshot_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise TypeError(f"{cls.__qualname__}.snapshot_every must be a positive int or None, not {every!r}")
+        if isinstance(cls.snapshot_version, bool) or not isinstance(cls.snapshot_version, int):
+            raise TypeError(f"{cls.__qualname__}.snapshot_version must be an int, not {cls.snapshot_version!r}")
+        handlers: dict[str, list[Callable[..., Any]]] = {}
+        for names, fn in _collect_handlers(cls):
+            for name in names:
+                handlers.setdefault(name, []).append(fn)
+        ignored = cls.__dict__.get("ignores_events", cls.ignores_events)
+        if isinstance(ignored, (str, type)) or not isinstance(ignored, Iterable):
+            raise TypeError(f"{cls.__qualname__}.ignores_events must be an iterable of Event classes "
+                            f"or type names, not {ignored!r}")
+        cls.ignores_events = tuple(ignored)
+        for item in cls.ignores_events:
+            if not isinstance(item, str) and not (isinstance(item, type) and issubclass(item, Event)):
+                raise TypeError(f"{cls.__qualname__}.ignores_events: {item!r} is not an Event class or type name")
+        for name in type_names(cls.ignores_events) or ():
+            handlers.setdefault(name, [_ignore_event])
+        cls._handlers = handlers
+
+    def __init__(self, id: str | _uuid.UUID, events: Iterable[Event] = ()) -> None:
+        self.id = str(id)
+        self.version = 0
+        self.changes: list[Event] = []
+        for event in events:
+            self._mutate(event)
+
+    def _mutate(self, event: Event) -> None:
+        handlers = self._handlers.get(event.type)
+        if handlers:
+            for handler in handlers:
+                handler(self, event)
+        else:
+            config.on_unknown_event(event, self)
+        self.version += 1
+
+    def apply_event(self, event: type[_E] | _E, **fields: Any) -> _E:
+        """Build (from a class and fields) or take an event, apply it to state and record it in changes."""
+        if isinstance(event, type):
+            instance = event(aggregate_id=self.id, **fields)
+        else:
+            if fields:
+                raise TypeError("apply_event(instance) takes no fields; use apply_event(EventClass, **fields)")
+            if event.aggregate_id and event.aggregate_id != self.id:
+                raise InvalidEventError(f"event for aggregate {event.aggregate_id!r} applied to {self.id!r}")
+            instance = event if event.aggregate_id else _with_fields(event, aggregate_id=self.id)
+        self._mutate(instance)
+        self.changes.append(instance)
+        return instance
+
+    def clear_changes(self) -> None:
+        """Forget the unsaved events (the Repository calls this after saving them)."""
+        self.changes = []
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The state a snapshot keeps: by default every instance attribute but ``id``, ``version`` and
+        ``changes``. Override it (and ``restore_snapshot``) to keep something else."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("id", "version", "changes")}
+
+    def restore_snapshot(self, state: dict[str, Any]) -> None:
+        """Set the state ``snapshot_state()`` returned (on a new instance, before later events replay)."""
+        self.__dict__.update(state)
+
+
+def _aggregate_type(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _encode_state(cls: type, state: dict[str, Any]) -> str:
+    encoded = {}
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise TypeError(f"snapshot state keys must be str, not {name!r}")
+        encode, _ = config.body_serializer.attribute_converters(cls, name)
+        encoded[name] = encode(value) if encode is not None and value is not None else value
+    return _json_encode(encoded)
+
+
+def _decode_state(cls: type, text: str) -> dict[str, Any]:
+    state = _parse_body(text)
+    if type(state) is not dict:
+        raise ValueError("a snapshot's state is not a JSON object")
+    for name, value in state.items():
+        _, decode = config.body_serializer.attribute_converters(cls, name)
+        if decode is not None and value is not None:
+            state[name] = decode(value)
+    return state
+
+
+class Repository:
+    """Loads aggregates from an event store and saves their changes with optimistic concurrency;
+    ``update`` runs a command on an aggregate, retrying it when another writer got in between."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    def load(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID) -> _A:
+        """Replay one aggregate's events into a new instance of ``aggregate_class`` (from its latest
+        snapshot on, when the class keeps snapshots and a usable one exists)."""
+        if aggregate_class.snapshot_every:
+            aggregate = self._load_from_snapshot(aggregate_class, aggregate_id)
+            if aggregate is not None:
+                return aggregate
+        events = self.store.get_events_for_aggregate_id(aggregate_id)
+        if events and isinstance(events[-1], AggregateErased):
+            raise AggregateErasedError(f"aggregate {str(aggregate_id)!r} was erased ({events[-1].created_at})")
+        return aggregate_class(aggregate_id, events)
+
+    def _load_from_snapshot(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID) -> _A | None:
+        """The aggregate from its snapshot and the events after it; None when there is no usable snapshot."""
+        kind = _aggregate_type(aggregate_class)
+        snapshot = next((s for s in self.store.snapshots(aggregate_id) if s.aggregate_type == kind), None)
+        if snapshot is None or snapshot.snapshot_version != aggregate_class.snapshot_version:
+            return None
+        events = self.store.get_events_for_aggregate_id(aggregate_id, from_version=snapshot.version)
+        if not events or events[0].version != snapshot.version or events[0].uuid != snapshot.last_event_uuid:
+            return None  # the history the snapshot was taken of is not there any more
+        if isinstance(events[-1], AggregateErased):
+            return None
+        try:
+            aggregate = aggregate_class(aggregate_id)
+            aggregate.restore_snapshot(_decode_state(aggregate_class, snapshot.state))
+        except Exception as exc:
+            config.logger.warning("snapshot of %s %r at version %d cannot be used (%r); replaying its events",
+                                  kind, str(aggregate_id), snapshot.version, exc)
+            return None
+        aggregate.version = snapshot.version
+        for event in events[1:]:
+            aggregate._mutate(event)
+        return aggregate
+
+    def _save_snapshot(self, aggregate: Aggregate, last_event_uuid: str) -> None:
+        """Keep a snapshot of ``aggregate`` if its state survives encoding exactly; a cache, so a failure
+        is logged, never raised."""
+        cls = type(aggregate)
+        kind = _aggregate_type(cls)
+        try:
+            state = aggregate.snapshot_state()
+            text = _encode_state(cls, state)
+            if _decode_state(cls, text) != state:
+                raise ValueError("its state does not survive encoding unchanged (annotate the attributes, "
+                                 "or override snapshot_state and restore_snapshot)")
+            with self.store.transaction():  # a savepoint inside a caller's transaction: a failure leaves it usable
+                self.store.save_snapshot(Snapshot(aggregate.id, kind, aggregate.version, cls.snapshot_version,
+                                                  last_event_uuid, text, _dt.datetime.now(_dt.timezone.utc)))
+        except Exception as exc:
+            config.logger.warning("no snapshot of %s %r at version %d: %s", kind, aggregate.id, aggregate.version, exc)
+
+    def save(self, *aggregates: Aggregate) -> list[Event]:
+        """Sink each aggregate's changes with ``expected_version = version - len(changes)``; return them stored.
+
+        Several aggregates are saved in one transaction: a concurrent write to
+        any of them since its load raises ConcurrencyError naming it, and then
+        nothing at all is written and no aggregate's changes are cleared.
+        """
+        if not aggregates:
+            raise TypeError("save() needs at least one aggregate")
+        pending = [a for a in aggregates if a.changes]
+        if not pending:
+            return []
+        if len(pending) == 1:
+            (aggregate,) = pending
+            stored = self.store.sink(aggregate.changes, expected_version=aggregate.version - len(aggregate.changes))
+        else:
+            stored = []
+            with self.store.transaction():
+                for aggregate in pending:
+                    changes = aggregate.changes
+                    stored += self.store.sink(changes, expected_version=aggregate.version - len(changes))
+        for aggregate in pending:
+            every = type(aggregate).snapshot_every
+            if every and aggregate.version // every > (aggregate.version - len(aggregate.changes)) // every:
+                self._save_snapshot(aggregate, aggregate.changes[-1].uuid)
+            aggregate.clear_changes()
+        return stored
+
+    def update(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID,
+               command: Callable[[_A], object], *, attempts: int = 5,
+               backoff: float = 0.01) -> list[Event]:
+        """Load the aggregate, run ``command(aggregate)``, save it, and start over on a conflict;
+        returns what ``save`` returns (the stored events: the last one's id feeds ``wait_for``).
+
+        ``repo.update(Order, "o-1", lambda order: order.ship("Paris"))``. When another writer
+        stored an event on the aggregate between the load and the save (a second request, or a
+        reactor emitting onto this aggregate's stream), the save raises ConcurrencyError and
+        nothing is written; then the aggregate is loaded afresh and ``command`` runs again on what
+        is now there, up to ``attempts`` times in all, sleeping a random time of up to
+        ``backoff * attempt`` seconds between attempts. After the last attempt the
+        ConcurrencyError is raised. Any other error, the command's own or the store's, is raised
+        at once and never retried; so is a DuplicateEventError (an event uuid stored already:
+        running the command again would not help).
+
+        ``command`` may run several times, so it must only decide on the aggregate (apply
+        events): no effects outside it. Loading uses the aggregate's snapshots like ``load``, and
+        the save takes snapshots like ``save``.
+        """
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"attempts must be a whole number of at least 1, not {attempts!r}")
+        if (isinstance(backoff, bool) or not isinstance(backoff, (int, float))
+                or not 0 <= backoff < math.inf):
+            raise ValueError(f"backoff must be a number of seconds >= 0, not {backoff!r}")
+        for attempt in range(1, attempts + 1):
+            aggregate = self.load(aggregate_class, aggregate_id)
+            command(aggregate)
+            try:
+                return self.save(aggregate)
+            except DuplicateEventError:
+                raise
+            except ConcurrencyError:
+                if attempt == attempts:
+                    raise
+                # random: writers that collided do not collide again in step
+                time.sleep(random.uniform(0, backoff * attempt))
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+# ---------------------------------------------------------------------------
 # Event stores: the contract. MemoryEventStore and SQLiteEventStore below
 # keep it, and so does eventsourcery_pg.PostgresEventStore.
 # ---------------------------------------------------------------------------
@@ -1042,6 +1326,2063 @@ def _check_skip(record: TrackerRecord, event_id: int) -> None:
         raise ValueError(f"cannot skip event {event_id} of processor {record.name!r}: its position is {position}, "
                          f"so the next event it processes is {position + 1}; only that next event can be "
                          f"skipped (the position moves by one event); nothing changed")
+
+
+# ---------------------------------------------------------------------------
+# Event processing: processors (projectors, reactors) handle events in
+# batches and keep their position in a tracker; error handlers decide what
+# happens when a handler fails.
+# ---------------------------------------------------------------------------
+
+def _failing_event_id(error: BaseException) -> int | None:
+    """The id of the event a processor is stuck at after ``error``: the one whose handler failed, or a
+    damaged one its reader met; None for other errors."""
+    if isinstance(error, EventProcessingError):
+        return error.event.id
+    if isinstance(error, CorruptEventError):
+        return error.event_id
+    return None
+
+
+def _not_running(tracker: Tracker, name: str) -> str | None:
+    """Why no instance runs processor ``name``, as ``tracker`` records it; None when one does, or
+    may (a tracker that keeps no owners, a standby about to take over, an owner on another host)."""
+    if not tracker.keeps_owners:
+        return None
+    try:
+        record = tracker.record(name)
+    except Exception:  # noqa: BLE001 - only a warning hangs on it; the wait reads on
+        return None
+    if record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS:
+        return None
+    if record.state != "running":
+        return "no instance runs it (it never ran here)" if record.owner is None else (
+            f"no instance runs it (the last one, {record.owner}, stopped)")
+    pid, _, host = (record.owner or "").partition("@")
+    # (posix only: on Windows, os.kill(pid, 0) would send CTRL_C_EVENT)
+    if os.name == "posix" and host == _instance_name().partition("@")[2] and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return f"no instance runs it (its owner {record.owner} is gone)"
+        except OSError:  # alive, someone else's (PermissionError), or not to be told
+            pass
+    return None
+
+
+class EventStreamProcessor:
+    """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
+
+    ``EventStreamProcessor(tracker=None)`` keeps its position in ``tracker``
+    (in memory when None). ``subscribe_to(store, stop)`` takes the store's
+    lock of its name (UnableToLockProcessorError if another live instance
+    holds it), takes ownership of the name in the tracker (a new generation),
+    resumes after the last processed event and handles batches until
+    ``stop`` is set. Every position update commits only while this instance
+    still owns the name (else ProcessorFencedError, and it stops).
+
+    ``start_from`` (``"beginning"`` or ``"end"``) is where a run with no
+    recorded position starts. After ``reset()`` the position reached before
+    is the replay horizon: while events up to it are processed again,
+    ``self.replaying`` is True.
+
+    A processor stops at an event whose handler fails, or at a damaged event
+    its reader cannot decode (CorruptEventError), with every event before it
+    processed; ``es.skip_event`` moves it past that one event deliberately.
+    """
+
+    processor_name: ClassVar[str] = "event_stream_processor"
+    processes_event_types: ClassVar[tuple[str, ...] | None] = None
+    start_from: ClassVar[str] = "beginning"
+    _kind: ClassVar[str] = "processor"
+    _dispatch: ClassVar[dict[str, tuple[Callable[..., Any], ...]]] = {}
+    _catch_all: ClassVar[tuple[Callable[..., Any], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "processor_name" not in cls.__dict__:
+            cls.processor_name = _snake_case(cls.__name__)
+        if cls.start_from not in ("beginning", "end"):
+            raise ValueError(f"{cls.__qualname__}.start_from must be 'beginning' or 'end', not {cls.start_from!r}")
+        dispatch: dict[str, list[Callable[..., Any]]] = {}
+        catch_all: list[Callable[..., Any]] = []
+        for names, fn in _collect_handlers(cls):
+            if not names:
+                if catch_all:
+                    raise MultipleCatchAllHandlersDefined(
+                        f"{cls.__qualname__} declares more than one @es.on() catch-all handler")
+                catch_all.append(fn)
+            for name in names:
+                dispatch.setdefault(name, []).append(fn)
+        cls._catch_all = tuple(catch_all)
+        cls._dispatch = {name: tuple(fns) + cls._catch_all for name, fns in dispatch.items()}
+        if "processes_event_types" not in cls.__dict__:
+            cls.processes_event_types = None if catch_all or not dispatch else tuple(dispatch)
+
+    def __init__(self, tracker: Tracker | None = None) -> None:
+        self.tracker: Tracker = tracker if tracker is not None else MemoryTracker()
+        self._current_event: Event | None = None
+        self._generation: int | None = None  # this instance's ownership of its name, while it runs
+        self._horizon = 0  # the replay horizon, read when it starts and after reset()
+        self._replaying = False
+        self._stopper: Stopper | None = None  # while it runs: a long batch may stop between events
+        # While it runs: each aggregate with parked events -> its first parked event.
+        self._parked_aggregates: dict[str, int] = {}
+        self._unparking = False  # while a parked event is retried: its commit unparks it
+        self._retry_checked_at = 0.0  # when an idle instance last looked for retry requests
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.processor_name!r}>"
+
+    @property
+    def replaying(self) -> bool:
+        """True while a handler runs for an event this processor had processed before its last ``reset()``
+        (guard outside effects with ``if not self.replaying``)."""
+        return self._replaying
+
+    def _handles(self, event: Event) -> bool:
+        return bool(self._dispatch.get(event.type, self._catch_all))
+
+    def process(self, event: Event) -> None:
+        """Run this processor's handlers for one event; a handler's error is raised as EventProcessingError."""
+        handlers = self._dispatch.get(event.type, self._catch_all)
+        if not handlers:
+            return
+        if self._parked_aggregates and not self._unparking:
+            first = self._parked_aggregates.get(event.aggregate_id)
+            if first is not None:  # its aggregate waits behind a parked event: so does it
+                if self.tracker.park(self.processor_name, event, None, 0, self._generation,
+                                     behind=first):
+                    return
+                del self._parked_aggregates[event.aggregate_id]  # none left (dropped): handle it
+        self._current_event = event
+        self._replaying = (event.id or 0) <= self._horizon
+        try:
+            for handler in handlers:
+                handler(self, event)
+        except Exception as exc:
+            raise EventProcessingError(event, self, exc) from exc
+        finally:
+            self._current_event = None
+            self._replaying = False
+
+    def _commit(self, event_id: int) -> None:
+        """Record the position, fenced by this instance's generation (inside the caller's
+        transaction); while a parked event is retried, unpark it instead (the position is past
+        it already)."""
+        if self._unparking:
+            self.tracker.unpark(self.processor_name, event_id, self._generation)
+            return
+        self.tracker.commit_position(self.processor_name, event_id, self._generation)
+
+    def process_batch(self, events: list[Event]) -> None:
+        """Process a batch and record the position. The base class records it after the batch, or up to
+        the last event processed when a handler fails (at-least-once for effects outside the tracker)."""
+        done: Event | None = None
+        try:
+            for event in events:
+                self.process(event)
+                done = event
+        finally:
+            if done is not None:
+                self._commit(done.id)  # type: ignore[arg-type]
+
+    def _advance(self, event_id: int) -> None:
+        """Move the position to ``event_id`` over events this processor does not handle."""
+        self._commit(event_id)
+
+    def setup(self) -> None:
+        """Prepare for processing (create tables, tracker row); keeps an existing position."""
+        self.tracker.setup(self.processor_name)
+
+    def reset(self) -> None:
+        """Forget the position, so the next run processes every event again (a replay, up to the position
+        it had reached; with ``start_from = "end"`` the next run starts after the latest event instead)."""
+        self.tracker.reset(self.processor_name)
+        self._horizon = self.tracker.record(self.processor_name).horizon
+
+    @property
+    def last_processed_event_id(self) -> int:
+        """The id of the last event this processor has processed (0 if none)."""
+        return self.tracker.last_processed_event_id(self.processor_name)
+
+    def wait_for(self, event_id: int, timeout: float | None = None) -> bool:
+        """Wait until this processor's position, as its tracker keeps it (whichever process runs it), has
+        reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit) have
+        passed.
+
+        False means the processor had not processed the event yet when the time was up: it is
+        behind, or failing at an earlier event, or no instance runs it at all. In that last case
+        (the tracker records no live owner, and no standby about to take over) a wait that has to
+        wait logs a warning naming the processor, once per wait, through ``es.config.logger``.
+        """
+        event_id = check_position("event_id", event_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.002
+        check_owner_at: float | None = time.monotonic()  # now, then once a second until it warned
+        while self.last_processed_event_id < event_id:
+            now = time.monotonic()
+            left = None if deadline is None else deadline - now
+            if left is not None and left <= 0:
+                return False
+            if check_owner_at is not None and now >= check_owner_at:
+                check_owner_at = now + 1.0
+                why = _not_running(self.tracker, self.processor_name)
+                if why is not None:
+                    check_owner_at = None
+                    config.logger.warning("[%s] wait_for(%d): %s, so the wait will run out "
+                                          "unless an instance starts", self.processor_name,
+                                          event_id, why)
+            time.sleep(interval if left is None else min(interval, left))
+            interval = min(interval * 2, 0.05)
+        return True
+
+    async def wait_for_async(self, event_id: int, timeout: float | None = None) -> bool:
+        """``wait_for`` as a coroutine: the position is read on a worker thread (the loop's
+        default executor) and the pauses between reads are the loop's, so the loop is never
+        blocked; cancelling the awaiting task ends the wait."""
+        import asyncio
+
+        event_id = check_position("event_id", event_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.002
+        while await asyncio.to_thread(lambda: self.last_processed_event_id) < event_id:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.sleep(interval if left is None else min(interval, left))
+            interval = min(interval * 2, 0.05)
+        return True
+
+    def subscribe_to(self, store: EventStore, stop: StopSignal = None) -> None:
+        """Lock this processor name, set up, take ownership, then process batches from the last position
+        until ``stop``. A handler's error is raised (after the events before it have committed)."""
+        self._run(store, Stopper(stop), None)
+
+    def _location(self, store: EventStore) -> str | None:
+        """Where this processor's position lives when that is not in ``store`` (to register it there)."""
+        tracker = self.tracker
+        if not isinstance(tracker, DatabaseTracker) or tracker.database is store.database:
+            return None
+        location = tracker.database.location
+        if store.database is not None and location == store.database.location:
+            return None  # the store's own tracker table, opened through another Database object
+        return location
+
+    def _run(self, store: EventStore, stopper: Stopper, handler: ErrorHandler | None) -> None:
+        """Take the name (the store's lock, setup, a new generation), then follow the stream until
+        ``stopper``. The one retry loop: after an error, ``handler`` (None: raise it) reports it and
+        says how long to wait before trying again, holding the name while it has it (a failing
+        processor is ``failing``, not stopped), or whether to raise it. An instance that finds the
+        name taken waits as a standby; one that has lost it (ProcessorFencedError) raises."""
+        log = config.logger
+        name = self.processor_name
+        held = contextlib.ExitStack()  # the store's lock of the name, and this instance's ownership
+        stuck_at: int | None = None  # the event the last failure stopped at
+        standby_logged = False
+        with held:
+            while True:
+                try:
+                    if self._generation is None:
+                        held.enter_context(store.lock(name))  # one instance per name and store
+                        held.callback(self._release)
+                        self._take(store, stopper)
+                        standby_logged = False
+                    else:  # another instance may have taken over meanwhile: nothing to commit
+                        self.tracker.check_owner(name, self._generation)
+                    self._follow(store, stopper, stuck_at)
+                    return
+                except ProcessorFencedError as exc:
+                    if handler is not None:
+                        log.error("[%s] %s; stopping", name, exc)
+                    raise
+                except Exception as exc:
+                    if handler is None:
+                        raise
+                    if self._generation is None:
+                        held.close()  # it did not take the name: let go of the lock while it waits
+                    if isinstance(exc, UnableToLockProcessorError):
+                        interval = handler.retry_interval(exc)
+                        if interval is None:
+                            handler.handle(exc, name, store=store)
+                            raise
+                        self._standby(exc, interval, first=not standby_logged)
+                        standby_logged = True
+                    else:
+                        stuck_at = _failing_event_id(exc)
+                        if self._generation is not None:
+                            self._report_failure(exc)
+                        standby_logged = False
+                        interval = handler.handle(exc, name, store=store)
+                        if interval is None:
+                            raise
+                        if self._park_if_due(handler, exc):
+                            stuck_at = None
+                            continue  # past it at once
+                    (handler.sleep or stopper.sleep)(interval)
+                    if stopper.is_set():
+                        return
+
+    def _take(self, store: EventStore, stopper: Stopper) -> None:
+        """Set up and take ownership of the name (a new generation), holding the store's lock."""
+        self._stopper = stopper
+        self.setup()
+        location = self._location(store)
+        if location is not None:  # so that processor_statuses(store) lists it
+            with contextlib.suppress(Error):
+                store.tracker().register(self.processor_name, self._kind, location)
+        self._generation = self.tracker.acquire(self.processor_name, _instance_name(), self._kind)
+
+    def _release(self) -> None:
+        """Give the name up (the store's lock is released next): it is stopped."""
+        generation, self._generation = self._generation, None
+        self._stopper = None  # (a stop callable need not pickle: the processor must, once stopped)
+        if generation is None:
+            return  # it never took it
+        with contextlib.suppress(Exception):
+            self.tracker.report(self.processor_name, generation, "stopped")
+        config.logger.info("[%s] stopped", self.processor_name)
+
+    def _standby(self, exc: UnableToLockProcessorError, interval: float, *, first: bool) -> None:
+        """Note in the tracker that this instance waits for another to stop (saying so the ``first``
+        time)."""
+        name = self.processor_name
+        holder = None
+        with contextlib.suppress(Exception):
+            holder = self.tracker.record(name).owner
+            self.tracker.standby(name, _instance_name())
+        if first:
+            held_by = f", held by pid {holder.replace('@', ' on host ')}" if holder else ""
+            config.logger.warning("[%s] standby: %s%s; waiting for it to stop "
+                                  "(retrying every %s s)", name, exc, held_by, interval)
+
+    def _park_if_due(self, handler: ErrorHandler, exc: BaseException) -> bool:
+        """Park the event ``exc`` failed at once it has failed ``handler.park_after`` times in a
+        row: kept with its error, and the position moved to it, in one transaction; True when it
+        did."""
+        if not isinstance(exc, EventProcessingError) or self._generation is None:
+            return False
+        attempts = handler.count_failure(self.processor_name, exc)
+        park_after = getattr(handler, "park_after", None)
+        if park_after is None or attempts < park_after:
+            return False
+        event = exc.event
+        cause = exc.__cause__ or exc
+        self.tracker.park(self.processor_name, event, f"{type(cause).__name__}: {cause}",
+                          attempts, self._generation)
+        self._parked_aggregates.setdefault(event.aggregate_id, event.id)  # type: ignore[arg-type]
+        handler.count_failure(self.processor_name, None)
+        config.logger.warning("[%s] parked event %d (aggregate %r) after %d failures; later "
+                              "events of its aggregate park behind it (es.parked_events, "
+                              "es.retry_parked, es.drop_parked)", self.processor_name, event.id,
+                              event.aggregate_id, attempts)
+        return True
+
+    def _load_parked(self) -> None:
+        """Read which aggregates have parked events (their later events park behind them)."""
+        self._parked_aggregates = {}
+        for parked in self.tracker.parked_events(self.processor_name):
+            self._parked_aggregates.setdefault(parked.aggregate_id, parked.event_id)
+
+    def _retry_due(self) -> bool:
+        """Whether a retry of parked events was asked for (looked up at most once a second)."""
+        now = time.monotonic()
+        if self._retry_checked_at < 0 or now - self._retry_checked_at < 1.0:
+            return self._retry_checked_at < 0  # (< 0: found, until _retry_parked runs)
+        self._retry_checked_at = now
+        if self.tracker.retry_requested(self.processor_name):
+            self._retry_checked_at = -1.0
+        return self._retry_checked_at < 0
+
+    def _retry_parked(self, store: EventStore) -> None:
+        """Before a batch: handle again the parked events a retry was asked for, each
+        aggregate's in id order; one that fails again stays parked (the rest of its aggregate
+        behind it)."""
+        name = self.processor_name
+        requested = set(self.tracker.retry_requested(name))
+        self._retry_checked_at = time.monotonic()
+        if requested:
+            chains: dict[str, list[int]] = {}
+            for parked in self.tracker.parked_events(name):
+                chains.setdefault(parked.aggregate_id, []).append(parked.event_id)
+            for aggregate_id, ids in chains.items():
+                if ids[0] not in requested:
+                    continue  # (the events behind the first of an aggregate are retried with it)
+                for event_id in ids:  # in order: one failing again keeps the rest behind it
+                    if self._stopper is not None and self._stopper.is_set():
+                        break
+                    if not self._retry_one(store, event_id):
+                        break
+                    config.logger.info("[%s] parked event %d (aggregate %r) handled on retry", name,
+                                       event_id, aggregate_id)
+        self._load_parked()
+
+    def _retry_one(self, store: EventStore, event_id: int) -> bool:
+        """Handle parked ``event_id`` again, unparking it with its effects; False when it failed
+        again."""
+        found = store.get_next_from(event_id, limit=1)
+        self._unparking = True
+        try:
+            if found and found[0].id == event_id:
+                self.process_batch(found)
+            else:  # gone from the store (erased): nothing to handle
+                self.tracker.unpark(self.processor_name, event_id, self._generation)
+        except EventProcessingError as exc:
+            cause = exc.__cause__ or exc
+            error = f"{type(cause).__name__}: {cause}"
+            self.tracker.unpark(self.processor_name, event_id, self._generation, error)
+            config.logger.warning("[%s] parked event %d failed again on retry, so it stays "
+                                  "parked: %s", self.processor_name, event_id, error)
+            config.on_event_processor_error(cause, self.processor_name)
+            return False
+        finally:
+            self._unparking = False
+        return True
+
+    def _report_failure(self, exc: BaseException) -> None:
+        event_id = _failing_event_id(exc)
+        cause = exc.__cause__ if isinstance(exc, EventProcessingError) and exc.__cause__ else exc
+        with contextlib.suppress(Exception):
+            self.tracker.report(self.processor_name, self._generation, "running",
+                                f"{type(cause).__name__}: {cause}", event_id)
+
+    def _follow(self, store: EventStore, stopper: Stopper, stuck_at: int | None = None) -> None:
+        """Process from the recorded position (or the start position) until ``stopper`` is set
+        (saying so if the position is past ``stuck_at``, the event the last failure stopped at).
+
+        When it stops at an event (a handler failed on it, or a read met it damaged), the events before
+        it are processed (read up to it, never past it) and the position is moved to the one before it,
+        so that it is the next event to process (the one ``skip_event`` may skip); then it raises."""
+        try:
+            self._follow_from_position(store, stopper, stuck_at)
+        except (EventProcessingError, CorruptEventError) as exc:
+            event_id = _failing_event_id(exc)
+            if event_id is not None:
+                self._process_up_to(store, event_id - 1, stopper)
+            raise
+
+    def _process_up_to(self, store: EventStore, last_id: int, stopper: Stopper) -> None:
+        """Process the events after the position up to ``last_id`` (the next one is the event it stopped
+        at), then move the position to it. When a page reaches that event damaged (through a gap in the
+        ids, or fewer events of the handled types), it is read again one event at a time, up to it."""
+        types = self.processes_event_types
+        position = self.last_processed_event_id
+        one_by_one = False
+        while position < last_id and not stopper.is_set():
+            try:
+                page = store.get_next_from(position + 1, types,
+                                           limit=1 if one_by_one else min(batch_size(), last_id - position))
+            except CorruptEventError as exc:
+                if exc.event_id != last_id + 1:
+                    raise  # another damaged event, before it
+                if one_by_one:
+                    break  # the next event of these types is the damaged one
+                one_by_one = True
+                continue
+            page = [event for event in page if (event.id or 0) <= last_id]
+            if not page:
+                break
+            self.process_batch(page)
+            position = page[-1].id or position
+        if not stopper.is_set() and self.last_processed_event_id < last_id:
+            self._advance(last_id)  # past the events it does not handle
+
+    def _follow_from_position(self, store: EventStore, stopper: Stopper,
+                              stuck_at: int | None) -> None:
+        log = config.logger
+        name = self.processor_name
+        record = self.tracker.record(name)
+        self._horizon = record.horizon
+        position = record.position
+        if stuck_at is not None and position >= stuck_at:
+            log.warning("[%s] event %d was skipped (es.skip_event moved the position past it): "
+                        "it is not processed", name, stuck_at)
+        if record.fresh and self.start_from == "end":
+            position = store.latest_event_id()
+            self._advance(position)
+        log.info("[%s] starting at event %d%s", name, position + 1,
+                 f" (replaying up to event {self._horizon})" if self._horizon > position else "")
+        self._retry_parked(store)
+        types = self.processes_event_types
+        if types is not None:
+            # Catch up reading only the handled types; past them, the position moves to the latest id
+            # read before (ids become visible in order, so nothing of these types is below it unread).
+            size = batch_size()
+            while not stopper.is_set():
+                latest = store.latest_event_id()
+                events = store.get_next_from(position + 1, types, limit=size)
+                if events:
+                    self.process_batch(events)
+                    if stopper.is_set():  # it may have stopped inside the batch
+                        return
+                    position = events[-1].id or position
+                if len(events) < size:
+                    if latest > position:
+                        self._advance(latest)
+                        position = latest
+                    break
+        # Live: every new event, so the position also moves past the ones not handled. Asked to
+        # retry parked events, it does so before its next batch (an idle one within a second).
+        while not stopper.is_set():
+            live_until = lambda: stopper.is_set() or self._retry_due()  # noqa: E731
+            for batch in store.subscribe(position + 1, stop=live_until):
+                if self._retry_due():
+                    self._retry_parked(store)
+                self.process_batch(batch)
+                position = batch[-1].id or position
+                log.info("[%s] processed up to event %d", name, batch[-1].id)
+            if not stopper.is_set():
+                self._retry_parked(store)
+
+
+_NO_SAVEPOINT = contextlib.nullcontext()
+
+
+class TableProcessor(EventStreamProcessor):
+    """A processor with tables of its own in a SQL database: the base of Projector and Reactor.
+
+    What a subclass sets (class attributes):
+
+    - ``schema``: ``CREATE TABLE IF NOT EXISTS ...`` statements (``;``-separated), run by
+      ``setup()``; ``reset()`` drops the tables they create.
+    - ``tables``: the tables ``reset()`` drops, when ``schema`` does not say (default: the tables
+      ``schema`` creates).
+    - ``batch_size``: at most this many events per batch (default: the subscription's,
+      ``es.config.subscription_batch_size``).
+
+    What its handlers use: ``self.db``, the driver's own connection (sqlite3 or psycopg) inside
+    the transaction its writes commit in, with the processor's new position;
+    ``self.placeholder``, that driver's parameter marker (``?`` or ``%s``); ``self.database``,
+    the es.Database behind them.
+    """
+
+    schema: ClassVar[str] = ""
+    tables: ClassVar[tuple[str, ...] | None] = None  # default: the tables schema creates
+    batch_size: int | None = None  # default: the subscription's batch
+
+    _database: Database
+
+    @property
+    def db(self) -> Any:
+        """The connection to this processor's database (the driver's own: sqlite3 or psycopg)."""
+        return self._database.connection
+
+    @property
+    def database(self) -> Database:
+        """The Database this processor's tables live in."""
+        return self._database
+
+    @property
+    def placeholder(self) -> str:
+        """The parameter marker of ``self.db``'s driver: ``?`` for SQLite, ``%s`` for Postgres."""
+        return self._database.placeholder
+
+    def _owned_tables(self) -> list[str]:
+        return list(self.tables) if self.tables is not None else self._database.table_names(self.schema)
+
+    def _batch_transaction(self, *, lazy: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """The transaction a batch's writes and its new position commit in (``lazy``: begun at its
+        first write where a transaction is the database's write lock, see Database.transaction)."""
+        return self._database.transaction(lazy=lazy)
+
+    def setup(self) -> None:
+        """Create the schema's tables (if missing) and the tracker row."""
+        with self._batch_transaction(), self._database.transaction() as conn:
+            if self.schema:
+                self._database.create_tables(conn, self.schema)
+            super().setup()
+            # recorded beside them, for the command line's reset
+            self.tracker.declare_tables(self.processor_name, self._owned_tables())
+
+    def reset(self) -> None:
+        """Drop this processor's tables and position, then set up again."""
+        with self._batch_transaction(), self._database.transaction() as conn:
+            self._database.drop_tables(conn, self._owned_tables())
+            super().reset()
+        self.setup()
+
+    def _advance(self, event_id: int) -> None:
+        with self._batch_transaction():
+            self._commit(event_id)
+
+    def close(self) -> None:
+        """Close this process's connection to the processor's database (it is opened again when needed)."""
+        self._database.close()
+
+
+class Projector(TableProcessor):
+    """Builds a read model in a database of its own: a file path, an ``sqlite3.Connection``, a
+    ``postgresql://`` URL (the Postgres backend is imported then) or a Database.
+
+    The projection's tables (``schema``) and the processor's position live in
+    that database, and each batch's writes and its new position commit in one
+    transaction: a crash at any point, even ``kill -9``, neither loses nor
+    repeats an event's effect. Handlers write with ``self.db``, using
+    ``self.placeholder`` as the parameter marker. ``options`` go to the
+    database (SQLite: ``synchronous``, default ``"NORMAL"``; Postgres: ``schema``).
+
+    A handler's work is its writes to these tables: when one fails, the
+    batch's transaction rolls back, the events before the failing one are
+    processed again in a new transaction that commits with their position,
+    and then the error is raised (so keep effects outside the database, and
+    counters in Python, out of a projector: they would run again).
+    """
+
+    _kind: ClassVar[str] = "projector"
+
+    def process_batch(self, events: list[Event]) -> None:
+        """Process events in transactions of ``batch_size``: each commits its writes and position together.
+
+        No savepoint per event (on Postgres each would cost two round trips): a failing event's batch
+        rolls back, and the events before it are processed again and committed before the error is raised.
+        """
+        size = self.batch_size or len(events)
+        for start in range(0, len(events), size):
+            chunk = events[start:start + size]
+            try:
+                with self._batch_transaction():
+                    for event in chunk:
+                        self.process(event)
+                    self._commit(chunk[-1].id)  # type: ignore[arg-type]
+            except EventProcessingError as failure:
+                failed = failure.event
+                done = chunk[:next(i for i, event in enumerate(chunk) if event is failed)]
+                if done:
+                    with self._batch_transaction():
+                        for event in done:
+                            self.process(event)
+                        self._commit(done[-1].id)  # type: ignore[arg-type]
+                raise
+
+    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection | Database, *,
+                 batch_size: int | None = None, **options: Any) -> None:
+        if isinstance(db, (str, os.PathLike)):
+            scheme = parse_store_url(db).scheme
+            if scheme == "sqlite":
+                options.setdefault("synchronous", "NORMAL")
+            elif scheme != "memory":
+                options.setdefault("application_name", f"eventsourcery {self.processor_name}")
+        elif isinstance(db, sqlite3.Connection):
+            options.setdefault("synchronous", "NORMAL")
+        self._database = open_database(db, **options)
+        super().__init__(DatabaseTracker(self._database))
+        if batch_size is not None:
+            self.batch_size = batch_size
+
+
+class Reactor(TableProcessor):
+    """Reacts to events by doing things and emitting new events (``emit_event``).
+
+    Each handled event is one unit: its handlers' writes to the reactor's
+    tables (``schema``), the events they emit (kept until the handler
+    returns) and the new position commit together, in one transaction of
+    their own, as soon as the event is done (``commit_interval`` groups
+    them). Where a transaction is the database's only write lock (SQLite),
+    that transaction begins at the handler's first write statement, so a
+    handler holds no lock while it waits on the outside world before
+    writing (other threads of its process that write through the same
+    SQLite store object do wait: they share its one writer connection).
+    With ``db=None`` (the reactor's position in the event store's own
+    database, or in an in-memory SQLite database on a memory store) a crash
+    at any point, even ``kill -9``, neither loses nor repeats a table write
+    or an emitted event. With a separate ``db`` the emitted events are sunk
+    into the store just before that database commits: at-least-once.
+
+    Effects outside the database (sending mail, calling an API) can repeat:
+    a crash after the effect and before the event's commit runs the handler
+    again on restart (at most once more per crash). Make them idempotent at
+    their target, keyed by the processed event's ``uuid``.
+
+    While replaying (``self.replaying``, after ``reset()``), ``emit_event``
+    does not sink: the events emitted the first time are in the store.
+    """
+
+    emits_events: ClassVar[Iterable[type[Event]]] = ()
+    """The Event classes ``emit_event`` accepts: any iterable (a list is fine), checked and stored as a tuple."""
+    _kind: ClassVar[str] = "reactor"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("emits_events", cls.emits_events)
+        if isinstance(declared, type) or not isinstance(declared, Iterable):
+            raise TypeError(f"{cls.__qualname__}.emits_events must be an iterable of Event classes, "
+                            f"not {declared!r}")
+        classes = tuple(declared)
+        for item in classes:
+            if not isinstance(item, type) or not issubclass(item, Event) or item is Event:
+                raise TypeError(f"{cls.__qualname__}.emits_events: {item!r} is not an Event subclass")
+        cls.emits_events = classes
+
+    def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | Database | None = None,
+                 *, batch_size: int | None = None) -> None:
+        self.store = store
+        tracker: Tracker
+        if db is None:
+            database = store.database
+            self._database = database if database is not None else SQLiteDatabase(":memory:")
+            tracker = store.tracker()
+        else:
+            self._database = open_database(db)
+            tracker = DatabaseTracker(self._database)
+        self._with_store = db is None and store.database is None  # and the memory store's
+        super().__init__(tracker)
+        self._emitted: list[Event] | None = None  # emitted by the running handler, sunk with its position
+        if batch_size is not None:
+            self.batch_size = batch_size
+
+    def _batch_transaction(self, *, lazy: bool = False) -> contextlib.AbstractContextManager[Any]:
+        if not self._with_store:
+            return self._database.transaction(lazy=lazy)
+        stack = contextlib.ExitStack()  # the memory store's transaction, and that of the reactor's tables
+        stack.enter_context(self.store.transaction())
+        try:
+            stack.enter_context(self._database.transaction(lazy=lazy))
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    #: Seconds of handler work whose events may commit together. 0 (the default): each handled
+    #: event's unit commits as soon as its handler returns, so a crash repeats at most one event's
+    #: outside effects. A reactor whose events come fast and whose effects are cheap to repeat may
+    #: group them (one commit, one fsync, for many events): a crash then repeats the outside
+    #: effects of the whole group, and on SQLite the write lock is held from the group's second
+    #: handled event on (at most ``commit_interval`` plus one event).
+    commit_interval: float = 0.0
+
+    def process_batch(self, events: list[Event]) -> None:
+        """Process a batch: each handled event's table writes, emitted events and position commit
+        together as soon as it is done (see the class and ``commit_interval``); the position moves
+        past the events it does not handle with the next commit. Stops between events once told to.
+        A failing event's writes and emissions roll back alone, after the events before it commit.
+        """
+        self.tracker.check_owner(self.processor_name, self._generation)  # before any outside effect
+        i = 0
+        while i < len(events):
+            if i and self._stopper is not None and self._stopper.is_set():
+                return  # between events: what is done is committed
+            emitted: list[Event] = []
+            last: Event | None = None  # the last event this commit covers
+            failure: EventProcessingError | None = None
+            began = 0.0
+            try:
+                with self._batch_transaction(lazy=True):
+                    while i < len(events):
+                        event = events[i]
+                        if self._handles(event):
+                            if began and time.monotonic() - began >= self.commit_interval:
+                                break
+                            began = began or time.monotonic()
+                            # a savepoint once the transaction holds writes of events before it
+                            savepoint = last is not None and self._database.has_begun()
+                            self._emitted = []
+                            try:
+                                with self._database.transaction() if savepoint else _NO_SAVEPOINT:
+                                    self.process(event)
+                            except EventProcessingError as exc:
+                                if not savepoint:
+                                    raise  # its writes roll back with the transaction (alone in it)
+                                failure = exc
+                                break
+                            finally:
+                                this, self._emitted = self._emitted or [], None
+                            emitted.extend(this)
+                        last = event
+                        i += 1
+                    if last is not None:
+                        for emission in emitted:
+                            self.store.sink(emission)
+                        self._commit(last.id)  # type: ignore[arg-type]
+            except EventProcessingError:
+                if last is not None:  # the events before it commit (they wrote nothing yet)
+                    with self._batch_transaction():
+                        for emission in emitted:
+                            self.store.sink(emission)
+                        self._commit(last.id)  # type: ignore[arg-type]
+                raise
+            if failure is not None:
+                raise failure
+
+    def emit_event(self, event: Event) -> Event:
+        """Sink ``event`` caused by the event being processed; returns it as stored (or, where emissions
+        commit with the position, as it will be stored, without ``id``; while replaying: not at all).
+
+        ``causation_id`` becomes that event's uuid and ``correlation_id`` its
+        correlation id (or its uuid when it has none); ``metadata`` is the
+        cause's, updated with the emitted event's own (its keys win).
+        """
+        if not isinstance(event, tuple(self.emits_events)) or type(event) is Event:
+            raise UndeclaredEventEmissionError(
+                f"{self.processor_name} emitted {type(event).__name__} ({event.type!r}), which is not in "
+                f"emits_events {[c.__name__ for c in self.emits_events]}")
+        cause = self._current_event
+        if cause is not None:
+            event = _with_fields(event, causation_id=cause.uuid, correlation_id=cause.correlation_id or cause.uuid,
+                                 metadata={**cause.metadata, **event.metadata})
+        if self.replaying:
+            return event
+        if self._emitted is not None:
+            self._emitted.append(event)
+            return event
+        return self.store.sink(event)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessorStatus:
+    """One processor that has run against a store: its position, how many events it is behind, whether a
+    live process holds its lock, and its ``state``: ``running``, ``failing`` (``last_error`` and
+    ``failing_event_id`` say why), ``standby`` (no instance holds it, and one is waiting to take it) or
+    ``stopped``. ``owner`` and ``standby`` are ``pid@host`` of the instance that took it last and of
+    one waiting for it; ``replay_horizon`` the position it had before its last reset."""
+
+    name: str
+    position: int
+    lag: int
+    running: bool
+    state: str = "stopped"
+    last_error: str | None = None
+    failing_event_id: int | None = None
+    owner: str | None = None
+    standby: str | None = None
+    replay_horizon: int = 0
+    kind: str | None = None
+    parked: int = 0  # how many events it has parked (see es.parked_events)
+
+
+#: How recently (seconds) a standby instance must have tried to take a name for ``state`` to say standby.
+STANDBY_FRESHNESS = 10.0
+
+
+def _located_record(record: TrackerRecord, *, read_only: bool = False) -> TrackerRecord:
+    """The record kept where a registered processor's position lives (the registration when unreachable);
+    ``read_only``: the database there is opened read-only."""
+    if not record.location:
+        return record
+    database: Database | None = None
+    try:
+        database = open_database(record.location, read_only=read_only)
+        found = DatabaseTracker(database).record(record.name)
+    except Exception:  # a database we cannot reach now: what the registration says
+        return record
+    finally:
+        if database is not None:
+            with contextlib.suppress(Exception):
+                database.close()
+    return dataclasses.replace(found, kind=found.kind or record.kind, location=record.location)
+
+
+def _parked_count(tracker: Tracker, record: TrackerRecord) -> int:
+    """How many events ``record``'s processor has parked, read where its position lives (0 when that
+    cannot be read now)."""
+    if not record.location:
+        return len(tracker.parked_events(record.name))
+    database: Database | None = None
+    try:
+        database = open_database(record.location, read_only=True)
+        return len(DatabaseTracker(database).parked_events(record.name))
+    except Exception:  # noqa: BLE001 - unreachable now: its status says what the registration says
+        return 0
+    finally:
+        if database is not None:
+            with contextlib.suppress(Exception):
+                database.close()
+
+
+def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> list[ProcessorStatus]:
+    """The status of every processor that has run against ``store``: those whose position ``tracker``
+    (default: the store's) keeps, and those registered in it whose position lives in their own database.
+
+    ``lag`` counts the events after the position (a processor's position moves past the events it does
+    not handle once it has read past them); ``running`` says whether a live process holds the
+    processor's lock on this store.
+    """
+    tracker = tracker or store.tracker()
+    latest = store.latest_event_id()
+    statuses = []
+    for record in tracker.records():
+        parked = _parked_count(tracker, record)
+        record = _located_record(record, read_only=True)
+        running = store.is_running(record.name)
+        recent_standby = record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS
+        if record.last_error is not None:
+            state = "failing"
+        elif running:
+            state = "running"
+        elif recent_standby:
+            state = "standby"
+        else:
+            state = "stopped"
+        statuses.append(ProcessorStatus(
+            record.name, record.position, max(latest - record.position, 0), running, state,
+            record.last_error, record.failing_event_id, record.owner, record.standby if recent_standby else None,
+            record.horizon, record.kind, parked))
+    return statuses
+
+
+def _skip_target(store: EventStore, processor_name: str, event_id: int) -> TrackerRecord:
+    """The record of the processor a skip of ``event_id`` would move (read where its position lives);
+    ValueError when the skip would be refused (see ``skip_event``)."""
+    event_id = _skip_id(event_id)
+    records = {r.name: r for r in store.tracker().records()}
+    if processor_name not in records:
+        raise ValueError(f"cannot skip event {event_id}: unknown processor {processor_name!r} "
+                         f"(processors in this store: {', '.join(sorted(records)) or 'none'})")
+    latest = store.latest_event_id()
+    if event_id > latest:
+        raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: it is not stored "
+                         f"(the latest event is {latest}); nothing changed")
+    record = _located_record(records[processor_name])
+    _check_skip(record, event_id)
+    return record
+
+
+def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
+    """Move the processor ``processor_name`` of ``store`` past the event ``event_id`` without processing
+    it: for an event whose handler keeps failing, or a damaged one its reader cannot decode.
+
+    Only the next event the processor would process can be skipped: the
+    position must be exactly ``event_id - 1`` (as it is when the processor is
+    ``failing`` with ``failing_event_id == event_id``), and it becomes
+    ``event_id`` in one conditional write. Anything else is refused with a
+    ValueError saying where the processor is, and nothing changes: an unknown
+    name, an event not stored yet, a position before or past it (the
+    processor has moved on, or has other events to process first). So a skip
+    never makes an event run twice and never skips another one.
+
+    It works whether the processor is stopped or running, from any process
+    (the CLI: ``python -m eventsourcery STORE skip NAME EVENT_ID``): the
+    processor's own position updates are fenced by its generation, not by
+    the position, so a running instance that keeps failing on the event picks
+    the new position up at its next retry and goes on with the next event
+    (logging that the event was skipped). Its failure is cleared. A handler
+    that happens to succeed on a retry at the very moment of the skip may
+    have processed the event after all; nothing else can. A projector whose
+    position lives in its own database is found through its registration in
+    the store.
+    """
+    record = _skip_target(store, processor_name, event_id)
+    if record.location:  # a projector whose position lives in its own database
+        database = open_database(record.location)
+        try:
+            DatabaseTracker(database).skip_event(processor_name, event_id)
+        finally:
+            database.close()
+    else:
+        with store.transaction():
+            store.tracker().skip_event(processor_name, event_id)
+    config.logger.warning("[%s] skipped event %d: position %d -> %d; that event will not be processed",
+                          processor_name, event_id, event_id - 1, event_id)
+
+
+@contextlib.contextmanager
+def _parking_tracker(store: EventStore, processor_name: str, *,
+                     read_only: bool = False) -> Iterator[Tracker]:
+    """The tracker that keeps ``processor_name``'s parked events: the store's, or (for a processor
+    registered in the store with its position in its own database) one on that database."""
+    check_text("processor name", processor_name)
+    records = {r.name: r for r in store.tracker().records()}
+    if processor_name not in records:
+        raise ValueError(f"unknown processor {processor_name!r} (processors in this store: "
+                         f"{', '.join(sorted(records)) or 'none'})")
+    location = records[processor_name].location
+    if not location:
+        yield store.tracker()
+        return
+    database = open_database(location, read_only=read_only)
+    try:
+        yield DatabaseTracker(database)
+    finally:
+        database.close()
+
+
+def _parked_id(event_id: object) -> int:
+    """``event_id`` checked as the id of a parked event (TypeError unless an int, ValueError
+    below 1)."""
+    if check_position("event_id", event_id) != event_id or event_id < 1:
+        raise ValueError(f"no parked event {event_id!r}: event ids start at 1")
+    return event_id
+
+
+def parked_events(store: EventStore, processor_name: str) -> list[ParkedEvent]:
+    """The events processor ``processor_name`` of ``store`` has parked, by id (see ``ParkedEvent``).
+
+    A retry handler with ``park_after=N`` parks an event once its handler has failed N times in
+    a row: it is kept in the processor's tracker with its error, the position moves past it in
+    the same transaction, and the processor goes on. Later events of the same aggregate park
+    behind it, unhandled, so each aggregate's events are still handled in order; other
+    aggregates' events are not held up. A parked event counts as passed for ``wait_for`` and
+    ``lag``. ValueError for a name that has not run against the store; a projector whose
+    position lives in its own database is found through its registration in the store.
+    """
+    with _parking_tracker(store, processor_name, read_only=True) as tracker:
+        return tracker.parked_events(processor_name)
+
+
+def retry_parked(store: EventStore, processor_name: str, event_id: int | None = None) -> list[int]:
+    """Ask processor ``processor_name`` (the instance running now, or the next to run) to handle
+    its parked events again, before its next batch (an idle one within about a second): all of
+    them, or parked ``event_id`` with the events parked behind it. Each aggregate's are handled in
+    id order; one that fails again stays parked (its ``attempts`` counted, its new error kept),
+    with the rest of its aggregate behind it. Returns the ids asked for. ValueError (nothing
+    changed) for an event that is not parked, or that waits behind another (retry that one)."""
+    if event_id is not None:
+        event_id = _parked_id(event_id)
+    with _parking_tracker(store, processor_name) as tracker:
+        ids = tracker.request_retry(processor_name, event_id)
+    config.logger.warning("[%s] asked to retry parked events %s", processor_name,
+                          ", ".join(map(str, ids)) or "(none parked)")
+    return ids
+
+
+def drop_parked(store: EventStore, processor_name: str, event_id: int) -> None:
+    """Give up on parked event ``event_id`` of processor ``processor_name``: it is removed from the
+    parked events for good (never handled), and the events parked behind it are retried (as
+    ``retry_parked`` does). ValueError (nothing changed) when it is not parked."""
+    event_id = _parked_id(event_id)
+    with _parking_tracker(store, processor_name) as tracker:
+        tracker.drop_parked(processor_name, event_id)
+    config.logger.warning("[%s] dropped parked event %d: it will not be handled", processor_name,
+                          event_id)
+
+
+def _skip_command(store: str, processor_name: str, event_id: int) -> str:
+    """The command line that moves ``processor_name`` past ``event_id`` (see ``skip_event``)."""
+    return f"python -m eventsourcery {store} skip {shlex.quote(processor_name)} {event_id}"
+
+
+class ErrorHandler:
+    """Decides what a processor does after an error: retry after an interval, or stop.
+
+    Every error is reported (unwrapped from EventProcessingError) to the
+    logger and to ``config.on_event_processor_error``, except
+    UnableToLockProcessorError: a second instance waiting for the first to
+    stop is only logged as a warning. ``sleep`` is injectable, so tests need
+    not wait.
+    """
+
+    #: Park an event once it has failed this many times in a row (None: never; see
+    #: ``es.parked_events``).
+    park_after: int | None = None
+
+    def __init__(self, *, sleep: Callable[[float], None] | None = None) -> None:
+        self.sleep = sleep
+
+    def count_failure(self, processor_name: str, error: EventProcessingError | None) -> int:
+        """Count ``error`` for ``processor_name``: how many times in a row its event has failed now
+        (None forgets the count)."""
+        counts: dict[str, tuple[str | None, int]] = self.__dict__.setdefault("_failure_counts", {})
+        if error is None:
+            counts.pop(processor_name, None)
+            return 0
+        last, count = counts.get(processor_name, (None, 0))
+        count = count + 1 if last == error.event.uuid else 1
+        counts[processor_name] = (error.event.uuid, count)
+        return count
+
+    def retry_interval(self, error: BaseException) -> float | None:
+        """Seconds to wait before retrying after ``error``; None to stop."""
+        raise NotImplementedError
+
+    def handle(self, error: BaseException, processor_name: str, *,
+               store: EventStore | None = None) -> float | None:
+        """Report ``error`` and return the retry interval (None: stop). When the processor is stuck
+        at an event, the log line says how to skip it, naming ``store`` by its location if it has
+        one (its own description of where it lives)."""
+        cause = error.__cause__ if isinstance(error, EventProcessingError) and error.__cause__ else error
+        if isinstance(error, UnableToLockProcessorError):  # a standby instance: nothing has failed
+            config.logger.warning("[%s] %s; waiting for it to stop", processor_name, error)
+        else:
+            event_id = _failing_event_id(error)
+            database = store.database if store is not None else None
+            location = database.location if database is not None else None
+            hint = "" if event_id is None else (
+                f"; to move it past event {event_id} without processing it: "
+                f"{_skip_command(shlex.quote(location) if location else 'STORE', processor_name, event_id)} "
+                "(or es.skip_event)")
+            config.logger.error("[%s] processor failed: %s%s", processor_name, error, hint, exc_info=cause)
+            config.on_event_processor_error(cause, processor_name)
+        interval = self.retry_interval(error)
+        if interval is not None:
+            config.logger.info("[%s] retrying in %s s", processor_name, interval)
+        return interval
+
+
+class NoRetry(ErrorHandler):
+    """Stop the processor at its first error (under ESPRunner its process exits with status 3,
+    and the runner does not start it again)."""
+
+    def retry_interval(self, error: BaseException) -> float | None:
+        return None
+
+
+def _check_park_after(park_after: object) -> int | None:
+    if park_after is not None and (not isinstance(park_after, int) or isinstance(park_after, bool)
+                                   or park_after < 1):
+        raise ValueError(f"park_after must be None or an int >= 1 (the failures of one event "
+                         f"after which it is parked), not {park_after!r}")
+    return park_after
+
+
+class ConstantRetry(ErrorHandler):
+    """Retry forever, ``interval`` seconds after every error (the default); with ``park_after``, an
+    event that has failed that many times in a row is parked instead (see ``es.parked_events``)."""
+
+    def __init__(self, interval: float = 1.0, park_after: int | None = None, *,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        super().__init__(sleep=sleep)
+        self.interval = interval
+        self.park_after = _check_park_after(park_after)
+
+    def retry_interval(self, error: BaseException) -> float | None:
+        return self.interval
+
+
+class ExponentialBackoffRetry(ErrorHandler):
+    """Retry after ``initial`` seconds, doubling up to ``maximum`` while the same event keeps failing.
+
+    An error on another event, or an error that is not an
+    EventProcessingError, starts again at ``initial``. With ``park_after``, an
+    event that has failed that many times in a row is parked instead (see
+    ``es.parked_events``).
+    """
+
+    def __init__(self, initial: float = 1.0, maximum: float = 64.0,
+                 park_after: int | None = None, *,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        super().__init__(sleep=sleep)
+        self.park_after = _check_park_after(park_after)
+        self.initial = initial
+        self.maximum = maximum
+        self._interval = initial
+        self._last_uuid: str | None = None
+
+    def retry_interval(self, error: BaseException) -> float | None:
+        event_uuid = error.event.uuid if isinstance(error, EventProcessingError) else None
+        if event_uuid is not None and event_uuid == self._last_uuid:
+            self._interval = min(self._interval * 2, self.maximum)
+        else:
+            self._interval = self.initial
+        self._last_uuid = event_uuid
+        return self._interval
+
+
+def _make_error_handler() -> ErrorHandler:
+    factory = config.error_handler or ConstantRetry
+    return factory if isinstance(factory, ErrorHandler) else factory()
+
+
+def run_processor(processor: EventStreamProcessor, store: EventStore, *, stop: StopSignal = None,
+                  error_handler: ErrorHandler | None = None) -> None:
+    """Run ``processor`` against ``store`` until ``stop`` is set, letting the error handler retry or stop
+    after errors; raises the error when the handler gives up.
+
+    A failing processor keeps its lock while it retries (it is ``failing``, not stopped). An instance
+    that finds its name taken waits as a standby, logging that once with the pid and host that hold it.
+    An instance that has lost its name to another (ProcessorFencedError) logs one line and raises.
+    """
+    stopper = Stopper(stop)
+    if not stopper.is_set():
+        processor._run(stopper=stopper, store=store, handler=error_handler or _make_error_handler())
+
+
+# ---------------------------------------------------------------------------
+# The runner: one child process per processor, supervised by the parent.
+# ---------------------------------------------------------------------------
+
+def _set_process_title(title: str) -> None:
+    with contextlib.suppress(OSError):
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(title[:15])
+
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+#: A child's exit status when its processor's error handler gave up (NoRetry): the processor
+#: stopped on purpose, at an error, and the runner does not start it again. Any other non-zero
+#: status is a death.
+_EXIT_GAVE_UP = 3
+
+
+def _child_main(processor: EventStreamProcessor, store: EventStore,
+                after_fork: Callable[[EventStreamProcessor], None] | None, parent_pid: int = 0) -> None:
+    name = processor.processor_name
+    # A signal handler must not call threading.Event.set(): the signal may arrive while
+    # this thread holds that Event's lock, and the handler would deadlock. Set a flag.
+    stop_requested: list[bool] = []
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop_requested.append(True)
+
+    def stop() -> bool:
+        # A runner killed by SIGKILL sends no TERM: its children see they were re-parented, and stop.
+        return bool(stop_requested) or (parent_pid != 0 and os.getppid() != parent_pid)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent until now
+    _set_process_title(f"es:{name}")
+    running = False
+    try:
+        if after_fork is not None:
+            after_fork(processor)
+        running = True
+        run_processor(processor, store, stop=stop)
+    except ProcessorFencedError:  # run_processor has logged it, in one line
+        sys.stderr.flush()
+        os._exit(1)
+    except BaseException as exc:
+        config.logger.critical("[%s] processor stopped by %r", name, exc, exc_info=exc)
+        with contextlib.suppress(Exception):
+            config.on_event_processor_critical_error(exc, name)
+        sys.stderr.flush()
+        # run_processor raises an Exception only once the error handler has given up.
+        os._exit(_EXIT_GAVE_UP if running and isinstance(exc, Exception) else 1)
+    config.logger.info("[%s] process exiting", name)
+    # Python restores the default action of handled signals while it shuts down, so the
+    # runner's TERM arriving after a Ctrl-C to the whole group would kill us mid-exit.
+    # We are stopping anyway: ignore further stop signals.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _describe_exit(status: int) -> str:
+    """A child's exit status as an operator reads it: ``exit status 1``, ``killed by SIGKILL (9)``.
+    """
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name} ({-status})"
+        return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+class _RestartBackoff:
+    """How long the runner waits before it starts a child again after it died (one per child).
+
+    After a first death it waits ``initial`` seconds; each further death of a child that ran for
+    less than ``reset_after`` seconds doubles the wait, up to ``maximum``. A child that ran for at
+    least ``reset_after`` seconds before dying starts a new series at ``initial``. ``deaths``
+    counts the deaths of the current series.
+    """
+
+    def __init__(self, initial: float, maximum: float, reset_after: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.reset_after = reset_after
+        self.delay: float | None = None  # the last wait, None before a first death
+        self.deaths = 0
+
+    def next_delay(self, ran_for: float) -> float:
+        """The wait before starting again a child that died after running ``ran_for`` seconds."""
+        if self.delay is None or ran_for >= self.reset_after:
+            self.delay, self.deaths = self.initial, 1
+        else:
+            self.delay, self.deaths = min(self.delay * 2, self.maximum), self.deaths + 1
+        return self.delay
+
+
+class ESPRunner:
+    """Runs each processor in its own process until SIGTERM/SIGINT or ``shutdown()``.
+
+    Children open their own connections (processors and stores are sent to
+    them unconnected; works with the fork and spawn start methods). On
+    shutdown each child gets SIGTERM, finishes its current batch and exits;
+    children still alive after ``max_seconds_for_processes_to_terminate``
+    get SIGKILL. A child stops by itself (within about a second, between events) once the runner
+    process is gone, even after SIGKILL. A MemoryEventStore is refused (TypeError).
+
+    With ``restart=True`` (the default) a child that dies (an uncaught error, ``kill -9``, the OOM
+    killer, an ``after_fork`` that raises, a child that lost its processor name to another instance)
+    is started again after ``restart_delay`` seconds; while it keeps dying within
+    ``restart_reset_after`` seconds of its start, the wait doubles up to ``max_restart_delay``, and
+    a child that ran longer starts the series again at ``restart_delay``. Every death is logged with
+    its exit status or signal and the wait. A child that stopped on purpose is not started again:
+    it exited with status 0 (it was sent SIGTERM or SIGINT by someone other than the runner), or its
+    error handler gave up (``NoRetry``: status 3). ``restart=False`` only reports deaths.
+    A restart never happens once shutdown was requested, also during a wait.
+
+    ``start()`` returns
+    True only if every child ended cleanly (exit status 0); ``exit_statuses`` lists every end, by
+    processor name. ``after_subprocess_termination(processor, runner, exit_status)`` is
+    called for every child that ends (before it is started again).
+    With the ``fork`` start method (the default on Linux) a child copies
+    SQLite's in-process lock state: do not write to an SQLite store from other
+    threads of this process while the runner starts children, or use
+    ``start_method="spawn"`` (the todo example does).
+    """
+
+    def __init__(self, processors: Iterable[EventStreamProcessor], store: EventStore, *,
+                 max_seconds_for_processes_to_terminate: float = 30,
+                 after_fork: Callable[[EventStreamProcessor], None] | None = None,
+                 after_subprocess_termination: Callable[[EventStreamProcessor, ESPRunner, int], None] | None = None,
+                 restart: bool = True, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
+                 restart_reset_after: float = 60.0, start_method: str | None = None) -> None:
+        if not store.shared_between_processes:
+            raise TypeError(f"ESPRunner cannot run processors against a {type(store).__name__}: each "
+                            "processor runs in a child process, which would never see the events this "
+                            "process sinks; use an SQLiteEventStore or a PostgresEventStore (or "
+                            "run_processor in a thread)")
+        if not 0 < restart_delay <= max_restart_delay:
+            raise ValueError(f"ESPRunner: restart_delay must be more than 0 and at most "
+                             f"max_restart_delay; got restart_delay={restart_delay!r}, "
+                             f"max_restart_delay={max_restart_delay!r}")
+        if not restart_reset_after > 0:
+            raise ValueError(f"ESPRunner: restart_reset_after must be more than 0 seconds; "
+                             f"got {restart_reset_after!r}")
+        self.processors = list(processors)
+        names = [p.processor_name for p in self.processors]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"processor names must be unique; repeated: {duplicates}")
+        self.store = store
+        self.max_seconds_for_processes_to_terminate = max_seconds_for_processes_to_terminate
+        self.after_fork = after_fork
+        self.after_subprocess_termination = after_subprocess_termination
+        self.restart = restart
+        self.restart_delay = restart_delay
+        self.max_restart_delay = max_restart_delay
+        self.restart_reset_after = restart_reset_after
+        self._context: Any = multiprocessing.get_context(start_method)
+        self._shutdown = threading.Event()  # set by shutdown(), from any thread
+        self._signalled = False  # set by the signal handler (which must not touch locks)
+        # By child key: the processor name (one child per processor); each has its own backoff.
+        self._children = {p.processor_name: self._new_child(p) for p in self.processors}
+        self.exit_statuses: dict[str, list[int]] = {n: [] for n in names}
+
+    def _new_child(self, processor: EventStreamProcessor) -> _Child:
+        backoff = _RestartBackoff(self.restart_delay, self.max_restart_delay,
+                                  self.restart_reset_after)
+        return _Child(processor.processor_name, processor, backoff)
+
+    def shutdown(self) -> None:
+        """Ask the runner to stop its children and return from start()."""
+        self._shutdown.set()
+
+    def shutdown_requested(self) -> bool:
+        """Whether shutdown() was called or a stop signal received."""
+        return self._signalled or self._shutdown.is_set()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = True
+
+    def start_processor(self, processor: EventStreamProcessor) -> None:
+        """Start one child process for ``processor``."""
+        name = processor.processor_name
+        child = self._children.get(name)
+        if child is None:
+            child = self._children[name] = self._new_child(processor)
+        child.processor = processor
+        self.exit_statuses.setdefault(name, [])
+        self._start_child(child)
+
+    def _start_child(self, child: _Child) -> None:
+        name = child.processor.processor_name
+        proc = self._context.Process(
+            target=_child_main, args=(child.processor, self.store, self.after_fork, os.getpid()),
+            name=f"eventsourcery:{name}", daemon=False)
+        # The child starts with TERM and INT blocked (the mask survives fork and exec) and
+        # unblocks them once its handlers are in place, so an early TERM is a clean stop.
+        if self._context.get_start_method() != "fork":
+            # Starting multiprocessing's resource tracker unblocks TERM and INT: do it first.
+            from multiprocessing import resource_tracker
+            resource_tracker.ensure_running()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        child.process, child.started_at = proc, time.monotonic()
+        config.logger.info("ESPRunner: started %s (pid %s)", name, proc.pid)
+
+    def start(self) -> bool:
+        """Run until shutdown; return True when every child ended cleanly."""
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            self.store.close()  # never hand an open connection to a child
+            for processor in self.processors:
+                self.start_processor(processor)
+            while not self.shutdown_requested() and any(
+                    c.process is not None or c.restart_at is not None
+                    for c in self._children.values()):
+                self._reap()
+                self._restart_due()
+                time.sleep(0.05)
+        finally:
+            try:
+                self._terminate_children()  # also when starting a child failed: leave none running
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        config.logger.info("ESPRunner: processes shut down")
+        return all(code == 0 for codes in self.exit_statuses.values() for code in codes)
+
+    def _reap(self, stopping: bool = False) -> None:
+        """Record the children that ended, and schedule a restart for those that died (unless
+        ``stopping``: the runner is terminating its children)."""
+        for child in self._children.values():
+            proc = child.process
+            if proc is None or proc.exitcode is None:
+                continue
+            proc.join()
+            child.process = None
+            name, status = child.processor.processor_name, proc.exitcode
+            ran_for = time.monotonic() - child.started_at
+            self.exit_statuses.setdefault(name, []).append(status)
+            if self.after_subprocess_termination is not None:
+                try:
+                    self.after_subprocess_termination(child.processor, self, status)
+                except Exception:
+                    config.logger.exception("ESPRunner: after_subprocess_termination failed for %s", name)
+            ended = (f"ESPRunner: process {name} (pid {proc.pid}) ended after {ran_for:.1f} s, "
+                     f"{_describe_exit(status)}")
+            if stopping or self.shutdown_requested():
+                (config.logger.info if status == 0 else config.logger.error)("%s", ended)
+            elif status == 0:
+                config.logger.warning("%s: it was asked to stop (a SIGTERM or SIGINT not sent by "
+                                      "the runner): not restarting it", ended)
+            elif status == _EXIT_GAVE_UP:
+                config.logger.error("%s: its error handler gave up: not restarting it", ended)
+            elif not self.restart:
+                config.logger.error("%s: not restarting it (restart=False)", ended)
+            else:
+                delay = child.backoff.next_delay(ran_for)
+                child.restart_at = time.monotonic() + delay
+                config.logger.error("%s: restarting it in %s s (death %s in a row)", ended,
+                                    f"{delay:g}", child.backoff.deaths)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for child in self._children.values():
+            if child.restart_at is not None and child.restart_at <= now and not self.shutdown_requested():
+                child.restart_at = None
+                try:
+                    self._start_child(child)
+                except Exception as exc:  # fork can fail for want of memory: try again later
+                    delay = child.backoff.next_delay(0.0)
+                    child.restart_at = time.monotonic() + delay
+                    config.logger.error("ESPRunner: could not restart %s (%r): trying again in "
+                                        "%s s", child.processor.processor_name, exc, f"{delay:g}")
+
+    def _terminate_children(self) -> None:
+        for child in self._children.values():
+            child.restart_at = None
+        alive = [(c.processor.processor_name, c.process) for c in self._children.values()
+                 if c.process is not None and c.process.exitcode is None]
+        if alive:
+            config.logger.info("ESPRunner: sending TERM to %s", [name for name, _ in alive])
+        for _, proc in alive:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+        deadline = time.monotonic() + self.max_seconds_for_processes_to_terminate
+        while any(proc.exitcode is None for _, proc in alive) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for name, proc in alive:
+            if proc.exitcode is None:
+                config.logger.warning("ESPRunner: sending KILL to %s", name)
+                with contextlib.suppress(OSError):
+                    proc.kill()
+        for _, proc in alive:
+            proc.join()
+        self._reap(stopping=True)
+
+    # Started from an asyncio application (an ASGI app's lifespan): start_in_background(), stop().
+    _background: threading.Thread | None = None
+    _outcome: concurrent.futures.Future[bool] | None = None
+
+    def start_in_background(self) -> None:
+        """Run ``start()`` on a thread of the runner's own and return at once: that thread starts
+        the children and supervises them (restarts included) until ``stop()`` or
+        ``stop_async()``. For an ASGI app's lifespan.
+
+        Needs ``start_method="spawn"`` (or ``"forkserver"``), else ValueError: the children then
+        start from a new interpreter and copy nothing of this process, whose other threads (the
+        event loop's, an AsyncEventStore's, the server's) may hold a lock at any moment, which a
+        forked child would wait on forever. Processors and stores must then be picklable
+        (classes defined at the top level of an importable module). Give the runner a store
+        object of its own: ``start()`` closes the store's idle connections first.
+        """
+        method = self._context.get_start_method()
+        if method == "fork":
+            raise ValueError("start_in_background() forks no child from a process whose other "
+                             "threads may hold locks: make the runner with "
+                             "ESPRunner(..., start_method='spawn') (or 'forkserver')")
+        if self._background is not None:
+            raise RuntimeError("this ESPRunner was already started in the background")
+        outcome: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def supervise() -> None:
+            try:
+                outcome.set_result(self.start())
+            except BaseException as exc:
+                config.logger.exception("ESPRunner: the runner failed")
+                outcome.set_exception(exc)
+
+        # A daemon thread: should the application exit without stop(), the children stop by
+        # themselves (they watch their parent).
+        self._outcome = outcome
+        self._background = threading.Thread(target=supervise, name="eventsourcery-runner",
+                                            daemon=True)
+        self._background.start()
+
+    def stop(self) -> bool:
+        """Stop a runner started with ``start_in_background()``: ask its children to stop, wait
+        until they ended, and return what ``start()`` returns (True when every child ended
+        cleanly); an error that stopped the runner is raised here."""
+        thread, outcome = self._background, self._outcome
+        if thread is None or outcome is None:
+            raise RuntimeError("stop() ends a runner started with start_in_background(); "
+                               "this one was not")
+        self.shutdown()
+        thread.join()
+        return outcome.result()
+
+    async def stop_async(self) -> bool:
+        """``stop()`` as a coroutine (the wait for the children is a thread's, not the loop's)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.stop)
+
+
+@dataclasses.dataclass
+class _Child:
+    """One child process of the runner: its processor, its current process and its restarts.
+
+    The runner keeps its children by ``key``, today the processor's name; a processor run by several
+    children would have one _Child each, under keys of their own, each with its own backoff.
+    """
+
+    key: str
+    processor: EventStreamProcessor
+    backoff: _RestartBackoff
+    process: Any = None  # the running multiprocessing.Process, or None
+    started_at: float = 0.0
+    restart_at: float | None = None  # when a dead child is due to start again
+
+
+# ---------------------------------------------------------------------------
+# Testing helpers: given/when/then for aggregates, and events fed to a
+# processor. They raise AssertionError with a readable diff, so they work
+# under plain pytest and under unittest alike.
+# ---------------------------------------------------------------------------
+
+_P = TypeVar("_P", bound="EventStreamProcessor")
+
+
+def _describe_event(event: Event | type[Event], *, aggregate: bool = False) -> str:
+    """One line per event for diffs: its class (or type name) and body, and with ``aggregate`` the
+    aggregate id it goes to; never ids, uuids, versions or times."""
+    if isinstance(event, type):
+        return f"{event.__name__}(...)"
+    name = type(event).__name__ if type(event) is not Event else f"Event[{event.type}]"
+    line = f"{name}({', '.join(f'{k}={v!r}' for k, v in event.body.items())})"
+    return f"{line} on {event.aggregate_id!r}" if aggregate else line
+
+
+def _names_aggregate(expected: Event | type[Event] | None) -> bool:
+    """True for an expected event instance that names its aggregate (assert_events compares it)."""
+    return isinstance(expected, Event) and bool(expected.aggregate_id)
+
+
+def _event_matches(actual: Event, expected: Event | type[Event]) -> bool:
+    if isinstance(expected, type):
+        return isinstance(actual, expected) and actual.type == expected.type
+    if _names_aggregate(expected) and actual.aggregate_id != expected.aggregate_id:
+        return False
+    return bool(actual.type == expected.type and actual.body == expected.body)
+
+
+def assert_events(actual: Iterable[Event], expected: Iterable[Event | type[Event]], *,
+                  what: str = "events") -> None:
+    """Assert that ``actual`` are ``expected``, in order, by type and body, and by aggregate id
+    (where the event goes) when the expected event names one; ids, uuids, versions and timestamps
+    are ignored.
+
+    An expected Event class matches any event of that class, on any aggregate; an expected event
+    without an ``aggregate_id`` matches that type and body on any aggregate.
+
+    Raises AssertionError showing a diff of the two lists, one event a line (with the aggregate id
+    where the expected event names one).
+    """
+    got, want = list(actual), list(expected)
+    if len(got) == len(want) and all(_event_matches(a, e) for a, e in zip(got, want, strict=True)):
+        return
+    import difflib
+    named = [_names_aggregate(want[i] if i < len(want) else None)
+             for i in range(max(len(got), len(want)))]
+    got_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(got)]
+    want_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(want)]
+    for i, (a, e) in enumerate(zip(got, want, strict=False)):  # a class matching: show it as matched
+        if isinstance(e, type) and _event_matches(a, e):
+            want_lines[i] = got_lines[i]
+    diff = difflib.unified_diff(want_lines, got_lines, "expected", "actual", n=max(len(got), len(want)),
+                                lineterm="")
+    raise AssertionError(f"{what} differ (- expected, + actual):\n" + "\n".join(list(diff)[2:]))
+
+
+def _given_with_fields(events: Sequence[Event], aggregate_id: str | None) -> list[Event]:
+    """Copies of ``events`` with the aggregate id filled in where missing (and ids and versions, per aggregate)."""
+    versions: dict[str, int] = {}
+    result = []
+    for position, event in enumerate(events, 1):
+        if not isinstance(event, Event):
+            raise TypeError(f"given events must be Event instances, not {event!r}")
+        target = event.aggregate_id or aggregate_id or ""
+        versions[target] = versions.get(target, 0) + 1
+        result.append(_with_fields(event, aggregate_id=target, id=event.id or position,
+                                   version=event.version or versions[target]))
+    return result
+
+
+class AggregateScenario(typing.Generic[_A]):
+    """An aggregate built from given events; ``when(command)`` runs a command, ``then``/``then_raises`` check it.
+
+    ``aggregate`` is the instance (inspect its state); ``error`` is what the
+    command raised (None if it did not); ``result`` is what it returned.
+    """
+
+    def __init__(self, aggregate_class: type[_A], events: Sequence[Event], id: str) -> None:
+        self.given = _given_with_fields(events, id)
+        self.aggregate: _A = aggregate_class(id, self.given)
+        self.error: Exception | None = None
+        self.result: Any = None
+        self._ran = False
+
+    def when(self, command: Callable[[_A], Any]) -> AggregateScenario[_A]:
+        """Run ``command(aggregate)``, e.g. ``lambda order: order.ship("Paris")``; an error is kept for then_raises."""
+        self._ran = True
+        try:
+            self.result = command(self.aggregate)
+        except Exception as exc:
+            self.error = exc
+        return self
+
+    @property
+    def new_events(self) -> list[Event]:
+        """The events the command applied (the aggregate's unsaved changes)."""
+        return list(self.aggregate.changes)
+
+    def then(self, *expected: Event | type[Event]) -> list[Event]:
+        """Assert that the command succeeded and applied exactly these events (by type and body,
+        and by aggregate id where an expected event names one: see ``assert_events``); returns
+        them.
+
+        ``then()`` with no events asserts that the command applied none.
+        """
+        if self.error is not None:
+            raise AssertionError(f"expected {len(expected)} new event(s), but the command raised "
+                                 f"{type(self.error).__name__}: {self.error}") from self.error
+        assert_events(self.new_events, expected, what="new events")
+        return self.new_events
+
+    def then_raises(self, exc_type: type[BaseException] | tuple[type[BaseException], ...] = Exception, *,
+                    match: str | None = None) -> Exception:
+        """Assert that the command raised ``exc_type`` (its message searched with the regex ``match``); return it."""
+        error = self.error
+        if error is None:
+            ran = "the command" if self._ran else "no command (call .when(...) first)"
+            names = exc_type.__name__ if isinstance(exc_type, type) else " or ".join(t.__name__ for t in exc_type)
+            raise AssertionError(f"expected {names}, but {ran} raised nothing; new events: "
+                                 f"{[_describe_event(e) for e in self.new_events]}")
+        if not isinstance(error, exc_type):
+            raise AssertionError(f"expected {exc_type!r}, but the command raised "
+                                 f"{type(error).__name__}: {error}") from error
+        if match is not None and not re.search(match, str(error)):
+            raise AssertionError(f"{type(error).__name__} raised, but its message {str(error)!r} does not "
+                                 f"match {match!r}") from error
+        return error
+
+
+def given(aggregate_class: type[_A], *events: Event, id: str = "test-aggregate") -> AggregateScenario[_A]:
+    """Start a test: an ``aggregate_class`` with this ``id`` rebuilt from ``events`` (missing ids, aggregate ids
+    and versions are filled in). ``es.given(Order, OrderPlaced(total=5)).when(lambda o: o.ship()).then(...)``.
+    """
+    return AggregateScenario(aggregate_class, events, id)
+
+
+class ProcessorScenario(typing.Generic[_P]):
+    """A processor after it was fed the given events: look at its tables and at what it emitted.
+
+    ``store`` holds the given events (as ``given``, stored) and, for a
+    reactor, what it emitted (``emitted``).
+    """
+
+    def __init__(self, processor: _P, store: EventStore, given: list[Event], emitted: list[Event]) -> None:
+        self.processor = processor
+        self.store = store
+        self.given = given
+        self.emitted = emitted
+
+    @property
+    def db(self) -> Any:
+        """The processor's database connection (``processor.db``)."""
+        if not isinstance(self.processor, TableProcessor):
+            raise TypeError(f"{self.processor!r} has no database: only projectors and reactors do")
+        return self.processor.db
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """The rows of a query on the processor's database, as a list of tuples (use ``processor.placeholder``)."""
+        return [tuple(row) for row in self.db.execute(sql, params).fetchall()]
+
+    def then_emitted(self, *expected: Event | type[Event]) -> list[Event]:
+        """Assert that the processor emitted exactly these events (by type and body, and onto the
+        aggregate an expected event names: ``ThingDone(aggregate_id="t-1", ...)`` fails for an
+        emission onto another one; see ``assert_events``); returns them as stored."""
+        assert_events(self.emitted, expected, what="emitted events")
+        return self.emitted
+
+
+class GivenEvents:
+    """Events to feed to processors with ``feed(processor)``; see :func:`given_events`."""
+
+    def __init__(self, events: Sequence[Event], aggregate_id: str) -> None:
+        for event in events:
+            if not isinstance(event, Event):
+                raise TypeError(f"given events must be Event instances, not {event!r}")
+        self.events = tuple(events)
+        self.aggregate_id = aggregate_id
+
+    def feed(self, processor: _P) -> ProcessorScenario[_P]:
+        """Store the events, set the processor up and let it process them in one batch.
+
+        A reactor's events go into its own store (a MemoryEventStore is the
+        usual choice), and what it emits while processing them is returned
+        as ``emitted``; any other processor gets them through a new
+        MemoryEventStore (a Projector given ``":memory:"`` needs nothing else).
+        """
+        store: EventStore = processor.store if isinstance(processor, Reactor) else MemoryEventStore()
+        stored: list[Event] = []
+        for event in self.events:
+            target = event.aggregate_id or self.aggregate_id
+            stored += store.sink(_with_fields(event, aggregate_id=target))
+        processor.setup()
+        last = max((e.id or 0 for e in stored), default=store.latest_event_id())
+        if stored:
+            processor.process_batch(stored)
+        emitted: list[Event] = []
+        while page := store.get_next_from(last + 1):
+            emitted += page
+            last = page[-1].id or last
+        return ProcessorScenario(processor, store, stored, emitted)
+
+
+def given_events(*events: Event, aggregate_id: str = "test-aggregate") -> GivenEvents:
+    """Events for a processor test: ``es.given_events(TodoAdded(title="x")).feed(projector)``.
+
+    Events without an aggregate id get ``aggregate_id``; ids, versions and
+    timestamps are assigned by the store they are sunk into.
+    """
+    return GivenEvents(events, aggregate_id)
+
+
+# ---------------------------------------------------------------------------
+# Asyncio: stores, the repository and subscriptions awaited from an event
+# loop. Each call runs the wrapped store's own method (or Repository's) on a
+# worker thread, so a store's logic exists once and keeps its guarantees; the
+# loop only waits. (asyncio is imported where it is used, so the command line
+# and the runner's children never load it.)
+# ---------------------------------------------------------------------------
+
+#: How long a task whose call was cancelled waits for the worker thread to finish that call.
+_CANCEL_GRACE = 1.0
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Take a finished future's exception, so that asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _await_call(future: concurrent.futures.Future[_T]) -> _T:
+    """The outcome of a call running on another thread, with the cancellation rules of
+    ``AsyncEventStore._call``."""
+    import asyncio
+
+    waiting = asyncio.wrap_future(future)
+    try:
+        return await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        if not future.cancel():
+            waiting.add_done_callback(_retrieve)
+            await asyncio.wait({waiting}, timeout=_CANCEL_GRACE)
+        raise
+
+
+class _Job:
+    """One call handed to a worker thread, and how its outcome goes back to the loop awaiting it."""
+
+    __slots__ = ("call", "claim", "finished", "future", "loop", "waiter")
+
+    def __init__(self, call: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.call = call
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.claim = [True]  # popped (atomically) by whoever takes the job: thread or cancellation
+        self.finished = False
+        self.waiter: asyncio.Future[None] | None = None  # for a cancelled task to wait on
+
+
+def _deliver(job: _Job, result: Any, error: BaseException | None) -> None:
+    """On the loop: a finished job's outcome to its future (unless cancelled) and its waiter."""
+    job.finished = True
+    if not job.future.done():
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
+    if job.waiter is not None and not job.waiter.done():
+        job.waiter.set_result(None)
+
+
+class _Workers:
+    """Up to ``size`` threads that run jobs for event loops (leaner than a ThreadPoolExecutor
+    behind asyncio.wrap_future: the outcome goes straight to the loop's future, with one
+    call_soon_threadsafe)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size, self.name = size, name
+        self.pid = os.getpid()  # a forked child has none of these threads: it makes its own
+        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.idle: queue.SimpleQueue[None] = queue.SimpleQueue()  # a token per thread free for a job
+
+    def submit(self, job: _Job) -> None:
+        self.queue.put(job)
+        # a new thread only when none is waiting (so that each has a connection it keeps using)
+        try:
+            self.idle.get_nowait()
+        except queue.Empty:
+            self._add_thread()
+
+    def _add_thread(self) -> None:
+        if len(self.threads) < self.size:
+            thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self.threads)}",
+                                      daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            if self._claim(job):  # else it was cancelled before it started: it never runs
+                result, error = None, None
+                try:
+                    result = job.call()
+                except BaseException as exc:
+                    error = exc
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for it
+                    job.loop.call_soon_threadsafe(_deliver, job, result, error)
+                del result, error
+            del job
+            self.idle.put(None)
+
+    @staticmethod
+    def _claim(job: _Job) -> bool:
+        """Take the job to run it; False when a cancellation took it first."""
+        try:
+            job.claim.pop()
+            return True
+        except IndexError:
+            return False
+
+    def shutdown(self) -> None:
+        """End the threads once the jobs queued before are done, and wait for them."""
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
+
+
+async def _on_own_thread(fn: Callable[[], _T], name: str) -> _T:
+    """``fn()`` run on a thread started for it; once the call is done the thread is gone too."""
+    import asyncio
+
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def work() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    try:
+        return await _await_call(future)
+    finally:
+        while future.done() and thread.is_alive():  # it ends as soon as it handed the outcome over
+            await asyncio.sleep(0.001)
+
+
+class AsyncEventStore(typing.Generic[_S]):
+    """Any event store (memory, SQLite, Postgres) for asyncio code: ``await astore.sink(...)``,
+    ``async for batch in astore.subscribe(1): ...``.
+
+    Each call runs the wrapped store's own method on one of at most
+    ``max_threads`` worker threads of this object, so it takes the same
+    arguments and gives the same results and errors as the store, keeps the
+    store's guarantees (group commit, fencing, bounded connections) and never
+    blocks the event loop. When the task awaiting a call is cancelled, a call
+    that has not started yet never runs; a running one is finished by its
+    thread, and the task waits for that (up to about a second) before the
+    cancellation goes on: a cancelled ``sink`` stores its events entirely or
+    not at all. ``aclose()`` (or leaving ``async with``) waits for the calls in
+    flight, ends the worker threads and the subscriptions, and closes the
+    store; like the store, it may be used again after that (threads and
+    connections are made again when needed).
+    """
+
+    def __init__(self, store: _S, *, max_threads: int = 10) -> None:
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
+            raise ValueError(f"max_threads must be an int of at least 1, not {max_threads!r}")
+        self.store: _S = store
+        self.max_threads = max_threads
+        self._guard = threading.Lock()
+        self._workers: _Workers | None = None
+        self._stops: set[threading.Event] = set()  # one per running subscription
+
+    def __repr__(self) -> str:
+        return f"AsyncEventStore({self.store!r})"
+
+    async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` run on a worker thread (in the caller's context variables).
+
+        When the awaiting task is cancelled, a call that has not started never
+        runs; one that is running is finished by its thread, and the task waits
+        for that (up to ``_CANCEL_GRACE`` seconds) before the cancellation goes
+        on, so that a cancelled write has by then happened entirely or not at all.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        job = _Job(functools.partial(contextvars.copy_context().run, fn, *args, **kwargs), loop)
+        with self._guard:
+            if self._workers is None or self._workers.pid != os.getpid():
+                self._workers = _Workers(self.max_threads, "eventsourcery-async")
+            self._workers.submit(job)
+        try:
+            result: _T = await job.future
+            return result
+        except asyncio.CancelledError:
+            if not job.finished:
+                try:
+                    job.claim.pop()  # not started yet: now it never will
+                except IndexError:  # running: wait (a bounded while) for its thread to finish it
+                    job.waiter = loop.create_future()
+                    await asyncio.wait({job.waiter}, timeout=_CANCEL_GRACE)
+            raise
+
+    async def sink(self, event_or_events: Event | Sequence[Event],
+                   expected_version: int | None = None) -> list[Event]:
+        """``store.sink``: append atomically and return the stored copies."""
+        return await self._call(self.store.sink, event_or_events, expected_version)
+
+    async def get_next_from(self, id: int, event_types: EventTypes = None,
+                            limit: int = 1000) -> list[Event]:
+        """``store.get_next_from``: at most ``limit`` events with ``id >= id``, in id order."""
+        return await self._call(self.store.get_next_from, id, event_types, limit)
+
+    async def latest_event_id(self, event_types: EventTypes = None) -> int:
+        """``store.latest_event_id``: the highest id (of those types); 0 when none."""
+        return await self._call(self.store.latest_event_id, event_types)
+
+    async def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *,
+                                          from_version: int = 1,
+                                          to_version: int | None = None) -> list[Event]:
+        """``store.get_events_for_aggregate_id``: one aggregate's events in version order."""
+        return await self._call(self.store.get_events_for_aggregate_id, aggregate_id,
+                                from_version=from_version, to_version=to_version)
+
+    async def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
+        """``store.aggregate_version``: the aggregate's highest stored version; 0 for none."""
+        return await self._call(self.store.aggregate_version, aggregate_id)
+
+    async def subscribe(self, from_id: int,
+                        event_types: EventTypes = None) -> AsyncIterator[list[Event]]:
+        """``store.subscribe`` as an async iterator: non-empty batches from ``from_id`` on, stored
+        events first, then new ones as any process commits them, until the loop is left.
+
+        The store's own subscription runs on a thread of its own (never one
+        of the worker threads, which it would hold). Breaking out of the loop,
+        cancelling the task that iterates, or ``aclose()`` of this object ends
+        it within about a second, with its thread and connection.
+        """
+        import asyncio
+
+        stop = threading.Event()
+        batches = self.store.subscribe(from_id, event_types, stop=stop)
+        reader = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="eventsourcery-subscribe")
+        with self._guard:
+            self._stops.add(stop)
+        try:
+            while True:
+                batch = await asyncio.wrap_future(reader.submit(next, batches, None))
+                if batch is None:
+                    return
+                yield batch
+        finally:
+            stop.set()  # ends the read in flight, which the close below waits for
+            with self._guard:
+                self._stops.discard(stop)
+            # a generator's close() releases what it holds (on Postgres, its LISTEN connection)
+            closed = reader.submit(getattr(batches, "close", lambda: None))
+            reader.shutdown(wait=False)
+            with contextlib.suppress(Exception):
+                await asyncio.wait({asyncio.wrap_future(closed)}, timeout=_CANCEL_GRACE)
+
+    async def aclose(self) -> None:
+        """Wait for the calls in flight, end the worker threads and subscriptions, then close
+        the store."""
+        with self._guard:
+            workers, self._workers = self._workers, None
+            if workers is not None and workers.pid != os.getpid():
+                workers = None  # a parent's: not ours to end
+            for stop in self._stops:
+                stop.set()
+
+        def close() -> None:
+            if workers is not None:
+                workers.shutdown()
+            self.store.close()
+
+        await _on_own_thread(close, "eventsourcery-close")
+
+    async def __aenter__(self) -> AsyncEventStore[_S]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncRepository:
+    """``Repository`` for asyncio code: ``todo = await arepo.load(Todo, id)``,
+    ``await arepo.save(todo)``.
+
+    Each ``load`` and ``save`` is a ``Repository``'s own (snapshots, several
+    aggregates saved in one transaction), run whole on one worker thread of
+    the AsyncEventStore, with its results and errors. A ``save`` whose task is
+    cancelled is finished or not started, never half done (see AsyncEventStore).
+    """
+
+    def __init__(self, store: AsyncEventStore[Any]) -> None:
+        self.store = store
+        self.repository = Repository(store.store)  # the logic it runs
+
+    async def load(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID) -> _A:
+        """``Repository.load``: the aggregate rebuilt from its events (and snapshot)."""
+        return await self.store._call(self.repository.load, aggregate_class, aggregate_id)
+
+    async def save(self, *aggregates: Aggregate) -> list[Event]:
+        """``Repository.save``: sink each aggregate's changes (several in one transaction);
+        return the stored events."""
+        return await self.store._call(self.repository.save, *aggregates)
 
 
 # ---------------------------------------------------------------------------
@@ -3906,2347 +6247,6 @@ def open_database(target: str | os.PathLike[str] | sqlite3.Connection | Database
         return SQLiteDatabase(location.target, **options)
     database: Database = _backend(location.scheme).open_database(location.target, **options)
     return database
-
-
-# ---------------------------------------------------------------------------
-# Aggregates: state rebuilt from events; commands check, then apply_event().
-# The Repository loads them from a store and saves their changes.
-# ---------------------------------------------------------------------------
-
-def on(*event_types: type[Event] | str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Mark a method as the handler of these event classes (or type names).
-
-    On an Aggregate it changes state; on a processor it handles events.
-    ``@es.on()`` with no classes, on a processor, receives every event.
-    """
-    names = type_names(event_types) or ()
-
-    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.__es_handles__ = names  # type: ignore[attr-defined]
-        return fn
-
-    return mark
-
-
-def _collect_handlers(cls: type) -> list[tuple[tuple[str, ...], Callable[..., Any]]]:
-    """Handlers marked with @on along the MRO, base classes first, each in definition order."""
-    found: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {}
-    for klass in reversed(cls.__mro__):
-        for attr, value in klass.__dict__.items():
-            names = getattr(value, "__es_handles__", None)
-            if names is not None:
-                found.pop(attr, None)
-                found[attr] = (names, value)
-            elif attr in found:
-                del found[attr]  # overridden by something that is not a handler
-    return list(found.values())
-
-
-def _ignore_event(aggregate: Aggregate, event: Event) -> None:
-    """The replay handler of a type in ``Aggregate.ignores_events``: no change of state."""
-
-
-class Aggregate:
-    """Base class of aggregates: state rebuilt from events; commands call apply_event().
-
-    ``Aggregate(id, events=())`` replays ``events``. ``version`` counts the
-    events applied (history and new); ``changes`` holds the new ones.
-
-    With ``snapshot_every = N`` the Repository keeps a snapshot of the state
-    whenever a save takes the version to or past a multiple of N, and loads
-    start from it. The state is ``snapshot_state()`` (by default the instance
-    attributes, encoded like event bodies by their class annotations); a
-    snapshot is used only if it decodes to exactly that state, so a loaded
-    aggregate is indistinguishable from a full replay. Change
-    ``snapshot_version`` when the meaning of the state changes: snapshots
-    taken under another version are ignored.
-    """
-
-    _handlers: ClassVar[dict[str, list[Callable[..., Any]]]] = {}
-    snapshot_every: ClassVar[int | None] = None
-    snapshot_version: ClassVar[int] = 1
-    ignores_events: ClassVar[tuple[type[Event] | str, ...]] = ()
-    """Event classes (or type names) replay skips: e.g. those a reactor emits onto this aggregate's stream.
-
-    An ignored event changes no state but counts in ``version``, so saving
-    after it still writes at the right version. Any iterable works; it is
-    stored as a tuple. A type with a handler here is handled, not ignored.
-    """
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        every = cls.snapshot_every
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise TypeError(f"{cls.__qualname__}.snapshot_every must be a positive int or None, not {every!r}")
-        if isinstance(cls.snapshot_version, bool) or not isinstance(cls.snapshot_version, int):
-            raise TypeError(f"{cls.__qualname__}.snapshot_version must be an int, not {cls.snapshot_version!r}")
-        handlers: dict[str, list[Callable[..., Any]]] = {}
-        for names, fn in _collect_handlers(cls):
-            for name in names:
-                handlers.setdefault(name, []).append(fn)
-        ignored = cls.__dict__.get("ignores_events", cls.ignores_events)
-        if isinstance(ignored, (str, type)) or not isinstance(ignored, Iterable):
-            raise TypeError(f"{cls.__qualname__}.ignores_events must be an iterable of Event classes "
-                            f"or type names, not {ignored!r}")
-        cls.ignores_events = tuple(ignored)
-        for item in cls.ignores_events:
-            if not isinstance(item, str) and not (isinstance(item, type) and issubclass(item, Event)):
-                raise TypeError(f"{cls.__qualname__}.ignores_events: {item!r} is not an Event class or type name")
-        for name in type_names(cls.ignores_events) or ():
-            handlers.setdefault(name, [_ignore_event])
-        cls._handlers = handlers
-
-    def __init__(self, id: str | _uuid.UUID, events: Iterable[Event] = ()) -> None:
-        self.id = str(id)
-        self.version = 0
-        self.changes: list[Event] = []
-        for event in events:
-            self._mutate(event)
-
-    def _mutate(self, event: Event) -> None:
-        handlers = self._handlers.get(event.type)
-        if handlers:
-            for handler in handlers:
-                handler(self, event)
-        else:
-            config.on_unknown_event(event, self)
-        self.version += 1
-
-    def apply_event(self, event: type[_E] | _E, **fields: Any) -> _E:
-        """Build (from a class and fields) or take an event, apply it to state and record it in changes."""
-        if isinstance(event, type):
-            instance = event(aggregate_id=self.id, **fields)
-        else:
-            if fields:
-                raise TypeError("apply_event(instance) takes no fields; use apply_event(EventClass, **fields)")
-            if event.aggregate_id and event.aggregate_id != self.id:
-                raise InvalidEventError(f"event for aggregate {event.aggregate_id!r} applied to {self.id!r}")
-            instance = event if event.aggregate_id else _with_fields(event, aggregate_id=self.id)
-        self._mutate(instance)
-        self.changes.append(instance)
-        return instance
-
-    def clear_changes(self) -> None:
-        """Forget the unsaved events (the Repository calls this after saving them)."""
-        self.changes = []
-
-    def snapshot_state(self) -> dict[str, Any]:
-        """The state a snapshot keeps: by default every instance attribute but ``id``, ``version`` and
-        ``changes``. Override it (and ``restore_snapshot``) to keep something else."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("id", "version", "changes")}
-
-    def restore_snapshot(self, state: dict[str, Any]) -> None:
-        """Set the state ``snapshot_state()`` returned (on a new instance, before later events replay)."""
-        self.__dict__.update(state)
-
-
-def _aggregate_type(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _encode_state(cls: type, state: dict[str, Any]) -> str:
-    encoded = {}
-    for name, value in state.items():
-        if not isinstance(name, str):
-            raise TypeError(f"snapshot state keys must be str, not {name!r}")
-        encode, _ = config.body_serializer.attribute_converters(cls, name)
-        encoded[name] = encode(value) if encode is not None and value is not None else value
-    return _json_encode(encoded)
-
-
-def _decode_state(cls: type, text: str) -> dict[str, Any]:
-    state = _parse_body(text)
-    if type(state) is not dict:
-        raise ValueError("a snapshot's state is not a JSON object")
-    for name, value in state.items():
-        _, decode = config.body_serializer.attribute_converters(cls, name)
-        if decode is not None and value is not None:
-            state[name] = decode(value)
-    return state
-
-
-class Repository:
-    """Loads aggregates from an event store and saves their changes with optimistic concurrency;
-    ``update`` runs a command on an aggregate, retrying it when another writer got in between."""
-
-    def __init__(self, store: EventStore) -> None:
-        self.store = store
-
-    def load(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID) -> _A:
-        """Replay one aggregate's events into a new instance of ``aggregate_class`` (from its latest
-        snapshot on, when the class keeps snapshots and a usable one exists)."""
-        if aggregate_class.snapshot_every:
-            aggregate = self._load_from_snapshot(aggregate_class, aggregate_id)
-            if aggregate is not None:
-                return aggregate
-        events = self.store.get_events_for_aggregate_id(aggregate_id)
-        if events and isinstance(events[-1], AggregateErased):
-            raise AggregateErasedError(f"aggregate {str(aggregate_id)!r} was erased ({events[-1].created_at})")
-        return aggregate_class(aggregate_id, events)
-
-    def _load_from_snapshot(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID) -> _A | None:
-        """The aggregate from its snapshot and the events after it; None when there is no usable snapshot."""
-        kind = _aggregate_type(aggregate_class)
-        snapshot = next((s for s in self.store.snapshots(aggregate_id) if s.aggregate_type == kind), None)
-        if snapshot is None or snapshot.snapshot_version != aggregate_class.snapshot_version:
-            return None
-        events = self.store.get_events_for_aggregate_id(aggregate_id, from_version=snapshot.version)
-        if not events or events[0].version != snapshot.version or events[0].uuid != snapshot.last_event_uuid:
-            return None  # the history the snapshot was taken of is not there any more
-        if isinstance(events[-1], AggregateErased):
-            return None
-        try:
-            aggregate = aggregate_class(aggregate_id)
-            aggregate.restore_snapshot(_decode_state(aggregate_class, snapshot.state))
-        except Exception as exc:
-            config.logger.warning("snapshot of %s %r at version %d cannot be used (%r); replaying its events",
-                                  kind, str(aggregate_id), snapshot.version, exc)
-            return None
-        aggregate.version = snapshot.version
-        for event in events[1:]:
-            aggregate._mutate(event)
-        return aggregate
-
-    def _save_snapshot(self, aggregate: Aggregate, last_event_uuid: str) -> None:
-        """Keep a snapshot of ``aggregate`` if its state survives encoding exactly; a cache, so a failure
-        is logged, never raised."""
-        cls = type(aggregate)
-        kind = _aggregate_type(cls)
-        try:
-            state = aggregate.snapshot_state()
-            text = _encode_state(cls, state)
-            if _decode_state(cls, text) != state:
-                raise ValueError("its state does not survive encoding unchanged (annotate the attributes, "
-                                 "or override snapshot_state and restore_snapshot)")
-            with self.store.transaction():  # a savepoint inside a caller's transaction: a failure leaves it usable
-                self.store.save_snapshot(Snapshot(aggregate.id, kind, aggregate.version, cls.snapshot_version,
-                                                  last_event_uuid, text, _dt.datetime.now(_dt.timezone.utc)))
-        except Exception as exc:
-            config.logger.warning("no snapshot of %s %r at version %d: %s", kind, aggregate.id, aggregate.version, exc)
-
-    def save(self, *aggregates: Aggregate) -> list[Event]:
-        """Sink each aggregate's changes with ``expected_version = version - len(changes)``; return them stored.
-
-        Several aggregates are saved in one transaction: a concurrent write to
-        any of them since its load raises ConcurrencyError naming it, and then
-        nothing at all is written and no aggregate's changes are cleared.
-        """
-        if not aggregates:
-            raise TypeError("save() needs at least one aggregate")
-        pending = [a for a in aggregates if a.changes]
-        if not pending:
-            return []
-        if len(pending) == 1:
-            (aggregate,) = pending
-            stored = self.store.sink(aggregate.changes, expected_version=aggregate.version - len(aggregate.changes))
-        else:
-            stored = []
-            with self.store.transaction():
-                for aggregate in pending:
-                    changes = aggregate.changes
-                    stored += self.store.sink(changes, expected_version=aggregate.version - len(changes))
-        for aggregate in pending:
-            every = type(aggregate).snapshot_every
-            if every and aggregate.version // every > (aggregate.version - len(aggregate.changes)) // every:
-                self._save_snapshot(aggregate, aggregate.changes[-1].uuid)
-            aggregate.clear_changes()
-        return stored
-
-    def update(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID,
-               command: Callable[[_A], object], *, attempts: int = 5,
-               backoff: float = 0.01) -> list[Event]:
-        """Load the aggregate, run ``command(aggregate)``, save it, and start over on a conflict;
-        returns what ``save`` returns (the stored events: the last one's id feeds ``wait_for``).
-
-        ``repo.update(Order, "o-1", lambda order: order.ship("Paris"))``. When another writer
-        stored an event on the aggregate between the load and the save (a second request, or a
-        reactor emitting onto this aggregate's stream), the save raises ConcurrencyError and
-        nothing is written; then the aggregate is loaded afresh and ``command`` runs again on what
-        is now there, up to ``attempts`` times in all, sleeping a random time of up to
-        ``backoff * attempt`` seconds between attempts. After the last attempt the
-        ConcurrencyError is raised. Any other error, the command's own or the store's, is raised
-        at once and never retried; so is a DuplicateEventError (an event uuid stored already:
-        running the command again would not help).
-
-        ``command`` may run several times, so it must only decide on the aggregate (apply
-        events): no effects outside it. Loading uses the aggregate's snapshots like ``load``, and
-        the save takes snapshots like ``save``.
-        """
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"attempts must be a whole number of at least 1, not {attempts!r}")
-        if (isinstance(backoff, bool) or not isinstance(backoff, (int, float))
-                or not 0 <= backoff < math.inf):
-            raise ValueError(f"backoff must be a number of seconds >= 0, not {backoff!r}")
-        for attempt in range(1, attempts + 1):
-            aggregate = self.load(aggregate_class, aggregate_id)
-            command(aggregate)
-            try:
-                return self.save(aggregate)
-            except DuplicateEventError:
-                raise
-            except ConcurrencyError:
-                if attempt == attempts:
-                    raise
-                # random: writers that collided do not collide again in step
-                time.sleep(random.uniform(0, backoff * attempt))
-        raise AssertionError("unreachable")  # the loop returns or raises
-
-
-# ---------------------------------------------------------------------------
-# Event processing: processors (projectors, reactors) handle events in
-# batches and keep their position in a tracker; error handlers decide what
-# happens when a handler fails.
-# ---------------------------------------------------------------------------
-
-def _failing_event_id(error: BaseException) -> int | None:
-    """The id of the event a processor is stuck at after ``error``: the one whose handler failed, or a
-    damaged one its reader met; None for other errors."""
-    if isinstance(error, EventProcessingError):
-        return error.event.id
-    if isinstance(error, CorruptEventError):
-        return error.event_id
-    return None
-
-
-def _not_running(tracker: Tracker, name: str) -> str | None:
-    """Why no instance runs processor ``name``, as ``tracker`` records it; None when one does, or
-    may (a tracker that keeps no owners, a standby about to take over, an owner on another host)."""
-    if not tracker.keeps_owners:
-        return None
-    try:
-        record = tracker.record(name)
-    except Exception:  # noqa: BLE001 - only a warning hangs on it; the wait reads on
-        return None
-    if record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS:
-        return None
-    if record.state != "running":
-        return "no instance runs it (it never ran here)" if record.owner is None else (
-            f"no instance runs it (the last one, {record.owner}, stopped)")
-    pid, _, host = (record.owner or "").partition("@")
-    # (posix only: on Windows, os.kill(pid, 0) would send CTRL_C_EVENT)
-    if os.name == "posix" and host == _instance_name().partition("@")[2] and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return f"no instance runs it (its owner {record.owner} is gone)"
-        except OSError:  # alive, someone else's (PermissionError), or not to be told
-            pass
-    return None
-
-
-class EventStreamProcessor:
-    """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
-
-    ``EventStreamProcessor(tracker=None)`` keeps its position in ``tracker``
-    (in memory when None). ``subscribe_to(store, stop)`` takes the store's
-    lock of its name (UnableToLockProcessorError if another live instance
-    holds it), takes ownership of the name in the tracker (a new generation),
-    resumes after the last processed event and handles batches until
-    ``stop`` is set. Every position update commits only while this instance
-    still owns the name (else ProcessorFencedError, and it stops).
-
-    ``start_from`` (``"beginning"`` or ``"end"``) is where a run with no
-    recorded position starts. After ``reset()`` the position reached before
-    is the replay horizon: while events up to it are processed again,
-    ``self.replaying`` is True.
-
-    A processor stops at an event whose handler fails, or at a damaged event
-    its reader cannot decode (CorruptEventError), with every event before it
-    processed; ``es.skip_event`` moves it past that one event deliberately.
-    """
-
-    processor_name: ClassVar[str] = "event_stream_processor"
-    processes_event_types: ClassVar[tuple[str, ...] | None] = None
-    start_from: ClassVar[str] = "beginning"
-    _kind: ClassVar[str] = "processor"
-    _dispatch: ClassVar[dict[str, tuple[Callable[..., Any], ...]]] = {}
-    _catch_all: ClassVar[tuple[Callable[..., Any], ...]] = ()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "processor_name" not in cls.__dict__:
-            cls.processor_name = _snake_case(cls.__name__)
-        if cls.start_from not in ("beginning", "end"):
-            raise ValueError(f"{cls.__qualname__}.start_from must be 'beginning' or 'end', not {cls.start_from!r}")
-        dispatch: dict[str, list[Callable[..., Any]]] = {}
-        catch_all: list[Callable[..., Any]] = []
-        for names, fn in _collect_handlers(cls):
-            if not names:
-                if catch_all:
-                    raise MultipleCatchAllHandlersDefined(
-                        f"{cls.__qualname__} declares more than one @es.on() catch-all handler")
-                catch_all.append(fn)
-            for name in names:
-                dispatch.setdefault(name, []).append(fn)
-        cls._catch_all = tuple(catch_all)
-        cls._dispatch = {name: tuple(fns) + cls._catch_all for name, fns in dispatch.items()}
-        if "processes_event_types" not in cls.__dict__:
-            cls.processes_event_types = None if catch_all or not dispatch else tuple(dispatch)
-
-    def __init__(self, tracker: Tracker | None = None) -> None:
-        self.tracker: Tracker = tracker if tracker is not None else MemoryTracker()
-        self._current_event: Event | None = None
-        self._generation: int | None = None  # this instance's ownership of its name, while it runs
-        self._horizon = 0  # the replay horizon, read when it starts and after reset()
-        self._replaying = False
-        self._stopper: Stopper | None = None  # while it runs: a long batch may stop between events
-        # While it runs: each aggregate with parked events -> its first parked event.
-        self._parked_aggregates: dict[str, int] = {}
-        self._unparking = False  # while a parked event is retried: its commit unparks it
-        self._retry_checked_at = 0.0  # when an idle instance last looked for retry requests
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.processor_name!r}>"
-
-    @property
-    def replaying(self) -> bool:
-        """True while a handler runs for an event this processor had processed before its last ``reset()``
-        (guard outside effects with ``if not self.replaying``)."""
-        return self._replaying
-
-    def _handles(self, event: Event) -> bool:
-        return bool(self._dispatch.get(event.type, self._catch_all))
-
-    def process(self, event: Event) -> None:
-        """Run this processor's handlers for one event; a handler's error is raised as EventProcessingError."""
-        handlers = self._dispatch.get(event.type, self._catch_all)
-        if not handlers:
-            return
-        if self._parked_aggregates and not self._unparking:
-            first = self._parked_aggregates.get(event.aggregate_id)
-            if first is not None:  # its aggregate waits behind a parked event: so does it
-                if self.tracker.park(self.processor_name, event, None, 0, self._generation,
-                                     behind=first):
-                    return
-                del self._parked_aggregates[event.aggregate_id]  # none left (dropped): handle it
-        self._current_event = event
-        self._replaying = (event.id or 0) <= self._horizon
-        try:
-            for handler in handlers:
-                handler(self, event)
-        except Exception as exc:
-            raise EventProcessingError(event, self, exc) from exc
-        finally:
-            self._current_event = None
-            self._replaying = False
-
-    def _commit(self, event_id: int) -> None:
-        """Record the position, fenced by this instance's generation (inside the caller's
-        transaction); while a parked event is retried, unpark it instead (the position is past
-        it already)."""
-        if self._unparking:
-            self.tracker.unpark(self.processor_name, event_id, self._generation)
-            return
-        self.tracker.commit_position(self.processor_name, event_id, self._generation)
-
-    def process_batch(self, events: list[Event]) -> None:
-        """Process a batch and record the position. The base class records it after the batch, or up to
-        the last event processed when a handler fails (at-least-once for effects outside the tracker)."""
-        done: Event | None = None
-        try:
-            for event in events:
-                self.process(event)
-                done = event
-        finally:
-            if done is not None:
-                self._commit(done.id)  # type: ignore[arg-type]
-
-    def _advance(self, event_id: int) -> None:
-        """Move the position to ``event_id`` over events this processor does not handle."""
-        self._commit(event_id)
-
-    def setup(self) -> None:
-        """Prepare for processing (create tables, tracker row); keeps an existing position."""
-        self.tracker.setup(self.processor_name)
-
-    def reset(self) -> None:
-        """Forget the position, so the next run processes every event again (a replay, up to the position
-        it had reached; with ``start_from = "end"`` the next run starts after the latest event instead)."""
-        self.tracker.reset(self.processor_name)
-        self._horizon = self.tracker.record(self.processor_name).horizon
-
-    @property
-    def last_processed_event_id(self) -> int:
-        """The id of the last event this processor has processed (0 if none)."""
-        return self.tracker.last_processed_event_id(self.processor_name)
-
-    def wait_for(self, event_id: int, timeout: float | None = None) -> bool:
-        """Wait until this processor's position, as its tracker keeps it (whichever process runs it), has
-        reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit) have
-        passed.
-
-        False means the processor had not processed the event yet when the time was up: it is
-        behind, or failing at an earlier event, or no instance runs it at all. In that last case
-        (the tracker records no live owner, and no standby about to take over) a wait that has to
-        wait logs a warning naming the processor, once per wait, through ``es.config.logger``.
-        """
-        event_id = check_position("event_id", event_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.002
-        check_owner_at: float | None = time.monotonic()  # now, then once a second until it warned
-        while self.last_processed_event_id < event_id:
-            now = time.monotonic()
-            left = None if deadline is None else deadline - now
-            if left is not None and left <= 0:
-                return False
-            if check_owner_at is not None and now >= check_owner_at:
-                check_owner_at = now + 1.0
-                why = _not_running(self.tracker, self.processor_name)
-                if why is not None:
-                    check_owner_at = None
-                    config.logger.warning("[%s] wait_for(%d): %s, so the wait will run out "
-                                          "unless an instance starts", self.processor_name,
-                                          event_id, why)
-            time.sleep(interval if left is None else min(interval, left))
-            interval = min(interval * 2, 0.05)
-        return True
-
-    async def wait_for_async(self, event_id: int, timeout: float | None = None) -> bool:
-        """``wait_for`` as a coroutine: the position is read on a worker thread (the loop's
-        default executor) and the pauses between reads are the loop's, so the loop is never
-        blocked; cancelling the awaiting task ends the wait."""
-        import asyncio
-
-        event_id = check_position("event_id", event_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.002
-        while await asyncio.to_thread(lambda: self.last_processed_event_id) < event_id:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            await asyncio.sleep(interval if left is None else min(interval, left))
-            interval = min(interval * 2, 0.05)
-        return True
-
-    def subscribe_to(self, store: EventStore, stop: StopSignal = None) -> None:
-        """Lock this processor name, set up, take ownership, then process batches from the last position
-        until ``stop``. A handler's error is raised (after the events before it have committed)."""
-        self._run(store, Stopper(stop), None)
-
-    def _location(self, store: EventStore) -> str | None:
-        """Where this processor's position lives when that is not in ``store`` (to register it there)."""
-        tracker = self.tracker
-        if not isinstance(tracker, DatabaseTracker) or tracker.database is store.database:
-            return None
-        location = tracker.database.location
-        if store.database is not None and location == store.database.location:
-            return None  # the store's own tracker table, opened through another Database object
-        return location
-
-    def _run(self, store: EventStore, stopper: Stopper, handler: ErrorHandler | None) -> None:
-        """Take the name (the store's lock, setup, a new generation), then follow the stream until
-        ``stopper``. The one retry loop: after an error, ``handler`` (None: raise it) reports it and
-        says how long to wait before trying again, holding the name while it has it (a failing
-        processor is ``failing``, not stopped), or whether to raise it. An instance that finds the
-        name taken waits as a standby; one that has lost it (ProcessorFencedError) raises."""
-        log = config.logger
-        name = self.processor_name
-        held = contextlib.ExitStack()  # the store's lock of the name, and this instance's ownership
-        stuck_at: int | None = None  # the event the last failure stopped at
-        standby_logged = False
-        with held:
-            while True:
-                try:
-                    if self._generation is None:
-                        held.enter_context(store.lock(name))  # one instance per name and store
-                        held.callback(self._release)
-                        self._take(store, stopper)
-                        standby_logged = False
-                    else:  # another instance may have taken over meanwhile: nothing to commit
-                        self.tracker.check_owner(name, self._generation)
-                    self._follow(store, stopper, stuck_at)
-                    return
-                except ProcessorFencedError as exc:
-                    if handler is not None:
-                        log.error("[%s] %s; stopping", name, exc)
-                    raise
-                except Exception as exc:
-                    if handler is None:
-                        raise
-                    if self._generation is None:
-                        held.close()  # it did not take the name: let go of the lock while it waits
-                    if isinstance(exc, UnableToLockProcessorError):
-                        interval = handler.retry_interval(exc)
-                        if interval is None:
-                            handler.handle(exc, name, store=store)
-                            raise
-                        self._standby(exc, interval, first=not standby_logged)
-                        standby_logged = True
-                    else:
-                        stuck_at = _failing_event_id(exc)
-                        if self._generation is not None:
-                            self._report_failure(exc)
-                        standby_logged = False
-                        interval = handler.handle(exc, name, store=store)
-                        if interval is None:
-                            raise
-                        if self._park_if_due(handler, exc):
-                            stuck_at = None
-                            continue  # past it at once
-                    (handler.sleep or stopper.sleep)(interval)
-                    if stopper.is_set():
-                        return
-
-    def _take(self, store: EventStore, stopper: Stopper) -> None:
-        """Set up and take ownership of the name (a new generation), holding the store's lock."""
-        self._stopper = stopper
-        self.setup()
-        location = self._location(store)
-        if location is not None:  # so that processor_statuses(store) lists it
-            with contextlib.suppress(Error):
-                store.tracker().register(self.processor_name, self._kind, location)
-        self._generation = self.tracker.acquire(self.processor_name, _instance_name(), self._kind)
-
-    def _release(self) -> None:
-        """Give the name up (the store's lock is released next): it is stopped."""
-        generation, self._generation = self._generation, None
-        self._stopper = None  # (a stop callable need not pickle: the processor must, once stopped)
-        if generation is None:
-            return  # it never took it
-        with contextlib.suppress(Exception):
-            self.tracker.report(self.processor_name, generation, "stopped")
-        config.logger.info("[%s] stopped", self.processor_name)
-
-    def _standby(self, exc: UnableToLockProcessorError, interval: float, *, first: bool) -> None:
-        """Note in the tracker that this instance waits for another to stop (saying so the ``first``
-        time)."""
-        name = self.processor_name
-        holder = None
-        with contextlib.suppress(Exception):
-            holder = self.tracker.record(name).owner
-            self.tracker.standby(name, _instance_name())
-        if first:
-            held_by = f", held by pid {holder.replace('@', ' on host ')}" if holder else ""
-            config.logger.warning("[%s] standby: %s%s; waiting for it to stop "
-                                  "(retrying every %s s)", name, exc, held_by, interval)
-
-    def _park_if_due(self, handler: ErrorHandler, exc: BaseException) -> bool:
-        """Park the event ``exc`` failed at once it has failed ``handler.park_after`` times in a
-        row: kept with its error, and the position moved to it, in one transaction; True when it
-        did."""
-        if not isinstance(exc, EventProcessingError) or self._generation is None:
-            return False
-        attempts = handler.count_failure(self.processor_name, exc)
-        park_after = getattr(handler, "park_after", None)
-        if park_after is None or attempts < park_after:
-            return False
-        event = exc.event
-        cause = exc.__cause__ or exc
-        self.tracker.park(self.processor_name, event, f"{type(cause).__name__}: {cause}",
-                          attempts, self._generation)
-        self._parked_aggregates.setdefault(event.aggregate_id, event.id)  # type: ignore[arg-type]
-        handler.count_failure(self.processor_name, None)
-        config.logger.warning("[%s] parked event %d (aggregate %r) after %d failures; later "
-                              "events of its aggregate park behind it (es.parked_events, "
-                              "es.retry_parked, es.drop_parked)", self.processor_name, event.id,
-                              event.aggregate_id, attempts)
-        return True
-
-    def _load_parked(self) -> None:
-        """Read which aggregates have parked events (their later events park behind them)."""
-        self._parked_aggregates = {}
-        for parked in self.tracker.parked_events(self.processor_name):
-            self._parked_aggregates.setdefault(parked.aggregate_id, parked.event_id)
-
-    def _retry_due(self) -> bool:
-        """Whether a retry of parked events was asked for (looked up at most once a second)."""
-        now = time.monotonic()
-        if self._retry_checked_at < 0 or now - self._retry_checked_at < 1.0:
-            return self._retry_checked_at < 0  # (< 0: found, until _retry_parked runs)
-        self._retry_checked_at = now
-        if self.tracker.retry_requested(self.processor_name):
-            self._retry_checked_at = -1.0
-        return self._retry_checked_at < 0
-
-    def _retry_parked(self, store: EventStore) -> None:
-        """Before a batch: handle again the parked events a retry was asked for, each
-        aggregate's in id order; one that fails again stays parked (the rest of its aggregate
-        behind it)."""
-        name = self.processor_name
-        requested = set(self.tracker.retry_requested(name))
-        self._retry_checked_at = time.monotonic()
-        if requested:
-            chains: dict[str, list[int]] = {}
-            for parked in self.tracker.parked_events(name):
-                chains.setdefault(parked.aggregate_id, []).append(parked.event_id)
-            for aggregate_id, ids in chains.items():
-                if ids[0] not in requested:
-                    continue  # (the events behind the first of an aggregate are retried with it)
-                for event_id in ids:  # in order: one failing again keeps the rest behind it
-                    if self._stopper is not None and self._stopper.is_set():
-                        break
-                    if not self._retry_one(store, event_id):
-                        break
-                    config.logger.info("[%s] parked event %d (aggregate %r) handled on retry", name,
-                                       event_id, aggregate_id)
-        self._load_parked()
-
-    def _retry_one(self, store: EventStore, event_id: int) -> bool:
-        """Handle parked ``event_id`` again, unparking it with its effects; False when it failed
-        again."""
-        found = store.get_next_from(event_id, limit=1)
-        self._unparking = True
-        try:
-            if found and found[0].id == event_id:
-                self.process_batch(found)
-            else:  # gone from the store (erased): nothing to handle
-                self.tracker.unpark(self.processor_name, event_id, self._generation)
-        except EventProcessingError as exc:
-            cause = exc.__cause__ or exc
-            error = f"{type(cause).__name__}: {cause}"
-            self.tracker.unpark(self.processor_name, event_id, self._generation, error)
-            config.logger.warning("[%s] parked event %d failed again on retry, so it stays "
-                                  "parked: %s", self.processor_name, event_id, error)
-            config.on_event_processor_error(cause, self.processor_name)
-            return False
-        finally:
-            self._unparking = False
-        return True
-
-    def _report_failure(self, exc: BaseException) -> None:
-        event_id = _failing_event_id(exc)
-        cause = exc.__cause__ if isinstance(exc, EventProcessingError) and exc.__cause__ else exc
-        with contextlib.suppress(Exception):
-            self.tracker.report(self.processor_name, self._generation, "running",
-                                f"{type(cause).__name__}: {cause}", event_id)
-
-    def _follow(self, store: EventStore, stopper: Stopper, stuck_at: int | None = None) -> None:
-        """Process from the recorded position (or the start position) until ``stopper`` is set
-        (saying so if the position is past ``stuck_at``, the event the last failure stopped at).
-
-        When it stops at an event (a handler failed on it, or a read met it damaged), the events before
-        it are processed (read up to it, never past it) and the position is moved to the one before it,
-        so that it is the next event to process (the one ``skip_event`` may skip); then it raises."""
-        try:
-            self._follow_from_position(store, stopper, stuck_at)
-        except (EventProcessingError, CorruptEventError) as exc:
-            event_id = _failing_event_id(exc)
-            if event_id is not None:
-                self._process_up_to(store, event_id - 1, stopper)
-            raise
-
-    def _process_up_to(self, store: EventStore, last_id: int, stopper: Stopper) -> None:
-        """Process the events after the position up to ``last_id`` (the next one is the event it stopped
-        at), then move the position to it. When a page reaches that event damaged (through a gap in the
-        ids, or fewer events of the handled types), it is read again one event at a time, up to it."""
-        types = self.processes_event_types
-        position = self.last_processed_event_id
-        one_by_one = False
-        while position < last_id and not stopper.is_set():
-            try:
-                page = store.get_next_from(position + 1, types,
-                                           limit=1 if one_by_one else min(batch_size(), last_id - position))
-            except CorruptEventError as exc:
-                if exc.event_id != last_id + 1:
-                    raise  # another damaged event, before it
-                if one_by_one:
-                    break  # the next event of these types is the damaged one
-                one_by_one = True
-                continue
-            page = [event for event in page if (event.id or 0) <= last_id]
-            if not page:
-                break
-            self.process_batch(page)
-            position = page[-1].id or position
-        if not stopper.is_set() and self.last_processed_event_id < last_id:
-            self._advance(last_id)  # past the events it does not handle
-
-    def _follow_from_position(self, store: EventStore, stopper: Stopper,
-                              stuck_at: int | None) -> None:
-        log = config.logger
-        name = self.processor_name
-        record = self.tracker.record(name)
-        self._horizon = record.horizon
-        position = record.position
-        if stuck_at is not None and position >= stuck_at:
-            log.warning("[%s] event %d was skipped (es.skip_event moved the position past it): "
-                        "it is not processed", name, stuck_at)
-        if record.fresh and self.start_from == "end":
-            position = store.latest_event_id()
-            self._advance(position)
-        log.info("[%s] starting at event %d%s", name, position + 1,
-                 f" (replaying up to event {self._horizon})" if self._horizon > position else "")
-        self._retry_parked(store)
-        types = self.processes_event_types
-        if types is not None:
-            # Catch up reading only the handled types; past them, the position moves to the latest id
-            # read before (ids become visible in order, so nothing of these types is below it unread).
-            size = batch_size()
-            while not stopper.is_set():
-                latest = store.latest_event_id()
-                events = store.get_next_from(position + 1, types, limit=size)
-                if events:
-                    self.process_batch(events)
-                    if stopper.is_set():  # it may have stopped inside the batch
-                        return
-                    position = events[-1].id or position
-                if len(events) < size:
-                    if latest > position:
-                        self._advance(latest)
-                        position = latest
-                    break
-        # Live: every new event, so the position also moves past the ones not handled. Asked to
-        # retry parked events, it does so before its next batch (an idle one within a second).
-        while not stopper.is_set():
-            live_until = lambda: stopper.is_set() or self._retry_due()  # noqa: E731
-            for batch in store.subscribe(position + 1, stop=live_until):
-                if self._retry_due():
-                    self._retry_parked(store)
-                self.process_batch(batch)
-                position = batch[-1].id or position
-                log.info("[%s] processed up to event %d", name, batch[-1].id)
-            if not stopper.is_set():
-                self._retry_parked(store)
-
-
-_NO_SAVEPOINT = contextlib.nullcontext()
-
-
-class TableProcessor(EventStreamProcessor):
-    """A processor with tables of its own in a SQL database: the base of Projector and Reactor.
-
-    What a subclass sets (class attributes):
-
-    - ``schema``: ``CREATE TABLE IF NOT EXISTS ...`` statements (``;``-separated), run by
-      ``setup()``; ``reset()`` drops the tables they create.
-    - ``tables``: the tables ``reset()`` drops, when ``schema`` does not say (default: the tables
-      ``schema`` creates).
-    - ``batch_size``: at most this many events per batch (default: the subscription's,
-      ``es.config.subscription_batch_size``).
-
-    What its handlers use: ``self.db``, the driver's own connection (sqlite3 or psycopg) inside
-    the transaction its writes commit in, with the processor's new position;
-    ``self.placeholder``, that driver's parameter marker (``?`` or ``%s``); ``self.database``,
-    the es.Database behind them.
-    """
-
-    schema: ClassVar[str] = ""
-    tables: ClassVar[tuple[str, ...] | None] = None  # default: the tables schema creates
-    batch_size: int | None = None  # default: the subscription's batch
-
-    _database: Database
-
-    @property
-    def db(self) -> Any:
-        """The connection to this processor's database (the driver's own: sqlite3 or psycopg)."""
-        return self._database.connection
-
-    @property
-    def database(self) -> Database:
-        """The Database this processor's tables live in."""
-        return self._database
-
-    @property
-    def placeholder(self) -> str:
-        """The parameter marker of ``self.db``'s driver: ``?`` for SQLite, ``%s`` for Postgres."""
-        return self._database.placeholder
-
-    def _owned_tables(self) -> list[str]:
-        return list(self.tables) if self.tables is not None else self._database.table_names(self.schema)
-
-    def _batch_transaction(self, *, lazy: bool = False) -> contextlib.AbstractContextManager[Any]:
-        """The transaction a batch's writes and its new position commit in (``lazy``: begun at its
-        first write where a transaction is the database's write lock, see Database.transaction)."""
-        return self._database.transaction(lazy=lazy)
-
-    def setup(self) -> None:
-        """Create the schema's tables (if missing) and the tracker row."""
-        with self._batch_transaction(), self._database.transaction() as conn:
-            if self.schema:
-                self._database.create_tables(conn, self.schema)
-            super().setup()
-            # recorded beside them, for the command line's reset
-            self.tracker.declare_tables(self.processor_name, self._owned_tables())
-
-    def reset(self) -> None:
-        """Drop this processor's tables and position, then set up again."""
-        with self._batch_transaction(), self._database.transaction() as conn:
-            self._database.drop_tables(conn, self._owned_tables())
-            super().reset()
-        self.setup()
-
-    def _advance(self, event_id: int) -> None:
-        with self._batch_transaction():
-            self._commit(event_id)
-
-    def close(self) -> None:
-        """Close this process's connection to the processor's database (it is opened again when needed)."""
-        self._database.close()
-
-
-class Projector(TableProcessor):
-    """Builds a read model in a database of its own: a file path, an ``sqlite3.Connection``, a
-    ``postgresql://`` URL (the Postgres backend is imported then) or a Database.
-
-    The projection's tables (``schema``) and the processor's position live in
-    that database, and each batch's writes and its new position commit in one
-    transaction: a crash at any point, even ``kill -9``, neither loses nor
-    repeats an event's effect. Handlers write with ``self.db``, using
-    ``self.placeholder`` as the parameter marker. ``options`` go to the
-    database (SQLite: ``synchronous``, default ``"NORMAL"``; Postgres: ``schema``).
-
-    A handler's work is its writes to these tables: when one fails, the
-    batch's transaction rolls back, the events before the failing one are
-    processed again in a new transaction that commits with their position,
-    and then the error is raised (so keep effects outside the database, and
-    counters in Python, out of a projector: they would run again).
-    """
-
-    _kind: ClassVar[str] = "projector"
-
-    def process_batch(self, events: list[Event]) -> None:
-        """Process events in transactions of ``batch_size``: each commits its writes and position together.
-
-        No savepoint per event (on Postgres each would cost two round trips): a failing event's batch
-        rolls back, and the events before it are processed again and committed before the error is raised.
-        """
-        size = self.batch_size or len(events)
-        for start in range(0, len(events), size):
-            chunk = events[start:start + size]
-            try:
-                with self._batch_transaction():
-                    for event in chunk:
-                        self.process(event)
-                    self._commit(chunk[-1].id)  # type: ignore[arg-type]
-            except EventProcessingError as failure:
-                failed = failure.event
-                done = chunk[:next(i for i, event in enumerate(chunk) if event is failed)]
-                if done:
-                    with self._batch_transaction():
-                        for event in done:
-                            self.process(event)
-                        self._commit(done[-1].id)  # type: ignore[arg-type]
-                raise
-
-    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection | Database, *,
-                 batch_size: int | None = None, **options: Any) -> None:
-        if isinstance(db, (str, os.PathLike)):
-            scheme = parse_store_url(db).scheme
-            if scheme == "sqlite":
-                options.setdefault("synchronous", "NORMAL")
-            elif scheme != "memory":
-                options.setdefault("application_name", f"eventsourcery {self.processor_name}")
-        elif isinstance(db, sqlite3.Connection):
-            options.setdefault("synchronous", "NORMAL")
-        self._database = open_database(db, **options)
-        super().__init__(DatabaseTracker(self._database))
-        if batch_size is not None:
-            self.batch_size = batch_size
-
-
-class Reactor(TableProcessor):
-    """Reacts to events by doing things and emitting new events (``emit_event``).
-
-    Each handled event is one unit: its handlers' writes to the reactor's
-    tables (``schema``), the events they emit (kept until the handler
-    returns) and the new position commit together, in one transaction of
-    their own, as soon as the event is done (``commit_interval`` groups
-    them). Where a transaction is the database's only write lock (SQLite),
-    that transaction begins at the handler's first write statement, so a
-    handler holds no lock while it waits on the outside world before
-    writing (other threads of its process that write through the same
-    SQLite store object do wait: they share its one writer connection).
-    With ``db=None`` (the reactor's position in the event store's own
-    database, or in an in-memory SQLite database on a memory store) a crash
-    at any point, even ``kill -9``, neither loses nor repeats a table write
-    or an emitted event. With a separate ``db`` the emitted events are sunk
-    into the store just before that database commits: at-least-once.
-
-    Effects outside the database (sending mail, calling an API) can repeat:
-    a crash after the effect and before the event's commit runs the handler
-    again on restart (at most once more per crash). Make them idempotent at
-    their target, keyed by the processed event's ``uuid``.
-
-    While replaying (``self.replaying``, after ``reset()``), ``emit_event``
-    does not sink: the events emitted the first time are in the store.
-    """
-
-    emits_events: ClassVar[Iterable[type[Event]]] = ()
-    """The Event classes ``emit_event`` accepts: any iterable (a list is fine), checked and stored as a tuple."""
-    _kind: ClassVar[str] = "reactor"
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        declared = cls.__dict__.get("emits_events", cls.emits_events)
-        if isinstance(declared, type) or not isinstance(declared, Iterable):
-            raise TypeError(f"{cls.__qualname__}.emits_events must be an iterable of Event classes, "
-                            f"not {declared!r}")
-        classes = tuple(declared)
-        for item in classes:
-            if not isinstance(item, type) or not issubclass(item, Event) or item is Event:
-                raise TypeError(f"{cls.__qualname__}.emits_events: {item!r} is not an Event subclass")
-        cls.emits_events = classes
-
-    def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | Database | None = None,
-                 *, batch_size: int | None = None) -> None:
-        self.store = store
-        tracker: Tracker
-        if db is None:
-            database = store.database
-            self._database = database if database is not None else SQLiteDatabase(":memory:")
-            tracker = store.tracker()
-        else:
-            self._database = open_database(db)
-            tracker = DatabaseTracker(self._database)
-        self._with_store = db is None and store.database is None  # and the memory store's
-        super().__init__(tracker)
-        self._emitted: list[Event] | None = None  # emitted by the running handler, sunk with its position
-        if batch_size is not None:
-            self.batch_size = batch_size
-
-    def _batch_transaction(self, *, lazy: bool = False) -> contextlib.AbstractContextManager[Any]:
-        if not self._with_store:
-            return self._database.transaction(lazy=lazy)
-        stack = contextlib.ExitStack()  # the memory store's transaction, and that of the reactor's tables
-        stack.enter_context(self.store.transaction())
-        try:
-            stack.enter_context(self._database.transaction(lazy=lazy))
-        except BaseException:
-            stack.close()
-            raise
-        return stack
-
-    #: Seconds of handler work whose events may commit together. 0 (the default): each handled
-    #: event's unit commits as soon as its handler returns, so a crash repeats at most one event's
-    #: outside effects. A reactor whose events come fast and whose effects are cheap to repeat may
-    #: group them (one commit, one fsync, for many events): a crash then repeats the outside
-    #: effects of the whole group, and on SQLite the write lock is held from the group's second
-    #: handled event on (at most ``commit_interval`` plus one event).
-    commit_interval: float = 0.0
-
-    def process_batch(self, events: list[Event]) -> None:
-        """Process a batch: each handled event's table writes, emitted events and position commit
-        together as soon as it is done (see the class and ``commit_interval``); the position moves
-        past the events it does not handle with the next commit. Stops between events once told to.
-        A failing event's writes and emissions roll back alone, after the events before it commit.
-        """
-        self.tracker.check_owner(self.processor_name, self._generation)  # before any outside effect
-        i = 0
-        while i < len(events):
-            if i and self._stopper is not None and self._stopper.is_set():
-                return  # between events: what is done is committed
-            emitted: list[Event] = []
-            last: Event | None = None  # the last event this commit covers
-            failure: EventProcessingError | None = None
-            began = 0.0
-            try:
-                with self._batch_transaction(lazy=True):
-                    while i < len(events):
-                        event = events[i]
-                        if self._handles(event):
-                            if began and time.monotonic() - began >= self.commit_interval:
-                                break
-                            began = began or time.monotonic()
-                            # a savepoint once the transaction holds writes of events before it
-                            savepoint = last is not None and self._database.has_begun()
-                            self._emitted = []
-                            try:
-                                with self._database.transaction() if savepoint else _NO_SAVEPOINT:
-                                    self.process(event)
-                            except EventProcessingError as exc:
-                                if not savepoint:
-                                    raise  # its writes roll back with the transaction (alone in it)
-                                failure = exc
-                                break
-                            finally:
-                                this, self._emitted = self._emitted or [], None
-                            emitted.extend(this)
-                        last = event
-                        i += 1
-                    if last is not None:
-                        for emission in emitted:
-                            self.store.sink(emission)
-                        self._commit(last.id)  # type: ignore[arg-type]
-            except EventProcessingError:
-                if last is not None:  # the events before it commit (they wrote nothing yet)
-                    with self._batch_transaction():
-                        for emission in emitted:
-                            self.store.sink(emission)
-                        self._commit(last.id)  # type: ignore[arg-type]
-                raise
-            if failure is not None:
-                raise failure
-
-    def emit_event(self, event: Event) -> Event:
-        """Sink ``event`` caused by the event being processed; returns it as stored (or, where emissions
-        commit with the position, as it will be stored, without ``id``; while replaying: not at all).
-
-        ``causation_id`` becomes that event's uuid and ``correlation_id`` its
-        correlation id (or its uuid when it has none); ``metadata`` is the
-        cause's, updated with the emitted event's own (its keys win).
-        """
-        if not isinstance(event, tuple(self.emits_events)) or type(event) is Event:
-            raise UndeclaredEventEmissionError(
-                f"{self.processor_name} emitted {type(event).__name__} ({event.type!r}), which is not in "
-                f"emits_events {[c.__name__ for c in self.emits_events]}")
-        cause = self._current_event
-        if cause is not None:
-            event = _with_fields(event, causation_id=cause.uuid, correlation_id=cause.correlation_id or cause.uuid,
-                                 metadata={**cause.metadata, **event.metadata})
-        if self.replaying:
-            return event
-        if self._emitted is not None:
-            self._emitted.append(event)
-            return event
-        return self.store.sink(event)[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class ProcessorStatus:
-    """One processor that has run against a store: its position, how many events it is behind, whether a
-    live process holds its lock, and its ``state``: ``running``, ``failing`` (``last_error`` and
-    ``failing_event_id`` say why), ``standby`` (no instance holds it, and one is waiting to take it) or
-    ``stopped``. ``owner`` and ``standby`` are ``pid@host`` of the instance that took it last and of
-    one waiting for it; ``replay_horizon`` the position it had before its last reset."""
-
-    name: str
-    position: int
-    lag: int
-    running: bool
-    state: str = "stopped"
-    last_error: str | None = None
-    failing_event_id: int | None = None
-    owner: str | None = None
-    standby: str | None = None
-    replay_horizon: int = 0
-    kind: str | None = None
-    parked: int = 0  # how many events it has parked (see es.parked_events)
-
-
-#: How recently (seconds) a standby instance must have tried to take a name for ``state`` to say standby.
-STANDBY_FRESHNESS = 10.0
-
-
-def _located_record(record: TrackerRecord, *, read_only: bool = False) -> TrackerRecord:
-    """The record kept where a registered processor's position lives (the registration when unreachable);
-    ``read_only``: the database there is opened read-only."""
-    if not record.location:
-        return record
-    database: Database | None = None
-    try:
-        database = open_database(record.location, read_only=read_only)
-        found = DatabaseTracker(database).record(record.name)
-    except Exception:  # a database we cannot reach now: what the registration says
-        return record
-    finally:
-        if database is not None:
-            with contextlib.suppress(Exception):
-                database.close()
-    return dataclasses.replace(found, kind=found.kind or record.kind, location=record.location)
-
-
-def _parked_count(tracker: Tracker, record: TrackerRecord) -> int:
-    """How many events ``record``'s processor has parked, read where its position lives (0 when that
-    cannot be read now)."""
-    if not record.location:
-        return len(tracker.parked_events(record.name))
-    database: Database | None = None
-    try:
-        database = open_database(record.location, read_only=True)
-        return len(DatabaseTracker(database).parked_events(record.name))
-    except Exception:  # noqa: BLE001 - unreachable now: its status says what the registration says
-        return 0
-    finally:
-        if database is not None:
-            with contextlib.suppress(Exception):
-                database.close()
-
-
-def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> list[ProcessorStatus]:
-    """The status of every processor that has run against ``store``: those whose position ``tracker``
-    (default: the store's) keeps, and those registered in it whose position lives in their own database.
-
-    ``lag`` counts the events after the position (a processor's position moves past the events it does
-    not handle once it has read past them); ``running`` says whether a live process holds the
-    processor's lock on this store.
-    """
-    tracker = tracker or store.tracker()
-    latest = store.latest_event_id()
-    statuses = []
-    for record in tracker.records():
-        parked = _parked_count(tracker, record)
-        record = _located_record(record, read_only=True)
-        running = store.is_running(record.name)
-        recent_standby = record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS
-        if record.last_error is not None:
-            state = "failing"
-        elif running:
-            state = "running"
-        elif recent_standby:
-            state = "standby"
-        else:
-            state = "stopped"
-        statuses.append(ProcessorStatus(
-            record.name, record.position, max(latest - record.position, 0), running, state,
-            record.last_error, record.failing_event_id, record.owner, record.standby if recent_standby else None,
-            record.horizon, record.kind, parked))
-    return statuses
-
-
-def _skip_target(store: EventStore, processor_name: str, event_id: int) -> TrackerRecord:
-    """The record of the processor a skip of ``event_id`` would move (read where its position lives);
-    ValueError when the skip would be refused (see ``skip_event``)."""
-    event_id = _skip_id(event_id)
-    records = {r.name: r for r in store.tracker().records()}
-    if processor_name not in records:
-        raise ValueError(f"cannot skip event {event_id}: unknown processor {processor_name!r} "
-                         f"(processors in this store: {', '.join(sorted(records)) or 'none'})")
-    latest = store.latest_event_id()
-    if event_id > latest:
-        raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: it is not stored "
-                         f"(the latest event is {latest}); nothing changed")
-    record = _located_record(records[processor_name])
-    _check_skip(record, event_id)
-    return record
-
-
-def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
-    """Move the processor ``processor_name`` of ``store`` past the event ``event_id`` without processing
-    it: for an event whose handler keeps failing, or a damaged one its reader cannot decode.
-
-    Only the next event the processor would process can be skipped: the
-    position must be exactly ``event_id - 1`` (as it is when the processor is
-    ``failing`` with ``failing_event_id == event_id``), and it becomes
-    ``event_id`` in one conditional write. Anything else is refused with a
-    ValueError saying where the processor is, and nothing changes: an unknown
-    name, an event not stored yet, a position before or past it (the
-    processor has moved on, or has other events to process first). So a skip
-    never makes an event run twice and never skips another one.
-
-    It works whether the processor is stopped or running, from any process
-    (the CLI: ``python -m eventsourcery STORE skip NAME EVENT_ID``): the
-    processor's own position updates are fenced by its generation, not by
-    the position, so a running instance that keeps failing on the event picks
-    the new position up at its next retry and goes on with the next event
-    (logging that the event was skipped). Its failure is cleared. A handler
-    that happens to succeed on a retry at the very moment of the skip may
-    have processed the event after all; nothing else can. A projector whose
-    position lives in its own database is found through its registration in
-    the store.
-    """
-    record = _skip_target(store, processor_name, event_id)
-    if record.location:  # a projector whose position lives in its own database
-        database = open_database(record.location)
-        try:
-            DatabaseTracker(database).skip_event(processor_name, event_id)
-        finally:
-            database.close()
-    else:
-        with store.transaction():
-            store.tracker().skip_event(processor_name, event_id)
-    config.logger.warning("[%s] skipped event %d: position %d -> %d; that event will not be processed",
-                          processor_name, event_id, event_id - 1, event_id)
-
-
-@contextlib.contextmanager
-def _parking_tracker(store: EventStore, processor_name: str, *,
-                     read_only: bool = False) -> Iterator[Tracker]:
-    """The tracker that keeps ``processor_name``'s parked events: the store's, or (for a processor
-    registered in the store with its position in its own database) one on that database."""
-    check_text("processor name", processor_name)
-    records = {r.name: r for r in store.tracker().records()}
-    if processor_name not in records:
-        raise ValueError(f"unknown processor {processor_name!r} (processors in this store: "
-                         f"{', '.join(sorted(records)) or 'none'})")
-    location = records[processor_name].location
-    if not location:
-        yield store.tracker()
-        return
-    database = open_database(location, read_only=read_only)
-    try:
-        yield DatabaseTracker(database)
-    finally:
-        database.close()
-
-
-def _parked_id(event_id: object) -> int:
-    """``event_id`` checked as the id of a parked event (TypeError unless an int, ValueError
-    below 1)."""
-    if check_position("event_id", event_id) != event_id or event_id < 1:
-        raise ValueError(f"no parked event {event_id!r}: event ids start at 1")
-    return event_id
-
-
-def parked_events(store: EventStore, processor_name: str) -> list[ParkedEvent]:
-    """The events processor ``processor_name`` of ``store`` has parked, by id (see ``ParkedEvent``).
-
-    A retry handler with ``park_after=N`` parks an event once its handler has failed N times in
-    a row: it is kept in the processor's tracker with its error, the position moves past it in
-    the same transaction, and the processor goes on. Later events of the same aggregate park
-    behind it, unhandled, so each aggregate's events are still handled in order; other
-    aggregates' events are not held up. A parked event counts as passed for ``wait_for`` and
-    ``lag``. ValueError for a name that has not run against the store; a projector whose
-    position lives in its own database is found through its registration in the store.
-    """
-    with _parking_tracker(store, processor_name, read_only=True) as tracker:
-        return tracker.parked_events(processor_name)
-
-
-def retry_parked(store: EventStore, processor_name: str, event_id: int | None = None) -> list[int]:
-    """Ask processor ``processor_name`` (the instance running now, or the next to run) to handle
-    its parked events again, before its next batch (an idle one within about a second): all of
-    them, or parked ``event_id`` with the events parked behind it. Each aggregate's are handled in
-    id order; one that fails again stays parked (its ``attempts`` counted, its new error kept),
-    with the rest of its aggregate behind it. Returns the ids asked for. ValueError (nothing
-    changed) for an event that is not parked, or that waits behind another (retry that one)."""
-    if event_id is not None:
-        event_id = _parked_id(event_id)
-    with _parking_tracker(store, processor_name) as tracker:
-        ids = tracker.request_retry(processor_name, event_id)
-    config.logger.warning("[%s] asked to retry parked events %s", processor_name,
-                          ", ".join(map(str, ids)) or "(none parked)")
-    return ids
-
-
-def drop_parked(store: EventStore, processor_name: str, event_id: int) -> None:
-    """Give up on parked event ``event_id`` of processor ``processor_name``: it is removed from the
-    parked events for good (never handled), and the events parked behind it are retried (as
-    ``retry_parked`` does). ValueError (nothing changed) when it is not parked."""
-    event_id = _parked_id(event_id)
-    with _parking_tracker(store, processor_name) as tracker:
-        tracker.drop_parked(processor_name, event_id)
-    config.logger.warning("[%s] dropped parked event %d: it will not be handled", processor_name,
-                          event_id)
-
-
-def _skip_command(store: str, processor_name: str, event_id: int) -> str:
-    """The command line that moves ``processor_name`` past ``event_id`` (see ``skip_event``)."""
-    return f"python -m eventsourcery {store} skip {shlex.quote(processor_name)} {event_id}"
-
-
-class ErrorHandler:
-    """Decides what a processor does after an error: retry after an interval, or stop.
-
-    Every error is reported (unwrapped from EventProcessingError) to the
-    logger and to ``config.on_event_processor_error``, except
-    UnableToLockProcessorError: a second instance waiting for the first to
-    stop is only logged as a warning. ``sleep`` is injectable, so tests need
-    not wait.
-    """
-
-    #: Park an event once it has failed this many times in a row (None: never; see
-    #: ``es.parked_events``).
-    park_after: int | None = None
-
-    def __init__(self, *, sleep: Callable[[float], None] | None = None) -> None:
-        self.sleep = sleep
-
-    def count_failure(self, processor_name: str, error: EventProcessingError | None) -> int:
-        """Count ``error`` for ``processor_name``: how many times in a row its event has failed now
-        (None forgets the count)."""
-        counts: dict[str, tuple[str | None, int]] = self.__dict__.setdefault("_failure_counts", {})
-        if error is None:
-            counts.pop(processor_name, None)
-            return 0
-        last, count = counts.get(processor_name, (None, 0))
-        count = count + 1 if last == error.event.uuid else 1
-        counts[processor_name] = (error.event.uuid, count)
-        return count
-
-    def retry_interval(self, error: BaseException) -> float | None:
-        """Seconds to wait before retrying after ``error``; None to stop."""
-        raise NotImplementedError
-
-    def handle(self, error: BaseException, processor_name: str, *,
-               store: EventStore | None = None) -> float | None:
-        """Report ``error`` and return the retry interval (None: stop). When the processor is stuck
-        at an event, the log line says how to skip it, naming ``store`` by its location if it has
-        one (its own description of where it lives)."""
-        cause = error.__cause__ if isinstance(error, EventProcessingError) and error.__cause__ else error
-        if isinstance(error, UnableToLockProcessorError):  # a standby instance: nothing has failed
-            config.logger.warning("[%s] %s; waiting for it to stop", processor_name, error)
-        else:
-            event_id = _failing_event_id(error)
-            database = store.database if store is not None else None
-            location = database.location if database is not None else None
-            hint = "" if event_id is None else (
-                f"; to move it past event {event_id} without processing it: "
-                f"{_skip_command(shlex.quote(location) if location else 'STORE', processor_name, event_id)} "
-                "(or es.skip_event)")
-            config.logger.error("[%s] processor failed: %s%s", processor_name, error, hint, exc_info=cause)
-            config.on_event_processor_error(cause, processor_name)
-        interval = self.retry_interval(error)
-        if interval is not None:
-            config.logger.info("[%s] retrying in %s s", processor_name, interval)
-        return interval
-
-
-class NoRetry(ErrorHandler):
-    """Stop the processor at its first error (under ESPRunner its process exits with status 3,
-    and the runner does not start it again)."""
-
-    def retry_interval(self, error: BaseException) -> float | None:
-        return None
-
-
-def _check_park_after(park_after: object) -> int | None:
-    if park_after is not None and (not isinstance(park_after, int) or isinstance(park_after, bool)
-                                   or park_after < 1):
-        raise ValueError(f"park_after must be None or an int >= 1 (the failures of one event "
-                         f"after which it is parked), not {park_after!r}")
-    return park_after
-
-
-class ConstantRetry(ErrorHandler):
-    """Retry forever, ``interval`` seconds after every error (the default); with ``park_after``, an
-    event that has failed that many times in a row is parked instead (see ``es.parked_events``)."""
-
-    def __init__(self, interval: float = 1.0, park_after: int | None = None, *,
-                 sleep: Callable[[float], None] | None = None) -> None:
-        super().__init__(sleep=sleep)
-        self.interval = interval
-        self.park_after = _check_park_after(park_after)
-
-    def retry_interval(self, error: BaseException) -> float | None:
-        return self.interval
-
-
-class ExponentialBackoffRetry(ErrorHandler):
-    """Retry after ``initial`` seconds, doubling up to ``maximum`` while the same event keeps failing.
-
-    An error on another event, or an error that is not an
-    EventProcessingError, starts again at ``initial``. With ``park_after``, an
-    event that has failed that many times in a row is parked instead (see
-    ``es.parked_events``).
-    """
-
-    def __init__(self, initial: float = 1.0, maximum: float = 64.0,
-                 park_after: int | None = None, *,
-                 sleep: Callable[[float], None] | None = None) -> None:
-        super().__init__(sleep=sleep)
-        self.park_after = _check_park_after(park_after)
-        self.initial = initial
-        self.maximum = maximum
-        self._interval = initial
-        self._last_uuid: str | None = None
-
-    def retry_interval(self, error: BaseException) -> float | None:
-        event_uuid = error.event.uuid if isinstance(error, EventProcessingError) else None
-        if event_uuid is not None and event_uuid == self._last_uuid:
-            self._interval = min(self._interval * 2, self.maximum)
-        else:
-            self._interval = self.initial
-        self._last_uuid = event_uuid
-        return self._interval
-
-
-def _make_error_handler() -> ErrorHandler:
-    factory = config.error_handler or ConstantRetry
-    return factory if isinstance(factory, ErrorHandler) else factory()
-
-
-def run_processor(processor: EventStreamProcessor, store: EventStore, *, stop: StopSignal = None,
-                  error_handler: ErrorHandler | None = None) -> None:
-    """Run ``processor`` against ``store`` until ``stop`` is set, letting the error handler retry or stop
-    after errors; raises the error when the handler gives up.
-
-    A failing processor keeps its lock while it retries (it is ``failing``, not stopped). An instance
-    that finds its name taken waits as a standby, logging that once with the pid and host that hold it.
-    An instance that has lost its name to another (ProcessorFencedError) logs one line and raises.
-    """
-    stopper = Stopper(stop)
-    if not stopper.is_set():
-        processor._run(stopper=stopper, store=store, handler=error_handler or _make_error_handler())
-
-
-# ---------------------------------------------------------------------------
-# The runner: one child process per processor, supervised by the parent.
-# ---------------------------------------------------------------------------
-
-def _set_process_title(title: str) -> None:
-    with contextlib.suppress(OSError):
-        with open("/proc/self/comm", "w") as comm:
-            comm.write(title[:15])
-
-
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-#: A child's exit status when its processor's error handler gave up (NoRetry): the processor
-#: stopped on purpose, at an error, and the runner does not start it again. Any other non-zero
-#: status is a death.
-_EXIT_GAVE_UP = 3
-
-
-def _child_main(processor: EventStreamProcessor, store: EventStore,
-                after_fork: Callable[[EventStreamProcessor], None] | None, parent_pid: int = 0) -> None:
-    name = processor.processor_name
-    # A signal handler must not call threading.Event.set(): the signal may arrive while
-    # this thread holds that Event's lock, and the handler would deadlock. Set a flag.
-    stop_requested: list[bool] = []
-
-    def request_stop(signum: int, frame: Any) -> None:
-        stop_requested.append(True)
-
-    def stop() -> bool:
-        # A runner killed by SIGKILL sends no TERM: its children see they were re-parented, and stop.
-        return bool(stop_requested) or (parent_pid != 0 and os.getppid() != parent_pid)
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent until now
-    _set_process_title(f"es:{name}")
-    running = False
-    try:
-        if after_fork is not None:
-            after_fork(processor)
-        running = True
-        run_processor(processor, store, stop=stop)
-    except ProcessorFencedError:  # run_processor has logged it, in one line
-        sys.stderr.flush()
-        os._exit(1)
-    except BaseException as exc:
-        config.logger.critical("[%s] processor stopped by %r", name, exc, exc_info=exc)
-        with contextlib.suppress(Exception):
-            config.on_event_processor_critical_error(exc, name)
-        sys.stderr.flush()
-        # run_processor raises an Exception only once the error handler has given up.
-        os._exit(_EXIT_GAVE_UP if running and isinstance(exc, Exception) else 1)
-    config.logger.info("[%s] process exiting", name)
-    # Python restores the default action of handled signals while it shuts down, so the
-    # runner's TERM arriving after a Ctrl-C to the whole group would kill us mid-exit.
-    # We are stopping anyway: ignore further stop signals.
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    sys.stdout.flush()
-    sys.stderr.flush()
-
-
-def _describe_exit(status: int) -> str:
-    """A child's exit status as an operator reads it: ``exit status 1``, ``killed by SIGKILL (9)``.
-    """
-    if status < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-status).name} ({-status})"
-        return f"killed by signal {-status}"
-    return f"exit status {status}"
-
-
-class _RestartBackoff:
-    """How long the runner waits before it starts a child again after it died (one per child).
-
-    After a first death it waits ``initial`` seconds; each further death of a child that ran for
-    less than ``reset_after`` seconds doubles the wait, up to ``maximum``. A child that ran for at
-    least ``reset_after`` seconds before dying starts a new series at ``initial``. ``deaths``
-    counts the deaths of the current series.
-    """
-
-    def __init__(self, initial: float, maximum: float, reset_after: float) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.reset_after = reset_after
-        self.delay: float | None = None  # the last wait, None before a first death
-        self.deaths = 0
-
-    def next_delay(self, ran_for: float) -> float:
-        """The wait before starting again a child that died after running ``ran_for`` seconds."""
-        if self.delay is None or ran_for >= self.reset_after:
-            self.delay, self.deaths = self.initial, 1
-        else:
-            self.delay, self.deaths = min(self.delay * 2, self.maximum), self.deaths + 1
-        return self.delay
-
-
-class ESPRunner:
-    """Runs each processor in its own process until SIGTERM/SIGINT or ``shutdown()``.
-
-    Children open their own connections (processors and stores are sent to
-    them unconnected; works with the fork and spawn start methods). On
-    shutdown each child gets SIGTERM, finishes its current batch and exits;
-    children still alive after ``max_seconds_for_processes_to_terminate``
-    get SIGKILL. A child stops by itself (within about a second, between events) once the runner
-    process is gone, even after SIGKILL. A MemoryEventStore is refused (TypeError).
-
-    With ``restart=True`` (the default) a child that dies (an uncaught error, ``kill -9``, the OOM
-    killer, an ``after_fork`` that raises, a child that lost its processor name to another instance)
-    is started again after ``restart_delay`` seconds; while it keeps dying within
-    ``restart_reset_after`` seconds of its start, the wait doubles up to ``max_restart_delay``, and
-    a child that ran longer starts the series again at ``restart_delay``. Every death is logged with
-    its exit status or signal and the wait. A child that stopped on purpose is not started again:
-    it exited with status 0 (it was sent SIGTERM or SIGINT by someone other than the runner), or its
-    error handler gave up (``NoRetry``: status 3). ``restart=False`` only reports deaths.
-    A restart never happens once shutdown was requested, also during a wait.
-
-    ``start()`` returns
-    True only if every child ended cleanly (exit status 0); ``exit_statuses`` lists every end, by
-    processor name. ``after_subprocess_termination(processor, runner, exit_status)`` is
-    called for every child that ends (before it is started again).
-    With the ``fork`` start method (the default on Linux) a child copies
-    SQLite's in-process lock state: do not write to an SQLite store from other
-    threads of this process while the runner starts children, or use
-    ``start_method="spawn"`` (the todo example does).
-    """
-
-    def __init__(self, processors: Iterable[EventStreamProcessor], store: EventStore, *,
-                 max_seconds_for_processes_to_terminate: float = 30,
-                 after_fork: Callable[[EventStreamProcessor], None] | None = None,
-                 after_subprocess_termination: Callable[[EventStreamProcessor, ESPRunner, int], None] | None = None,
-                 restart: bool = True, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
-                 restart_reset_after: float = 60.0, start_method: str | None = None) -> None:
-        if not store.shared_between_processes:
-            raise TypeError(f"ESPRunner cannot run processors against a {type(store).__name__}: each "
-                            "processor runs in a child process, which would never see the events this "
-                            "process sinks; use an SQLiteEventStore or a PostgresEventStore (or "
-                            "run_processor in a thread)")
-        if not 0 < restart_delay <= max_restart_delay:
-            raise ValueError(f"ESPRunner: restart_delay must be more than 0 and at most "
-                             f"max_restart_delay; got restart_delay={restart_delay!r}, "
-                             f"max_restart_delay={max_restart_delay!r}")
-        if not restart_reset_after > 0:
-            raise ValueError(f"ESPRunner: restart_reset_after must be more than 0 seconds; "
-                             f"got {restart_reset_after!r}")
-        self.processors = list(processors)
-        names = [p.processor_name for p in self.processors]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"processor names must be unique; repeated: {duplicates}")
-        self.store = store
-        self.max_seconds_for_processes_to_terminate = max_seconds_for_processes_to_terminate
-        self.after_fork = after_fork
-        self.after_subprocess_termination = after_subprocess_termination
-        self.restart = restart
-        self.restart_delay = restart_delay
-        self.max_restart_delay = max_restart_delay
-        self.restart_reset_after = restart_reset_after
-        self._context: Any = multiprocessing.get_context(start_method)
-        self._shutdown = threading.Event()  # set by shutdown(), from any thread
-        self._signalled = False  # set by the signal handler (which must not touch locks)
-        # By child key: the processor name (one child per processor); each has its own backoff.
-        self._children = {p.processor_name: self._new_child(p) for p in self.processors}
-        self.exit_statuses: dict[str, list[int]] = {n: [] for n in names}
-
-    def _new_child(self, processor: EventStreamProcessor) -> _Child:
-        backoff = _RestartBackoff(self.restart_delay, self.max_restart_delay,
-                                  self.restart_reset_after)
-        return _Child(processor.processor_name, processor, backoff)
-
-    def shutdown(self) -> None:
-        """Ask the runner to stop its children and return from start()."""
-        self._shutdown.set()
-
-    def shutdown_requested(self) -> bool:
-        """Whether shutdown() was called or a stop signal received."""
-        return self._signalled or self._shutdown.is_set()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signalled = True
-
-    def start_processor(self, processor: EventStreamProcessor) -> None:
-        """Start one child process for ``processor``."""
-        name = processor.processor_name
-        child = self._children.get(name)
-        if child is None:
-            child = self._children[name] = self._new_child(processor)
-        child.processor = processor
-        self.exit_statuses.setdefault(name, [])
-        self._start_child(child)
-
-    def _start_child(self, child: _Child) -> None:
-        name = child.processor.processor_name
-        proc = self._context.Process(
-            target=_child_main, args=(child.processor, self.store, self.after_fork, os.getpid()),
-            name=f"eventsourcery:{name}", daemon=False)
-        # The child starts with TERM and INT blocked (the mask survives fork and exec) and
-        # unblocks them once its handlers are in place, so an early TERM is a clean stop.
-        if self._context.get_start_method() != "fork":
-            # Starting multiprocessing's resource tracker unblocks TERM and INT: do it first.
-            from multiprocessing import resource_tracker
-            resource_tracker.ensure_running()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        try:
-            proc.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        child.process, child.started_at = proc, time.monotonic()
-        config.logger.info("ESPRunner: started %s (pid %s)", name, proc.pid)
-
-    def start(self) -> bool:
-        """Run until shutdown; return True when every child ended cleanly."""
-        previous: dict[signal.Signals, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, self._on_signal)
-        try:
-            self.store.close()  # never hand an open connection to a child
-            for processor in self.processors:
-                self.start_processor(processor)
-            while not self.shutdown_requested() and any(
-                    c.process is not None or c.restart_at is not None
-                    for c in self._children.values()):
-                self._reap()
-                self._restart_due()
-                time.sleep(0.05)
-        finally:
-            try:
-                self._terminate_children()  # also when starting a child failed: leave none running
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-        config.logger.info("ESPRunner: processes shut down")
-        return all(code == 0 for codes in self.exit_statuses.values() for code in codes)
-
-    def _reap(self, stopping: bool = False) -> None:
-        """Record the children that ended, and schedule a restart for those that died (unless
-        ``stopping``: the runner is terminating its children)."""
-        for child in self._children.values():
-            proc = child.process
-            if proc is None or proc.exitcode is None:
-                continue
-            proc.join()
-            child.process = None
-            name, status = child.processor.processor_name, proc.exitcode
-            ran_for = time.monotonic() - child.started_at
-            self.exit_statuses.setdefault(name, []).append(status)
-            if self.after_subprocess_termination is not None:
-                try:
-                    self.after_subprocess_termination(child.processor, self, status)
-                except Exception:
-                    config.logger.exception("ESPRunner: after_subprocess_termination failed for %s", name)
-            ended = (f"ESPRunner: process {name} (pid {proc.pid}) ended after {ran_for:.1f} s, "
-                     f"{_describe_exit(status)}")
-            if stopping or self.shutdown_requested():
-                (config.logger.info if status == 0 else config.logger.error)("%s", ended)
-            elif status == 0:
-                config.logger.warning("%s: it was asked to stop (a SIGTERM or SIGINT not sent by "
-                                      "the runner): not restarting it", ended)
-            elif status == _EXIT_GAVE_UP:
-                config.logger.error("%s: its error handler gave up: not restarting it", ended)
-            elif not self.restart:
-                config.logger.error("%s: not restarting it (restart=False)", ended)
-            else:
-                delay = child.backoff.next_delay(ran_for)
-                child.restart_at = time.monotonic() + delay
-                config.logger.error("%s: restarting it in %s s (death %s in a row)", ended,
-                                    f"{delay:g}", child.backoff.deaths)
-
-    def _restart_due(self) -> None:
-        now = time.monotonic()
-        for child in self._children.values():
-            if child.restart_at is not None and child.restart_at <= now and not self.shutdown_requested():
-                child.restart_at = None
-                try:
-                    self._start_child(child)
-                except Exception as exc:  # fork can fail for want of memory: try again later
-                    delay = child.backoff.next_delay(0.0)
-                    child.restart_at = time.monotonic() + delay
-                    config.logger.error("ESPRunner: could not restart %s (%r): trying again in "
-                                        "%s s", child.processor.processor_name, exc, f"{delay:g}")
-
-    def _terminate_children(self) -> None:
-        for child in self._children.values():
-            child.restart_at = None
-        alive = [(c.processor.processor_name, c.process) for c in self._children.values()
-                 if c.process is not None and c.process.exitcode is None]
-        if alive:
-            config.logger.info("ESPRunner: sending TERM to %s", [name for name, _ in alive])
-        for _, proc in alive:
-            with contextlib.suppress(OSError):
-                proc.terminate()
-        deadline = time.monotonic() + self.max_seconds_for_processes_to_terminate
-        while any(proc.exitcode is None for _, proc in alive) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        for name, proc in alive:
-            if proc.exitcode is None:
-                config.logger.warning("ESPRunner: sending KILL to %s", name)
-                with contextlib.suppress(OSError):
-                    proc.kill()
-        for _, proc in alive:
-            proc.join()
-        self._reap(stopping=True)
-
-    # Started from an asyncio application (an ASGI app's lifespan): start_in_background(), stop().
-    _background: threading.Thread | None = None
-    _outcome: concurrent.futures.Future[bool] | None = None
-
-    def start_in_background(self) -> None:
-        """Run ``start()`` on a thread of the runner's own and return at once: that thread starts
-        the children and supervises them (restarts included) until ``stop()`` or
-        ``stop_async()``. For an ASGI app's lifespan.
-
-        Needs ``start_method="spawn"`` (or ``"forkserver"``), else ValueError: the children then
-        start from a new interpreter and copy nothing of this process, whose other threads (the
-        event loop's, an AsyncEventStore's, the server's) may hold a lock at any moment, which a
-        forked child would wait on forever. Processors and stores must then be picklable
-        (classes defined at the top level of an importable module). Give the runner a store
-        object of its own: ``start()`` closes the store's idle connections first.
-        """
-        method = self._context.get_start_method()
-        if method == "fork":
-            raise ValueError("start_in_background() forks no child from a process whose other "
-                             "threads may hold locks: make the runner with "
-                             "ESPRunner(..., start_method='spawn') (or 'forkserver')")
-        if self._background is not None:
-            raise RuntimeError("this ESPRunner was already started in the background")
-        outcome: concurrent.futures.Future[bool] = concurrent.futures.Future()
-
-        def supervise() -> None:
-            try:
-                outcome.set_result(self.start())
-            except BaseException as exc:
-                config.logger.exception("ESPRunner: the runner failed")
-                outcome.set_exception(exc)
-
-        # A daemon thread: should the application exit without stop(), the children stop by
-        # themselves (they watch their parent).
-        self._outcome = outcome
-        self._background = threading.Thread(target=supervise, name="eventsourcery-runner",
-                                            daemon=True)
-        self._background.start()
-
-    def stop(self) -> bool:
-        """Stop a runner started with ``start_in_background()``: ask its children to stop, wait
-        until they ended, and return what ``start()`` returns (True when every child ended
-        cleanly); an error that stopped the runner is raised here."""
-        thread, outcome = self._background, self._outcome
-        if thread is None or outcome is None:
-            raise RuntimeError("stop() ends a runner started with start_in_background(); "
-                               "this one was not")
-        self.shutdown()
-        thread.join()
-        return outcome.result()
-
-    async def stop_async(self) -> bool:
-        """``stop()`` as a coroutine (the wait for the children is a thread's, not the loop's)."""
-        import asyncio
-
-        return await asyncio.to_thread(self.stop)
-
-
-@dataclasses.dataclass
-class _Child:
-    """One child process of the runner: its processor, its current process and its restarts.
-
-    The runner keeps its children by ``key``, today the processor's name; a processor run by several
-    children would have one _Child each, under keys of their own, each with its own backoff.
-    """
-
-    key: str
-    processor: EventStreamProcessor
-    backoff: _RestartBackoff
-    process: Any = None  # the running multiprocessing.Process, or None
-    started_at: float = 0.0
-    restart_at: float | None = None  # when a dead child is due to start again
-
-
-# ---------------------------------------------------------------------------
-# Testing helpers: given/when/then for aggregates, and events fed to a
-# processor. They raise AssertionError with a readable diff, so they work
-# under plain pytest and under unittest alike.
-# ---------------------------------------------------------------------------
-
-_P = TypeVar("_P", bound="EventStreamProcessor")
-
-
-def _describe_event(event: Event | type[Event], *, aggregate: bool = False) -> str:
-    """One line per event for diffs: its class (or type name) and body, and with ``aggregate`` the
-    aggregate id it goes to; never ids, uuids, versions or times."""
-    if isinstance(event, type):
-        return f"{event.__name__}(...)"
-    name = type(event).__name__ if type(event) is not Event else f"Event[{event.type}]"
-    line = f"{name}({', '.join(f'{k}={v!r}' for k, v in event.body.items())})"
-    return f"{line} on {event.aggregate_id!r}" if aggregate else line
-
-
-def _names_aggregate(expected: Event | type[Event] | None) -> bool:
-    """True for an expected event instance that names its aggregate (assert_events compares it)."""
-    return isinstance(expected, Event) and bool(expected.aggregate_id)
-
-
-def _event_matches(actual: Event, expected: Event | type[Event]) -> bool:
-    if isinstance(expected, type):
-        return isinstance(actual, expected) and actual.type == expected.type
-    if _names_aggregate(expected) and actual.aggregate_id != expected.aggregate_id:
-        return False
-    return bool(actual.type == expected.type and actual.body == expected.body)
-
-
-def assert_events(actual: Iterable[Event], expected: Iterable[Event | type[Event]], *,
-                  what: str = "events") -> None:
-    """Assert that ``actual`` are ``expected``, in order, by type and body, and by aggregate id
-    (where the event goes) when the expected event names one; ids, uuids, versions and timestamps
-    are ignored.
-
-    An expected Event class matches any event of that class, on any aggregate; an expected event
-    without an ``aggregate_id`` matches that type and body on any aggregate.
-
-    Raises AssertionError showing a diff of the two lists, one event a line (with the aggregate id
-    where the expected event names one).
-    """
-    got, want = list(actual), list(expected)
-    if len(got) == len(want) and all(_event_matches(a, e) for a, e in zip(got, want, strict=True)):
-        return
-    import difflib
-    named = [_names_aggregate(want[i] if i < len(want) else None)
-             for i in range(max(len(got), len(want)))]
-    got_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(got)]
-    want_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(want)]
-    for i, (a, e) in enumerate(zip(got, want, strict=False)):  # a class matching: show it as matched
-        if isinstance(e, type) and _event_matches(a, e):
-            want_lines[i] = got_lines[i]
-    diff = difflib.unified_diff(want_lines, got_lines, "expected", "actual", n=max(len(got), len(want)),
-                                lineterm="")
-    raise AssertionError(f"{what} differ (- expected, + actual):\n" + "\n".join(list(diff)[2:]))
-
-
-def _given_with_fields(events: Sequence[Event], aggregate_id: str | None) -> list[Event]:
-    """Copies of ``events`` with the aggregate id filled in where missing (and ids and versions, per aggregate)."""
-    versions: dict[str, int] = {}
-    result = []
-    for position, event in enumerate(events, 1):
-        if not isinstance(event, Event):
-            raise TypeError(f"given events must be Event instances, not {event!r}")
-        target = event.aggregate_id or aggregate_id or ""
-        versions[target] = versions.get(target, 0) + 1
-        result.append(_with_fields(event, aggregate_id=target, id=event.id or position,
-                                   version=event.version or versions[target]))
-    return result
-
-
-class AggregateScenario(typing.Generic[_A]):
-    """An aggregate built from given events; ``when(command)`` runs a command, ``then``/``then_raises`` check it.
-
-    ``aggregate`` is the instance (inspect its state); ``error`` is what the
-    command raised (None if it did not); ``result`` is what it returned.
-    """
-
-    def __init__(self, aggregate_class: type[_A], events: Sequence[Event], id: str) -> None:
-        self.given = _given_with_fields(events, id)
-        self.aggregate: _A = aggregate_class(id, self.given)
-        self.error: Exception | None = None
-        self.result: Any = None
-        self._ran = False
-
-    def when(self, command: Callable[[_A], Any]) -> AggregateScenario[_A]:
-        """Run ``command(aggregate)``, e.g. ``lambda order: order.ship("Paris")``; an error is kept for then_raises."""
-        self._ran = True
-        try:
-            self.result = command(self.aggregate)
-        except Exception as exc:
-            self.error = exc
-        return self
-
-    @property
-    def new_events(self) -> list[Event]:
-        """The events the command applied (the aggregate's unsaved changes)."""
-        return list(self.aggregate.changes)
-
-    def then(self, *expected: Event | type[Event]) -> list[Event]:
-        """Assert that the command succeeded and applied exactly these events (by type and body,
-        and by aggregate id where an expected event names one: see ``assert_events``); returns
-        them.
-
-        ``then()`` with no events asserts that the command applied none.
-        """
-        if self.error is not None:
-            raise AssertionError(f"expected {len(expected)} new event(s), but the command raised "
-                                 f"{type(self.error).__name__}: {self.error}") from self.error
-        assert_events(self.new_events, expected, what="new events")
-        return self.new_events
-
-    def then_raises(self, exc_type: type[BaseException] | tuple[type[BaseException], ...] = Exception, *,
-                    match: str | None = None) -> Exception:
-        """Assert that the command raised ``exc_type`` (its message searched with the regex ``match``); return it."""
-        error = self.error
-        if error is None:
-            ran = "the command" if self._ran else "no command (call .when(...) first)"
-            names = exc_type.__name__ if isinstance(exc_type, type) else " or ".join(t.__name__ for t in exc_type)
-            raise AssertionError(f"expected {names}, but {ran} raised nothing; new events: "
-                                 f"{[_describe_event(e) for e in self.new_events]}")
-        if not isinstance(error, exc_type):
-            raise AssertionError(f"expected {exc_type!r}, but the command raised "
-                                 f"{type(error).__name__}: {error}") from error
-        if match is not None and not re.search(match, str(error)):
-            raise AssertionError(f"{type(error).__name__} raised, but its message {str(error)!r} does not "
-                                 f"match {match!r}") from error
-        return error
-
-
-def given(aggregate_class: type[_A], *events: Event, id: str = "test-aggregate") -> AggregateScenario[_A]:
-    """Start a test: an ``aggregate_class`` with this ``id`` rebuilt from ``events`` (missing ids, aggregate ids
-    and versions are filled in). ``es.given(Order, OrderPlaced(total=5)).when(lambda o: o.ship()).then(...)``.
-    """
-    return AggregateScenario(aggregate_class, events, id)
-
-
-class ProcessorScenario(typing.Generic[_P]):
-    """A processor after it was fed the given events: look at its tables and at what it emitted.
-
-    ``store`` holds the given events (as ``given``, stored) and, for a
-    reactor, what it emitted (``emitted``).
-    """
-
-    def __init__(self, processor: _P, store: EventStore, given: list[Event], emitted: list[Event]) -> None:
-        self.processor = processor
-        self.store = store
-        self.given = given
-        self.emitted = emitted
-
-    @property
-    def db(self) -> Any:
-        """The processor's database connection (``processor.db``)."""
-        if not isinstance(self.processor, TableProcessor):
-            raise TypeError(f"{self.processor!r} has no database: only projectors and reactors do")
-        return self.processor.db
-
-    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """The rows of a query on the processor's database, as a list of tuples (use ``processor.placeholder``)."""
-        return [tuple(row) for row in self.db.execute(sql, params).fetchall()]
-
-    def then_emitted(self, *expected: Event | type[Event]) -> list[Event]:
-        """Assert that the processor emitted exactly these events (by type and body, and onto the
-        aggregate an expected event names: ``ThingDone(aggregate_id="t-1", ...)`` fails for an
-        emission onto another one; see ``assert_events``); returns them as stored."""
-        assert_events(self.emitted, expected, what="emitted events")
-        return self.emitted
-
-
-class GivenEvents:
-    """Events to feed to processors with ``feed(processor)``; see :func:`given_events`."""
-
-    def __init__(self, events: Sequence[Event], aggregate_id: str) -> None:
-        for event in events:
-            if not isinstance(event, Event):
-                raise TypeError(f"given events must be Event instances, not {event!r}")
-        self.events = tuple(events)
-        self.aggregate_id = aggregate_id
-
-    def feed(self, processor: _P) -> ProcessorScenario[_P]:
-        """Store the events, set the processor up and let it process them in one batch.
-
-        A reactor's events go into its own store (a MemoryEventStore is the
-        usual choice), and what it emits while processing them is returned
-        as ``emitted``; any other processor gets them through a new
-        MemoryEventStore (a Projector given ``":memory:"`` needs nothing else).
-        """
-        store: EventStore = processor.store if isinstance(processor, Reactor) else MemoryEventStore()
-        stored: list[Event] = []
-        for event in self.events:
-            target = event.aggregate_id or self.aggregate_id
-            stored += store.sink(_with_fields(event, aggregate_id=target))
-        processor.setup()
-        last = max((e.id or 0 for e in stored), default=store.latest_event_id())
-        if stored:
-            processor.process_batch(stored)
-        emitted: list[Event] = []
-        while page := store.get_next_from(last + 1):
-            emitted += page
-            last = page[-1].id or last
-        return ProcessorScenario(processor, store, stored, emitted)
-
-
-def given_events(*events: Event, aggregate_id: str = "test-aggregate") -> GivenEvents:
-    """Events for a processor test: ``es.given_events(TodoAdded(title="x")).feed(projector)``.
-
-    Events without an aggregate id get ``aggregate_id``; ids, versions and
-    timestamps are assigned by the store they are sunk into.
-    """
-    return GivenEvents(events, aggregate_id)
-
-
-# ---------------------------------------------------------------------------
-# Asyncio: stores, the repository and subscriptions awaited from an event
-# loop. Each call runs the wrapped store's own method (or Repository's) on a
-# worker thread, so a store's logic exists once and keeps its guarantees; the
-# loop only waits. (asyncio is imported where it is used, so the command line
-# and the runner's children never load it.)
-# ---------------------------------------------------------------------------
-
-#: How long a task whose call was cancelled waits for the worker thread to finish that call.
-_CANCEL_GRACE = 1.0
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Take a finished future's exception, so that asyncio does not log it as never retrieved."""
-    if not future.cancelled():
-        future.exception()
-
-
-async def _await_call(future: concurrent.futures.Future[_T]) -> _T:
-    """The outcome of a call running on another thread, with the cancellation rules of
-    ``AsyncEventStore._call``."""
-    import asyncio
-
-    waiting = asyncio.wrap_future(future)
-    try:
-        return await asyncio.shield(waiting)
-    except asyncio.CancelledError:
-        if not future.cancel():
-            waiting.add_done_callback(_retrieve)
-            await asyncio.wait({waiting}, timeout=_CANCEL_GRACE)
-        raise
-
-
-class _Job:
-    """One call handed to a worker thread, and how its outcome goes back to the loop awaiting it."""
-
-    __slots__ = ("call", "claim", "finished", "future", "loop", "waiter")
-
-    def __init__(self, call: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
-        self.call = call
-        self.loop = loop
-        self.future: asyncio.Future[Any] = loop.create_future()
-        self.claim = [True]  # popped (atomically) by whoever takes the job: thread or cancellation
-        self.finished = False
-        self.waiter: asyncio.Future[None] | None = None  # for a cancelled task to wait on
-
-
-def _deliver(job: _Job, result: Any, error: BaseException | None) -> None:
-    """On the loop: a finished job's outcome to its future (unless cancelled) and its waiter."""
-    job.finished = True
-    if not job.future.done():
-        if error is None:
-            job.future.set_result(result)
-        else:
-            job.future.set_exception(error)
-    if job.waiter is not None and not job.waiter.done():
-        job.waiter.set_result(None)
-
-
-class _Workers:
-    """Up to ``size`` threads that run jobs for event loops (leaner than a ThreadPoolExecutor
-    behind asyncio.wrap_future: the outcome goes straight to the loop's future, with one
-    call_soon_threadsafe)."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self.size, self.name = size, name
-        self.pid = os.getpid()  # a forked child has none of these threads: it makes its own
-        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.threads: list[threading.Thread] = []
-        self.idle: queue.SimpleQueue[None] = queue.SimpleQueue()  # a token per thread free for a job
-
-    def submit(self, job: _Job) -> None:
-        self.queue.put(job)
-        # a new thread only when none is waiting (so that each has a connection it keeps using)
-        try:
-            self.idle.get_nowait()
-        except queue.Empty:
-            self._add_thread()
-
-    def _add_thread(self) -> None:
-        if len(self.threads) < self.size:
-            thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self.threads)}",
-                                      daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _work(self) -> None:
-        while True:
-            job = self.queue.get()
-            if job is None:
-                return
-            if self._claim(job):  # else it was cancelled before it started: it never runs
-                result, error = None, None
-                try:
-                    result = job.call()
-                except BaseException as exc:
-                    error = exc
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for it
-                    job.loop.call_soon_threadsafe(_deliver, job, result, error)
-                del result, error
-            del job
-            self.idle.put(None)
-
-    @staticmethod
-    def _claim(job: _Job) -> bool:
-        """Take the job to run it; False when a cancellation took it first."""
-        try:
-            job.claim.pop()
-            return True
-        except IndexError:
-            return False
-
-    def shutdown(self) -> None:
-        """End the threads once the jobs queued before are done, and wait for them."""
-        for _ in self.threads:
-            self.queue.put(None)
-        for thread in self.threads:
-            thread.join()
-
-
-async def _on_own_thread(fn: Callable[[], _T], name: str) -> _T:
-    """``fn()`` run on a thread started for it; once the call is done the thread is gone too."""
-    import asyncio
-
-    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-
-    def work() -> None:
-        if future.set_running_or_notify_cancel():
-            try:
-                future.set_result(fn())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-    thread = threading.Thread(target=work, name=name, daemon=True)
-    thread.start()
-    try:
-        return await _await_call(future)
-    finally:
-        while future.done() and thread.is_alive():  # it ends as soon as it handed the outcome over
-            await asyncio.sleep(0.001)
-
-
-class AsyncEventStore(typing.Generic[_S]):
-    """Any event store (memory, SQLite, Postgres) for asyncio code: ``await astore.sink(...)``,
-    ``async for batch in astore.subscribe(1): ...``.
-
-    Each call runs the wrapped store's own method on one of at most
-    ``max_threads`` worker threads of this object, so it takes the same
-    arguments and gives the same results and errors as the store, keeps the
-    store's guarantees (group commit, fencing, bounded connections) and never
-    blocks the event loop. When the task awaiting a call is cancelled, a call
-    that has not started yet never runs; a running one is finished by its
-    thread, and the task waits for that (up to about a second) before the
-    cancellation goes on: a cancelled ``sink`` stores its events entirely or
-    not at all. ``aclose()`` (or leaving ``async with``) waits for the calls in
-    flight, ends the worker threads and the subscriptions, and closes the
-    store; like the store, it may be used again after that (threads and
-    connections are made again when needed).
-    """
-
-    def __init__(self, store: _S, *, max_threads: int = 10) -> None:
-        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
-            raise ValueError(f"max_threads must be an int of at least 1, not {max_threads!r}")
-        self.store: _S = store
-        self.max_threads = max_threads
-        self._guard = threading.Lock()
-        self._workers: _Workers | None = None
-        self._stops: set[threading.Event] = set()  # one per running subscription
-
-    def __repr__(self) -> str:
-        return f"AsyncEventStore({self.store!r})"
-
-    async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """``fn(*args, **kwargs)`` run on a worker thread (in the caller's context variables).
-
-        When the awaiting task is cancelled, a call that has not started never
-        runs; one that is running is finished by its thread, and the task waits
-        for that (up to ``_CANCEL_GRACE`` seconds) before the cancellation goes
-        on, so that a cancelled write has by then happened entirely or not at all.
-        """
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        job = _Job(functools.partial(contextvars.copy_context().run, fn, *args, **kwargs), loop)
-        with self._guard:
-            if self._workers is None or self._workers.pid != os.getpid():
-                self._workers = _Workers(self.max_threads, "eventsourcery-async")
-            self._workers.submit(job)
-        try:
-            result: _T = await job.future
-            return result
-        except asyncio.CancelledError:
-            if not job.finished:
-                try:
-                    job.claim.pop()  # not started yet: now it never will
-                except IndexError:  # running: wait (a bounded while) for its thread to finish it
-                    job.waiter = loop.create_future()
-                    await asyncio.wait({job.waiter}, timeout=_CANCEL_GRACE)
-            raise
-
-    async def sink(self, event_or_events: Event | Sequence[Event],
-                   expected_version: int | None = None) -> list[Event]:
-        """``store.sink``: append atomically and return the stored copies."""
-        return await self._call(self.store.sink, event_or_events, expected_version)
-
-    async def get_next_from(self, id: int, event_types: EventTypes = None,
-                            limit: int = 1000) -> list[Event]:
-        """``store.get_next_from``: at most ``limit`` events with ``id >= id``, in id order."""
-        return await self._call(self.store.get_next_from, id, event_types, limit)
-
-    async def latest_event_id(self, event_types: EventTypes = None) -> int:
-        """``store.latest_event_id``: the highest id (of those types); 0 when none."""
-        return await self._call(self.store.latest_event_id, event_types)
-
-    async def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *,
-                                          from_version: int = 1,
-                                          to_version: int | None = None) -> list[Event]:
-        """``store.get_events_for_aggregate_id``: one aggregate's events in version order."""
-        return await self._call(self.store.get_events_for_aggregate_id, aggregate_id,
-                                from_version=from_version, to_version=to_version)
-
-    async def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
-        """``store.aggregate_version``: the aggregate's highest stored version; 0 for none."""
-        return await self._call(self.store.aggregate_version, aggregate_id)
-
-    async def subscribe(self, from_id: int,
-                        event_types: EventTypes = None) -> AsyncIterator[list[Event]]:
-        """``store.subscribe`` as an async iterator: non-empty batches from ``from_id`` on, stored
-        events first, then new ones as any process commits them, until the loop is left.
-
-        The store's own subscription runs on a thread of its own (never one
-        of the worker threads, which it would hold). Breaking out of the loop,
-        cancelling the task that iterates, or ``aclose()`` of this object ends
-        it within about a second, with its thread and connection.
-        """
-        import asyncio
-
-        stop = threading.Event()
-        batches = self.store.subscribe(from_id, event_types, stop=stop)
-        reader = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="eventsourcery-subscribe")
-        with self._guard:
-            self._stops.add(stop)
-        try:
-            while True:
-                batch = await asyncio.wrap_future(reader.submit(next, batches, None))
-                if batch is None:
-                    return
-                yield batch
-        finally:
-            stop.set()  # ends the read in flight, which the close below waits for
-            with self._guard:
-                self._stops.discard(stop)
-            # a generator's close() releases what it holds (on Postgres, its LISTEN connection)
-            closed = reader.submit(getattr(batches, "close", lambda: None))
-            reader.shutdown(wait=False)
-            with contextlib.suppress(Exception):
-                await asyncio.wait({asyncio.wrap_future(closed)}, timeout=_CANCEL_GRACE)
-
-    async def aclose(self) -> None:
-        """Wait for the calls in flight, end the worker threads and subscriptions, then close
-        the store."""
-        with self._guard:
-            workers, self._workers = self._workers, None
-            if workers is not None and workers.pid != os.getpid():
-                workers = None  # a parent's: not ours to end
-            for stop in self._stops:
-                stop.set()
-
-        def close() -> None:
-            if workers is not None:
-                workers.shutdown()
-            self.store.close()
-
-        await _on_own_thread(close, "eventsourcery-close")
-
-    async def __aenter__(self) -> AsyncEventStore[_S]:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-class AsyncRepository:
-    """``Repository`` for asyncio code: ``todo = await arepo.load(Todo, id)``,
-    ``await arepo.save(todo)``.
-
-    Each ``load`` and ``save`` is a ``Repository``'s own (snapshots, several
-    aggregates saved in one transaction), run whole on one worker thread of
-    the AsyncEventStore, with its results and errors. A ``save`` whose task is
-    cancelled is finished or not started, never half done (see AsyncEventStore).
-    """
-
-    def __init__(self, store: AsyncEventStore[Any]) -> None:
-        self.store = store
-        self.repository = Repository(store.store)  # the logic it runs
-
-    async def load(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID) -> _A:
-        """``Repository.load``: the aggregate rebuilt from its events (and snapshot)."""
-        return await self.store._call(self.repository.load, aggregate_class, aggregate_id)
-
-    async def save(self, *aggregates: Aggregate) -> list[Event]:
-        """``Repository.save``: sink each aggregate's changes (several in one transaction);
-        return the stored events."""
-        return await self.store._call(self.repository.save, *aggregates)
 
 
 # ---------------------------------------------------------------------------
