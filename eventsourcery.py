@@ -105,7 +105,8 @@ __all__ = [
     # configuration
     "BodySerializer", "Config", "config", "configure",
     # errors
-    "Error", "ConcurrencyError", "DuplicateEventError", "AtomicWriteToMultipleAggregatesNotSupported",
+    "Error", "ConcurrencyError", "DuplicateEventError",
+    "AtomicWriteToMultipleAggregatesNotSupported",
     "UnknownEventError", "EventProcessingError", "UndeclaredEventEmissionError",
     "MultipleCatchAllHandlersDefined", "UnableToLockProcessorError", "ProcessorFencedError",
     "InvalidEventError", "DuplicateEventTypeError", "StoreError", "CorruptEventError",
@@ -145,7 +146,8 @@ class ConcurrencyError(Error):
 
 
 class DuplicateEventError(ConcurrencyError):
-    """An event with this uuid is already stored (the same event was written twice); nothing was written."""
+    """An event with this uuid is already stored (the same event was written twice); nothing was
+    written."""
 
 
 class AtomicWriteToMultipleAggregatesNotSupported(Error):
@@ -163,7 +165,8 @@ class EventProcessingError(Error):
         self.event = event
         self.processor = processor
         super().__init__(
-            f"{processor.processor_name} failed on event {event.id} ({event.type}, uuid {event.uuid}): {cause!r}"
+            f"{processor.processor_name} failed on event {event.id} ({event.type}, uuid "
+            f"{event.uuid}): {cause!r}"
         )
         self.__cause__ = cause
 
@@ -195,7 +198,8 @@ class ProcessorFencedError(Error):
 
 
 class InvalidEventError(Error, ValueError):
-    """An event cannot be stored as given (empty aggregate id, bad type name, ...); nothing was written."""
+    """An event cannot be stored as given (empty aggregate id, bad type name, ...); nothing was
+    written."""
 
 
 class DuplicateEventTypeError(Error, TypeError):
@@ -203,18 +207,21 @@ class DuplicateEventTypeError(Error, TypeError):
 
 
 class StoreError(Error):
-    """An event store cannot be opened or used: a missing, corrupt or foreign file, a bad URL, ..."""
+    """An event store cannot be opened or used: a missing, corrupt or foreign file, a bad URL,
+    ..."""
 
 
 class CorruptEventError(StoreError):
     """A stored event cannot be decoded; the message names its id, and ``event_id`` is that id where
-    it is known (None for a damaged file). A processor that meets one stops there (see ``skip_event``)."""
+    it is known (None for a damaged file). A processor that meets one stops there (see
+    ``skip_event``)."""
 
     event_id: int | None = None
 
 
 class AggregateErasedError(Error):
-    """The aggregate was erased (``store.erase_aggregate``): it cannot be loaded or written again."""
+    """The aggregate was erased (``store.erase_aggregate``): it cannot be loaded or written
+    again."""
 
 
 # ---------------------------------------------------------------------------
@@ -245,13 +252,15 @@ class BodySerializer:
     def add(self, type_: type, to_json: Converter, from_json: Converter) -> BodySerializer:
         """Register ``to_json``/``from_json`` for fields annotated with ``type_``; returns self."""
         self._custom[type_] = (to_json, from_json)
-        self._codecs.clear()  # codecs compiled before may have encoded this type by its runtime type
+        # codecs compiled before may have encoded this type by its runtime type
+        self._codecs.clear()
         self._attributes.clear()
         return self
 
-    def attribute_converters(self, cls: type, name: str) -> tuple[Converter | None, Converter | None]:
-        """``(encode, decode)`` of an attribute of a class (an aggregate's state, in snapshots): by the
-        class's annotation of ``name``, else by the value's runtime type (cached)."""
+    def attribute_converters(self, cls: type,
+                             name: str) -> tuple[Converter | None, Converter | None]:
+        """``(encode, decode)`` of an attribute of a class (an aggregate's state, in snapshots): by
+        the class's annotation of ``name``, else by the value's runtime type (cached)."""
         key = (cls, name)
         converters = self._attributes.get(key)
         if converters is None:
@@ -265,12 +274,14 @@ class BodySerializer:
         return converters
 
     def codec(self, cls: type) -> _FieldCodec:
-        """The compiled codec of an Event subclass's own fields (built on first use, then cached)."""
+        """The compiled codec of an Event subclass's own fields (built on first use, then
+        cached)."""
         codec = self._codecs.get(cls)
         if codec is None:
             names = [f.name for f in dataclasses.fields(cls) if f.name not in _ENVELOPE]
             codec = self._codecs[cls] = _FieldCodec(cls, self, names)
-            codec.upcast = any("upcast" in k.__dict__ for k in cls.__mro__ if k is not Event and issubclass(k, Event))
+            codec.upcast = any("upcast" in k.__dict__ for k in cls.__mro__
+                               if k is not Event and issubclass(k, Event))
         return codec
 
     def encode_any(self, value: Any) -> Any:
@@ -291,7 +302,8 @@ class BodySerializer:
         if isinstance(value, enum.Enum):
             return value.value
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: self.encode_any(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return {f.name: self.encode_any(getattr(value, f.name))
+                    for f in dataclasses.fields(value)}
         raise TypeError(f"{type(value).__name__} is not JSON serialisable; "
                         "register it with es.config.body_serializer.add(type, to_json, from_json)")
 
@@ -331,7 +343,8 @@ class BodySerializer:
                 return _enum_value, annotation
             if dataclasses.is_dataclass(annotation):
                 return self._dataclass_converters(annotation)
-        if origin in (list, Sequence, tuple, set, frozenset) or annotation in (tuple, set, frozenset):
+        if (origin in (list, Sequence, tuple, set, frozenset)
+            or annotation in (tuple, set, frozenset)):
             return self._collection_converters(origin or annotation, args)
         if origin in (dict, Mapping):
             key_enc, key_dec = self.converters(args[0]) if args else (None, None)
@@ -343,8 +356,10 @@ class BodySerializer:
             return self.encode_any, None
         return self.encode_any, None
 
-    def _collection_converters(self, origin: Any, args: tuple[Any, ...]) -> tuple[Converter, Converter | None]:
-        make: Callable[[Iterable[Any]], Any] = {tuple: tuple, set: set, frozenset: frozenset}.get(origin, list)
+    def _collection_converters(self, origin: Any,
+                               args: tuple[Any, ...]) -> tuple[Converter, Converter | None]:
+        make: Callable[[Iterable[Any]], Any] = {tuple: tuple, set: set,
+                                                frozenset: frozenset}.get(origin, list)
         if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
             pairs = [self.converters(a) for a in args]
             encs = [_none_safe(e) if e else None for e, _ in pairs]
@@ -357,7 +372,8 @@ class BodySerializer:
         enc = _none_safe(item_enc) if item_enc else None
         dec = _none_safe(item_dec) if item_dec else None
         if enc is None:
-            encoder: Converter = list if origin in (set, frozenset) else (lambda v: v if type(v) is list else list(v))
+            encoder: Converter = (list if origin in (set, frozenset)
+                                  else (lambda v: v if type(v) is list else list(v)))
         else:
             encoder = lambda v: [enc(x) for x in v]  # noqa: E731
         if dec is None:
@@ -401,7 +417,8 @@ class _FieldCodec:
         self.name_set = frozenset(names)
         self.upcast = False
         self.defaults: dict[str, tuple[Any, bool]] = {
-            f.name: (f.default_factory, True) if f.default_factory is not dataclasses.MISSING else (f.default, False)
+            f.name: (f.default_factory, True) if f.default_factory is not dataclasses.MISSING
+                else (f.default, False)
             for f in dataclasses.fields(cls)
             if f.name in self.name_set and (f.default is not dataclasses.MISSING
                                             or f.default_factory is not dataclasses.MISSING)}
@@ -415,7 +432,8 @@ class _FieldCodec:
                 self.decoders.append((name, dec))
 
     def encode_fields(self, obj: Any) -> dict[str, Any]:
-        values = obj.__dict__ if hasattr(obj, "__dict__") else {n: getattr(obj, n) for n in self.names}
+        values = (obj.__dict__ if hasattr(obj, "__dict__")
+                  else {n: getattr(obj, n) for n in self.names})
         body = {name: values[name] for name in self.names}
         for name, enc in self.encoders:
             value = body[name]
@@ -464,7 +482,8 @@ def _ignore_error(exc: BaseException, processor_name: str) -> None:
 class Config:
     """Library-wide settings; change them with :func:`configure`."""
 
-    logger: logging.Logger = dataclasses.field(default_factory=lambda: logging.getLogger("eventsourcery"))
+    logger: logging.Logger = dataclasses.field(
+        default_factory=lambda: logging.getLogger("eventsourcery"))
     on_unknown_event: Callable[[Event, Aggregate], None] = _raise_unknown_event
     on_event_processor_error: Callable[[BaseException, str], None] = _ignore_error
     on_event_processor_critical_error: Callable[[BaseException, str], None] = _ignore_error
@@ -481,7 +500,8 @@ def configure(**options: Any) -> Config:
     names = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(options) - names)
     if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}")
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid options: "
+                        f"{', '.join(sorted(names))}")
     for name, value in options.items():
         setattr(config, name, value)
     if "subscription_batch_size" in options:
@@ -495,7 +515,8 @@ def configure(**options: Any) -> Config:
 # ---------------------------------------------------------------------------
 
 #: The fields every event carries besides its own (its body).
-_ENVELOPE = ("id", "uuid", "aggregate_id", "version", "created_at", "correlation_id", "causation_id", "metadata")
+_ENVELOPE = ("id", "uuid", "aggregate_id", "version", "created_at", "correlation_id",
+             "causation_id", "metadata")
 _registry: dict[str, type[Event]] = {}
 
 
@@ -539,9 +560,11 @@ class Event:
     created_at: _dt.datetime | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
-    metadata: Mapping[str, str | int | float | bool | None] = dataclasses.field(default_factory=dict)
+    metadata: Mapping[str, str | int | float | bool | None] = dataclasses.field(
+        default_factory=dict)
 
-    #: the type name: each subclass's own (set when it is defined), or a generic event's (on the instance)
+    #: the type name: each subclass's own (set when it is defined), or a generic event's (on the
+    #: instance)
     type: ClassVar[Any] = None
     body: ClassVar[Any] = _Body()
 
@@ -577,7 +600,8 @@ class Event:
         own = cls.__dict__.get("__annotations__", {})
         for reserved in ("type", "body", "metadata"):
             if reserved in own:
-                raise TypeError(f"{cls.__qualname__}: '{reserved}' is reserved by es.Event; name the field otherwise")
+                raise TypeError(f"{cls.__qualname__}: '{reserved}' is reserved by es.Event; name "
+                                "the field otherwise")
         if type is None:
             name = _snake_case(cls.__name__)
         elif not isinstance(type, str) or not type:
@@ -586,10 +610,12 @@ class Event:
             name = type
         dataclasses.dataclass(frozen=True, kw_only=True, eq=False)(cls)
         existing = _registry.get(name)
-        if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+        if (existing is not None and (existing.__module__, existing.__qualname__)
+            != (cls.__module__, cls.__qualname__)):
             raise DuplicateEventTypeError(f"event type name {name!r} is claimed by both "
-                            f"{existing.__module__}.{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
-                            "pass type='...' to one of them")
+                                          f"{existing.__module__}.{existing.__qualname__} and "
+                                          f"{cls.__module__}.{cls.__qualname__}; pass type='...' "
+                                          "to one of them")
         cls.type = name  # a plain class attribute, not a descriptor: read for every event handled
         _registry[name] = cls
 
@@ -603,7 +629,8 @@ class Event:
             return NotImplemented
         return self.__dict__ == other.__dict__
 
-    def __hash__(self) -> int:  # by identity of the event, so metadata (a dict) does not stop hashing
+    # by identity of the event, so metadata (a dict) does not stop hashing
+    def __hash__(self) -> int:
         return hash((self.type, self.uuid))
 
     def __repr__(self) -> str:
@@ -627,7 +654,8 @@ _GENERIC_FIELDS = _generic_fields()
 
 
 class AggregateErased(Event, type="eventsourcery.aggregate_erased"):
-    """Appended to an aggregate's stream by ``store.erase_aggregate``: its earlier events were erased.
+    """Appended to an aggregate's stream by ``store.erase_aggregate``: its earlier events were
+    erased.
 
     Projectors handle it to forget the aggregate in their read models too.
     """
@@ -717,7 +745,8 @@ class Aggregate:
     snapshot_every: ClassVar[int | None] = None
     snapshot_version: ClassVar[int] = 1
     ignores_events: ClassVar[tuple[type[Event] | str, ...]] = ()
-    """Event classes (or type names) replay skips: e.g. those a reactor emits onto this aggregate's stream.
+    """Event classes (or type names) replay skips: e.g. those a reactor emits onto this aggregate's
+    stream.
 
     An ignored event changes no state but counts in ``version``, so saving
     after it still writes at the right version. Any iterable works; it is
@@ -727,22 +756,27 @@ class Aggregate:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         every = cls.snapshot_every
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise TypeError(f"{cls.__qualname__}.snapshot_every must be a positive int or None, not {every!r}")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int)
+                                  or every < 1):
+            raise TypeError(f"{cls.__qualname__}.snapshot_every must be a positive int or None, "
+                            f"not {every!r}")
         if isinstance(cls.snapshot_version, bool) or not isinstance(cls.snapshot_version, int):
-            raise TypeError(f"{cls.__qualname__}.snapshot_version must be an int, not {cls.snapshot_version!r}")
+            raise TypeError(f"{cls.__qualname__}.snapshot_version must be an int, not "
+                            f"{cls.snapshot_version!r}")
         handlers: dict[str, list[Callable[..., Any]]] = {}
         for names, fn in _collect_handlers(cls):
             for name in names:
                 handlers.setdefault(name, []).append(fn)
         ignored = cls.__dict__.get("ignores_events", cls.ignores_events)
         if isinstance(ignored, (str, type)) or not isinstance(ignored, Iterable):
-            raise TypeError(f"{cls.__qualname__}.ignores_events must be an iterable of Event classes "
-                            f"or type names, not {ignored!r}")
+            raise TypeError(f"{cls.__qualname__}.ignores_events must be an iterable of Event "
+                            f"classes or type names, not {ignored!r}")
         cls.ignores_events = tuple(ignored)
         for item in cls.ignores_events:
-            if not isinstance(item, str) and not (isinstance(item, type) and issubclass(item, Event)):
-                raise TypeError(f"{cls.__qualname__}.ignores_events: {item!r} is not an Event class or type name")
+            if (not isinstance(item, str)
+                and not (isinstance(item, type) and issubclass(item, Event))):
+                raise TypeError(f"{cls.__qualname__}.ignores_events: {item!r} is not an Event "
+                                "class or type name")
         for name in type_names(cls.ignores_events) or ():
             handlers.setdefault(name, [_ignore_event])
         cls._handlers = handlers
@@ -764,14 +798,17 @@ class Aggregate:
         self.version += 1
 
     def apply_event(self, event: type[_E] | _E, **fields: Any) -> _E:
-        """Build (from a class and fields) or take an event, apply it to state and record it in changes."""
+        """Build (from a class and fields) or take an event, apply it to state and record it in
+        changes."""
         if isinstance(event, type):
             instance = event(aggregate_id=self.id, **fields)
         else:
             if fields:
-                raise TypeError("apply_event(instance) takes no fields; use apply_event(EventClass, **fields)")
+                raise TypeError("apply_event(instance) takes no fields; use "
+                                "apply_event(EventClass, **fields)")
             if event.aggregate_id and event.aggregate_id != self.id:
-                raise InvalidEventError(f"event for aggregate {event.aggregate_id!r} applied to {self.id!r}")
+                raise InvalidEventError(
+                    f"event for aggregate {event.aggregate_id!r} applied to {self.id!r}")
             instance = event if event.aggregate_id else _with_fields(event, aggregate_id=self.id)
         self._mutate(instance)
         self.changes.append(instance)
@@ -782,12 +819,13 @@ class Aggregate:
         self.changes = []
 
     def snapshot_state(self) -> dict[str, Any]:
-        """The state a snapshot keeps: by default every instance attribute but ``id``, ``version`` and
-        ``changes``. Override it (and ``restore_snapshot``) to keep something else."""
+        """The state a snapshot keeps: by default every instance attribute but ``id``, ``version``
+        and ``changes``. Override it (and ``restore_snapshot``) to keep something else."""
         return {k: v for k, v in self.__dict__.items() if k not in ("id", "version", "changes")}
 
     def restore_snapshot(self, state: dict[str, Any]) -> None:
-        """Set the state ``snapshot_state()`` returned (on a new instance, before later events replay)."""
+        """Set the state ``snapshot_state()`` returned (on a new instance, before later events
+        replay)."""
         self.__dict__.update(state)
 
 
@@ -832,17 +870,22 @@ class Repository:
                 return aggregate
         events = self.store.get_events_for_aggregate_id(aggregate_id)
         if events and isinstance(events[-1], AggregateErased):
-            raise AggregateErasedError(f"aggregate {str(aggregate_id)!r} was erased ({events[-1].created_at})")
+            raise AggregateErasedError(f"aggregate {str(aggregate_id)!r} was erased "
+                                       f"({events[-1].created_at})")
         return aggregate_class(aggregate_id, events)
 
-    def _load_from_snapshot(self, aggregate_class: type[_A], aggregate_id: str | _uuid.UUID) -> _A | None:
-        """The aggregate from its snapshot and the events after it; None when there is no usable snapshot."""
+    def _load_from_snapshot(self, aggregate_class: type[_A],
+                            aggregate_id: str | _uuid.UUID) -> _A | None:
+        """The aggregate from its snapshot and the events after it; None when there is no usable
+        snapshot."""
         kind = _aggregate_type(aggregate_class)
-        snapshot = next((s for s in self.store.snapshots(aggregate_id) if s.aggregate_type == kind), None)
+        snapshot = next((s for s in self.store.snapshots(aggregate_id) if s.aggregate_type == kind),
+                        None)
         if snapshot is None or snapshot.snapshot_version != aggregate_class.snapshot_version:
             return None
         events = self.store.get_events_for_aggregate_id(aggregate_id, from_version=snapshot.version)
-        if not events or events[0].version != snapshot.version or events[0].uuid != snapshot.last_event_uuid:
+        if (not events or events[0].version != snapshot.version
+            or events[0].uuid != snapshot.last_event_uuid):
             return None  # the history the snapshot was taken of is not there any more
         if isinstance(events[-1], AggregateErased):
             return None
@@ -850,8 +893,8 @@ class Repository:
             aggregate = aggregate_class(aggregate_id)
             aggregate.restore_snapshot(_decode_state(aggregate_class, snapshot.state))
         except Exception as exc:
-            config.logger.warning("snapshot of %s %r at version %d cannot be used (%r); replaying its events",
-                                  kind, str(aggregate_id), snapshot.version, exc)
+            config.logger.warning("snapshot of %s %r at version %d cannot be used (%r); replaying "
+                                  "its events", kind, str(aggregate_id), snapshot.version, exc)
             return None
         aggregate.version = snapshot.version
         for event in events[1:]:
@@ -859,24 +902,28 @@ class Repository:
         return aggregate
 
     def _save_snapshot(self, aggregate: Aggregate, last_event_uuid: str) -> None:
-        """Keep a snapshot of ``aggregate`` if its state survives encoding exactly; a cache, so a failure
-        is logged, never raised."""
+        """Keep a snapshot of ``aggregate`` if its state survives encoding exactly; a cache, so a
+        failure is logged, never raised."""
         cls = type(aggregate)
         kind = _aggregate_type(cls)
         try:
             state = aggregate.snapshot_state()
             text = _encode_state(cls, state)
             if _decode_state(cls, text) != state:
-                raise ValueError("its state does not survive encoding unchanged (annotate the attributes, "
-                                 "or override snapshot_state and restore_snapshot)")
-            with self.store.transaction():  # a savepoint inside a caller's transaction: a failure leaves it usable
-                self.store.save_snapshot(Snapshot(aggregate.id, kind, aggregate.version, cls.snapshot_version,
-                                                  last_event_uuid, text, _dt.datetime.now(_dt.timezone.utc)))
+                raise ValueError("its state does not survive encoding unchanged (annotate the "
+                                 "attributes, or override snapshot_state and restore_snapshot)")
+            # a savepoint inside a caller's transaction: a failure leaves it usable
+            with self.store.transaction():
+                self.store.save_snapshot(Snapshot(aggregate.id, kind, aggregate.version,
+                                                  cls.snapshot_version, last_event_uuid, text,
+                                                  _dt.datetime.now(_dt.timezone.utc)))
         except Exception as exc:
-            config.logger.warning("no snapshot of %s %r at version %d: %s", kind, aggregate.id, aggregate.version, exc)
+            config.logger.warning("no snapshot of %s %r at version %d: %s", kind, aggregate.id,
+                                  aggregate.version, exc)
 
     def save(self, *aggregates: Aggregate) -> list[Event]:
-        """Sink each aggregate's changes with ``expected_version = version - len(changes)``; return them stored.
+        """Sink each aggregate's changes with ``expected_version = version - len(changes)``; return
+        them stored.
 
         Several aggregates are saved in one transaction: a concurrent write to
         any of them since its load raises ConcurrencyError naming it, and then
@@ -889,16 +936,19 @@ class Repository:
             return []
         if len(pending) == 1:
             (aggregate,) = pending
-            stored = self.store.sink(aggregate.changes, expected_version=aggregate.version - len(aggregate.changes))
+            stored = self.store.sink(aggregate.changes,
+                                     expected_version=aggregate.version - len(aggregate.changes))
         else:
             stored = []
             with self.store.transaction():
                 for aggregate in pending:
                     changes = aggregate.changes
-                    stored += self.store.sink(changes, expected_version=aggregate.version - len(changes))
+                    stored += self.store.sink(changes,
+                                              expected_version=aggregate.version - len(changes))
         for aggregate in pending:
             every = type(aggregate).snapshot_every
-            if every and aggregate.version // every > (aggregate.version - len(aggregate.changes)) // every:
+            if (every and aggregate.version // every > (aggregate.version - len(aggregate.changes))
+                // every):
                 self._save_snapshot(aggregate, aggregate.changes[-1].uuid)
             aggregate.clear_changes()
         return stored
@@ -968,7 +1018,8 @@ class EventStore(abc.ABC):
     shared_between_processes: ClassVar[bool] = True
 
     @abc.abstractmethod
-    def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
+    def sink(self, event_or_events: Event | Sequence[Event],
+             expected_version: int | None = None) -> list[Event]:
         """Append events of one aggregate atomically; return the stored copies.
 
         ``expected_version`` is the aggregate's version before the write
@@ -977,8 +1028,10 @@ class EventStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
-        """Events with ``id >= id`` in id order, optionally of these types only, at most ``limit``."""
+    def get_next_from(self, id: int, event_types: EventTypes = None,
+                      limit: int = 1000) -> list[Event]:
+        """Events with ``id >= id`` in id order, optionally of these types only, at most
+        ``limit``."""
 
     @abc.abstractmethod
     def latest_event_id(self, event_types: EventTypes = None) -> int:
@@ -987,16 +1040,18 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def get_events_for_aggregate_id(self, aggregate_id: str | _uuid.UUID, *, from_version: int = 1,
                                     to_version: int | None = None) -> list[Event]:
-        """One aggregate's events in version order, those with ``from_version <= version <= to_version``
-        (no upper bound when ``to_version`` is None)."""
+        """One aggregate's events in version order, those with ``from_version <= version <=
+        to_version`` (no upper bound when ``to_version`` is None)."""
 
     def aggregate_version(self, aggregate_id: str | _uuid.UUID) -> int:
         """The aggregate's highest stored version; 0 when it has none."""
         events = self.get_events_for_aggregate_id(aggregate_id)
         return events[-1].version or 0 if events else 0
 
-    def each_by_range(self, from_id: int, to_id: int, event_types: EventTypes = None) -> Iterator[Event]:
-        """Events with ``from_id <= id <= to_id`` (of these types), read in pages, never past ``to_id``."""
+    def each_by_range(self, from_id: int, to_id: int,
+                      event_types: EventTypes = None) -> Iterator[Event]:
+        """Events with ``from_id <= id <= to_id`` (of these types), read in pages, never past
+        ``to_id``."""
         names = type_names(event_types)
         position = max(check_position("from_id", from_id), 1)
         to_id = check_position("to_id", to_id)
@@ -1032,12 +1087,14 @@ class EventStore(abc.ABC):
         return None
 
     def _wait_for_change(self, token: Any, stopper: Stopper) -> None:
-        """Block until the store may have changed since ``token`` was taken, or a short while passed."""
+        """Block until the store may have changed since ``token`` was taken, or a short while
+        passed."""
         stopper.sleep(0.05)
 
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
-        """A context in which ``sink`` calls and the store tracker's writes commit together (or not at all)."""
+        """A context in which ``sink`` calls and the store tracker's writes commit together (or not
+        at all)."""
 
     @abc.abstractmethod
     def tracker(self) -> Tracker:
@@ -1045,23 +1102,27 @@ class EventStore(abc.ABC):
 
     @property
     def database(self) -> Database | None:
-        """The SQL database this store keeps its events in, where a reactor without a ``db`` of its own
-        keeps its tables; None for a store that has none (the memory store)."""
+        """The SQL database this store keeps its events in, where a reactor without a ``db`` of its
+        own keeps its tables; None for a store that has none (the memory store)."""
         return None
 
     @abc.abstractmethod
     def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
-        """Hold the single-instance lock of processor ``name`` on this store, or raise UnableToLockProcessorError.
+        """Hold the single-instance lock of processor ``name`` on this store, or raise
+        UnableToLockProcessorError.
 
         The lock is released when the context exits or its holder dies, even by ``kill -9``.
         """
 
     @abc.abstractmethod
     def is_running(self, name: str) -> bool:
-        """Whether a live process holds the single-instance lock of processor ``name`` on this store."""
+        """Whether a live process holds the single-instance lock of processor ``name`` on this
+        store."""
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:  # noqa: B027 - keeping no snapshots is allowed
-        """Keep ``snapshot`` as the latest of its aggregate and type, unless a newer one is kept already.
+    # keeping no snapshots is allowed
+    def save_snapshot(self, snapshot: Snapshot) -> None:  # noqa: B027
+        """Keep ``snapshot`` as the latest of its aggregate and type, unless a newer one is kept
+        already.
 
         Snapshots are a cache, never events: subscribers never see them. A
         store that keeps none (this default) just makes every load replay.
@@ -1071,18 +1132,21 @@ class EventStore(abc.ABC):
         """The snapshots kept of one aggregate (one per aggregate type at most); none by default."""
         return []
 
-    def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:  # noqa: B027 - see save_snapshot
+    # see save_snapshot
+    def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:  # noqa: B027
         """Forget every snapshot of one aggregate."""
 
-    def erase_aggregate(self, aggregate_id: str | _uuid.UUID, *, reason: str | None = None) -> AggregateErased | None:
-        """Remove one aggregate's data for good (a person's right to erasure); return the AggregateErased
-        event appended to its stream, or None when it has no events. Calling it again returns that event.
+    def erase_aggregate(self, aggregate_id: str | _uuid.UUID, *,
+                        reason: str | None = None) -> AggregateErased | None:
+        """Remove one aggregate's data for good (a person's right to erasure); return the
+        AggregateErased event appended to its stream, or None when it has no events. Calling it
+        again returns that event.
 
-        In one transaction each of its events becomes a tombstone (type ``ERASED_TYPE``, empty body, no
-        metadata; id, uuid, aggregate id, version and time stay, so no other id changes and no
+        In one transaction each of its events becomes a tombstone (type ``ERASED_TYPE``, empty body,
+        no metadata; id, uuid, aggregate id, version and time stay, so no other id changes and no
         subscriber meets a gap), its snapshots are deleted and ``AggregateErased`` is appended; then
-        ``scrub()`` removes the old contents from the database's free space where the backend can. The
-        aggregate cannot be loaded afterwards (AggregateErasedError).
+        ``scrub()`` removes the old contents from the database's free space where the backend can.
+        The aggregate cannot be loaded afterwards (AggregateErasedError).
         """
         aggregate_id = check_aggregate_id(aggregate_id)
         with self.transaction():
@@ -1094,15 +1158,15 @@ class EventStore(abc.ABC):
                 return last
             self.erase_events(aggregate_id, version)
             self.delete_snapshots(aggregate_id)
-            erased = self.sink(AggregateErased(aggregate_id=aggregate_id, erased_events=version, reason=reason),
-                               expected_version=version)[0]
+            erased = self.sink(AggregateErased(aggregate_id=aggregate_id, erased_events=version,
+                                               reason=reason), expected_version=version)[0]
         self.scrub()
         assert isinstance(erased, AggregateErased)
         return erased
 
     def erase_events(self, aggregate_id: str, to_version: int) -> None:
-        """Backend primitive of ``erase_aggregate``: turn the aggregate's events up to ``to_version`` into
-        tombstones, in place, inside the open transaction."""
+        """Backend primitive of ``erase_aggregate``: turn the aggregate's events up to
+        ``to_version`` into tombstones, in place, inside the open transaction."""
         raise NotImplementedError(f"{type(self).__name__} cannot erase events")
 
     def scrub(self) -> None:  # noqa: B027 - a store whose data leaves no copies has nothing to do
@@ -1110,10 +1174,10 @@ class EventStore(abc.ABC):
         backend can (SQLite: secure_delete and a WAL checkpoint; Postgres: VACUUM)."""
 
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Counts for people: ``events``, ``aggregates``, ``first_created_at`` and ``last_created_at``
-        (ISO text or None), ``types`` (type name -> count, most frequent first), and whatever else the
-        backend knows (SQLite: ``file_size``, ``wal_size``). This default reads every event once,
-        calling ``progress(done_id, latest_id)`` now and then."""
+        """Counts for people: ``events``, ``aggregates``, ``first_created_at`` and
+        ``last_created_at`` (ISO text or None), ``types`` (type name -> count, most frequent first),
+        and whatever else the backend knows (SQLite: ``file_size``, ``wal_size``). This default
+        reads every event once, calling ``progress(done_id, latest_id)`` now and then."""
         latest = self.latest_event_id()
         counts: dict[str, int] = {}
         aggregates: set[str] = set()
@@ -1217,7 +1281,8 @@ class Tracker(abc.ABC):
         """Record that ``name`` has processed everything up to ``event_id``."""
 
     def reset(self, name: str) -> None:
-        """Set the position of ``name`` back to 0 (keeping the position it had as its replay horizon)."""
+        """Set the position of ``name`` back to 0 (keeping the position it had as its replay
+        horizon)."""
         self.processed_event(name, 0)
 
     @abc.abstractmethod
@@ -1226,42 +1291,50 @@ class Tracker(abc.ABC):
 
     def records(self) -> list[TrackerRecord]:
         """Everything kept about every tracked name, by name."""
-        return [TrackerRecord(name, position) for name, position in sorted(self.positions().items())]
+        return [TrackerRecord(name, position)
+                for name, position in sorted(self.positions().items())]
 
     def record(self, name: str) -> TrackerRecord:
         """Everything kept about ``name`` (a fresh record when it is not tracked)."""
         return next((r for r in self.records() if r.name == name), TrackerRecord(name, fresh=True))
 
     def acquire(self, name: str, owner: str, kind: str | None = None) -> int:
-        """Take ownership of ``name`` for a new instance (``owner``: ``pid@host``); returns its generation."""
+        """Take ownership of ``name`` for a new instance (``owner``: ``pid@host``); returns its
+        generation."""
         return 0
 
     def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
-        """Record the position as ``processed_event`` does, but only while ``generation`` (None: any) still
-        owns ``name``, else raise ProcessorFencedError; clears a failure the position has got past."""
+        """Record the position as ``processed_event`` does, but only while ``generation`` (None:
+        any) still owns ``name``, else raise ProcessorFencedError; clears a failure the position has
+        got past."""
         self.processed_event(name, event_id)
 
     def skip_event(self, name: str, event_id: int) -> None:
-        """Move the position of ``name`` from exactly ``event_id - 1`` to ``event_id``, so that event is never
-        processed; ValueError (nothing changed) when the position is anywhere else. Clears a failure the
-        position gets past, as ``commit_position`` does. This default reads, then writes; ``DatabaseTracker``
-        and ``MemoryTracker`` do it in one step (see ``es.skip_event``)."""
+        """Move the position of ``name`` from exactly ``event_id - 1`` to ``event_id``, so that
+        event is never processed; ValueError (nothing changed) when the position is anywhere else.
+        Clears a failure the position gets past, as ``commit_position`` does. This default reads,
+        then writes; ``DatabaseTracker`` and ``MemoryTracker`` do it in one step (see
+        ``es.skip_event``)."""
         _check_skip(self.record(name), event_id)
         self.processed_event(name, event_id)
 
-    def check_owner(self, name: str, generation: int | None) -> None:  # noqa: B027 - by default nothing is kept
+    # by default nothing is kept
+    def check_owner(self, name: str, generation: int | None) -> None:  # noqa: B027
         """Raise ProcessorFencedError unless ``generation`` (None: any) still owns ``name``."""
 
-    def report(self, name: str, generation: int | None, state: str,  # noqa: B027 - by default nothing is kept
+    # by default nothing is kept
+    def report(self, name: str, generation: int | None, state: str,  # noqa: B027
                error: str | None = None, failing_event_id: int | None = None) -> None:
-        """Record what the owning instance is doing (``running``/``stopped``) and the failure it is stuck at
-        (not one at an event the position is past: it was skipped meanwhile)."""
+        """Record what the owning instance is doing (``running``/``stopped``) and the failure it is
+        stuck at (not one at an event the position is past: it was skipped meanwhile)."""
 
     def standby(self, name: str, who: str) -> None:  # noqa: B027 - by default nothing is kept
         """Record that ``who`` (``pid@host``) is waiting to take ``name`` over."""
 
-    def register(self, name: str, kind: str, location: str) -> None:  # noqa: B027 - by default nothing is kept
-        """Record that ``name`` runs against this tracker's store with its position kept at ``location``."""
+    # by default nothing is kept
+    def register(self, name: str, kind: str, location: str) -> None:  # noqa: B027
+        """Record that ``name`` runs against this tracker's store with its position kept at
+        ``location``."""
 
     def declare_tables(self, name: str, tables: Sequence[str]) -> None:  # noqa: B027
         """Record the tables of ``name`` (beside this record) that its ``reset()`` drops; by default
@@ -1303,29 +1376,32 @@ class Tracker(abc.ABC):
 
 
 def _fenced(name: str, generation: int | None) -> ProcessorFencedError:
-    return ProcessorFencedError(f"processor {name!r}: another instance has taken over (this instance's "
-                                f"generation {generation} is no longer current); its last writes were rolled back")
+    return ProcessorFencedError(f"processor {name!r}: another instance has taken over (this "
+                                f"instance's generation {generation} is no longer current); its "
+                                "last writes were rolled back")
 
 
 def _skip_id(event_id: object) -> int:
-    """``event_id`` checked as the id of an event to skip (TypeError unless an int, ValueError below 1)."""
+    """``event_id`` checked as the id of an event to skip (TypeError unless an int, ValueError below
+    1)."""
     if check_position("event_id", event_id) != event_id or event_id < 1:
         raise ValueError(f"cannot skip event {event_id!r}: event ids start at 1")
     return event_id
 
 
 def _check_skip(record: TrackerRecord, event_id: int) -> None:
-    """Raise ValueError unless a skip of ``event_id`` may move ``record``'s position: only the next event
-    to process (the position is ``event_id - 1``) can be skipped."""
+    """Raise ValueError unless a skip of ``event_id`` may move ``record``'s position: only the next
+    event to process (the position is ``event_id - 1``) can be skipped."""
     event_id = _skip_id(event_id)
     position = record.position
     if position >= event_id:
-        raise ValueError(f"cannot skip event {event_id} of processor {record.name!r}: its position is {position}, "
-                         f"so it is past that event already; nothing changed")
+        raise ValueError(f"cannot skip event {event_id} of processor {record.name!r}: its position "
+                         f"is {position}, so it is past that event already; nothing changed")
     if position != event_id - 1:
-        raise ValueError(f"cannot skip event {event_id} of processor {record.name!r}: its position is {position}, "
-                         f"so the next event it processes is {position + 1}; only that next event can be "
-                         f"skipped (the position moves by one event); nothing changed")
+        raise ValueError(f"cannot skip event {event_id} of processor {record.name!r}: its position "
+                         f"is {position}, so the next event it processes is {position + 1}; only "
+                         "that next event can be skipped (the position moves by one event); "
+                         "nothing changed")
 
 
 # ---------------------------------------------------------------------------
@@ -1335,8 +1411,8 @@ def _check_skip(record: TrackerRecord, event_id: int) -> None:
 # ---------------------------------------------------------------------------
 
 def _failing_event_id(error: BaseException) -> int | None:
-    """The id of the event a processor is stuck at after ``error``: the one whose handler failed, or a
-    damaged one its reader met; None for other errors."""
+    """The id of the event a processor is stuck at after ``error``: the one whose handler failed, or
+    a damaged one its reader met; None for other errors."""
     if isinstance(error, EventProcessingError):
         return error.event.id
     if isinstance(error, CorruptEventError):
@@ -1403,7 +1479,8 @@ class EventStreamProcessor:
         if "processor_name" not in cls.__dict__:
             cls.processor_name = _snake_case(cls.__name__)
         if cls.start_from not in ("beginning", "end"):
-            raise ValueError(f"{cls.__qualname__}.start_from must be 'beginning' or 'end', not {cls.start_from!r}")
+            raise ValueError(f"{cls.__qualname__}.start_from must be 'beginning' or 'end', not "
+                             f"{cls.start_from!r}")
         dispatch: dict[str, list[Callable[..., Any]]] = {}
         catch_all: list[Callable[..., Any]] = []
         for names, fn in _collect_handlers(cls):
@@ -1436,15 +1513,16 @@ class EventStreamProcessor:
 
     @property
     def replaying(self) -> bool:
-        """True while a handler runs for an event this processor had processed before its last ``reset()``
-        (guard outside effects with ``if not self.replaying``)."""
+        """True while a handler runs for an event this processor had processed before its last
+        ``reset()`` (guard outside effects with ``if not self.replaying``)."""
         return self._replaying
 
     def _handles(self, event: Event) -> bool:
         return bool(self._dispatch.get(event.type, self._catch_all))
 
     def process(self, event: Event) -> None:
-        """Run this processor's handlers for one event; a handler's error is raised as EventProcessingError."""
+        """Run this processor's handlers for one event; a handler's error is raised as
+        EventProcessingError."""
         handlers = self._dispatch.get(event.type, self._catch_all)
         if not handlers:
             return
@@ -1476,8 +1554,9 @@ class EventStreamProcessor:
         self.tracker.commit_position(self.processor_name, event_id, self._generation)
 
     def process_batch(self, events: list[Event]) -> None:
-        """Process a batch and record the position. The base class records it after the batch, or up to
-        the last event processed when a handler fails (at-least-once for effects outside the tracker)."""
+        """Process a batch and record the position. The base class records it after the batch, or up
+        to the last event processed when a handler fails (at-least-once for effects outside the
+        tracker)."""
         done: Event | None = None
         try:
             for event in events:
@@ -1496,8 +1575,9 @@ class EventStreamProcessor:
         self.tracker.setup(self.processor_name)
 
     def reset(self) -> None:
-        """Forget the position, so the next run processes every event again (a replay, up to the position
-        it had reached; with ``start_from = "end"`` the next run starts after the latest event instead)."""
+        """Forget the position, so the next run processes every event again (a replay, up to the
+        position it had reached; with ``start_from = "end"`` the next run starts after the latest
+        event instead)."""
         self.tracker.reset(self.processor_name)
         self._horizon = self.tracker.record(self.processor_name).horizon
 
@@ -1507,9 +1587,9 @@ class EventStreamProcessor:
         return self.tracker.last_processed_event_id(self.processor_name)
 
     def wait_for(self, event_id: int, timeout: float | None = None) -> bool:
-        """Wait until this processor's position, as its tracker keeps it (whichever process runs it), has
-        reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit) have
-        passed.
+        """Wait until this processor's position, as its tracker keeps it (whichever process runs
+        it), has reached ``event_id``: True then, False once ``timeout`` seconds (None: no limit)
+        have passed.
 
         False means the processor had not processed the event yet when the time was up: it is
         behind, or failing at an earlier event, or no instance runs it at all. In that last case
@@ -1555,12 +1635,14 @@ class EventStreamProcessor:
         return True
 
     def subscribe_to(self, store: EventStore, stop: StopSignal = None) -> None:
-        """Lock this processor name, set up, take ownership, then process batches from the last position
-        until ``stop``. A handler's error is raised (after the events before it have committed)."""
+        """Lock this processor name, set up, take ownership, then process batches from the last
+        position until ``stop``. A handler's error is raised (after the events before it have
+        committed)."""
         self._run(store, Stopper(stop), None)
 
     def _location(self, store: EventStore) -> str | None:
-        """Where this processor's position lives when that is not in ``store`` (to register it there)."""
+        """Where this processor's position lives when that is not in ``store`` (to register it
+        there)."""
         tracker = self.tracker
         if not isinstance(tracker, DatabaseTracker) or tracker.database is store.database:
             return None
@@ -1750,9 +1832,10 @@ class EventStreamProcessor:
         """Process from the recorded position (or the start position) until ``stopper`` is set
         (saying so if the position is past ``stuck_at``, the event the last failure stopped at).
 
-        When it stops at an event (a handler failed on it, or a read met it damaged), the events before
-        it are processed (read up to it, never past it) and the position is moved to the one before it,
-        so that it is the next event to process (the one ``skip_event`` may skip); then it raises."""
+        When it stops at an event (a handler failed on it, or a read met it damaged), the events
+        before it are processed (read up to it, never past it) and the position is moved to the one
+        before it, so that it is the next event to process (the one ``skip_event`` may skip); then
+        it raises."""
         try:
             self._follow_from_position(store, stopper, stuck_at)
         except (EventProcessingError, CorruptEventError) as exc:
@@ -1762,16 +1845,18 @@ class EventStreamProcessor:
             raise
 
     def _process_up_to(self, store: EventStore, last_id: int, stopper: Stopper) -> None:
-        """Process the events after the position up to ``last_id`` (the next one is the event it stopped
-        at), then move the position to it. When a page reaches that event damaged (through a gap in the
-        ids, or fewer events of the handled types), it is read again one event at a time, up to it."""
+        """Process the events after the position up to ``last_id`` (the next one is the event it
+        stopped at), then move the position to it. When a page reaches that event damaged (through a
+        gap in the ids, or fewer events of the handled types), it is read again one event at a time,
+        up to it."""
         types = self.processes_event_types
         position = self.last_processed_event_id
         one_by_one = False
         while position < last_id and not stopper.is_set():
             try:
                 page = store.get_next_from(position + 1, types,
-                                           limit=1 if one_by_one else min(batch_size(), last_id - position))
+                                           limit=1 if one_by_one
+                                               else min(batch_size(), last_id - position))
             except CorruptEventError as exc:
                 if exc.event_id != last_id + 1:
                     raise  # another damaged event, before it
@@ -1805,8 +1890,9 @@ class EventStreamProcessor:
         self._retry_parked(store)
         types = self.processes_event_types
         if types is not None:
-            # Catch up reading only the handled types; past them, the position moves to the latest id
-            # read before (ids become visible in order, so nothing of these types is below it unread).
+            # Catch up reading only the handled types; past them, the position moves to the latest
+            # id read before (ids become visible in order, so nothing of these types is below it
+            # unread).
             size = batch_size()
             while not stopper.is_set():
                 latest = store.latest_event_id()
@@ -1878,7 +1964,8 @@ class TableProcessor(EventStreamProcessor):
         return self._database.placeholder
 
     def _owned_tables(self) -> list[str]:
-        return list(self.tables) if self.tables is not None else self._database.table_names(self.schema)
+        return (list(self.tables) if self.tables is not None
+                else self._database.table_names(self.schema))
 
     def _batch_transaction(self, *, lazy: bool = False) -> contextlib.AbstractContextManager[Any]:
         """The transaction a batch's writes and its new position commit in (``lazy``: begun at its
@@ -1906,7 +1993,8 @@ class TableProcessor(EventStreamProcessor):
             self._commit(event_id)
 
     def close(self) -> None:
-        """Close this process's connection to the processor's database (it is opened again when needed)."""
+        """Close this process's connection to the processor's database (it is opened again when
+        needed)."""
         self._database.close()
 
 
@@ -1931,10 +2019,12 @@ class Projector(TableProcessor):
     _kind: ClassVar[str] = "projector"
 
     def process_batch(self, events: list[Event]) -> None:
-        """Process events in transactions of ``batch_size``: each commits its writes and position together.
+        """Process events in transactions of ``batch_size``: each commits its writes and position
+        together.
 
-        No savepoint per event (on Postgres each would cost two round trips): a failing event's batch
-        rolls back, and the events before it are processed again and committed before the error is raised.
+        No savepoint per event (on Postgres each would cost two round trips): a failing event's
+        batch rolls back, and the events before it are processed again and committed before the
+        error is raised.
         """
         size = self.batch_size or len(events)
         for start in range(0, len(events), size):
@@ -1998,23 +2088,25 @@ class Reactor(TableProcessor):
     """
 
     emits_events: ClassVar[Iterable[type[Event]]] = ()
-    """The Event classes ``emit_event`` accepts: any iterable (a list is fine), checked and stored as a tuple."""
+    """The Event classes ``emit_event`` accepts: any iterable (a list is fine), checked and stored
+    as a tuple."""
     _kind: ClassVar[str] = "reactor"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         declared = cls.__dict__.get("emits_events", cls.emits_events)
         if isinstance(declared, type) or not isinstance(declared, Iterable):
-            raise TypeError(f"{cls.__qualname__}.emits_events must be an iterable of Event classes, "
-                            f"not {declared!r}")
+            raise TypeError(f"{cls.__qualname__}.emits_events must be an iterable of Event "
+                            f"classes, not {declared!r}")
         classes = tuple(declared)
         for item in classes:
             if not isinstance(item, type) or not issubclass(item, Event) or item is Event:
-                raise TypeError(f"{cls.__qualname__}.emits_events: {item!r} is not an Event subclass")
+                raise TypeError(
+                    f"{cls.__qualname__}.emits_events: {item!r} is not an Event subclass")
         cls.emits_events = classes
 
-    def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | Database | None = None,
-                 *, batch_size: int | None = None) -> None:
+    def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | Database
+                 | None = None, *, batch_size: int | None = None) -> None:
         self.store = store
         tracker: Tracker
         if db is None:
@@ -2026,14 +2118,16 @@ class Reactor(TableProcessor):
             tracker = DatabaseTracker(self._database)
         self._with_store = db is None and store.database is None  # and the memory store's
         super().__init__(tracker)
-        self._emitted: list[Event] | None = None  # emitted by the running handler, sunk with its position
+        # emitted by the running handler, sunk with its position
+        self._emitted: list[Event] | None = None
         if batch_size is not None:
             self.batch_size = batch_size
 
     def _batch_transaction(self, *, lazy: bool = False) -> contextlib.AbstractContextManager[Any]:
         if not self._with_store:
             return self._database.transaction(lazy=lazy)
-        stack = contextlib.ExitStack()  # the memory store's transaction, and that of the reactor's tables
+        # the memory store's transaction, and that of the reactor's tables
+        stack = contextlib.ExitStack()
         stack.enter_context(self.store.transaction())
         try:
             stack.enter_context(self._database.transaction(lazy=lazy))
@@ -2104,8 +2198,9 @@ class Reactor(TableProcessor):
                 raise failure
 
     def emit_event(self, event: Event) -> Event:
-        """Sink ``event`` caused by the event being processed; returns it as stored (or, where emissions
-        commit with the position, as it will be stored, without ``id``; while replaying: not at all).
+        """Sink ``event`` caused by the event being processed; returns it as stored (or, where
+        emissions commit with the position, as it will be stored, without ``id``; while replaying:
+        not at all).
 
         ``causation_id`` becomes that event's uuid and ``correlation_id`` its
         correlation id (or its uuid when it has none); ``metadata`` is the
@@ -2113,12 +2208,12 @@ class Reactor(TableProcessor):
         """
         if not isinstance(event, tuple(self.emits_events)) or type(event) is Event:
             raise UndeclaredEventEmissionError(
-                f"{self.processor_name} emitted {type(event).__name__} ({event.type!r}), which is not in "
-                f"emits_events {[c.__name__ for c in self.emits_events]}")
+                f"{self.processor_name} emitted {type(event).__name__} ({event.type!r}), which is "
+                f"not in emits_events {[c.__name__ for c in self.emits_events]}")
         cause = self._current_event
         if cause is not None:
-            event = _with_fields(event, causation_id=cause.uuid, correlation_id=cause.correlation_id or cause.uuid,
-                                 metadata={**cause.metadata, **event.metadata})
+            event = _with_fields(event, causation_id=cause.uuid, correlation_id=cause.correlation_id
+                                 or cause.uuid, metadata={**cause.metadata, **event.metadata})
         if self.replaying:
             return event
         if self._emitted is not None:
@@ -2129,11 +2224,12 @@ class Reactor(TableProcessor):
 
 @dataclasses.dataclass(frozen=True)
 class ProcessorStatus:
-    """One processor that has run against a store: its position, how many events it is behind, whether a
-    live process holds its lock, and its ``state``: ``running``, ``failing`` (``last_error`` and
-    ``failing_event_id`` say why), ``standby`` (no instance holds it, and one is waiting to take it) or
-    ``stopped``. ``owner`` and ``standby`` are ``pid@host`` of the instance that took it last and of
-    one waiting for it; ``replay_horizon`` the position it had before its last reset."""
+    """One processor that has run against a store: its position, how many events it is behind,
+    whether a live process holds its lock, and its ``state``: ``running``, ``failing``
+    (``last_error`` and ``failing_event_id`` say why), ``standby`` (no instance holds it, and one is
+    waiting to take it) or ``stopped``. ``owner`` and ``standby`` are ``pid@host`` of the instance
+    that took it last and of one waiting for it; ``replay_horizon`` the position it had before its
+    last reset."""
 
     name: str
     position: int
@@ -2149,13 +2245,14 @@ class ProcessorStatus:
     parked: int = 0  # how many events it has parked (see es.parked_events)
 
 
-#: How recently (seconds) a standby instance must have tried to take a name for ``state`` to say standby.
+#: How recently (seconds) a standby instance must have tried to take a name for ``state`` to say
+#: standby.
 STANDBY_FRESHNESS = 10.0
 
 
 def _located_record(record: TrackerRecord, *, read_only: bool = False) -> TrackerRecord:
-    """The record kept where a registered processor's position lives (the registration when unreachable);
-    ``read_only``: the database there is opened read-only."""
+    """The record kept where a registered processor's position lives (the registration when
+    unreachable); ``read_only``: the database there is opened read-only."""
     if not record.location:
         return record
     database: Database | None = None
@@ -2189,11 +2286,12 @@ def _parked_count(tracker: Tracker, record: TrackerRecord) -> int:
 
 
 def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> list[ProcessorStatus]:
-    """The status of every processor that has run against ``store``: those whose position ``tracker``
-    (default: the store's) keeps, and those registered in it whose position lives in their own database.
+    """The status of every processor that has run against ``store``: those whose position
+    ``tracker`` (default: the store's) keeps, and those registered in it whose position lives in
+    their own database.
 
-    ``lag`` counts the events after the position (a processor's position moves past the events it does
-    not handle once it has read past them); ``running`` says whether a live process holds the
+    ``lag`` counts the events after the position (a processor's position moves past the events it
+    does not handle once it has read past them); ``running`` says whether a live process holds the
     processor's lock on this store.
     """
     tracker = tracker or store.tracker()
@@ -2203,7 +2301,8 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
         parked = _parked_count(tracker, record)
         record = _located_record(record, read_only=True)
         running = store.is_running(record.name)
-        recent_standby = record.standby_at is not None and time.time() - record.standby_at < STANDBY_FRESHNESS
+        recent_standby = (record.standby_at is not None
+                          and time.time() - record.standby_at < STANDBY_FRESHNESS)
         if record.last_error is not None:
             state = "failing"
         elif running:
@@ -2214,14 +2313,15 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
             state = "stopped"
         statuses.append(ProcessorStatus(
             record.name, record.position, max(latest - record.position, 0), running, state,
-            record.last_error, record.failing_event_id, record.owner, record.standby if recent_standby else None,
+            record.last_error, record.failing_event_id, record.owner,
+            record.standby if recent_standby else None,
             record.horizon, record.kind, parked))
     return statuses
 
 
 def _skip_target(store: EventStore, processor_name: str, event_id: int) -> TrackerRecord:
-    """The record of the processor a skip of ``event_id`` would move (read where its position lives);
-    ValueError when the skip would be refused (see ``skip_event``)."""
+    """The record of the processor a skip of ``event_id`` would move (read where its position
+    lives); ValueError when the skip would be refused (see ``skip_event``)."""
     event_id = _skip_id(event_id)
     records = {r.name: r for r in store.tracker().records()}
     if processor_name not in records:
@@ -2229,16 +2329,17 @@ def _skip_target(store: EventStore, processor_name: str, event_id: int) -> Track
                          f"(processors in this store: {', '.join(sorted(records)) or 'none'})")
     latest = store.latest_event_id()
     if event_id > latest:
-        raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: it is not stored "
-                         f"(the latest event is {latest}); nothing changed")
+        raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: it is not "
+                         f"stored (the latest event is {latest}); nothing changed")
     record = _located_record(records[processor_name])
     _check_skip(record, event_id)
     return record
 
 
 def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
-    """Move the processor ``processor_name`` of ``store`` past the event ``event_id`` without processing
-    it: for an event whose handler keeps failing, or a damaged one its reader cannot decode.
+    """Move the processor ``processor_name`` of ``store`` past the event ``event_id`` without
+    processing it: for an event whose handler keeps failing, or a damaged one its reader cannot
+    decode.
 
     Only the next event the processor would process can be skipped: the
     position must be exactly ``event_id - 1`` (as it is when the processor is
@@ -2270,8 +2371,8 @@ def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
     else:
         with store.transaction():
             store.tracker().skip_event(processor_name, event_id)
-    config.logger.warning("[%s] skipped event %d: position %d -> %d; that event will not be processed",
-                          processor_name, event_id, event_id - 1, event_id)
+    config.logger.warning("[%s] skipped event %d: position %d -> %d; that event will not be "
+                          "processed", processor_name, event_id, event_id - 1, event_id)
 
 
 @contextlib.contextmanager
@@ -2388,18 +2489,20 @@ class ErrorHandler:
         """Report ``error`` and return the retry interval (None: stop). When the processor is stuck
         at an event, the log line says how to skip it, naming ``store`` by its location if it has
         one (its own description of where it lives)."""
-        cause = error.__cause__ if isinstance(error, EventProcessingError) and error.__cause__ else error
+        cause = (error.__cause__ if isinstance(error, EventProcessingError) and error.__cause__
+                 else error)
         if isinstance(error, UnableToLockProcessorError):  # a standby instance: nothing has failed
             config.logger.warning("[%s] %s; waiting for it to stop", processor_name, error)
         else:
             event_id = _failing_event_id(error)
             database = store.database if store is not None else None
             location = database.location if database is not None else None
+            where = shlex.quote(location) if location else "STORE"
             hint = "" if event_id is None else (
                 f"; to move it past event {event_id} without processing it: "
-                f"{_skip_command(shlex.quote(location) if location else 'STORE', processor_name, event_id)} "
-                "(or es.skip_event)")
-            config.logger.error("[%s] processor failed: %s%s", processor_name, error, hint, exc_info=cause)
+                f"{_skip_command(where, processor_name, event_id)} (or es.skip_event)")
+            config.logger.error("[%s] processor failed: %s%s", processor_name, error, hint,
+                                exc_info=cause)
             config.on_event_processor_error(cause, processor_name)
         interval = self.retry_interval(error)
         if interval is not None:
@@ -2438,7 +2541,8 @@ class ConstantRetry(ErrorHandler):
 
 
 class ExponentialBackoffRetry(ErrorHandler):
-    """Retry after ``initial`` seconds, doubling up to ``maximum`` while the same event keeps failing.
+    """Retry after ``initial`` seconds, doubling up to ``maximum`` while the same event keeps
+    failing.
 
     An error on another event, or an error that is not an
     EventProcessingError, starts again at ``initial``. With ``park_after``, an
@@ -2473,12 +2577,13 @@ def _make_error_handler() -> ErrorHandler:
 
 def run_processor(processor: EventStreamProcessor, store: EventStore, *, stop: StopSignal = None,
                   error_handler: ErrorHandler | None = None) -> None:
-    """Run ``processor`` against ``store`` until ``stop`` is set, letting the error handler retry or stop
-    after errors; raises the error when the handler gives up.
+    """Run ``processor`` against ``store`` until ``stop`` is set, letting the error handler retry or
+    stop after errors; raises the error when the handler gives up.
 
-    A failing processor keeps its lock while it retries (it is ``failing``, not stopped). An instance
-    that finds its name taken waits as a standby, logging that once with the pid and host that hold it.
-    An instance that has lost its name to another (ProcessorFencedError) logs one line and raises.
+    A failing processor keeps its lock while it retries (it is ``failing``, not stopped). An
+    instance that finds its name taken waits as a standby, logging that once with the pid and host
+    that hold it. An instance that has lost its name to another (ProcessorFencedError) logs one line
+    and raises.
     """
     stopper = Stopper(stop)
     if not stopper.is_set():
@@ -2504,7 +2609,8 @@ _EXIT_GAVE_UP = 3
 
 
 def _child_main(processor: EventStreamProcessor, store: EventStore,
-                after_fork: Callable[[EventStreamProcessor], None] | None, parent_pid: int = 0) -> None:
+                after_fork: Callable[[EventStreamProcessor], None] | None,
+                parent_pid: int = 0) -> None:
     name = processor.processor_name
     # A signal handler must not call threading.Event.set(): the signal may arrive while
     # this thread holds that Event's lock, and the handler would deadlock. Set a flag.
@@ -2514,7 +2620,8 @@ def _child_main(processor: EventStreamProcessor, store: EventStore,
         stop_requested.append(True)
 
     def stop() -> bool:
-        # A runner killed by SIGKILL sends no TERM: its children see they were re-parented, and stop.
+        # A runner killed by SIGKILL sends no TERM: its children see they were re-parented, and
+        # stop.
         return bool(stop_requested) or (parent_pid != 0 and os.getppid() != parent_pid)
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -2615,14 +2722,15 @@ class ESPRunner:
     def __init__(self, processors: Iterable[EventStreamProcessor], store: EventStore, *,
                  max_seconds_for_processes_to_terminate: float = 30,
                  after_fork: Callable[[EventStreamProcessor], None] | None = None,
-                 after_subprocess_termination: Callable[[EventStreamProcessor, ESPRunner, int], None] | None = None,
+                 after_subprocess_termination: Callable[[EventStreamProcessor, ESPRunner, int],
+                                                        None] | None = None,
                  restart: bool = True, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
                  restart_reset_after: float = 60.0, start_method: str | None = None) -> None:
         if not store.shared_between_processes:
-            raise TypeError(f"ESPRunner cannot run processors against a {type(store).__name__}: each "
-                            "processor runs in a child process, which would never see the events this "
-                            "process sinks; use an SQLiteEventStore or a PostgresEventStore (or "
-                            "run_processor in a thread)")
+            raise TypeError(f"ESPRunner cannot run processors against a {type(store).__name__}: "
+                            "each processor runs in a child process, which would never see the "
+                            "events this process sinks; use an SQLiteEventStore or a "
+                            "PostgresEventStore (or run_processor in a thread)")
         if not 0 < restart_delay <= max_restart_delay:
             raise ValueError(f"ESPRunner: restart_delay must be more than 0 and at most "
                              f"max_restart_delay; got restart_delay={restart_delay!r}, "
@@ -2736,7 +2844,8 @@ class ESPRunner:
                 try:
                     self.after_subprocess_termination(child.processor, self, status)
                 except Exception:
-                    config.logger.exception("ESPRunner: after_subprocess_termination failed for %s", name)
+                    config.logger.exception("ESPRunner: after_subprocess_termination failed for %s",
+                                            name)
             ended = (f"ESPRunner: process {name} (pid {proc.pid}) ended after {ran_for:.1f} s, "
                      f"{_describe_exit(status)}")
             if stopping or self.shutdown_requested():
@@ -2757,7 +2866,8 @@ class ESPRunner:
     def _restart_due(self) -> None:
         now = time.monotonic()
         for child in self._children.values():
-            if child.restart_at is not None and child.restart_at <= now and not self.shutdown_requested():
+            if (child.restart_at is not None and child.restart_at <= now
+                and not self.shutdown_requested()):
                 child.restart_at = None
                 try:
                     self._start_child(child)
@@ -2915,16 +3025,18 @@ def assert_events(actual: Iterable[Event], expected: Iterable[Event | type[Event
              for i in range(max(len(got), len(want)))]
     got_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(got)]
     want_lines = [_describe_event(e, aggregate=named[i]) for i, e in enumerate(want)]
-    for i, (a, e) in enumerate(zip(got, want, strict=False)):  # a class matching: show it as matched
+    # a class matching: show it as matched
+    for i, (a, e) in enumerate(zip(got, want, strict=False)):
         if isinstance(e, type) and _event_matches(a, e):
             want_lines[i] = got_lines[i]
-    diff = difflib.unified_diff(want_lines, got_lines, "expected", "actual", n=max(len(got), len(want)),
-                                lineterm="")
+    diff = difflib.unified_diff(want_lines, got_lines, "expected", "actual",
+                                n=max(len(got), len(want)), lineterm="")
     raise AssertionError(f"{what} differ (- expected, + actual):\n" + "\n".join(list(diff)[2:]))
 
 
 def _given_with_fields(events: Sequence[Event], aggregate_id: str | None) -> list[Event]:
-    """Copies of ``events`` with the aggregate id filled in where missing (and ids and versions, per aggregate)."""
+    """Copies of ``events`` with the aggregate id filled in where missing (and ids and versions, per
+    aggregate)."""
     versions: dict[str, int] = {}
     result = []
     for position, event in enumerate(events, 1):
@@ -2938,7 +3050,8 @@ def _given_with_fields(events: Sequence[Event], aggregate_id: str | None) -> lis
 
 
 class AggregateScenario(typing.Generic[_A]):
-    """An aggregate built from given events; ``when(command)`` runs a command, ``then``/``then_raises`` check it.
+    """An aggregate built from given events; ``when(command)`` runs a command,
+    ``then``/``then_raises`` check it.
 
     ``aggregate`` is the instance (inspect its state); ``error`` is what the
     command raised (None if it did not); ``result`` is what it returned.
@@ -2952,7 +3065,8 @@ class AggregateScenario(typing.Generic[_A]):
         self._ran = False
 
     def when(self, command: Callable[[_A], Any]) -> AggregateScenario[_A]:
-        """Run ``command(aggregate)``, e.g. ``lambda order: order.ship("Paris")``; an error is kept for then_raises."""
+        """Run ``command(aggregate)``, e.g. ``lambda order: order.ship("Paris")``; an error is kept
+        for then_raises."""
         self._ran = True
         try:
             self.result = command(self.aggregate)
@@ -2978,27 +3092,32 @@ class AggregateScenario(typing.Generic[_A]):
         assert_events(self.new_events, expected, what="new events")
         return self.new_events
 
-    def then_raises(self, exc_type: type[BaseException] | tuple[type[BaseException], ...] = Exception, *,
+    def then_raises(self,
+                    exc_type: type[BaseException] | tuple[type[BaseException], ...] = Exception, *,
                     match: str | None = None) -> Exception:
-        """Assert that the command raised ``exc_type`` (its message searched with the regex ``match``); return it."""
+        """Assert that the command raised ``exc_type`` (its message searched with the regex
+        ``match``); return it."""
         error = self.error
         if error is None:
             ran = "the command" if self._ran else "no command (call .when(...) first)"
-            names = exc_type.__name__ if isinstance(exc_type, type) else " or ".join(t.__name__ for t in exc_type)
+            names = (exc_type.__name__ if isinstance(exc_type, type)
+                     else " or ".join(t.__name__ for t in exc_type))
             raise AssertionError(f"expected {names}, but {ran} raised nothing; new events: "
                                  f"{[_describe_event(e) for e in self.new_events]}")
         if not isinstance(error, exc_type):
             raise AssertionError(f"expected {exc_type!r}, but the command raised "
                                  f"{type(error).__name__}: {error}") from error
         if match is not None and not re.search(match, str(error)):
-            raise AssertionError(f"{type(error).__name__} raised, but its message {str(error)!r} does not "
-                                 f"match {match!r}") from error
+            raise AssertionError(f"{type(error).__name__} raised, but its message {str(error)!r} "
+                                 f"does not match {match!r}") from error
         return error
 
 
-def given(aggregate_class: type[_A], *events: Event, id: str = "test-aggregate") -> AggregateScenario[_A]:
-    """Start a test: an ``aggregate_class`` with this ``id`` rebuilt from ``events`` (missing ids, aggregate ids
-    and versions are filled in). ``es.given(Order, OrderPlaced(total=5)).when(lambda o: o.ship()).then(...)``.
+def given(aggregate_class: type[_A], *events: Event,
+          id: str = "test-aggregate") -> AggregateScenario[_A]:
+    """Start a test: an ``aggregate_class`` with this ``id`` rebuilt from ``events`` (missing ids,
+    aggregate ids and versions are filled in). ``es.given(Order, OrderPlaced(total=5)).when(lambda
+    o: o.ship()).then(...)``.
     """
     return AggregateScenario(aggregate_class, events, id)
 
@@ -3010,7 +3129,8 @@ class ProcessorScenario(typing.Generic[_P]):
     reactor, what it emitted (``emitted``).
     """
 
-    def __init__(self, processor: _P, store: EventStore, given: list[Event], emitted: list[Event]) -> None:
+    def __init__(self, processor: _P, store: EventStore, given: list[Event],
+                 emitted: list[Event]) -> None:
         self.processor = processor
         self.store = store
         self.given = given
@@ -3024,7 +3144,8 @@ class ProcessorScenario(typing.Generic[_P]):
         return self.processor.db
 
     def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """The rows of a query on the processor's database, as a list of tuples (use ``processor.placeholder``)."""
+        """The rows of a query on the processor's database, as a list of tuples (use
+        ``processor.placeholder``)."""
         return [tuple(row) for row in self.db.execute(sql, params).fetchall()]
 
     def then_emitted(self, *expected: Event | type[Event]) -> list[Event]:
@@ -3053,7 +3174,8 @@ class GivenEvents:
         as ``emitted``; any other processor gets them through a new
         MemoryEventStore (a Projector given ``":memory:"`` needs nothing else).
         """
-        store: EventStore = processor.store if isinstance(processor, Reactor) else MemoryEventStore()
+        store: EventStore = (processor.store if isinstance(processor, Reactor)
+                             else MemoryEventStore())
         stored: list[Event] = []
         for event in self.events:
             target = event.aggregate_id or self.aggregate_id
@@ -3147,7 +3269,8 @@ class _Workers:
         self.pid = os.getpid()  # a forked child has none of these threads: it makes its own
         self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
-        self.idle: queue.SimpleQueue[None] = queue.SimpleQueue()  # a token per thread free for a job
+        # a token per thread free for a job
+        self.idle: queue.SimpleQueue[None] = queue.SimpleQueue()
 
     def submit(self, job: _Job) -> None:
         self.queue.put(job)
@@ -3419,7 +3542,8 @@ EVENT_COLUMNS = EventRow._fields
 
 
 class Snapshot(NamedTuple):
-    """An aggregate's state at one version, as a store keeps it (in column order): a cache of a replay.
+    """An aggregate's state at one version, as a store keeps it (in column order): a cache of a
+    replay.
 
     ``aggregate_type`` names the aggregate class (``module.qualname``), ``version`` the last event
     the state includes and ``last_event_uuid`` that event's uuid (a load checks it, so a snapshot of
@@ -3458,24 +3582,27 @@ def type_names(event_types: EventTypes) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-#: How deeply an event body may nest lists and objects (deeper bodies are a TypeError at sink, or fail
-#: to decode): the bound comes from Python's recursion limit, and a few hundred levels are always safe.
+#: How deeply an event body may nest lists and objects (deeper bodies are a TypeError at sink, or
+#: fail to decode): the bound comes from Python's recursion limit, and a few hundred levels are
+#: always safe.
 MAX_BODY_DEPTH = 500
 
-#: The largest id or version a store holds (a signed 64-bit integer): bounds past it are clamped to it.
+#: The largest id or version a store holds (a signed 64-bit integer): bounds past it are clamped to
+#: it.
 MAX_POSITION = 2**63 - 1
 
 
 def check_position(name: str, value: object) -> int:
-    """An id, version or bound argument checked and clamped to ``0..MAX_POSITION``: a TypeError naming
-    the argument unless it is an ``int`` (a ``bool`` is not)."""
+    """An id, version or bound argument checked and clamped to ``0..MAX_POSITION``: a TypeError
+    naming the argument unless it is an ``int`` (a ``bool`` is not)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__} ({value!r})")
     return min(max(int(value), 0), MAX_POSITION)
 
 
 def check_limit(limit: object) -> int:
-    """A read's ``limit`` checked: a TypeError unless an ``int`` (a ``bool`` is not), a ValueError when negative."""
+    """A read's ``limit`` checked: a TypeError unless an ``int`` (a ``bool`` is not), a ValueError
+    when negative."""
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise TypeError(f"limit must be an int, not {type(limit).__name__} ({limit!r})")
     if limit < 0:
@@ -3484,8 +3611,8 @@ def check_limit(limit: object) -> int:
 
 
 def check_text(what: str, value: str) -> str:
-    """``value`` unless it holds a NUL character or a lone surrogate, which no database stores as given:
-    then InvalidEventError naming ``what``."""
+    """``value`` unless it holds a NUL character or a lone surrogate, which no database stores as
+    given: then InvalidEventError naming ``what``."""
     if "\x00" in value:
         raise InvalidEventError(f"{what} must not contain NUL characters: {value!r}")
     if not value.isascii():
@@ -3501,12 +3628,14 @@ def check_aggregate_id(aggregate_id: object) -> str:
     if isinstance(aggregate_id, _uuid.UUID):
         return str(aggregate_id)
     if not isinstance(aggregate_id, str):
-        raise TypeError(f"aggregate_id must be a str or uuid.UUID, not {type(aggregate_id).__name__}")
+        raise TypeError("aggregate_id must be a str or uuid.UUID, not "
+                        f"{type(aggregate_id).__name__}")
     return check_text("an aggregate id", aggregate_id)
 
 
 def batch_size() -> int:
-    """``config.subscription_batch_size``, checked: a ValueError below 1 (a subscriber would wait for ever)."""
+    """``config.subscription_batch_size``, checked: a ValueError below 1 (a subscriber would wait
+    for ever)."""
     size = config.subscription_batch_size
     if isinstance(size, bool) or not isinstance(size, int):
         raise TypeError(f"subscription_batch_size must be an int, not {size!r}")
@@ -3516,8 +3645,9 @@ def batch_size() -> int:
 
 
 def version_range(from_version: object, to_version: object) -> tuple[int, int]:
-    """``(first, last)`` versions a partial aggregate read covers, checked (see check_position); ``first``
-    is at least 1, and ``to_version=None`` means MAX_POSITION. ``first > last`` matches nothing."""
+    """``(first, last)`` versions a partial aggregate read covers, checked (see check_position);
+    ``first`` is at least 1, and ``to_version=None`` means MAX_POSITION. ``first > last`` matches
+    nothing."""
     first = max(check_position("from_version", from_version), 1)
     last = MAX_POSITION if to_version is None else check_position("to_version", to_version)
     return first, last
@@ -3527,8 +3657,8 @@ def _encode_body(event: Event) -> str:
     """The event's body as JSON text; a clear TypeError names the field that cannot be encoded."""
     cls = event.__class__
     if cls is Event and not isinstance(event.__dict__["body"], dict):
-        raise TypeError(f"the body of a generic {event.type!r} event must be a dict (a JSON object), "
-                        f"not {type(event.__dict__['body']).__name__}")
+        raise TypeError(f"the body of a generic {event.type!r} event must be a dict (a JSON "
+                        f"object), not {type(event.__dict__['body']).__name__}")
     try:
         if cls is Event:
             body = event.__dict__["body"]
@@ -3537,7 +3667,8 @@ def _encode_body(event: Event) -> str:
             text = _json_encode(_codec(cls).encode_fields(event))
     except (TypeError, ValueError, RecursionError) as exc:
         raise _field_error(event, exc) from exc
-    if text.count("[") + text.count("{") > MAX_BODY_DEPTH and _nesting(_parse_body(text)) > MAX_BODY_DEPTH:
+    if (text.count("[") + text.count("{") > MAX_BODY_DEPTH
+        and _nesting(_parse_body(text)) > MAX_BODY_DEPTH):
         raise _field_error(event, RecursionError())
     if not text.isascii():
         try:
@@ -3550,17 +3681,21 @@ def _encode_body(event: Event) -> str:
 
 
 def _encode_metadata(event: Event, metadata: Mapping[str, Any]) -> str:
-    """An event's application metadata as JSON text: str keys, JSON scalar values (finite numbers)."""
+    """An event's application metadata as JSON text: str keys, JSON scalar values (finite
+    numbers)."""
     if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata of a {event.type!r} event must be a mapping, not {type(metadata).__name__}")
+        raise TypeError(f"metadata of a {event.type!r} event must be a mapping, not "
+                        f"{type(metadata).__name__}")
     for key, value in metadata.items():
         if not isinstance(key, str):
-            raise TypeError(f"metadata keys of a {event.type!r} event must be str, not {type(key).__name__} ({key!r})")
+            raise TypeError(f"metadata keys of a {event.type!r} event must be str, not "
+                            f"{type(key).__name__} ({key!r})")
         check_text(f"metadata key {key!r}", key)
         if isinstance(value, str):
             check_text(f"metadata value {key!r}", value)
         elif isinstance(value, float) and not math.isfinite(value):
-            raise TypeError(f"metadata {key!r} of a {event.type!r} event is {value!r}; JSON has no NaN or infinity")
+            raise TypeError(f"metadata {key!r} of a {event.type!r} event is {value!r}; JSON has no "
+                            "NaN or infinity")
         elif value is not None and not isinstance(value, (int, float)):  # bool is an int
             raise TypeError(f"metadata {key!r} of a {event.type!r} event must be a JSON scalar "
                             f"(str, int, float, bool or None), not {type(value).__name__}")
@@ -3586,8 +3721,9 @@ def _check_loadable(event: Event, cls: type[Event]) -> None:
                 decode(data[field])
     except Exception as exc:
         what = f"field {field!r}" if field else "its body"
-        raise InvalidEventError(f"a generic {event.type!r} event cannot be stored: {cls.__qualname__} cannot load "
-                                f"{what} ({exc}); nothing was written") from exc
+        raise InvalidEventError(f"a generic {event.type!r} event cannot be stored: "
+                                f"{cls.__qualname__} cannot load {what} ({exc}); nothing was "
+                                "written") from exc
 
 
 def _nesting(value: Any) -> int:
@@ -3597,7 +3733,8 @@ def _nesting(value: Any) -> int:
         item, depth = stack.pop()
         if isinstance(item, (list, dict)):
             deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+            stack.extend((child, depth + 1)
+                         for child in (item.values() if isinstance(item, dict) else item))
     return deepest
 
 
@@ -3611,17 +3748,21 @@ def _field_error(event: Event, exc: Exception) -> TypeError:
         fields = [(name, event.__dict__[name], encoders.get(name)) for name in codec.names]
     for name, value, encode in fields:
         try:
-            text = _json_encode(encode(value) if encode is not None and value is not None else value)
+            text = _json_encode(encode(value) if encode is not None and value is not None
+                                else value)
             text.encode("utf-8")
             if isinstance(exc, RecursionError) and _nesting(_parse_body(text)) >= MAX_BODY_DEPTH:
                 raise RecursionError
         except RecursionError:
-            return TypeError(f"cannot serialise field {name!r} of event type {event.type!r}: it nests lists and "
-                             f"objects deeper than es.MAX_BODY_DEPTH ({MAX_BODY_DEPTH}) levels")
+            return TypeError(f"cannot serialise field {name!r} of event type {event.type!r}: it "
+                             "nests lists and objects deeper than es.MAX_BODY_DEPTH "
+                             f"({MAX_BODY_DEPTH}) levels")
         except UnicodeEncodeError:
-            return TypeError(f"cannot store field {name!r} of event type {event.type!r}: it holds a lone surrogate")
+            return TypeError(f"cannot store field {name!r} of event type {event.type!r}: it holds "
+                             "a lone surrogate")
         except (TypeError, ValueError) as field_exc:
-            return TypeError(f"cannot serialise field {name!r} of event type {event.type!r}: {field_exc}")
+            return TypeError(
+                f"cannot serialise field {name!r} of event type {event.type!r}: {field_exc}")
     return TypeError(f"cannot serialise event of type {event.type!r}: {exc}")
 
 
@@ -3634,9 +3775,10 @@ def encode_events(event_or_events: Event | Sequence[Event],
     when the event had none) and ``body`` JSON text. ``expected_version``
     must be None or an ``int`` (TypeError otherwise).
     """
-    if expected_version is not None and (isinstance(expected_version, bool) or not isinstance(expected_version, int)):
-        raise TypeError(f"expected_version must be an int or None, not {type(expected_version).__name__} "
-                        f"({expected_version!r})")
+    if (expected_version is not None
+        and (isinstance(expected_version, bool) or not isinstance(expected_version, int))):
+        raise TypeError("expected_version must be an int or None, not "
+                        f"{type(expected_version).__name__} ({expected_version!r})")
     events = [event_or_events] if isinstance(event_or_events, Event) else list(event_or_events)
     if not events:
         raise AtomicWriteToMultipleAggregatesNotSupported("sink() needs at least one event")
@@ -3645,11 +3787,13 @@ def encode_events(event_or_events: Event | Sequence[Event],
             raise TypeError(f"sink() takes Event instances, not {type(e).__name__}")
     aggregate_id = events[0].aggregate_id
     if not isinstance(aggregate_id, str) or not aggregate_id:
-        raise InvalidEventError(f"event {events[0].type!r} has an empty or non-string aggregate_id: {aggregate_id!r}")
+        raise InvalidEventError(f"event {events[0].type!r} has an empty or non-string "
+                                f"aggregate_id: {aggregate_id!r}")
     check_text("an aggregate id", aggregate_id)
     if any(e.aggregate_id != aggregate_id for e in events):
         ids = sorted({str(e.aggregate_id) for e in events})
-        raise AtomicWriteToMultipleAggregatesNotSupported(f"one sink() writes one aggregate, got {ids}")
+        raise AtomicWriteToMultipleAggregatesNotSupported(
+            f"one sink() writes one aggregate, got {ids}")
     now = None
     rows = []
     for e in events:
@@ -3665,8 +3809,8 @@ def encode_events(event_or_events: Event | Sequence[Event],
             value = d[key]
             if value is not None:
                 if not isinstance(value, str):
-                    raise InvalidEventError(f"{key} of a {type_name!r} event must be a str or None, "
-                                            f"not {type(value).__name__} ({value!r})")
+                    raise InvalidEventError(f"{key} of a {type_name!r} event must be a str or "
+                                            f"None, not {type(value).__name__} ({value!r})")
                 check_text(key, value)
         created_at = d["created_at"]
         if created_at is None:
@@ -3674,23 +3818,27 @@ def encode_events(event_or_events: Event | Sequence[Event],
         elif not isinstance(created_at, _dt.datetime):
             raise InvalidEventError(f"created_at must be a datetime, got {created_at!r}")
         elif created_at.tzinfo is None:
-            raise InvalidEventError(f"created_at of a {type_name!r} event must be timezone-aware, got {created_at!r}")
+            raise InvalidEventError(f"created_at of a {type_name!r} event must be timezone-aware, "
+                                    f"got {created_at!r}")
         elif created_at.utcoffset():
             created_at = created_at.astimezone(_dt.timezone.utc)
         metadata = d["metadata"]
-        rows.append(EventRow(None, d["uuid"], aggregate_id, type_name, None, created_at, d["correlation_id"],
-                             d["causation_id"], _encode_metadata(e, metadata) if metadata else None,
-                             _encode_body(e)))
+        rows.append(EventRow(None, d["uuid"], aggregate_id, type_name, None,
+                             created_at, d["correlation_id"], d["causation_id"],
+                             _encode_metadata(e, metadata) if metadata else None, _encode_body(e)))
     return events, aggregate_id, rows
 
 
-def stored_copies(events: list[Event], rows: list[EventRow], first_id: int, first_version: int) -> list[Event]:
-    """The events as stored: ids and versions counted from the first, ``created_at`` from their rows."""
+def stored_copies(events: list[Event], rows: list[EventRow], first_id: int,
+                  first_version: int) -> list[Event]:
+    """The events as stored: ids and versions counted from the first, ``created_at`` from their
+    rows."""
     return [_with_fields(e, id=first_id + i, version=first_version + i, created_at=row.created_at)
             for i, (e, row) in enumerate(zip(events, rows, strict=True))]
 
 
-_json_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_json_scan: Callable[[str, int], tuple[Any, int]] = (
+    json.JSONDecoder().scan_once)  # type: ignore[attr-defined]
 # (the C scanner, without decode()'s two whitespace regexes per call)
 
 
@@ -3716,7 +3864,8 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
     set_dict = object.__setattr__
     fromiso = _dt.datetime.fromisoformat
     codecs: dict[str, _FieldCodec | None] = {}
-    for event_id, event_uuid, aggregate_id, type_name, version, created_at, correlation, causation, meta, body in rows:
+    for (event_id, event_uuid, aggregate_id, type_name, version, created_at, correlation, causation,
+         meta, body) in rows:
         try:
             if type_name in codecs:
                 codec = codecs[type_name]
@@ -3739,9 +3888,10 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
             if codec is None:
                 event = new(Event)
                 set_dict(event, "__dict__", {
-                    "id": event_id, "uuid": event_uuid, "aggregate_id": aggregate_id, "version": version,
-                    "created_at": created_at, "correlation_id": correlation, "causation_id": causation,
-                    "metadata": meta, "type": type_name, "body": data, "__dataclass_fields__": _GENERIC_FIELDS})
+                    "id": event_id, "uuid": event_uuid, "aggregate_id": aggregate_id,
+                    "version": version, "created_at": created_at, "correlation_id": correlation,
+                    "causation_id": causation, "metadata": meta, "type": type_name, "body": data,
+                    "__dataclass_fields__": _GENERIC_FIELDS})
                 append(event)
                 continue
             if codec.upcast:
@@ -3764,7 +3914,8 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
             set_dict(event, "__dict__", data)
             append(event)
         except Exception as exc:
-            error = CorruptEventError(f"stored event {event_id} ({type_name}) cannot be decoded: {exc!r}")
+            error = CorruptEventError(
+                f"stored event {event_id} ({type_name}) cannot be decoded: {exc!r}")
             error.event_id = event_id
             raise error from exc
     return events
@@ -3776,11 +3927,13 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[Event]:
 # ---------------------------------------------------------------------------
 
 class Stopper:
-    """A ``stop`` argument (threading.Event, no-argument callable or None) that can be asked and slept on."""
+    """A ``stop`` argument (threading.Event, no-argument callable or None) that can be asked and
+    slept on."""
 
     def __init__(self, stop: StopSignal) -> None:
         self._event = stop if isinstance(stop, threading.Event) else None
-        self._callable: Callable[[], bool] | None = None if isinstance(stop, threading.Event) else stop
+        self._callable: Callable[[], bool] | None = (None if isinstance(stop, threading.Event)
+                                                     else stop)
 
     def is_set(self) -> bool:
         """Whether the stop signal is set."""
@@ -3815,7 +3968,8 @@ class _Write(typing.Generic[_T]):
         self.result: _T | None = None
         self.error: BaseException | None = None
         self.done = False  # the outcome is in
-        self.leads = False  # its thread is to wait for the writer's lock and commit what is queued then
+        # its thread is to wait for the writer's lock and commit what is queued then
+        self.leads = False
         self.woken = threading.Event()  # set when either becomes true
 
     def outcome(self) -> _T:
@@ -3860,9 +4014,9 @@ class _WriterQueue:
         return taken
 
     def wait_turn(self, write: _Write[Any]) -> bool:
-        """Queue ``write`` and wait: True when its thread is to lead (there was no leader, or the lead was
-        handed to it), False once its outcome is in. A wait interrupted (KeyboardInterrupt) leaves the
-        queue without stranding it."""
+        """Queue ``write`` and wait: True when its thread is to lead (there was no leader, or the
+        lead was handed to it), False once its outcome is in. A wait interrupted (KeyboardInterrupt)
+        leaves the queue without stranding it."""
         if self.join(write):
             return True
         try:
@@ -3881,8 +4035,8 @@ class _WriterQueue:
             return True
 
     def leave(self, write: _Write[Any]) -> None:
-        """A queued write whose thread was interrupted while it waited: out of the queue (not written,
-        unless it was taken already), handing the lead on if it had just been given it."""
+        """A queued write whose thread was interrupted while it waited: out of the queue (not
+        written, unless it was taken already), handing the lead on if it had just been given it."""
         with self.mutex:
             if write in self.waiting:
                 self.waiting.remove(write)
@@ -3891,7 +4045,8 @@ class _WriterQueue:
             self.hand_on()
 
     def hand_on(self) -> None:
-        """The leader is done: the thread of the first write still queued leads next, or nobody does."""
+        """The leader is done: the thread of the first write still queued leads next, or nobody
+        does."""
         with self.mutex:
             if not self.waiting:
                 self.leader = False
@@ -3902,7 +4057,8 @@ class _WriterQueue:
 
 
 class GroupCommit:
-    """Writes from threads of one process committed together: one commit (one fsync) for all that wait.
+    """Writes from threads of one process committed together: one commit (one fsync) for all that
+    wait.
 
     ``write(request)`` returns the request's outcome. A thread that finds
     nobody writing writes its request at once (a group of one). Requests that
@@ -3999,7 +4155,8 @@ class GroupCommit:
         try:
             outcomes = self.write_group([w.work for w in group])
             if len(outcomes) != len(group):
-                raise RuntimeError(f"write_group gave {len(outcomes)} outcomes for {len(group)} requests")
+                raise RuntimeError(
+                    f"write_group gave {len(outcomes)} outcomes for {len(group)} requests")
         except Exception as exc:  # noqa: BLE001 - every request of the group raises it
             outcomes = [exc] * len(group)
         except BaseException as exc:  # this thread was interrupted: the others are told, it raises
@@ -4018,8 +4175,9 @@ class GroupCommit:
     def _abandoned(self, exc: BaseException) -> BaseException:
         if self.abandoned is not None:
             return self.abandoned(exc)
-        error = StoreError(f"the thread writing this request with others was interrupted ({exc!r}); "
-                           "whether it was stored is not known: look it up before writing it again")
+        error = StoreError("the thread writing this request with others was interrupted "
+                           f"({exc!r}); whether it was stored is not known: look it up before "
+                           "writing it again")
         error.__cause__ = exc
         return error
 
@@ -4031,7 +4189,8 @@ class GroupCommit:
 # ---------------------------------------------------------------------------
 
 class _Session:
-    """One connection and the transaction open on it: the process's (shared by its threads), or one thread's."""
+    """One connection and the transaction open on it: the process's (shared by its threads), or one
+    thread's."""
 
     __slots__ = ("conn", "depth", "holds", "lock", "owner", "pinned", "thread", "written")
 
@@ -4039,10 +4198,13 @@ class _Session:
         self.conn: Any = None
         self.depth = 0  # transaction() blocks open on the connection (savepoints beyond the first)
         self.holds = 0  # with blocks (reads, transactions, borrow()) using the connection now
-        self.pinned = False  # the thread took its connection with no block (``Database.connection``)
-        self.written: list[str] = []  # keys noted by Database.note_written() in the open transaction
+        # the thread took its connection with no block (``Database.connection``)
+        self.pinned = False
+        # keys noted by Database.note_written() in the open transaction
+        self.written: list[str] = []
         self.lock = threading.RLock()
-        self.owner = 0  # the thread (ident) inside transaction() while depth > 0; after, the last one
+        # the thread (ident) inside transaction() while depth > 0; after, the last one
+        self.owner = 0
         self.thread = thread  # the thread whose session this is (None: shared by the process)
 
 
@@ -4074,13 +4236,15 @@ class _OnSession:
 
 
 class _Pool:
-    """The connections a Database lends to its threads (in one process): at most ``size`` open at once.
+    """The connections a Database lends to its threads (in one process): at most ``size`` open at
+    once.
 
     A thread takes one for a block (a read, a transaction, a group of sinks) and keeps it after, so
     that its next block needs no hand-over, until another thread needs one: a thread that finds no
     idle connection opens one while fewer than ``size`` are open, else takes one that another thread
     keeps but is not using (``Database._take_unused``), else waits, up to ``timeout`` seconds, then
-    gets a StoreError. While threads wait, a thread gives its connection back at the end of its block.
+    gets a StoreError. While threads wait, a thread gives its connection back at the end of its
+    block.
     """
 
     __slots__ = ("cond", "idle", "opened", "size", "timeout", "waiting")
@@ -4094,8 +4258,8 @@ class _Pool:
         self.waiting = 0  # threads waiting for one
 
     def take(self, database: Database) -> Any:
-        """An idle connection, or a new one while fewer than ``size`` are open, or one another thread
-        keeps unused; else wait for one."""
+        """An idle connection, or a new one while fewer than ``size`` are open, or one another
+        thread keeps unused; else wait for one."""
         cond = self.cond
         with cond:
             if self.idle:
@@ -4106,7 +4270,8 @@ class _Pool:
             else:
                 self.waiting += 1
         if room:
-            return self._new(database)  # (opened outside the lock: threads open theirs side by side)
+            # (opened outside the lock: threads open theirs side by side)
+            return self._new(database)
         deadline = time.monotonic() + self.timeout
         try:
             while True:
@@ -4123,10 +4288,11 @@ class _Pool:
                     if left <= 0:
                         raise StoreError(
                             f"all {self.size} connections of {database!r} stayed in use for "
-                            f"connection_timeout={self.timeout:g} s ({self.waiting} threads waiting for one): "
-                            f"no connection for this thread (max_connections={self.size}); raise "
-                            "max_connections (within what the server allows), use fewer threads at once, "
-                            "or keep each transaction() short (a thread keeps its connection throughout)")
+                            f"connection_timeout={self.timeout:g} s ({self.waiting} threads "
+                            "waiting for one): no connection for this thread "
+                            f"(max_connections={self.size}); raise max_connections (within what "
+                            "the server allows), use fewer threads at once, or keep each "
+                            "transaction() short (a thread keeps its connection throughout)")
                     # in slices: a connection kept by a thread that is between blocks can be taken
                     cond.wait(min(left, 0.05))
         finally:
@@ -4170,14 +4336,16 @@ def check_pool_arguments(max_connections: object, connection_timeout: object) ->
     if max_connections < 1:
         raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
     if isinstance(connection_timeout, bool) or not isinstance(connection_timeout, (int, float)):
-        raise TypeError(f"connection_timeout must be a number of seconds, not {connection_timeout!r}")
+        raise TypeError("connection_timeout must be a number of seconds, not "
+                        f"{connection_timeout!r}")
     if not 0 <= connection_timeout < float("inf"):
         raise ValueError("connection_timeout must be a number of seconds, 0 or more (not NaN nor "
                          f"infinite), not {connection_timeout!r}")
 
 
 class Database(abc.ABC):
-    """Connections to one SQL database, one per process or one per thread, with a reentrant ``transaction()``.
+    """Connections to one SQL database, one per process or one per thread, with a reentrant
+    ``transaction()``.
 
     What every SQL backend needs done the same way lives here: a connection
     is opened in the process (and thread) that uses it, on first use; after a
@@ -4225,9 +4393,11 @@ class Database(abc.ABC):
     placeholder: ClassVar[str] = "?"
     #: the statement that opens a write transaction
     begin_statement: ClassVar[str] = "BEGIN"
-    #: a connection per thread (True), or one per process shared by its threads under ``lock`` (False)
+    #: a connection per thread (True), or one per process shared by its threads under ``lock``
+    #: (False)
     connection_per_thread: ClassVar[bool] = False
-    #: connections inherited through fork(): kept referenced so they are never finalised in the child
+    #: connections inherited through fork(): kept referenced so they are never finalised in the
+    #: child
     _abandoned: ClassVar[list[Any]] = []
     #: the driver's exception classes, which ``error()`` turns into es errors
     driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
@@ -4250,11 +4420,12 @@ class Database(abc.ABC):
 
     @abc.abstractmethod
     def _create_connection(self) -> Any:
-        """Open and prepare a new connection in autocommit mode (DB-API ``execute`` returning a cursor)."""
+        """Open and prepare a new connection in autocommit mode (DB-API ``execute`` returning a
+        cursor)."""
 
     def _create_thread_connection(self) -> Any:
-        """A new connection for the pool that threads borrow from (by default ``_create_connection()``;
-        SQLite's are read-only readers beside its one writer)."""
+        """A new connection for the pool that threads borrow from (by default
+        ``_create_connection()``; SQLite's are read-only readers beside its one writer)."""
         return self._create_connection()
 
     @abc.abstractmethod
@@ -4269,31 +4440,35 @@ class Database(abc.ABC):
         conn.close()
 
     def _began(self, conn: Any) -> None:  # noqa: B027 - a hook; most backends need nothing here
-        """Called once ``begin_statement`` has opened a (top-level) transaction; raise to refuse it."""
+        """Called once ``begin_statement`` has opened a (top-level) transaction; raise to refuse
+        it."""
 
     def error(self, exc: Exception, doing: str) -> StoreError:
-        """The es error that driver exception ``exc``, raised while trying to ``doing``, means; raise it
-        ``from exc``. A backend names damaged data (CorruptEventError), lost connections, full disks, ..."""
+        """The es error that driver exception ``exc``, raised while trying to ``doing``, means;
+        raise it ``from exc``. A backend names damaged data (CorruptEventError), lost connections,
+        full disks, ..."""
         return StoreError(f"cannot {doing} ({self!r}): {exc}")
 
     def note_written(self, keys: Sequence[str]) -> None:
-        """Note that the calling thread's open transaction has written rows known by ``keys`` (a sink:
-        its events' uuids), so that a COMMIT whose answer is lost can be resolved by looking them up
-        (``_commit_lost``). Keys noted inside a savepoint that rolls back are forgotten with it."""
+        """Note that the calling thread's open transaction has written rows known by ``keys`` (a
+        sink: its events' uuids), so that a COMMIT whose answer is lost can be resolved by looking
+        them up (``_commit_lost``). Keys noted inside a savepoint that rolls back are forgotten with
+        it."""
         session = self._session()
         if session.depth:
             session.written.extend(keys)
 
     def _connection_lost(self, exc: Exception) -> bool:
-        """Whether driver exception ``exc`` means the connection itself is gone (its session ended, so
-        the server rolled back what it had not committed), not that a statement failed. A read outside
-        a transaction, or a BEGIN, that meets it is run again once on a new connection."""
+        """Whether driver exception ``exc`` means the connection itself is gone (its session ended,
+        so the server rolled back what it had not committed), not that a statement failed. A read
+        outside a transaction, or a BEGIN, that meets it is run again once on a new connection."""
         return False
 
     def _commit_lost(self, exc: Exception, keys: list[str]) -> None:
-        """Called when COMMIT raised ``exc``, after the rollback, with the keys ``note_written()`` noted:
-        return if the transaction is known to have committed after all; otherwise raise the es error
-        (by default ``error(exc, "commit")``). A backend whose connections can be lost looks keys up."""
+        """Called when COMMIT raised ``exc``, after the rollback, with the keys ``note_written()``
+        noted: return if the transaction is known to have committed after all; otherwise raise the
+        es error (by default ``error(exc, "commit")``). A backend whose connections can be lost
+        looks keys up."""
         raise self.error(exc, "commit") from exc
 
     def __getstate__(self) -> dict[str, Any]:
@@ -4310,8 +4485,10 @@ class Database(abc.ABC):
     def _check_process(self) -> None:
         pid = os.getpid()
         if self._pid != pid:
-            # The parent's sessions: never used nor closed here (another thread may have held a lock at the fork).
-            Database._abandoned.extend(s.conn for s in (self._shared, *self._sessions) if s.conn is not None)
+            # The parent's sessions: never used nor closed here (another thread may have held a lock
+            # at the fork).
+            Database._abandoned.extend(s.conn for s in (self._shared, *self._sessions)
+                                       if s.conn is not None)
             Database._abandoned.extend(self._pool.idle)
             self._reset()
             self._pid = pid
@@ -4323,7 +4500,8 @@ class Database(abc.ABC):
         return self._thread_session() if self.connection_per_thread else self._shared
 
     def _thread_session(self) -> _Session:
-        """The calling thread's own session (made on its first use, with an ended thread's connection if any)."""
+        """The calling thread's own session (made on its first use, with an ended thread's
+        connection if any)."""
         try:
             session: _Session = self._local.session
             return session
@@ -4346,7 +4524,8 @@ class Database(abc.ABC):
             conn, session.conn = session.conn, None
             if conn is None:
                 continue
-            if self._connection_in_transaction(conn):  # left open by hand: its work is not ours to finish
+            # left open by hand: its work is not ours to finish
+            if self._connection_in_transaction(conn):
                 with contextlib.suppress(Exception):
                     self._close_connection(conn)
                 self._pool.forget()
@@ -4368,7 +4547,8 @@ class Database(abc.ABC):
             try:
                 conn = session.conn
                 if (conn is None or session.holds or session.depth
-                        or session.pinned and session.thread is not None and session.thread.is_alive()
+                        or session.pinned and session.thread is not None
+                    and session.thread.is_alive()
                         or self._connection_in_transaction(conn)):
                     continue
                 session.conn = None
@@ -4379,9 +4559,9 @@ class Database(abc.ABC):
         return None
 
     def _open(self, session: _Session) -> Any:
-        """The session's connection, usable: the process's opened (again) if need be, a thread's taken
-        from the pool (or one that was lost replaced); StoreError if it was lost inside a transaction.
-        The caller has the session's lock."""
+        """The session's connection, usable: the process's opened (again) if need be, a thread's
+        taken from the pool (or one that was lost replaced); StoreError if it was lost inside a
+        transaction. The caller has the session's lock."""
         conn = session.conn
         if conn is not None:
             if self._connection_usable(conn):
@@ -4403,7 +4583,8 @@ class Database(abc.ABC):
             self._pool.forget()
 
     def _hold(self, session: _Session) -> Any:
-        """The session's connection, held for a block until ``_let_go`` (the caller has its lock)."""
+        """The session's connection, held for a block until ``_let_go`` (the caller has its
+        lock)."""
         conn = session.conn
         if conn is None or not self._connection_usable(conn):
             conn = self._open(session)
@@ -4435,10 +4616,11 @@ class Database(abc.ABC):
 
     @property
     def connection(self) -> Any:
-        """The calling thread's connection (the process's, or its own), opened on first use (and again
-        after a fork or once lost). A thread that takes its own connection here, outside any block
-        (``transaction()``, ``reading()``, ``borrow()``), keeps it until the thread ends or ``close()``;
-        prefer ``with borrow() as conn``, which leaves it to other threads after the block."""
+        """The calling thread's connection (the process's, or its own), opened on first use (and
+        again after a fork or once lost). A thread that takes its own connection here, outside any
+        block (``transaction()``, ``reading()``, ``borrow()``), keeps it until the thread ends or
+        ``close()``; prefer ``with borrow() as conn``, which leaves it to other threads after the
+        block."""
         session = self._session()
         conn = session.conn
         if conn is None or not self._connection_usable(conn) or not (
@@ -4450,21 +4632,23 @@ class Database(abc.ABC):
         return conn
 
     def borrow(self) -> contextlib.AbstractContextManager[Any]:
-        """The calling thread's connection for a ``with`` block, under its ``lock``: the connection of
-        its transaction if one is open, else one lent from the pool (waiting up to
-        ``connection_timeout`` when all ``max_connections`` are in use), which other threads may have
-        once the block is over. (The process's one connection where the backend has no pool: SQLite's
-        writer.)"""
+        """The calling thread's connection for a ``with`` block, under its ``lock``: the connection
+        of its transaction if one is open, else one lent from the pool (waiting up to
+        ``connection_timeout`` when all ``max_connections`` are in use), which other threads may
+        have once the block is over. (The process's one connection where the backend has no pool:
+        SQLite's writer.)"""
         return _OnSession(self, self._session())
 
     def ensure_open(self) -> None:
-        """Open the calling thread's connection now, so that a bad target fails here with a clear error."""
+        """Open the calling thread's connection now, so that a bad target fails here with a clear
+        error."""
         with self.borrow():
             pass
 
     def in_transaction(self) -> bool:
-        """Whether the calling thread is inside ``transaction()`` (or another transaction open on its
-        connection). A transaction another thread has open on a shared connection is not this thread's."""
+        """Whether the calling thread is inside ``transaction()`` (or another transaction open on
+        its connection). A transaction another thread has open on a shared connection is not this
+        thread's."""
         session = self._session()
         if session.depth:
             return session.owner == threading.get_ident()
@@ -4497,9 +4681,9 @@ class Database(abc.ABC):
     @contextlib.contextmanager
     def transaction(self, *, lazy: bool = False) -> Iterator[Any]:
         """``begin_statement`` ... COMMIT around the block (yields the connection); nested use is a
-        savepoint inside the outer transaction, rolled back alone if the inner block raises. A failed
-        BEGIN, SAVEPOINT or COMMIT is rolled back and raised as ``error()``. The transaction is the
-        calling thread's: other threads wait for the shared connection, or use their own.
+        savepoint inside the outer transaction, rolled back alone if the inner block raises. A
+        failed BEGIN, SAVEPOINT or COMMIT is rolled back and raised as ``error()``. The transaction
+        is the calling thread's: other threads wait for the shared connection, or use their own.
 
         ``lazy`` (an outermost block): where a write transaction is the database's only write lock
         (``_begin_at_first_write``: SQLite), it begins at the block's first write statement (or
@@ -4561,7 +4745,8 @@ class Database(abc.ABC):
             try:
                 conn.execute("COMMIT")
             except errors as exc:
-                session.depth = 0  # ended, whatever happened to it: _commit_lost may use a new connection
+                # ended, whatever happened to it: _commit_lost may use a new connection
+                session.depth = 0
                 self._rollback(session, conn)
                 self._commit_lost(exc, written)
             except BaseException:
@@ -4580,8 +4765,9 @@ class Database(abc.ABC):
         return False
 
     def _begin_again(self, session: _Session, conn: Any, exc: Exception) -> Any:
-        """After BEGIN raised ``exc`` on ``conn``: when the connection was lost, nothing of the transaction
-        had been sent, so begin once more on a new connection (returned); otherwise raise ``exc``."""
+        """After BEGIN raised ``exc`` on ``conn``: when the connection was lost, nothing of the
+        transaction had been sent, so begin once more on a new connection (returned); otherwise
+        raise ``exc``."""
         self._rollback(session, conn)
         if not self._connection_lost(exc):
             raise self.error(exc, "begin a transaction") from exc
@@ -4596,14 +4782,14 @@ class Database(abc.ABC):
 
     def reading(self) -> contextlib.AbstractContextManager[Any]:
         """A connection to read on during the block: inside the calling thread's transaction, that
-        transaction's (so it sees its own uncommitted writes); otherwise the thread's own where it has
-        one, else the process's, under ``lock``. A backend with connections that read beside the
+        transaction's (so it sees its own uncommitted writes); otherwise the thread's own where it
+        has one, else the process's, under ``lock``. A backend with connections that read beside the
         writer (SQLite's readers) gives one of those instead."""
         return _OnSession(self, self._session())
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, doing: str = "write") -> Any:
-        """Run one statement inside the current transaction, or in a transaction of its own; returns the
-        cursor. A driver error is raised as ``error(exc, doing)``."""
+        """Run one statement inside the current transaction, or in a transaction of its own; returns
+        the cursor. A driver error is raised as ``error(exc, doing)``."""
         with self.transaction() as conn:
             try:
                 return conn.execute(sql, params)
@@ -4612,8 +4798,9 @@ class Database(abc.ABC):
 
     def fetch_all(self, sql: str, params: Sequence[Any] = (), *, doing: str = "read") -> list[Any]:
         """The rows one query returns (in the calling thread's transaction, if one is open; on a
-        ``reading()`` connection otherwise); a driver error is raised as ``error(exc, doing)``. Outside
-        a transaction, a query whose connection turns out to be lost is run once more on a new one."""
+        ``reading()`` connection otherwise); a driver error is raised as ``error(exc, doing)``.
+        Outside a transaction, a query whose connection turns out to be lost is run once more on a
+        new one."""
         for attempt in (1, 2):
             with self.reading() as conn:
                 try:
@@ -4625,8 +4812,9 @@ class Database(abc.ABC):
         raise AssertionError("unreachable")
 
     def _read_again(self, exc: Exception) -> bool:
-        """Whether a read that raised ``exc`` may run again: its connection was lost (then forgotten, so
-        the next use opens another) and no transaction of the calling thread died with it."""
+        """Whether a read that raised ``exc`` may run again: its connection was lost (then
+        forgotten, so the next use opens another) and no transaction of the calling thread died with
+        it."""
         session = self._session()
         if not self._connection_lost(exc) or session.depth:
             return False
@@ -4636,7 +4824,8 @@ class Database(abc.ABC):
 
     def close(self) -> None:
         """Close this process's connections (each is opened again when needed): the shared one, the
-        calling thread's, and those of other threads and ended ones not in the middle of something."""
+        calling thread's, and those of other threads and ended ones not in the middle of
+        something."""
         if self._pid != os.getpid():
             self._check_process()
             return
@@ -4658,8 +4847,8 @@ class Database(abc.ABC):
 
     @property
     def location(self) -> str | None:
-        """A path or URL another process can open this database by (``open_database``), without secrets;
-        None when there is none (an in-memory database, a connection given open)."""
+        """A path or URL another process can open this database by (``open_database``), without
+        secrets; None when there is none (an in-memory database, a connection given open)."""
         return None
 
     # -- the dialect: how this database's SQL names, creates and drops tables ----------------------
@@ -4678,13 +4867,13 @@ class Database(abc.ABC):
 
     def table_names(self, ddl: str) -> list[str]:
         """The tables a processor's ``schema`` DDL creates (the ones ``reset()`` drops)."""
-        return re.findall(r"CREATE\s+(?:TEMP\w*\s+)?(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-                          r"[\"`\[]?([\w.]+)", ddl, flags=re.IGNORECASE)
+        return re.findall(r"CREATE\s+(?:TEMP\w*\s+)?(?:UNLOGGED\s+)?TABLE\s+"
+                          r"(?:IF\s+NOT\s+EXISTS\s+)?[\"`\[]?([\w.]+)", ddl, flags=re.IGNORECASE)
 
     @abc.abstractmethod
     def create_tables(self, conn: Any, ddl: str) -> None:
-        """Run ``ddl`` (CREATE ... IF NOT EXISTS statements) inside the open transaction on ``conn``,
-        safely when several processes do it at once."""
+        """Run ``ddl`` (CREATE ... IF NOT EXISTS statements) inside the open transaction on
+        ``conn``, safely when several processes do it at once."""
 
     @abc.abstractmethod
     def drop_tables(self, conn: Any, tables: Iterable[str]) -> None:
@@ -4709,12 +4898,14 @@ _TRACKER_FIELDS = ("name", "position", *(column for column, _ in _TRACKER_COLUMN
 
 
 def tracker_table_ddl(table: str) -> str:
-    """The CREATE TABLE IF NOT EXISTS statement of a tracker table named ``table`` (for a backend's schema)."""
+    """The CREATE TABLE IF NOT EXISTS statement of a tracker table named ``table`` (for a backend's
+    schema)."""
     return _TRACKER_DDL.format(table=table)
 
 
-_TRACKER_DDL = ("CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, position BIGINT NOT NULL DEFAULT 0, "
-                + ", ".join(f"{column} {kind}" for column, kind in _TRACKER_COLUMNS) + ")")
+_TRACKER_DDL = ("CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, position BIGINT NOT "
+                "NULL DEFAULT 0, " + ", ".join(f"{column} {kind}"
+                                               for column, kind in _TRACKER_COLUMNS) + ")")
 
 
 #: Where a DatabaseTracker keeps parked events (see ``es.parked_events``), beside its positions.
@@ -4731,7 +4922,8 @@ def _instance_name() -> str:
 
 
 class DatabaseTracker(Tracker):
-    """Positions in the ``eventsourcery_trackers`` table of a Database: the event store's, or a projection's.
+    """Positions in the ``eventsourcery_trackers`` table of a Database: the event store's, or a
+    projection's.
 
     Writes join the database's current transaction, so a projector's writes
     and its new position commit together. The table is created on first use
@@ -4754,8 +4946,9 @@ class DatabaseTracker(Tracker):
     def _conn(self) -> None:
         db = self.database
         if self._ready_pid != os.getpid():
-            # Look first, with a read: only a missing table or column takes a write transaction, so reading
-            # a position never waits behind another process's write (nor holds a lock a fork could copy).
+            # Look first, with a read: only a missing table or column takes a write transaction, so
+            # reading a position never waits behind another process's write (nor holds a lock a fork
+            # could copy).
             missing = self._missing_columns(db)
             read_only = getattr(db, "read_only", False)
             self._absent = frozenset(missing or ()) if read_only else frozenset()
@@ -4775,8 +4968,9 @@ class DatabaseTracker(Tracker):
     def _missing_columns(self, db: Database, table: str | None = None) -> list[str] | None:
         """The tracker columns the table (or another ``table``: none) lacks; None when there is no
         table."""
-        # Inside a caller's transaction the look is a savepoint, so a missing table spoils nothing (Postgres
-        # aborts a transaction on any failed statement); outside, a plain read: no write lock is taken.
+        # Inside a caller's transaction the look is a savepoint, so a missing table spoils nothing
+        # (Postgres aborts a transaction on any failed statement); outside, a plain read: no write
+        # lock is taken.
         probe = db.transaction() if db.in_transaction() else db.borrow()
         try:
             with probe as conn:
@@ -4786,7 +4980,8 @@ class DatabaseTracker(Tracker):
                 del cursor  # freed under the lock (see _quiesce_sqlite_for_fork)
         except db.driver_errors:
             return None
-        except StoreError as exc:  # the savepoint's own error, raised as an es error by transaction()
+        # the savepoint's own error, raised as an es error by transaction()
+        except StoreError as exc:
             if not isinstance(exc.__cause__, db.driver_errors):
                 raise
             return None
@@ -4803,18 +4998,19 @@ class DatabaseTracker(Tracker):
         return int(cursor.rowcount)
 
     def setup(self, name: str) -> None:
-        self._write("INSERT INTO {t} (name, position, fresh) VALUES ({p}, 0, 1) ON CONFLICT (name) DO NOTHING",
-                    (name,))
+        self._write("INSERT INTO {t} (name, position, fresh) VALUES ({p}, 0, 1) ON CONFLICT (name) "
+                    "DO NOTHING", (name,))
 
     def last_processed_event_id(self, name: str) -> int:
         self._conn()
-        rows = self.database.fetch_all(f"SELECT position FROM {self._table} WHERE name = {self.database.placeholder}",
-                                       (name,), doing=f"read the position of processor {name!r}")
+        rows = self.database.fetch_all(f"SELECT position FROM {self._table} WHERE name = "
+                                       f"{self.database.placeholder}", (name,),
+                                       doing=f"read the position of processor {name!r}")
         return int(rows[0][0]) if rows else 0
 
     def processed_event(self, name: str, event_id: int) -> None:
-        self._write("INSERT INTO {t} (name, position) VALUES ({p}, {p}) "
-                    "ON CONFLICT (name) DO UPDATE SET position = excluded.position, fresh = 0", (name, event_id))
+        self._write("INSERT INTO {t} (name, position) VALUES ({p}, {p}) ON CONFLICT (name) DO "
+                    "UPDATE SET position = excluded.position, fresh = 0", (name, event_id))
 
     def reset(self, name: str) -> None:
         with self.database.transaction():
@@ -4859,35 +5055,39 @@ class DatabaseTracker(Tracker):
             self._conn()
             conn.execute(f"INSERT INTO {self._table} (name, position, fresh) VALUES ({p}, 0, 1) "
                          "ON CONFLICT (name) DO NOTHING", (name,))
-            conn.execute(f"UPDATE {self._table} SET generation = generation + 1, owner = {p}, "
-                         f"kind = coalesce({p}, kind), state = 'running', standby = NULL, standby_at = NULL "
-                         f"WHERE name = {p}", (owner, kind, name))
-            row = conn.execute(f"SELECT generation FROM {self._table} WHERE name = {p}", (name,)).fetchone()
+            conn.execute(f"UPDATE {self._table} SET generation = generation + 1, owner = {p}, kind "
+                         f"= coalesce({p}, kind), state = 'running', standby = NULL, standby_at = "
+                         f"NULL WHERE name = {p}", (owner, kind, name))
+            row = conn.execute(f"SELECT generation FROM {self._table} WHERE name = {p}",
+                               (name,)).fetchone()
         return int(row[0])
 
-    #: The SET clause of a position move (the new position three times): a failure it gets past is cleared.
-    _MOVE = ("position = {p}, fresh = 0, "
-             "last_error = CASE WHEN failing_event_id IS NULL OR failing_event_id <= {p} THEN NULL "
-             "ELSE last_error END, "
-             "failing_event_id = CASE WHEN failing_event_id <= {p} THEN NULL ELSE failing_event_id END ")
+    #: The SET clause of a position move (the new position three times): a failure it gets past is
+    #: cleared.
+    _MOVE = ("position = {p}, fresh = 0, last_error = CASE WHEN failing_event_id IS NULL OR "
+             "failing_event_id <= {p} THEN NULL ELSE last_error END, failing_event_id = CASE WHEN "
+             "failing_event_id <= {p} THEN NULL ELSE failing_event_id END ")
 
     def commit_position(self, name: str, event_id: int, generation: int | None) -> None:
         if generation is None:
             self.processed_event(name, event_id)
             return
-        changed = self._write("UPDATE {t} SET " + self._MOVE + "WHERE name = {p} AND generation = {p}",
-                              (event_id, event_id, event_id, name, generation))
+        changed = self._write(
+            "UPDATE {t} SET " + self._MOVE + "WHERE name = {p} AND generation = {p}",
+            (event_id, event_id, event_id, name, generation))
         if changed != 1:
             raise _fenced(name, generation)
 
     def skip_event(self, name: str, event_id: int) -> None:
         event_id = _skip_id(event_id)
         with self.database.transaction():
-            changed = self._write("UPDATE {t} SET " + self._MOVE + "WHERE name = {p} AND position = {p}",
-                                  (event_id, event_id, event_id, name, event_id - 1))
+            changed = self._write(
+                "UPDATE {t} SET " + self._MOVE + "WHERE name = {p} AND position = {p}",
+                (event_id, event_id, event_id, name, event_id - 1))
             if changed != 1:  # nothing changed: say where the processor is
                 _check_skip(self.record(name), event_id)
-                raise ValueError(f"cannot skip event {event_id}: processor {name!r} is not tracked here")
+                raise ValueError(
+                    f"cannot skip event {event_id}: processor {name!r} is not tracked here")
 
     def check_owner(self, name: str, generation: int | None) -> None:
         if generation is not None and self.record(name).generation != generation:
@@ -4900,19 +5100,21 @@ class DatabaseTracker(Tracker):
                         (state, name, generation))
         elif failing_event_id is None:
             self._write("UPDATE {t} SET state = {p}, last_error = {p}, failing_event_id = NULL "
-                        "WHERE name = {p} AND generation = {p}", (state, error[:2000], name, generation))
+                        "WHERE name = {p} AND generation = {p}",
+                        (state, error[:2000], name, generation))
         else:  # not a failure at an event the position is past (skipped meanwhile)
             self._write("UPDATE {t} SET state = {p}, last_error = {p}, failing_event_id = {p} "
                         "WHERE name = {p} AND generation = {p} AND position < {p}",
                         (state, error[:2000], failing_event_id, name, generation, failing_event_id))
 
     def standby(self, name: str, who: str) -> None:
-        self._write("UPDATE {t} SET standby = {p}, standby_at = {p} WHERE name = {p}", (who, time.time(), name))
+        self._write("UPDATE {t} SET standby = {p}, standby_at = {p} WHERE name = {p}",
+                    (who, time.time(), name))
 
     def register(self, name: str, kind: str, location: str) -> None:
-        self._write("INSERT INTO {t} (name, position, kind, location) VALUES ({p}, 0, {p}, {p}) "
-                    "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, location = excluded.location",
-                    (name, kind, location))
+        self._write("INSERT INTO {t} (name, position, kind, location) VALUES ({p}, 0, {p}, {p}) ON "
+                    "CONFLICT (name) DO UPDATE SET kind = excluded.kind, location = "
+                    "excluded.location", (name, kind, location))
 
     def declare_tables(self, name: str, tables: Sequence[str]) -> None:
         self._write("UPDATE {t} SET tables = {p} WHERE name = {p}",
@@ -5077,12 +5279,12 @@ class SQLEventStore(EventStore, typing.Generic[_D]):
                                   "ORDER BY version",
             "version": f"SELECT max(version) FROM {events} WHERE aggregate_id = {p}",
             "save_snapshot": (
-                f"INSERT INTO {snapshots} ({', '.join(SNAPSHOT_COLUMNS)}) "
-                f"VALUES ({', '.join([p] * len(SNAPSHOT_COLUMNS))}) "
-                "ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE SET version = excluded.version, "
-                "snapshot_version = excluded.snapshot_version, "
-                "last_event_uuid = excluded.last_event_uuid, state = excluded.state, "
-                f"created_at = excluded.created_at WHERE excluded.version >= {snapshots}.version"),
+                f"INSERT INTO {snapshots} ({', '.join(SNAPSHOT_COLUMNS)}) VALUES "
+                f"({', '.join([p] * len(SNAPSHOT_COLUMNS))}) ON CONFLICT (aggregate_id, "
+                "aggregate_type) DO UPDATE SET version = excluded.version, snapshot_version = "
+                "excluded.snapshot_version, last_event_uuid = excluded.last_event_uuid, state = "
+                "excluded.state, created_at = excluded.created_at WHERE excluded.version >= "
+                f"{snapshots}.version"),
             "snapshots": f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM {snapshots} "
                          f"WHERE aggregate_id = {p} ORDER BY aggregate_type",
             "delete_snapshots": f"DELETE FROM {snapshots} WHERE aggregate_id = {p}",
@@ -5104,7 +5306,8 @@ class SQLEventStore(EventStore, typing.Generic[_D]):
         where, values = self._db.in_list("type", names)
         return self._sql["page"].format(types=f"AND {where} "), (id, *values, limit)
 
-    def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
+    def get_next_from(self, id: int, event_types: EventTypes = None,
+                      limit: int = 1000) -> list[Event]:
         names = type_names(event_types)
         id, limit = check_position("id", id), check_limit(limit)
         sql, params = self._page_query(id, names, limit)
@@ -5210,7 +5413,8 @@ class _ProcessLocks:
     def lock(self, name: str) -> Iterator[None]:
         with self._mutex:
             if name in self._held:
-                raise UnableToLockProcessorError(f"processor {name!r} is already running in this process")
+                raise UnableToLockProcessorError(
+                    f"processor {name!r} is already running in this process")
             self._held.add(name)
         try:
             yield
@@ -5269,10 +5473,13 @@ class MemoryEventStore(EventStore):
         self._locks = _ProcessLocks()
         self._depth = 0
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
-        self._pending_snapshots: list[Snapshot] = []  # saved inside a transaction: kept once it commits
-        self._undo: list[Callable[[], None]] = []  # how to take back in-place changes, if a transaction rolls back
+        # saved inside a transaction: kept once it commits
+        self._pending_snapshots: list[Snapshot] = []
+        # how to take back in-place changes, if a transaction rolls back
+        self._undo: list[Callable[[], None]] = []
 
-    def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
+    def sink(self, event_or_events: Event | Sequence[Event],
+             expected_version: int | None = None) -> list[Event]:
         events, aggregate_id, rows = encode_events(event_or_events, expected_version)
         with self.transaction():
             current = len(self._by_aggregate.get(aggregate_id, ()))
@@ -5345,16 +5552,20 @@ class MemoryEventStore(EventStore):
     def snapshots(self, aggregate_id: str | _uuid.UUID) -> list[Snapshot]:
         aggregate_id = check_aggregate_id(aggregate_id)
         with self._changed:
-            return [snap for (agg, _), snap in sorted(self._snapshots.items()) if agg == aggregate_id]
+            return [snap for (agg, _), snap in sorted(self._snapshots.items())
+                    if agg == aggregate_id]
 
     def delete_snapshots(self, aggregate_id: str | _uuid.UUID) -> None:
         aggregate_id = check_aggregate_id(aggregate_id)
         with self.transaction():
             for key in [key for key in self._snapshots if key[0] == aggregate_id]:
-                self._undo.append(functools.partial(self._snapshots.__setitem__, key, self._snapshots.pop(key)))
-            self._pending_snapshots[:] = [s for s in self._pending_snapshots if s.aggregate_id != aggregate_id]
+                self._undo.append(functools.partial(self._snapshots.__setitem__, key,
+                                                    self._snapshots.pop(key)))
+            self._pending_snapshots[:] = [s for s in self._pending_snapshots
+                                          if s.aggregate_id != aggregate_id]
 
-    def get_next_from(self, id: int, event_types: EventTypes = None, limit: int = 1000) -> list[Event]:
+    def get_next_from(self, id: int, event_types: EventTypes = None,
+                      limit: int = 1000) -> list[Event]:
         names = type_names(event_types)
         start = max(check_position("id", id), 1) - 1
         limit = check_limit(limit)
@@ -5363,7 +5574,8 @@ class MemoryEventStore(EventStore):
                 rows = self._rows[start:start + limit]
             else:  # read on from start only until limit rows match, never copying the whole tail
                 wanted = set(names)
-                matching = (r for r in itertools.islice(self._rows, start, None) if r.type in wanted)
+                matching = (r for r in itertools.islice(self._rows, start, None)
+                            if r.type in wanted)
                 rows = list(itertools.islice(matching, limit))
         return decode_rows(rows)
 
@@ -5412,18 +5624,19 @@ class MemoryEventStore(EventStore):
 # ---------------------------------------------------------------------------
 
 def _is_file_path(target: str) -> bool:
-    """Whether an SQLite target names a file we open ourselves: not ``:memory:`` nor a ``file:`` URI."""
+    """Whether an SQLite target names a file we open ourselves: not ``:memory:`` nor a ``file:``
+    URI."""
     return target != ":memory:" and not target.startswith("file:")
 
 
 class _Reader:
-    """The connection one thread reads on for a ``with`` block outside its transaction (SQLiteDatabase.
-    reading): the writer, if this thread was the last to write on it and no thread is using it now (its
-    page cache holds what it wrote, where a reader connection would fetch those pages again), else the
-    thread's own reader connection (opened on first use), which WAL lets read beside the writer; so a
-    read never waits, and a thread that only reads never holds up the writers. Either is held under its
-    session's lock for the block, so that a fork waits for the read. (A class, not a generator: it is on
-    every read's path.)"""
+    """The connection one thread reads on for a ``with`` block outside its transaction
+    (SQLiteDatabase. reading): the writer, if this thread was the last to write on it and no thread
+    is using it now (its page cache holds what it wrote, where a reader connection would fetch those
+    pages again), else the thread's own reader connection (opened on first use), which WAL lets read
+    beside the writer; so a read never waits, and a thread that only reads never holds up the
+    writers. Either is held under its session's lock for the block, so that a fork waits for the
+    read. (A class, not a generator: it is on every read's path.)"""
 
     __slots__ = ("database", "held", "ident", "session")
 
@@ -5444,7 +5657,8 @@ class _Reader:
         session = self.session
         session.lock.acquire()  # uncontended: the thread's own
         try:
-            conn = self.database._hold(session)  # a reader from the pool (waiting if all are in use)
+            # a reader from the pool (waiting if all are in use)
+            conn = self.database._hold(session)
         except BaseException:
             session.lock.release()
             raise
@@ -5495,14 +5709,16 @@ class SQLiteDatabase(Database):
     begin_statement: ClassVar[str] = "BEGIN IMMEDIATE"
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
 
-    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection, *, synchronous: str = "FULL",
-                 busy_timeout: float = 30.0, prepare: Callable[[sqlite3.Connection], None] | None = None,
+    def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection,
+                 *, synchronous: str = "FULL", busy_timeout: float = 30.0,
+                 prepare: Callable[[sqlite3.Connection], None] | None = None,
                  read_only: bool = False, max_connections: int = 10,
                  connection_timeout: float = 30.0) -> None:
         super().__init__(max_connections=max_connections, connection_timeout=connection_timeout)
         with _fork_gate:
             _sqlite_databases.add(self)
-        if not isinstance(synchronous, str) or synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        if (not isinstance(synchronous, str)
+            or synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA")):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self._given = db if isinstance(db, sqlite3.Connection) else None
         self._given_pid = 0
@@ -5515,8 +5731,10 @@ class SQLiteDatabase(Database):
         self.read_only = False
         self._open_read_only = read_only
         self._read_only_conns: dict[int, str] = {}  # id -> key, of those in _read_only_openings
-        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
-        # reader connections need a file of our own opening (not :memory:, a file: URI or a given connection)
+        # (device, inode) of the file the connection opened
+        self._file_id: tuple[int, int] | None = None
+        # reader connections need a file of our own opening (not :memory:, a file: URI or a given
+        # connection)
         self._can_have_readers = self._given is None and _is_file_path(self.path)
 
     def __repr__(self) -> str:
@@ -5524,8 +5742,8 @@ class SQLiteDatabase(Database):
 
     def __getstate__(self) -> dict[str, Any]:
         if self._given is not None:
-            raise TypeError("an SQLite database given as an open connection cannot be sent to another process; "
-                            "pass its file path instead")
+            raise TypeError("an SQLite database given as an open connection cannot be sent to "
+                            "another process; pass its file path instead")
         state = super().__getstate__()
         state.pop("_group", None)
         return state
@@ -5537,7 +5755,8 @@ class SQLiteDatabase(Database):
                                   abandoned=self._group_failure)
 
     def group_commit(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``work(conn)`` on the writer and commit it; returns its result once the commit is durable.
+        """Run ``work(conn)`` on the writer and commit it; returns its result once the commit is
+        durable.
 
         Inside the calling thread's ``transaction()`` the work joins that
         transaction. Otherwise the works that threads of this process hand in
@@ -5550,7 +5769,8 @@ class SQLiteDatabase(Database):
         thread writing, this is one ``transaction()`` around ``work``.
         """
         writer = self._session()
-        if writer.depth and writer.owner == threading.get_ident():  # the calling thread's transaction
+        # the calling thread's transaction
+        if writer.depth and writer.owner == threading.get_ident():
             with self.transaction() as conn:
                 return work(conn)
         result: _T = self._group.write(work)
@@ -5574,19 +5794,22 @@ class SQLiteDatabase(Database):
                         outcomes.append(work(conn))
                     except Exception as exc:
                         outcomes.append(exc)
-                        if not conn.in_transaction:  # SQLite rolled back everything (some I/O errors do)
-                            raise StoreError(f"the transaction of {self!r} that this write shared with "
-                                             f"others was rolled back by one of them: {exc}") from exc
+                        # SQLite rolled back everything (some I/O errors do)
+                        if not conn.in_transaction:
+                            raise StoreError(f"the transaction of {self!r} that this write shared "
+                                             "with others was rolled back by one of them: "
+                                             f"{exc}") from exc
                         conn.execute("ROLLBACK TO SAVEPOINT es_write")
                     conn.execute("RELEASE SAVEPOINT es_write")
         except Exception as exc:  # nothing of the group is stored
-            failed = [o if isinstance(o, BaseException) else self._group_failure(exc) for o in outcomes]
+            failed = [o if isinstance(o, BaseException) else self._group_failure(exc)
+                      for o in outcomes]
             return failed + [self._group_failure(exc) for _ in works[len(outcomes):]]
         return outcomes
 
     def _group_failure(self, exc: BaseException) -> StoreError:
-        """The error for each write of a group whose transaction failed: a new one each, as one exception
-        raised in several threads at once would mix their tracebacks."""
+        """The error for each write of a group whose transaction failed: a new one each, as one
+        exception raised in several threads at once would mix their tracebacks."""
         if isinstance(exc, StoreError):
             error, cause = type(exc)(*exc.args), exc.__cause__
         elif isinstance(exc, sqlite3.Error):
@@ -5600,7 +5823,8 @@ class SQLiteDatabase(Database):
     def _create_connection(self) -> sqlite3.Connection:
         if self._given is not None:
             if self._given_pid and self._given_pid != os.getpid():
-                raise StoreError("this SQLite connection was opened in another process; pass a file path instead")
+                raise StoreError("this SQLite connection was opened in another process; pass a "
+                                 "file path instead")
             self._given.isolation_level = None
             self._given_pid = os.getpid()
             if self._prepare:
@@ -5621,7 +5845,8 @@ class SQLiteDatabase(Database):
                 if not exists or os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
                     raise self.error(exc, "open it") from exc
         if conn is None:
-            # A file we may not write (a read-only file, directory or filesystem): read it, refuse writes.
+            # A file we may not write (a read-only file, directory or filesystem): read it, refuse
+            # writes.
             uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
             if os.statvfs(path).f_flag & os.ST_RDONLY:
                 uri += "&immutable=1"  # nobody can write it, and its -shm file cannot be created
@@ -5636,17 +5861,18 @@ class SQLiteDatabase(Database):
                 raise
             if key is not None:
                 self._read_only_conns[id(conn)] = key
-        self._file_id = self._stat_file() if on_disk else None  # the file the connection opened (or made)
+        # the file the connection opened (or made)
+        self._file_id = self._stat_file() if on_disk else None
         return conn
 
     def _connect(self, target: str, *, read_only: bool) -> sqlite3.Connection:
         """Open and prepare a connection; an open that finds the file locked is tried again.
 
         Processes (or connections) that open one new file at once take turns: switching it to WAL
-        needs the file to itself, and SQLite answers that BUSY at once, without waiting (busy_timeout
-        does not apply, as waiting there could deadlock). So the whole open is tried again, after a
-        growing pause (2 ms up to 100 ms, with jitter), until it succeeds or busy_timeout has passed
-        since the first try; then StoreError says so."""
+        needs the file to itself, and SQLite answers that BUSY at once, without waiting
+        (busy_timeout does not apply, as waiting there could deadlock). So the whole open is tried
+        again, after a growing pause (2 ms up to 100 ms, with jitter), until it succeeds or
+        busy_timeout has passed since the first try; then StoreError says so."""
         import random
 
         started = time.monotonic()
@@ -5664,16 +5890,16 @@ class SQLiteDatabase(Database):
                 elapsed = time.monotonic() - started
                 if elapsed + pause > self.busy_timeout:
                     raise StoreError(
-                        f"cannot open the SQLite database {self.path!r}: other connections kept it locked "
-                        f"while it was being opened (the last try failed to {step[0]}), through {tries} "
-                        f"tries over {elapsed:.1f} s (busy_timeout={self.busy_timeout:g} s bounds the "
-                        f"tries): {exc}") from exc
+                        f"cannot open the SQLite database {self.path!r}: other connections kept it "
+                        f"locked while it was being opened (the last try failed to {step[0]}), "
+                        f"through {tries} tries over {elapsed:.1f} s "
+                        f"(busy_timeout={self.busy_timeout:g} s bounds the tries): {exc}") from exc
                 time.sleep(pause * random.uniform(0.5, 1.5))
                 pause = min(pause * 2, 0.1)
 
     def _connect_once(self, target: str, *, read_only: bool, step: list[str]) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False,
-                               uri=read_only)
+        conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False, uri=read_only)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if not read_only and _is_file_path(target):
@@ -5682,10 +5908,12 @@ class SQLiteDatabase(Database):
             step[0] = "set it up"
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             if self._prepare:
-                conn.execute(f"PRAGMA query_only = {int(read_only)}")  # so that prepare sees it may not write
+                # so that prepare sees it may not write
+                conn.execute(f"PRAGMA query_only = {int(read_only)}")
                 step[0] = "create or check its schema"
                 self._prepare(conn)
-                conn.execute("PRAGMA query_only = 0")  # (writes are refused by _began, with a clearer message)
+                # (writes are refused by _began, with a clearer message)
+                conn.execute("PRAGMA query_only = 0")
         except BaseException:
             self._close_connection(conn)
             raise
@@ -5693,16 +5921,20 @@ class SQLiteDatabase(Database):
         return conn
 
     def reading(self) -> contextlib.AbstractContextManager[Any]:
-        # Every read's path: in_transaction() is spelled out here, and each thread keeps its _Reader.
+        # Every read's path: in_transaction() is spelled out here, and each thread keeps its
+        # _Reader.
         writer = self._shared
         if writer.conn is None or self._pid != os.getpid():
-            self.ensure_open()  # the writer first: it creates (or upgrades) the schema and finds read_only
+            # the writer first: it creates (or upgrades) the schema and finds read_only
+            self.ensure_open()
             writer = self._shared
         if writer.depth:
-            on_writer = writer.owner == threading.get_ident()  # inside the calling thread's transaction()
+            # inside the calling thread's transaction()
+            on_writer = writer.owner == threading.get_ident()
         else:
             conn = writer.conn
-            on_writer = conn is not None and self._connection_in_transaction(conn)  # one opened by hand
+            # one opened by hand
+            on_writer = conn is not None and self._connection_in_transaction(conn)
         if on_writer or not self._can_have_readers or self.read_only:
             return super().reading()
         try:
@@ -5719,7 +5951,8 @@ class SQLiteDatabase(Database):
         uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw"
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)  # closed by close(), from whichever thread
+                                   # closed by close(), from whichever thread
+                                   check_same_thread=False)
         except sqlite3.Error as exc:
             raise self.error(exc, "open a reader connection") from exc
         try:
@@ -5739,11 +5972,12 @@ class SQLiteDatabase(Database):
 
     def _began(self, conn: Any) -> None:
         if self.read_only:
-            raise StoreError(f"the SQLite database {self.path!r} is read-only here (the file or its filesystem "
-                             "cannot be written); nothing was written")
+            raise StoreError(f"the SQLite database {self.path!r} is read-only here (the file or "
+                             "its filesystem cannot be written); nothing was written")
         if self._file_id is not None and self._stat_file() != self._file_id:
-            raise StoreError(f"the SQLite database file {self.path!r} was deleted or replaced since this process "
-                             "opened it; nothing was written (close the store and open it again)")
+            raise StoreError(f"the SQLite database file {self.path!r} was deleted or replaced "
+                             "since this process opened it; nothing was written (close the store "
+                             "and open it again)")
 
     def error(self, exc: Exception, doing: str) -> StoreError:
         code = getattr(exc, "sqlite_errorcode", -1) & 0xFF  # Python 3.11+; else the message tells
@@ -5757,8 +5991,8 @@ class SQLiteDatabase(Database):
         if code == 13 or "disk is full" in text:  # SQLITE_FULL
             return StoreError(f"the disk of {where} is full: cannot {doing}: {text}")
         if code in (5, 6) or "locked" in text:  # SQLITE_BUSY, SQLITE_LOCKED
-            return StoreError(f"{where} stayed locked by another writer for busy_timeout={self.busy_timeout} s: "
-                              f"cannot {doing}: {text}")
+            return StoreError(f"{where} stayed locked by another writer for "
+                              f"busy_timeout={self.busy_timeout} s: cannot {doing}: {text}")
         return StoreError(f"{where}: cannot {doing}: {text}")
 
     def time_value(self, value: _dt.datetime | str) -> Any:
@@ -5813,10 +6047,12 @@ class SQLiteDatabase(Database):
             with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as conn:
                 conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         except (OSError, sqlite3.Error):
-            pass  # nothing to tidy, or no way to: they are harmless, and the next writer removes them
+            # nothing to tidy, or no way to: they are harmless, and the next writer removes them
+            pass
 
     def create_tables(self, conn: Any, ddl: str) -> None:
-        # The write transaction the caller opened (BEGIN IMMEDIATE) already keeps other processes out.
+        # The write transaction the caller opened (BEGIN IMMEDIATE) already keeps other processes
+        # out.
         for statement in ddl.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -5826,11 +6062,13 @@ class SQLiteDatabase(Database):
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
 
 
-# A child made by fork() copies SQLite's in-process record of the locks this process holds on each file:
-# forked while another thread is inside a statement or transaction, the child would wait for a lock
-# nobody in it holds. So a fork waits (a bounded while) until no thread uses an SQLite connection.
+# A child made by fork() copies SQLite's in-process record of the locks this process holds on each
+# file: forked while another thread is inside a statement or transaction, the child would wait for a
+# lock nobody in it holds. So a fork waits (a bounded while) until no thread uses an SQLite
+# connection.
 _sqlite_databases: weakref.WeakSet[SQLiteDatabase] = weakref.WeakSet()
-_fork_gate = threading.Lock()  # held from the start of a fork until it is done: no database registers meanwhile
+# held from the start of a fork until it is done: no database registers meanwhile
+_fork_gate = threading.Lock()
 _held_for_fork: list[Any] = []  # the locks a fork holds (released after it, in parent and child)
 
 
@@ -5913,12 +6151,14 @@ CREATE TABLE IF NOT EXISTS eventsourcery_snapshots (
 
 #: Statements that take a store of each older schema version to the next one, in one transaction.
 _SQLITE_UPGRADES = {
-    1: "ALTER TABLE events ADD COLUMN metadata TEXT",  # 2: application metadata (and the snapshots table)
+    # 2: application metadata (and the snapshots table)
+    1: "ALTER TABLE events ADD COLUMN metadata TEXT",
 }
 
 
 def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA secure_delete = ON")  # erased or deleted data is overwritten, not left in free space
+    # erased or deleted data is overwritten, not left in free space
+    conn.execute("PRAGMA secure_delete = ON")
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'eventsourcery_schema'").fetchone()
     if row:
         version = conn.execute("SELECT max(version) FROM eventsourcery_schema").fetchone()[0]
@@ -5926,20 +6166,25 @@ def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
             return
         if version is not None and version > SQLITE_SCHEMA_VERSION:
             raise StoreError(f"this store has schema version {version}; this eventsourcery "
-                             f"({__version__}) knows version {SQLITE_SCHEMA_VERSION}: upgrade eventsourcery")
-    if conn.execute("PRAGMA query_only").fetchone()[0]:  # opened read-only: it is neither created nor upgraded
-        raise StoreError(f"this file holds no store of schema version {SQLITE_SCHEMA_VERSION}, which this "
-                         f"eventsourcery ({__version__}) writes (it has none, or an older one), and it is opened "
-                         "read-only here, so nothing is created or upgraded: an older store is upgraded when it "
-                         "is first opened for writing")
+                             f"({__version__}) knows version {SQLITE_SCHEMA_VERSION}: upgrade "
+                             "eventsourcery")
+    # opened read-only: it is neither created nor upgraded
+    if conn.execute("PRAGMA query_only").fetchone()[0]:
+        raise StoreError(f"this file holds no store of schema version {SQLITE_SCHEMA_VERSION}, "
+                         f"which this eventsourcery ({__version__}) writes (it has none, or an "
+                         "older one), and it is opened read-only here, so nothing is created or "
+                         "upgraded: an older store is upgraded when it is first opened for writing")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        version = None  # read again under the write lock: another process may have created or upgraded it
+        # read again under the write lock: another process may have created or upgraded it
+        version = None
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
-            has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'eventsourcery_schema'").fetchone()
-            version = (conn.execute("SELECT max(version) FROM eventsourcery_schema").fetchone()[0] if has_table
-                       else None) or 1
-        if version is not None and version < SQLITE_SCHEMA_VERSION:  # upgrade in place, one step at a time
+            has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = "
+                                     "'eventsourcery_schema'").fetchone()
+            version = (conn.execute("SELECT max(version) FROM eventsourcery_schema").fetchone()[0]
+                       if has_table else None) or 1
+        # upgrade in place, one step at a time
+        if version is not None and version < SQLITE_SCHEMA_VERSION:
             for step in range(version, SQLITE_SCHEMA_VERSION):
                 for statement in _SQLITE_UPGRADES.get(step, "").split(";"):
                     if statement.strip():
@@ -5949,7 +6194,8 @@ def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
             if statement.strip():
                 conn.execute(statement)
         if conn.execute("SELECT count(*) FROM eventsourcery_schema").fetchone()[0] == 0:
-            conn.execute("INSERT INTO eventsourcery_schema (version) VALUES (?)", (SQLITE_SCHEMA_VERSION,))
+            conn.execute("INSERT INTO eventsourcery_schema (version) VALUES (?)",
+                         (SQLITE_SCHEMA_VERSION,))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -5958,25 +6204,28 @@ def _create_sqlite_store_schema(conn: sqlite3.Connection) -> None:
 
 
 def _check_existing_sqlite_store(path: str) -> None:
-    """Raise StoreError unless ``path`` is an existing eventsourcery store; looks read-only, changes nothing."""
+    """Raise StoreError unless ``path`` is an existing eventsourcery store; looks read-only, changes
+    nothing."""
     if not os.path.exists(path):
-        raise StoreError(f"no eventsourcery store at {path!r}: it does not exist (it is not created when opening "
-                         "an existing store)")
+        raise StoreError(f"no eventsourcery store at {path!r}: it does not exist (it is not "
+                         "created when opening an existing store)")
     if os.path.isdir(path):
         raise StoreError(f"cannot open store {path!r}: it is a directory, not an SQLite file")
     database = SQLiteDatabase(path, read_only=True)  # which leaves no -wal or -shm file behind
     try:
-        tables = {row[0] for row in database.fetch_all("SELECT name FROM sqlite_master WHERE type = 'table'",
-                                                       doing="read its tables")}
+        tables = {row[0] for row in database.fetch_all(
+            "SELECT name FROM sqlite_master WHERE type = 'table'", doing="read its tables")}
     finally:
         database.close()
     if "events" not in tables:
-        raise StoreError(f"no eventsourcery store at {path!r}: that SQLite file is not an eventsourcery event store "
-                         "(it has no events table); it was left as it was")
+        raise StoreError(f"no eventsourcery store at {path!r}: that SQLite file is not an "
+                         "eventsourcery event store (it has no events table); it was left as it "
+                         "was")
 
 
 class _FileLocks:
-    """Single-instance locks as flock()ed files beside a database file; the OS releases them on death."""
+    """Single-instance locks as flock()ed files beside a database file; the OS releases them on
+    death."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -5988,7 +6237,8 @@ class _FileLocks:
         # share a file and a long one still fits in a file name.
         import hashlib
         digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
-        return os.path.join(self.directory, f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)[:40]}%{digest}.lock")
+        return os.path.join(self.directory,
+                            f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)[:40]}%{digest}.lock")
 
     def _try(self, name: str, exclusive: bool = True) -> int | None:
         import fcntl
@@ -6009,8 +6259,8 @@ class _FileLocks:
             time.sleep(0.01)  # an is_running() probe holds the lock for an instant: try again
             fd = self._try(name)
         if fd is None:
-            raise UnableToLockProcessorError(f"processor {name!r} is already running against this store "
-                                             f"(lock file {self._path(name)})")
+            raise UnableToLockProcessorError(f"processor {name!r} is already running against this "
+                                             f"store (lock file {self._path(name)})")
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
@@ -6048,17 +6298,19 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
     then gets StoreError.
     """
 
-    _INSERT = ("INSERT INTO events (uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, "
-               "metadata, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    _INSERT = ("INSERT INTO events (uuid, aggregate_id, type, version, created_at, correlation_id, "
+               "causation_id, metadata, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 30.0,
-                 poll_interval: float = 0.005, read_only: bool = False, create: bool = True,
-                 max_connections: int = 10, connection_timeout: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
+                 busy_timeout: float = 30.0, poll_interval: float = 0.005,
+                 read_only: bool = False, create: bool = True, max_connections: int = 10,
+                 connection_timeout: float = 30.0) -> None:
         if read_only or not create:
             _check_existing_sqlite_store(os.fspath(path))
         self._db = SQLiteDatabase(path, synchronous=synchronous, busy_timeout=busy_timeout,
                                   prepare=_create_sqlite_store_schema, read_only=read_only,
-                                  max_connections=max_connections, connection_timeout=connection_timeout)
+                                  max_connections=max_connections,
+                                  connection_timeout=connection_timeout)
         self.path = self._db.path
         self.poll_interval = poll_interval
         self._tracker = DatabaseTracker(self._db)
@@ -6080,7 +6332,8 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
     def is_running(self, name: str) -> bool:
         return self._locks.is_running(name)
 
-    def sink(self, event_or_events: Event | Sequence[Event], expected_version: int | None = None) -> list[Event]:
+    def sink(self, event_or_events: Event | Sequence[Event],
+             expected_version: int | None = None) -> list[Event]:
         events, aggregate_id, rows = encode_events(event_or_events, expected_version)
 
         def append(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -6090,8 +6343,10 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
                 raise ConcurrencyError(f"aggregate {aggregate_id!r} is at version {current}, "
                                        f"expected {expected_version}")
             # Rowids are max + 1 under the write lock, so a batch's ids are contiguous.
-            values = [(r.uuid, r.aggregate_id, r.type, current + 1 + i, r.created_at.isoformat(),  # type: ignore[union-attr]
-                       r.correlation_id, r.causation_id, r.metadata, r.body) for i, r in enumerate(rows)]
+            values = [(r.uuid, r.aggregate_id, r.type, current + 1 + i,
+                       r.created_at.isoformat(),  # type: ignore[union-attr]
+                       r.correlation_id, r.causation_id, r.metadata, r.body)
+                      for i, r in enumerate(rows)]
             if len(values) == 1:
                 last_id = conn.execute(self._INSERT, values[0]).lastrowid or 0
             else:
@@ -6100,19 +6355,23 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
             return last_id - len(values) + 1, current
 
         try:
-            first_id, current = self._db.group_commit(append)  # with other threads' sinks, if they wait
+            # with other threads' sinks, if they wait
+            first_id, current = self._db.group_commit(append)
         except sqlite3.IntegrityError as exc:
             if "uuid" in str(exc):
                 raise DuplicateEventError(f"an event with one of these uuids is already stored: "
                                           f"{[r.uuid for r in rows]}") from exc
-            raise ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {exc}") from exc
+            raise ConcurrencyError(
+                f"concurrent write to aggregate {aggregate_id!r}: {exc}") from exc
         except sqlite3.Error as exc:
-            raise self._db.error(exc, f"store events of aggregate {aggregate_id!r}; nothing was written") from exc
+            raise self._db.error(
+                exc, f"store events of aggregate {aggregate_id!r}; nothing was written") from exc
         return stored_copies(events, rows, first_id, current + 1)
 
     def scrub(self) -> None:
-        # secure_delete (on for every store connection) zeroed what the UPDATE freed in the file; the
-        # WAL still holds older copies of those pages until a checkpoint writes them back and truncates it.
+        # secure_delete (on for every store connection) zeroed what the UPDATE freed in the file;
+        # the WAL still holds older copies of those pages until a checkpoint writes them back and
+        # truncates it.
         if self._db.in_transaction():
             return  # inside a caller's transaction: the next checkpoint after it commits does it
         with self._db.lock:  # on the writer: a reader may not checkpoint (query_only)
@@ -6121,8 +6380,8 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
             except sqlite3.Error as exc:
                 raise self._db.error(exc, "checkpoint the WAL") from exc
         if busy:
-            config.logger.warning("%r: erased data stays in the WAL file until no reader holds it back "
-                                  "(the next checkpoint removes it)", self)
+            config.logger.warning("%r: erased data stays in the WAL file until no reader holds it "
+                                  "back (the next checkpoint removes it)", self)
 
     def stats(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         counts = super().stats(progress)
@@ -6136,8 +6395,9 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
 
     def _change_token(self) -> Any:
         # On a reader connection data_version moves with every commit of another connection, this
-        # process's writer included; on the writer our own are counted. (A poll that reads on the other
-        # connection than the last one sees a change that may not be one: that costs one read.)
+        # process's writer included; on the writer our own are counted. (A poll that reads on the
+        # other connection than the last one sees a change that may not be one: that costs one
+        # read.)
         with self._db.reading() as conn:
             try:
                 return (conn.execute("PRAGMA data_version").fetchone()[0], self._db.commits)
@@ -6157,7 +6417,8 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
 
 
 class SQLiteTracker(DatabaseTracker):
-    """Positions in the ``eventsourcery_trackers`` table of an SQLite file (a path or an open connection)."""
+    """Positions in the ``eventsourcery_trackers`` table of an SQLite file (a path or an open
+    connection)."""
 
     def __init__(self, db: str | os.PathLike[str] | sqlite3.Connection | SQLiteDatabase) -> None:
         super().__init__(db if isinstance(db, SQLiteDatabase) else SQLiteDatabase(db))
@@ -6169,8 +6430,9 @@ class SQLiteTracker(DatabaseTracker):
 # ---------------------------------------------------------------------------
 
 class StoreURL(NamedTuple):
-    """What a store URL names: ``scheme`` (``memory``, ``sqlite`` or a key of BACKENDS) and ``target``
-    (the SQLite file path, or the URL a backend module is given; empty for ``memory``)."""
+    """What a store URL names: ``scheme`` (``memory``, ``sqlite`` or a key of BACKENDS) and
+    ``target`` (the SQLite file path, or the URL a backend module is given; empty for
+    ``memory``)."""
 
     scheme: str
     target: str
@@ -6193,7 +6455,8 @@ def parse_store_url(url: str | os.PathLike[str]) -> StoreURL:
     if text.startswith("sqlite:///"):
         return StoreURL("sqlite", text[len("sqlite:///"):])
     if text.startswith("sqlite:"):
-        raise StoreError(f"cannot read store URL {text!r}: use sqlite:///relative/path or sqlite:////absolute/path")
+        raise StoreError(f"cannot read store URL {text!r}: use sqlite:///relative/path or "
+                         "sqlite:////absolute/path")
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
     if scheme and scheme.group(1).lower() in BACKENDS:
         return StoreURL(scheme.group(1).lower(), text)
@@ -6210,7 +6473,8 @@ def _backend(scheme: str) -> Any:
 
 def open_store(url: str | os.PathLike[str], *, create: bool = True, read_only: bool = False,
                max_connections: int = 10, connection_timeout: float = 30.0) -> EventStore:
-    """Open an event store from ``memory:``, a file path, ``sqlite:///path`` or ``postgresql://...``.
+    """Open an event store from ``memory:``, a file path, ``sqlite:///path`` or
+    ``postgresql://...``.
 
     With ``create=False`` only an existing store is opened (StoreError otherwise) and nothing is
     created; with ``read_only=True`` it is also only read: every write raises StoreError (an SQLite
@@ -6232,9 +6496,11 @@ def open_store(url: str | os.PathLike[str], *, create: bool = True, read_only: b
     return store
 
 
-def open_database(target: str | os.PathLike[str] | sqlite3.Connection | Database, **options: Any) -> Database:
-    """The Database a projector writes to: a Database as given, an open ``sqlite3.Connection``, a file
-    path (``sqlite:///`` too) or a backend's URL; ``options`` go to that backend's database class."""
+def open_database(target: str | os.PathLike[str] | sqlite3.Connection | Database,
+                  **options: Any) -> Database:
+    """The Database a projector writes to: a Database as given, an open ``sqlite3.Connection``, a
+    file path (``sqlite:///`` too) or a backend's URL; ``options`` go to that backend's database
+    class."""
     if isinstance(target, Database):
         return target
     if isinstance(target, sqlite3.Connection):
@@ -6262,14 +6528,15 @@ class _CLIError(Exception):
 
 
 def _cli_open_store(target: str, *, read_only: bool) -> EventStore:
-    """Open an existing store; nothing is ever created. For a read command (``read_only``) an SQLite file is
-    opened read-only, so nothing in it changes. A ``memory:`` store is refused: it would be empty."""
+    """Open an existing store; nothing is ever created. For a read command (``read_only``) an SQLite
+    file is opened read-only, so nothing in it changes. A ``memory:`` store is refused: it would be
+    empty."""
     location: StoreURL | None = None
     with contextlib.suppress(Error, ValueError):
         location = parse_store_url(target)
     if location is not None and location.scheme == "memory":
-        raise _CLIError(f"{target!r} is a store in one process's memory, which the command line cannot see; "
-                        "give an SQLite file or a postgresql:// URL")
+        raise _CLIError(f"{target!r} is a store in one process's memory, which the command line "
+                        "cannot see; give an SQLite file or a postgresql:// URL")
     try:
         return open_store(target, create=False, read_only=read_only)
     except ImportError as exc:
@@ -6348,15 +6615,16 @@ def _cli_json_line(value: Any) -> str:
 
 def _cli_event_dict(event: Event) -> dict[str, Any]:
     """An event as one JSON object: every metadata field and the body."""
-    return {"id": event.id, "uuid": event.uuid, "type": event.type, "aggregate_id": event.aggregate_id,
-            "version": event.version,
+    return {"id": event.id, "uuid": event.uuid, "type": event.type,
+            "aggregate_id": event.aggregate_id, "version": event.version,
             "created_at": event.created_at.isoformat() if event.created_at is not None else None,
             "correlation_id": event.correlation_id, "causation_id": event.causation_id,
             "metadata": dict(event.metadata), "body": event.body}
 
 
 class _CLIProgress:
-    """A progress line on stderr, drawn only when stderr is a terminal and cleared before other output."""
+    """A progress line on stderr, drawn only when stderr is a terminal and cleared before other
+    output."""
 
     def __init__(self, label: str, total: int) -> None:
         self.label, self.total = label, total
@@ -6406,8 +6674,8 @@ class _CLIEventPrinter:
     def fit(self, events: Sequence[Event], next_id: int = 0) -> None:
         """Widen the columns for these events (and for ids up to ``next_id``), printing nothing."""
         for e in events:
-            cells = (str(e.id), _cli_time(e.created_at), _cli_safe(str(e.type)), _cli_safe(e.aggregate_id),
-                     str(e.version))
+            cells = (str(e.id), _cli_time(e.created_at), _cli_safe(str(e.type)),
+                     _cli_safe(e.aggregate_id), str(e.version))
             self.widths = [max(w, len(c)) for w, c in zip(self.widths, cells, strict=True)]
         self.widths[0] = max(self.widths[0], len(str(next_id)))
 
@@ -6416,10 +6684,10 @@ class _CLIEventPrinter:
         if self.as_json:
             out.writelines(_cli_json_line(_cli_event_dict(e)) for e in events)
         else:
-            rows = [(str(e.id), _cli_time(e.created_at), _cli_safe(str(e.type)), _cli_safe(e.aggregate_id),
-                     str(e.version), _cli_safe(_cli_json(e.body) + (f"  metadata {_cli_json(e.metadata)}"
-                                                                    if e.metadata else "")))
-                    for e in events]
+            rows = [(str(e.id), _cli_time(e.created_at), _cli_safe(str(e.type)),
+                     _cli_safe(e.aggregate_id), str(e.version),
+                     _cli_safe(_cli_json(e.body) + (f"  metadata {_cli_json(e.metadata)}"
+                                                    if e.metadata else ""))) for e in events]
             self.fit(events)
             if not self.printed and rows:
                 out.write(self._line(self.HEADER, "body") + "\n")
@@ -6439,7 +6707,8 @@ def _cli_printer(args: argparse.Namespace) -> _CLIEventPrinter:
 def _cli_matches(args: argparse.Namespace) -> Callable[[Event], bool]:
     types = set(args.type or ())
     aggregate = args.aggregate
-    return lambda e: (not types or e.type in types) and (aggregate is None or e.aggregate_id == aggregate)
+    return (lambda e: (not types or e.type in types)
+            and (aggregate is None or e.aggregate_id == aggregate))
 
 
 def _cli_events(store: EventStore, args: argparse.Namespace) -> int:
@@ -6486,7 +6755,8 @@ def _cli_follow(store: EventStore, args: argparse.Namespace) -> int:
     else:
         sys.stderr.write(f"waiting for new events after id {latest} (Ctrl-C to stop)\n")
     sys.stderr.flush()
-    if not args.json:  # size the columns for what the latest events hold, so that new rows stay aligned
+    # size the columns for what the latest events hold, so that new rows stay aligned
+    if not args.json:
         printer.fit(store.get_next_from(max(latest - 999, 1)), next_id=latest + 1000)
     stopping = False
 
@@ -6517,9 +6787,10 @@ def _cli_aggregate(store: EventStore, args: argparse.Namespace) -> int:
         return 0
     _cli_printer(args).write(history)
     snapshots = store.snapshots(args.aggregate_id)
-    notes = [f"snapshot of {_cli_safe(snap.aggregate_type)} at version {snap.version} "
-             f"(snapshot_version {snap.snapshot_version}, taken {_cli_time(_cli_datetime(snap.created_at))})"
-             for snap in snapshots] or ["no snapshot"]
+    notes = ([f"snapshot of {_cli_safe(snap.aggregate_type)} at version {snap.version} "
+              f"(snapshot_version {snap.snapshot_version}, taken "
+              f"{_cli_time(_cli_datetime(snap.created_at))})" for snap in snapshots]
+             or ["no snapshot"])
     (sys.stderr if args.json else sys.stdout).writelines(note + "\n" for note in notes)
     return 0
 
@@ -6545,8 +6816,9 @@ def _cli_erase(store: EventStore, args: argparse.Namespace) -> int:
     if version == 0:
         sys.stderr.write(f"no events for aggregate {shown}: nothing erased\n")
         return 0
-    if not args.yes and not _cli_confirm(f"Erase aggregate {shown} for good ({version} events: their bodies "
-                                         "and metadata are removed; this cannot be undone)?"):
+    if not args.yes and not _cli_confirm(f"Erase aggregate {shown} for good ({version} events: "
+                                         "their bodies and metadata are removed; this cannot be "
+                                         "undone)?"):
         sys.stderr.write(f"not erased: {shown} keeps its {version} events\n")
         return 1
     erased = store.erase_aggregate(aggregate_id, reason=args.reason)
@@ -6565,13 +6837,15 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
         sys.stdout.writelines(_cli_json_line(dataclasses.asdict(s)) for s in statuses)
         return 0
     rows = [("name", "position", "lag", "running", "state")] + [
-        (_cli_safe(s.name), str(s.position), str(s.lag), "yes" if s.running else "no", s.state) for s in statuses]
+        (_cli_safe(s.name), str(s.position), str(s.lag), "yes" if s.running else "no", s.state)
+            for s in statuses]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row, status in zip(rows, [None, *statuses], strict=True):
-        sys.stdout.write(f"{row[0].ljust(widths[0])}  {row[1].rjust(widths[1])}  {row[2].rjust(widths[2])}  "
-                         f"{row[3].ljust(widths[3])}  {row[4]}\n")
+        sys.stdout.write(f"{row[0].ljust(widths[0])}  {row[1].rjust(widths[1])}  "
+                         f"{row[2].rjust(widths[2])}  {row[3].ljust(widths[3])}  {row[4]}\n")
         if status is not None and status.last_error is not None:
-            at = f" at event {status.failing_event_id}" if status.failing_event_id is not None else ""
+            at = (f" at event {status.failing_event_id}" if status.failing_event_id is not None
+                  else "")
             sys.stdout.write(f"  failing{at}: {_cli_safe(status.last_error)}\n")
             horizon = status.replay_horizon
             if status.failing_event_id is not None and status.failing_event_id <= horizon:
@@ -6582,10 +6856,13 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
                     "last reset): if its tables still hold what it wrote then, skipping will not "
                     f"help; reset it with its tables: {_cli_safe(reset)}\n")
             if status.failing_event_id is not None:
-                command = _skip_command(shlex.quote(args.store), status.name, status.failing_event_id)
-                sys.stdout.write(f"  to move it past that event without processing it: {_cli_safe(command)}\n")
+                command = _skip_command(shlex.quote(args.store), status.name,
+                                        status.failing_event_id)
+                sys.stdout.write("  to move it past that event without processing it: "
+                                 f"{_cli_safe(command)}\n")
         if status is not None and status.standby is not None:
-            sys.stdout.write(f"  standby: pid {_cli_safe(status.standby.replace('@', ' on host '))}\n")
+            sys.stdout.write("  standby: pid "
+                             f"{_cli_safe(status.standby.replace('@', ' on host '))}\n")
         if status is not None and status.parked:
             command = (f"python -m eventsourcery {shlex.quote(args.store)} parked "
                        f"{shlex.quote(status.name)}")
@@ -6651,7 +6928,8 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
     try:
         _reset_processor(store, record, tables)
     except UnableToLockProcessorError as exc:
-        raise _CLIError(f"cannot reset {name!r} while it is running; stop it first ({exc})") from exc
+        raise _CLIError(
+            f"cannot reset {name!r} while it is running; stop it first ({exc})") from exc
     horizon = max(position, record.horizon)
     latest = store.latest_event_id()
     sys.stdout.write(f"reset {shown}: position {position} -> 0; its next run processes every event "
@@ -6670,15 +6948,12 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
                          f"processes them; events after {horizon} are new to it\n")
     if record.kind == "reactor" and horizon:
         sys.stdout.write(
-            "for this reactor, during the replay:\n"
-            "  done again:     every handler runs again, with its writes to the reactor's own "
-            "tables, and\n"
-            "                  every outside effect (mail, API calls) that its handler does not "
-            "guard with\n"
-            "                  `if not self.replaying`\n"
-            "  not done again: emit_event sinks nothing (the events it emitted the first time are "
-            "in the\n"
-            "                  store), nor anything its handlers guard with `if not self.replaying`\n")
+            "for this reactor, during the replay:\n  done again:     every handler runs again, "
+            "with its writes to the reactor's own tables, and\n                  every outside "
+            "effect (mail, API calls) that its handler does not guard with\n                  `if "
+            "not self.replaying`\n  not done again: emit_event sinks nothing (the events it "
+            "emitted the first time are in the\n                  store), nor anything its "
+            "handlers guard with `if not self.replaying`\n")
     return 0
 
 
@@ -6696,17 +6971,19 @@ def _cli_skip(store: EventStore, args: argparse.Namespace) -> int:
         what = "damaged: it cannot be read"
     failing = (f"; it is failing on it: {_cli_safe(record.last_error or '')}"
                if record.failing_event_id == event_id else "")
-    if not args.yes and not _cli_confirm(f"Skip event {event_id} ({what}) for processor {shown}{failing}? "
-                                         f"{shown} will never process it (position {event_id - 1} -> {event_id})"):
+    if not args.yes and not _cli_confirm(f"Skip event {event_id} ({what}) for processor "
+                                         f"{shown}{failing}? {shown} will never process it "
+                                         f"(position {event_id - 1} -> {event_id})"):
         sys.stderr.write(f"not skipped: {shown} stays at position {record.position}\n")
         return 1
     try:
         skip_event(store, name, event_id)
     except ValueError as exc:  # it moved meanwhile
         raise _CLIError(_cli_safe(str(exc))) from exc
-    sys.stdout.write(f"skipped event {event_id} for {shown}: position {event_id - 1} -> {event_id}; it will not "
-                     f"process event {event_id}; the next event it processes is {event_id + 1} (a running "
-                     "instance goes on at its next retry)\n")
+    sys.stdout.write(f"skipped event {event_id} for {shown}: position {event_id - 1} -> "
+                     f"{event_id}; it will not process event {event_id}; the next event it "
+                     f"processes is {event_id + 1} (a running instance goes on at its next "
+                     "retry)\n")
     return 0
 
 
@@ -6802,10 +7079,12 @@ def _cli_stats(store: EventStore, args: argparse.Namespace) -> int:
         return _cli_time(_dt.datetime.fromisoformat(text)) if text else "-"
 
     lines = [("store", _cli_safe(str(stats["store"]))), ("events", f"{stats['events']:,}"),
-             ("aggregates", f"{stats['aggregates']:,}"), ("first event", when(stats["first_created_at"])),
+             ("aggregates", f"{stats['aggregates']:,}"),
+             ("first event", when(stats["first_created_at"])),
              ("last event", when(stats["last_created_at"]))]
     if "file_size" in stats:
-        lines.append(("file size", f"{stats['file_size']:,} bytes (+ {stats['wal_size']:,} bytes of WAL)"))
+        lines.append(("file size",
+                      f"{stats['file_size']:,} bytes (+ {stats['wal_size']:,} bytes of WAL)"))
     out = [f"{label + ':':<13}{value}" for label, value in lines]
     types = {_cli_safe(str(t)): n for t, n in stats["types"].items()}
     if types:
@@ -6828,8 +7107,8 @@ def _cli_backup_target(args: argparse.Namespace) -> None:
     if location.scheme in ("sqlite", "memory"):  # (memory: refused as the store is opened)
         return
     if BACKENDS.get(location.scheme) != "eventsourcery_pg":
-        raise _CLIError(f"a {location.scheme} store is not copied by eventsourcery: back it up with "
-                        "its database's own tools", status=2)
+        raise _CLIError(f"a {location.scheme} store is not copied by eventsourcery: back it up "
+                        "with its database's own tools", status=2)
     parts = urllib.parse.urlsplit(args.store)
     query = urllib.parse.parse_qsl(parts.query)
     schema = next((value for key, value in query if key == "schema"), "public")
@@ -7001,16 +7280,19 @@ EVENT_ID) in code.
 
 
 def _cli_parser() -> argparse.ArgumentParser:
-    prog = "eventsourcery" if os.path.basename(sys.argv[0]) == "eventsourcery" else "python -m eventsourcery"
+    prog = ("eventsourcery" if os.path.basename(sys.argv[0]) == "eventsourcery"
+            else "python -m eventsourcery")
     parser = argparse.ArgumentParser(
-        prog=prog, description="Look inside an eventsourcery event store: list, filter and follow events, "
-                               "show an aggregate's history, list, reset and skip processors.",
+        prog=prog,
+        description="Look inside an eventsourcery event store: list, filter and follow events, "
+                    "show an aggregate's history, list, reset and skip processors.",
         epilog=_CLI_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"eventsourcery {__version__}")
     parser.add_argument("store", metavar="STORE",
-                        help="an SQLite file path or sqlite:///path (it must exist: it is never created), "
-                             "or a postgresql:// URL")
-    parser.set_defaults(writes=False)  # only reset, skip and erase write: the others open the store read-only
+                        help="an SQLite file path or sqlite:///path (it must exist: it is never "
+                             "created), or a postgresql:// URL")
+    # only reset, skip and erase write: the others open the store read-only
+    parser.set_defaults(writes=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def from_id(text: str) -> int:
@@ -7019,7 +7301,8 @@ def _cli_parser() -> argparse.ArgumentParser:
         except ValueError:
             value = -1
         if value < 0:
-            raise argparse.ArgumentTypeError(f"expected an event id (0 or 1: the beginning), got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected an event id (0 or 1: the beginning), got {text!r}")
         return max(value, 1)
 
     def positive(text: str) -> int:
@@ -7033,14 +7316,17 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true",
-                        help="one JSON object per line (every metadata field and the body) instead of a table")
-    output.add_argument("--wide", action="store_true", help="do not truncate the body to the terminal's width")
+                        help="one JSON object per line (every metadata field and the body) instead "
+                             "of a table")
+    output.add_argument("--wide", action="store_true",
+                        help="do not truncate the body to the terminal's width")
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--type", action="append", metavar="NAME",
                          help="only events of this type (repeat for several types)")
     filters.add_argument("--aggregate", metavar="ID", help="only events of this aggregate")
 
-    events = commands.add_parser("events", parents=[filters, output], help="list events (oldest first)",
+    events = commands.add_parser("events", parents=[filters, output],
+                                 help="list events (oldest first)",
                                  description="List stored events, oldest first.")
     events.add_argument("--from", dest="from_id", type=from_id, default=1, metavar="ID",
                         help="start at this event id (default: 1; 0 also means the beginning)")
@@ -7049,38 +7335,41 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     follow = commands.add_parser("tail", aliases=["follow"], parents=[filters, output],
                                  help="print new events as they are stored, until Ctrl-C",
-                                 description="Print events as they are stored, until Ctrl-C or SIGTERM "
-                                             "(exit status 0).")
+                                 description="Print events as they are stored, until Ctrl-C or "
+                                             "SIGTERM (exit status 0).")
     follow.add_argument("--from", dest="from_id", type=from_id, metavar="ID",
                         help="first print the stored events from this id (0: from the beginning; "
                              "default: only new events)")
     follow.set_defaults(run=_cli_follow)
 
-    aggregate = commands.add_parser("aggregate", parents=[output], help="show one aggregate's history",
+    aggregate = commands.add_parser("aggregate", parents=[output],
+                                    help="show one aggregate's history",
                                     description="Show one aggregate's events in version order.")
     aggregate.add_argument("aggregate_id", metavar="ID")
     aggregate.set_defaults(run=_cli_aggregate)
 
     processors = commands.add_parser(
         "processors", help="list processors with their position and lag",
-        description="List every processor that has run against this store (projectors that keep their "
-                    "position in their own database included), with its position, lag, whether one is running "
-                    "now and its state; under one failing at an event, its error and the skip command that "
-                    "moves it past that event.")
+        description="List every processor that has run against this store (projectors that keep "
+                    "their position in their own database included), with its position, lag, "
+                    "whether one is running now and its state; under one failing at an event, its "
+                    "error and the skip command that moves it past that event.")
     processors.add_argument("--json", action="store_true", help="one JSON object per line")
     processors.set_defaults(run=_cli_processors)
 
     reset = commands.add_parser("reset",
                                 help="reset a processor: drop its tables, position 0 (asks first)",
-                                description=_CLI_RESET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                description=_CLI_RESET_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     reset.add_argument("name", metavar="NAME", help="the processor's name")
     reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     reset.add_argument("--keep-tables", action="store_true",
                        help="reset the position only, keeping the processor's tables as they are")
     reset.set_defaults(run=_cli_reset, writes=True)
 
-    skip = commands.add_parser("skip", help="move a processor past one event without processing it (asks first)",
-                               description=_CLI_SKIP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    skip = commands.add_parser(
+        "skip", help="move a processor past one event without processing it (asks first)",
+        description=_CLI_SKIP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     skip.add_argument("name", metavar="NAME", help="the processor's name")
     skip.add_argument("event_id", metavar="EVENT_ID", type=positive,
                       help="the event to skip: the next one the processor would process")
@@ -7121,9 +7410,10 @@ def _cli_parser() -> argparse.ArgumentParser:
 
     erase = commands.add_parser(
         "erase", help="erase one aggregate's data for good (asks first)",
-        description="Turn every event of one aggregate into a tombstone (its body and metadata are removed, "
-                    "its id, uuid, version and time stay), delete its snapshots and append an "
-                    "eventsourcery.aggregate_erased event that projectors handle to forget it. Cannot be undone.")
+        description="Turn every event of one aggregate into a tombstone (its body and metadata are "
+                    "removed, its id, uuid, version and time stay), delete its snapshots and "
+                    "append an eventsourcery.aggregate_erased event that projectors handle to "
+                    "forget it. Cannot be undone.")
     erase.add_argument("aggregate_id", metavar="ID")
     erase.add_argument("--reason", help="recorded in the aggregate_erased event")
     erase.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
@@ -7143,8 +7433,9 @@ def _cli_parser() -> argparse.ArgumentParser:
     backup.set_defaults(run=_cli_backup, before_open=_cli_backup_target)
 
     stats = commands.add_parser("stats", help="count events by type; first and last; file size",
-                                description="Count events (in all and by type) and aggregates, show when the "
-                                            "first and last events were stored and, for SQLite, the file size.")
+                                description="Count events (in all and by type) and aggregates, "
+                                            "show when the first and last events were stored and, "
+                                            "for SQLite, the file size.")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.set_defaults(run=_cli_stats)
 
@@ -7182,7 +7473,8 @@ def _cli_commands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argumen
 
 
 def _cli_parse(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse the command line; every usage error and ``--help`` after a command is that command's own."""
+    """Parse the command line; every usage error and ``--help`` after a command is that command's
+    own."""
     parser = _cli_parser()
     commands = _cli_commands(parser)
     first = next((arg for arg in argv if not arg.startswith("-")), None)

@@ -13,7 +13,8 @@ One Postgres database can serve app servers and processors on many hosts::
         @es.on(TodoAdded)
         def _added(self, event):
             p = self.placeholder                # "%s" here, "?" on SQLite
-            self.db.execute(f"INSERT INTO outstanding VALUES ({p}, {p})", (event.aggregate_id, event.title))
+            self.db.execute(f"INSERT INTO outstanding VALUES ({p}, {p})",
+                            (event.aggregate_id, event.title))
 
     es.ESPRunner([Outstanding("postgresql://app@db/app"), Notifier(store)], store).start()
 
@@ -77,17 +78,17 @@ try:
     from psycopg import pq
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(f"eventsourcery_pg needs psycopg 3 (>= 3.1), which cannot be imported here ({exc}); "
-                      "install it with: pip install 'psycopg[binary]>=3.1'") from None
+    raise ImportError("eventsourcery_pg needs psycopg 3 (>= 3.1), which cannot be imported here "
+                      f"({exc}); install it with: pip install 'psycopg[binary]>=3.1'") from None
 
 import eventsourcery as es
 
-__all__ = ["PostgresEventStore", "PostgresDatabase", "PostgresTracker", "Projector", "SCHEMA_VERSION",
-           "open_store", "open_database", "split_schema", "describe_conninfo"]
+__all__ = ["PostgresEventStore", "PostgresDatabase", "PostgresTracker", "Projector",
+           "SCHEMA_VERSION", "open_store", "open_database", "split_schema", "describe_conninfo"]
 
-#: The version of the tables and function this module creates (kept in ``eventsourcery_schema``);
-#: an older store is upgraded on first use. Version 1 (pre-release) kept aggregate versions in a
-#: table of their own, ``eventsourcery_aggregates``; version 3 added the events' ``metadata`` column;
+#: The version of the tables and function this module creates (kept in ``eventsourcery_schema``); an
+#: older store is upgraded on first use. Version 1 (pre-release) kept aggregate versions in a table
+#: of their own, ``eventsourcery_aggregates``; version 3 added the events' ``metadata`` column;
 #: version 4 added ``eventsourcery_write_event``, the write of one event, with scalar parameters;
 #: version 5 ``eventsourcery_write_groups``, the sinks of several threads in one transaction.
 SCHEMA_VERSION = 5
@@ -102,7 +103,8 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 def _check_schema_name(schema: str) -> str:
     if not isinstance(schema, str) or not _IDENTIFIER.match(schema):
-        raise ValueError(f"schema must be a plain SQL identifier (letters, digits, _), not {schema!r}")
+        raise ValueError(
+            f"schema must be a plain SQL identifier (letters, digits, _), not {schema!r}")
     return schema
 
 
@@ -117,7 +119,8 @@ def _quote(name: str) -> str:
 
 def _advisory_key(*parts: str) -> int:
     """A stable signed 64-bit advisory-lock key for these names."""
-    digest = hashlib.blake2b("\x00".join(("eventsourcery", *parts)).encode(), digest_size=8).digest()
+    digest = hashlib.blake2b("\x00".join(("eventsourcery", *parts)).encode(),
+                             digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
@@ -127,9 +130,9 @@ def _channel(schema: str) -> str:
 
 #: pg_locks (as ``l``) rows of a granted advisory lock on one bigint key (the two halves of
 #: ``_key_halves``) in this database: a session lock or a transaction's
-_HELD_ADVISORY_LOCK = ("l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database "
-                       "WHERE datname = current_database()) AND l.classid::bigint = %s AND l.objid::bigint = %s "
-                       "AND l.objsubid = 1")
+_HELD_ADVISORY_LOCK = ("l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM "
+                       "pg_database WHERE datname = current_database()) AND l.classid::bigint = %s "
+                       "AND l.objid::bigint = %s AND l.objsubid = 1")
 
 
 def _key_halves(key: int) -> tuple[int, int]:
@@ -139,7 +142,8 @@ def _key_halves(key: int) -> tuple[int, int]:
 
 
 def split_schema(conninfo: str, schema: str | None = None) -> tuple[str, str]:
-    """``(conninfo, schema)``: a ``schema=`` parameter of a ``postgresql://`` URL taken out (libpq rejects it).
+    """``(conninfo, schema)``: a ``schema=`` parameter of a ``postgresql://`` URL taken out (libpq
+    rejects it).
 
     ``schema`` given as an argument wins when the URL has none; the two must
     agree when both are given. The default schema is ``public``.
@@ -182,7 +186,8 @@ def _connect(conninfo: str, *, application_name: str, keepalives: bool = False) 
     try:
         return psycopg.connect(conninfo, autocommit=True, **extra)
     except psycopg.Error as exc:
-        raise es.StoreError(f"cannot connect to Postgres ({describe_conninfo(conninfo)}): {exc}") from exc
+        raise es.StoreError(
+            f"cannot connect to Postgres ({describe_conninfo(conninfo)}): {exc}") from exc
 
 
 # ---------------------------------------------------------------------------
@@ -224,8 +229,9 @@ CREATE TABLE IF NOT EXISTS {s}.eventsourcery_snapshots (
 DROP FUNCTION IF EXISTS {s}.eventsourcery_write_events(
     text, bigint, text[], text[], timestamptz[], text[], text[], text[], boolean);
 CREATE OR REPLACE FUNCTION {s}.eventsourcery_write_events(
-    _aggregate_id text, _expected_version bigint, _uuids text[], _types text[], _created_at timestamptz[],
-    _correlation_ids text[], _causation_ids text[], _metadata text[], _bodies text[], _lock boolean,
+    _aggregate_id text, _expected_version bigint, _uuids text[], _types text[],
+    _created_at timestamptz[], _correlation_ids text[], _causation_ids text[], _metadata text[],
+    _bodies text[], _lock boolean,
     OUT first_id bigint, OUT first_version bigint)
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -249,9 +255,10 @@ BEGIN
     first_version := current_version + 1;
     -- Without the lock, two writers can only collide here (on an id or a version): the unique
     -- indexes turn one of them away, and the caller reports that as a ConcurrencyError.
-    INSERT INTO {s}.events (id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id,
-                            metadata, body)
-    SELECT last_id + x.i, x.u, _aggregate_id, x.t, current_version + x.i, x.c, x.corr, x.caus, x.m::json, x.b::json
+    INSERT INTO {s}.events (id, uuid, aggregate_id, type, version, created_at, correlation_id,
+                            causation_id, metadata, body)
+    SELECT last_id + x.i, x.u, _aggregate_id, x.t, current_version + x.i, x.c, x.corr, x.caus,
+           x.m::json, x.b::json
     FROM unnest(_uuids, _types, _created_at, _correlation_ids, _causation_ids, _metadata, _bodies)
          WITH ORDINALITY AS x(u, t, c, corr, caus, m, b, i);
     PERFORM pg_notify('{channel}', (last_id + cardinality(_bodies))::text);
@@ -274,21 +281,21 @@ BEGIN
             _expected_version USING ERRCODE = '{_CONFLICT_SQLSTATE}';
     END IF;
     SELECT coalesce(max(e.id), 0) + 1 INTO first_id FROM {s}.events e;
-    INSERT INTO {s}.events (id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id,
-                            metadata, body)
-    VALUES (first_id, _uuid, _aggregate_id, _type, first_version, _created_at, _correlation_id, _causation_id,
-            _metadata::json, _body::json);
+    INSERT INTO {s}.events (id, uuid, aggregate_id, type, version, created_at, correlation_id,
+                            causation_id, metadata, body)
+    VALUES (first_id, _uuid, _aggregate_id, _type, first_version, _created_at, _correlation_id,
+            _causation_id, _metadata::json, _body::json);
     PERFORM pg_notify('{channel}', first_id::text);
 END
 $fn$;
 -- The writes of several sinks in one transaction (one commit): each in a block of its own, so that
 -- a conflicting sink fails alone (its row says why) and the others are stored.
 CREATE OR REPLACE FUNCTION {s}.eventsourcery_write_groups(
-    _aggregate_ids text[], _expected_versions bigint[], _counts integer[], _uuids text[], _types text[],
-    _created_at timestamptz[], _correlation_ids text[], _causation_ids text[], _metadata text[], _bodies text[],
-    _lock boolean)
-RETURNS TABLE (group_first_id bigint, group_first_version bigint, group_state text, group_constraint text,
-               group_message text)
+    _aggregate_ids text[], _expected_versions bigint[], _counts integer[], _uuids text[],
+    _types text[], _created_at timestamptz[], _correlation_ids text[], _causation_ids text[],
+    _metadata text[], _bodies text[], _lock boolean)
+RETURNS TABLE (group_first_id bigint, group_first_version bigint, group_state text,
+               group_constraint text, group_message text)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     lo integer := 1;
@@ -301,15 +308,16 @@ BEGIN
         hi := lo + _counts[i] - 1;
         BEGIN
             SELECT w.first_id, w.first_version INTO group_first_id, group_first_version
-            FROM {s}.eventsourcery_write_events(_aggregate_ids[i], _expected_versions[i], _uuids[lo:hi],
-                _types[lo:hi], _created_at[lo:hi], _correlation_ids[lo:hi], _causation_ids[lo:hi],
-                _metadata[lo:hi], _bodies[lo:hi], _lock) w;
+            FROM {s}.eventsourcery_write_events(_aggregate_ids[i], _expected_versions[i],
+                _uuids[lo:hi], _types[lo:hi], _created_at[lo:hi], _correlation_ids[lo:hi],
+                _causation_ids[lo:hi], _metadata[lo:hi], _bodies[lo:hi], _lock) w;
             group_state := NULL;
             group_constraint := NULL;
             group_message := NULL;
         EXCEPTION WHEN SQLSTATE '{_CONFLICT_SQLSTATE}' OR unique_violation OR serialization_failure
                        OR deadlock_detected THEN
-            GET STACKED DIAGNOSTICS group_state = RETURNED_SQLSTATE, group_constraint = CONSTRAINT_NAME,
+            GET STACKED DIAGNOSTICS group_state = RETURNED_SQLSTATE,
+                                    group_constraint = CONSTRAINT_NAME,
                                     group_message = MESSAGE_TEXT;
             group_first_id := NULL;
             group_first_version := NULL;
@@ -327,7 +335,8 @@ INSERT INTO {s}.eventsourcery_schema (version) VALUES ({SCHEMA_VERSION});
 
 
 def _run_ddl(conn: Connection, schema: str, ddl: str) -> None:
-    """Run DDL in one transaction, serialised by an advisory lock so that processes starting together agree."""
+    """Run DDL in one transaction, serialised by an advisory lock so that processes starting
+    together agree."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_advisory_key("ddl", schema),))
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
@@ -335,8 +344,8 @@ def _run_ddl(conn: Connection, schema: str, ddl: str) -> None:
 
 
 def _ensure_store_schema(conn: Connection, schema: str, *, create: bool = True) -> None:
-    """Create or upgrade the store's tables in ``schema``; with ``create`` False, only check that a store
-    of this version is there (nothing is created or upgraded)."""
+    """Create or upgrade the store's tables in ``schema``; with ``create`` False, only check that a
+    store of this version is there (nothing is created or upgraded)."""
     table = f"{_quote(schema)}.eventsourcery_schema"
     if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (True,):
         row = conn.execute(f"SELECT max(version) FROM {table}").fetchone()
@@ -344,13 +353,15 @@ def _ensure_store_schema(conn: Connection, schema: str, *, create: bool = True) 
         if version == SCHEMA_VERSION:
             return
         if version is not None and version > SCHEMA_VERSION:
-            raise es.StoreError(f"the store in schema {schema!r} has schema version {version}; this "
-                                f"eventsourcery_pg knows version {SCHEMA_VERSION}: upgrade eventsourcery")
+            raise es.StoreError(f"the store in schema {schema!r} has schema version {version}; "
+                                f"this eventsourcery_pg knows version {SCHEMA_VERSION}: upgrade "
+                                "eventsourcery")
         if not create:
-            raise es.StoreError(f"the store in schema {schema!r} has schema version {version}, older than this "
-                                f"eventsourcery_pg's {SCHEMA_VERSION}, and is not upgraded when opened with "
-                                "create=False (nor by a read command): open it once with create=True (start the "
-                                "application) to upgrade it")
+            raise es.StoreError(f"the store in schema {schema!r} has schema version {version}, "
+                                f"older than this eventsourcery_pg's {SCHEMA_VERSION}, and is not "
+                                "upgraded when opened with create=False (nor by a read command): "
+                                "open it once with create=True (start the application) to upgrade "
+                                "it")
     elif not create:
         raise es.StoreError(f"no eventsourcery store in schema {schema!r}")
     _run_ddl(conn, schema, _store_ddl(schema))
@@ -387,16 +398,20 @@ class PostgresDatabase(es.Database):
     connection_per_thread: ClassVar[bool] = True
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
 
-    def __init__(self, conninfo: str, *, schema: str | None = None, application_name: str = "eventsourcery",
-                 lock_timeout: float | None = 30.0, max_connections: int = 10,
-                 connection_timeout: float = 30.0, read_only: bool = False) -> None:
+    def __init__(self, conninfo: str, *, schema: str | None = None,
+                 application_name: str = "eventsourcery", lock_timeout: float | None = 30.0,
+                 max_connections: int = 10, connection_timeout: float = 30.0,
+                 read_only: bool = False) -> None:
         super().__init__(max_connections=max_connections, connection_timeout=connection_timeout)
         self.read_only = read_only
         if not isinstance(conninfo, str):
-            raise TypeError(f"conninfo must be a str (a postgresql:// URL or key=value string), not {conninfo!r}")
-        if lock_timeout is not None and (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))
+            raise TypeError("conninfo must be a str (a postgresql:// URL or key=value string), not "
+                            f"{conninfo!r}")
+        if lock_timeout is not None and (isinstance(lock_timeout, bool)
+                                         or not isinstance(lock_timeout, (int, float))
                                          or not 0 < lock_timeout < 2**31 / 1000):
-            raise ValueError(f"lock_timeout must be a positive number of seconds or None, not {lock_timeout!r}")
+            raise ValueError("lock_timeout must be a positive number of seconds or None, not "
+                             f"{lock_timeout!r}")
         self.conninfo, self.schema = split_schema(conninfo, schema)
         self.application_name = application_name
         self.lock_timeout = lock_timeout
@@ -417,8 +432,8 @@ class PostgresDatabase(es.Database):
         return conn
 
     def _prepare(self, conn: Connection) -> None:
-        """Settings of every new connection: the lock timeout; unqualified names (a processor's tables)
-        live in ``schema``."""
+        """Settings of every new connection: the lock timeout; unqualified names (a processor's
+        tables) live in ``schema``."""
         if self.lock_timeout is not None:
             milliseconds = max(round(self.lock_timeout * 1000), 1)
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{milliseconds}ms",))
@@ -433,8 +448,9 @@ class PostgresDatabase(es.Database):
             return False
         if conn.info.transaction_status != pq.TransactionStatus.IDLE:
             return True  # in a transaction: a dead connection fails its next statement
-        # Idle, the server sends nothing unasked: data waiting on the socket is a notice, a notification,
-        # or the farewell of a server that shut down or ended the session (then the connection is dead).
+        # Idle, the server sends nothing unasked: data waiting on the socket is a notice, a
+        # notification, or the farewell of a server that shut down or ended the session (then the
+        # connection is dead).
         pgconn = conn.pgconn
         for _ in range(3):
             if not select.select([pgconn.socket], [], [], 0)[0]:
@@ -451,13 +467,16 @@ class PostgresDatabase(es.Database):
         if state in ("XX001", "XX002"):  # data_corrupted, index_corrupted
             return es.CorruptEventError(f"{where} reports damaged data: cannot {doing}: {exc}")
         if _connection_lost(exc):
-            doubt = " (whether the server committed the transaction is not known)" if doing == "commit" else ""
+            doubt = (" (whether the server committed the transaction is not known)"
+                     if doing == "commit" else "")
             return es.StoreError(f"lost the connection to {where}: cannot {doing}{doubt}: {exc}")
         if state == "55P03":  # lock_not_available: lock_timeout passed
-            return es.StoreError(f"{where}: waited longer than lock_timeout ({self._lock_timeout_text()}) for a "
-                                 f"lock another session holds: cannot {doing}: {exc}")
+            return es.StoreError(f"{where}: waited longer than lock_timeout "
+                                 f"({self._lock_timeout_text()}) for a lock another session holds: "
+                                 f"cannot {doing}: {exc}")
         if state == "57014":  # query_canceled (statement_timeout)
-            return es.StoreError(f"{where}: a statement was cancelled (statement_timeout?): cannot {doing}: {exc}")
+            return es.StoreError(f"{where}: a statement was cancelled (statement_timeout?): cannot "
+                                 f"{doing}: {exc}")
         return es.StoreError(f"cannot {doing} in {where}: {exc}")
 
     def _connection_lost(self, exc: Exception) -> bool:
@@ -481,7 +500,8 @@ class PostgresDatabase(es.Database):
         return bool(not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE)
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, doing: str = "write") -> Any:
-        # One statement needs no BEGIN/COMMIT round trips: it joins an open transaction or commits alone.
+        # One statement needs no BEGIN/COMMIT round trips: it joins an open transaction or commits
+        # alone.
         with self.borrow() as conn:
             try:
                 return conn.execute(sql, params)
@@ -495,7 +515,8 @@ class PostgresDatabase(es.Database):
         return f"{column} = ANY(%s::text[])", (list(values),)  # one statement, whatever the count
 
     def create_tables(self, conn: Any, ddl: str) -> None:
-        # Two sessions creating one table at once can both fail its catalog's unique index: take turns.
+        # Two sessions creating one table at once can both fail its catalog's unique index: take
+        # turns.
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_advisory_key("ddl", self.schema),))
         if conn.execute("SELECT to_regnamespace(%s) IS NULL", (self.schema,)).fetchone() == (True,):
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.schema)}")
@@ -512,10 +533,12 @@ class _StoreDatabase(PostgresDatabase):
     A transaction whose COMMIT lost its answer is resolved by the uuids of the events it stored."""
 
     def __init__(self, conninfo: str, *, schema: str | None = None, create: bool = True,
-                 lock_timeout: float | None = 30.0, reconnect_timeout: float = 30.0, max_connections: int = 10,
+                 lock_timeout: float | None = 30.0, reconnect_timeout: float = 30.0,
+                 max_connections: int = 10,
                  connection_timeout: float = 30.0, read_only: bool = False) -> None:
-        super().__init__(conninfo, schema=schema, lock_timeout=lock_timeout, max_connections=max_connections,
-                         connection_timeout=connection_timeout, read_only=read_only)
+        super().__init__(conninfo, schema=schema, lock_timeout=lock_timeout,
+                         max_connections=max_connections, connection_timeout=connection_timeout,
+                         read_only=read_only)
         self.create = create and not read_only
         self.reconnect_timeout = reconnect_timeout
 
@@ -527,22 +550,25 @@ class _StoreDatabase(PostgresDatabase):
         session = self._session()
         while True:
             with session.lock:
-                self._discard(session)  # the lost one (the pool's others are checked as they are lent)
+                # the lost one (the pool's others are checked as they are lent)
+                self._discard(session)
             try:
                 with self.borrow() as conn:
                     rows = conn.execute(
-                        f"SELECT uuid, id, version FROM {_quote(self.schema)}.events WHERE uuid = ANY(%s::text[])",
+                        f"SELECT uuid, id, version FROM {_quote(self.schema)}.events WHERE uuid = "
+                        "ANY(%s::text[])",
                         (uuids,)).fetchall()
                 return {u: (int(i), int(v)) for u, i, v in rows}
             except (psycopg.Error, es.StoreError) as exc:
                 if isinstance(exc, psycopg.Error) and not _connection_lost(exc):
-                    raise self.error(exc, f"find out whether events {uuids} were stored after the connection "
-                                          f"was lost ({lost})") from exc
+                    raise self.error(exc, f"find out whether events {uuids} were stored after the "
+                                          f"connection was lost ({lost})") from exc
                 if time.monotonic() + delay > deadline:
                     raise es.StoreError(
-                        f"lost the connection to {self!r} while storing events {uuids}, and could not reconnect "
-                        f"within {self.reconnect_timeout} s to find out whether they were stored ({exc}); look "
-                        "them up by uuid before writing them again") from lost
+                        f"lost the connection to {self!r} while storing events {uuids}, and could "
+                        f"not reconnect within {self.reconnect_timeout} s to find out whether they "
+                        f"were stored ({exc}); look them up by uuid before writing them "
+                        "again") from lost
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -551,8 +577,8 @@ class _StoreDatabase(PostgresDatabase):
             raise self.error(exc, "commit") from exc
         outcome = _lost_write_outcome(
             self.stored_versions(keys, exc), keys, exc,
-            f"lost the connection to {self!r} while committing a transaction; it was not committed (none of "
-            f"the events {keys} it stored is in the store)")
+            f"lost the connection to {self!r} while committing a transaction; it was not committed "
+            f"(none of the events {keys} it stored is in the store)")
         if isinstance(outcome, es.Error):
             raise outcome
         # else it committed: the answer was lost, not the transaction
@@ -613,28 +639,33 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
     select_columns = _COLUMNS
 
     def __init__(self, conninfo: str, *, schema: str | None = None, poll_interval: float = 2.0,
-                 reconnect_timeout: float = 30.0, create: bool = True, lock_timeout: float | None = 30.0,
-                 max_connections: int = 10, connection_timeout: float = 30.0, read_only: bool = False,
+                 reconnect_timeout: float = 30.0, create: bool = True,
+                 lock_timeout: float | None = 30.0, max_connections: int = 10,
+                 connection_timeout: float = 30.0, read_only: bool = False,
                  _lock_writes: bool = True) -> None:
         self._db = _StoreDatabase(conninfo, schema=schema, create=create, lock_timeout=lock_timeout,
-                                  reconnect_timeout=reconnect_timeout, max_connections=max_connections,
+                                  reconnect_timeout=reconnect_timeout,
+                                  max_connections=max_connections,
                                   connection_timeout=connection_timeout, read_only=read_only)
         self.conninfo = self._db.conninfo
         self.schema = self._db.schema
         self.poll_interval = poll_interval
-        self._lock_writes = _lock_writes  # False only to demonstrate, in tests, why the lock is there
+        # False only to demonstrate, in tests, why the lock is there
+        self._lock_writes = _lock_writes
         self._tracker = PostgresTracker(self._db)
         s = _quote(self.schema)
         self._events = f"{s}.events"
-        self._write_sql = (f"SELECT first_id, first_version FROM {s}.eventsourcery_write_events("
-                           "%s, %s::bigint, %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], "
-                           "%s::text[], %s::text[], %s)")
-        self._write_one_sql = (f"SELECT first_id, first_version FROM {s}.eventsourcery_write_event("
-                               "%s, %s::bigint, %s::text, %s::text, %s::timestamptz, %s::text, %s::text, "
-                               "%s::text, %s::text, %s)")
-        self._write_groups_sql = (f"SELECT * FROM {s}.eventsourcery_write_groups("
-                                  "%s::text[], %s::bigint[], %s::integer[], %s::text[], %s::text[], "
-                                  "%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s)")
+        self._write_sql = ("SELECT first_id, first_version FROM "
+                           f"{s}.eventsourcery_write_events(%s, %s::bigint, %s::text[], "
+                           "%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[], "
+                           "%s::text[], %s)")
+        self._write_one_sql = ("SELECT first_id, first_version FROM "
+                               f"{s}.eventsourcery_write_event(%s, %s::bigint, %s::text, %s::text, "
+                               "%s::timestamptz, %s::text, %s::text, %s::text, %s::text, %s)")
+        self._write_groups_sql = (f"SELECT * FROM {s}.eventsourcery_write_groups(%s::text[], "
+                                  "%s::bigint[], %s::integer[], %s::text[], %s::text[], "
+                                  "%s::timestamptz[], %s::text[], %s::text[], %s::text[], "
+                                  "%s::text[], %s)")
         self._writes = es.GroupCommit(self._write_group)
         self._db.ensure_open()  # connect now, so that a bad conninfo fails here, clearly
 
@@ -643,7 +674,8 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
 
     @property
     def reconnect_timeout(self) -> float:
-        """Seconds a lost connection is tried again: to resolve a write in doubt, or to replace a listener."""
+        """Seconds a lost connection is tried again: to resolve a write in doubt, or to replace a
+        listener."""
         return self._db.reconnect_timeout
 
     @reconnect_timeout.setter
@@ -658,24 +690,28 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         key = self._lock_key(name)
-        conn = _connect(self.conninfo, application_name=f"eventsourcery processor {name}", keepalives=True)
+        conn = _connect(self.conninfo, application_name=f"eventsourcery processor {name}",
+                        keepalives=True)
         try:
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
             if row != (True,):
                 raise es.UnableToLockProcessorError(
-                    f"processor {name!r} is already running against {describe_conninfo(self.conninfo)} "
-                    f"(schema {self.schema!r})")
+                    f"processor {name!r} is already running against "
+                    f"{describe_conninfo(self.conninfo)} (schema {self.schema!r})")
             try:
                 yield
             finally:
                 with contextlib.suppress(psycopg.Error):
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))  # released now, not when the session ends
+                    # released now, not when the session ends
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
         finally:
-            conn.close()  # ends the session, which releases the lock if it is still held (e.g. after an error)
+            # ends the session, which releases the lock if it is still held (e.g. after an error)
+            conn.close()
 
     def is_running(self, name: str) -> bool:
-        [(held,)] = self._db.fetch_all(f"SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {_HELD_ADVISORY_LOCK})",
-                                       _key_halves(self._lock_key(name)), doing=f"look up processor lock {name!r}")
+        [(held,)] = self._db.fetch_all("SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE "
+                                       f"{_HELD_ADVISORY_LOCK})", _key_halves(self._lock_key(name)),
+                                       doing=f"look up processor lock {name!r}")
         return bool(held)
 
     # -- writing ------------------------------------------------------------
@@ -684,7 +720,8 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
              expected_version: int | None = None) -> list[es.Event]:
         events, aggregate_id, rows = es.encode_events(event_or_events, expected_version)
         if self._db.in_transaction():  # the calling thread's transaction: the sink joins it
-            first_id, first_version = self._write_in_transaction(aggregate_id, expected_version, rows)
+            first_id, first_version = self._write_in_transaction(
+                aggregate_id, expected_version, rows)
         else:  # with the sinks other threads are making now, in one commit
             first_id, first_version = self._writes.write((aggregate_id, expected_version, rows))
         return es.stored_copies(events, rows, first_id, first_version)
@@ -694,12 +731,14 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
         """The write function's call for one sink: scalars for one event, arrays for several."""
         if len(rows) == 1:
             (r,) = rows
-            return self._write_one_sql, (aggregate_id, expected_version, r.uuid, r.type, r.created_at,
-                                         r.correlation_id, r.causation_id, r.metadata, r.body, self._lock_writes)
-        return self._write_sql, (aggregate_id, expected_version, [r.uuid for r in rows], [r.type for r in rows],
-                                 [r.created_at for r in rows], [r.correlation_id for r in rows],
-                                 [r.causation_id for r in rows], [r.metadata for r in rows],
-                                 [r.body for r in rows], self._lock_writes)
+            return self._write_one_sql, (aggregate_id, expected_version, r.uuid, r.type,
+                                         r.created_at, r.correlation_id, r.causation_id, r.metadata,
+                                         r.body, self._lock_writes)
+        return self._write_sql, (aggregate_id, expected_version, [r.uuid for r in rows],
+                                 [r.type for r in rows], [r.created_at for r in rows],
+                                 [r.correlation_id for r in rows], [r.causation_id for r in rows],
+                                 [r.metadata for r in rows], [r.body for r in rows],
+                                 self._lock_writes)
 
     def _write_in_transaction(self, aggregate_id: str, expected_version: int | None,
                               rows: list[es.EventRow]) -> tuple[int, int]:
@@ -708,7 +747,8 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
         uuids = [r.uuid for r in rows]
         with db.lock:
             try:
-                with db.transaction() as conn:  # a savepoint: a conflict leaves the outer transaction usable
+                # a savepoint: a conflict leaves the outer transaction usable
+                with db.transaction() as conn:
                     row = conn.execute(sql, params).fetchone()
             except psycopg.Error as exc:
                 raise self._write_failure(exc, aggregate_id, uuids) from exc
@@ -716,31 +756,36 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
         return int(row[0]), int(row[1])
 
     def _write_failure(self, exc: psycopg.Error, aggregate_id: str, uuids: list[str]) -> es.Error:
-        """The es error a write that raised ``exc`` (not a lost connection's) means; nothing was written."""
+        """The es error a write that raised ``exc`` (not a lost connection's) means; nothing was
+        written."""
         error = _write_error(exc, aggregate_id, uuids)
         if error is not None:
             return error
         if exc.sqlstate == "55P03":
-            return es.StoreError(f"waited longer than lock_timeout ({self._db._lock_timeout_text()}) for the write "
-                                 f"lock of {self!r}, held by {self._write_lock_holder()}; events of aggregate "
-                                 f"{aggregate_id!r} not stored")
-        return self._db.error(exc, f"store events of aggregate {aggregate_id!r}; nothing was written")
+            return es.StoreError("waited longer than lock_timeout "
+                                 f"({self._db._lock_timeout_text()}) for the write lock of "
+                                 f"{self!r}, held by {self._write_lock_holder()}; events of "
+                                 f"aggregate {aggregate_id!r} not stored")
+        return self._db.error(exc,
+                              f"store events of aggregate {aggregate_id!r}; nothing was written")
 
     def _write_group(self, sinks: list[tuple[str, int | None, list[es.EventRow]]]) -> list[Any]:
-        """Write the sinks of several threads in one statement and one commit (GroupCommit's writer):
-        ``(first_id, first_version)`` or the es error, per sink."""
+        """Write the sinks of several threads in one statement and one commit (GroupCommit's
+        writer): ``(first_id, first_version)`` or the es error, per sink."""
         if len(sinks) == 1:  # alone: the one-sink call, one round trip
             (aggregate_id, expected_version, rows), = sinks
             sql, params = self._params(aggregate_id, expected_version, rows)
         else:
             flat = [r for _, _, rows in sinks for r in rows]
             sql = self._write_groups_sql
-            params = ([a for a, _, _ in sinks], [v for _, v, _ in sinks], [len(rows) for _, _, rows in sinks],
-                      [r.uuid for r in flat], [r.type for r in flat], [r.created_at for r in flat],
-                      [r.correlation_id for r in flat], [r.causation_id for r in flat], [r.metadata for r in flat],
-                      [r.body for r in flat], self._lock_writes)
+            params = ([a for a, _, _ in sinks], [v for _, v, _ in sinks],
+                      [len(rows) for _, _, rows in sinks], [r.uuid for r in flat],
+                      [r.type for r in flat], [r.created_at for r in flat],
+                      [r.correlation_id for r in flat], [r.causation_id for r in flat],
+                      [r.metadata for r in flat], [r.body for r in flat], self._lock_writes)
         db = self._db
-        with db.borrow() as conn:  # lent for the group (the server's advisory lock orders the writers)
+        # lent for the group (the server's advisory lock orders the writers)
+        with db.borrow() as conn:
             try:
                 cursor = conn.execute(sql, params)
                 if len(sinks) == 1:
@@ -748,15 +793,17 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
                 answers = cursor.fetchall()
             except psycopg.Error as exc:
                 if not _connection_lost(exc):
-                    failures = [self._write_failure(exc, a, [r.uuid for r in rows]) for a, _, rows in sinks]
+                    failures = [self._write_failure(exc, a, [r.uuid for r in rows])
+                                for a, _, rows in sinks]
                     for failure in failures:
                         failure.__cause__ = exc
                     return failures
                 found = db.stored_versions([r.uuid for _, _, rows in sinks for r in rows], exc)
                 return [_lost_write_outcome(
                     found, [r.uuid for r in rows], exc,
-                    f"lost the connection to {self!r} while storing events {[r.uuid for r in rows]}; they were "
-                    "not stored (none of their uuids is in the store)") for _, _, rows in sinks]
+                    f"lost the connection to {self!r} while storing events "
+                    f"{[r.uuid for r in rows]}; they were not stored (none of their uuids is in "
+                    "the store)") for _, _, rows in sinks]
         outcomes: list[Any] = []
         for (aggregate_id, _, rows), (first_id, first_version, state, constraint, message) in zip(
                 sinks, answers, strict=True):
@@ -765,18 +812,20 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
             else:
                 uuids = [r.uuid for r in rows]
                 outcomes.append(_conflict(state, constraint, message, aggregate_id, uuids)
-                                or es.StoreError(f"cannot store events of aggregate {aggregate_id!r} in {self!r}: "
-                                                 f"{state} {message}"))
+                                or es.StoreError("cannot store events of aggregate "
+                                                 f"{aggregate_id!r} in {self!r}: {state} "
+                                                 f"{message}"))
         return outcomes
 
     def _write_lock_holder(self) -> str:
-        """Who holds this store's write lock: for the message of a write that timed out waiting for it."""
+        """Who holds this store's write lock: for the message of a write that timed out waiting for
+        it."""
         try:
             conn = _connect(self.conninfo, application_name="eventsourcery lock lookup")
             try:
                 row = conn.execute(
-                    "SELECT a.pid, a.application_name, a.state, now() - a.xact_start FROM pg_locks l "
-                    f"JOIN pg_stat_activity a ON a.pid = l.pid WHERE {_HELD_ADVISORY_LOCK}",
+                    "SELECT a.pid, a.application_name, a.state, now() - a.xact_start FROM pg_locks "
+                    f"l JOIN pg_stat_activity a ON a.pid = l.pid WHERE {_HELD_ADVISORY_LOCK}",
                     _key_halves(_advisory_key("write", self.schema))).fetchone()
             finally:
                 conn.close()
@@ -785,25 +834,29 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
         if row is None:
             return "another session (which has released it since)"
         pid, application, state, age = row
-        return (f"server process {pid} ({application or 'no application_name'}, {state}, in a transaction "
-                f"for {age.total_seconds():.1f} s; a transaction that sinks holds the lock until it ends)")
+        return (f"server process {pid} ({application or 'no application_name'}, {state}, in a "
+                f"transaction for {age.total_seconds():.1f} s; a transaction that sinks holds the "
+                "lock until it ends)")
 
     # -- erasure ------------------------------------------------------------
 
     def scrub(self) -> None:
-        # The UPDATE left the old row versions as dead tuples; VACUUM removes them (it cannot run in a
-        # transaction, so it runs after the erasure committed). Their bytes may stay on disk until the
-        # space is reused: VACUUM FULL rewrites the table, but locks it, so that is left to the operator.
+        # The UPDATE left the old row versions as dead tuples; VACUUM removes them (it cannot run in
+        # a transaction, so it runs after the erasure committed). Their bytes may stay on disk until
+        # the space is reused: VACUUM FULL rewrites the table, but locks it, so that is left to the
+        # operator.
         if self._db.in_transaction():
             return
         self._db.execute(f"VACUUM {self._events}", doing="vacuum the events table")
-        self._db.execute(f"VACUUM {_quote(self.schema)}.eventsourcery_snapshots", doing="vacuum the snapshots table")
+        self._db.execute(f"VACUUM {_quote(self.schema)}.eventsourcery_snapshots",
+                         doing="vacuum the snapshots table")
 
     # -- subscribing --------------------------------------------------------
 
     def subscribe(self, from_id: int, event_types: es.EventTypes = None, *,
                   stop: es.StopSignal = None) -> Iterator[list[es.Event]]:
-        """Yield batches from ``from_id`` on, waking on NOTIFY (and every ``poll_interval`` s), until ``stop``.
+        """Yield batches from ``from_id`` on, waking on NOTIFY (and every ``poll_interval`` s),
+        until ``stop``.
 
         Reads happen on the subscription's own LISTEN connection. If that
         connection dies it is replaced and reading resumes at the saved
@@ -818,8 +871,10 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
         try:
             while not stopper.is_set():
                 try:
-                    conn = listener.ensure_open()  # LISTEN first, so no commit after the read goes unnoticed
-                    batch = es.decode_rows(conn.execute(*self._page_query(position, names, size)).fetchall())
+                    # LISTEN first, so no commit after the read goes unnoticed
+                    conn = listener.ensure_open()
+                    batch = es.decode_rows(
+                        conn.execute(*self._page_query(position, names, size)).fetchall())
                     listener.healthy()
                     if not batch:
                         listener.wait(stopper, self.poll_interval)
@@ -831,7 +886,8 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
                         raise self._db.error(exc, f"read events from id {position}") from exc
                     listener.lost(exc, stopper)
                     continue
-                except psycopg.Error as exc:  # a failed statement (permissions, ...): reconnecting would not help
+                # a failed statement (permissions, ...): reconnecting would not help
+                except psycopg.Error as exc:
                     raise self._db.error(exc, f"read events from id {position}") from exc
                 yield batch
                 position = batch[-1].id + 1  # type: ignore[operator]
@@ -840,30 +896,34 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
 
 
 def _connection_lost(exc: BaseException) -> bool:
-    """Whether a psycopg error means the connection is gone (its session ended; the server rolled back
-    what it had not committed), rather than that a statement failed."""
+    """Whether a psycopg error means the connection is gone (its session ended; the server rolled
+    back what it had not committed), rather than that a statement failed."""
     if isinstance(exc, psycopg.InterfaceError):
         return True
     if not isinstance(exc, psycopg.OperationalError):
         return False
     state = exc.sqlstate
-    # no SQLSTATE: the client lost the socket; 08xxx: connection exceptions; 57P0x: the server ended the session
+    # no SQLSTATE: the client lost the socket; 08xxx: connection exceptions; 57P0x: the server ended
+    # the session
     return state is None or state.startswith("08") or state.startswith("57P")
 
 
 def _write_error(exc: psycopg.Error, aggregate_id: str, uuids: list[str]) -> es.Error | None:
     """The es error a failed write means, or None when it is not a conflict."""
-    return _conflict(exc.sqlstate, exc.diag.constraint_name, exc.diag.message_primary or str(exc), aggregate_id, uuids)
+    return _conflict(exc.sqlstate, exc.diag.constraint_name, exc.diag.message_primary or str(exc),
+                     aggregate_id, uuids)
 
 
 def _conflict(state: str | None, constraint: str | None, message: str, aggregate_id: str,
               uuids: list[str]) -> es.Error | None:
-    """The es error a write that failed with SQLSTATE ``state`` means, or None when it is not a conflict."""
+    """The es error a write that failed with SQLSTATE ``state`` means, or None when it is not a
+    conflict."""
     if state == _CONFLICT_SQLSTATE:
         return es.ConcurrencyError(message)
     if state == "23505":  # unique_violation
         if constraint == "events_uuid_key":
-            return es.DuplicateEventError(f"an event with one of these uuids is already stored: {uuids}")
+            return es.DuplicateEventError(
+                f"an event with one of these uuids is already stored: {uuids}")
         return es.ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {message}")
     if state in ("40001", "40P01"):  # serialization_failure, deadlock_detected
         return es.ConcurrencyError(f"concurrent write to aggregate {aggregate_id!r}: {message}")
@@ -872,9 +932,10 @@ def _conflict(state: str | None, constraint: str | None, message: str, aggregate
 
 def _lost_write_outcome(found: dict[str, tuple[int, int]], uuids: list[str], lost: psycopg.Error,
                         not_stored: str) -> tuple[int, int] | es.Error:
-    """What a write of ``uuids`` whose answer was ``lost`` did, given those of them that are ``found``
-    stored: ``(id, version)`` of its first event if it committed; else StoreError ``not_stored`` if none is
-    there, CorruptEventError if only some are (one transaction wrote them all)."""
+    """What a write of ``uuids`` whose answer was ``lost`` did, given those of them that are
+    ``found`` stored: ``(id, version)`` of its first event if it committed; else StoreError
+    ``not_stored`` if none is there, CorruptEventError if only some are (one transaction wrote them
+    all)."""
     stored = [found[u] for u in uuids if u in found]
     if len(stored) == len(uuids):
         return stored[0]
@@ -883,14 +944,15 @@ def _lost_write_outcome(found: dict[str, tuple[int, int]], uuids: list[str], los
         error = es.StoreError(f"{not_stored}: {lost}")
     else:
         ids = sorted(i for i, _ in stored)
-        error = es.CorruptEventError(f"only {len(ids)} of the {len(uuids)} events {uuids} written in one "
-                                     f"transaction are stored (ids {ids})")
+        error = es.CorruptEventError(f"only {len(ids)} of the {len(uuids)} events {uuids} written "
+                                     f"in one transaction are stored (ids {ids})")
     error.__cause__ = lost
     return error
 
 
 class _Listener:
-    """The LISTEN connection of one subscription: waits for notifications, and is replaced when it dies."""
+    """The LISTEN connection of one subscription: waits for notifications, and is replaced when it
+    dies."""
 
     #: how often a waiting subscription checks its stop signal (seconds)
     stop_check_interval = 0.05
@@ -905,11 +967,13 @@ class _Listener:
     def ensure_open(self) -> Connection:
         if self.conn is None or self.conn.closed:
             store = self.store
-            conn = _connect(store.conninfo, application_name=f"eventsourcery listener {store.schema}",
+            conn = _connect(store.conninfo,
+                            application_name=f"eventsourcery listener {store.schema}",
                             keepalives=True)
             try:
                 conn.add_notify_handler(self._on_notify)
-                conn.execute(f"SET TimeZone = 'UTC'; LISTEN {_quote_identifier(_channel(store.schema))}")
+                conn.execute("SET TimeZone = 'UTC'; LISTEN "
+                             f"{_quote_identifier(_channel(store.schema))}")
             except BaseException:
                 conn.close()
                 raise
@@ -924,7 +988,8 @@ class _Listener:
         self._failures = 0
 
     def wait(self, stopper: es.Stopper, timeout: float) -> None:
-        """Return on a notification, on stop, or after ``timeout`` seconds; raise if the connection died."""
+        """Return on a notification, on stop, or after ``timeout`` seconds; raise if the connection
+        died."""
         conn = self.conn
         assert conn is not None
         deadline = time.monotonic() + timeout
@@ -933,7 +998,8 @@ class _Listener:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            ready, _, _ = select.select([pgconn.socket], [], [], min(remaining, self.stop_check_interval))
+            ready, _, _ = select.select([pgconn.socket], [], [],
+                                        min(remaining, self.stop_check_interval))
             if not ready:
                 continue
             pgconn.consume_input()  # raises OperationalError when the connection is gone
@@ -944,7 +1010,8 @@ class _Listener:
         self._notified = False
 
     def lost(self, exc: Exception, stopper: es.Stopper) -> None:
-        """Forget a dead connection; wait a little before the next try, or raise when it is hopeless."""
+        """Forget a dead connection; wait a little before the next try, or raise when it is
+        hopeless."""
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
@@ -953,7 +1020,8 @@ class _Listener:
         if now - self._failing_since > self.store.reconnect_timeout:
             raise es.StoreError(f"subscription to {self.store!r} lost its connection and could not "
                                 f"reconnect for {self.store.reconnect_timeout} s: {exc}") from exc
-        es.config.logger.warning("subscription to %r: connection lost (%s); reconnecting", self.store, exc)
+        es.config.logger.warning("subscription to %r: connection lost (%s); reconnecting",
+                                 self.store, exc)
         stopper.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0) if self._failures > 1 else 0.0)
 
     def close(self) -> None:
@@ -969,23 +1037,27 @@ class _Listener:
 
 class PostgresTracker(es.DatabaseTracker):
     """Processor positions in ``eventsourcery_trackers`` of a Postgres database (a conninfo, or a
-    PostgresDatabase). Writes join the database's current transaction, so a projector's writes and its
-    new position commit together."""
+    PostgresDatabase). Writes join the database's current transaction, so a projector's writes and
+    its new position commit together."""
 
     def __init__(self, db: str | PostgresDatabase, *, schema: str | None = None) -> None:
-        super().__init__(db if isinstance(db, PostgresDatabase) else PostgresDatabase(db, schema=schema))
+        super().__init__(db if isinstance(db, PostgresDatabase)
+                         else PostgresDatabase(db, schema=schema))
 
 
 class Projector(es.Projector):
-    """``es.Projector`` on a Postgres database (``%s`` placeholders; ``self.db`` is a psycopg connection).
+    """``es.Projector`` on a Postgres database (``%s`` placeholders; ``self.db`` is a psycopg
+    connection).
 
     ``es.Projector(url)`` does the same given a ``postgresql://`` URL; this class also takes a libpq
     ``key=value`` conninfo and ``schema=``: the projection's unqualified tables and its position
     then live in that schema.
     """
 
-    def __init__(self, conninfo: str, *, schema: str | None = None, batch_size: int | None = None) -> None:
-        database = PostgresDatabase(conninfo, schema=schema, application_name=f"eventsourcery {self.processor_name}")
+    def __init__(self, conninfo: str, *, schema: str | None = None,
+                 batch_size: int | None = None) -> None:
+        database = PostgresDatabase(conninfo, schema=schema,
+                                    application_name=f"eventsourcery {self.processor_name}")
         super().__init__(database, batch_size=batch_size)
 
 
@@ -997,7 +1069,8 @@ class Projector(es.Projector):
 def open_store(url: str, *, create: bool = True, read_only: bool = False, max_connections: int = 10,
                connection_timeout: float = 30.0) -> PostgresEventStore:
     """The event store at a ``postgresql://`` URL (``?schema=`` names its schema)."""
-    return PostgresEventStore(url, create=create, read_only=read_only, max_connections=max_connections,
+    return PostgresEventStore(url, create=create, read_only=read_only,
+                              max_connections=max_connections,
                               connection_timeout=connection_timeout)
 
 

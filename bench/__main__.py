@@ -39,9 +39,11 @@ TITLES = {
     "g": "peak memory of catch-up",
     "h": "load 1 long aggregate: from its latest snapshot vs full replay",
     "i": "N threads, one store object: commands (cmdN) and single-event appends (sinkN)",
-    "j": "read latency (load a 10-event aggregate) while another thread (j) or process (j.proc) writes",
+    "j": "read latency (load a 10-event aggregate) while another thread (j) or process (j.proc) "
+         "writes",
     "k": "N processes, one store: commands (load + 1 event + save), a store object per process",
-    "l": "the todo app over HTTP under wrk: GET /todos/outstanding (200 todos), POST adds; N connections",
+    "l": "the todo app over HTTP under wrk: GET /todos/outstanding (200 todos), POST adds; N "
+         "connections",
     "web": "event browser: a page of 50 events of a 1,000,000-event store, by HTTP (web_pages.py)",
     "aio": "8 asyncio tasks (tsk8, AsyncRepository) against 8 threads (thr8, Repository): commands",
 }
@@ -73,7 +75,8 @@ class Harness:
         self.log(f"  ERROR in {where}: {msg}")
 
     def skip(self, workload, backend, system, reason):
-        self.skipped.append({"workload": workload, "backend": backend, "system": system, "reason": reason})
+        self.skipped.append({"workload": workload, "backend": backend, "system": system,
+                             "reason": reason})
         self.log(f"  skipped {workload}/{backend}/{system}: {reason}")
 
     def build_targets(self):
@@ -125,7 +128,8 @@ class Harness:
                 self.skip("*", "postgres", "*", reason)
             else:
                 if reason:
-                    self.log(f"--force-postgres: eventsourcery column skipped ({reason}); peer and raw run")
+                    self.log(f"--force-postgres: eventsourcery column skipped ({reason}); peer and "
+                             "raw run")
                     self.skip("*", "postgres", "eventsourcery", reason)
                 self.pg_dbs = C.PGDatabases(ci)
                 ts = []
@@ -164,8 +168,8 @@ class Harness:
                 self.settings["raw_sqlite_schema"] = "copied from the library's sqlite_master"
                 self.settings["library_sqlite_schema"] = ddl
                 return ddl
-            self.settings["raw_sqlite_schema"] = ("library schema has other columns "
-                                                  f"{roles['columns']}; raw uses design.md's schema")
+            self.settings["raw_sqlite_schema"] = (
+                f"library schema has other columns {roles['columns']}; raw uses design.md's schema")
         except Exception as e:  # noqa: BLE001
             self.error("reading the library's SQLite schema", e)
         return None
@@ -224,7 +228,8 @@ class Harness:
             return self.templates[key]
         path = t.new_store()
         t.write_sample(path, C.agg_ids(1, prefix=0xA)[0])
-        roles = dict(t.schema_table_roles(path) if hasattr(t, "schema_table_roles") else t.clone_roles)
+        roles = dict(t.schema_table_roles(path) if hasattr(t, "schema_table_roles")
+                     else t.clone_roles)
         roles.pop("columns", None)
         t0 = time.perf_counter()
         C.sqlite_clone_fill(path, n_events=n_events - 1, events_per_agg=per_agg,
@@ -289,7 +294,8 @@ class Harness:
         times, _ = self.interleaved("c", backend, s.runs, run)
         for name, xs in times.items():
             self.add("c", backend, name, s.c_events, xs, repeats=s.c_repeats,
-                     rebuild_s=each.get(name), note="time of one rebuild (mean of the repeats in a run)")
+                     rebuild_s=each.get(name),
+                     note="time of one rebuild (mean of the repeats in a run)")
 
     def w_d(self, backend):
         s = self.sizes
@@ -348,21 +354,23 @@ class Harness:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + (
             os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        sub = subprocess.Popen(C.child_cmd("e-sub", t.name, backend, spec, str(s.e_events), str(s.e_idle_s),
-                                           str(s.e_settle_s)),
+        sub = subprocess.Popen(C.child_cmd("e-sub", t.name, backend, spec, str(s.e_events),
+                                           str(s.e_idle_s), str(s.e_settle_s)),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
             line = sub.stdout.readline()
             if not line.startswith("IDLE"):
                 sub.kill()
-                raise RuntimeError(f"subscriber did not report idle CPU: {line!r} {sub.stderr.read()[-1500:]}")
+                raise RuntimeError(f"subscriber did not report idle CPU: {line!r} "
+                                   f"{sub.stderr.read()[-1500:]}")
             idle = float(line.split()[1])
             app = C.run_child(["e-append", t.name, backend, spec, str(s.e_events),
                                str(s.e_interval[0]), str(s.e_interval[1])], timeout=300)
             out, err = sub.communicate(timeout=60)
             if sub.returncode != 0:
                 raise RuntimeError(f"subscriber failed: {err[-1500:]}")
-            handled = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])["stamps"]
+            handled = json.loads([ln for ln in out.splitlines()
+                                  if ln.startswith("{")][-1])["stamps"]
         finally:
             if sub.poll() is None:
                 sub.kill()
@@ -370,7 +378,8 @@ class Harness:
         commits = app["stamps"]
         lat = [(handled[str(i)] - c) / 1e6 for i, c in enumerate(commits) if str(i) in handled]
         return {"p50_ms": C.percentile(lat, 50), "p99_ms": C.percentile(lat, 99),
-                "max_ms": max(lat) if lat else None, "samples": len(lat), "missing": len(commits) - len(lat),
+                "max_ms": max(lat) if lat else None, "samples": len(lat),
+                "missing": len(commits) - len(lat),
                 "idle_cpu_pct": idle, "idle_seconds": s.e_idle_s,
                 "interval_ms": [x * 1e3 for x in s.e_interval]}
 
@@ -409,10 +418,12 @@ class Harness:
                 self.add("f", backend, name, s.c_events, xs, variant=f"c@{label}", prefilled=n)
         # growth factors: per-event cost at the big size / at the small size
         small, big = (C.size_label(x) for x in s.f_sizes)
-        for row in [r for r in self.results if r["workload"] == "f" and r["variant"].endswith("@" + big)]:
+        for row in [r for r in self.results if r["workload"] == "f"
+                    and r["variant"].endswith("@" + big)]:
             kind = row["variant"].split("@")[0]
-            base = next((r for r in self.results if r["workload"] == "f" and r["system"] == row["system"]
-                         and r["backend"] == backend and r["variant"] == f"{kind}@{small}"), None)
+            base = next((r for r in self.results if r["workload"] == "f"
+                         and r["system"] == row["system"] and r["backend"] == backend
+                         and r["variant"] == f"{kind}@{small}"), None)
             if base and base.get("us_per_event") and row.get("us_per_event"):
                 row["growth_vs_" + small] = row["us_per_event"] / base["us_per_event"]
 
@@ -428,7 +439,8 @@ class Harness:
                 spec = self.copy_of(tmpl, t)
                 try:
                     base = C.run_child(["baseline", t.name, backend])
-                    out = C.run_child(["g", t.name, backend, spec, str(n), str(s.d_page)], timeout=1800)
+                    out = C.run_child(["g", t.name, backend, spec, str(n), str(s.d_page)],
+                                      timeout=1800)
                 finally:
                     t.drop_store(spec)
                 self.add("g", backend, t.name, n, [out["seconds"]], peak_rss_mb=out["maxrss_mb"],
@@ -449,9 +461,11 @@ class Harness:
             try:
                 spec = t.new_store()
                 t0 = time.perf_counter()
-                with self.pg_dbs.unsynced(spec) if backend == "postgres" else contextlib.nullcontext():
+                with (self.pg_dbs.unsynced(spec) if backend == "postgres"
+                      else contextlib.nullcontext()):
                     key = t.h_build(spec, aid, n, s.h_batch, every)
-                self.log(f"  built the {n:,}-event aggregate for {t.name} in {time.perf_counter() - t0:.1f}s")
+                self.log(f"  built the {n:,}-event aggregate for {t.name} in "
+                         f"{time.perf_counter() - t0:.1f}s")
                 if backend == "sqlite":
                     C.sqlite_checkpoint(spec)
                 stores[t.name] = (spec, key)
@@ -489,7 +503,8 @@ class Harness:
         for name, xs in times.items():
             rows = {}
             for variant in ("replay", "snap"):
-                every_load = [x for run_loads in loads.get(name, {}).get(variant, []) for x in run_loads]
+                every_load = [x for run_loads in loads.get(name, {}).get(variant, [])
+                              for x in run_loads]
                 rows[variant] = self.add(
                     "h", backend, name, n, [x[variant] for x in xs], variant=variant,
                     loads_per_run=s.h_replays if variant == "replay" else snap_per_run,
@@ -500,7 +515,8 @@ class Harness:
                     note="time of one load (mean of the loads in a run)")
             snap, full = rows["snap"], rows["replay"]
             snap["speedup_vs_replay"] = (full["median_ms"] / snap["median_ms"]
-                                         if snap.get("median_ms") and full.get("median_ms") else None)
+                                         if snap.get("median_ms") and full.get("median_ms")
+                                         else None)
 
     def w_i(self, backend):
         """N threads of one process share one store object (one application; raw: a connection per
@@ -521,14 +537,16 @@ class Harness:
 
                 times, _ = self.interleaved("i", backend, s.runs, run, variant=f"{mode}{n}")
                 for name, xs in times.items():
-                    self.add("i", backend, name, s.i_commands // n * n, xs, variant=f"{mode}{n}", threads=n,
-                             **C.latency_fields(lat_all.get(name, [])))
+                    self.add("i", backend, name, s.i_commands // n * n, xs, variant=f"{mode}{n}",
+                             threads=n, **C.latency_fields(lat_all.get(name, [])))
 
     def w_j(self, backend):
         """Loads of a 10-event aggregate, one every ms, while another thread of the same process
-        writes single events without pause (raw: the reader and the writer on connections of their own)."""
+        writes single events without pause (raw: the reader and the writer on connections of their
+        own)."""
         s = self.sizes
-        for variant in ("", "proc"):  # the writer: a thread of the reader's process, or another process
+        # the writer: a thread of the reader's process, or another process
+        for variant in ("", "proc"):
             lat_all: dict[str, list[float]] = {}
             writes: dict[str, list[int | None]] = {}
 
@@ -546,17 +564,20 @@ class Harness:
             times, _ = self.interleaved("j", backend, s.runs, run, variant=variant)
             for name, xs in times.items():
                 self.add("j", backend, name, s.j_reads, xs, variant=variant,
-                         **C.latency_fields(lat_all.get(name, [])), writes_meanwhile=writes.get(name),
+                         **C.latency_fields(lat_all.get(name, [])),
+                         writes_meanwhile=writes.get(name),
                          note="events/s here: reads per second of read time")
 
     @contextlib.contextmanager
     def writer_process(self, t, backend, spec):
-        """(j)'s writer in a child process of the same system, appending without pause while open."""
+        """(j)'s writer in a child process of the same system, appending without pause while
+        open."""
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        child = subprocess.Popen(C.child_cmd("writer", t.name, backend, spec), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+        child = subprocess.Popen(C.child_cmd("writer", t.name, backend, spec),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env, cwd=root)
         try:
             line = child.stdout.readline()
             if line.strip() != "READY":
@@ -564,7 +585,8 @@ class Harness:
             time.sleep(0.2)  # under way
             yield
             if child.poll() is not None:
-                raise RuntimeError(f"(j) writer stopped early (rc={child.returncode}): {child.stderr.read()[-1500:]}")
+                raise RuntimeError(f"(j) writer stopped early (rc={child.returncode}): "
+                                   f"{child.stderr.read()[-1500:]}")
         finally:
             if child.poll() is None:
                 child.kill()
@@ -584,7 +606,8 @@ class Harness:
             def run(t, r, n=n, lat_all=lat_all):
                 spec = t.new_store()
                 try:
-                    start, end, lat = self.processes_together(t, backend, spec, n, s.k_commands // n, r)
+                    start, end, lat = self.processes_together(
+                        t, backend, spec, n, s.k_commands // n, r)
                 finally:
                     t.drop_store(spec)
                 lat_all.setdefault(t.name, []).extend(lat)
@@ -592,23 +615,26 @@ class Harness:
 
             times, _ = self.interleaved("k", backend, s.runs, run, variant=f"proc{n}")
             for name, xs in times.items():
-                self.add("k", backend, name, s.k_commands // n * n, xs, variant=f"proc{n}", processes=n,
-                         **C.latency_fields(lat_all.get(name, [])))
+                self.add("k", backend, name, s.k_commands // n * n, xs, variant=f"proc{n}",
+                         processes=n, **C.latency_fields(lat_all.get(name, [])))
 
     def processes_together(self, t, backend, spec, n, per, run):
         """Start n (k) children, release them at once; (first start, last end, every latency)."""
-        t.i(spec, 1, 1, "cmd", prefix="warm-")  # one untimed command: the tables exist before n processes start
+        # one untimed command: the tables exist before n processes start
+        t.i(spec, 1, 1, "cmd", prefix="warm-")
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        children = [subprocess.Popen(C.child_cmd("k", t.name, backend, spec, str(per), f"p{run}-{k}-"),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env, cwd=root) for k in range(n)]
+        children = [subprocess.Popen(C.child_cmd("k", t.name, backend, spec, str(per),
+                                                 f"p{run}-{k}-"), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env, cwd=root) for k in range(n)]
         try:
             for child in children:
                 line = child.stdout.readline()
                 if line.strip() != "READY":
-                    raise RuntimeError(f"(k) child not ready: {line!r} {child.stderr.read()[-1500:]}")
+                    raise RuntimeError(f"(k) child not ready: {line!r} "
+                                       f"{child.stderr.read()[-1500:]}")
             for child in children:
                 child.stdin.write("go\n")
                 child.stdin.flush()
@@ -642,9 +668,11 @@ class Harness:
         for r in points:
             if not r.get("req_per_s") or not r.get("requests"):
                 continue
-            extra = {"created": r["created"], "stored": r.get("events")} if r["kind"] == "add" else {}
+            extra = ({"created": r["created"], "stored": r.get("events")} if r["kind"] == "add"
+                     else {})
             self.add("l", backend, "eventsourcery", r["requests"], [r["requests"] / r["req_per_s"]],
-                     variant=f"{r['kind']}{r['connections']:02d}", p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
+                     variant=f"{r['kind']}{r['connections']:02d}", p50_ms=r["p50_ms"],
+                     p99_ms=r["p99_ms"],
                      non_2xx=r["non_2xx"], socket_errors=r["socket_errors"], **extra)
 
     def w_web(self, backend):
@@ -686,9 +714,10 @@ class Harness:
         def check(goal, backend, value, op, target, unit=""):
             if value is None:
                 return
-            met = value >= target if op == ">=" else value <= target if op == "<=" else value < target
-            out.append({"goal": goal, "backend": backend, "measured": value, "target": f"{op} {target}{unit}",
-                        "met": met})
+            met = (value >= target if op == ">=" else value <= target if op == "<="
+                   else value < target)
+            out.append({"goal": goal, "backend": backend, "measured": value,
+                        "target": f"{op} {target}{unit}", "met": met})
 
         big = C.size_label(self.sizes.f_sizes[1])
         small = C.size_label(self.sizes.f_sizes[0])
@@ -698,16 +727,18 @@ class Harness:
                 check("(a) commands vs eventsourcing", backend, r.get("vs_eventsourcing"), ">=",
                       4.0 if backend == "sqlite" else 3.0, "x")
             for w, key, target, name in (("b", "vs_raw", 0.8, "(b) batch append vs raw"),
-                                         ("c", "vs_eventsourcing", 4.0, "(c) rebuild vs eventsourcing"),
+                                         ("c", "vs_eventsourcing", 4.0,
+                                          "(c) rebuild vs eventsourcing"),
                                          ("d", "vs_raw", 0.7, "(d) catch-up vs raw read+decode")):
                 r = row(w, backend)
                 if r:
                     check(name, backend, r.get(key), ">=", target, "x")
             r = row("e", backend)
             if r and r.get("p50_ms") is not None:
-                check("(e) p50 commit->handler", backend, r["p50_ms"], "<=", 5.0 if backend == "sqlite" else 2.0,
-                      " ms")
-                check("(e) idle subscriber CPU", backend, r["idle_cpu_pct"], "<", 2.0, " % of a core")
+                check("(e) p50 commit->handler", backend, r["p50_ms"], "<=",
+                      5.0 if backend == "sqlite" else 2.0, " ms")
+                check("(e) idle subscriber CPU", backend, r["idle_cpu_pct"], "<", 2.0,
+                      " % of a core")
             for kind in ("a", "c"):
                 r = row("f", backend, f"{kind}@{big}")
                 if r and r.get("growth_vs_" + small) is not None:
@@ -715,31 +746,35 @@ class Harness:
                           r["growth_vs_" + small], "<=", 1.25, "x")
             r = row("g", backend)
             if r:
-                check(f"(g) peak RSS of catch-up over {C.size_label(r['events'])}", backend, r["peak_rss_mb"],
-                      "<", 100.0, " MB")
+                check(f"(g) peak RSS of catch-up over {C.size_label(r['events'])}", backend,
+                      r["peak_rss_mb"], "<", 100.0, " MB")
             r = row("h", backend, "snap")
             if r:
-                check("(h) snapshot load vs full replay", backend, r.get("speedup_vs_replay"), ">=", 20.0, "x")
+                check("(h) snapshot load vs full replay", backend, r.get("speedup_vs_replay"), ">=",
+                      20.0, "x")
             r = row("i", backend, "sink16")
             if r:
-                check("(i) durable single-event appends/s, 16 threads", backend, r.get("events_per_s"), ">=",
-                      7000.0 if backend == "sqlite" else 8000.0, "/s")
+                check("(i) durable single-event appends/s, 16 threads", backend,
+                      r.get("events_per_s"), ">=", 7000.0 if backend == "sqlite" else 8000.0, "/s")
             for n in (8, 16):
                 r = row("i", backend, f"cmd{n}")
                 if not r:
                     continue
                 if backend == "postgres":
-                    check(f"(i) commands/s, {n} threads", backend, r.get("events_per_s"), ">=", 3500.0, "/s")
-                    check(f"(i) commands, {n} threads, vs eventsourcing", backend, r.get("vs_eventsourcing"),
-                          ">=", 4.0, "x")
+                    check(f"(i) commands/s, {n} threads", backend, r.get("events_per_s"), ">=",
+                          3500.0, "/s")
+                    check(f"(i) commands, {n} threads, vs eventsourcing", backend,
+                          r.get("vs_eventsourcing"), ">=", 4.0, "x")
                 if backend == "postgres" or n == 8:
-                    check(f"(i) commands, {n} threads, vs raw", backend, r.get("vs_raw"), ">=", 0.9, "x")
+                    check(f"(i) commands, {n} threads, vs raw", backend, r.get("vs_raw"), ">=", 0.9,
+                          "x")
                 if backend == "sqlite" and n == 8 and r.get("p99_ms") is not None:
                     check("(i) command p99, 8 threads", backend, r["p99_ms"], "<=", 7.0, " ms")
             for variant, where in (("", "thread"), ("proc", "process")):
                 r = row("j", backend, variant)
                 if r and r.get("p99_vs_raw") is not None:
-                    check(f"(j) read p99 under a writer {where} vs raw", backend, r["p99_vs_raw"], "<=", 1.5, "x")
+                    check(f"(j) read p99 under a writer {where} vs raw", backend, r["p99_vs_raw"],
+                          "<=", 1.5, "x")
             r = row("k", backend, "proc8")
             if r and backend == "postgres":
                 check("(k) commands, 8 processes, vs raw", backend, r.get("vs_raw"), ">=", 0.9, "x")
@@ -751,10 +786,11 @@ class Harness:
                       "<=", 2.0, "x")
             one, many = row("l", backend, "get01"), row("l", backend, "get32")
             if one and one.get("p50_ms") is not None:
-                check("(l) keep-alive GET p50, 1 connection", backend, one["p50_ms"], "<", 2.0, " ms")
+                check("(l) keep-alive GET p50, 1 connection", backend, one["p50_ms"], "<", 2.0,
+                      " ms")
             if one and many and one.get("events_per_s"):
-                check("(l) GETs/s at 32 connections / at 1", backend, many["events_per_s"] / one["events_per_s"],
-                      ">=", 1.0, "x")
+                check("(l) GETs/s at 32 connections / at 1", backend,
+                      many["events_per_s"] / one["events_per_s"], ">=", 1.0, "x")
         return out
 
     def table(self) -> str:
@@ -766,8 +802,9 @@ class Harness:
                f"{'median ms':>11}{'min ms':>10}{'vs es':>7}{'vs raw':>7}  notes")
         order = {w: i for i, w in enumerate(C.WORKLOADS)}
         border = {"sqlite": 0, "postgres": 1}
-        rows = sorted(self.results, key=lambda r: (order[r["workload"]], border[r["backend"]], r.get("prefilled", 0),
-                                                   r["variant"], C.SYSTEMS.index(r["system"])))
+        rows = sorted(self.results, key=lambda r: (order[r["workload"]], border[r["backend"]],
+                                                   r.get("prefilled", 0), r["variant"],
+                                                   C.SYSTEMS.index(r["system"])))
         last = None
         for r in rows:
             head = (r["workload"], r["backend"], r["variant"])
@@ -781,8 +818,8 @@ class Harness:
             notes = ""
             if r["workload"] == "e":
                 if r.get("p50_ms") is not None:
-                    notes = (f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
-                             f"idle CPU {r['idle_cpu_pct']:.2f}% of a core  ({r['samples']} events)")
+                    notes = (f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  idle CPU "
+                             f"{r['idle_cpu_pct']:.2f}% of a core  ({r['samples']} events)")
                 else:
                     notes = r.get("note", "")
             elif r["workload"] == "g":
@@ -794,7 +831,8 @@ class Harness:
                 if g:
                     notes += f"  x{r[g[0]]:.2f} vs {g[0][10:]}"
             elif r["workload"] == "h" and r.get("median_ms"):
-                notes = f"{r['median_ms']:.3f} ms per load, {r['replayed_events']:,} events replayed"
+                notes = (
+                    f"{r['median_ms']:.3f} ms per load, {r['replayed_events']:,} events replayed")
                 if r.get("snapshot_at"):
                     notes += f" after the snapshot at {r['snapshot_at']:,}"
                 if r.get("speedup_vs_replay"):
@@ -809,12 +847,14 @@ class Harness:
                 from bench.async_cmds import notes as async_notes
                 notes = async_notes(r)
             elif r["workload"] in ("i", "j", "k") and r.get("p50_ms") is not None:
-                notes = f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms"
+                notes = (f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max "
+                         f"{r['max_ms']:.1f} ms")
                 if r.get("p99_vs_raw") is not None:
                     notes += f"  p99 x{r['p99_vs_raw']:.2f} of raw"
+            rate, median = f(r.get("events_per_s"), ",.0f"), f(r.get("median_ms"), ",.1f")
+            fastest, vs_peer = f(r.get("min_ms"), ",.1f"), f(r.get("vs_eventsourcing"), ".2f")
             lines.append(f"{w:<10}{r['backend']:<9}{r['system']:<14}{r['events']:>9}{r['runs']:>5}"
-                         f"{f(r.get('events_per_s'), ',.0f'):>11}{f(r.get('median_ms'), ',.1f'):>11}"
-                         f"{f(r.get('min_ms'), ',.1f'):>10}{f(r.get('vs_eventsourcing'), '.2f'):>7}"
+                         f"{rate:>11}{median:>11}{fastest:>10}{vs_peer:>7}"
                          f"{f(r.get('vs_raw'), '.2f'):>7}  {notes}")
         goals = self.goals()
         if goals:
@@ -868,8 +908,8 @@ class Harness:
             print(f"\n=== profile ({w}) {TITLES[w]}: total {total:.2f}s; top by own time ===")
             rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:18]
             for (fn, line, name), (_cc, nc, tt, ct, _) in rows:
-                print(f"  {100 * tt / total:5.1f}% own {100 * ct / total:5.1f}% cum  {nc:>9} calls  "
-                      f"{os.path.basename(fn)}:{line}({name})")
+                print(f"  {100 * tt / total:5.1f}% own {100 * ct / total:5.1f}% cum  {nc:>9} "
+                      f"calls  {os.path.basename(fn)}:{line}({name})")
 
     # ------------------------------------------------------------------ main
     def run(self):
@@ -896,15 +936,17 @@ class Harness:
         probe_end = C.probe_commits(self.tmp, 0.6 if a.quick else 2.0)
         elapsed = time.perf_counter() - t_start
         print(self.table())
-        print(f"\ndisk probe (1-row BEGIN IMMEDIATE/INSERT/COMMIT, WAL, synchronous=FULL): "
+        print("\ndisk probe (1-row BEGIN IMMEDIATE/INSERT/COMMIT, WAL, synchronous=FULL): "
               f"{self.probe['commits_per_s_full']:,.0f} commits/s at the start, "
               f"{probe_end['commits_per_s_full']:,.0f} at the end "
-              f"({self.probe['us_per_commit_full']:.0f} / {probe_end['us_per_commit_full']:.0f} us each)")
+              f"({self.probe['us_per_commit_full']:.0f} / {probe_end['us_per_commit_full']:.0f} us "
+              "each)")
         print(f"\ntotal wall time {elapsed:.1f}s; python {sys.version.split()[0]} "
               f"(-O level {sys.flags.optimize}); sqlite {C.sqlite3.sqlite_version}")
         doc = {
             "meta": {
-                "argv": sys.argv, "quick": a.quick, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "argv": sys.argv, "quick": a.quick,
+                "started": datetime.datetime.now().isoformat(timespec="seconds"),
                 "wall_seconds": elapsed, "machine": C.machine_info(self.pg_version),
                 "tmpdir_on_tmpfs": C.on_tmpfs(self.tmp), "backends": list(self.targets),
                 "settings": self.settings, "no_peer": a.no_peer,
@@ -937,14 +979,17 @@ def parse(argv):
                    help="workloads, e.g. a,b,d (default: all; with --quick all but l, the todo app "
                         "under wrk, and web, the event browser over 1,000,000 events)")
     p.add_argument("--backend", default="sqlite,postgres", help="sqlite,postgres (default: both)")
-    p.add_argument("--runs", type=int, default=None, help="runs per measurement (default 5; --quick 2)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="runs per measurement (default 5; --quick 2)")
     p.add_argument("--no-peer", action="store_true",
                    help="do not run eventsourcing (otherwise its absence is an error)")
     p.add_argument("--force-postgres", action="store_true",
                    help="run the Postgres peer/raw rows even when eventsourcery_pg is missing")
-    p.add_argument("--tmpdir", default=None, help="where the store files go (default: the system temp dir)")
+    p.add_argument("--tmpdir", default=None,
+                   help="where the store files go (default: the system temp dir)")
     p.add_argument("--profile", metavar="DIR", default=None,
-                   help="instead of the benchmark: cProfile eventsourcery's a-d once, print hot spots")
+                   help="instead of the benchmark: cProfile eventsourcery's a-d once, print hot "
+                        "spots")
     a = p.parse_args(argv)
     if a.only is None:
         a.only = ",".join(w for w in C.WORKLOADS if not (a.quick and w in ("l", "web")))

@@ -97,9 +97,11 @@ def e_append(system, backend, spec, n, lo, hi):
 def g(system, backend, spec, n, page):
     t = make_target(system, backend, tempfile.gettempdir())
     before = maxrss_mb()
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(spec) if backend == "sqlite" else None) as wd:
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(spec) if backend == "sqlite"
+                                     else None) as wd:
         dt = t.d(spec, int(n), wd, int(page), tag="_g")
-    print(json.dumps({"seconds": dt, "maxrss_mb": maxrss_mb(), "maxrss_before_mb": before}), flush=True)
+    print(json.dumps({"seconds": dt, "maxrss_mb": maxrss_mb(), "maxrss_before_mb": before}),
+          flush=True)
 
 
 def baseline(system, backend):
@@ -114,8 +116,8 @@ def writer(system, backend, spec):
 
 
 def k(system, backend, spec, n, prefix):
-    # The parent made the tables; eventsourcing would otherwise run its DDL (CREATE OR REPLACE FUNCTION)
-    # in every process at once, which Postgres refuses ("tuple concurrently updated").
+    # The parent made the tables; eventsourcing would otherwise run its DDL (CREATE OR REPLACE
+    # FUNCTION) in every process at once, which Postgres refuses ("tuple concurrently updated").
     os.environ["CREATE_TABLE"] = "no"
     t = make_target(system, backend, tempfile.gettempdir())
     print("READY", flush=True)
@@ -127,7 +129,8 @@ def k(system, backend, spec, n, prefix):
 
 def main(argv):
     cmd, *rest = argv
-    {"e-sub": e_sub, "e-append": e_append, "g": g, "baseline": baseline, "writer": writer, "k": k}[cmd](*rest)
+    {"e-sub": e_sub, "e-append": e_append, "g": g, "baseline": baseline, "writer": writer,
+     "k": k}[cmd](*rest)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,8 @@ def percentile(xs, p):
 
 
 def latency_fields(lat):
-    """The p50_ms / p99_ms / max_ms fields of a row, from latencies in seconds (None when there are none)."""
+    """The p50_ms / p99_ms / max_ms fields of a row, from latencies in seconds (None when there are
+    none)."""
     return {"p50_ms": percentile(lat, 50) * 1e3 if lat else None,
             "p99_ms": percentile(lat, 99) * 1e3 if lat else None,
             "max_ms": max(lat) * 1e3 if lat else None}
@@ -158,7 +159,8 @@ RAW_SQLITE_DDL = [
         UNIQUE (aggregate_id, version))""",
     "CREATE INDEX IF NOT EXISTS events_type_id ON events (type, id)",
 ]
-RAW_TRACKER_DDL = "CREATE TABLE IF NOT EXISTS trackers (name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
+RAW_TRACKER_DDL = (
+    "CREATE TABLE IF NOT EXISTS trackers (name TEXT PRIMARY KEY, position INTEGER NOT NULL)")
 EVENT_COLUMNS = ("id", "uuid", "aggregate_id", "type", "version", "created_at",
                  "correlation_id", "causation_id", "body")
 
@@ -239,7 +241,8 @@ def sqlite_clone_fill(path: str, table: str, *, agg_col: str, ver_col: str,
                 if ui is not None:
                     counter[0] += 1
                     c = counter[0]
-                    r[ui] = f"00000000-{(c >> 60) & 0xFFFF:04x}-7{(c >> 48) & 0xFFF:03x}-8000-{c & 0xFFFFFFFFFFFF:012x}"
+                    r[ui] = (f"00000000-{(c >> 60) & 0xFFFF:04x}-7{(c >> 48) & 0xFFF:03x}-8000-"
+                             f"{c & 0xFFFFFFFFFFFF:012x}")
                 yield r
 
         con.execute("BEGIN")
@@ -415,9 +418,11 @@ def run_child(args: list[str], timeout: float = 600) -> dict:
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    p = subprocess.run(child_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
+    p = subprocess.run(child_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env,
+                       cwd=root)
     if p.returncode != 0:
-        raise RuntimeError(f"child {args[:2]} failed (rc={p.returncode}): {p.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"child {args[:2]} failed (rc={p.returncode}): "
+                           f"{p.stderr.strip()[-2000:]}")
     last = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if not last:
         raise RuntimeError(f"child {args[:2]} printed no JSON: {p.stdout[-500:]} {p.stderr[-500:]}")
@@ -455,10 +460,12 @@ def run_threads(n: int, work) -> tuple[float, list[float]]:
     return wall, [x for xs in out for x in xs]
 
 
-def read_under_writer(write_once, read_once, n_reads: int, writer=None) -> tuple[list[float], int | None]:
+def read_under_writer(write_once, read_once, n_reads: int,
+                      writer=None) -> tuple[list[float], int | None]:
     """Latencies of n_reads calls of read_once() while a thread calls write_once() without pause;
-    returns (latencies, writes made meanwhile). With ``writer`` (a context manager that runs a writer
-    in another process while it is open) that process writes instead, and the writes are not counted."""
+    returns (latencies, writes made meanwhile). With ``writer`` (a context manager that runs a
+    writer in another process while it is open) that process writes instead, and the writes are not
+    counted."""
     import threading as _threading
 
     if writer is not None:

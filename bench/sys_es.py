@@ -36,10 +36,12 @@ _snap_classes: dict[int, type] = {}
 
 
 def snapshot_counter(every: int) -> type:
-    """BenchCounter with ``snapshot_every = every`` (one class per interval, same events and handlers)."""
+    """BenchCounter with ``snapshot_every = every`` (one class per interval, same events and
+    handlers)."""
     cls = _snap_classes.get(every)
     if cls is None:
-        cls = type(f"BenchCounterSnap{every}", (BenchCounter,), {"snapshot_every": every, "__module__": __name__})
+        cls = type(f"BenchCounterSnap{every}", (BenchCounter,),
+                   {"snapshot_every": every, "__module__": __name__})
         _snap_classes[every] = cls
     return cls
 
@@ -67,7 +69,8 @@ class _Base:
 
     def write_sample(self, spec, agg_id) -> None:
         with self.open(spec) as store:
-            store.sink(BenchItemAdded(aggregate_id=agg_id, title=C.TITLE, amount=0), expected_version=0)
+            store.sink(BenchItemAdded(aggregate_id=agg_id, title=C.TITLE, amount=0),
+                       expected_version=0)
 
     # (a) load + one event + save, round-robin over the aggregates
     def a(self, spec, ids, n_cmd: int) -> float:
@@ -156,8 +159,10 @@ class _Base:
                 assert agg.version == n and agg.count == expect
         return snap, full
 
-    # (i) N threads share one store object; each runs load + 1 event + save on 10 aggregates of its own
-    def i(self, spec, n_threads: int, n_cmd: int, mode: str = "cmd", prefix: str = "") -> tuple[float, list[float]]:
+    # (i) N threads share one store object; each runs load + 1 event + save on 10 aggregates of its
+    # own
+    def i(self, spec, n_threads: int, n_cmd: int, mode: str = "cmd",
+          prefix: str = "") -> tuple[float, list[float]]:
         with self.open(spec) as store:
             store.latest_event_id()
             repo = es.Repository(store)

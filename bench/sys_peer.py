@@ -57,7 +57,8 @@ def snapshot_app(every: int) -> type:
     cls = _snap_apps.get(every)
     if cls is None:
         cls = type(f"BenchSnapApp{every}", (BenchApp,), {"name": BenchApp.name,
-                                                           "snapshotting_intervals": {Counter: every}})
+                                                           "snapshotting_intervals": {
+                                                               Counter: every}})
         _snap_apps[every] = cls
     return cls
 
@@ -239,7 +240,8 @@ class _Base:
         expect = n * (n - 1) // 2
         snap, full = [], []
         try:
-            assert sget(agg_id).count == expect  # warm: connections (a 1-event read for the plain app)
+            # warm: connections (a 1-event read for the plain app)
+            assert sget(agg_id).count == expect
             assert pget(agg_id, version=1).version == 1
             per = max(1, snap_loads // replays)
             for _ in range(replays):
@@ -330,8 +332,10 @@ class PeerPostgres(_Base):
         from psycopg.conninfo import conninfo_to_dict
         p = conninfo_to_dict(ci)
         return {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": p["dbname"],
-                "POSTGRES_HOST": p.get("host", "127.0.0.1"), "POSTGRES_PORT": str(p.get("port", 5432)),
-                "POSTGRES_USER": p.get("user", "postgres"), "POSTGRES_PASSWORD": p.get("password", "")}
+                "POSTGRES_HOST": p.get("host", "127.0.0.1"),
+                "POSTGRES_PORT": str(p.get("port", 5432)),
+                "POSTGRES_USER": p.get("user", "postgres"),
+                "POSTGRES_PASSWORD": p.get("password", "")}
 
     def new_store(self) -> str:
         ci = self.dbs.fresh()

@@ -18,16 +18,18 @@ from . import common as C
 
 EVENT_TYPE = "bench_item_added"
 INSERT_COLS = "uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body"
-SELECT_COLS = "id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body"
+SELECT_COLS = (
+    "id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, body")
 
 _dumps = json.dumps
 _loads = json.loads
 
 # (h): the smallest snapshot table that does the job, one row per aggregate (the latest snapshot)
-SNAP_DDL = ("CREATE TABLE IF NOT EXISTS snapshots (aggregate_id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
-            "last_event_uuid TEXT NOT NULL, state TEXT NOT NULL)")
-SNAP_UPSERT = ("INSERT INTO snapshots VALUES ({0}, {0}, {0}, {0}) ON CONFLICT (aggregate_id) DO UPDATE SET "
-               "version = excluded.version, last_event_uuid = excluded.last_event_uuid, state = excluded.state")
+SNAP_DDL = ("CREATE TABLE IF NOT EXISTS snapshots (aggregate_id TEXT PRIMARY KEY, version INTEGER "
+            "NOT NULL, last_event_uuid TEXT NOT NULL, state TEXT NOT NULL)")
+SNAP_UPSERT = ("INSERT INTO snapshots VALUES ({0}, {0}, {0}, {0}) ON CONFLICT (aggregate_id) DO "
+               "UPDATE SET version = excluded.version, last_event_uuid = excluded.last_event_uuid, "
+               "state = excluded.state")
 SNAP_SELECT = "SELECT version, last_event_uuid, state FROM snapshots WHERE aggregate_id = {0}"
 
 
@@ -42,7 +44,8 @@ def _h_batches(agg_id: str, n: int, batch: int, every: int):
                          _dumps({"title": C.TITLE, "amount": j})))
             count += j
         end = start + len(rows)
-        snap = (agg_id, end, rows[-1][0], _dumps({"count": count})) if end // every > start // every else None
+        snap = ((agg_id, end, rows[-1][0], _dumps({"count": count}))
+                if end // every > start // every else None)
         yield start, rows, snap
 
 
@@ -143,7 +146,8 @@ class RawSQLite:
                 version = row[4]
             # one new event, written with an expected-version check
             ex("BEGIN IMMEDIATE")
-            cur = ex("SELECT max(version) FROM events WHERE aggregate_id = ?", (aid,)).fetchone()[0] or 0
+            cur = ex("SELECT max(version) FROM events WHERE aggregate_id = ?",
+                     (aid,)).fetchone()[0] or 0
             if cur != version:
                 ex("ROLLBACK")
                 raise RuntimeError("concurrency error")
@@ -179,7 +183,8 @@ class RawSQLite:
                             _loads(row[8])
                             version = row[4]
                     ex("BEGIN IMMEDIATE")
-                    cur = ex("SELECT max(version) FROM events WHERE aggregate_id = ?", (aid,)).fetchone()[0] or 0
+                    cur = ex("SELECT max(version) FROM events WHERE aggregate_id = ?",
+                             (aid,)).fetchone()[0] or 0
                     if cur != version:
                         ex("ROLLBACK")
                         raise RuntimeError("concurrency error")
@@ -232,7 +237,8 @@ class RawSQLite:
                 rows.append((C.uuid7_str(), agg_id, EVENT_TYPE, j + 1, C.now_iso(), None, None,
                              _dumps({"title": C.TITLE, "amount": j})))
             ex("BEGIN IMMEDIATE")
-            cur = ex("SELECT max(version) FROM events WHERE aggregate_id = ?", (agg_id,)).fetchone()[0] or 0
+            cur = ex("SELECT max(version) FROM events WHERE aggregate_id = ?",
+                     (agg_id,)).fetchone()[0] or 0
             if cur != version:
                 ex("ROLLBACK")
                 raise RuntimeError("concurrency error")
@@ -271,7 +277,8 @@ class RawSQLite:
         ins = f"INSERT INTO events ({INSERT_COLS}) VALUES (?,?,?,?,?,?,?,?)"
         for version, rows, snap in _h_batches(agg_id, n, batch, every):
             ex("BEGIN IMMEDIATE")
-            cur = ex("SELECT max(version) FROM events WHERE aggregate_id = ?", (agg_id,)).fetchone()[0] or 0
+            cur = ex("SELECT max(version) FROM events WHERE aggregate_id = ?",
+                     (agg_id,)).fetchone()[0] or 0
             if cur != version:
                 ex("ROLLBACK")
                 raise RuntimeError("concurrency error")
@@ -289,7 +296,8 @@ class RawSQLite:
         con = C.sqlite_connect(path)
         ex = con.execute
         load = f"SELECT {SELECT_COLS} FROM events WHERE aggregate_id = ? ORDER BY version"
-        after = f"SELECT {SELECT_COLS} FROM events WHERE aggregate_id = ? AND version >= ? ORDER BY version"
+        after = (f"SELECT {SELECT_COLS} FROM events WHERE aggregate_id = ? AND version >= ? ORDER "
+                 "BY version")
         snap_sql = SNAP_SELECT.format("?")
 
         def full_load():
@@ -423,8 +431,8 @@ class RawPostgres:
                     "fsync": con.execute("SHOW fsync").fetchone()[0]}
 
     INS = (f"INSERT INTO events ({INSERT_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)")
-    LOAD = ("SELECT id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, "
-            "body::text FROM events WHERE aggregate_id = %s ORDER BY version")
+    LOAD = ("SELECT id, uuid, aggregate_id, type, version, created_at, correlation_id, "
+            "causation_id, body::text FROM events WHERE aggregate_id = %s ORDER BY version")
 
     def _row(self, aid, version, amount):
         return (C.uuid7_str(), aid, EVENT_TYPE, version, C.now_iso(), None, None,
@@ -477,8 +485,8 @@ class RawPostgres:
                             version = row[4]
                     with con.transaction():
                         cur.execute("SELECT pg_advisory_xact_lock(42)", prepare=True)
-                        got = cur.execute("SELECT max(version) FROM events WHERE aggregate_id = %s", (aid,),
-                                          prepare=True).fetchone()[0] or 0
+                        got = cur.execute("SELECT max(version) FROM events WHERE aggregate_id = %s",
+                                          (aid,), prepare=True).fetchone()[0] or 0
                         if got != version:
                             raise RuntimeError("concurrency error")
                         cur.execute(self.INS, self._row(aid, version + 1, i), prepare=True)
@@ -517,8 +525,8 @@ class RawPostgres:
         for start in range(0, n, batch):
             rows = [self._row(agg_id, j + 1, j) for j in range(start, min(start + batch, n))]
             with con.transaction():
-                got = cur.execute("SELECT max(version) FROM events WHERE aggregate_id = %s", (agg_id,),
-                                  prepare=True).fetchone()[0] or 0
+                got = cur.execute("SELECT max(version) FROM events WHERE aggregate_id = %s",
+                                  (agg_id,), prepare=True).fetchone()[0] or 0
                 if got != version:
                     raise RuntimeError("concurrency error")
                 cur.executemany(self.INS, rows)
@@ -548,8 +556,8 @@ class RawPostgres:
         cur.execute(SNAP_DDL)
         for version, rows, snap in _h_batches(agg_id, n, batch, every):
             with con.transaction():
-                got = cur.execute("SELECT max(version) FROM events WHERE aggregate_id = %s", (agg_id,),
-                                  prepare=True).fetchone()[0] or 0
+                got = cur.execute("SELECT max(version) FROM events WHERE aggregate_id = %s",
+                                  (agg_id,), prepare=True).fetchone()[0] or 0
                 if got != version:
                     raise RuntimeError("concurrency error")
                 cur.executemany(self.INS, rows)
@@ -561,8 +569,9 @@ class RawPostgres:
     def h(self, ci: str, agg_id: str, n: int, every: int, replays: int, snap_loads: int):
         """As RawSQLite.h, with prepared statements."""
         con = self.connect(ci)
-        after = ("SELECT id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, "
-                 "body::text FROM events WHERE aggregate_id = %s AND version >= %s ORDER BY version")
+        after = ("SELECT id, uuid, aggregate_id, type, version, created_at, correlation_id, "
+                 "causation_id, body::text FROM events WHERE aggregate_id = %s AND version >= %s "
+                 "ORDER BY version")
         snap_sql = SNAP_SELECT.format("%s")
 
         def full_load():
@@ -574,7 +583,8 @@ class RawPostgres:
 
         def snap_load():
             snap = con.execute(snap_sql, (agg_id,), prepare=True).fetchone()
-            return _h_fold_after_snapshot(snap, con.execute(after, (agg_id, snap[0]), prepare=True).fetchall())
+            return _h_fold_after_snapshot(
+                snap, con.execute(after, (agg_id, snap[0]), prepare=True).fetchall())
 
         try:
             return _h_loop(full_load, snap_load, n, replays, snap_loads)
@@ -593,8 +603,8 @@ class RawPostgres:
         con = self.connect(ci)
         name = "bench" + tag
         con.execute("INSERT INTO trackers VALUES (%s, 0) ON CONFLICT DO NOTHING", (name,))
-        sel = ("SELECT id, uuid, aggregate_id, type, version, created_at, correlation_id, causation_id, "
-               "body::text FROM events WHERE id > %s ORDER BY id LIMIT %s")
+        sel = ("SELECT id, uuid, aggregate_id, type, version, created_at, correlation_id, "
+               "causation_id, body::text FROM events WHERE id > %s ORDER BY id LIMIT %s")
         handled = 0
         t0 = time.perf_counter()
         pos = con.execute("SELECT position FROM trackers WHERE name = %s", (name,)).fetchone()[0]
@@ -608,7 +618,8 @@ class RawPostgres:
                 handled += 1
             pos = rows[-1][0]
             with con.transaction():
-                con.execute("UPDATE trackers SET position = %s WHERE name = %s", (pos, name), prepare=True)
+                con.execute("UPDATE trackers SET position = %s WHERE name = %s", (pos, name),
+                            prepare=True)
         dt = time.perf_counter() - t0
         con.close()
         return dt

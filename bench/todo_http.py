@@ -82,7 +82,8 @@ def _duration_ms(text: str) -> float:
 
 
 def parse_wrk(output: str) -> dict[str, Any]:
-    """requests/s, p50/p99 (ms), errors and (for the POST script) the 201s from ``wrk --latency`` output."""
+    """requests/s, p50/p99 (ms), errors and (for the POST script) the 201s from ``wrk --latency``
+    output."""
     out: dict[str, Any] = {}
     m = re.search(r"Requests/sec:\s+([0-9.]+)", output)
     out["req_per_s"] = float(m.group(1)) if m else None
@@ -110,9 +111,10 @@ class TodoServer:
         self.port = 0
 
     def __enter__(self) -> TodoServer:
-        cmd = [sys.executable, "-m", "examples.todo", "--port", "0", "--quiet", "--store", self.store,
-               "--mail-log", os.path.join(self.workdir, "mail.log")]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cmd = [sys.executable, "-m", "examples.todo", "--port", "0", "--quiet", "--store",
+               self.store, "--mail-log", os.path.join(self.workdir, "mail.log")]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         m = re.search(r"http://[^:]+:(\d+)/", line)
@@ -144,10 +146,12 @@ class TodoServer:
 
 
 def _seed(server: TodoServer, todos: int, timeout: float = 60.0) -> None:
-    """Add ``todos`` todos over one keep-alive connection, then wait until the projection lists them all."""
+    """Add ``todos`` todos over one keep-alive connection, then wait until the projection lists them
+    all."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    body = json.dumps({"title": "Seeded todo with a title of some length", "description": "A description.",
-                       "due_date": "2030-01-01", "stakeholder_email": "someone@example.com"})
+    body = json.dumps({"title": "Seeded todo with a title of some length",
+                       "description": "A description.", "due_date": "2030-01-01",
+                       "stakeholder_email": "someone@example.com"})
     for i in range(todos):
         conn.request("POST", f"/todo/seed-{i}", body)
         resp = conn.getresponse()
@@ -187,7 +191,8 @@ def _wrk(url: str, connections: int, seconds: float, script: str | None = None,
 
 @contextlib.contextmanager
 def postgres_database(conninfo: str):
-    """A new, empty database on the server of ``conninfo`` (a postgresql:// URL), dropped afterwards."""
+    """A new, empty database on the server of ``conninfo`` (a postgresql:// URL), dropped
+    afterwards."""
     import psycopg
 
     name = f"esbench_todo_{os.getpid()}_{time.monotonic_ns() % 10**9}"
@@ -200,11 +205,13 @@ def postgres_database(conninfo: str):
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def run(*, store: str | None = None, seconds: float = 3.0, connections: tuple[int, ...] = (1, 8, 32),
-        todos: int = 200, log=print) -> list[dict[str, Any]]:
+def run(*, store: str | None = None, seconds: float = 3.0,
+        connections: tuple[int, ...] = (1, 8, 32), todos: int = 200,
+        log=print) -> list[dict[str, Any]]:
     """Every point (``get`` and ``add`` at each number of connections) as a dict; [] without wrk."""
     if wrk_path() is None:
-        log("todo_http: wrk is not installed (apt-get install wrk); the todo app's HTTP workload is skipped")
+        log("todo_http: wrk is not installed (apt-get install wrk); the todo app's HTTP workload "
+            "is skipped")
         return []
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="esbench-todo-") as workdir:
@@ -236,7 +243,8 @@ def _line(r: dict[str, Any]) -> str:
         text += f"  non-2xx {r['non_2xx']}  socket errors {r['socket_errors']}"
     if r["kind"] == "add":
         extra = r["events"] - (r["created"] or 0)
-        text += f"  201s {r['created']}, events stored {r['events']} (+{extra} in flight at the end)"
+        text += (f"  201s {r['created']}, events stored {r['events']} (+{extra} in flight at the "
+                 "end)")
         if not 0 <= extra <= r["connections"]:
             text += "  MISMATCH"
     return text
@@ -247,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=3.0, help="per point (default: %(default)s)")
     p.add_argument("--connections", default="1,8,32", help="comma-separated (default: %(default)s)")
-    p.add_argument("--todos", type=int, default=200, help="todos listed by each GET (default: %(default)s)")
+    p.add_argument("--todos", type=int, default=200,
+                   help="todos listed by each GET (default: %(default)s)")
     p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
                    help="a fresh SQLite file, or a fresh database on $EVENTSOURCERY_TEST_POSTGRES")
     p.add_argument("--json", default=None, help="write the results here")

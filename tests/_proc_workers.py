@@ -42,7 +42,8 @@ def writer(path, worker, commands, aggregate_ids, start, out_q):
             for _attempt in range(MAX_ATTEMPTS):
                 counter = repo.load(Counter, agg_id)
                 if counter.count != counter.version:
-                    raise AssertionError(f"loaded {counter.count} increments at version {counter.version}")
+                    raise AssertionError(f"loaded {counter.count} increments at version "
+                                         f"{counter.version}")
                 counter.increment(worker, seq)
                 try:
                     repo.save(counter)

@@ -48,7 +48,8 @@ def assert_same_value(actual, expected, where="value"):
             assert_same_value(actual[k], expected[k], f"{where}[{k!r}]")
     elif dataclasses.is_dataclass(expected) and not isinstance(expected, type):
         for f in dataclasses.fields(expected):
-            assert_same_value(getattr(actual, f.name), getattr(expected, f.name), f"{where}.{f.name}")
+            assert_same_value(getattr(actual, f.name), getattr(expected, f.name),
+                              f"{where}.{f.name}")
     else:
         assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
@@ -118,15 +119,16 @@ PROCESS_DEADLINE = 120.0  # seconds; reached only when a worker process hangs
 
 
 def collect(out_q, n, procs, timeout=PROCESS_DEADLINE) -> list:
-    """n reports from worker processes; a worker's error report fails the test with its traceback."""
+    """n reports from worker processes; a worker's error report fails the test with its
+    traceback."""
     reports: list = []
     while len(reports) < n:
         try:
             msg = out_q.get(timeout=timeout)
         except queue.Empty:
             alive = [p.pid for p in procs if p.is_alive()]
-            pytest.fail(f"only {len(reports)} of {n} reports arrived; still alive: {alive}; exit codes: "
-                        f"{[p.exitcode for p in procs]}")
+            pytest.fail(f"only {len(reports)} of {n} reports arrived; still alive: {alive}; exit "
+                        f"codes: {[p.exitcode for p in procs]}")
         if msg[0] == "error":
             pytest.fail(f"worker {msg[1]} failed:\n{msg[2]}")
         reports.append(msg)
@@ -134,7 +136,8 @@ def collect(out_q, n, procs, timeout=PROCESS_DEADLINE) -> list:
 
 
 def join_all(procs, timeout=PROCESS_DEADLINE) -> list:
-    """Join worker processes, killing any still alive after ``timeout``; returns their exit codes."""
+    """Join worker processes, killing any still alive after ``timeout``; returns their exit
+    codes."""
     for p in procs:
         p.join(timeout)
     for p in procs:

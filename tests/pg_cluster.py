@@ -45,13 +45,15 @@ import time
 
 import pytest
 
-#: Seconds any one wait may take (pg_ctl -t, process exits, connections); reached only when something hangs.
+#: Seconds any one wait may take (pg_ctl -t, process exits, connections); reached only when
+#: something hangs.
 TIMEOUT = 30
 BINDIR_ENV = "EVENTSOURCERY_PG_BINDIR"
 SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 SHARED_PORT = 5432  # the shared server's port: never ours
 DIR_PREFIX = "es-pgcluster-"
-OWNER_FILE = "owner.pid"  # "PID start-time" of the process that made the cluster, for sweep_stale_clusters
+# "PID start-time" of the process that made the cluster, for sweep_stale_clusters
+OWNER_FILE = "owner.pid"
 
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
@@ -60,7 +62,7 @@ class ClusterError(RuntimeError):
     """A server program failed; the message holds its output and the end of the server log."""
 
 
-# --- finding the binaries ---------------------------------------------------------------------------
+# --- finding the binaries -------------------------------------------------------------------------
 
 
 def _has_programs(bindir: pathlib.Path) -> bool:
@@ -73,7 +75,8 @@ def _version_key(bindir: pathlib.Path) -> tuple:
 
 
 def in_ci() -> bool:
-    """CI=true (as tests/pg_support.py reads it, but at call time): then a missing server fails, not skips."""
+    """CI=true (as tests/pg_support.py reads it, but at call time): then a missing server fails, not
+    skips."""
     return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
@@ -85,7 +88,8 @@ def find_bindir(pattern: str = "/usr/lib/postgresql/*/bin") -> pathlib.Path | No
     if override:
         path = pathlib.Path(override)
         if not _has_programs(path):
-            raise ClusterError(f"${BINDIR_ENV}={override} does not hold all of {', '.join(SERVER_PROGRAMS)}")
+            raise ClusterError(f"${BINDIR_ENV}={override} does not hold all of "
+                               f"{', '.join(SERVER_PROGRAMS)}")
         return path
     candidates = [pathlib.Path(p) for p in glob.glob(pattern)]
     candidates = sorted((p for p in candidates if _has_programs(p)), key=_version_key)
@@ -122,7 +126,7 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
 
 
-# --- processes ----------------------------------------------------------------------------------------
+# --- processes ------------------------------------------------------------------------------------
 
 
 def _pids_in(directory: str) -> list[int]:
@@ -183,7 +187,8 @@ def _adopting():
             raise OSError(ctypes.get_errno(), "prctl")
         if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl")
-    except (OSError, AttributeError):  # not Linux: crash() falls back to removing a stale postmaster.pid
+    # not Linux: crash() falls back to removing a stale postmaster.pid
+    except (OSError, AttributeError):
         yield
         return
     try:
@@ -218,7 +223,8 @@ def _kill_dir_processes(data_dir: str, timeout: float = TIMEOUT) -> None:
 
 def sweep_stale_clusters(base_dir: str | os.PathLike | None = None) -> list[pathlib.Path]:
     """Kill the servers of, and remove, cluster directories whose owning process is gone (a test run
-    killed by SIGKILL or SIGTERM never ran its cleanup). Clusters of live processes are left alone."""
+    killed by SIGKILL or SIGTERM never ran its cleanup). Clusters of live processes are left
+    alone."""
     removed = []
     for directory in pathlib.Path(base_dir or tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
         try:
@@ -235,18 +241,19 @@ def sweep_stale_clusters(base_dir: str | os.PathLike | None = None) -> list[path
     return removed
 
 
-# --- the cluster -------------------------------------------------------------------------------------
+# --- the cluster ----------------------------------------------------------------------------------
 
 
 class PrivateCluster:
-    """A throwaway PostgreSQL server in a temp directory, on 127.0.0.1:<free port> (a context manager).
+    """A throwaway PostgreSQL server in a temp directory, on 127.0.0.1:<free port> (a context
+    manager).
 
     ``url`` is its ``test`` database (created at start), ``admin_url`` its
     ``postgres`` database; user ``postgres``, trust auth, no password.
     """
 
-    def __init__(self, bindir: str | os.PathLike | None = None, *, base_dir: str | os.PathLike | None = None,
-                 settings: dict[str, object] | None = None, database: str = "test"):
+    def __init__(self, bindir: str | os.PathLike | None = None, *, base_dir: str | os.PathLike
+                 | None = None, settings: dict[str, object] | None = None, database: str = "test"):
         found = pathlib.Path(bindir) if bindir is not None else find_bindir()
         if found is None:
             raise ClusterError("no PostgreSQL server binaries found (see find_bindir)")
@@ -301,10 +308,12 @@ class PrivateCluster:
                     raise
         from psycopg import sql
 
-        self.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)), dbname="postgres")
+        self.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)),
+                     dbname="postgres")
 
     def close(self) -> None:
-        """Stop the server (immediate; kill -9 if that fails) and remove the directory. Idempotent."""
+        """Stop the server (immediate; kill -9 if that fails) and remove the directory.
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -318,7 +327,8 @@ class PrivateCluster:
                 except Exception:
                     self._kill_all()
         finally:
-            with contextlib.suppress(Exception):  # whatever is left, with or without a postmaster.pid
+            # whatever is left, with or without a postmaster.pid
+            with contextlib.suppress(Exception):
                 _kill_dir_processes(os.path.realpath(self.data_dir), timeout=5)
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -379,18 +389,20 @@ class PrivateCluster:
             self._kill_all()
         t0 = time.monotonic()
         with _adopting():
-            self._run([self._bin("pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_path),
-                       "-w", "-t", str(TIMEOUT), "-s"])
+            self._run([self._bin("pg_ctl"), "start", "-D", str(self.data_dir), "-l",
+                       str(self.log_path), "-w", "-t", str(TIMEOUT), "-s"])
         self.timings.append(("start", time.monotonic() - t0))
 
     def stop(self, mode: str = "fast") -> None:
-        """pg_ctl stop -m fast|smart|immediate -w (bounded). "immediate" skips the shutdown checkpoint,
-        so the next start runs crash recovery; "fast" disconnects clients and shuts down cleanly."""
+        """pg_ctl stop -m fast|smart|immediate -w (bounded). "immediate" skips the shutdown
+        checkpoint, so the next start runs crash recovery; "fast" disconnects clients and shuts down
+        cleanly."""
         if mode not in ("smart", "fast", "immediate"):
             raise ValueError(f"mode must be 'smart', 'fast' or 'immediate', not {mode!r}")
         pid = self.pid
         t0 = time.monotonic()
-        self._run([self._bin("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", str(TIMEOUT), "-s"])
+        self._run([self._bin("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t",
+                   str(TIMEOUT), "-s"])
         if pid is not None:
             _reap(pid)
         self.timings.append((f"stop {mode}", time.monotonic() - t0))
@@ -423,7 +435,8 @@ class PrivateCluster:
         return psycopg.connect(self.url_for(dbname or self.database), **kwargs)
 
     def execute(self, sql, params=None, *, dbname: str | None = None) -> list[tuple]:
-        """Run one statement (with %s params) in autocommit; its rows, or [] when it returns none."""
+        """Run one statement (with %s params) in autocommit; its rows, or [] when it returns
+        none."""
         with self.connect(dbname, autocommit=True) as conn:
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description is not None else []
@@ -441,7 +454,8 @@ class PrivateCluster:
                     break
         return out
 
-    def terminate_backends(self, application_name_like: str | None = None, *, dbname: str | None = None) -> list[int]:
+    def terminate_backends(self, application_name_like: str | None = None, *,
+                           dbname: str | None = None) -> list[int]:
         """pg_terminate_backend of every other client session (those whose application_name is
         LIKE the pattern, when given; in ``dbname`` only, when given), waiting (bounded) until they
         have exited. Returns their PIDs."""
@@ -459,12 +473,15 @@ class PrivateCluster:
             if not pids:
                 return []
             if conn.info.server_version >= 140000:  # waits for the exit itself
-                rows = conn.execute("SELECT pid FROM unnest(%s::int[]) AS pid "
-                                    "WHERE NOT pg_terminate_backend(pid, %s)", (pids, TIMEOUT * 1000)).fetchall()
+                rows = conn.execute("SELECT pid FROM unnest(%s::int[]) AS pid WHERE NOT "
+                                    "pg_terminate_backend(pid, %s)",
+                                    (pids, TIMEOUT * 1000)).fetchall()
                 stuck = [pid for (pid,) in rows
-                         if conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()]
+                         if conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                         (pid,)).fetchone()]
             else:
-                conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+                conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid",
+                             (pids,))
                 deadline = time.monotonic() + TIMEOUT
                 while True:
                     stuck = [r[0] for r in conn.execute(
@@ -473,7 +490,8 @@ class PrivateCluster:
                         break
                     time.sleep(0.01)
             if stuck:
-                raise ClusterError(f"backends {stuck} did not exit within {TIMEOUT} s of pg_terminate_backend")
+                raise ClusterError(f"backends {stuck} did not exit within {TIMEOUT} s of "
+                                   "pg_terminate_backend")
         return pids
 
     def set_database_setting(self, name: str, value: object, *, dbname: str | None = None) -> None:
@@ -486,7 +504,8 @@ class PrivateCluster:
         if value is None:
             stmt = sql.SQL("ALTER DATABASE {} RESET {}").format(target, setting)
         else:
-            stmt = sql.SQL("ALTER DATABASE {} SET {} = {}").format(target, setting, sql.Literal(value))
+            stmt = sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                target, setting, sql.Literal(value))
         self.execute(stmt, dbname="postgres")
 
     # --- internals
@@ -496,7 +515,8 @@ class PrivateCluster:
 
     @staticmethod
     def _server_user():
-        """None to run the server programs as ourselves; (name, uid, gid, home) of ``postgres`` as root."""
+        """None to run the server programs as ourselves; (name, uid, gid, home) of ``postgres`` as
+        root."""
         if os.geteuid() != 0:
             return None
         import pwd
@@ -504,8 +524,8 @@ class PrivateCluster:
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
-            raise ClusterError("running as root, and initdb/postgres refuse root, but there is no 'postgres' "
-                               "OS user to run them as (useradd --system postgres)")
+            raise ClusterError("running as root, and initdb/postgres refuse root, but there is no "
+                               "'postgres' OS user to run them as (useradd --system postgres)")
         return pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir
 
     def _run(self, argv: list[str], timeout: float = TIMEOUT + 15) -> None:
@@ -519,10 +539,11 @@ class PrivateCluster:
             proc = subprocess.run(argv, cwd=self.directory, env=env, stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=timeout, **kwargs)
         except subprocess.TimeoutExpired as exc:
-            raise ClusterError(f"{' '.join(argv)} took over {timeout} s\n--- server log:\n{self._log_tail()}") from exc
+            raise ClusterError(f"{' '.join(argv)} took over {timeout} s\n--- server log:\n"
+                               f"{self._log_tail()}") from exc
         if proc.returncode != 0:
-            raise ClusterError(f"{' '.join(argv)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}"
-                               f"--- server log:\n{self._log_tail()}")
+            raise ClusterError(f"{' '.join(argv)} exited {proc.returncode}\n"
+                               f"{proc.stdout}{proc.stderr}--- server log:\n{self._log_tail()}")
 
     def _log_tail(self, lines: int = 30) -> str:
         if self.directory is None:
@@ -547,7 +568,8 @@ class PrivateCluster:
             return "'" + str(value).replace("'", "''") + "'"
 
         text = "".join(f"{key} = {literal(value)}\n" for key, value in settings.items())
-        # the last assignment wins: a file of our own, included last, may be rewritten on a port retry
+        # the last assignment wins: a file of our own, included last, may be rewritten on a port
+        # retry
         self.data_dir.joinpath("private_cluster.conf").write_text(text)
         conf = self.data_dir / "postgresql.conf"
         include = "include = 'private_cluster.conf'\n"
@@ -556,9 +578,10 @@ class PrivateCluster:
                 f.write("\n" + include)
 
     def _kill_all(self) -> None:
-        """SIGKILL the postmaster, then every process left in the data directory; wait (bounded) until
-        all are gone. The postmaster goes first so that it cannot react (restart children). Being
-        the subreaper meanwhile, we collect the orphans too instead of leaving zombies to PID 1."""
+        """SIGKILL the postmaster, then every process left in the data directory; wait (bounded)
+        until all are gone. The postmaster goes first so that it cannot react (restart children).
+        Being the subreaper meanwhile, we collect the orphans too instead of leaving zombies to PID
+        1."""
         data = os.path.realpath(self.data_dir)
         pid = self.pid
         seen = set(_pids_in(data))  # before the kill: a child may exit before a later look finds it
@@ -571,9 +594,11 @@ class PrivateCluster:
         if pid is not None:
             _reap(pid)
             if os.path.exists(f"/proc/{pid}"):
-                # a zombie we cannot reap (not our child: _adopting did not work here), whose PID postgres
-                # would take for a running postmaster: remove its stale lock files, as postgres would
-                for lock in [self.data_dir / "postmaster.pid", *self.socket_dir.glob(".s.PGSQL.*.lock")]:
+                # a zombie we cannot reap (not our child: _adopting did not work here), whose PID
+                # postgres would take for a running postmaster: remove its stale lock files, as
+                # postgres would
+                for lock in [self.data_dir / "postmaster.pid",
+                             *self.socket_dir.glob(".s.PGSQL.*.lock")]:
                     with contextlib.suppress(OSError):
                         if lock.read_text().split("\n", 1)[0].strip() == str(pid):
                             lock.unlink()
@@ -581,8 +606,9 @@ class PrivateCluster:
 
 @pytest.fixture(scope="module")
 def private_cluster():
-    """One PrivateCluster per test module (skips without PostgreSQL server binaries; fails then when CI=true).
-    Tests may stop or crash it; call ``ensure_running()`` first when a previous test may have left it stopped."""
+    """One PrivateCluster per test module (skips without PostgreSQL server binaries; fails then when
+    CI=true). Tests may stop or crash it; call ``ensure_running()`` first when a previous test may
+    have left it stopped."""
     bindir = require_server_binaries()
     with PrivateCluster(bindir) as cluster:
         yield cluster

@@ -1,4 +1,5 @@
-"""Postgres plumbing for the tests: where the server is, fresh schemas, and skipping (not a test module).
+"""Postgres plumbing for the tests: where the server is, fresh schemas, and skipping (not a test
+module).
 
 The server is ``$EVENTSOURCERY_TEST_POSTGRES`` or
 ``postgresql://postgres@127.0.0.1:5432/test``. When it is unreachable the
@@ -62,8 +63,8 @@ def require_postgres() -> str:
 def new_schema() -> str:
     """A schema name no other store, test or run uses (the schema is created by the store)."""
     require_postgres()
-    # the pid as of now: a forked child inherits _RUN and the counter, and must not reuse (nor, at its
-    # exit, drop) a name its parent is about to use
+    # the pid as of now: a forked child inherits _RUN and the counter, and must not reuse (nor, at
+    # its exit, drop) a name its parent is about to use
     name = f"{_RUN}_{os.getpid()}_{next(_counter)}"
     _created.append((os.getpid(), name))
     return name
@@ -123,7 +124,7 @@ def store_url(schema: str) -> str:
     return f"postgresql://{netloc}/{dbname}?" + urlencode({**params, "schema": schema})
 
 
-# --- worker processes (module level, so "spawn" can import them); they report, never assert ---------
+# --- worker processes (module level, so "spawn" can import them); they report, never assert -------
 
 
 class Counter(es.Aggregate):
@@ -135,7 +136,8 @@ class Counter(es.Aggregate):
 
 
 def writer(conninfo, schema, worker, commands, aggregate_ids, start, out_q):
-    """Commands on shared aggregates (load, apply, save, retry on conflict), and batches to its own aggregate."""
+    """Commands on shared aggregates (load, apply, save, retry on conflict), and batches to its own
+    aggregate."""
     import eventsourcery_pg as es_pg
 
     try:
@@ -172,7 +174,8 @@ def writer(conninfo, schema, worker, commands, aggregate_ids, start, out_q):
 
 
 def first_writer(conninfo, schema, worker, aggregate_ids, barrier, out_q, lock_writes=True):
-    """For each aggregate: wait for everyone, then try to write its first event with expected_version=0."""
+    """For each aggregate: wait for everyone, then try to write its first event with
+    expected_version=0."""
     import eventsourcery_pg as es_pg
 
     try:
@@ -184,7 +187,8 @@ def first_writer(conninfo, schema, worker, aggregate_ids, barrier, out_q, lock_w
                 store.sink(RaceStarted(aggregate_id=agg_id, worker=worker), expected_version=0)
                 results.append("won")
             except es.ConcurrencyError as exc:
-                results.append("conflict" if type(exc) is es.ConcurrencyError else f"error: {exc!r}")
+                results.append("conflict" if type(exc) is es.ConcurrencyError
+                               else f"error: {exc!r}")
             except Exception as exc:  # a raw database error is what this test guards against
                 results.append(f"error: {exc!r}")
         store.close()
@@ -206,7 +210,7 @@ def open_store_at_once(conninfo, schema, barrier, out_q):
         out_q.put(("error", os.getpid(), traceback.format_exc()))
 
 
-# --- the kill -9 runner tests (tests/test_runner.py) on Postgres -------------------------------------
+# --- the kill -9 runner tests (tests/test_runner.py) on Postgres ----------------------------------
 
 try:
     import eventsourcery_pg as _es_pg
@@ -250,13 +254,14 @@ if _es_pg is not None:
 
         @es.on()
         def _count(self, event):
-            self.db.execute("INSERT INTO counts (aggregate_id, n) VALUES (%s, 1) "
-                            "ON CONFLICT (aggregate_id) DO UPDATE SET n = counts.n + 1", (event.aggregate_id,))
+            self.db.execute("INSERT INTO counts (aggregate_id, n) VALUES (%s, 1) ON CONFLICT "
+                            "(aggregate_id) DO UPDATE SET n = counts.n + 1", (event.aggregate_id,))
             self.db.execute("INSERT INTO seen (event_id) VALUES (%s)", (event.id,))
 
 
 def _query(location: str, sql: str, params=()):
-    """Rows of ``sql`` (``{s}`` = the location's schema), through a new connection: committed data only."""
+    """Rows of ``sql`` (``{s}`` = the location's schema), through a new connection: committed data
+    only."""
     import psycopg
 
     conninfo, schema = _es_pg.split_schema(location)
@@ -269,7 +274,8 @@ def projection_of(location: str) -> dict:
     name = CountingProjector.processor_name
     counts = dict(_query(location, "SELECT aggregate_id, n FROM {s}.counts ORDER BY aggregate_id"))
     seen = [r[0] for r in _query(location, "SELECT event_id FROM {s}.seen ORDER BY seq")]
-    rows = _query(location, "SELECT position FROM {s}.eventsourcery_trackers WHERE name = %s", (name,))
+    rows = _query(location, "SELECT position FROM {s}.eventsourcery_trackers WHERE name = %s",
+                  (name,))
     return {"counts": counts, "seen": seen, "position": rows[0][0] if rows else 0}
 
 

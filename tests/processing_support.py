@@ -22,7 +22,7 @@ import traceback
 
 import eventsourcery as es
 
-# --- events ----------------------------------------------------------------------------------------
+# --- events ---------------------------------------------------------------------------------------
 
 
 class Tick(es.Event, type="proctest.tick"):
@@ -48,7 +48,7 @@ class Slow(es.Event, type="proctest.slow"):
 EVENT_KINDS = {"tick": Tick, "ping": Ping}
 
 
-# --- files written by children ---------------------------------------------------------------------
+# --- files written by children --------------------------------------------------------------------
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -80,11 +80,12 @@ def read_pid(path: str) -> int | None:
     return int(text) if text else None
 
 
-# --- processors ------------------------------------------------------------------------------------
+# --- processors -----------------------------------------------------------------------------------
 
 
 class Instrumented:
-    """Mixin: ``setup()`` (called by subscribe_to once the lock is held) writes ``<name>.pid`` in ``workdir``."""
+    """Mixin: ``setup()`` (called by subscribe_to once the lock is held) writes ``<name>.pid`` in
+    ``workdir``."""
 
     workdir: str | None = None
     error_handler_name: str | None = None
@@ -93,12 +94,14 @@ class Instrumented:
         if self.workdir:
             name = self.processor_name  # type: ignore[attr-defined]
             write_atomically(os.path.join(self.workdir, f"{name}.pid"), str(os.getpid()))
-            append_json_line(os.path.join(self.workdir, f"{name}.starts.jsonl"), {"pid": os.getpid()})
+            append_json_line(os.path.join(self.workdir, f"{name}.starts.jsonl"),
+                             {"pid": os.getpid()})
 
     def _marker(self, suffix: str) -> None:
         if self.workdir:
             name = self.processor_name  # type: ignore[attr-defined]
-            append_json_line(os.path.join(self.workdir, f"{name}.{suffix}.jsonl"), {"pid": os.getpid()})
+            append_json_line(os.path.join(self.workdir, f"{name}.{suffix}.jsonl"),
+                             {"pid": os.getpid()})
 
 
 class CountingProjector(Instrumented, es.Projector):
@@ -140,7 +143,8 @@ class OtherCounter(CountingProjector):
 
 
 def projection_of(db_path: str) -> dict:
-    """The counting projection and its position, read through a new connection (committed data only)."""
+    """The counting projection and its position, read through a new connection (committed data
+    only)."""
     import sqlite3
 
     if db_path.startswith("postgresql://"):  # the Postgres runs of test_runner.py
@@ -218,7 +222,7 @@ class LockHolder(Instrumented, es.EventStreamProcessor):
         pass
 
 
-# --- child configuration (ESPRunner after_fork) ----------------------------------------------------
+# --- child configuration (ESPRunner after_fork) ---------------------------------------------------
 
 ERROR_HANDLERS = {
     None: None,
@@ -240,7 +244,8 @@ def _record_critical(path, exc, processor_name):
 
 
 def configure_child(processor) -> None:
-    """after_fork: log to ``<workdir>/<name>.log``, record errors and critical errors, pick the error handler."""
+    """after_fork: log to ``<workdir>/<name>.log``, record errors and critical errors, pick the
+    error handler."""
     workdir = processor.workdir
     name = processor.processor_name
     logger = logging.getLogger("eventsourcery")
@@ -250,9 +255,11 @@ def configure_child(processor) -> None:
     logger.setLevel(logging.INFO)
     options = {
         "logger": logger,
-        "on_event_processor_error": functools.partial(_record_error, os.path.join(workdir, "errors.jsonl")),
+        "on_event_processor_error": functools.partial(_record_error,
+                                                      os.path.join(workdir, "errors.jsonl")),
         "on_event_processor_critical_error": functools.partial(_record_critical,
-                                                               os.path.join(workdir, "critical.jsonl")),
+                                                               os.path.join(
+                                                                   workdir, "critical.jsonl")),
     }
     factory = ERROR_HANDLERS[processor.error_handler_name]
     if factory is not None:
@@ -260,12 +267,13 @@ def configure_child(processor) -> None:
     es.configure(**options)
 
 
-# --- other processes -------------------------------------------------------------------------------
+# --- other processes ------------------------------------------------------------------------------
 
 
-def append_events(store_path: str, kind: str, total: int, n_aggregates: int, seed: int, done_path: str,
-                  pause: float = 0.0) -> None:
-    """Append ``total`` events in batches of random sizes to random aggregates; then write ``done_path``."""
+def append_events(store_path: str, kind: str, total: int, n_aggregates: int, seed: int,
+                  done_path: str, pause: float = 0.0) -> None:
+    """Append ``total`` events in batches of random sizes to random aggregates; then write
+    ``done_path``."""
     try:
         cls = EVENT_KINDS[kind]
         rng = random.Random(seed)
@@ -287,14 +295,15 @@ def append_events(store_path: str, kind: str, total: int, n_aggregates: int, see
         raise
 
 
-#: how hold_lock() holds a processor's lock: the store's lock() alone, or a LockHolder's subscribe_to()
-#: with its position in the store's tracker or in memory (the lock is the store's either way)
+#: how hold_lock() holds a processor's lock: the store's lock() alone, or a LockHolder's
+#: subscribe_to() with its position in the store's tracker or in memory (the lock is the store's
+#: either way)
 HOLD_LOCK_WAYS = ("lock", "store_tracker", "memory_tracker")
 
 
 def hold_lock(store_url: str, name: str, workdir: str, how: str = "lock") -> None:
-    """Hold processor ``name``'s lock on the store at ``store_url`` (an SQLite path or a postgresql://
-    URL) until killed; ``<workdir>/<name>.pid`` is written once the lock is held."""
+    """Hold processor ``name``'s lock on the store at ``store_url`` (an SQLite path or a
+    postgresql:// URL) until killed; ``<workdir>/<name>.pid`` is written once the lock is held."""
     store = es.open_store(store_url)
     if how == "lock":
         with store.lock(name):
@@ -305,7 +314,8 @@ def hold_lock(store_url: str, name: str, workdir: str, how: str = "lock") -> Non
         raise ValueError(how)
     holder_class = type("NamedLockHolder", (LockHolder,), {"processor_name": name})
     holder = holder_class(tracker=store.tracker() if how == "store_tracker" else None)
-    holder.workdir = workdir  # its setup(), run once subscribe_to holds the lock, writes the pid file
+    # its setup(), run once subscribe_to holds the lock, writes the pid file
+    holder.workdir = workdir
     holder.subscribe_to(store)
 
 
@@ -324,12 +334,14 @@ def build_processor(spec: dict, store):
                                                     batch_size=spec.get("batch_size"),
                                                     error_handler_name=spec.get("error_handler"))
     if kind == "ping_reactor":
-        return PingReactor(store, workdir=spec["workdir"], error_handler_name=spec.get("error_handler"))
+        return PingReactor(store, workdir=spec["workdir"],
+                           error_handler_name=spec.get("error_handler"))
     raise ValueError(kind)
 
 
 def runner_main(spec_path: str) -> None:
-    """Entry point of a runner subprocess: ``python -c 'from tests.processing_support import runner_main; ...'``.
+    """Entry point of a runner subprocess: ``python -c 'from tests.processing_support import
+    runner_main; ...'``.
 
     Runs ESPRunner as described by the JSON spec, records every child's end in
     ``terminations.jsonl`` and the result in ``runner.json``; exits 0 when
@@ -343,7 +355,8 @@ def runner_main(spec_path: str) -> None:
 
     def after_termination(processor, runner, status):
         append_json_line(os.path.join(workdir, "terminations.jsonl"),
-                         {"name": processor.processor_name, "status": status, "at": time.monotonic()})
+                         {"name": processor.processor_name, "status": status,
+                          "at": time.monotonic()})
 
     options = {}
     if spec.get("restart"):
@@ -353,18 +366,21 @@ def runner_main(spec_path: str) -> None:
         options.update(restart=False)
     runner = es.ESPRunner(processors, store,
                           max_seconds_for_processes_to_terminate=spec["max_seconds"],
-                          after_fork=configure_child, after_subprocess_termination=after_termination,
+                          after_fork=configure_child,
+                          after_subprocess_termination=after_termination,
                           start_method=spec["start_method"], **options)
     write_atomically(os.path.join(workdir, "runner.pid"), str(os.getpid()))
     ok = runner.start()
     write_atomically(os.path.join(workdir, "runner.json"),
-                     json.dumps({"ok": ok, "exit_statuses": runner.exit_statuses, "ended": time.monotonic()}))
+                     json.dumps({"ok": ok, "exit_statuses": runner.exit_statuses,
+                                 "ended": time.monotonic()}))
     sys.stdout.flush()
     sys.exit(0 if ok is True else 3)
 
 
 def early_shutdown_main(store_path: str, workdir: str, start_method: str) -> None:
-    """In a fresh interpreter: an ESPRunner whose shutdown() was called before start(); prints the result.
+    """In a fresh interpreter: an ESPRunner whose shutdown() was called before start(); prints the
+    result.
 
     With "fork", every forked child first sleeps 0.5 s in an at-fork hook, before any of ESPRunner's
     code runs in it, so that the runner's TERM arrives in that window.

@@ -85,7 +85,8 @@ def test_history_may_be_any_iterable():
 
 def test_several_handlers_per_type_run_in_definition_order():
     o = Ordered("o1", [Type1(aggregate_id="o1"), Type2(aggregate_id="o1")])
-    assert o.calls == [("first", "type1"), ("second", "type1"), ("third", "type1"), ("second", "type2")]
+    assert o.calls == [("first", "type1"), ("second", "type1"), ("third", "type1"),
+                       ("second", "type2")]
     assert o.version == 2
 
 
@@ -161,7 +162,8 @@ def test_on_unknown_event_is_configurable():
     calls = []
     saved = es.config.on_unknown_event
     try:
-        es.configure(on_unknown_event=lambda event, aggregate: calls.append((event.type, aggregate)))
+        es.configure(
+            on_unknown_event=lambda event, aggregate: calls.append((event.type, aggregate)))
         b = Basket("b1", [UserSignedUp(aggregate_id="b1"), added("b1", "x")])
         assert [c[0] for c in calls] == ["user_signed_up"]
         assert calls[0][1] is b
@@ -287,7 +289,8 @@ def test_stale_save_raises_concurrency_error_and_writes_nothing(store):
     retry = repo.load(Basket, agg)
     retry.add("from second")
     repo.save(retry)
-    assert [e.title for e in store.get_events_for_aggregate_id(agg)] == ["from first", "from second"]
+    assert ([e.title for e in store.get_events_for_aggregate_id(agg)]
+            == ["from first", "from second"])
 
 
 def test_stale_save_of_an_existing_aggregate(store):
@@ -359,7 +362,8 @@ def test_one_conflict_in_a_save_of_several_writes_nothing_and_keeps_every_change
         repo.save(ok, contended)
     assert store.get_events_for_aggregate_id(ok_id) == []
     assert store.latest_event_id() == 2
-    assert [e.title for e in ok.changes] == ["apple"] and [e.title for e in contended.changes] == ["pear"]
+    assert ([e.title for e in ok.changes] == ["apple"]
+            and [e.title for e in contended.changes] == ["pear"])
     repo.save(ok)  # the one without a conflict can still be saved on its own
     assert [e.title for e in store.get_events_for_aggregate_id(ok_id)] == ["apple"]
 

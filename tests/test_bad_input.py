@@ -152,7 +152,8 @@ def test_corrupt_row_is_a_corrupt_event_error_naming_its_id(twelve_events, colum
     path, agg = twelve_events
     spoil(path, f"UPDATE events SET {column} = ? WHERE id = 11", (value,))
     with es.SQLiteEventStore(path) as s:
-        assert [e.id for e in s.get_next_from(1, limit=10)] == list(range(1, 11))  # the good rows still read
+        # the good rows still read
+        assert [e.id for e in s.get_next_from(1, limit=10)] == list(range(1, 11))
         for read in (
             lambda: s.get_next_from(1),
             lambda: s.get_next_from(11),
@@ -218,7 +219,8 @@ def test_not_an_event(store):
     with pytest.raises((TypeError, es.InvalidEventError)):
         store.sink({"type": "item_added", "aggregate_id": new_id()})  # type: ignore[arg-type]
     with pytest.raises((TypeError, es.InvalidEventError)):
-        store.sink([ItemAdded(aggregate_id="a", title="t"), "not an event"])  # type: ignore[list-item]
+        store.sink([ItemAdded(aggregate_id="a", title="t"),
+                    "not an event"])  # type: ignore[list-item]
     assert store.latest_event_id() == 0
 
 

@@ -166,7 +166,8 @@ def test_the_stores_agree_on_a_naive_created_at(one_event):
     ("created_at", "2030-01-01T00:00:00", "time zone"),
     ("body", "[1, 2]", "not an object"),
 ])
-def test_a_row_written_by_other_means_with_a_naive_time_or_a_non_object_body_is_corrupt(tmp_path, column, value, why):
+def test_a_row_written_by_other_means_with_a_naive_time_or_a_non_object_body_is_corrupt(
+        tmp_path, column, value, why):
     """SQLite only: the other stores cannot hold such a row (Postgres keeps timestamptz)."""
     store = es.SQLiteEventStore(tmp_path / "events.db")
     store.sink(item("agg-1"))

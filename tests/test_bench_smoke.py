@@ -22,11 +22,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 HAVE_PEER = importlib.util.find_spec("eventsourcing") is not None
 
 
-def run_quick_bench(tmp_path, *args: str, timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
-    """``python -m bench --quick ARGS`` (``--no-peer`` when eventsourcing is missing), which must exit 0;
-    returns the process and the JSON it wrote."""
+def run_quick_bench(tmp_path, *args: str,
+                    timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    """``python -m bench --quick ARGS`` (``--no-peer`` when eventsourcing is missing), which must
+    exit 0; returns the process and the JSON it wrote."""
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "bench", "--quick", *args, "--json", str(out), "--tmpdir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "bench", "--quick", *args, "--json", str(out), "--tmpdir",
+           str(tmp_path)]
     if not HAVE_PEER:
         cmd.append("--no-peer")
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -80,19 +82,22 @@ def test_bench_quick_h_snapshot_vs_replay_rows(tmp_path, backend):
 
     rows = [r for r in doc["results"] if r["workload"] == "h" and r["backend"] == backend]
     expected = {"eventsourcery", "raw"} | ({"eventsourcing"} if HAVE_PEER else set())
-    assert {(r["system"], r["variant"]) for r in rows} == {(s, v) for s in expected for v in ("replay", "snap")}
+    assert {(r["system"], r["variant"]) for r in rows} == {(s, v) for s in expected
+                                                           for v in ("replay", "snap")}
     for r in rows:
         assert r["events"] == n
         assert r["runs"] == len(r["runs_s"]) >= 1 and r["median_ms"] > 0 and r["loads_per_run"] >= 1
         assert "vs_eventsourcing" in r and "vs_raw" in r
         if r["variant"] == "snap":
-            assert (r["snapshot_every"], r["snapshot_at"], r["replayed_events"]) == (every, at, n - at)
+            assert ((r["snapshot_every"], r["snapshot_at"], r["replayed_events"])
+                    == (every, at, n - at))
             assert r["speedup_vs_replay"] > 0
         else:
             assert r["replayed_events"] == n
     goals = [g for g in doc["goals"] if g["goal"] == "(h) snapshot load vs full replay"]
     assert [g["backend"] for g in goals] == [backend] and goals[0]["target"] == ">= 20.0x"
-    assert "(h) load 1 long aggregate" in p.stdout and "(h) snapshot load vs full replay" in p.stdout
+    assert ("(h) load 1 long aggregate" in p.stdout
+            and "(h) snapshot load vs full replay" in p.stdout)
 
 
 def test_benchmark_docs_speak_of_workloads_not_issues():
@@ -102,13 +107,16 @@ def test_benchmark_docs_speak_of_workloads_not_issues():
 
 
 def test_bench_quick_k_runs_processes_together(tmp_path):
-    """(k): a row per system and process count, each process's commands counted, latencies pooled."""
-    p, doc = run_quick_bench(tmp_path, "--only", "k", "--backend", "sqlite", "--runs", "1", timeout=180)
+    """(k): a row per system and process count, each process's commands counted, latencies
+    pooled."""
+    p, doc = run_quick_bench(tmp_path, "--only", "k", "--backend", "sqlite", "--runs", "1",
+                             timeout=180)
     assert doc["errors"] == []
     sizes = doc["sizes"]
     rows = [r for r in doc["results"] if r["workload"] == "k"]
     expected = {"eventsourcery", "raw"} | ({"eventsourcing"} if HAVE_PEER else set())
-    assert {(r["system"], r["processes"]) for r in rows} == {(s, n) for s in expected for n in sizes["k_processes"]}
+    assert ({(r["system"], r["processes"]) for r in rows}
+            == {(s, n) for s in expected for n in sizes["k_processes"]})
     for r in rows:
         assert r["events"] == sizes["k_commands"] // r["processes"] * r["processes"]
         assert r["median_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0

@@ -247,4 +247,5 @@ def test_a_tracker_table_of_before_the_tables_column_is_read_unchanged_and_upgra
     with contextlib.closing(sqlite3.connect(projection)) as conn:
         assert conn.execute("SELECT position, tables FROM eventsourcery_trackers").fetchall() == [
             (0, '["plain_titles"]')]
-        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'plain_titles'").fetchall() == []
+        assert (conn.execute("SELECT name FROM sqlite_master WHERE name = 'plain_titles'")
+                .fetchall() == [])

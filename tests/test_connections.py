@@ -1,7 +1,8 @@
 """Bounded connections (SPEC 5): a store object lends its threads at most ``max_connections``
 connections (SQLite: its reader connections, beside the one writer; Postgres: every connection for
 reads, writes and transactions); a thread that finds them all in use waits up to
-``connection_timeout`` seconds, then gets es.StoreError saying so. Bad arguments fail at construction.
+``connection_timeout`` seconds, then gets es.StoreError saying so. Bad arguments fail at
+construction.
 
 The Postgres runs with many threads, counted in pg_stat_activity on a private server, are in
 tests/test_connections_pg.py.
@@ -36,7 +37,7 @@ def _sqlite_file_handles(path: str) -> int:
     return count
 
 
-# --- bad arguments ------------------------------------------------------------------------------------
+# --- bad arguments --------------------------------------------------------------------------------
 
 
 def _sqlite(tmp_path, **options):
@@ -72,7 +73,8 @@ CONSTRUCTORS = [_sqlite, _open_store, _open_memory, _open_database, _postgres]
     ({"max_connections": "10"}, TypeError, "max_connections must be an int"),
     ({"max_connections": True}, TypeError, "max_connections must be an int"),
     ({"max_connections": None}, TypeError, "max_connections must be an int"),
-    ({"connection_timeout": -1}, ValueError, "connection_timeout must be a number of seconds, 0 or more"),
+    ({"connection_timeout": -1}, ValueError,
+     "connection_timeout must be a number of seconds, 0 or more"),
     ({"connection_timeout": math.nan}, ValueError, "not NaN"),
     ({"connection_timeout": math.inf}, ValueError, "infinite"),
     ({"connection_timeout": "30"}, TypeError, "connection_timeout must be a number of seconds"),
@@ -85,7 +87,7 @@ def test_bad_connection_arguments_fail_at_construction(construct, options, error
     assert not (tmp_path / "events.db").exists()  # nothing was opened, nor created
 
 
-# --- a thread that gets no connection in time (SQLite and Postgres: one contract) ----------------------
+# --- a thread that gets no connection in time (SQLite and Postgres: one contract) -----------------
 
 
 class _Holders:
@@ -123,10 +125,11 @@ class _Holders:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def make_bounded(request, tmp_path):
-    """Makes a store of each SQL kind with ``max_connections=2`` and the given ``connection_timeout``,
-    opened by URL, and a function counting its open connections (SQLite: readers and writer, as file
-    handles of this process; Postgres: sessions under the store's own application_name, in
-    pg_stat_activity), and how many connections beside the bounded ones it may have."""
+    """Makes a store of each SQL kind with ``max_connections=2`` and the given
+    ``connection_timeout``, opened by URL, and a function counting its open connections (SQLite:
+    readers and writer, as file handles of this process; Postgres: sessions under the store's own
+    application_name, in pg_stat_activity), and how many connections beside the bounded ones it may
+    have."""
     made = []
 
     def make(timeout: float):
@@ -150,14 +153,14 @@ def _bounded(request, tmp_path, timeout):
         from tests.pg_support import connect, new_schema, store_url
 
         name = f"es_bound_{uuid.uuid4().hex[:12]}"
-        store = es.open_store(store_url(new_schema()) + f"&application_name={name}", max_connections=2,
-                              connection_timeout=timeout)
+        store = es.open_store(store_url(new_schema()) + f"&application_name={name}",
+                              max_connections=2, connection_timeout=timeout)
         admin = connect()
         request.addfinalizer(admin.close)
 
         def count() -> int:
-            return admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                                 (name,)).fetchone()[0]
+            return (admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                  "%s", (name,)).fetchone()[0])
         extra = 0
     return store, count, extra
 
@@ -179,7 +182,8 @@ def _in_thread(fn):
     return out[0]
 
 
-def test_a_thread_that_finds_every_connection_busy_waits_then_gets_a_store_error_saying_so(make_bounded):
+def test_a_thread_that_finds_every_connection_busy_waits_then_gets_a_store_error_saying_so(
+        make_bounded):
     store, count, extra = make_bounded(0.3)
     store.sink(ItemAdded(aggregate_id="a", title="first"))
     holders = _Holders(store, 2)  # both connections the store may lend are now in use
@@ -189,8 +193,8 @@ def test_a_thread_that_finds_every_connection_busy_waits_then_gets_a_store_error
         waited = time.monotonic() - started
         assert isinstance(caught, es.StoreError), caught
         message = str(caught)
-        for words in ("max_connections=2", "connection_timeout=0.3", "all 2 connections", "stayed in use",
-                      "raise max_connections"):
+        for words in ("max_connections=2", "connection_timeout=0.3", "all 2 connections",
+                      "stayed in use", "raise max_connections"):
             assert words in message
         assert waited >= 0.3  # it waited for one first
         assert count() <= 2 + extra
@@ -204,8 +208,8 @@ def test_a_thread_that_finds_every_connection_busy_waits_then_gets_a_store_error
 
 
 def _settled(count) -> int:
-    """``count()`` once closed connections are gone (a Postgres backend exits a moment after its client
-    hangs up): 0 as soon as it is, else the count after a while."""
+    """``count()`` once closed connections are gone (a Postgres backend exits a moment after its
+    client hangs up): 0 as soon as it is, else the count after a while."""
     deadline = time.monotonic() + 10
     while (now := count()) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -234,13 +238,14 @@ def test_a_thread_waiting_for_a_connection_gets_the_first_one_given_back(make_bo
     assert count() <= 2 + extra
 
 
-# --- SQLite: the readers' bound holds with many threads --------------------------------------------------
+# --- SQLite: the readers' bound holds with many threads -------------------------------------------
 
 
 @pytest.mark.parametrize("max_connections", [3, 10])
 def test_sqlite_readers_stay_within_max_connections_with_many_threads(tmp_path, max_connections):
     path = str(tmp_path / "events.db")
-    kwargs = {} if max_connections == 10 else {"max_connections": max_connections}  # 10: the default
+    # 10: the default
+    kwargs = {} if max_connections == 10 else {"max_connections": max_connections}
     store = es.SQLiteEventStore(path, **kwargs)
     threads_count, rounds = 40, 5
     most = 0
@@ -259,7 +264,8 @@ def test_sqlite_readers_stay_within_max_connections_with_many_threads(tmp_path, 
             start.wait()
             for k in range(rounds):
                 store.sink(ItemAdded(aggregate_id=f"a{i}", title=f"{i}.{k}"), expected_version=k)
-                assert [e.title for e in store.get_events_for_aggregate_id(f"a{i}")][-1] == f"{i}.{k}"
+                assert [e.title
+                        for e in store.get_events_for_aggregate_id(f"a{i}")][-1] == f"{i}.{k}"
                 store.get_next_from(1, limit=50)
                 store.latest_event_id()
         except BaseException as exc:
@@ -279,7 +285,8 @@ def test_sqlite_readers_stay_within_max_connections_with_many_threads(tmp_path, 
         sampler.join(BOUND)
     assert errors == []
     events = store.get_next_from(1, limit=10_000)
-    assert sorted(e.title for e in events) == sorted(f"{i}.{k}" for i in range(threads_count) for k in range(rounds))
+    assert sorted(e.title for e in events) == sorted(f"{i}.{k}" for i in range(threads_count)
+                                                     for k in range(rounds))
     assert 2 <= most <= max_connections + 1  # the readers, and the one writer beside them
     store.close()
     assert _sqlite_file_handles(path) == 0

@@ -1,7 +1,7 @@
-"""Bounded connections on Postgres (SPEC 5), on a private server started with ``max_connections = 100``
-(never the shared one): one store object shared by 120 threads, or by the ``eventsourcing`` peer's
-100-thread contention test, stays within its ``max_connections`` (counted in pg_stat_activity while
-the threads run) and every thread's work succeeds; threads that get no connection in time get
+"""Bounded connections on Postgres (SPEC 5), on a private server started with ``max_connections =
+100`` (never the shared one): one store object shared by 120 threads, or by the ``eventsourcing``
+peer's 100-thread contention test, stays within its ``max_connections`` (counted in pg_stat_activity
+while the threads run) and every thread's work succeeds; threads that get no connection in time get
 es.StoreError, and no connection leaks.
 """
 
@@ -25,7 +25,8 @@ else:
 import eventsourcery_pg as es_pg  # noqa: E402
 
 BOUND = 60.0  # seconds any one wait may take; reached only when something hangs
-SERVER_MAX_CONNECTIONS = 100  # the server's default, which 120 threads of one store object used to exceed
+# the server's default, which 120 threads of one store object used to exceed
+SERVER_MAX_CONNECTIONS = 100
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +40,13 @@ _schemas = iter(range(10**6))
 
 
 class _Sampler:
-    """Counts, every few milliseconds until stopped, the client sessions on the private server other than
-    its own (the store's: nothing else connects to it meanwhile); ``most`` is the highest count seen."""
+    """Counts, every few milliseconds until stopped, the client sessions on the private server other
+    than its own (the store's: nothing else connects to it meanwhile); ``most`` is the highest count
+    seen."""
 
     def __init__(self, cluster: PrivateCluster) -> None:
-        self.conn = psycopg.connect(cluster.url, autocommit=True, application_name="es test sampler")
+        self.conn = psycopg.connect(cluster.url, autocommit=True,
+                                    application_name="es test sampler")
         self.most = 0
         self.samples = 0
         self.done = threading.Event()
@@ -51,8 +54,8 @@ class _Sampler:
         self.thread.start()
 
     def count(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                                     "AND pid <> pg_backend_pid()").fetchone()[0])
+        return int(self.conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                                     "'client backend' AND pid <> pg_backend_pid()").fetchone()[0])
 
     def _run(self) -> None:
         while not self.done.is_set():
@@ -70,8 +73,9 @@ class _Sampler:
         self.conn.close()
 
     def settled_count(self) -> int:
-        """The count once the sessions of closed connections have ended on the server (their backends
-        exit a moment after the client hangs up): 0 as soon as it is, else the count after a while."""
+        """The count once the sessions of closed connections have ended on the server (their
+        backends exit a moment after the client hangs up): 0 as soon as it is, else the count after
+        a while."""
         deadline = time.monotonic() + 10
         while (count := self.count()) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -112,10 +116,12 @@ def test_120_threads_on_one_store_object_stay_within_max_connections(cluster, ma
         def work(i: int) -> None:
             aggregate = f"agg-{i}"
             for k in range(rounds):
-                store.sink(ItemAdded(aggregate_id=aggregate, title=f"{i}.{k}"), expected_version=2 * k)
+                store.sink(ItemAdded(aggregate_id=aggregate, title=f"{i}.{k}"),
+                           expected_version=2 * k)
                 with store.transaction():  # a transaction keeps its connection throughout
                     assert store.aggregate_version(aggregate) == 2 * k + 1
-                    store.sink(ItemAdded(aggregate_id=aggregate, title=f"{i}.{k}b"), expected_version=2 * k + 1)
+                    store.sink(ItemAdded(aggregate_id=aggregate, title=f"{i}.{k}b"),
+                               expected_version=2 * k + 1)
                 titles = [e.title for e in store.get_events_for_aggregate_id(aggregate)]
                 assert titles[-2:] == [f"{i}.{k}", f"{i}.{k}b"]
                 store.get_next_from(max(store.latest_event_id() - 20, 1), limit=20)
@@ -125,7 +131,8 @@ def test_120_threads_on_one_store_object_stay_within_max_connections(cluster, ma
         sampler.stop()
         assert errors == []
         events = store.get_next_from(1, limit=10_000)
-        expected = sorted(f"{i}.{k}{b}" for i in range(threads) for k in range(rounds) for b in ("", "b"))
+        expected = sorted(f"{i}.{k}{b}" for i in range(threads) for k in range(rounds)
+                          for b in ("", "b"))
         assert sorted(e.title for e in events) == expected  # all stored, none twice
         assert [e.id for e in events] == list(range(1, len(expected) + 1))
         assert store.tracker().positions() == {f"reader-{i}": rounds for i in range(threads)}
@@ -140,8 +147,8 @@ def test_120_threads_on_one_store_object_stay_within_max_connections(cluster, ma
 
 def test_threads_that_get_no_connection_in_time_get_a_store_error_and_nothing_leaks(cluster):
     cluster.ensure_running()
-    store = es_pg.PostgresEventStore(f"{cluster.url}?schema=bound_{next(_schemas)}", max_connections=3,
-                                     connection_timeout=0.2)
+    store = es_pg.PostgresEventStore(f"{cluster.url}?schema=bound_{next(_schemas)}",
+                                     max_connections=3, connection_timeout=0.2)
     sampler = _Sampler(cluster)
     stored: list[str] = []
     timed_out: list[es.StoreError] = []
@@ -151,7 +158,8 @@ def test_threads_that_get_no_connection_in_time_get_a_store_error_and_nothing_le
             for k in range(3):
                 title = f"{i}.{k}"
                 try:
-                    with store.transaction():  # holds its connection while it sleeps: others run out
+                    # holds its connection while it sleeps: others run out
+                    with store.transaction():
                         store.sink(ItemAdded(aggregate_id=f"agg-{i}", title=title))
                         time.sleep(0.1)
                 except es.StoreError as exc:
@@ -181,8 +189,8 @@ def test_threads_that_get_no_connection_in_time_get_a_store_error_and_nothing_le
 
 def test_a_thread_keeps_its_connection_for_its_whole_transaction(cluster):
     cluster.ensure_running()
-    store = es_pg.PostgresEventStore(f"{cluster.url}?schema=bound_{next(_schemas)}", max_connections=1,
-                                     connection_timeout=0.3)
+    store = es_pg.PostgresEventStore(f"{cluster.url}?schema=bound_{next(_schemas)}",
+                                     max_connections=1, connection_timeout=0.3)
     in_transaction = threading.Event()
     done = threading.Event()
     seen: list[object] = []
@@ -204,25 +212,28 @@ def test_a_thread_keeps_its_connection_for_its_whole_transaction(cluster):
             store.sink(ItemAdded(aggregate_id="a", title="inside"))
             in_transaction.set()
             assert done.wait(BOUND)
-            assert [e.title for e in store.get_next_from(1)] == ["inside"]  # its own uncommitted write
+            # its own uncommitted write
+            assert [e.title for e in store.get_next_from(1)] == ["inside"]
             assert store.connection.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
     finally:
         in_transaction.set()
         thread.join(BOUND)
     assert len(seen) == 1 and isinstance(seen[0], es.StoreError), seen
     assert "max_connections=1" in str(seen[0])
-    assert [e.title for e in store.get_next_from(1)] == ["inside"]  # committed, and the connection lent again
+    # committed, and the connection lent again
+    assert [e.title for e in store.get_next_from(1)] == ["inside"]
     store.close()
 
 
-# --- the `eventsourcing` peer's contention test, through our store -------------------------------------
+# --- the `eventsourcing` peer's contention test, through our store --------------------------------
 
 persistence = pytest.importorskip("eventsourcing.persistence")
 peer_application_tests = pytest.importorskip("eventsourcing.tests.application")
 
 
 class _OnOurStore(persistence.InfrastructureFactory):  # type: ignore[misc]
-    """The peer's infrastructure factory whose recorders all record in ``store`` (set by the test)."""
+    """The peer's infrastructure factory whose recorders all record in ``store`` (set by the
+    test)."""
 
     store: es.EventStore | None = None
 
@@ -246,7 +257,8 @@ class _OnOurStore(persistence.InfrastructureFactory):  # type: ignore[misc]
         return self._recorder()
 
 
-def test_the_eventsourcing_peers_100_thread_contention_test_passes_through_one_store(cluster, monkeypatch):
+def test_the_eventsourcing_peers_100_thread_contention_test_passes_through_one_store(
+        cluster, monkeypatch):
     from eventsourcing.utils import get_topic
 
     cluster.ensure_running()
@@ -255,13 +267,15 @@ def test_the_eventsourcing_peers_100_thread_contention_test_passes_through_one_s
     monkeypatch.setenv("PERSISTENCE_MODULE", get_topic(_OnOurStore))
     sampler = _Sampler(cluster)
     try:
-        case = peer_application_tests.ApplicationTestCase("test_check_aggregate_fastforwarding_blocking")
+        case = peer_application_tests.ApplicationTestCase(
+            "test_check_aggregate_fastforwarding_blocking")
         result = unittest.TestResult()
         case.run(result)
         sampler.stop()
         assert result.testsRun == 1
         assert result.errors == [] and result.failures == [], result.errors + result.failures
-        assert len(store.get_events_for_aggregate_id(store.get_next_from(1, limit=1)[0].aggregate_id)) >= 25
+        assert len(store.get_events_for_aggregate_id(store.get_next_from(1, limit=1)[0]
+                                                     .aggregate_id)) >= 25
         assert sampler.most <= 10
     finally:
         sampler.close()

@@ -38,7 +38,8 @@ def test_erase_turns_the_aggregates_events_into_tombstones_and_appends_aggregate
     before = store.get_next_from(1)
     erased = store.erase_aggregate(agg, reason="GDPR request 17")
     assert isinstance(erased, es.AggregateErased)
-    assert (erased.id, erased.version, erased.erased_events, erased.reason) == (6, 4, 3, "GDPR request 17")
+    assert ((erased.id, erased.version, erased.erased_events, erased.reason)
+            == (6, 4, 3, "GDPR request 17"))
     after = store.get_next_from(1)
     assert [e.id for e in after] == [1, 2, 3, 4, 5, 6]  # no id changed, no hole
     for old, new in zip(before, after[:5], strict=True):
@@ -94,14 +95,16 @@ class Emails(es.Projector):
 
     @es.on(es.AggregateErased)
     def _erased(self, event):
-        self.db.execute(f"DELETE FROM emails WHERE profile_id = {self.placeholder}", (event.aggregate_id,))
+        self.db.execute(f"DELETE FROM emails WHERE profile_id = {self.placeholder}",
+                        (event.aggregate_id,))
 
 
 def test_processors_learn_of_the_erasure_and_never_stumble_on_the_tombstones(store, tmp_path):
     agg, other = new_id(), new_id()
     history(store, agg)
     store.sink(ItemAdded(aggregate_id=other, title="bob@example.com"))
-    early = Emails(str(tmp_path / "early.db"))  # caught up before the erasure: forgets on AggregateErased
+    # caught up before the erasure: forgets on AggregateErased
+    early = Emails(str(tmp_path / "early.db"))
     early.setup()
     early.process_batch(store.get_next_from(1))
     store.erase_aggregate(agg)
@@ -109,16 +112,19 @@ def test_processors_learn_of_the_erasure_and_never_stumble_on_the_tombstones(sto
     late.setup()
     for projector in (early, late):
         stop = threading.Event()
-        for batch in store.subscribe(projector.last_processed_event_id + 1, projector.processes_event_types,
-                                     stop=stop):
+        for batch in store.subscribe(projector.last_processed_event_id + 1,
+                                     projector.processes_event_types, stop=stop):
             projector.process_batch(batch)
             if projector.last_processed_event_id >= store.latest_event_id():
                 stop.set()
-        assert projector.db.execute("SELECT profile_id, email FROM emails").fetchall() == [(other, "bob@example.com")]
+        assert (projector.db.execute("SELECT profile_id, email FROM emails").fetchall()
+                == [(other, "bob@example.com")])
         projector.close()
-    everything = next(store.subscribe(1, stop=lambda: False))  # a catch-all reader meets the tombstones
+    # a catch-all reader meets the tombstones
+    everything = next(store.subscribe(1, stop=lambda: False))
     assert [e.id for e in everything] == [1, 2, 3, 4, 5]
-    assert [e.type for e in everything] == [es.ERASED_TYPE] * 3 + ["item_added", "eventsourcery.aggregate_erased"]
+    assert ([e.type for e in everything] == [es.ERASED_TYPE] * 3
+            + ["item_added", "eventsourcery.aggregate_erased"])
 
 
 def test_sqlite_erasure_leaves_no_copy_in_the_database_files(tmp_path):

@@ -21,7 +21,8 @@ from tests.events import (
     everything,
 )
 
-METADATA = ("id", "uuid", "aggregate_id", "version", "created_at", "correlation_id", "causation_id", "metadata")
+METADATA = ("id", "uuid", "aggregate_id", "version", "created_at", "correlation_id", "causation_id",
+            "metadata")
 
 
 # --- class creation ------------------------------------------------------------------
@@ -301,7 +302,8 @@ def test_aggregate_id_given_as_uuid_becomes_str():
     e = ItemAdded(aggregate_id=agg, title="t")
     assert e.aggregate_id == str(agg)
     assert type(e.aggregate_id) is str
-    assert dataclasses.replace(e, aggregate_id=uuid.UUID(int=5)).aggregate_id == str(uuid.UUID(int=5))
+    assert (dataclasses.replace(e, aggregate_id=uuid.UUID(int=5)).aggregate_id
+            == str(uuid.UUID(int=5)))
 
 
 # --- generic events --------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """Concurrent first opens of one new SQLite file: processes that open it at once take turns.
 
-Switching a new file to WAL needs it to itself, and SQLite answers BUSY *at once* to a connection that
-asks while another does the same (waiting there could deadlock: busy_timeout does not apply). Such an
-open is tried again with a bounded backoff of the library's own, so every opener succeeds, on a
-store's file and on a projector's own file alike, even with more processes than cores and the cores
-busy; and an open that never gets through says what happened (how many tries, over how long, at which
-step), instead of claiming it waited out busy_timeout.
+Switching a new file to WAL needs it to itself, and SQLite answers BUSY *at once* to a connection
+that asks while another does the same (waiting there could deadlock: busy_timeout does not apply).
+Such an open is tried again with a bounded backoff of the library's own, so every opener succeeds,
+on a store's file and on a projector's own file alike, even with more processes than cores and the
+cores busy; and an open that never gets through says what happened (how many tries, over how long,
+at which step), instead of claiming it waited out busy_timeout.
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ HOG_SECONDS = 3.0
 
 
 class _Sizes(es.Projector):
-    """A projector whose own file (its tables and its position) is created by its first ``setup()``."""
+    """A projector whose own file (its tables and its position) is created by its first
+    ``setup()``."""
 
     processor_name = "first_open_sizes"
     schema = "CREATE TABLE IF NOT EXISTS sizes (aggregate_id TEXT PRIMARY KEY, n INTEGER NOT NULL)"
 
     @es.on(ItemAdded)
     def _added(self, event):
-        self.db.execute(f"INSERT INTO sizes VALUES ({self.placeholder}, 1) ON CONFLICT (aggregate_id) "
-                        "DO UPDATE SET n = n + 1", (event.aggregate_id,))
+        self.db.execute(f"INSERT INTO sizes VALUES ({self.placeholder}, 1) ON CONFLICT "
+                        "(aggregate_id) DO UPDATE SET n = n + 1", (event.aggregate_id,))
 
 
 def _open_store(path: str, worker: int) -> None:
@@ -52,7 +53,8 @@ def _open_projector(path: str, worker: int) -> None:
     projector = _Sizes(path)
     try:
         projector.setup()
-        projector.process_batch([ItemAdded(aggregate_id=f"w{worker}", title="opened", id=worker + 1)])
+        projector.process_batch([ItemAdded(aggregate_id=f"w{worker}", title="opened",
+                                           id=worker + 1)])
     finally:
         projector.close()
 
@@ -75,8 +77,9 @@ def _hog(until: float) -> None:
 
 
 def _rounds(kind: str, tmp_path) -> list[str]:
-    """FILES new files, each opened by PROCESSES processes at once (they wait for each other before each
-    file), beside a CPU hog on every core; the failures reported (empty when every open succeeded)."""
+    """FILES new files, each opened by PROCESSES processes at once (they wait for each other before
+    each file), beside a CPU hog on every core; the failures reported (empty when every open
+    succeeded)."""
     context = multiprocessing.get_context("fork")
     paths = [str(tmp_path / f"{kind}-{n}.db") for n in range(FILES)]
     start = context.Barrier(PROCESSES)
@@ -108,7 +111,8 @@ def _rounds(kind: str, tmp_path) -> list[str]:
         else:
             conn = sqlite3.connect(path)
             try:
-                assert sorted(row[0] for row in conn.execute("SELECT aggregate_id FROM sizes")) == opened
+                assert sorted(row[0]
+                              for row in conn.execute("SELECT aggregate_id FROM sizes")) == opened
             finally:
                 conn.close()
     return failures
@@ -120,12 +124,12 @@ def test_processes_opening_one_new_file_at_once_on_busy_cores_all_succeed(kind, 
     assert failures == [], "\n".join(failures[:3])
 
 
-# --- the retries and the message, shown deterministically --------------------------------------------------
+# --- the retries and the message, shown deterministically -----------------------------------------
 
 
 def _busy_first(times: int):
-    """A ``prepare`` hook that answers as SQLite does to a connection that must not wait (BUSY, at once)
-    ``times`` times, then does nothing; ``calls`` counts its calls."""
+    """A ``prepare`` hook that answers as SQLite does to a connection that must not wait (BUSY, at
+    once) ``times`` times, then does nothing; ``calls`` counts its calls."""
     calls = []
 
     def prepare(conn: sqlite3.Connection) -> None:
@@ -144,7 +148,8 @@ def test_an_open_answered_busy_at_once_is_tried_again_until_it_gets_through(tmp_
     database.close()
     assert len(calls) == 5
     pauses = [b - a for a, b in zip(calls, calls[1:], strict=False)]
-    assert all(p > 0.0005 for p in pauses)  # it paused between tries (2 ms and growing, with jitter)
+    # it paused between tries (2 ms and growing, with jitter)
+    assert all(p > 0.0005 for p in pauses)
 
 
 def test_an_open_that_never_gets_through_says_what_happened_once_busy_timeout_has_passed(tmp_path):

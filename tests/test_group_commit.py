@@ -79,7 +79,8 @@ class Sinks:
         thread = threading.Thread(target=run, daemon=True)
         self.threads.append(thread)
         thread.start()
-        assert wait_until(lambda: queued(self.store) == before + 1, interval=0.001), f"sink {name} never queued"
+        assert wait_until(lambda: queued(self.store) == before + 1,
+                          interval=0.001), f"sink {name} never queued"
 
     def finish(self) -> dict[str, object]:
         for thread in self.threads:
@@ -96,7 +97,8 @@ def events_of(store, aggregate_id: str) -> list:
 
 
 @pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
-def test_threads_racing_on_shared_aggregates_one_winner_per_version_losers_get_concurrency_errors(store):
+def test_threads_racing_on_shared_aggregates_one_winner_per_version_losers_get_concurrency_errors(
+        store):
     shared = [f"shared-{k}" for k in range(3)]
     attempts = 15
 
@@ -106,7 +108,8 @@ def test_threads_racing_on_shared_aggregates_one_winner_per_version_losers_get_c
             aggregate_id = shared[(i + n) % len(shared)]
             version = store.aggregate_version(aggregate_id)
             try:
-                won.extend(store.sink(Numbered(aggregate_id=aggregate_id, e=i * 1000 + n), expected_version=version))
+                won.extend(store.sink(Numbered(aggregate_id=aggregate_id, e=i * 1000 + n),
+                                      expected_version=version))
             except es.ConcurrencyError:
                 lost += 1
         return won, lost
@@ -116,7 +119,8 @@ def test_threads_racing_on_shared_aggregates_one_winner_per_version_losers_get_c
     assert_log_is_whole(stored)
     returned = sorted((e for won, _ in results for e in won), key=lambda e: e.id)
     assert returned == stored  # every winner stored as returned, and nothing else
-    assert len(stored) + sum(lost for _, lost in results) == THREADS * attempts  # each sink won or lost
+    # each sink won or lost
+    assert len(stored) + sum(lost for _, lost in results) == THREADS * attempts
     for aggregate_id in shared:  # one winner per version: versions 1..k, each written once
         versions = [e.version for e in stored if e.aggregate_id == aggregate_id]
         assert versions == list(range(1, len(versions) + 1))
@@ -130,7 +134,8 @@ def test_threads_on_distinct_aggregates_all_stored_ids_gapless_returned_as_store
         out = []
         for n in range(sinks_each):
             size = 1 + (i + n) % 3
-            out.append(store.sink([Numbered(aggregate_id=f"own-{i}", e=n * 10 + k) for k in range(size)],
+            out.append(store.sink([Numbered(aggregate_id=f"own-{i}", e=n * 10 + k)
+                                   for k in range(size)],
                                   expected_version=sum(1 + (i + m) % 3 for m in range(n))))
         return out
 
@@ -169,7 +174,8 @@ def test_queued_sinks_commit_in_one_transaction_in_queue_order(sqlite_store):
     with store.database.lock:
         for n in range(6):
             sinks.start(f"s{n}", Numbered(aggregate_id=f"g-{n}", e=n))
-        assert queued(store) == 6 and store.database._group._writers.leader  # the first waits for the lock
+        # the first waits for the lock
+        assert queued(store) == 6 and store.database._group._writers.leader
     outcomes = sinks.finish()
     assert store.database.commits == commits + 1  # one COMMIT for the six
     assert [outcomes[f"s{n}"][0].id for n in range(6)] == [1, 2, 3, 4, 5, 6]  # in queue order
@@ -186,22 +192,27 @@ def test_a_conflicting_sink_in_a_group_fails_alone_and_the_others_commit(sqlite_
         sinks.start("ok-1", Numbered(aggregate_id="a", e=1))
         sinks.start("stale", Numbered(aggregate_id="taken", e=2), expected_version=0)  # it is at 1
         sinks.start("ok-2", [Numbered(aggregate_id="b", e=3), Numbered(aggregate_id="b", e=4)])
-        sinks.start("duplicate", [Numbered(aggregate_id="c", e=5), Numbered(aggregate_id="c", e=6, uuid=first.uuid)])
+        sinks.start("duplicate", [Numbered(aggregate_id="c", e=5),
+                                  Numbered(aggregate_id="c", e=6, uuid=first.uuid)])
         sinks.start("ok-3", Numbered(aggregate_id="taken", e=7), expected_version=1)
-        sinks.start("first-write", Numbered(aggregate_id="a", e=8), expected_version=0)  # ok-1 wrote it first
+        # ok-1 wrote it first
+        sinks.start("first-write", Numbered(aggregate_id="a", e=8), expected_version=0)
     outcomes = sinks.finish()
     assert store.database.commits == commits + 1
-    assert isinstance(outcomes["stale"], es.ConcurrencyError) and "expected 0" in str(outcomes["stale"])
+    assert (isinstance(outcomes["stale"], es.ConcurrencyError)
+            and "expected 0" in str(outcomes["stale"]))
     assert isinstance(outcomes["duplicate"], es.DuplicateEventError)
     assert isinstance(outcomes["first-write"], es.ConcurrencyError)
     stored = everything_in(store)
     assert_log_is_whole(stored)  # the failed ones left no gap: ids run on
-    assert [(e.aggregate_id, e.e) for e in stored] == [("taken", 0), ("a", 1), ("b", 3), ("b", 4), ("taken", 7)]
+    assert [(e.aggregate_id, e.e) for e in stored] == [("taken", 0), ("a", 1), ("b", 3), ("b", 4),
+                                                       ("taken", 7)]
     assert [e.id for e in outcomes["ok-2"]] == [3, 4] and outcomes["ok-3"][0].version == 2
     assert events_of(store, "c") == []  # the duplicate's first event was undone with its savepoint
 
 
-def test_sinks_queued_while_a_group_commits_are_committed_next_by_one_of_their_threads(sqlite_store):
+def test_sinks_queued_while_a_group_commits_are_committed_next_by_one_of_their_threads(
+        sqlite_store):
     store = sqlite_store
     entered, release = threading.Event(), threading.Event()
 
@@ -211,8 +222,8 @@ def test_sinks_queued_while_a_group_commits_are_committed_next_by_one_of_their_t
         return 1
 
     store.connection.create_function("hold", 0, hold)
-    store.connection.execute("CREATE TRIGGER slow AFTER INSERT ON events WHEN NEW.aggregate_id = 'slow' "
-                             "BEGIN SELECT hold(); END")
+    store.connection.execute("CREATE TRIGGER slow AFTER INSERT ON events WHEN NEW.aggregate_id = "
+                             "'slow' BEGIN SELECT hold(); END")
     first, second = Sinks(store), Sinks(store)
     commits = store.database.commits
     with store.database.lock:
@@ -223,17 +234,20 @@ def test_sinks_queued_while_a_group_commits_are_committed_next_by_one_of_their_t
         second.start(f"b{n}", Numbered(aggregate_id=f"b{n}", e=n))
     release.set()
     outcomes = {**first.finish(), **second.finish()}
-    assert store.database.commits == commits + 2  # the first group, then the second, led by b0's thread
+    # the first group, then the second, led by b0's thread
+    assert store.database.commits == commits + 2
     assert [outcomes[k][0].id for k in ("slow", "a", "b0", "b1", "b2")] == [1, 2, 3, 4, 5]
     assert queued(store) == 0 and not store.database._group._writers.leader
 
 
 def _deferred_failure(store: es.SQLiteEventStore, *, poison: str) -> None:
-    """A sink to aggregate ``poison`` makes the COMMIT of its transaction fail (a deferred foreign key)."""
+    """A sink to aggregate ``poison`` makes the COMMIT of its transaction fail (a deferred foreign
+    key)."""
     conn = store.connection
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
-    conn.execute("CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)")
+    conn.execute("CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE "
+                 "INITIALLY DEFERRED)")
     conn.execute(f"CREATE TRIGGER poison AFTER INSERT ON events WHEN NEW.aggregate_id = '{poison}' "
                  "BEGIN INSERT INTO child VALUES (-1); END")
 
@@ -255,13 +269,14 @@ def test_a_failed_commit_fails_every_sink_of_the_group_and_stores_none(sqlite_st
     assert all(isinstance(e.__cause__, sqlite3.IntegrityError) for e in errors)
     assert len({id(e) for e in errors}) == len(errors)  # an exception object of its own each
     assert everything_in(store) == []
-    assert store.sink(Numbered(aggregate_id="after", e=1))[0].id == 1  # the writer is fine afterwards
+    # the writer is fine afterwards
+    assert store.sink(Numbered(aggregate_id="after", e=1))[0].id == 1
 
 
 def test_an_error_that_ends_the_transaction_fails_the_whole_group(sqlite_store):
     store = sqlite_store
-    store.connection.execute("CREATE TRIGGER doom AFTER INSERT ON events WHEN NEW.aggregate_id = 'doom' "
-                             "BEGIN SELECT RAISE(ROLLBACK, 'doomed'); END")
+    store.connection.execute("CREATE TRIGGER doom AFTER INSERT ON events WHEN NEW.aggregate_id = "
+                             "'doom' BEGIN SELECT RAISE(ROLLBACK, 'doomed'); END")
     sinks = Sinks(store)
     with store.database.lock:
         sinks.start("before", Numbered(aggregate_id="x", e=1))
@@ -270,7 +285,8 @@ def test_an_error_that_ends_the_transaction_fails_the_whole_group(sqlite_store):
     outcomes = sinks.finish()
     assert isinstance(outcomes["doom"], es.ConcurrencyError) and "doomed" in str(outcomes["doom"])
     for name in ("before", "after"):
-        assert type(outcomes[name]) is es.StoreError and "rolled back" in str(outcomes[name]), outcomes[name]
+        assert (type(outcomes[name]) is es.StoreError
+                and "rolled back" in str(outcomes[name])), outcomes[name]
     assert everything_in(store) == []
     assert not store.database.in_transaction()
     assert store.sink(Numbered(aggregate_id="x", e=4))[0].id == 1
@@ -283,7 +299,8 @@ def test_a_sink_inside_a_transaction_stays_in_it_while_other_threads_sinks_wait(
         store.sink(Numbered(aggregate_id="mine", e=0))
         for n in range(3):
             sinks.start(f"s{n}", Numbered(aggregate_id=f"theirs-{n}", e=n))
-        store.sink(Numbered(aggregate_id="mine", e=1))  # joins this transaction, takes no queued sink
+        # joins this transaction, takes no queued sink
+        store.sink(Numbered(aggregate_id="mine", e=1))
         assert queued(store) == 3
         raise RuntimeError("roll back mine only")
     outcomes = sinks.finish()
@@ -304,9 +321,11 @@ def test_a_thread_holding_the_writers_lock_commits_the_queued_sinks_with_its_own
         mine = store.sink(Numbered(aggregate_id="holder", e=9))
         assert queued(store) == 0 and store.database.commits == commits + 1
         assert mine[0].id == 1
-        assert [e.aggregate_id for e in everything_in(store)] == ["holder", "q-0", "q-1", "q-2", "q-3"]
+        assert ([e.aggregate_id for e in everything_in(store)]
+                == ["holder", "q-0", "q-1", "q-2", "q-3"])
     outcomes = sinks.finish()
-    assert store.database.commits == commits + 1  # the leader found its own sink committed: nothing left
+    # the leader found its own sink committed: nothing left
+    assert store.database.commits == commits + 1
     assert [outcomes[f"s{n}"][0].id for n in range(4)] == [2, 3, 4, 5]
     assert not store.database._group._writers.leader
 
@@ -339,17 +358,19 @@ threading.Event().wait()
 """
 
 
-def test_kill_9_in_the_middle_of_group_commits_leaves_only_whole_and_all_acknowledged_sinks(db_path, tmp_path):
+def test_kill_9_in_the_middle_of_group_commits_leaves_only_whole_and_all_acknowledged_sinks(
+        db_path, tmp_path):
     es.SQLiteEventStore(db_path).close()
     acks = tmp_path / "acks.txt"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for round_ in range(3):  # each process continues the log the one before it left
         goal = (round_ + 1) * 300
-        proc = subprocess.Popen([sys.executable, "-c", KILLED_GROUP_WRITER, str(db_path), str(THREADS), str(acks)],
-                                env={**os.environ, "PYTHONPATH": root}, cwd=root)
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_GROUP_WRITER, str(db_path),
+                                 str(THREADS), str(acks)], env={**os.environ, "PYTHONPATH": root},
+                                cwd=root)
         try:
-            assert wait_until(lambda goal=goal: acks.exists() and acks.read_text().count("\n") >= goal,
-                              interval=0.01), "the writer process acknowledged too little"
+            assert wait_until(lambda goal=goal: acks.exists() and acks.read_text().count("\n")
+                              >= goal, interval=0.01), "the writer process acknowledged too little"
             os.kill(proc.pid, signal.SIGKILL)
             assert proc.wait(WAIT) == -signal.SIGKILL
         finally:
@@ -368,7 +389,8 @@ def test_kill_9_in_the_middle_of_group_commits_leaves_only_whole_and_all_acknowl
     by_aggregate: dict[str, list[int]] = {}
     for e in stored:
         by_aggregate.setdefault(e.aggregate_id, []).append(e.e)
-    for values in by_aggregate.values():  # whole sinks (of 1 + n % 3 events for the n-th), nothing torn
+    # whole sinks (of 1 + n % 3 events for the n-th), nothing torn
+    for values in by_aggregate.values():
         k = 0
         while k < len(values):
             n = values[k] // 10
@@ -399,7 +421,8 @@ def test_a_child_forked_while_threads_sink_in_groups_sinks_with_a_queue_of_its_o
         if pid == 0:  # the child: its own threads sink, grouped on its own connection
             code = 1
             try:
-                results = run_threads(lambda i: store.sink(Numbered(aggregate_id=f"child-{i}", e=i)), 4)
+                results = run_threads(
+                    lambda i: store.sink(Numbered(aggregate_id=f"child-{i}", e=i)), 4)
                 code = 0 if all(len(r) == 1 for r in results) else 2
             finally:
                 os._exit(code)

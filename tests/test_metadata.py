@@ -1,5 +1,5 @@
-"""Application metadata on events (SPEC 1): round trips on every store, validation, emit_event's copy,
-and stores of the schema before metadata upgraded in place."""
+"""Application metadata on events (SPEC 1): round trips on every store, validation, emit_event's
+copy, and stores of the schema before metadata upgraded in place."""
 
 from __future__ import annotations
 
@@ -12,19 +12,22 @@ import eventsourcery as es
 from tests._util import new_id
 from tests.events import ItemAdded
 
-META = {"user": "ada", "request": "r-17", "tenant_id": 42, "ratio": 0.5, "admin": True, "note": None, "é": "ü"}
+META = {"user": "ada", "request": "r-17", "tenant_id": 42, "ratio": 0.5, "admin": True,
+        "note": None, "é": "ü"}
 
 
 def test_metadata_round_trips_on_every_store(store):
     agg = new_id()
-    stored = store.sink([ItemAdded(aggregate_id=agg, title="a", metadata=META), ItemAdded(aggregate_id=agg, title="b")])
+    stored = store.sink([ItemAdded(aggregate_id=agg, title="a", metadata=META),
+                         ItemAdded(aggregate_id=agg, title="b")])
     assert stored[0].metadata == META and stored[1].metadata == {}
     read = store.get_events_for_aggregate_id(agg)
     assert read[0].metadata == META and type(read[0].metadata) is dict
     assert read[1].metadata == {}
     assert read == stored
     assert store.get_next_from(1)[0].metadata == META
-    generic = store.sink(es.Event(type="unregistered.thing", aggregate_id=new_id(), body={}, metadata={"k": "v"}))
+    generic = store.sink(es.Event(type="unregistered.thing", aggregate_id=new_id(), body={},
+                                  metadata={"k": "v"}))
     assert store.get_next_from(generic[0].id)[0].metadata == {"k": "v"}
 
 
@@ -57,7 +60,8 @@ def test_a_field_named_metadata_is_reserved():
 ], ids=["int key", "list", "dict", "nan", "inf", "nul key", "nul value", "surrogate"])
 def test_bad_metadata_is_refused_and_nothing_is_written(store, metadata, error, match):
     with pytest.raises(error, match=match):
-        store.sink([ItemAdded(aggregate_id="m", title="ok"), ItemAdded(aggregate_id="m", title="t", metadata=metadata)])
+        store.sink([ItemAdded(aggregate_id="m", title="ok"),
+                    ItemAdded(aggregate_id="m", title="t", metadata=metadata)])
     assert store.latest_event_id() == 0
 
 
@@ -74,7 +78,8 @@ class Answerer(es.Reactor):
 
     @es.on(Asked)
     def _asked(self, event):
-        self.emit_event(Answered(aggregate_id=event.aggregate_id, metadata={"tenant": "own", "by": "answerer"}))
+        self.emit_event(Answered(aggregate_id=event.aggregate_id,
+                                 metadata={"tenant": "own", "by": "answerer"}))
 
 
 def test_emit_event_copies_the_causes_metadata_under_its_own(store):
@@ -106,10 +111,12 @@ def test_a_sqlite_store_of_schema_1_is_upgraded_in_place(tmp_path):
     with es.SQLiteEventStore(path) as store:
         (old,) = store.get_events_for_aggregate_id("old")
         assert old.title == "from v1" and old.metadata == {}
-        store.sink(ItemAdded(aggregate_id="old", title="new", metadata={"k": "v"}), expected_version=1)
+        store.sink(ItemAdded(aggregate_id="old", title="new", metadata={"k": "v"}),
+                   expected_version=1)
         assert store.get_events_for_aggregate_id("old")[1].metadata == {"k": "v"}
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM eventsourcery_schema").fetchall() == [(es.SQLITE_SCHEMA_VERSION,)]
+        assert (conn.execute("SELECT version FROM eventsourcery_schema").fetchall()
+                == [(es.SQLITE_SCHEMA_VERSION,)])
     with es.SQLiteEventStore(path) as store:  # opening again changes nothing
         assert [e.title for e in store.get_events_for_aggregate_id("old")] == ["from v1", "new"]
 
@@ -128,5 +135,6 @@ def test_a_postgres_store_of_schema_2_is_upgraded_in_place():
         admin.execute(f'UPDATE "{schema}".eventsourcery_schema SET version = 2')
     with es_pg.PostgresEventStore(url, schema=schema) as store:
         assert store.get_events_for_aggregate_id("old")[0].metadata == {}
-        store.sink(ItemAdded(aggregate_id="old", title="after", metadata={"k": 1}), expected_version=1)
+        store.sink(ItemAdded(aggregate_id="old", title="after", metadata={"k": 1}),
+                   expected_version=1)
         assert [e.metadata for e in store.get_events_for_aggregate_id("old")] == [{}, {"k": 1}]

@@ -1,4 +1,5 @@
-"""Reactors' emits_events (any iterable, checked at class definition) and Aggregate.ignores_events."""
+"""Reactors' emits_events (any iterable, checked at class definition) and
+Aggregate.ignores_events."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_emits_events_accepts_any_iterable() -> None:
     assert FromGenerator.emits_events == (NcStakeholderNotified, NcOther)
 
 
-@pytest.mark.parametrize("bad", [42, "nc_other", NcOther, es.Event, [NcOther, "nc_order_placed"], [NcOther, int]])
+@pytest.mark.parametrize("bad", [42, "nc_other", NcOther, es.Event, [NcOther, "nc_order_placed"],
+                                 [NcOther, int]])
 def test_emits_events_is_checked_at_class_definition(bad: object) -> None:
     with pytest.raises(TypeError, match="emits_events") as info:
         type("BadReactor", (es.Reactor,), {"emits_events": bad})
@@ -83,7 +85,7 @@ def test_emitting_an_undeclared_event_is_still_refused() -> None:
     assert isinstance(info.value.__cause__, es.UndeclaredEventEmissionError)
 
 
-def test_a_reactor_emitting_onto_the_stream_does_not_break_loading_an_aggregate_that_ignores_it() -> None:
+def test_a_reactor_emitting_onto_the_stream_leaves_an_aggregate_that_ignores_it_loadable() -> None:
     store = es.MemoryEventStore()
     repo = es.Repository(store)
     order = repo.load(NcOrder, "o-1")
@@ -92,7 +94,8 @@ def test_a_reactor_emitting_onto_the_stream_does_not_break_loading_an_aggregate_
     reactor = NcNotifier(store)
     reactor.setup()
     reactor.process_batch(store.get_next_from(1))
-    assert [e.type for e in store.get_events_for_aggregate_id("o-1")] == ["nc_order_placed", "nc_stakeholder_notified"]
+    assert ([e.type for e in store.get_events_for_aggregate_id("o-1")]
+            == ["nc_order_placed", "nc_stakeholder_notified"])
 
     with pytest.raises(es.UnknownEventError):
         repo.load(NcStrictOrder, "o-1")
@@ -132,7 +135,8 @@ def test_ignores_events_is_checked_at_class_definition(bad: object) -> None:
         type("BadAggregate", (es.Aggregate,), {"ignores_events": bad})
 
 
-# -- the README's claim: a runner started in a thread must be shut down, or the process hangs at exit --
+# -- the README's claim: a runner started in a thread must be shut down, or the process hangs at
+# exit --
 
 RUNNER_SCRIPT = '''
 import os, sys, threading, time
@@ -174,8 +178,9 @@ def test_a_runner_in_a_thread_hangs_the_exit_unless_shut_down(tmp_path, thread_k
     env = {**os.environ, "PYTHONPATH": str(root)}
 
     def run(mode: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-c", RUNNER_SCRIPT, str(tmp_path / mode), thread_kind, mode],
-                                stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        return subprocess.Popen([sys.executable, "-c", RUNNER_SCRIPT, str(tmp_path / mode),
+                                 thread_kind, mode], stdout=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
 
     (tmp_path / "shutdown").mkdir()
     (tmp_path / "forget").mkdir()
@@ -194,5 +199,6 @@ def test_a_runner_in_a_thread_hangs_the_exit_unless_shut_down(tmp_path, thread_k
         with pytest.raises(subprocess.TimeoutExpired):
             hung.wait(timeout=3)  # main is done, yet the process does not exit
     finally:
-        os.killpg(hung.pid, signal.SIGKILL)  # the session this test started: the script and its child
+        # the session this test started: the script and its child
+        os.killpg(hung.pid, signal.SIGKILL)
         hung.wait(timeout=30)

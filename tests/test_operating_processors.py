@@ -1,6 +1,6 @@
 """Processors that keep their promises when things go wrong (SPEC §4): fenced ownership, short write
-locks, failing events, replay and start position, children that die with the runner, truthful status,
-read-your-writes. Every wait is bounded; no test depends on how fast the machine is."""
+locks, failing events, replay and start position, children that die with the runner, truthful
+status, read-your-writes. Every wait is bounded; no test depends on how fast the machine is."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ class Background:
 
         def run():
             try:
-                es.run_processor(processor, store, stop=self.stop, error_handler=handler or es.ConstantRetry(0.02))
+                es.run_processor(processor, store, stop=self.stop,
+                                 error_handler=handler or es.ConstantRetry(0.02))
             except BaseException as exc:  # noqa: BLE001 - reported by the test
                 self.error = exc
 
@@ -92,7 +93,7 @@ def db_store(request, tmp_path):
     s.close()
 
 
-# --- 8. ESPRunner refuses a memory store -----------------------------------------------------------
+# --- 8. ESPRunner refuses a memory store ----------------------------------------------------------
 
 
 def test_esp_runner_refuses_a_memory_store_with_a_clear_error():
@@ -107,7 +108,7 @@ def test_esp_runner_refuses_an_sqlite_store_in_memory_too():
         es.ESPRunner([CountingPonger(store)], store)
 
 
-# --- 3. a failing event commits the work before it --------------------------------------------------
+# --- 3. a failing event commits the work before it ------------------------------------------------
 
 
 def test_a_failing_event_commits_the_events_before_it_and_only_it_is_retried(store):
@@ -122,7 +123,7 @@ def test_a_failing_event_commits_the_events_before_it_and_only_it_is_retried(sto
     assert pongs_per_ping(store) == {n: 1 for n in range(1, 21)}
 
 
-# --- 1. fenced ownership ---------------------------------------------------------------------------
+# --- 1. fenced ownership --------------------------------------------------------------------------
 
 
 def test_a_stale_instance_cannot_commit_once_another_has_taken_the_name(db_store):
@@ -134,7 +135,8 @@ def test_a_stale_instance_cannot_commit_once_another_has_taken_the_name(db_store
     new._generation = new.tracker.acquire(new.processor_name, "2@new")
     with pytest.raises(es.ProcessorFencedError):
         old.process_batch(db_store.get_next_from(1))
-    assert pongs_per_ping(db_store) == {}  # the stale instance's emissions rolled back with its position
+    # the stale instance's emissions rolled back with its position
+    assert pongs_per_ping(db_store) == {}
     assert old.last_processed_event_id == 0
 
 
@@ -145,18 +147,21 @@ def test_an_instance_retrying_after_an_error_stops_if_another_took_the_name_mean
 
     def another_instance_takes_over_and_finishes(interval):
         generation = reactor.tracker.acquire(name, "2@elsewhere")
-        reactor.tracker.commit_position(name, store.latest_event_id(), generation)  # nothing left to commit
+        # nothing left to commit
+        reactor.tracker.commit_position(name, store.latest_event_id(), generation)
 
     deadline = time.monotonic() + WAIT
     with pytest.raises(es.ProcessorFencedError):
         es.run_processor(reactor, store, stop=lambda: time.monotonic() > deadline,
-                         error_handler=es.ConstantRetry(0, sleep=another_instance_takes_over_and_finishes))
+                         error_handler=es.ConstantRetry(
+                             0, sleep=another_instance_takes_over_and_finishes))
     assert reactor.effects == {1: 1, 2: 1}
     assert pongs_per_ping(store) == {1: 1, 2: 1}
     assert reactor.tracker.record(name).generation == 2
 
 
-def test_removing_the_sqlite_lock_directory_lets_a_second_instance_in_but_never_twice(tmp_path, caplog):
+def test_removing_the_sqlite_lock_directory_lets_a_second_instance_in_but_never_twice(
+        tmp_path, caplog):
     path = tmp_path / "events.db"
     writer = es.SQLiteEventStore(path)
     sink_pings(writer, 1, 10)
@@ -167,10 +172,12 @@ def test_removing_the_sqlite_lock_directory_lets_a_second_instance_in_but_never_
         second = Background(CountingPonger(es.SQLiteEventStore(path)), es.SQLiteEventStore(path))
         assert wait_until(lambda: first.processor.tracker.record("counting_ponger").generation == 2)
         sink_pings(writer, 11, 40)
-        assert wait_until(lambda: not first.thread.is_alive())  # the old one stopped at its next commit
+        # the old one stopped at its next commit
+        assert wait_until(lambda: not first.thread.is_alive())
     assert isinstance(first.error, es.ProcessorFencedError)
     assert sum("another instance has taken over" in r.getMessage() for r in caplog.records) == 1
-    assert wait_until(lambda: second.processor.last_processed_event_id >= writer.latest_event_id([Ping]))
+    assert wait_until(lambda: second.processor.last_processed_event_id
+                      >= writer.latest_event_id([Ping]))
     second.finish()
     assert pongs_per_ping(writer) == {n: 1 for n in range(1, 41)}
 
@@ -188,23 +195,26 @@ def test_a_postgres_lock_session_killed_by_the_server_fences_the_old_instance(tm
     assert wait_until(lambda: first.processor.last_processed_event_id >= 10)
     other = type(store)(store.conninfo, schema=store.schema)
     second = Background(Ponger(other), other)
-    assert wait_until(lambda: first.processor.tracker.record(Ponger.processor_name).standby is not None)
+    assert wait_until(lambda: first.processor.tracker.record(Ponger.processor_name).standby
+                      is not None)
     admin = store.connection
-    killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+    killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                           "application_name = %s",
                            (f"eventsourcery processor {Ponger.processor_name}"[:63],)).fetchall()
     assert killed == [(True,)]
     assert wait_until(lambda: first.processor.tracker.record(Ponger.processor_name).generation == 2)
     sink_pings(store, 11, 40)
     assert wait_until(lambda: not first.thread.is_alive())
     assert isinstance(first.error, es.ProcessorFencedError)
-    assert wait_until(lambda: second.processor.last_processed_event_id >= store.latest_event_id([Ping]))
+    assert wait_until(lambda: second.processor.last_processed_event_id
+                      >= store.latest_event_id([Ping]))
     second.finish()
     other.close()
     assert pongs_per_ping(store) == {n: 1 for n in range(1, 41)}
     store.close()
 
 
-# --- 2. short write locks --------------------------------------------------------------------------
+# --- 2. short write locks -------------------------------------------------------------------------
 
 
 def test_application_writes_interleave_with_a_slow_reactor_on_sqlite(tmp_path):
@@ -215,13 +225,14 @@ def test_application_writes_interleave_with_a_slow_reactor_on_sqlite(tmp_path):
     running = Background(reactor, reactor.store)
     assert wait_until(lambda: reactor.effects)  # busy with the backlog
     for n in range(10):
-        app.sink(Tick(aggregate_id=f"app-{n}", n=n))  # each would fail with "database is locked" after 3 s
+        # each would fail with "database is locked" after 3 s
+        app.sink(Tick(aggregate_id=f"app-{n}", n=n))
     assert reactor.last_processed_event_id < 200  # the writes really happened during the backlog
     running.finish()
     assert running.error is None
 
 
-# --- 4. replay and start position --------------------------------------------------------------------
+# --- 4. replay and start position -----------------------------------------------------------------
 
 
 def test_after_reset_a_reactor_replays_without_emitting_or_repeating_guarded_effects(store):
@@ -231,8 +242,10 @@ def test_after_reset_a_reactor_replays_without_emitting_or_repeating_guarded_eff
     reactor.reset()
     assert reactor.tracker.record(reactor.processor_name).horizon >= 5
     sink_pings(store, 6, 7)
-    again = CountingPonger(store, effects=reactor.effects)  # a new instance: the horizon is in the tracker
-    es.run_processor(again, store, stop=lambda: again.last_processed_event_id >= store.latest_event_id())
+    # a new instance: the horizon is in the tracker
+    again = CountingPonger(store, effects=reactor.effects)
+    es.run_processor(again, store,
+                     stop=lambda: again.last_processed_event_id >= store.latest_event_id())
     assert again.replays == [1, 2, 3, 4, 5]
     assert reactor.effects == {n: 1 for n in range(1, 8)}
     assert pongs_per_ping(store) == {n: 1 for n in range(1, 8)}
@@ -269,25 +282,28 @@ def test_start_from_end_begins_after_the_latest_event_and_again_after_reset(stor
         type("Bad", (es.EventStreamProcessor,), {"start_from": "middle"})
 
 
-# --- 5. children die with the runner ---------------------------------------------------------------
+# --- 5. children die with the runner --------------------------------------------------------------
 
 
 def test_children_stop_when_the_runner_is_killed_and_a_new_runner_takes_over(tmp_path):
     store_path = str(tmp_path / "events.db")
     store = es.SQLiteEventStore(store_path)
     store.sink(Ping(aggregate_id="p", n=1))
-    spec = dict(store=store_path, start_method="fork", max_seconds=5, processors=[{"kind": "ping_reactor"}])
+    spec = dict(store=store_path, start_method="fork", max_seconds=5,
+                processors=[{"kind": "ping_reactor"}])
     first_dir = tmp_path / "first"
     first_dir.mkdir()
     first = RunnerProcess(first_dir, **spec)
     try:
-        assert wait_until(lambda: first.child_pid(ps.PingReactor.processor_name)), first.diagnostics()
+        assert wait_until(lambda: first.child_pid(ps.PingReactor.processor_name)), (
+            first.diagnostics())
         child = first.child_pid(ps.PingReactor.processor_name)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(WAIT)
         assert wait_until(lambda: not os.path.exists(f"/proc/{child}") or
-                          read_text(f"/proc/{child}/stat").rsplit(")", 1)[-1].split()[:1] == ["Z"]), (
-            f"child {child} outlived its runner\n{first.diagnostics()}")
+                          read_text(f"/proc/{child}/stat").rsplit(")", 1)[-1].split()[:1]
+                              == ["Z"]), (f"child {child} outlived its runner\n"
+                                          f"{first.diagnostics()}")
         assert not store.is_running(ps.PingReactor.processor_name)
     finally:
         first.cleanup()
@@ -295,14 +311,15 @@ def test_children_stop_when_the_runner_is_killed_and_a_new_runner_takes_over(tmp
     second_dir.mkdir()
     second = RunnerProcess(second_dir, **spec)
     try:
-        assert wait_until(lambda: second.child_pid(ps.PingReactor.processor_name)), second.diagnostics()
+        assert wait_until(lambda: second.child_pid(ps.PingReactor.processor_name)), (
+            second.diagnostics())
         assert wait_until(lambda: store.is_running(ps.PingReactor.processor_name))
         assert second.stop() == 0, second.diagnostics()
     finally:
         second.cleanup()
 
 
-# --- 6. status that tells the truth ------------------------------------------------------------------
+# --- 6. status that tells the truth ---------------------------------------------------------------
 
 
 def test_statuses_say_failing_with_the_error_while_a_processor_retries(db_store):
@@ -311,22 +328,27 @@ def test_statuses_say_failing_with_the_error_while_a_processor_retries(db_store)
     running = Background(reactor, db_store, es.ConstantRetry(0.02))
     assert wait_until(lambda: any(s.state == "failing" for s in es.processor_statuses(db_store)))
     status = {s.name: s for s in es.processor_statuses(db_store)}["counting_ponger"]
-    assert status.running and status.failing_event_id == 3 and "failing on ping 3" in status.last_error
+    assert (status.running and status.failing_event_id == 3
+            and "failing on ping 3" in status.last_error)
     assert status.position == 2
     reactor.fail_times = 0
-    assert wait_until(lambda: {s.name: s for s in es.processor_statuses(db_store)}["counting_ponger"].state
-                      == "running")
+    assert wait_until(
+        lambda: {s.name: s for s in es.processor_statuses(db_store)}["counting_ponger"].state
+        == "running")
     running.finish()
-    assert {s.name: s for s in es.processor_statuses(db_store)}["counting_ponger"].state == "stopped"
+    assert ({s.name: s for s in es.processor_statuses(db_store)}["counting_ponger"].state
+            == "stopped")
 
 
-def test_an_idle_filtered_processor_has_no_lag_and_a_projector_with_its_own_database_is_listed(db_store, tmp_path):
+def test_an_idle_filtered_processor_has_no_lag_and_a_projector_with_its_own_database_is_listed(
+        db_store, tmp_path):
     sink_pings(db_store, 1, 3)
     projector = ps.CountingProjector(str(tmp_path / "projection.db"))
     projector_run = Background(projector, db_store)
     reactor = CountingPonger(db_store)
     reactor_run = Background(reactor, db_store)
-    assert wait_until(lambda: sum(pongs_per_ping(db_store).values()) == 3)  # no more events of its own to come
+    # no more events of its own to come
+    assert wait_until(lambda: sum(pongs_per_ping(db_store).values()) == 3)
     for n in range(5):
         db_store.sink(Tick(aggregate_id="unhandled", n=n))  # the reactor does not handle ticks
     latest = db_store.latest_event_id()
@@ -349,22 +371,25 @@ def test_a_standby_logs_once_naming_the_pid_and_host_holding_the_name(tmp_path, 
         tracker = holder.processor.tracker
         assert wait_until(lambda: tracker.record("counting_ponger").standby is not None)
         first_try = tracker.record("counting_ponger").standby_at
-        assert wait_until(lambda: tracker.record("counting_ponger").standby_at != first_try)  # it tried again
+        # it tried again
+        assert wait_until(lambda: tracker.record("counting_ponger").standby_at != first_try)
         standby.finish()
     lines = [r.getMessage() for r in caplog.records if "standby" in r.getMessage()]
     assert len(lines) == 1 and f"pid {os.getpid()} on host" in lines[0]
     holder.finish()
 
 
-# --- 7. read-your-writes -------------------------------------------------------------------------------
+# --- 7. read-your-writes --------------------------------------------------------------------------
 
 
-def test_wait_for_returns_once_the_position_reaches_the_event_and_false_on_timeout(db_store, tmp_path):
+def test_wait_for_returns_once_the_position_reaches_the_event_and_false_on_timeout(
+        db_store, tmp_path):
     projector = ps.CountingProjector(str(tmp_path / "projection.db"))
     assert projector.wait_for(1, timeout=0.01) is False
     running = Background(projector, db_store)
     written = db_store.sink(Tick(aggregate_id="t", n=1))[0]
-    reader = ps.CountingProjector(str(tmp_path / "projection.db"))  # another instance: reads the tracker
+    # another instance: reads the tracker
+    reader = ps.CountingProjector(str(tmp_path / "projection.db"))
     assert reader.wait_for(written.id, timeout=WAIT) is True
     assert ps.projection_of(str(tmp_path / "projection.db"))["counts"] == {"t": 1}
     running.finish()

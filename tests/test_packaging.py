@@ -48,7 +48,8 @@ def test_wheel_ships_each_module_as_a_typed_package(wheel):
     main = wheel.read("eventsourcery/__main__.py").decode()
     assert "from eventsourcery import main" in main and "sys.exit(main())" in main, main
     assert "eventsourcery_pg/__main__.py" not in names  # it has no main()
-    assert not any(n.startswith(("tests/", "examples/", "bench/")) or n == "setup.py" for n in names), sorted(names)
+    assert not any(n.startswith(("tests/", "examples/", "bench/")) or n == "setup.py"
+                   for n in names), sorted(names)
     assert not any(".data/" in n for n in names), sorted(names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "eventsourcery = eventsourcery:main" in wheel.read(entry_points).decode()
@@ -56,7 +57,8 @@ def test_wheel_ships_each_module_as_a_typed_package(wheel):
 
 def test_wheel_ships_the_license(wheel):
     names = wheel.namelist()
-    licenses = [n for n in names if n.split(".dist-info/", 1)[-1] in ("LICENSE", "licenses/LICENSE")]
+    licenses = [n for n in names
+                if n.split(".dist-info/", 1)[-1] in ("LICENSE", "licenses/LICENSE")]
     assert len(licenses) == 1, names
     text = wheel.read(licenses[0]).decode()
     assert text == (ROOT / "LICENSE").read_text()

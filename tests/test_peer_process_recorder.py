@@ -1,9 +1,11 @@
-"""The `eventsourcing` package's own ProcessRecorder test cases, run against eventsourcery's documented API.
+"""The `eventsourcing` package's own ProcessRecorder test cases, run against eventsourcery's
+documented API.
 
-A process recorder writes the events a processor emits together with its tracking position, atomically:
-``store.transaction()`` around ``sink`` calls (one per aggregate, each with its own expected version) and
-the store tracker's ``processed_event``. The adapter below uses nothing else (no private name), and the
-peer's test cases run unchanged on the memory, SQLite and Postgres stores.
+A process recorder writes the events a processor emits together with its tracking position,
+atomically: ``store.transaction()`` around ``sink`` calls (one per aggregate, each with its own
+expected version) and the store tracker's ``processed_event``. The adapter below uses nothing else
+(no private name), and the peer's test cases run unchanged on the memory, SQLite and Postgres
+stores.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import eventsourcing.persistence as persistence  # the bench extra brings eventsourcing (and the pycryptodome
+# the bench extra brings eventsourcing (and the pycryptodome
+import eventsourcing.persistence as persistence
 import eventsourcing.tests.persistence as peer_tests  # its test module imports); CI installs it
 
 import eventsourcery as es
@@ -33,12 +36,14 @@ def _originator(aggregate_id: str) -> uuid.UUID | str:
 
 def _stored(event: es.Event) -> Any:
     return persistence.StoredEvent(originator_id=_originator(event.aggregate_id),
-                                   originator_version=event.body["originator_version"], topic=event.type,
+                                   originator_version=event.body["originator_version"],
+                                   topic=event.type,
                                    state=base64.b64decode(event.body["state"]))
 
 
 class EventsourceryProcessRecorder(persistence.ProcessRecorder):
-    """eventsourcing's ProcessRecorder on an eventsourcery store, through its documented API only."""
+    """eventsourcing's ProcessRecorder on an eventsourcery store, through its documented API
+    only."""
 
     def __init__(self, store: es.EventStore) -> None:
         self.store = store
@@ -53,12 +58,14 @@ class EventsourceryProcessRecorder(persistence.ProcessRecorder):
                     if current is not None and tracking.notification_id <= current:
                         raise persistence.IntegrityError(f"{tracking} is not after {current}")
                 ids: list[int] = []
-                for originator_id, group in itertools.groupby(stored_events, key=lambda e: e.originator_id):
+                for originator_id, group in itertools.groupby(
+                        stored_events, key=lambda e: e.originator_id):
                     events = list(group)
                     sunk = self.store.sink(
                         [es.Event(type=e.topic, aggregate_id=str(originator_id),
                                   body={"originator_version": e.originator_version,
-                                        "state": base64.b64encode(e.state).decode()}) for e in events],
+                                        "state": base64.b64encode(e.state).decode()})
+                         for e in events],
                         expected_version=max(events[0].originator_version - 1, 0))
                     ids += [e.id for e in sunk if e.id is not None]
                 if tracking is not None:
@@ -67,8 +74,8 @@ class EventsourceryProcessRecorder(persistence.ProcessRecorder):
             raise persistence.IntegrityError(str(exc)) from exc
         return ids
 
-    def select_events(self, originator_id: uuid.UUID | str, *, gt: int | None = None, lte: int | None = None,
-                      desc: bool = False, limit: int | None = None) -> Sequence[Any]:
+    def select_events(self, originator_id: uuid.UUID | str, *, gt: int | None = None, lte: int
+                      | None = None, desc: bool = False, limit: int | None = None) -> Sequence[Any]:
         events = [_stored(e) for e in self.store.get_events_for_aggregate_id(str(originator_id))]
         events = [e for e in events if (gt is None or e.originator_version > gt)
                   and (lte is None or e.originator_version <= lte)]
@@ -77,7 +84,8 @@ class EventsourceryProcessRecorder(persistence.ProcessRecorder):
         return events if limit is None else events[:limit]
 
     def select_notifications(self, start: int | None, limit: int, stop: int | None = None,
-                             topics: Sequence[str] = (), *, inclusive_of_start: bool = True) -> Sequence[Any]:
+                             topics: Sequence[str] = (), *,
+                             inclusive_of_start: bool = True) -> Sequence[Any]:
         first = (start or 1) + (0 if inclusive_of_start or start is None else 1)
         events = self.store.get_next_from(first, list(topics) or None, limit=limit)
         return [persistence.Notification(id=e.id, **vars(_stored(e))) for e in events
@@ -97,7 +105,8 @@ class EventsourceryProcessRecorder(persistence.ProcessRecorder):
 
 
 class _OnEventsourcery(peer_tests.ProcessRecorderTestCase):
-    """The peer's test cases, unchanged, each on a new empty store of ``kind`` (conftest's STORE_FACTORIES)."""
+    """The peer's test cases, unchanged, each on a new empty store of ``kind`` (conftest's
+    STORE_FACTORIES)."""
 
     kind = ""
 

@@ -1,4 +1,5 @@
-"""The private PostgreSQL cluster of tests/pg_cluster.py: that it is private, and that its faults happen.
+"""The private PostgreSQL cluster of tests/pg_cluster.py: that it is private, and that its faults
+happen.
 
 One cluster serves the module (tests run in a few seconds); a test that stops
 it leaves it to the next test's ``cluster`` fixture to start it again. Skipped
@@ -18,7 +19,14 @@ import pytest
 
 from tests import pg_cluster
 from tests._util import wait_until
-from tests.pg_cluster import SHARED_PORT, PrivateCluster, find_bindir, in_ci, private_cluster, require_server_binaries
+from tests.pg_cluster import (
+    SHARED_PORT,
+    PrivateCluster,
+    find_bindir,
+    in_ci,
+    private_cluster,
+    require_server_binaries,
+)
 
 if in_ci():
     import psycopg  # in CI a missing psycopg is a failure, not a skip
@@ -37,13 +45,15 @@ def cluster(private_cluster):
 
 
 def backend_exists(cluster, pid) -> bool:
-    return bool(cluster.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,), dbname="postgres"))
+    return bool(cluster.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,),
+                                dbname="postgres"))
 
 
 def test_private_server_is_up_and_not_the_shared_one(cluster):
     assert cluster.port != SHARED_PORT
     with psycopg.connect(cluster.url, connect_timeout=5) as conn:
-        assert conn.execute("SELECT current_database(), current_user, 1 + 1").fetchone() == ("test", "postgres", 2)
+        assert (conn.execute("SELECT current_database(), current_user, 1 + 1").fetchone()
+                == ("test", "postgres", 2))
         assert int(conn.execute("SHOW port").fetchone()[0]) == cluster.port
         data_dir = pathlib.Path(conn.execute("SHOW data_directory").fetchone()[0])
         assert data_dir.resolve() == cluster.data_dir.resolve()
@@ -58,15 +68,17 @@ def test_private_server_is_up_and_not_the_shared_one(cluster):
 
 def test_execute_and_psql(cluster):
     cluster.execute("DROP TABLE IF EXISTS kv")
-    assert cluster.psql("CREATE TABLE kv (k text PRIMARY KEY, v int); INSERT INTO kv VALUES ('a', 1), ('b', 2); "
-                        "SELECT k FROM kv ORDER BY k; SELECT sum(v) FROM kv") == [[("a",), ("b",)], [(3,)]]
+    assert (cluster.psql("CREATE TABLE kv (k text PRIMARY KEY, v int); INSERT INTO kv VALUES ('a', "
+                         "1), ('b', 2); SELECT k FROM kv ORDER BY k; SELECT sum(v) FROM kv")
+            == [[("a",), ("b",)], [(3,)]])
     assert cluster.execute("SELECT v FROM kv WHERE k = %s", ("b",)) == [(2,)]
     assert cluster.execute("UPDATE kv SET v = v + 1") == []
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_restart_breaks_open_connection_and_a_new_one_works(cluster, mode):
-    cluster.psql("DROP TABLE IF EXISTS kept; CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
+    cluster.psql(
+        "DROP TABLE IF EXISTS kept; CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
     pid = cluster.pid
     conn = psycopg.connect(cluster.url, autocommit=True, connect_timeout=5)
     try:
@@ -114,10 +126,13 @@ def test_crash_keeps_committed_data_and_runs_crash_recovery(cluster):
 
 
 def test_terminate_backends_ends_only_the_matching_sessions(cluster):
-    victim = psycopg.connect(cluster.url, autocommit=True, application_name="victim-1", connect_timeout=5)
-    bystander = psycopg.connect(cluster.url, autocommit=True, application_name="bystander", connect_timeout=5)
+    victim = psycopg.connect(cluster.url, autocommit=True, application_name="victim-1",
+                             connect_timeout=5)
+    bystander = psycopg.connect(cluster.url, autocommit=True, application_name="bystander",
+                                connect_timeout=5)
     try:
-        assert cluster.terminate_backends(application_name_like="victim%") == [victim.info.backend_pid]
+        assert (cluster.terminate_backends(application_name_like="victim%")
+                == [victim.info.backend_pid])
         assert not backend_exists(cluster, victim.info.backend_pid)
         with pytest.raises(psycopg.OperationalError):
             victim.execute("SELECT 1")
@@ -140,8 +155,8 @@ def test_idle_session_timeout_ends_an_idle_session(cluster):
         try:
             assert idle.execute("SHOW idle_session_timeout").fetchone() == ("200ms",)
             pid = idle.info.backend_pid
-            assert wait_until(lambda: not backend_exists(cluster, pid), timeout=BOUND, interval=0.05), (
-                f"idle session {pid} still there after {BOUND} s")
+            assert wait_until(lambda: not backend_exists(cluster, pid), timeout=BOUND,
+                              interval=0.05), (f"idle session {pid} still there after {BOUND} s")
             with pytest.raises(psycopg.OperationalError):
                 idle.execute("SELECT 1")
         finally:
@@ -160,7 +175,8 @@ def test_cleanup_stops_the_server_and_removes_the_directory_even_on_errors(priva
     assert not directory.exists()
     assert not os.path.exists(f"/proc/{pid}")
     with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", port)) != 0, "something still listens on the closed cluster's port"
+        assert s.connect_ex(("127.0.0.1", port)) != 0, ("something still listens on the closed "
+                                                        "cluster's port")
 
 
 def test_sweep_removes_clusters_of_dead_owners_only(tmp_path):
@@ -172,9 +188,11 @@ def test_sweep_removes_clusters_of_dead_owners_only(tmp_path):
     live = tmp_path / f"{pg_cluster.DIR_PREFIX}live"
     (live / "data").mkdir(parents=True)
     (live / pg_cluster.OWNER_FILE).write_text(pg_cluster._process_identity(os.getpid()))
-    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=stale / "data")
+    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                cwd=stale / "data")
     try:
-        assert wait_until(lambda: leftover.pid in pg_cluster._pids_in(os.path.realpath(stale / "data")), BOUND)
+        assert wait_until(
+            lambda: leftover.pid in pg_cluster._pids_in(os.path.realpath(stale / "data")), BOUND)
         assert pg_cluster.sweep_stale_clusters(tmp_path) == [stale]
         assert leftover.wait(BOUND) == -signal.SIGKILL  # the dead owner's "server" is killed
     finally:
@@ -184,10 +202,11 @@ def test_sweep_removes_clusters_of_dead_owners_only(tmp_path):
     assert live.exists()
 
 
-# --- finding the binaries (no server needed) -----------------------------------------------------------
+# --- finding the binaries (no server needed) ------------------------------------------------------
 
 
-def fake_bindir(root: pathlib.Path, version: str, programs=("initdb", "pg_ctl", "postgres")) -> pathlib.Path:
+def fake_bindir(root: pathlib.Path, version: str,
+                programs=("initdb", "pg_ctl", "postgres")) -> pathlib.Path:
     bindir = root / version / "bin"
     bindir.mkdir(parents=True)
     for name in programs:
@@ -214,7 +233,8 @@ def test_no_server_binaries_skips_but_fails_in_ci(tmp_path, monkeypatch, ci):
     else:
         monkeypatch.setenv("CI", ci)
     expected = pytest.fail.Exception if ci else pytest.skip.Exception
-    try:  # not pytest.raises: a Skipped it does not expect would skip this test instead of failing it
+    # not pytest.raises: a Skipped it does not expect would skip this test instead of failing it
+    try:
         require_server_binaries(f"{tmp_path}/*/bin")
     except BaseException as exc:
         outcome = exc

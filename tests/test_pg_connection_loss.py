@@ -1,8 +1,8 @@
-"""Connection loss on Postgres (SPEC 2), on a private cluster this module may restart (never the shared
-server): a connection found dead before anything is sent is opened again without an error (one that
-dies just as a read or a BEGIN is sent: that is run again on a new connection), and a sink
-interrupted by a lost connection is resolved by its events' uuids: the caller sees success once, or a
-StoreError and nothing stored, never a duplicate.
+"""Connection loss on Postgres (SPEC 2), on a private cluster this module may restart (never the
+shared server): a connection found dead before anything is sent is opened again without an error
+(one that dies just as a read or a BEGIN is sent: that is run again on a new connection), and a sink
+interrupted by a lost connection is resolved by its events' uuids: the caller sees success once, or
+a StoreError and nothing stored, never a duplicate.
 
 Each step of a sink is hit: idle before it (backend terminated, server restarted), parked on the
 store's write lock (held by another session) when the backend is terminated or the server restarts,
@@ -44,7 +44,8 @@ _schemas = iter(range(10**6))
 
 @pytest.fixture
 def store(cluster):
-    s = es_pg.PostgresEventStore(cluster.url, schema=f"loss_{next(_schemas)}", reconnect_timeout=BOUND)
+    s = es_pg.PostgresEventStore(cluster.url, schema=f"loss_{next(_schemas)}",
+                                 reconnect_timeout=BOUND)
     yield s
     s.close()
 
@@ -54,11 +55,13 @@ def item(title: str = "t") -> ItemAdded:
 
 
 def stored_titles(cluster, store) -> list[str]:
-    return [row[0] for row in cluster.execute(f'SELECT body->>\'title\' FROM "{store.schema}".events ORDER BY id')]
+    return [row[0] for row in cluster.execute('SELECT body->>\'title\' FROM '
+                                              f'"{store.schema}".events ORDER BY id')]
 
 
 def write_lock_holder(cluster, store):
-    """A session holding the store's write lock (a transaction-scoped advisory lock), so sinks park."""
+    """A session holding the store's write lock (a transaction-scoped advisory lock), so sinks
+    park."""
     conn = cluster.connect(application_name="lock holder")
     conn.execute("BEGIN")
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (es_pg._advisory_key("write", store.schema),))
@@ -112,9 +115,11 @@ def test_first_sink_and_read_after_the_connection_died_idle_succeed(cluster, sto
 
 def dies_before_its_next_statement(cluster, store, monkeypatch) -> None:
     """End the store's session so that the check made before a statement still finds it alive (the
-    server's farewell arrives just after the check): the statement itself meets the lost connection."""
+    server's farewell arrives just after the check): the statement itself meets the lost
+    connection."""
     store.latest_event_id()  # this thread's connection is open
-    monkeypatch.setattr(type(store.database), "_connection_usable", lambda self, conn: not conn.closed)
+    monkeypatch.setattr(type(store.database), "_connection_usable",
+                        lambda self, conn: not conn.closed)
     cluster.terminate_backends("eventsourcery")
 
 
@@ -126,13 +131,14 @@ READS = {
     "snapshots": lambda store: store.snapshots("agg") == [],
     "is_running": lambda store: store.is_running("p") is False,
     "tracker.record": lambda store: store.tracker().record("p").position == 1,
-    "tracker.last_processed_event_id": lambda store: store.tracker().last_processed_event_id("p") == 1,
+    "tracker.last_processed_event_id": lambda store: store.tracker().last_processed_event_id("p")
+        == 1,
 }
 
 
 @pytest.mark.parametrize("read", list(READS))
-def test_a_read_whose_connection_dies_just_before_it_is_read_again_on_a_new_connection(cluster, store, read,
-                                                                                       monkeypatch):
+def test_a_read_whose_connection_dies_just_before_it_is_read_again_on_a_new_connection(
+        cluster, store, read, monkeypatch):
     store.sink(item("before"))
     store.tracker().processed_event("p", 1)
     dies_before_its_next_statement(cluster, store, monkeypatch)
@@ -141,8 +147,8 @@ def test_a_read_whose_connection_dies_just_before_it_is_read_again_on_a_new_conn
     assert stored_titles(cluster, store) == ["before", "after"]
 
 
-def test_a_transaction_whose_connection_dies_just_before_begin_begins_on_a_new_connection(cluster, store,
-                                                                                          monkeypatch):
+def test_a_transaction_whose_connection_dies_just_before_begin_begins_on_a_new_connection(
+        cluster, store, monkeypatch):
     store.sink(item("before"))
     dies_before_its_next_statement(cluster, store, monkeypatch)
     with store.transaction():
@@ -187,7 +193,8 @@ def test_a_read_inside_a_transaction_whose_connection_dies_is_a_store_error_and_
     with pytest.raises(es.StoreError, match="lost the connection"), store.transaction():
         store.sink(item("inside"))
         cluster.terminate_backends("eventsourcery")
-        store.get_next_from(1)  # never read again elsewhere: it would not see the transaction's sink
+        # never read again elsewhere: it would not see the transaction's sink
+        store.get_next_from(1)
     assert store.sink(item("after"))[0].id == 2
     assert stored_titles(cluster, store) == ["before", "after"]
 
@@ -196,7 +203,8 @@ def test_a_read_inside_a_transaction_whose_connection_dies_is_a_store_error_and_
 
 
 @pytest.mark.parametrize("fault", ["terminate", "restart"])
-def test_sink_interrupted_while_waiting_for_the_write_lock_raises_and_stores_nothing(cluster, store, fault):
+def test_sink_interrupted_while_waiting_for_the_write_lock_raises_and_stores_nothing(
+        cluster, store, fault):
     store.sink(item("before"))
     holder = write_lock_holder(cluster, store)
     thread, result = sink_in_thread(store, item("interrupted"))
@@ -229,11 +237,12 @@ def test_sink_inside_a_transaction_whose_connection_dies_raises_and_stores_nothi
     assert store.sink(item("after"))[0].id == 2
 
 
-# --- a transaction whose COMMIT lost its answer: resolved by the uuids of the events it stored -----
+# --- a transaction whose COMMIT lost its answer: resolved by the uuids of the events it stored ----
 
 
 def lose_at_commit(cluster, store, *, after_commit: bool):
-    """Make the store's connection lose its COMMIT: after the server committed, or before it was sent."""
+    """Make the store's connection lose its COMMIT: after the server committed, or before it was
+    sent."""
     conn = store.connection
     real_execute = conn.execute
 
@@ -259,7 +268,8 @@ def test_a_transaction_whose_commit_answer_is_lost_after_it_committed_succeeds_o
     assert store.sink(item("after"))[0].id == 4  # on a new connection
 
 
-def test_a_transaction_whose_commit_never_reached_the_server_says_it_was_not_committed(cluster, store):
+def test_a_transaction_whose_commit_never_reached_the_server_says_it_was_not_committed(
+        cluster, store):
     store.sink(item("before"))
     lose_at_commit(cluster, store, after_commit=False)
     with pytest.raises(es.StoreError, match="it was not committed") as caught:
@@ -271,14 +281,16 @@ def test_a_transaction_whose_commit_never_reached_the_server_says_it_was_not_com
     assert store.sink(item("after"))[0].id == 2
 
 
-def test_events_of_a_rolled_back_savepoint_do_not_count_when_a_lost_commit_is_resolved(cluster, store):
+def test_events_of_a_rolled_back_savepoint_do_not_count_when_a_lost_commit_is_resolved(
+        cluster, store):
     lose_at_commit(cluster, store, after_commit=True)
     with store.transaction():
         kept = store.sink(item("kept"))
         with contextlib.suppress(RuntimeError), store.transaction():
             store.sink(item("rolled back with its savepoint"))
             raise RuntimeError("undo the inner block")
-    assert stored_titles(cluster, store) == ["kept"]  # resolved as committed, not as a partial write
+    # resolved as committed, not as a partial write
+    assert stored_titles(cluster, store) == ["kept"]
     assert store.get_next_from(1) == kept
 
 
@@ -300,7 +312,8 @@ def test_sink_whose_connection_dies_after_the_commit_returns_the_stored_copies_o
 
     def execute_then_lose(query, params=None, **kw):
         cursor = real_execute(query, params, **kw)
-        if "eventsourcery_write_events" in str(query):  # committed (autocommit): now lose the answer
+        # committed (autocommit): now lose the answer
+        if "eventsourcery_write_events" in str(query):
             cluster.terminate_backends("eventsourcery")
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         return cursor
@@ -308,12 +321,14 @@ def test_sink_whose_connection_dies_after_the_commit_returns_the_stored_copies_o
     conn.execute = execute_then_lose
     events = [item("committed 1"), item("committed 2")]
     stored = store.sink(events)
-    assert [(e.id, e.version, e.uuid) for e in stored] == [(2, 2, events[0].uuid), (3, 3, events[1].uuid)]
+    assert [(e.id, e.version, e.uuid) for e in stored] == [(2, 2, events[0].uuid),
+                                                           (3, 3, events[1].uuid)]
     assert store.get_next_from(2) == stored
     assert stored_titles(cluster, store) == ["before", "committed 1", "committed 2"]
 
 
-def test_sink_whose_connection_dies_before_the_statement_reaches_the_server_is_not_stored(cluster, store):
+def test_sink_whose_connection_dies_before_the_statement_reaches_the_server_is_not_stored(
+        cluster, store):
     store.sink(item("before"))
     conn = store.connection
 
@@ -327,7 +342,8 @@ def test_sink_whose_connection_dies_before_the_statement_reaches_the_server_is_n
 
 
 def test_sink_that_cannot_reconnect_to_resolve_says_it_does_not_know(cluster):
-    store = es_pg.PostgresEventStore(cluster.url, schema=f"loss_{next(_schemas)}", reconnect_timeout=0.5)
+    store = es_pg.PostgresEventStore(cluster.url, schema=f"loss_{next(_schemas)}",
+                                     reconnect_timeout=0.5)
     try:
         store.sink(item("before"))
         conn = store.connection

@@ -1,6 +1,7 @@
-"""Group commit (SPEC §2, issue 13): sinks that threads of one process make while a write is under way
-are written together, in one transaction, with each sink's own version check. Made deterministic by
-holding the store's write lock from another session while the sinks queue up; every wait is bounded."""
+"""Group commit (SPEC §2, issue 13): sinks that threads of one process make while a write is under
+way are written together, in one transaction, with each sink's own version check. Made deterministic
+by holding the store's write lock from another session while the sinks queue up; every wait is
+bounded."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from tests.pg_support import connect, postgres_store
 es_pg = pytest.importorskip("eventsourcery_pg")
 
 
-# --- GroupCommit on its own ------------------------------------------------------------------------
+# --- GroupCommit on its own -----------------------------------------------------------------------
 
 
 def test_a_lone_request_is_written_at_once_as_a_group_of_one():
     groups = []
-    commit = es.GroupCommit(lambda requests: groups.append(list(requests)) or [r * 10 for r in requests])
+    commit = es.GroupCommit(lambda requests: groups.append(list(requests))
+                            or [r * 10 for r in requests])
     assert [commit.write(n) for n in (1, 2, 3)] == [10, 20, 30]
     assert groups == [[1], [2], [3]]
 
@@ -110,7 +112,7 @@ def test_a_waiting_request_interrupted_by_ctrl_c_leaves_the_queue_unwritten_and_
     assert written == ["slow", "after"]  # the interrupted request was never written
 
 
-# --- on Postgres -----------------------------------------------------------------------------------
+# --- on Postgres ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -121,7 +123,8 @@ def store(tmp_path):
 
 
 def hold_the_write_lock(store):
-    """Another session holding the store's write lock in an open transaction (a sink parks behind it)."""
+    """Another session holding the store's write lock in an open transaction (a sink parks behind
+    it)."""
     conn = connect()
     conn.execute("BEGIN")
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (es_pg._advisory_key("write", store.schema),))
@@ -154,31 +157,39 @@ def test_sinks_queued_behind_a_write_commit_together_and_a_conflict_fails_alone(
         except es.Error as exc:
             outcomes[name] = exc
 
-    threads = [threading.Thread(target=sink, args=("leader", ItemAdded(aggregate_id="leader", title="l")))]
+    threads = [threading.Thread(target=sink,
+                                args=("leader", ItemAdded(aggregate_id="leader", title="l")))]
     threads[0].start()
-    assert wait_until(lambda: parked_writers(store) == 1)  # the leader's group of one waits for the lock
+    # the leader's group of one waits for the lock
+    assert wait_until(lambda: parked_writers(store) == 1)
     queued = [("a", ItemAdded(aggregate_id="a", title="a"), None),
-              ("stale", ItemAdded(aggregate_id="shared", title="stale"), 0),  # the aggregate is at 1
-              ("b", [ItemAdded(aggregate_id="b", title="b1"), ItemAdded(aggregate_id="b", title="b2")], None),
+              # the aggregate is at 1
+              ("stale", ItemAdded(aggregate_id="shared", title="stale"), 0),
+              ("b", [ItemAdded(aggregate_id="b", title="b1"),
+                     ItemAdded(aggregate_id="b", title="b2")], None),
               ("next", ItemAdded(aggregate_id="shared", title="v2"), 1)]
     for name, event, expected in queued:
         threads.append(threading.Thread(target=sink, args=(name, event, expected)))
         threads[-1].start()
         waiting = len(threads) - 1
         assert wait_until(lambda n=waiting: store._writes.waiting == n)
-    holder.execute("COMMIT")  # releases the lock: the leader commits, then the queue goes as one group
+    # releases the lock: the leader commits, then the queue goes as one group
+    holder.execute("COMMIT")
     holder.close()
     for t in threads:
         t.join(WAIT)
-    assert isinstance(outcomes["stale"], es.ConcurrencyError) and "expected 0" in str(outcomes["stale"])
+    assert (isinstance(outcomes["stale"], es.ConcurrencyError)
+            and "expected 0" in str(outcomes["stale"]))
     stored = everything_in(store)
     assert [e.id for e in stored] == list(range(1, 7))  # gapless: the failed sink left no hole
     assert [e.title for e in stored] == ["v1", "l", "a", "b1", "b2", "v2"]  # in arrival order
     for name in ("leader", "a", "b", "next"):
         assert [(e.id, e.version) for e in outcomes[name]] == [(e.id, e.version) for e in stored
-                                                               if e.uuid in {o.uuid for o in outcomes[name]}]
+                                                               if e.uuid
+                                                               in {o.uuid for o in outcomes[name]}]
     assert [e.version for e in stored if e.aggregate_id == "shared"] == [1, 2]
-    assert group_sizes == [1, 4]  # the leader alone, then the four that queued behind it, in one statement
+    # the leader alone, then the four that queued behind it, in one statement
+    assert group_sizes == [1, 4]
 
 
 def test_threads_racing_on_one_aggregate_have_exactly_one_winner_per_version(store):
@@ -205,7 +216,8 @@ def test_threads_racing_on_one_aggregate_have_exactly_one_winner_per_version(sto
     for t in threads:
         t.join(WAIT)
     versions = [e.version for e in everything_in(store)]
-    assert sorted(winners) == versions[1:] == list(range(2, len(versions) + 1))  # one winner per version
+    # one winner per version
+    assert sorted(winners) == versions[1:] == list(range(2, len(versions) + 1))
     assert len(winners) + len(losers) == 80
     assert [e.id for e in everything_in(store)] == list(range(1, len(versions) + 1))
 
@@ -222,7 +234,8 @@ lock = threading.Lock()
 
 def write(k):
     for n in range(100_000):
-        pair = [ItemAdded(aggregate_id=f"w{k}-{n}", title="one"), ItemAdded(aggregate_id=f"w{k}-{n}", title="two")]
+        pair = [ItemAdded(aggregate_id=f"w{k}-{n}", title="one"),
+                ItemAdded(aggregate_id=f"w{k}-{n}", title="two")]
         store.sink(pair)
         with lock:
             acks.write(pair[0].uuid + " " + pair[1].uuid + "\n")
@@ -233,7 +246,8 @@ threading.Event().wait()
 """
 
 
-def test_kill_9_of_a_process_writing_in_groups_leaves_only_whole_sinks_and_every_acknowledged_one(store, tmp_path):
+def test_kill_9_of_a_process_writing_in_groups_leaves_only_whole_sinks_and_every_acknowledged_one(
+        store, tmp_path):
     import os
     import signal
     import subprocess
@@ -242,10 +256,12 @@ def test_kill_9_of_a_process_writing_in_groups_leaves_only_whole_sinks_and_every
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     acks = tmp_path / "acks"
     acks.touch()
-    child = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, store.conninfo, store.schema, root,
-                              os.path.dirname(es.__file__), str(acks)], stderr=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, store.conninfo,
+                              store.schema, root, os.path.dirname(es.__file__), str(acks)],
+                             stderr=subprocess.PIPE)
     try:
-        assert wait_until(lambda: len(acks.read_text().splitlines()) >= 200 or child.poll() is not None)
+        assert wait_until(lambda: len(acks.read_text().splitlines()) >= 200
+                          or child.poll() is not None)
         assert child.poll() is None, child.stderr.read().decode()[-2000:]
         os.kill(child.pid, signal.SIGKILL)
         child.wait(WAIT)
@@ -260,5 +276,7 @@ def test_kill_9_of_a_process_writing_in_groups_leaves_only_whole_sinks_and_every
         by_aggregate.setdefault(e.aggregate_id, []).append(e.title)
     assert all(titles == ["one", "two"] for titles in by_aggregate.values())  # whole sinks only
     uuids = {e.uuid for e in stored}
-    acknowledged = [line.split() for line in acks.read_text().split("\n")[:-1]]  # whole lines (the last may not be)
-    assert acknowledged and all(a in uuids and b in uuids for a, b in acknowledged)  # nothing acknowledged is lost
+    # whole lines (the last may not be)
+    acknowledged = [line.split() for line in acks.read_text().split("\n")[:-1]]
+    # nothing acknowledged is lost
+    assert acknowledged and all(a in uuids and b in uuids for a, b in acknowledged)

@@ -1,6 +1,6 @@
-"""Operating processors on Postgres (SPEC §4, issue 10): bounded lock waits, a reactor whose handler writes
-through a second store object, sessions the server ends when idle, and projectors whose position lives
-in a database of their own, listed by the store. Every wait is bounded."""
+"""Operating processors on Postgres (SPEC §4, issue 10): bounded lock waits, a reactor whose handler
+writes through a second store object, sessions the server ends when idle, and projectors whose
+position lives in a database of their own, listed by the store. Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -72,14 +72,17 @@ def test_a_reactor_whose_handler_sinks_through_a_second_store_object_never_waits
         @es.on(Ping)
         def _ping(self, event):
             super()._ping(event)  # emits a Pong, committed with the position
-            other.sink(Tick(aggregate_id=f"tick-{event.n}", n=event.n))  # and writes through another object
+            # and writes through another object
+            other.sink(Tick(aggregate_id=f"tick-{event.n}", n=event.n))
 
     sink_pings(store, 1, 30)
     reactor = Recorder(store)
     running = Background(reactor, store, es.NoRetry())
-    assert wait_until(lambda: reactor.last_processed_event_id >= 30 or not running.thread.is_alive())
+    assert wait_until(lambda: reactor.last_processed_event_id >= 30
+                      or not running.thread.is_alive())
     running.finish()
-    assert running.error is None  # no lock wait timed out: the reactor held no write lock in its handler
+    # no lock wait timed out: the reactor held no write lock in its handler
+    assert running.error is None
     assert pongs_per_ping(store) == {n: 1 for n in range(1, 31)}
     assert sorted(e.n for e in everything_in(store) if isinstance(e, Tick)) == list(range(1, 31))
     other.close()
@@ -111,10 +114,12 @@ def test_sessions_ended_by_idle_session_timeout_fence_the_old_instance_and_lose_
     sink_pings(store, 11, 40)
     assert wait_until(lambda: not first.thread.is_alive())  # fenced at its next commit
     assert isinstance(first.error, es.ProcessorFencedError)
-    assert wait_until(lambda: second.processor.last_processed_event_id >= store.latest_event_id([Ping]))
+    assert wait_until(lambda: second.processor.last_processed_event_id
+                      >= store.latest_event_id([Ping]))
     time.sleep(1.0)  # the survivor's own sessions end too, while idle; it reconnects and goes on
     sink_pings(store, 41, 45)
-    assert wait_until(lambda: second.processor.last_processed_event_id >= store.latest_event_id([Ping]))
+    assert wait_until(lambda: second.processor.last_processed_event_id
+                      >= store.latest_event_id([Ping]))
     second.finish()
     assert second.error is None
     assert pongs_per_ping(store) == {n: 1 for n in range(1, 46)}
@@ -166,7 +171,8 @@ def test_a_projector_on_the_stores_own_schema_is_not_registered_elsewhere(store)
 
 
 def test_the_location_names_no_password():
-    db = es_pg.PostgresDatabase("postgresql://alice:secret@db.example:5433/app?schema=reports", lock_timeout=None)
+    db = es_pg.PostgresDatabase("postgresql://alice:secret@db.example:5433/app?schema=reports",
+                                lock_timeout=None)
     assert "secret" not in db.location and "password" not in db.location
     assert es_pg.split_schema(db.location) == (
         "postgresql://?dbname=app&host=db.example&port=5433&user=alice", "reports")

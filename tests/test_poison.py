@@ -23,7 +23,8 @@ def test_generic_event_missing_a_required_field_of_its_registered_class_is_refus
 
 def test_generic_event_with_a_field_its_registered_class_cannot_decode_is_refused(store):
     with pytest.raises(es.InvalidEventError, match=r"'timed'.*'time'"):
-        store.sink([es.Event(type="timed", aggregate_id="agg", body={"time": "2024-01-01T00:00:00+00:00"}),
+        store.sink([es.Event(type="timed", aggregate_id="agg",
+                             body={"time": "2024-01-01T00:00:00+00:00"}),
                     es.Event(type="timed", aggregate_id="agg", body={"time": "not a time"})])
     assert store.latest_event_id() == 0
 
@@ -35,21 +36,24 @@ def test_generic_event_its_registered_class_can_load_is_stored_as_that_class(sto
 
 
 def test_generic_event_of_an_unregistered_type_is_stored_whatever_its_body(store):
-    store.sink(es.Event(type="nobody.registered.this", aggregate_id="agg", body={"anything": [1, 2]}))
+    store.sink(es.Event(type="nobody.registered.this", aggregate_id="agg",
+                        body={"anything": [1, 2]}))
     assert store.get_next_from(1)[0].body == {"anything": [1, 2]}
 
 
 def _damage_sqlite(store, body: str) -> int:
     with store.transaction() as conn:
         conn.execute("INSERT INTO events (uuid, aggregate_id, type, version, created_at, body) "
-                     "VALUES ('u-damaged', 'agg', 'item_added', 2, '2024-01-01T00:00:00+00:00', ?)", (body,))
+                     "VALUES ('u-damaged', 'agg', 'item_added', 2, '2024-01-01T00:00:00+00:00', ?)",
+                     (body,))
     return store.latest_event_id()
 
 
 def _damage_postgres(store, body: str) -> int:
     with store.transaction() as conn:
-        conn.execute(f'INSERT INTO "{store.schema}".events (id, uuid, aggregate_id, type, version, created_at, body) '
-                     "VALUES (2, 'u-damaged', 'agg', 'item_added', 2, now(), %s::json)", (body,))
+        conn.execute(f'INSERT INTO "{store.schema}".events (id, uuid, aggregate_id, type, version, '
+                     'created_at, body) ' "VALUES (2, 'u-damaged', 'agg', 'item_added', 2, now(), "
+                                          "%s::json)", (body,))
     return 2
 
 
@@ -61,7 +65,8 @@ def sql_store(request, tmp_path):
 
 
 @pytest.mark.parametrize("body", ['{"name": "no title"}', '{"title": 1', '[1, 2]'])
-def test_a_damaged_row_written_by_other_means_is_a_corrupt_event_error_naming_its_id(sql_store, body):
+def test_a_damaged_row_written_by_other_means_is_a_corrupt_event_error_naming_its_id(
+        sql_store, body):
     store_kind, store = sql_store
     store.sink(ItemAdded(aggregate_id="agg", title="fine"))
     if store_kind == "sqlite":
@@ -78,7 +83,8 @@ def test_a_damaged_row_written_by_other_means_is_a_corrupt_event_error_naming_it
     with pytest.raises(es.CorruptEventError, match=message):
         for _ in store.subscribe(1, stop=lambda: False):
             pass
-    assert [e.title for e in store.get_next_from(1, limit=1)] == ["fine"]  # the rows before it still read
+    # the rows before it still read
+    assert [e.title for e in store.get_next_from(1, limit=1)] == ["fine"]
 
 
 def test_sqlite_text_that_is_not_utf8_is_a_corrupt_event_error(tmp_path):

@@ -84,18 +84,21 @@ def admin(url):
 
 
 def backend_wait(admin, pid):
-    row = admin.execute("SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    row = admin.execute("SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s",
+                        (pid,)).fetchone()
     return row if row else (None, None)
 
 
 def interleave(url, schema, admin, *, lock_writes):
-    """W1 writes in an open transaction, W2 writes meanwhile, R tails the log; returns (trace, outcome).
+    """W1 writes in an open transaction, W2 writes meanwhile, R tails the log; returns (trace,
+    outcome).
 
     The script: W1 sinks (its ids are taken, not committed); W2 sinks from
     another connection; R reads; W1 commits; W2 finishes; R reads on from
     the position after the last id it saw, as every subscriber does.
     """
-    stores = [es_pg.PostgresEventStore(url, schema=schema, _lock_writes=lock_writes) for _ in range(3)]
+    stores = [es_pg.PostgresEventStore(url, schema=schema, _lock_writes=lock_writes)
+              for _ in range(3)]
     w1, w2, reader = stores
     trace = [f"write lock {'ENABLED' if lock_writes else 'DISABLED'}"]
     outcome = {"w2": None, "w2_error": None, "w2_pid": None, "reader_seen": []}
@@ -128,7 +131,8 @@ def interleave(url, schema, admin, *, lock_writes):
             thread.start()
             assert connected.wait(WAIT), outcome
             w2_pid = outcome["w2_pid"]
-            wait_until(lambda: not thread.is_alive() or backend_wait(admin, w2_pid)[0] == "Lock", timeout=10)
+            wait_until(lambda: not thread.is_alive() or backend_wait(admin, w2_pid)[0] == "Lock",
+                       timeout=10)
             state = ("finished" if not thread.is_alive()
                      else "blocked, waiting on lock {1} ({0})".format(*backend_wait(admin, w2_pid)))
             trace.append(f"t2: W2 sink 'second' from another connection: {state}")
@@ -152,7 +156,8 @@ def interleave(url, schema, admin, *, lock_writes):
 
 def check_gapless(outcome):
     """Both writes succeed, ids follow commit order, and the tailing reader saw the whole log."""
-    assert outcome["w2_error"] is None, f"W2's write (another aggregate) failed: {outcome['w2_error']!r}"
+    assert outcome["w2_error"] is None, ("W2's write (another aggregate) failed: "
+                                         f"{outcome['w2_error']!r}")
     assert outcome["log"] == [(1, "first"), (2, "second")], outcome["log"]
     assert outcome["reader_seen"] == [1, 2], f"the tailing reader saw {outcome['reader_seen']}"
 
@@ -160,7 +165,8 @@ def check_gapless(outcome):
 def test_interleaving_with_the_write_lock_keeps_commit_order(url, schema, admin):
     trace, outcome = interleave(url, schema, admin, lock_writes=True)
     print("\n".join(trace))
-    assert any("waiting on lock advisory" in line for line in trace), trace  # W2 waited for W1's commit
+    # W2 waited for W1's commit
+    assert any("waiting on lock advisory" in line for line in trace), trace
     check_gapless(outcome)
 
 
@@ -179,7 +185,8 @@ def test_interleaving_without_the_write_lock_fails(url, schema, admin):
 # =================================================================================================
 
 
-def test_concurrent_writer_processes_and_a_tailing_subscriber_see_one_gapless_log(url, schema, store):
+def test_concurrent_writer_processes_and_a_tailing_subscriber_see_one_gapless_log(
+        url, schema, store):
     n_writers, commands = 4, 150
     shared = [new_id() for _ in range(3)]
     es.configure(subscription_batch_size=7)
@@ -215,7 +222,8 @@ def test_concurrent_writer_processes_and_a_tailing_subscriber_see_one_gapless_lo
     for agg in shared + [f"writer-{w}" for w in range(n_writers)]:
         versions = [e.version for e in store.get_events_for_aggregate_id(agg)]
         assert versions == list(range(1, len(versions) + 1)), agg
-    counters = collections.Counter((e.worker, e.seq) for e in final if e.type == "counter_incremented")
+    counters = collections.Counter((e.worker, e.seq) for e in final
+                                   if e.type == "counter_incremented")
     assert len(counters) == saves and max(counters.values()) == 1
 
 
@@ -225,12 +233,15 @@ def test_concurrent_writer_processes_and_a_tailing_subscriber_see_one_gapless_lo
 
 
 @pytest.mark.parametrize("lock_writes", [True, False], ids=["write_lock", "no_write_lock"])
-def test_processes_racing_a_first_write_one_wins_the_others_get_concurrency_error(url, schema, store, lock_writes):
-    """The aggregate row's compare-and-set decides, even without the write lock: never a raw unique violation."""
+def test_processes_racing_a_first_write_one_wins_the_others_get_concurrency_error(
+        url, schema, store, lock_writes):
+    """The aggregate row's compare-and-set decides, even without the write lock: never a raw unique
+    violation."""
     n_procs, rounds = 6, 8
     aggregate_ids = [new_id() for _ in range(rounds)]
     barrier, out_q = SPAWN.Barrier(n_procs), SPAWN.Queue()
-    procs = [SPAWN.Process(target=pg.first_writer, args=(url, schema, w, aggregate_ids, barrier, out_q, lock_writes))
+    procs = [SPAWN.Process(target=pg.first_writer,
+                           args=(url, schema, w, aggregate_ids, barrier, out_q, lock_writes))
              for w in range(n_procs)]
     try:
         for p in procs:
@@ -251,7 +262,8 @@ def test_processes_racing_a_first_write_one_wins_the_others_get_concurrency_erro
 def test_processes_creating_one_store_at_the_same_moment_all_succeed(url, schema):
     n_procs = 6
     barrier, out_q = SPAWN.Barrier(n_procs), SPAWN.Queue()
-    procs = [SPAWN.Process(target=pg.open_store_at_once, args=(url, schema, barrier, out_q)) for _ in range(n_procs)]
+    procs = [SPAWN.Process(target=pg.open_store_at_once, args=(url, schema, barrier, out_q))
+             for _ in range(n_procs)]
     try:
         for p in procs:
             p.start()
@@ -270,7 +282,8 @@ def test_processes_creating_one_store_at_the_same_moment_all_succeed(url, schema
 
 class SeenProjector(es_pg.Projector):
     processor_name = "pg_seen"
-    schema = "CREATE TABLE IF NOT EXISTS pg_seen (event_id bigint PRIMARY KEY, aggregate_id text NOT NULL)"
+    schema = ("CREATE TABLE IF NOT EXISTS pg_seen (event_id bigint PRIMARY KEY, aggregate_id text "
+              "NOT NULL)")
 
     @es.on()
     def _any(self, event):
@@ -282,15 +295,16 @@ def committed(admin, sql, params=()):
     return admin.execute(sql, params).fetchall()
 
 
-def test_a_projectors_tables_and_position_live_in_its_schema_not_in_public(url, schema, store, admin):
+def test_a_projectors_tables_and_position_live_in_its_schema_not_in_public(
+        url, schema, store, admin):
     store.sink([Numbered(aggregate_id="x", e=n) for n in range(3)])
     projector = SeenProjector(url, schema=schema)
     projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= 3)
-    assert committed(admin, "SELECT to_regclass(%s) IS NOT NULL, to_regclass('public.pg_seen') IS NULL",
-                     (f'"{schema}".pg_seen',)) == [(True, True)]
+    assert committed(admin, "SELECT to_regclass(%s) IS NOT NULL, to_regclass('public.pg_seen') IS "
+                            "NULL", (f'"{schema}".pg_seen',)) == [(True, True)]
     assert committed(admin, f'SELECT count(*) FROM "{schema}".pg_seen') == [(3,)]
-    assert committed(admin, f'SELECT position FROM "{schema}".eventsourcery_trackers WHERE name = %s',
-                     ("pg_seen",)) == [(3,)]
+    assert committed(admin, f'SELECT position FROM "{schema}".eventsourcery_trackers WHERE name = '
+                            '%s', ("pg_seen",)) == [(3,)]
     projector.close()
 
 
@@ -323,7 +337,8 @@ class PgPonger(es.Reactor):
 
 def test_reactor_emits_and_moves_its_position_in_one_transaction(url, schema, store, admin):
     for n in range(30):
-        store.sink(Ping(aggregate_id=f"ping-{n % 3}", n=n, correlation_id=f"corr-{n}" if n % 2 else None))
+        store.sink(Ping(aggregate_id=f"ping-{n % 3}", n=n,
+                        correlation_id=f"corr-{n}" if n % 2 else None))
     reactor = PgPonger(store, batch_size=5)
     reactor.fail_once = {12}
     with pytest.raises(es.EventProcessingError):
@@ -344,7 +359,8 @@ def test_reactor_emits_and_moves_its_position_in_one_transaction(url, schema, st
         cause = pings[pong.ping_id]
         assert pong.causation_id == cause.uuid
         assert pong.correlation_id == (cause.correlation_id or cause.uuid)
-    assert [e.id for e in events] == list(range(1, len(events) + 1))  # the rolled-back pongs left no hole
+    # the rolled-back pongs left no hole
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
     assert committed(admin, f'SELECT count(*) FROM "{schema}".pg_ponger_log') == [(30,)]
     statuses = {s.name: s for s in es.processor_statuses(store)}
     assert statuses["pg_ponger"].position >= 30 and not statuses["pg_ponger"].running
@@ -383,8 +399,9 @@ def test_subscribe_polls_for_a_missed_notification(url, schema, admin):
     try:
         time.sleep(0.3)
         # a row written without the function sends no NOTIFY: only the poll finds it
-        admin.execute(f'INSERT INTO "{schema}".events (id, uuid, aggregate_id, type, version, created_at, body) '
-                      "VALUES (1, %s, 'quiet', 'item_added', 1, now(), '{\"title\": \"quiet\"}')", (new_id(),))
+        admin.execute(f'INSERT INTO "{schema}".events (id, uuid, aggregate_id, type, version, '
+                      'created_at, body) ' "VALUES (1, %s, 'quiet', 'item_added', 1, now(), "
+                                           "'{\"title\": \"quiet\"}')", (new_id(),))
         assert wait_until(lambda: consumer.seen_ids == [1], timeout=10)
     finally:
         consumer.stop.set()
@@ -403,9 +420,10 @@ def test_a_killed_listener_connection_is_replaced_and_nothing_is_missed(url, sch
         (old_pid,) = listener_pids(admin, schema)
         with caplog.at_level(logging.WARNING, logger="eventsourcery"):
             admin.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
-            store.sink(ItemAdded(aggregate_id=new_id(), title="during"))  # may be committed before the new LISTEN
-            assert wait_until(lambda: listener_pids(admin, schema) not in ([], [old_pid]), timeout=10), (
-                "the listener was not replaced")
+            # may be committed before the new LISTEN
+            store.sink(ItemAdded(aggregate_id=new_id(), title="during"))
+            assert wait_until(lambda: listener_pids(admin, schema) not in ([], [old_pid]),
+                              timeout=10), ("the listener was not replaced")
             store.sink(ItemAdded(aggregate_id=new_id(), title="after"))
             # well within the 60 s poll: found by the re-read after reconnecting, and by NOTIFY
             assert wait_until(lambda: consumer.seen_ids == [1, 2, 3], timeout=10), consumer.seen_ids
@@ -418,7 +436,8 @@ def test_a_killed_listener_connection_is_replaced_and_nothing_is_missed(url, sch
     assert [e.title for e in consumer.events] == ["before", "during", "after"]
 
 
-def test_a_listener_that_cannot_reconnect_raises_instead_of_stalling(url, schema, admin, monkeypatch):
+def test_a_listener_that_cannot_reconnect_raises_instead_of_stalling(
+        url, schema, admin, monkeypatch):
     store = es_pg.PostgresEventStore(url, schema=schema, poll_interval=60.0, reconnect_timeout=1.0)
     store.sink(ItemAdded(aggregate_id=new_id(), title="before"))
     consumer = Consumer(store, 1).start()
@@ -430,8 +449,8 @@ def test_a_listener_that_cannot_reconnect_raises_instead_of_stalling(url, schema
             raise es.StoreError("cannot connect to Postgres (test): server gone")
 
         monkeypatch.setattr(es_pg, "_connect", no_server)
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                      (f"eventsourcery listener {schema}"[:63],))
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                      "application_name = %s", (f"eventsourcery listener {schema}"[:63],))
         assert consumer.finish(timeout=20), "subscribe stalled on a dead connection"
     finally:
         consumer.stop.set()
@@ -505,21 +524,23 @@ def test_a_password_is_not_shown(url, schema):
 
 
 def test_body_is_stored_as_json_text_in_the_given_key_order(store, admin, schema):
-    store.sink(es.Event(type="ordered", body={"z": 1, "a": [1.0, -0.0, 1e300], "m": None}, aggregate_id="o"))
+    store.sink(es.Event(type="ordered", body={"z": 1, "a": [1.0, -0.0, 1e300], "m": None},
+                        aggregate_id="o"))
     (body,) = admin.execute(f'SELECT body::text FROM "{schema}".events').fetchone()
     assert body == '{"z":1,"a":[1.0,-0.0,1e+300],"m":null}'
     assert list(store.get_next_from(1)[0].body) == ["z", "a", "m"]
 
 
 def test_a_reactor_transaction_holds_the_write_lock_until_it_commits(url, schema, store):
-    """Documents the cost of emitted events + position in one transaction: other writers wait for the commit."""
+    """Documents the cost of emitted events + position in one transaction: other writers wait for
+    the commit."""
     other = es_pg.PostgresEventStore(url, schema=schema)
     done = threading.Event()
     try:
         with store.transaction():
             store.sink(ItemAdded(aggregate_id="r", title="emitted"))
-            writer = threading.Thread(target=lambda: (other.sink(ItemAdded(aggregate_id="w", title="w")),
-                                                      done.set()))
+            writer = threading.Thread(
+                target=lambda: (other.sink(ItemAdded(aggregate_id="w", title="w")), done.set()))
             writer.start()
             assert not done.wait(0.5)
         assert done.wait(WAIT)
@@ -533,14 +554,17 @@ def test_an_older_store_schema_is_upgraded_and_a_newer_one_refused(url, schema, 
     with es_pg.PostgresEventStore(url, schema=schema) as s:
         s.sink(ItemAdded(aggregate_id="v", title="kept"))
     # make it look like a pre-release (version 1) store
-    admin.execute(f'CREATE TABLE "{schema}".eventsourcery_aggregates (aggregate_id text PRIMARY KEY, version bigint)')
+    admin.execute(f'CREATE TABLE "{schema}".eventsourcery_aggregates (aggregate_id text PRIMARY '
+                  'KEY, version bigint)')
     admin.execute(f'UPDATE "{schema}".eventsourcery_schema SET version = 1')
     with es_pg.PostgresEventStore(url, schema=schema) as s:
         assert s.sink(ItemAdded(aggregate_id="v", title="new"), expected_version=1)[0].id == 2
     assert admin.execute(f'SELECT version FROM "{schema}".eventsourcery_schema').fetchall() == [
         (es_pg.SCHEMA_VERSION,)]
-    assert admin.execute("SELECT to_regclass(%s)", (f'"{schema}".eventsourcery_aggregates',)).fetchone() == (None,)
-    admin.execute(f'UPDATE "{schema}".eventsourcery_schema SET version = %s', (es_pg.SCHEMA_VERSION + 1,))
+    assert admin.execute("SELECT to_regclass(%s)",
+                         (f'"{schema}".eventsourcery_aggregates',)).fetchone() == (None,)
+    admin.execute(f'UPDATE "{schema}".eventsourcery_schema SET version = %s',
+                  (es_pg.SCHEMA_VERSION + 1,))
     with pytest.raises(es.StoreError, match="upgrade eventsourcery"):
         es_pg.PostgresEventStore(url, schema=schema)
 
@@ -548,12 +572,14 @@ def test_an_older_store_schema_is_upgraded_and_a_newer_one_refused(url, schema, 
 def test_an_older_store_opened_with_create_false_is_refused_untouched(url, schema, admin):
     with es_pg.PostgresEventStore(url, schema=schema) as s:
         s.sink(ItemAdded(aggregate_id="v", title="kept"))
-    admin.execute(f'UPDATE "{schema}".eventsourcery_schema SET version = %s', (es_pg.SCHEMA_VERSION - 1,))
+    admin.execute(f'UPDATE "{schema}".eventsourcery_schema SET version = %s',
+                  (es_pg.SCHEMA_VERSION - 1,))
     admin.execute(f'DROP FUNCTION "{schema}".eventsourcery_write_groups')
     with pytest.raises(es.StoreError, match="not upgraded when opened with create=False"):
         es_pg.PostgresEventStore(url, schema=schema, create=False)
     assert admin.execute(f'SELECT version FROM "{schema}".eventsourcery_schema').fetchall() == [
         (es_pg.SCHEMA_VERSION - 1,)]
     assert admin.execute("SELECT to_regprocedure(%s)", (
-        f'"{schema}".eventsourcery_write_groups(text[], bigint[], integer[], text[], text[], timestamptz[], '
-        "text[], text[], text[], text[], boolean)",)).fetchone() == (None,)  # nothing was created
+        # nothing was created
+        f'"{schema}".eventsourcery_write_groups(text[], bigint[], integer[], text[], text[], '
+        'timestamptz[], text[], text[], text[], text[], boolean)',)).fetchone() == (None,)

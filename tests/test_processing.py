@@ -58,12 +58,13 @@ def stored(*events):
 
 
 def run_until_caught_up(processor, store, *, latest=None):
-    """subscribe_to in this thread until the processor's position reaches ``latest`` (default: the store's)."""
+    """subscribe_to in this thread until the processor's position reaches ``latest`` (default: the
+    store's)."""
     target = store.latest_event_id() if latest is None else latest
     processor.subscribe_to(store, stop=lambda: processor.last_processed_event_id >= target)
 
 
-# --- 1. dispatch -----------------------------------------------------------------------------------
+# --- 1. dispatch ----------------------------------------------------------------------------------
 
 
 class Recorder(es.EventStreamProcessor):
@@ -253,7 +254,7 @@ def test_subscribe_to_catches_up_reading_only_the_handled_types_and_moves_past_t
     assert p.last_processed_event_id == 5  # past the unhandled event 5: not behind
 
 
-# --- process_batch, subscribe_to and stop ----------------------------------------------------------
+# --- process_batch, subscribe_to and stop ---------------------------------------------------------
 
 
 class FailOn(Recorder):
@@ -344,13 +345,13 @@ def test_subscribe_to_with_a_threading_event_follows_new_events_until_stopped(st
     assert p.last_processed_event_id == 3
 
 
-# --- 2. trackers and the processor lock: tests/test_tracker_and_lock_contract.py, on every store ------
+# --- 2. trackers and the processor lock: tests/test_tracker_and_lock_contract.py, on every store
 
 
-# --- 3. Projector: tests/test_projector_contract.py, on SQLite and Postgres --------------------------
+# --- 3. Projector: tests/test_projector_contract.py, on SQLite and Postgres -----------------------
 
 
-# --- 4. Reactor ------------------------------------------------------------------------------------
+# --- 4. Reactor -----------------------------------------------------------------------------------
 
 
 def committed(db_path, sql):
@@ -388,9 +389,10 @@ def test_reactor_emit_event_sets_causation_and_correlation(store):
     r = Ponger(store)
     run_until_caught_up(r, store, latest=correlated.id)
     first, second = pongs(store)
-    assert (first.ping_id, first.causation_id, first.correlation_id) == (plain.id, plain.uuid, plain.uuid)
-    assert (second.ping_id, second.causation_id, second.correlation_id) == (correlated.id, correlated.uuid,
-                                                                              "corr-1")
+    assert ((first.ping_id, first.causation_id, first.correlation_id)
+            == (plain.id, plain.uuid, plain.uuid))
+    assert ((second.ping_id, second.causation_id, second.correlation_id)
+            == (correlated.id, correlated.uuid, "corr-1"))
     assert r.last_processed_event_id == correlated.id
     assert store.tracker().last_processed_event_id("ponger") == correlated.id
 
@@ -412,8 +414,8 @@ def test_reactor_emitting_an_undeclared_event_fails(store):
 
 
 def test_reactor_emitted_events_and_position_commit_together(store):
-    """db=None: the position lives in the store, so a failure after emitting leaves nothing of that event
-    emitted, while the events before it have committed their emissions and position."""
+    """db=None: the position lives in the store, so a failure after emitting leaves nothing of that
+    event emitted, while the events before it have committed their emissions and position."""
     for n in range(1, 5):
         store.sink(Ping(aggregate_id=f"p{n}", n=n))
     r = Ponger(store)
@@ -430,24 +432,27 @@ def test_reactor_emitted_events_and_position_commit_together(store):
 
 
 class LoggingPonger(es.Reactor):
-    """Logs each Ping in a table of its own, then answers it; on the memory store the table lives in an
-    in-memory SQLite database."""
+    """Logs each Ping in a table of its own, then answers it; on the memory store the table lives in
+    an in-memory SQLite database."""
 
     processor_name = "logging_ponger"
     emits_events = (Pong,)
-    schema = "CREATE TABLE IF NOT EXISTS ponger_log (event_id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"
+    schema = (
+        "CREATE TABLE IF NOT EXISTS ponger_log (event_id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
     fail_after: set = set()
 
     @es.on(Ping)
     def _ping(self, event):
         p = self.placeholder
-        self.db.execute(f"INSERT INTO ponger_log (event_id, n) VALUES ({p}, {p})", (event.id, event.n))
+        self.db.execute(f"INSERT INTO ponger_log (event_id, n) VALUES ({p}, {p})",
+                        (event.id, event.n))
         self.emit_event(Pong(aggregate_id=f"pong-{event.aggregate_id}", ping_id=event.id))
         if event.n in self.fail_after:
             raise RuntimeError("fails after logging and emitting")
 
 
-def test_a_reactor_on_the_memory_store_keeps_its_schema_in_an_in_memory_sqlite_database(monkeypatch):
+def test_a_reactor_on_the_memory_store_keeps_its_schema_in_an_in_memory_sqlite_database(
+        monkeypatch):
     store = es.MemoryEventStore()
     pings = [store.sink(Ping(aggregate_id=f"p{n}", n=n))[0] for n in range(1, 5)]
     r = LoggingPonger(store, batch_size=2)
@@ -460,13 +465,15 @@ def test_a_reactor_on_the_memory_store_keeps_its_schema_in_an_in_memory_sqlite_d
     assert isinstance(r.database, es.SQLiteDatabase) and r.database.path == ":memory:"
     assert isinstance(r.db, sqlite3.Connection) and r.placeholder == "?"
     assert logged() == []  # setup created the table
-    assert store.tracker().positions() == {"logging_ponger": 0}  # and the position, in the store's tracker
+    # and the position, in the store's tracker
+    assert store.tracker().positions() == {"logging_ponger": 0}
     assert r.tracker is store.tracker()
 
     with pytest.raises(es.EventProcessingError) as info:
         run_until_caught_up(r, store, latest=pings[-1].id)
     assert info.value.event.id == pings[3].id
-    # events 1-3 committed (logs, pongs, position); 4 failed after logging and answering: all of it rolled back
+    # events 1-3 committed (logs, pongs, position); 4 failed after logging and answering: all of it
+    # rolled back
     assert logged() == [1, 2, 3]
     assert [p.ping_id for p in pongs(store)] == [1, 2, 3]
     assert store.latest_event_id() == 7
@@ -476,7 +483,8 @@ def test_a_reactor_on_the_memory_store_keeps_its_schema_in_an_in_memory_sqlite_d
     tracker = store.tracker()
     commit = tracker.commit_position
 
-    def commit_then_fail(name, event_id, generation):  # the position is written, then the batch fails
+    # the position is written, then the batch fails
+    def commit_then_fail(name, event_id, generation):
         commit(name, event_id, generation)
         assert tracker.last_processed_event_id(name) == event_id
         raise RuntimeError("fails after recording the position")
@@ -484,7 +492,8 @@ def test_a_reactor_on_the_memory_store_keeps_its_schema_in_an_in_memory_sqlite_d
     monkeypatch.setattr(tracker, "commit_position", commit_then_fail)
     with pytest.raises(RuntimeError, match="after recording the position"):
         run_until_caught_up(r, store, latest=pings[-1].id)
-    assert store.tracker().last_processed_event_id("logging_ponger") == 3  # rolled back with the rest
+    # rolled back with the rest
+    assert store.tracker().last_processed_event_id("logging_ponger") == 3
     assert logged() == [1, 2, 3]
     assert [p.ping_id for p in pongs(store)] == [1, 2, 3]
     assert store.latest_event_id() == 7
@@ -493,7 +502,8 @@ def test_a_reactor_on_the_memory_store_keeps_its_schema_in_an_in_memory_sqlite_d
     run_until_caught_up(r, store, latest=pings[-1].id)
     assert logged() == [1, 2, 3, 4]
     assert [p.ping_id for p in pongs(store)] == [1, 2, 3, 4]
-    assert [e.id for e in everything_in(store)] == list(range(1, 9))  # the rolled-back pongs left no hole
+    # the rolled-back pongs left no hole
+    assert [e.id for e in everything_in(store)] == list(range(1, 9))
     assert r.last_processed_event_id == 4
 
     r.reset()  # drops the table and the position, and sets up again
@@ -511,7 +521,7 @@ def test_reactor_with_its_own_database(tmp_path):
     store.close()
 
 
-# --- 5. error handlers -----------------------------------------------------------------------------
+# --- 5. error handlers ----------------------------------------------------------------------------
 
 
 def run_with(handler, processor, store):
@@ -522,7 +532,8 @@ def run_with(handler, processor, store):
 
 
 def failing_setup(fail_on_counts):
-    """A memory store with events n=1..4 and a processor failing fail_on_counts[n] times on event n."""
+    """A memory store with events n=1..4 and a processor failing fail_on_counts[n] times on event
+    n."""
     store = es.MemoryEventStore()
     sink_each(store, [a(n) for n in range(1, 5)])
     return store, FailOn(fail_on=set(fail_on_counts), failures=dict(fail_on_counts))
@@ -549,7 +560,8 @@ def test_exponential_backoff_initial_and_maximum():
 
 
 class FlakyStore(es.MemoryEventStore):
-    """subscribe() raises a plain error (not an EventProcessingError) the first ``failures`` times."""
+    """subscribe() raises a plain error (not an EventProcessingError) the first ``failures``
+    times."""
 
     def __init__(self, failures):
         super().__init__()
@@ -582,7 +594,8 @@ def test_constant_retry():
 
 def test_errors_are_reported_unwrapped_to_on_event_processor_error(monkeypatch, caplog):
     reported = []
-    monkeypatch.setattr(es.config, "on_event_processor_error", lambda exc, name: reported.append((exc, name)))
+    monkeypatch.setattr(es.config, "on_event_processor_error",
+                        lambda exc, name: reported.append((exc, name)))
     store, p = failing_setup({2: 2})
     caplog.set_level(logging.INFO, logger="eventsourcery")
     run_with(es.ConstantRetry(0, sleep=lambda s: None), p, store)
@@ -600,7 +613,8 @@ def test_errors_are_reported_unwrapped_to_on_event_processor_error(monkeypatch, 
 
 def test_run_processor_with_no_retry_raises_the_processing_error(monkeypatch):
     reported = []
-    monkeypatch.setattr(es.config, "on_event_processor_error", lambda exc, name: reported.append(exc))
+    monkeypatch.setattr(es.config, "on_event_processor_error",
+                        lambda exc, name: reported.append(exc))
     store, p = failing_setup({3: 1})
     with pytest.raises(es.EventProcessingError) as info:
         run_with(es.NoRetry(), p, store)
@@ -622,7 +636,8 @@ def test_run_processor_returns_when_stopped_while_waiting_to_retry(monkeypatch):
     reported = threading.Event()
     monkeypatch.setattr(es.config, "on_event_processor_error", lambda exc, name: reported.set())
     thread = threading.Thread(target=es.run_processor, args=(p, store),
-                              kwargs={"stop": stop, "error_handler": es.ConstantRetry(WAIT * 10)}, daemon=True)
+                              kwargs={"stop": stop, "error_handler": es.ConstantRetry(WAIT * 10)},
+                              daemon=True)
     thread.start()
     assert reported.wait(WAIT)  # it failed once and now waits WAIT * 10 s to retry
     stop.set()
@@ -631,7 +646,8 @@ def test_run_processor_returns_when_stopped_while_waiting_to_retry(monkeypatch):
 
 
 def test_a_processor_starting_while_its_status_is_probed_still_gets_the_lock(tmp_path):
-    """processor_statuses()/the CLI probe the lock for an instant; a processor starting then must not fail."""
+    """processor_statuses()/the CLI probe the lock for an instant; a processor starting then must
+    not fail."""
     store = es.SQLiteEventStore(str(tmp_path / "events.db"))
     import fcntl
 
@@ -659,8 +675,8 @@ def test_a_standby_instance_is_logged_as_a_warning_not_reported_as_an_error(capl
 
 
 def test_a_reactors_placeholder_is_that_of_its_database(store):
-    """The projector's side is in test_projector_contract.py. A reactor without a db of its own writes in the
-    store's database, or, on the memory store, in an in-memory SQLite database."""
+    """The projector's side is in test_projector_contract.py. A reactor without a db of its own
+    writes in the store's database, or, on the memory store, in an in-memory SQLite database."""
     reactor = ps.PingReactor(store)
     expected = "?" if isinstance(store, (es.MemoryEventStore, es.SQLiteEventStore)) else "%s"
     assert reactor.placeholder == expected

@@ -30,11 +30,14 @@ TOTALS = {"t0": 30, "t1": 25}  # tick_store's totals per aggregate: n = 1..10 on
 
 
 class TickProjector(es.Projector):
-    """Each Tick's id and n, and a total per aggregate; fails on (or once on) the n's it is told to."""
+    """Each Tick's id and n, and a total per aggregate; fails on (or once on) the n's it is told
+    to."""
 
     processor_name = "tick_projector"
-    schema = """CREATE TABLE IF NOT EXISTS ticks (event_id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
-                CREATE TABLE IF NOT EXISTS tick_totals (aggregate_id TEXT PRIMARY KEY, total INTEGER NOT NULL)"""
+    schema = """CREATE TABLE IF NOT EXISTS ticks (event_id INTEGER PRIMARY KEY,
+                                                  n INTEGER NOT NULL);
+                CREATE TABLE IF NOT EXISTS tick_totals (aggregate_id TEXT PRIMARY KEY,
+                                                        total INTEGER NOT NULL)"""
 
     def __init__(self, db, *, batch_size=None, fail_on=(), fail_once=()):
         super().__init__(db, batch_size=batch_size)
@@ -45,8 +48,9 @@ class TickProjector(es.Projector):
     def _tick(self, event):
         p = self.placeholder
         self.db.execute(f"INSERT INTO ticks (event_id, n) VALUES ({p}, {p})", (event.id, event.n))
-        self.db.execute(f"INSERT INTO tick_totals (aggregate_id, total) VALUES ({p}, {p}) ON CONFLICT (aggregate_id) "
-                        "DO UPDATE SET total = tick_totals.total + excluded.total", (event.aggregate_id, event.n))
+        self.db.execute(f"INSERT INTO tick_totals (aggregate_id, total) VALUES ({p}, {p}) ON "
+                        "CONFLICT (aggregate_id) DO UPDATE SET total = tick_totals.total + "
+                        "excluded.total", (event.aggregate_id, event.n))
         if event.n in self.fail_once:
             self.fail_once.discard(event.n)
             raise RuntimeError(f"fails once after writing n={event.n}")
@@ -60,7 +64,8 @@ class OtherProjector(TickProjector):
 
     @es.on(Tick)
     def _tick(self, event):
-        self.db.execute(f"INSERT INTO other_ticks (event_id) VALUES ({self.placeholder})", (event.id,))
+        self.db.execute(f"INSERT INTO other_ticks (event_id) VALUES ({self.placeholder})",
+                        (event.id,))
 
 
 # =================================================================================================
@@ -94,7 +99,8 @@ class ProjectionDB:
         return conn
 
     def again(self):
-        """A target for another projector instance on the same database (an open connection: a new one)."""
+        """A target for another projector instance on the same database (an open connection: a new
+        one)."""
         return self._connection() if self.kind == "sqlite_connection" else self.target
 
     def projector(self, cls=TickProjector, target=None, **options):
@@ -165,7 +171,8 @@ def position_in(db, name="tick_projector"):
 
 
 def run_until_caught_up(processor, store, latest=None):
-    """subscribe_to in this thread until the processor's position reaches ``latest`` (default: the store's)."""
+    """subscribe_to in this thread until the processor's position reaches ``latest`` (default: the
+    store's)."""
     target = store.latest_event_id() if latest is None else latest
     processor.subscribe_to(store, stop=lambda: processor.last_processed_event_id >= target)
 
@@ -189,7 +196,8 @@ def test_setup_creates_the_tables_and_the_tracker_row(projection_db):
     p.setup()
     assert {"ticks", "tick_totals", "eventsourcery_trackers"} <= set(projection_db.tables())
     assert ticks_in(projection_db) == [] and totals_in(projection_db) == {}
-    assert projection_db.committed("SELECT name, position FROM eventsourcery_trackers") == [("tick_projector", 0)]
+    assert (projection_db.committed("SELECT name, position FROM eventsourcery_trackers")
+            == [("tick_projector", 0)])
     assert p.last_processed_event_id == 0
 
 
@@ -198,7 +206,8 @@ def test_setup_keeps_an_existing_position_and_rows(tick_store, projection_db, mo
     p = projection_db.projector()
     run_until_caught_up(p, tick_store, latest=4)
     p.setup()
-    again = projection_db.projector(target=projection_db.again())  # a new instance on the same database
+    # a new instance on the same database
+    again = projection_db.projector(target=projection_db.again())
     again.setup()
     assert (p.last_processed_event_id, again.last_processed_event_id) == (4, 4)
     assert position_in(projection_db) == 4
@@ -222,12 +231,14 @@ def test_every_event_is_applied_once(tick_store, projection_db):
     assert position_in(projection_db) == 11
 
 
-def test_a_failing_event_commits_the_events_before_it_and_rolls_back_its_own_writes(tick_store, projection_db):
+def test_a_failing_event_commits_the_events_before_it_and_rolls_back_its_own_writes(
+        tick_store, projection_db):
     p = projection_db.projector(fail_on={7})
     with pytest.raises(es.EventProcessingError) as info:
         run_until_caught_up(p, tick_store)
     assert info.value.event.n == 7 and isinstance(info.value.__cause__, RuntimeError)
-    assert ticks_in(projection_db) == [1, 2, 3, 4, 5, 6]  # one batch of 10: the events before 7 committed ...
+    # one batch of 10: the events before 7 committed ...
+    assert ticks_in(projection_db) == [1, 2, 3, 4, 5, 6]
     assert totals_in(projection_db) == {"t0": 2 + 4 + 6, "t1": 1 + 3 + 5}
     assert position_in(projection_db) == 6  # ... with their position; 7 left nothing
     assert p.last_processed_event_id == 6
@@ -237,7 +248,8 @@ def test_a_failing_event_commits_the_events_before_it_and_rolls_back_its_own_wri
     assert totals_in(projection_db) == TOTALS
 
 
-def test_a_batch_whose_position_cannot_be_recorded_leaves_no_writes(tick_store, projection_db, monkeypatch):
+def test_a_batch_whose_position_cannot_be_recorded_leaves_no_writes(
+        tick_store, projection_db, monkeypatch):
     """The writes and the position commit in one transaction: no writes without their position."""
     p = projection_db.projector()
     p.setup()
@@ -260,7 +272,8 @@ def test_batch_size_commits_in_smaller_transactions(tick_store, projection_db):
     assert p.batch_size == 3
     with pytest.raises(es.EventProcessingError):
         run_until_caught_up(p, tick_store)
-    assert ticks_in(projection_db) == [1, 2, 3, 4, 5, 6]  # [1-3] and [4-6] committed, [7-9] rolled back
+    # [1-3] and [4-6] committed, [7-9] rolled back
+    assert ticks_in(projection_db) == [1, 2, 3, 4, 5, 6]
     assert position_in(projection_db) == 6
     assert totals_in(projection_db) == {"t0": 2 + 4 + 6, "t1": 1 + 3 + 5}
     p.fail_on = set()
@@ -275,11 +288,13 @@ def test_the_default_batch_is_the_subscriptions_batch(tick_store, projection_db,
     assert p.batch_size is None
     with pytest.raises(es.EventProcessingError):
         run_until_caught_up(p, tick_store)
-    assert ticks_in(projection_db) == [1, 2, 3, 4, 5, 6]  # batch [5-8]: 5 and 6 committed before 7 failed
+    # batch [5-8]: 5 and 6 committed before 7 failed
+    assert ticks_in(projection_db) == [1, 2, 3, 4, 5, 6]
     assert position_in(projection_db) == 6
 
 
-def test_a_projector_retried_after_failures_applies_every_event_exactly_once(tick_store, projection_db):
+def test_a_projector_retried_after_failures_applies_every_event_exactly_once(
+        tick_store, projection_db):
     p = projection_db.projector(batch_size=3, fail_once={5, 8})
     with pytest.raises(es.EventProcessingError):
         run_until_caught_up(p, tick_store)
@@ -381,7 +396,8 @@ def test_a_projector_on_an_open_connection_refuses_to_be_pickled(projection_db):
 
 
 def run_in_child(projector, store_url, latest, out_q):
-    """In a spawned child: run the projector against the store until it reaches ``latest``; report."""
+    """In a spawned child: run the projector against the store until it reaches ``latest``;
+    report."""
     try:
         store = es.open_store(store_url)
         projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= latest)
@@ -394,7 +410,8 @@ def run_in_child(projector, store_url, latest, out_q):
 
 @pytest.mark.parametrize("projection_kind", ["sqlite_path", "postgres_url"])
 def test_a_projector_works_in_a_spawned_child_process(tmp_path, projection_db, monkeypatch):
-    monkeypatch.setattr(es.config, "subscription_batch_size", 3)  # (here; the child has its own config)
+    # (here; the child has its own config)
+    monkeypatch.setattr(es.config, "subscription_batch_size", 3)
     store_path = str(tmp_path / "events.db")
     with es.SQLiteEventStore(store_path) as store:
         for n in range(1, 11):
@@ -412,7 +429,9 @@ def test_a_projector_works_in_a_spawned_child_process(tmp_path, projection_db, m
         assert report[0] == "ok", report[2] if report[0] == "error" else report
         assert report[1:] == (child.pid, 10)
         assert child.exitcode == 0
-        assert ticks_in(projection_db) == list(range(1, 11))  # the child went on from the parent's 3
+        # the child went on from the parent's 3
+        assert ticks_in(projection_db) == list(range(1, 11))
         assert totals_in(projection_db) == TOTALS
         assert p.last_processed_event_id == 10  # the parent sees the child's commits
-        assert p.db.execute("SELECT count(*) FROM ticks").fetchone() == (10,)  # its connection still works
+        # its connection still works
+        assert p.db.execute("SELECT count(*) FROM ticks").fetchone() == (10,)

@@ -14,9 +14,11 @@ def test_readme_has_code_blocks() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_block_runs(index: int, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_block_runs(index: int, tmp_path: pathlib.Path,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {"__name__": f"readme_block_{index}"})
+    exec(compile(BLOCKS[index], f"README.md block {index}", "exec"),
+         {"__name__": f"readme_block_{index}"})
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -153,7 +153,8 @@ def test_each_child_backs_off_on_its_own():
 
 
 def test_restart_is_the_default_with_sensible_waits(tmp_path):
-    runner = es.ESPRunner([ps.CountingProjector(":memory:")], es.SQLiteEventStore(tmp_path / "e.db"))
+    runner = es.ESPRunner([ps.CountingProjector(":memory:")],
+                          es.SQLiteEventStore(tmp_path / "e.db"))
     assert runner.restart is True
     assert 0 < runner.restart_delay <= 5 and runner.restart_delay <= runner.max_restart_delay <= 300
     assert runner.restart_reset_after >= runner.max_restart_delay

@@ -1,9 +1,11 @@
-"""Moving a processor past one event deliberately (es.skip_event; the CLI's ``skip`` is in test_cli.py).
+"""Moving a processor past one event deliberately (es.skip_event; the CLI's ``skip`` is in
+test_cli.py).
 
-A processor stops at an event whose handler keeps failing, or at a damaged row its reader cannot decode
-(written by other means), with every event before it processed; ``es.skip_event(store, name, id)`` moves
-its position from exactly ``id - 1`` to ``id``: a running instance goes on with the next event at its
-next retry, the skipped event is never processed, every other event exactly once. On every store.
+A processor stops at an event whose handler keeps failing, or at a damaged row its reader cannot
+decode (written by other means), with every event before it processed; ``es.skip_event(store, name,
+id)`` moves its position from exactly ``id - 1`` to ``id``: a running instance goes on with the next
+event at its next retry, the skipped event is never processed, every other event exactly once. On
+every store.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ DAMAGED_BODY = '{"name": "no title"}'  # an item_added body its class cannot loa
 
 
 def damage(store, event_id: int) -> None:
-    """Overwrite one stored event's body behind the store's back, as a bad migration or a bug would."""
+    """Overwrite one stored event's body behind the store's back, as a bad migration or a bug
+    would."""
     if isinstance(store, es.MemoryEventStore):
         store._rows[event_id - 1] = store._rows[event_id - 1]._replace(body=DAMAGED_BODY)
     elif isinstance(store, es.SQLiteEventStore):
@@ -65,15 +68,18 @@ def failing_at(store, event_id, name=Recorder.processor_name) -> bool:
 
 
 def sink_items(store, first, last):
-    for n in range(first, last + 1):  # item_rejected between them: a filtered processor reads past those
+    # item_rejected between them: a filtered processor reads past those
+    for n in range(first, last + 1):
         store.sink(ItemAdded(aggregate_id=f"a{n % 2}", title=f"item {n}") if n % 3 else
                    ItemRejected(aggregate_id=f"a{n % 2}"))
 
 
 @pytest.mark.parametrize("cause", ["damaged", "failing handler"])
-@pytest.mark.parametrize("handler", [es.ConstantRetry(0.01), es.ExponentialBackoffRetry(0.01, 0.05)],
+@pytest.mark.parametrize("handler", [es.ConstantRetry(0.01),
+                                     es.ExponentialBackoffRetry(0.01, 0.05)],
                          ids=["constant", "backoff"])
-def test_a_running_processor_stuck_at_an_event_goes_on_once_it_is_skipped(store, cause, handler, caplog):
+def test_a_running_processor_stuck_at_an_event_goes_on_once_it_is_skipped(
+        store, cause, handler, caplog):
     sink_items(store, 1, 8)  # 3 and 6 are item_rejected: not handled
     stuck = 5
     if cause == "damaged":
@@ -85,8 +91,10 @@ def test_a_running_processor_stuck_at_an_event_goes_on_once_it_is_skipped(store,
         assert wait_until(lambda: failing_at(store, stuck))
         assert recorder.seen == {1: 1, 2: 1, 4: 1}  # everything before it, even past a damaged row
         assert recorder.last_processed_event_id == stuck - 1
-        location = store.database.location if store.database is not None else None  # memory: no location
-        hint = f"python -m eventsourcery {shlex.quote(location) if location else 'STORE'} skip skip_recorder {stuck}"
+        # memory: no location
+        location = store.database.location if store.database is not None else None
+        hint = (f"python -m eventsourcery {shlex.quote(location) if location else 'STORE'} skip "
+                f"skip_recorder {stuck}")
         assert wait_until(lambda: hint in caplog.text)  # the error handler's log line says how
         es.skip_event(store, "skip_recorder", stuck)
         assert recorder.wait_for(8, timeout=WAIT)
@@ -95,9 +103,11 @@ def test_a_running_processor_stuck_at_an_event_goes_on_once_it_is_skipped(store,
     finally:
         running.finish()
     assert running.error is None
-    assert recorder.seen == {1: 1, 2: 1, 4: 1, 7: 1, 8: 1, 10: 1}  # never the skipped one, the others once
+    # never the skipped one, the others once
+    assert recorder.seen == {1: 1, 2: 1, 4: 1, 7: 1, 8: 1, 10: 1}
     after = status(store)
-    assert (after.position, after.state, after.last_error, after.failing_event_id) == (10, "stopped", None, None)
+    assert ((after.position, after.state, after.last_error, after.failing_event_id)
+            == (10, "stopped", None, None))
     assert f"skipped event {stuck}" in caplog.text and f"event {stuck} was skipped" in caplog.text
 
 
@@ -118,7 +128,8 @@ def test_a_stopped_processor_that_gave_up_at_a_damaged_event_starts_after_it_onc
     assert recorder.seen == {1: 1, 4: 1}
 
 
-def test_a_skip_of_any_other_event_is_refused_saying_where_the_processor_is_and_changes_nothing(store):
+def test_a_skip_of_any_other_event_is_refused_saying_where_the_processor_is_and_changes_nothing(
+        store):
     sink_items(store, 1, 6)
     recorder = Recorder(store.tracker(), fail_on=4)
     with pytest.raises(es.EventProcessingError):
@@ -172,11 +183,12 @@ def test_a_projector_with_its_own_database_is_skipped_where_its_position_lives(t
             assert projector.wait_for(5, timeout=WAIT)
         finally:
             running.finish()
-        assert [row[0] for row in projector.db.execute("SELECT id FROM items ORDER BY id")] == [1, 2, 5]
+        assert [row[0]
+                for row in projector.db.execute("SELECT id FROM items ORDER BY id")] == [1, 2, 5]
         projector.close()
 
 
-def test_a_reactor_stuck_at_a_ping_emits_for_every_other_ping_exactly_once_and_never_for_the_skipped_one(store):
+def test_a_reactor_stuck_at_a_ping_emits_once_for_every_other_ping_never_for_the_skipped(store):
     from tests.test_operating_processors import CountingPonger, pongs_per_ping, sink_pings
 
     sink_pings(store, 1, 6)
@@ -203,7 +215,8 @@ def test_a_failure_reported_at_an_event_the_position_is_already_past_is_not_reco
     tracker.report("t", generation, "running", "RuntimeError: late", 4)
     assert (tracker.record("t").last_error, tracker.record("t").failing_event_id) == (None, None)
     tracker.report("t", generation, "running", "RuntimeError: stuck", 5)
-    assert (tracker.record("t").last_error, tracker.record("t").failing_event_id) == ("RuntimeError: stuck", 5)
+    assert ((tracker.record("t").last_error, tracker.record("t").failing_event_id)
+            == ("RuntimeError: stuck", 5))
     tracker.skip_event("t", 5)
-    assert (tracker.record("t").position, tracker.record("t").last_error, tracker.record("t").failing_event_id) == (
-        5, None, None)
+    assert ((tracker.record("t").position, tracker.record("t").last_error,
+             tracker.record("t").failing_event_id) == (5, None, None))

@@ -53,7 +53,8 @@ def deposit_and_save(repo, aggregate_id, amounts):
     return account
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(saves=st.lists(st.lists(st.integers(1, 99), min_size=1, max_size=7), min_size=1, max_size=8),
        every=st.integers(1, 6))
 def test_a_load_from_a_snapshot_equals_a_full_replay(store, saves, every):
@@ -75,7 +76,8 @@ def test_a_load_from_a_snapshot_equals_a_full_replay(store, saves, every):
     snapshots = store.snapshots(aggregate_id)
     total = sum(len(a) for a in saves)
     if total >= every:
-        assert len(snapshots) == 1 and snapshots[0].version <= total and snapshots[0].version >= every
+        assert (len(snapshots) == 1 and snapshots[0].version <= total
+                and snapshots[0].version >= every)
 
 
 def test_a_snapshot_is_taken_when_a_save_reaches_or_passes_a_multiple(store):
@@ -85,7 +87,8 @@ def test_a_snapshot_is_taken_when_a_save_reaches_or_passes_a_multiple(store):
     assert store.snapshots(agg) == []
     deposit_and_save(repo, agg, [3, 4])  # 2 -> 4 passes 3
     (snap,) = store.snapshots(agg)
-    assert (snap.version, snap.snapshot_version, snap.aggregate_type) == (4, 1, f"{__name__}.Account")
+    assert ((snap.version, snap.snapshot_version, snap.aggregate_type)
+            == (4, 1, f"{__name__}.Account"))
     assert snap.last_event_uuid == store.get_events_for_aggregate_id(agg)[-1].uuid
     deposit_and_save(repo, agg, [5])  # 4 -> 5: no multiple of 3 reached
     assert store.snapshots(agg)[0].version == 4
@@ -106,7 +109,8 @@ def test_the_load_replays_only_the_events_after_the_snapshot(store, monkeypatch)
 
     monkeypatch.setattr(store, "get_events_for_aggregate_id", spy)
     assert repo.load(Account, agg).balance == 10
-    assert reads == [{"from_version": 4}]  # the snapshot is at 4: its last event is read to check it
+    # the snapshot is at 4: its last event is read to check it
+    assert reads == [{"from_version": 4}]
 
 
 def test_subscribers_never_see_snapshots(store):
@@ -126,7 +130,8 @@ def test_a_snapshot_of_another_snapshot_version_is_ignored(store):
     class Renamed(Account):
         snapshot_version = 2
 
-    Renamed.__qualname__ = Account.__qualname__  # the same aggregate type, a new meaning of its state
+    # the same aggregate type, a new meaning of its state
+    Renamed.__qualname__ = Account.__qualname__
     Renamed.__module__ = Account.__module__
 
     def restore(self, state):

@@ -142,7 +142,7 @@ def test_c_subscriber_saw_every_event_once_in_order(concurrent_run):
     assert 1 <= smallest_batch <= biggest_batch <= 7
 
 
-# --- (b) racing first writes ------------------------------------------------------------------------
+# --- (b) racing first writes ----------------------------------------------------------------------
 
 
 def test_b_racing_first_writes_exactly_one_wins(tmp_path):
@@ -172,12 +172,13 @@ def test_b_racing_first_writes_exactly_one_wins(tmp_path):
         assert store.latest_event_id() == rounds
 
 
-# --- (d) SIGKILL mid-run ------------------------------------------------------------------------------
+# --- (d) SIGKILL mid-run --------------------------------------------------------------------------
 
 
 def _recv(conn, proc, timeout=DEADLINE):
     if not conn.poll(timeout):
-        pytest.fail(f"no message from the writer (alive: {proc.is_alive()}, exit code {proc.exitcode})")
+        pytest.fail(f"no message from the writer (alive: {proc.is_alive()}, exit code "
+                    f"{proc.exitcode})")
     msg = conn.recv()
     if msg[0] == "error":
         pytest.fail(f"writer failed:\n{msg[1]}")

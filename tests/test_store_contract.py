@@ -246,8 +246,8 @@ def test_get_next_from_is_inclusive_and_empty_past_the_end(store):
 
 def test_get_next_from_limit_applies_after_the_type_filter(store):
     agg = new_id()
-    store.sink([item(agg), UserSignedUp(aggregate_id=agg), item(agg), UserSignedUp(aggregate_id=agg),
-                UserSignedUp(aggregate_id=agg)])
+    store.sink([item(agg), UserSignedUp(aggregate_id=agg), item(agg),
+                UserSignedUp(aggregate_id=agg), UserSignedUp(aggregate_id=agg)])
     assert ids(store.get_next_from(1, event_types=["user_signed_up"], limit=2)) == [2, 4]
     assert ids(store.get_next_from(3, event_types=["user_signed_up"], limit=2)) == [4, 5]
 
@@ -511,7 +511,8 @@ def test_r31_created_at_can_be_overridden_to_the_microsecond(store):
 
 
 def test_created_at_with_another_offset_keeps_the_instant_in_utc(store):
-    t = datetime.datetime(2020, 5, 17, 12, 30, 1, 7, tzinfo=datetime.timezone(datetime.timedelta(hours=5, minutes=30)))
+    t = datetime.datetime(2020, 5, 17, 12, 30, 1, 7,
+                          tzinfo=datetime.timezone(datetime.timedelta(hours=5, minutes=30)))
     store.sink(item(created_at=t))
     read = last_event(store).created_at
     assert read == t
@@ -724,7 +725,8 @@ def test_subscribe_with_a_callable_stop_that_turns_true_after_a_batch(store):
 def test_subscribe_many_writer_threads_nothing_skipped_or_repeated(store):
     n_threads, per_thread = 4, 25
     total = n_threads * per_thread
-    consumer = Consumer(store, 1, on_batch=lambda c: len(c.events) >= total and c.stop.set()).start()
+    consumer = Consumer(store, 1,
+                        on_batch=lambda c: len(c.events) >= total and c.stop.set()).start()
     errors = []
 
     def write(n):
@@ -789,9 +791,11 @@ ROUND_TRIP_CASES = [
     ("dict_str_int", dict[str, int], {"b": 2, "a": 1}),
     ("dict_bare", dict, {"k": [1, 2], "n": None, "d": {"x": "y"}}),
     ("dict_empty", dict[str, str], {}),
-    ("datetime_utc", datetime.datetime, datetime.datetime(2016, 10, 14, 0, 0, 0, 646191, tzinfo=UTC)),
+    ("datetime_utc", datetime.datetime,
+     datetime.datetime(2016, 10, 14, 0, 0, 0, 646191, tzinfo=UTC)),
     ("datetime_offset", datetime.datetime,
-     datetime.datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=datetime.timezone(datetime.timedelta(hours=-3, minutes=-30)))),
+     datetime.datetime(2001, 2, 3, 4, 5, 6, 7,
+                       tzinfo=datetime.timezone(datetime.timedelta(hours=-3, minutes=-30)))),
     ("date", datetime.date, datetime.date(2024, 2, 29)),
     ("time", datetime.time, datetime.time(23, 59, 58, 999999)),
     ("decimal", decimal.Decimal, decimal.Decimal("12345678901234567890.000000000000000001")),
@@ -802,12 +806,14 @@ ROUND_TRIP_CASES = [
     ("enum_local", _Shade, _Shade.DARK),
     ("dataclass", _Point, _Point(1, 2.5)),
     ("dataclass_nested", Customer,
-     Customer("Bo", Address("1 A St", "B-town", None), datetime.date(2000, 1, 1), decimal.Decimal("3.10"),
+     Customer("Bo", Address("1 A St", "B-town", None), datetime.date(2000, 1, 1),
+              decimal.Decimal("3.10"),
               Address("9 Z St", "Y-ville", "999"))),
     ("optional_none", int | None, None),
     ("optional_value", int | None, 5),
     ("optional_datetime", datetime.datetime | None, datetime.datetime(2030, 1, 1, tzinfo=UTC)),
-    ("optional_date_typing", typing.Optional[datetime.date], datetime.date(1970, 1, 1)),  # noqa: UP045
+    # UP045
+    ("optional_date_typing", typing.Optional[datetime.date], datetime.date(1970, 1, 1)),  # noqa
     ("optional_decimal", decimal.Decimal | None, decimal.Decimal("0.1")),
     ("optional_uuid", uuid.UUID | None, uuid.UUID(int=1)),
     ("optional_enum", Color | None, Color.BLUE),
@@ -821,11 +827,13 @@ ROUND_TRIP_CASES = [
 
 def _round_trip_class(case_id, annotation):
     name = "RoundTrip_" + case_id
-    namespace = {"__annotations__": {"value": annotation}, "__module__": __name__, "__qualname__": name}
+    namespace = {"__annotations__": {"value": annotation}, "__module__": __name__,
+                 "__qualname__": name}
     return type(name, (es.Event,), namespace)
 
 
-@pytest.mark.parametrize("case_id,annotation,value", ROUND_TRIP_CASES, ids=[c[0] for c in ROUND_TRIP_CASES])
+@pytest.mark.parametrize("case_id,annotation,value", ROUND_TRIP_CASES,
+                         ids=[c[0] for c in ROUND_TRIP_CASES])
 def test_round_trip_of_annotated_type(store, case_id, annotation, value):
     cls = _round_trip_class(case_id, annotation)
     agg = new_id()
@@ -913,7 +921,8 @@ def test_metadata_round_trips(store):
 )
 def test_round_trip_property(store, s, i, f, dec, dt, li, tags, mapping):
     agg = new_id()
-    event = _PropertyHappened(aggregate_id=agg, s=s, i=i, f=f, dec=dec, dt=dt, li=li, tags=tags, mapping=mapping)
+    event = _PropertyHappened(aggregate_id=agg, s=s, i=i, f=f, dec=dec, dt=dt, li=li, tags=tags,
+                              mapping=mapping)
     stored = store.sink(event)
     (read,) = store.get_events_for_aggregate_id(agg)
     assert read == stored[0]
@@ -977,7 +986,8 @@ def test_upcast_is_applied_on_read(store):
     assert new_cls is not old_cls
     assert es.event_class("upcast_test.renamed") is new_cls
     store.sink(new_cls(aggregate_id=agg, full_name="Bo New", shouted=True))
-    for events in (store.get_next_from(1), store.get_events_for_aggregate_id(agg), list(store.each_by_range(1, 2))):
+    for events in (store.get_next_from(1), store.get_events_for_aggregate_id(agg),
+                   list(store.each_by_range(1, 2))):
         assert [type(e) for e in events] == [new_cls, new_cls]
         assert [(e.full_name, e.shouted) for e in events] == [("Ann Old", False), ("Bo New", True)]
 
@@ -1027,7 +1037,8 @@ def test_value_of_the_wrong_type_is_a_type_error(store):
 
 @pytest.mark.parametrize("aggregate_id", ["", None], ids=["empty", "missing"])
 def test_empty_aggregate_id_is_invalid_and_writes_nothing(store, aggregate_id):
-    event = ItemAdded(title="t") if aggregate_id is None else ItemAdded(aggregate_id=aggregate_id, title="t")
+    event = (ItemAdded(title="t") if aggregate_id is None
+             else ItemAdded(aggregate_id=aggregate_id, title="t"))
     with pytest.raises(es.InvalidEventError):
         store.sink(event)
     with pytest.raises(es.InvalidEventError):
@@ -1143,7 +1154,8 @@ def test_store_matches_a_model(make_store):
         def version(self, agg):
             return sum(1 for a, _, _ in self.log if a == agg)
 
-        @rule(agg=st.sampled_from(aggregates), n=st.integers(1, 3), how=st.sampled_from(["none", "right", "wrong"]))
+        @rule(agg=st.sampled_from(aggregates), n=st.integers(1, 3),
+              how=st.sampled_from(["none", "right", "wrong"]))
         def sink(self, agg, n, how):
             current = self.version(agg)
             expected = {"none": None, "right": current, "wrong": current + 1}[how]
@@ -1163,18 +1175,21 @@ def test_store_matches_a_model(make_store):
 
         @rule(from_id=st.integers(0, 40), limit=st.integers(1, 50))
         def read_all(self, from_id, limit):
-            got = [(e.aggregate_id, e.version, e.e) for e in self.store.get_next_from(from_id, limit=limit)]
+            got = [(e.aggregate_id, e.version, e.e)
+                   for e in self.store.get_next_from(from_id, limit=limit)]
             start = max(from_id, 1) - 1
             assert got == self.log[start:start + limit]
 
         @rule(agg=st.sampled_from(aggregates))
         def read_aggregate(self, agg):
-            got = [(e.aggregate_id, e.version, e.e) for e in self.store.get_events_for_aggregate_id(agg)]
+            got = [(e.aggregate_id, e.version, e.e)
+                   for e in self.store.get_events_for_aggregate_id(agg)]
             assert got == [x for x in self.log if x[0] == agg]
 
         @rule(lo=st.integers(1, 30), span=st.integers(0, 10))
         def read_range(self, lo, span):
-            got = [(e.aggregate_id, e.version, e.e) for e in self.store.each_by_range(lo, lo + span)]
+            got = [(e.aggregate_id, e.version, e.e)
+                   for e in self.store.each_by_range(lo, lo + span)]
             assert got == self.log[lo - 1:lo + span]
 
         @invariant()
@@ -1183,7 +1198,8 @@ def test_store_matches_a_model(make_store):
 
     run_state_machine_as_test(
         StoreModel,
-        settings=settings(max_examples=25, stateful_step_count=15, deadline=None, derandomize=True, database=None),
+        settings=settings(max_examples=25, stateful_step_count=15, deadline=None, derandomize=True,
+                          database=None),
     )
 
 
@@ -1231,7 +1247,8 @@ def five_versions(store):
     ({"to_version": 2**70}, [1, 2, 3, 4, 5]),
     ({"to_version": None}, [1, 2, 3, 4, 5]),
 ])
-def test_get_events_for_aggregate_id_reads_a_range_of_versions(store, five_versions, bounds, expected):
+def test_get_events_for_aggregate_id_reads_a_range_of_versions(
+        store, five_versions, bounds, expected):
     events = store.get_events_for_aggregate_id(five_versions, **bounds)
     assert [e.version for e in events] == expected
     assert [e.title for e in events] == [f"v{v}" for v in expected]
@@ -1239,7 +1256,8 @@ def test_get_events_for_aggregate_id_reads_a_range_of_versions(store, five_versi
 
 @pytest.mark.parametrize("bound, bad", [
     *(("from_version", bad) for bad in (1.0, "2", True, None, object())),
-    *(("to_version", bad) for bad in (1.0, "2", False, object())),  # to_version=None: no upper bound
+    # to_version=None: no upper bound
+    *(("to_version", bad) for bad in (1.0, "2", False, object())),
 ], ids=repr)
 def test_a_version_bound_that_is_not_an_int_is_a_type_error(store, five_versions, bound, bad):
     with pytest.raises(TypeError, match=bound):

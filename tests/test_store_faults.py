@@ -27,7 +27,8 @@ def item(aggregate_id: str = "agg", title: str = "t") -> ItemAdded:
     return ItemAdded(aggregate_id=aggregate_id, title=title)
 
 
-def assert_store_error(excinfo: pytest.ExceptionInfo, driver: type[BaseException], kind=es.StoreError) -> None:
+def assert_store_error(excinfo: pytest.ExceptionInfo, driver: type[BaseException],
+                       kind=es.StoreError) -> None:
     assert isinstance(excinfo.value, kind), excinfo.value
     assert isinstance(excinfo.value.__cause__, driver), repr(excinfo.value.__cause__)
 
@@ -50,11 +51,11 @@ def tmpfs(directory, size: str = "1m"):
 
 
 def remount(directory, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(directory)], check=True, capture_output=True,
-                   timeout=30)
+    subprocess.run(["mount", "-o", f"remount,{options}", str(directory)], check=True,
+                   capture_output=True, timeout=30)
 
 
-# --- SQLite ---------------------------------------------------------------------------------------------
+# --- SQLite ---------------------------------------------------------------------------------------
 
 
 def test_sqlite_lock_wait_that_times_out_is_a_store_error(tmp_path):
@@ -89,7 +90,8 @@ def test_sqlite_closed_connection_is_a_store_error_from_every_method(tmp_path):
         "stats": lambda: store.stats(),
         "transaction": lambda: store.transaction().__enter__(),
     }
-    writes = {"sink", "transaction"}  # reads outside a transaction go to the thread's reader connection
+    # reads outside a transaction go to the thread's reader connection
+    writes = {"sink", "transaction"}
     for name, call in calls.items():
         store.connection.close()  # the writer closed behind the store's back
         try:
@@ -159,7 +161,7 @@ def test_sqlite_file_that_is_not_a_database_is_a_corrupt_event_error(tmp_path):
     assert isinstance(excinfo.value.__cause__, sqlite3.DatabaseError)
 
 
-# --- Postgres (the shared server; nothing is restarted here) ---------------------------------------
+# --- Postgres (the shared server; nothing is restarted here) --------------------------------------
 
 
 def test_postgres_lock_wait_that_times_out_is_a_store_error(tmp_path):
@@ -171,7 +173,8 @@ def test_postgres_lock_wait_that_times_out_is_a_store_error(tmp_path):
     try:
         holder.execute("BEGIN")
         holder.execute("SELECT pg_advisory_xact_lock(%s)", (_write_lock_key(store),))
-        with pytest.raises(es.StoreError, match=r"waited longer than lock_timeout \(0.05 s\)") as excinfo:
+        with pytest.raises(es.StoreError,
+                           match=r"waited longer than lock_timeout \(0.05 s\)") as excinfo:
             store.sink(item(title="late"))
         assert_store_error(excinfo, psycopg.OperationalError)
     finally:
@@ -193,7 +196,8 @@ def test_postgres_failed_statement_is_a_store_error_from_every_method():
     store = postgres_store()
     store.sink(item())
     with connect() as other:
-        other.execute(f'DROP TABLE "{store.schema}".events CASCADE')  # dropped behind the store's back
+        # dropped behind the store's back
+        other.execute(f'DROP TABLE "{store.schema}".events CASCADE')
     calls = {
         "sink": lambda: store.sink(item()),
         "get_next_from": lambda: store.get_next_from(1),
@@ -210,7 +214,7 @@ def test_postgres_failed_statement_is_a_store_error_from_every_method():
     store.close()
 
 
-# --- SQLite: read-only stores, and files deleted or replaced while open --------------------------------
+# --- SQLite: read-only stores, and files deleted or replaced while open ---------------------------
 
 
 def _store_with_one_event(path) -> None:
@@ -253,7 +257,8 @@ def test_sqlite_store_in_an_immutable_file_can_be_read_and_refuses_writes(tmp_pa
             view.mkdir()
             subprocess.run(["mount", "--bind", str(directory), str(view)], check=True, timeout=30)
             try:
-                subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True, timeout=30)
+                subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True,
+                               timeout=30)
                 _assert_read_only(view / "e.db")
             finally:
                 subprocess.run(["umount", "-l", str(view)], timeout=30)

@@ -31,7 +31,8 @@ def test_no_type_variable_is_exported():
 def test_every_public_class_and_function_of_the_core_is_on_a_surface():
     tree = ast.parse((ROOT / "eventsourcery.py").read_text())
     defined = {node.name for node in tree.body
-               if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and not node.name.startswith("_")}
+               if isinstance(node, (ast.ClassDef, ast.FunctionDef))
+               and not node.name.startswith("_")}
     assert defined - set(es.__all__) - set(es.__backend__) == {"main"}  # the console script's
 
 

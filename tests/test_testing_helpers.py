@@ -57,7 +57,8 @@ class ThOrderTotals(es.Projector):
     @es.on(ThOrderPlaced)
     def _placed(self, event: ThOrderPlaced) -> None:
         p = self.placeholder
-        self.db.execute(f"INSERT INTO th_totals VALUES ({p}, {p})", (event.aggregate_id, event.total))
+        self.db.execute(f"INSERT INTO th_totals VALUES ({p}, {p})",
+                        (event.aggregate_id, event.total))
 
 
 class ThLabelPrinter(es.Reactor):
@@ -76,7 +77,8 @@ class ThLabelPrinter(es.Reactor):
 def test_then_passes_on_the_expected_events_and_returns_them() -> None:
     scenario = es.given(ThOrder, ThOrderPlaced(total=5), id="o-1").when(lambda o: o.ship("Paris"))
     events = scenario.then(ThOrderShipped(to="Paris"))
-    assert [(e.aggregate_id, e.version, e.to) for e in events] == [("o-1", None, "Paris")]  # type: ignore[attr-defined]
+    assert ([(e.aggregate_id, e.version, e.to) for e in events]
+            == [("o-1", None, "Paris")])  # type: ignore[attr-defined]
     assert scenario.aggregate.shipped_to == "Paris"
     assert scenario.aggregate.version == 2
     assert scenario.result == "shipped"
@@ -107,11 +109,13 @@ def test_then_compares_the_aggregate_id_an_expected_event_names() -> None:
 def test_then_with_a_class_matches_any_event_of_that_class() -> None:
     es.given(ThOrder, ThOrderPlaced(total=5)).when(lambda o: o.ship("Paris")).then(ThOrderShipped)
     with pytest.raises(AssertionError):
-        es.given(ThOrder, ThOrderPlaced(total=5)).when(lambda o: o.ship("Paris")).then(ThOrderCancelled)
+        es.given(ThOrder, ThOrderPlaced(total=5)).when(lambda o: o.ship("Paris")).then(
+            ThOrderCancelled)
 
 
 def test_then_with_no_events_asserts_that_none_were_applied() -> None:
-    es.given(ThOrder, ThOrderPlaced(total=1), ThOrderShipped(to="A")).when(lambda o: o.ship("B")).then()
+    es.given(ThOrder, ThOrderPlaced(total=1), ThOrderShipped(to="A")).when(
+        lambda o: o.ship("B")).then()
     with pytest.raises(AssertionError, match=r"\+ThOrderShipped\(to='B'\)"):
         es.given(ThOrder, ThOrderPlaced(total=1)).when(lambda o: o.ship("B")).then()
 
@@ -146,14 +150,16 @@ def test_then_fails_when_the_command_raised() -> None:
 
 
 def test_then_raises_passes_and_returns_the_error() -> None:
-    error = es.given(ThOrder).when(lambda o: o.ship("Paris")).then_raises(ValueError, match="not placed")
+    error = es.given(ThOrder).when(lambda o: o.ship("Paris")).then_raises(
+        ValueError, match="not placed")
     assert isinstance(error, ValueError)
 
 
 def test_then_raises_fails_when_nothing_was_raised() -> None:
     scenario = es.given(ThOrder, ThOrderPlaced(total=5)).when(lambda o: o.ship("Paris"))
-    with pytest.raises(AssertionError, match=r"expected ValueError, but the command raised nothing; "
-                                             r"new events: \[\"ThOrderShipped\(to='Paris'\)\"\]"):
+    with pytest.raises(AssertionError, match=r"expected ValueError, but the command raised "
+                                             r"nothing; new events: "
+                                             r"\[\"ThOrderShipped\(to='Paris'\)\"\]"):
         scenario.then_raises(ValueError)
 
 
@@ -177,7 +183,8 @@ def test_given_refuses_what_is_not_an_event() -> None:
 
 def test_assert_events_on_its_own() -> None:
     es.assert_events([ThOrderPlaced(total=1)], [ThOrderPlaced(total=1, uuid="u")])
-    with pytest.raises(AssertionError, match=r"-ThOrderPlaced\(total=2\)\n\+ThOrderPlaced\(total=1\)"):
+    with pytest.raises(AssertionError,
+                       match=r"-ThOrderPlaced\(total=2\)\n\+ThOrderPlaced\(total=1\)"):
         es.assert_events([ThOrderPlaced(total=1)], [ThOrderPlaced(total=2)])
     generic = es.Event(type="th_thing", body={"a": 1})
     with pytest.raises(AssertionError, match=r"\+Event\[th_thing\]\(a=1\)"):
@@ -187,16 +194,19 @@ def test_assert_events_on_its_own() -> None:
 class UnittestStyle(unittest.TestCase):
     def test_failure_is_a_unittest_failure(self) -> None:
         with self.assertRaises(AssertionError):
-            es.given(ThOrder, ThOrderPlaced(total=1)).when(lambda o: o.ship("B")).then(ThOrderShipped(to="C"))
+            es.given(ThOrder, ThOrderPlaced(total=1)).when(lambda o: o.ship("B")).then(
+                ThOrderShipped(to="C"))
 
     def test_success(self) -> None:
-        es.given(ThOrder, ThOrderPlaced(total=1)).when(lambda o: o.ship("B")).then(ThOrderShipped(to="B"))
+        es.given(ThOrder, ThOrderPlaced(total=1)).when(lambda o: o.ship("B")).then(
+            ThOrderShipped(to="B"))
 
 
 def test_unittest_reports_a_failure_not_an_error() -> None:
     class Failing(unittest.TestCase):
         def test_it(self) -> None:
-            es.given(ThOrder, ThOrderPlaced(total=1)).when(lambda o: o.ship("B")).then(ThOrderShipped(to="C"))
+            es.given(ThOrder, ThOrderPlaced(total=1)).when(lambda o: o.ship("B")).then(
+                ThOrderShipped(to="C"))
 
     result = unittest.TestResult()
     Failing("test_it").run(result)
@@ -209,7 +219,8 @@ def test_unittest_reports_a_failure_not_an_error() -> None:
 def test_feed_a_projector_on_memory() -> None:
     run = es.given_events(ThOrderPlaced(total=5, aggregate_id="o-1"), ThOrderPlaced(total=7)).feed(
         ThOrderTotals(":memory:"))
-    assert run.rows("SELECT order_id, total FROM th_totals ORDER BY total") == [("o-1", 5), ("test-aggregate", 7)]
+    assert (run.rows("SELECT order_id, total FROM th_totals ORDER BY total")
+            == [("o-1", 5), ("test-aggregate", 7)])
     assert [(e.id, e.version) for e in run.given] == [(1, 1), (2, 1)]
     assert run.processor.last_processed_event_id == 2
     assert run.emitted == []
@@ -218,7 +229,8 @@ def test_feed_a_projector_on_memory() -> None:
 def test_feed_a_reactor_on_a_memory_store_shows_what_it_emitted() -> None:
     store = es.MemoryEventStore()
     run = es.given_events(ThOrderPlaced(total=5, aggregate_id="o-1"),
-                          ThOrderShipped(to="Paris", aggregate_id="o-1")).feed(ThLabelPrinter(store))
+                          ThOrderShipped(to="Paris", aggregate_id="o-1")).feed(
+                              ThLabelPrinter(store))
     emitted = run.then_emitted(ThShippingLabelPrinted(to="Paris"))
     assert [(e.id, e.aggregate_id, e.version, e.causation_id) for e in emitted] == [
         (3, "o-1", 3, run.given[1].uuid)]
@@ -267,7 +279,8 @@ def test_then_emitted_fails_with_a_diff() -> None:
     with pytest.raises(AssertionError) as info:
         run.then_emitted()
     assert info.value.args[0].splitlines() == [
-        "emitted events differ (- expected, + actual):", "@@ -0,0 +1 @@", "+ThShippingLabelPrinted(to='Paris')"]
+        "emitted events differ (- expected, + actual):", "@@ -0,0 +1 @@",
+        "+ThShippingLabelPrinted(to='Paris')"]
 
 
 def test_feed_a_plain_processor() -> None:
@@ -280,7 +293,8 @@ def test_feed_a_plain_processor() -> None:
         def _placed(self, event: ThOrderPlaced) -> None:
             self.seen.append(event.total)
 
-    run = es.given_events(ThOrderPlaced(total=1), ThOrderShipped(to="x"), ThOrderPlaced(total=2)).feed(Seen())
+    run = es.given_events(ThOrderPlaced(total=1), ThOrderShipped(to="x"),
+                          ThOrderPlaced(total=2)).feed(Seen())
     assert run.processor.seen == [1, 2]
     with pytest.raises(TypeError, match="no database"):
         run.rows("SELECT 1")

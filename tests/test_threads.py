@@ -31,7 +31,8 @@ THREADS = 8
 
 
 def run_threads(target, n: int = THREADS) -> list:
-    """Run ``target(i)`` in n threads started together; returns their results (re-raises the first error)."""
+    """Run ``target(i)`` in n threads started together; returns their results (re-raises the first
+    error)."""
     barrier = threading.Barrier(n)
     results: list = [None] * n
     errors: list = []
@@ -55,8 +56,8 @@ def run_threads(target, n: int = THREADS) -> list:
 
 
 class Tail:
-    """A subscriber thread reading the store from id 1 until it has seen ``total`` events: ``seen`` holds
-    their ids in the order it got them, ``failed`` what it raised."""
+    """A subscriber thread reading the store from id 1 until it has seen ``total`` events: ``seen``
+    holds their ids in the order it got them, ``failed`` what it raised."""
 
     def __init__(self, store, total: int) -> None:
         self.total = total
@@ -76,10 +77,12 @@ class Tail:
             self.failed.append(exc)
 
     def assert_saw_every_id_once_in_order(self) -> None:
-        """Wait (bounded) for the subscriber, then check it saw ids 1..total, each once, in order."""
+        """Wait (bounded) for the subscriber, then check it saw ids 1..total, each once, in
+        order."""
         self.thread.join(WAIT)
         self.stop.set()
-        assert not self.thread.is_alive(), f"the subscriber saw {len(self.seen)} of {self.total} events"
+        assert not self.thread.is_alive(), (
+            f"the subscriber saw {len(self.seen)} of {self.total} events")
         assert not self.failed, self.failed
         assert self.seen == list(range(1, self.total + 1))
 
@@ -108,8 +111,8 @@ def test_writer_threads_racing_on_shared_aggregates_one_winner_per_version(store
             except es.ConcurrencyError:
                 pass
             # and a batch to an aggregate of its own, which never conflicts
-            won.extend(store.sink([Numbered(aggregate_id=own, e=i * 1000 + n * 10 + k) for k in range(2)],
-                                  expected_version=2 * n))
+            won.extend(store.sink([Numbered(aggregate_id=own, e=i * 1000 + n * 10 + k)
+                                   for k in range(2)], expected_version=2 * n))
         return won
 
     results = run_threads(writer)
@@ -148,7 +151,8 @@ def test_threads_racing_for_the_first_version_of_new_aggregates(store):
 
 def test_a_tailing_subscriber_thread_sees_every_id_once_in_order(store):
     writers, sinks_each = 4, 15
-    tail = Tail(store, writers * sum(1 if n % 2 else 3 for n in range(sinks_each)))  # singles and batches of 3
+    # singles and batches of 3
+    tail = Tail(store, writers * sum(1 if n % 2 else 3 for n in range(sinks_each)))
 
     def writer(i):
         for n in range(sinks_each):
@@ -217,7 +221,8 @@ def test_reads_of_other_threads_do_not_wait_for_a_transaction_nor_see_it(store):
 @pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 def test_a_thread_that_only_reads_never_holds_up_another_threads_write(store):
     def write_in_another_thread(aggregate_id):
-        writer = threading.Thread(target=lambda: store.sink(Numbered(aggregate_id=aggregate_id, e=0)))
+        writer = threading.Thread(
+            target=lambda: store.sink(Numbered(aggregate_id=aggregate_id, e=0)))
         writer.start()
         writer.join(WAIT)
         return not writer.is_alive()
@@ -294,7 +299,8 @@ for t in threads:
 
 
 @pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
-def test_kill_9_of_a_process_with_writer_threads_leaves_only_whole_acknowledged_sinks(store, db_path):
+def test_kill_9_of_a_process_with_writer_threads_leaves_only_whole_acknowledged_sinks(
+        store, db_path):
     if isinstance(store, es.SQLiteEventStore):
         url = str(db_path)
     else:
@@ -304,8 +310,8 @@ def test_kill_9_of_a_process_with_writer_threads_leaves_only_whole_acknowledged_
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     acked: list[list[str]] = []
     for _ in range(2):  # a second writer process continues the log the first one left
-        proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, url], stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": root}, cwd=root)
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, url], stdout=subprocess.PIPE,
+                                text=True, env={**os.environ, "PYTHONPATH": root}, cwd=root)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

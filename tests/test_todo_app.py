@@ -61,11 +61,19 @@ from examples.todo.projections import (
     scheduled_todos,
 )
 from examples.todo.reactor import TodoCompletedNotifier
-from examples.todo.web import BEHIND_HEADER, EVENT_ID_HEADER, TodoApp, encode_rows, make_server, wanted_event_id
+from examples.todo.web import (
+    BEHIND_HEADER,
+    EVENT_ID_HEADER,
+    TodoApp,
+    encode_rows,
+    make_server,
+    wanted_event_id,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 D = datetime.date
-POSTGRES_URL = os.environ.get("EVENTSOURCERY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("EVENTSOURCERY_TEST_POSTGRES",
+                              "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def new_id() -> str:
@@ -92,7 +100,8 @@ def new_id() -> str:
     (AddTodo, {"todo_id": "a", "title": "x", "due_date": "invalid"}, "due_date is invalid"),
     (AddTodo, {"todo_id": "a", "title": "x", "due_date": "2017-02-30"}, "due_date is invalid"),
     (AddTodo, {"todo_id": "a", "title": "x", "due_date": 20170713}, "due_date is invalid"),
-    (AddTodo, {"todo_id": "a", "title": "x", "stakeholder_email": ["a@b"]}, "stakeholder_email is invalid"),
+    (AddTodo, {"todo_id": "a", "title": "x", "stakeholder_email": ["a@b"]},
+     "stakeholder_email is invalid"),
     (AmendTodo, {"title": "x"}, "todo_id is blank"),
     (AmendTodo, {"todo_id": "a", "due_date": "not a date"}, "due_date is invalid"),
     (AmendTodo, {"todo_id": "a", "title": None}, "title is blank"),
@@ -114,14 +123,17 @@ def test_command_validation(command, params, message):
 
 def test_commands_keep_only_their_keys_and_parse_dates():
     add = AddTodo.build({"todo_id": "a", "title": "2000 squats", "description": "Leg day.",
-                         "due_date": "2017-07-13", "stakeholder_email": "g@example.com", "extra": 1})
+                         "due_date": "2017-07-13", "stakeholder_email": "g@example.com",
+                         "extra": 1})
     assert add == AddTodo(todo_id="a", title="2000 squats", description="Leg day.",
                           due_date=D(2017, 7, 13), stakeholder_email="g@example.com")
     assert AmendTodo.build({"todo_id": "a", "due_date": None}).changes == {"due_date": None}
-    assert AmendTodo.build({"todo_id": "a", "description": "x", "completed_on": "2017-01-01"}).changes == {
-        "description": "x"}
-    assert CompleteTodo.build({"todo_id": "a", "completed_on": "2017-07-13"}).completed_on == D(2017, 7, 13)
-    assert AbandonTodo.build({"todo_id": "a", "abandoned_on": "2017-07-13"}).abandoned_on == D(2017, 7, 13)
+    assert (AmendTodo.build({"todo_id": "a", "description": "x", "completed_on": "2017-01-01"})
+            .changes == {"description": "x"})
+    assert (CompleteTodo.build({"todo_id": "a", "completed_on": "2017-07-13"}).completed_on
+            == D(2017, 7, 13))
+    assert (AbandonTodo.build({"todo_id": "a", "abandoned_on": "2017-07-13"}).abandoned_on
+            == D(2017, 7, 13))
 
 
 # ---------------------------------------------------------------------------
@@ -143,11 +155,15 @@ ABANDONED = TodoAbandoned(aggregate_id="t1", abandoned_on=D(2017, 7, 13))
     ([ADDED, COMPLETED], lambda t: t.amend(title="y"), 'Todo "t1" is complete'),
     ([ADDED, ABANDONED], lambda t: t.amend(title="y"), 'Todo "t1" is abandoned'),
     ([], lambda t: t.complete(completed_on=D(2017, 7, 14)), 'Todo "t1" does not exist'),
-    ([ADDED, COMPLETED], lambda t: t.complete(completed_on=D(2017, 7, 14)), 'Todo "t1" already complete'),
-    ([ADDED, ABANDONED], lambda t: t.complete(completed_on=D(2017, 7, 14)), 'Todo "t1" already abandoned'),
+    ([ADDED, COMPLETED], lambda t: t.complete(completed_on=D(2017, 7, 14)),
+     'Todo "t1" already complete'), ([ADDED, ABANDONED],
+                                     lambda t: t.complete(completed_on=D(2017, 7, 14)),
+                                     'Todo "t1" already abandoned'),
     ([], lambda t: t.abandon(abandoned_on=D(2017, 7, 14)), 'Todo "t1" does not exist'),
-    ([ADDED, COMPLETED], lambda t: t.abandon(abandoned_on=D(2017, 7, 14)), 'Todo "t1" already complete'),
-    ([ADDED, ABANDONED], lambda t: t.abandon(abandoned_on=D(2017, 7, 14)), 'Todo "t1" already abandoned'),
+    ([ADDED, COMPLETED], lambda t: t.abandon(abandoned_on=D(2017, 7, 14)),
+     'Todo "t1" already complete'), ([ADDED, ABANDONED],
+                                     lambda t: t.abandon(abandoned_on=D(2017, 7, 14)),
+                                     'Todo "t1" already abandoned'),
 ])
 def test_aggregate_guards(history, call, message):
     todo = _todo(*history)
@@ -181,7 +197,8 @@ def test_amend_that_changes_nothing_records_nothing():
     todo.amend(description="e")  # the state follows the amendments
     todo.amend(due_date=None)
     todo.amend(due_date=None)
-    assert [e.changes for e in todo.changes] == [{"title": "x", "description": "e"}, {"due_date": None}]
+    assert [e.changes for e in todo.changes] == [{"title": "x", "description": "e"},
+                                                 {"due_date": None}]
     # the rules still come first: a complete todo is a 422 even when nothing would change
     done = _todo(ADDED, COMPLETED)
     with pytest.raises(UnprocessableEntity, match="is complete"):
@@ -194,10 +211,13 @@ def test_amend_that_changes_nothing_stores_nothing(tmp_path):
         handler.handle(AddTodo.build({"todo_id": "a", "title": "x", "due_date": "2017-07-13"}))
         handler.handle(AmendTodo.build({"todo_id": "a", "due_date": None}))
         # loaded from the store: the values as stored, dates as dates
-        assert handler.handle(AmendTodo.build({"todo_id": "a", "title": "x", "due_date": None})) == []
+        assert handler.handle(AmendTodo.build({"todo_id": "a", "title": "x",
+                                               "due_date": None})) == []
         assert handler.handle(AmendTodo.build({"todo_id": "a", "description": None})) == []
-        assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added", "todo_amended"]
-        assert handler.handle(AmendTodo.build({"todo_id": "a", "due_date": "2017-07-14"}))[0].version == 3
+        assert ([e.type for e in store.get_events_for_aggregate_id("a")]
+                == ["todo_added", "todo_amended"])
+        assert handler.handle(AmendTodo.build({"todo_id": "a",
+                                               "due_date": "2017-07-14"}))[0].version == 3
 
 
 def test_todo_amended_keeps_absent_apart_from_null_when_stored(tmp_path):
@@ -226,7 +246,8 @@ def test_command_handler_saves_events():
     handler.handle(CompleteTodo.build({"todo_id": "a", "completed_on": "2017-07-13"}))
     with pytest.raises(UnprocessableEntity, match='Todo "a" already complete'):
         handler.handle(AbandonTodo.build({"todo_id": "a", "abandoned_on": "2017-07-13"}))
-    assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added", "todo_completed"]
+    assert ([e.type for e in store.get_events_for_aggregate_id("a")]
+            == ["todo_added", "todo_completed"])
 
 
 class _RacingRepository(es.Repository):
@@ -241,7 +262,8 @@ class _RacingRepository(es.Repository):
         self.saves += 1
         if self.saves <= self.races:
             self.store.sink(StakeholderNotifiedOfTodoCompletion(
-                aggregate_id=aggregate.id, notified_on=datetime.datetime.now(datetime.timezone.utc)))
+                aggregate_id=aggregate.id,
+                notified_on=datetime.datetime.now(datetime.timezone.utc)))
         return super().save(aggregate)
 
 
@@ -259,7 +281,8 @@ def test_command_handler_gives_up_with_conflict():
     CommandHandler(es.Repository(store)).handle(AddTodo.build({"todo_id": "a", "title": "x"}))
     repo = _RacingRepository(store, races=100)
     with pytest.raises(Conflict, match='Todo "a" was changed by another request'):
-        CommandHandler(repo, attempts=3, backoff=0).handle(AmendTodo.build({"todo_id": "a", "title": "y"}))
+        CommandHandler(repo, attempts=3, backoff=0).handle(
+            AmendTodo.build({"todo_id": "a", "title": "y"}))
     assert repo.saves == 3
     assert not any(e.type == "todo_amended" for e in store.get_events_for_aggregate_id("a"))
 
@@ -282,7 +305,8 @@ def _sink_all(store, events):
 
 def _run(projector, store):
     """Process everything in the store through ``subscribe_to``, stopping once caught up."""
-    projector.subscribe_to(store, stop=lambda: projector.last_processed_event_id >= store.latest_event_id())
+    projector.subscribe_to(
+        store, stop=lambda: projector.last_processed_event_id >= store.latest_event_id())
 
 
 @pytest.fixture
@@ -318,17 +342,22 @@ def test_scheduled_todos(sqlite_store, tmp_path):
     t1, t2, t3, t4, t5, t6 = (new_id() for _ in range(6))
     _sink_all(sqlite_store, [
         TodoAdded(aggregate_id=t1, title="I don't do requests"),
-        TodoAdded(aggregate_id=t2, title="If it's hard to remember, it will be difficult to forget"),
+        TodoAdded(aggregate_id=t2,
+                  title="If it's hard to remember, it will be difficult to forget"),
         TodoCompleted(aggregate_id=t1, completed_on=D(2017, 6, 13)),
         TodoAmended(aggregate_id=t2, title="If it's hard to remember, it...", description="Hmm...",
                     due_date=D(2017, 6, 13), amended_fields=("title", "description", "due_date")),
         TodoAdded(aggregate_id=t3, title="Milk is for babies"),
-        TodoAdded(aggregate_id=t4, title="Your clothes, give them to me, now!", due_date=D(2017, 6, 13)),
+        TodoAdded(aggregate_id=t4, title="Your clothes, give them to me, now!",
+                  due_date=D(2017, 6, 13)),
         TodoAbandoned(aggregate_id=t4, abandoned_on=D(2017, 6, 1)),
-        TodoAdded(aggregate_id=t5, title="Your clothes, give them to me, now!", due_date=D(2017, 6, 18)),
+        TodoAdded(aggregate_id=t5, title="Your clothes, give them to me, now!",
+                  due_date=D(2017, 6, 18)),
         TodoAmended(aggregate_id=t5, due_date=None, amended_fields=("due_date",)),  # cleared
-        TodoAdded(aggregate_id=t6, title="Tell him about those skinny legs", due_date=D(2017, 6, 22)),
-        TodoAmended(aggregate_id=t6, description="Squats", amended_fields=("description",)),  # date kept
+        TodoAdded(aggregate_id=t6, title="Tell him about those skinny legs",
+                  due_date=D(2017, 6, 22)),
+        # date kept
+        TodoAmended(aggregate_id=t6, description="Squats", amended_fields=("description",)),
     ])
     projector = ScheduledTodos(tmp_path / "projections.db")
     projector.setup()
@@ -342,7 +371,8 @@ def test_scheduled_todos(sqlite_store, tmp_path):
     ]
     # t3 and t5 are outstanding but have no due date
     count = _query(tmp_path / "projections.db",
-                   lambda db: db.execute("SELECT count(*) FROM query_scheduled_todos").fetchone()[0])
+                   lambda db: db.execute(
+                       "SELECT count(*) FROM query_scheduled_todos").fetchone()[0])
     assert count == 4
 
 
@@ -368,7 +398,8 @@ def test_completed_todos_with_staging_table(sqlite_store, tmp_path):
          "due_date": "2017-06-13", "completed_on": "2017-06-15"},
     ]
     staged = _query(tmp_path / "projections.db",
-                    lambda db: db.execute("SELECT todo_id FROM query_completed_todos_incomplete_todos").fetchall())
+                    lambda db: db.execute("SELECT todo_id FROM "
+                                          "query_completed_todos_incomplete_todos").fetchall())
     assert staged == [(t3,)]
     projector.reset()  # drops both tables and the position
     assert projector.last_processed_event_id == 0
@@ -405,7 +436,8 @@ def test_notifier_mails_the_stakeholder_and_emits_onto_the_todos_stream(sqlite_s
     todo_id = new_id()
     added, = sqlite_store.sink(TodoAdded(aggregate_id=todo_id, title="You are terminated!",
                                          stakeholder_email="the-governator@example.com"))
-    sqlite_store.sink(TodoAmended(aggregate_id=todo_id, stakeholder_email="the-governator@example.gov",
+    sqlite_store.sink(TodoAmended(aggregate_id=todo_id,
+                                  stakeholder_email="the-governator@example.gov",
                                   amended_fields=("stakeholder_email",)))
     completed, = sqlite_store.sink(TodoCompleted(aggregate_id=todo_id, completed_on=D(2017, 6, 13)))
     reactor = _notifier(sqlite_store, tmp_path)
@@ -423,7 +455,8 @@ def test_notifier_mails_the_stakeholder_and_emits_onto_the_todos_stream(sqlite_s
     assert notified.stakeholder_email == "the-governator@example.gov"
     assert notified.causation_id == completed.uuid
     assert notified.correlation_id == completed.uuid
-    rows = sqlite_store.connection.execute("SELECT * FROM reactor_todo_completed_notifier").fetchall()
+    rows = sqlite_store.connection.execute(
+        "SELECT * FROM reactor_todo_completed_notifier").fetchall()
     assert rows == []
     # it does not subscribe to its own event; the todo still loads with it in its stream
     assert "stakeholder_notified_of_todo_completion" not in reactor.processes_event_types
@@ -446,7 +479,8 @@ def test_notifier_without_stakeholder_or_when_abandoned(sqlite_store, tmp_path):
             reactor.process(event)
     assert not (tmp_path / "mail.log").exists()
     assert sqlite_store.latest_event_id() == 4  # nothing emitted
-    assert sqlite_store.connection.execute("SELECT count(*) FROM reactor_todo_completed_notifier").fetchone() == (0,)
+    assert (sqlite_store.connection.execute("SELECT count(*) FROM reactor_todo_completed_notifier")
+            .fetchone() == (0,))
 
 
 # ---------------------------------------------------------------------------
@@ -470,7 +504,8 @@ def test_web_layer_hides_internal_errors(capsys):
 def test_web_layer_amend_with_nothing_to_amend():
     store = es.MemoryEventStore()
     app = TodoApp(store, lambda: sqlite3.connect(":memory:"))
-    assert app.dispatch("POST", "/todo/a", b'{"title": "x", "due_date": "2017-07-13"}').status == 201
+    assert app.dispatch("POST", "/todo/a",
+                        b'{"title": "x", "due_date": "2017-07-13"}').status == 201
     for body in (b"{}", b"", b'{"completed_on": "2017-07-14"}'):
         response = app.dispatch("PUT", "/todo/a", body)
         assert (response.status, response.body) == (400, b"Bad Request: nothing to amend\n"), body
@@ -478,7 +513,8 @@ def test_web_layer_amend_with_nothing_to_amend():
     assert (response.status, response.body) == (200, b"")  # as for an amend that changes something
     assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added"]
     assert app.dispatch("PUT", "/todo/a", b'{"title": "y"}').status == 200
-    assert [e.type for e in store.get_events_for_aggregate_id("a")] == ["todo_added", "todo_amended"]
+    assert ([e.type for e in store.get_events_for_aggregate_id("a")]
+            == ["todo_added", "todo_amended"])
 
 
 @pytest.mark.parametrize("history, answer", [
@@ -518,9 +554,11 @@ def test_every_error_answer_ends_with_a_newline(sqlite_store):
 
 # Odd input that reaches TodoApp.dispatch: (method, target, body) -> a 400 (or 404), never a 500
 ODD_REQUESTS = [
-    ("POST", "/todo/%ED%A0%80", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),  # a lone surrogate
+    # a lone surrogate
+    ("POST", "/todo/%ED%A0%80", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),
     ("POST", "/todo/%FF", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),
-    ("PUT", "/todo/a%C3", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),  # cut short
+    # cut short
+    ("PUT", "/todo/a%C3", b'{"title": "x"}', "Bad Request: the path is not UTF-8 text"),
     ("POST", "/todo/%zz", b'{"title": "x"}', "Bad Request: malformed percent-encoding in the path"),
     ("POST", "/todo/a%", b'{"title": "x"}', "Bad Request: malformed percent-encoding in the path"),
     ("POST", "/todo/a%2/complete", b'{"completed_on": "2017-07-13"}',
@@ -528,15 +566,19 @@ ODD_REQUESTS = [
     ("POST", "/todo/a%00b", b'{"title": "x"}', "Bad Request: todo_id is invalid"),
     ("POST", "/todo/a%0Ab", b'{"title": "x"}', "Bad Request: todo_id is invalid"),
     ("POST", "/todo/%1B%5B31m", b'{"title": "x"}', "Bad Request: todo_id is invalid"),
-    ("POST", "/todo/%7F/abandon", b'{"abandoned_on": "2017-07-13"}', "Bad Request: todo_id is invalid"),
+    ("POST", "/todo/%7F/abandon", b'{"abandoned_on": "2017-07-13"}',
+     "Bad Request: todo_id is invalid"),
     ("POST", "/todo/" + "x" * 201, b'{"title": "x"}', "Bad Request: todo_id is invalid"),
     ("PUT", "/todo/" + "%E2%82%AC" * 1000, b'{"title": "x"}', "Bad Request: todo_id is invalid"),
     ("POST", "/todo/" + "x" * 10_000 + "/complete", b'{"completed_on": "2017-07-13"}',
      "Bad Request: todo_id is invalid"),
-    ("POST", "/todo/ok", b'{"title": "\xed\xa0\x80"}', "Bad Request: request body is not UTF-8 text"),
+    ("POST", "/todo/ok", b'{"title": "\xed\xa0\x80"}',
+     "Bad Request: request body is not UTF-8 text"),
     ("POST", "/todo/ok", b'{"title": "\xff"}', "Bad Request: request body is not UTF-8 text"),
-    ("POST", "/todo/ok", '{"title": "x"}'.encode("utf-16"), "Bad Request: request body is not UTF-8 text"),
-    ("POST", "/todo/ok", b'{"title": "\\ud800"}', "Bad Request: malformed JSON: unpaired surrogate in a string"),
+    ("POST", "/todo/ok", '{"title": "x"}'.encode("utf-16"),
+     "Bad Request: request body is not UTF-8 text"),
+    ("POST", "/todo/ok", b'{"title": "\\ud800"}',
+     "Bad Request: malformed JSON: unpaired surrogate in a string"),
     ("POST", "/todo/ok", b'{"\\udfff": 1, "title": "x"}',
      "Bad Request: malformed JSON: unpaired surrogate in a string"),
     ("GET", "/todos/%ED%A0%80", None, "Not Found: no route for GET /todos/%ED%A0%80"),
@@ -553,12 +595,14 @@ def test_web_layer_answers_odd_input_with_400(method, target, body, answer, sqli
 
 
 def test_web_layer_odd_text_from_python_callers(sqlite_store):
-    """dispatch() with a str that is no HTTP path at all (a lone surrogate) still answers plain text."""
+    """dispatch() with a str that is no HTTP path at all (a lone surrogate) still answers plain
+    text."""
     app = TodoApp(sqlite_store, lambda: sqlite3.connect(":memory:"))
     response = app.dispatch("POST", "/todo/\ud800", b'{"title": "x"}')
     assert (response.status, response.body) == (400, b"Bad Request: todo_id is invalid\n")
     response = app.dispatch("GET", "/nowhere/\ud800")
-    assert response.status == 404 and response.body.startswith(b"Not Found: no route for GET /nowhere/")
+    assert (response.status == 404
+            and response.body.startswith(b"Not Found: no route for GET /nowhere/"))
     assert app.dispatch("POST", "/todo/%E2%82%AC%20ok", b'{"title": "\xe2\x82\xac"}').status == 201
     assert sqlite_store.get_events_for_aggregate_id("\u20ac ok")[0].title == "\u20ac"
 
@@ -569,14 +613,16 @@ def test_port_out_of_range_is_a_usage_error(port, tmp_path, capsys):
         app_main.main(["--port", port, "--store", str(tmp_path / "todo.db")])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert re.search(r"^python -m examples.todo: error: argument --port: .*0.*65535", err, re.M), err
+    assert re.search(r"^python -m examples.todo: error: argument --port: .*0.*65535", err,
+                     re.M), err
     assert "Traceback" not in err
     assert not (tmp_path / "todo.db").exists()  # it stopped before setting anything up
 
 
 @pytest.mark.parametrize("script", ["examples/todo", "examples/todo/__main__.py"])
 def test_running_the_directory_says_how_to_run_it(script):
-    p = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
     assert p.returncode == 2, p.stdout + p.stderr
     assert p.stdout == ""
     assert len(p.stderr.splitlines()) == 1, p.stderr
@@ -611,7 +657,8 @@ class Client:
     def call(self, method, path, payload=None, *, data=None, headers=None):
         if data is None and payload is not None:
             data = json.dumps(payload).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, resp.read().decode()
@@ -700,7 +747,8 @@ def todo_store(request, tmp_path):
 
 @pytest.fixture
 def running_app(todo_store, tmp_path):
-    """Start ``python -m examples.todo`` on a free port; yield (client, process, store URL, mail log)."""
+    """Start ``python -m examples.todo`` on a free port; yield (client, process, store URL, mail
+    log)."""
     store_url, mail_log = todo_store
     stderr = open(tmp_path / "app.stderr", "w+")
     proc = subprocess.Popen(
@@ -747,10 +795,12 @@ def test_the_app_end_to_end(running_app):
     # add
     assert call("POST", f"/todo/{a}", {"title": "2000 squats", "description": "Leg day.",
                                        "due_date": "2017-07-13",
-                                       "stakeholder_email": "the-governator@example.com"}) == (201, "")
+                                       "stakeholder_email": "the-governator@example.com"}) == (
+                                           201, "")
     assert call("POST", f"/todo/{a}", {"title": "Get to the chopper!"}) == (
         422, f'Unprocessable Entity: Todo "{a}" already exists')
-    assert call("POST", f"/todo/{b}", {"title": "Milk is for babies", "due_date": "2017-06-18"})[0] == 201
+    assert call("POST", f"/todo/{b}", {"title": "Milk is for babies",
+                                       "due_date": "2017-06-18"})[0] == 201
     assert call("POST", f"/todo/{c}", {"title": "Skinny legs", "due_date": "2017-06-22"})[0] == 201
     assert call("POST", f"/todo/{d}", {"title": "Your clothes, give them to me"})[0] == 201
 
@@ -760,7 +810,8 @@ def test_the_app_end_to_end(running_app):
     assert call("PUT", f"/todo/{c}", {"description": "Squats"}) == (200, "")
     assert call("PUT", f"/todo/{new_id()}", {"title": "x"})[1].endswith("does not exist")
     assert call("PUT", f"/todo/{a}", {}) == (400, "Bad Request: nothing to amend")
-    assert call("PUT", f"/todo/{a}", {"description": "It IS leg day!", "title": "2000 squats"}) == (200, "")
+    assert call("PUT", f"/todo/{a}", {"description": "It IS leg day!",
+                                      "title": "2000 squats"}) == (200, "")
 
     # complete one, abandon another
     assert call("POST", f"/todo/{a}/complete", {"completed_on": "2017-07-14"}) == (200, "")
@@ -773,8 +824,10 @@ def test_the_app_end_to_end(running_app):
         422, f'Unprocessable Entity: Todo "{a}" already complete')
     assert call("POST", f"/todo/{d}/complete", {"completed_on": "2017-07-15"}) == (
         422, f'Unprocessable Entity: Todo "{d}" already abandoned')
-    assert call("PUT", f"/todo/{a}", {"title": "x"}) == (422, f'Unprocessable Entity: Todo "{a}" is complete')
-    assert call("PUT", f"/todo/{d}", {"title": "x"}) == (422, f'Unprocessable Entity: Todo "{d}" is abandoned')
+    assert (call("PUT", f"/todo/{a}", {"title": "x"})
+            == (422, f'Unprocessable Entity: Todo "{a}" is complete'))
+    assert (call("PUT", f"/todo/{d}", {"title": "x"})
+            == (422, f'Unprocessable Entity: Todo "{d}" is abandoned'))
     ghost = new_id()
     assert call("POST", f"/todo/{ghost}/abandon", {"abandoned_on": "2017-07-13"}) == (
         422, f'Unprocessable Entity: Todo "{ghost}" does not exist')
@@ -790,7 +843,8 @@ def test_the_app_end_to_end(running_app):
     assert call("POST", f"/todo/{e}") == (400, "Bad Request: title is blank")  # empty body
     assert call("POST", f"/todo/{e}", {"title": "x", "due_date": "invalid"}) == (
         400, "Bad Request: due_date is invalid")
-    assert call("PUT", f"/todo/{e}", {"due_date": "invalid"}) == (400, "Bad Request: due_date is invalid")
+    assert (call("PUT", f"/todo/{e}", {"due_date": "invalid"})
+            == (400, "Bad Request: due_date is invalid"))
     assert call("POST", f"/todo/{b}/complete", {}) == (400, "Bad Request: completed_on is blank")
     assert call("POST", f"/todo/{b}/complete", {"completed_on": "invalid"}) == (
         400, "Bad Request: completed_on is invalid")
@@ -799,7 +853,8 @@ def test_the_app_end_to_end(running_app):
         400, "Bad Request: abandoned_on is invalid")
     status, body = call("POST", f"/todo/{e}", data=b'{"title": "x",')
     assert status == 400 and body.startswith("Bad Request: malformed JSON"), body
-    assert call("POST", f"/todo/{e}", data=b'["title"]') == (400, "Bad Request: request body must be a JSON object")
+    assert (call("POST", f"/todo/{e}", data=b'["title"]')
+            == (400, "Bad Request: request body must be a JSON object"))
     status, body = call("POST", f"/todo/{e}", data=b"[" * 200_000)
     assert status == 400 and body.startswith("Bad Request: malformed JSON"), body
     assert call("GET", "/nowhere")[0] == 404
@@ -808,7 +863,8 @@ def test_the_app_end_to_end(running_app):
     assert call("GET", f"/todo/{a}")[0] == 405
     status, body = call("POST", f"/todo/{e}", data=b" " * (1024 * 1024 + 1))
     assert (status, body) == (413, "Payload Too Large: request body exceeds 1048576 bytes")
-    assert call("POST", f"/todo/{e}", data=b'{"title": "' + b"x" * (1024 * 1024 - 20) + b'"}')[0] == 201
+    assert call("POST", f"/todo/{e}",
+                data=b'{"title": "' + b"x" * (1024 * 1024 - 20) + b'"}')[0] == 201
 
     # concurrent requests: one add wins, the rest are told it exists; concurrent
     # amends are retried on ConcurrencyError, and a 409 is the only other answer
@@ -821,7 +877,8 @@ def test_the_app_end_to_end(running_app):
     assert {status for status, _ in answers} <= {200, 409}, answers
     assert call("POST", f"/todo/{racy}/abandon", {"abandoned_on": "2017-07-13"})[0] == 200
     with es.open_store(store_url) as store:
-        amended = [ev for ev in store.get_events_for_aggregate_id(racy) if isinstance(ev, TodoAmended)]
+        amended = [ev for ev in store.get_events_for_aggregate_id(racy)
+                   if isinstance(ev, TodoAmended)]
     assert len(amended) == sum(status == 200 for status, _ in answers)
 
     # the projections catch up
@@ -829,22 +886,18 @@ def test_the_app_end_to_end(running_app):
         "outstanding": [
             {"todo_id": b, "title": "Milk is for babies", "description": None, "due_date": None,
              "stakeholder_email": None},
-            {"todo_id": c, "title": "Skinny legs", "description": "Squats", "due_date": "2017-06-22",
-             "stakeholder_email": None},
-        ],
-        "scheduled": [
-            {"todo_id": c, "title": "Skinny legs", "description": "Squats", "due_date": "2017-06-22",
-             "stakeholder_email": None},
-        ],
-        "completed": [
-            {"todo_id": a, "title": "2000 squats", "description": "It IS leg day!", "due_date": "2017-07-13",
-             "stakeholder_email": "the-governator@example.com", "completed_on": "2017-07-14"},
-        ],
-    }
+            {"todo_id": c, "title": "Skinny legs", "description": "Squats",
+             "due_date": "2017-06-22", "stakeholder_email": None},],
+        "scheduled": [{"todo_id": c, "title": "Skinny legs", "description": "Squats",
+                       "due_date": "2017-06-22", "stakeholder_email": None},],
+        "completed": [{"todo_id": a, "title": "2000 squats", "description": "It IS leg day!",
+                       "due_date": "2017-07-13", "stakeholder_email": "the-governator@example.com",
+                       "completed_on": "2017-07-14"},],}
 
     def projections_caught_up():
         seen = {name: client.json(f"/todos/{name}") for name in expected}
-        seen["outstanding"] = [t for t in seen["outstanding"] if t["todo_id"] != e]  # the 1 MiB todo
+        # the 1 MiB todo
+        seen["outstanding"] = [t for t in seen["outstanding"] if t["todo_id"] != e]
         return seen == expected, seen
 
     _wait_for(projections_caught_up, 20, "the projections")
@@ -854,7 +907,8 @@ def test_the_app_end_to_end(running_app):
         with es.open_store(store_url) as store:
             events = store.get_events_for_aggregate_id(a)
             every = list(store.each_by_range(1, store.latest_event_id()))
-        return any(isinstance(ev, StakeholderNotifiedOfTodoCompletion) for ev in events), (events, every)
+        return any(isinstance(ev, StakeholderNotifiedOfTodoCompletion)
+                   for ev in events), (events, every)
 
     events, every = _wait_for(notified, 20, "the notifier's event")
     completed = [ev for ev in events if isinstance(ev, TodoCompleted)]
@@ -910,8 +964,10 @@ MALFORMED = "Bad Request: malformed chunked body"
 BAD_LENGTH = "Bad Request: invalid Content-Length header"
 TOO_LARGE = "Payload Too Large: request body exceeds 1048576 bytes"
 BAD_FRAMING = [
-    # chunk sizes: negative, signed, prefixed, with underscores, not hex, empty, too long a line, too large
-    (CHUNKED, b"-1\r\n" + b"x" * 100, MALFORMED),  # rfile.read(-1) would wait for the end of the stream
+    # chunk sizes: negative, signed, prefixed, with underscores, not hex, empty, too long a line,
+    # too large
+    # rfile.read(-1) would wait for the end of the stream
+    (CHUNKED, b"-1\r\n" + b"x" * 100, MALFORMED),
     (CHUNKED, b"+E\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
     (CHUNKED, b"0xE\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
     (CHUNKED, b"0_E\r\n" + P + b"\r\n0\r\n\r\n", MALFORMED),
@@ -925,8 +981,10 @@ BAD_FRAMING = [
     (CHUNKED, b"100001\r\n", TOO_LARGE),  # 1 MiB + 1 in one chunk
     (CHUNKED, b"80000\r\n" + b" " * 0x80000 + b"\r\n80001\r\n", TOO_LARGE),  # in two
     # codings other than chunked alone
-    (b"Transfer-Encoding: gzip\r\n", P, "Bad Request: unsupported Transfer-Encoding (only chunked)"),
-    (b"Transfer-Encoding: chunked, gzip\r\n", b"", "Bad Request: unsupported Transfer-Encoding (only chunked)"),
+    (b"Transfer-Encoding: gzip\r\n", P,
+     "Bad Request: unsupported Transfer-Encoding (only chunked)"),
+    (b"Transfer-Encoding: chunked, gzip\r\n", b"",
+     "Bad Request: unsupported Transfer-Encoding (only chunked)"),
     (b"Transfer-Encoding: xchunked\r\n", b"E\r\n" + P + b"\r\n0\r\n\r\n",
      "Bad Request: unsupported Transfer-Encoding (only chunked)"),
     # Content-Length: negative, signed, not a number, with underscores, two values, too large
@@ -949,12 +1007,16 @@ def test_bad_request_framing_is_answered_without_reading_on(headers, body, answe
 
 
 def test_good_request_framing_still_works(framing_app):
-    """What a client may send: chunks with extensions and trailers, "5, 5", leading zeros, an empty chunked body."""
+    """What a client may send: chunks with extensions and trailers, "5, 5", leading zeros, an empty
+    chunked body."""
     assert _raw(framing_app, _post(b"/todo/framing-1", CHUNKED,
-                                   b"7;ext=1\r\n" + P[:7] + b"\r\n07\r\n" + P[7:] + b"\r\n0\r\nX-T: 1\r\n\r\n")
+                                   b"7;ext=1\r\n" + P[:7] + b"\r\n07\r\n" + P[7:]
+                                       + b"\r\n0\r\nX-T: 1\r\n\r\n")
                 ) == (201, "")
-    assert _raw(framing_app, _post(b"/todo/framing-2", b"Content-Length: 014, 14\r\n", P)) == (201, "")
-    assert _raw(framing_app, _post(b"/todo/framing-3", CHUNKED, b"0\r\n\r\n")) == (400, "Bad Request: title is blank")
+    assert _raw(framing_app, _post(b"/todo/framing-2", b"Content-Length: 014, 14\r\n",
+                                   P)) == (201, "")
+    assert (_raw(framing_app, _post(b"/todo/framing-3", CHUNKED, b"0\r\n\r\n"))
+            == (400, "Bad Request: title is blank"))
 
 
 @pytest.fixture(scope="module")
@@ -977,7 +1039,8 @@ def framing_app(tmp_path_factory):
 
 
 def test_odd_input_over_http(running_app, tmp_path):
-    """Odd ids, paths and bodies over real HTTP, on the app's own store: 400 or 404, and no traceback."""
+    """Odd ids, paths and bodies over real HTTP, on the app's own store: 400 or 404, and no
+    traceback."""
     client, proc, store_url, mail_log, _ = running_app
     port = int(client.base.rsplit(":", 1)[1])
     for method, target, body, answer in ODD_REQUESTS:
@@ -1041,17 +1104,20 @@ _TIMESTAMP = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2}
 
 
 def _line_pattern(expected: str) -> re.Pattern:
-    """``expected`` as a regex: any timestamp, any event id first, ``...`` for anything, any spacing."""
+    """``expected`` as a regex: any timestamp, any event id first, ``...`` for anything, any
+    spacing."""
     parts = re.split(rf"({_TIMESTAMP}|\.\.\.|\s+)", expected.strip())
     pattern = "".join(
-        ".*" if part == "..." else r"\S+" if re.fullmatch(_TIMESTAMP, part) else r"\s+" if part.isspace()
+        ".*" if part == "..." else r"\S+" if re.fullmatch(_TIMESTAMP, part) else r"\s+"
+            if part.isspace()
         else re.escape(part) for part in parts if part)
     pattern = re.sub(r"^\d+(?=\\s\+)", r"\\d+", pattern)  # the event id column
     return re.compile(pattern)
 
 
 def _matches(expected: list[str], actual: str, others: set[str]) -> bool:
-    if expected and expected[0].startswith("["):  # a query: what the README shows, plus other todos only
+    # a query: what the README shows, plus other todos only
+    if expected and expected[0].startswith("["):
         want, got = json.loads("\n".join(expected)), json.loads(actual)
         return [t for t in got if t["todo_id"] not in others] == want
     got = actual.splitlines()
@@ -1096,7 +1162,8 @@ def _run_readme_command(argv, client, store_path, mail_log, variables=None) -> t
         return variables[name]
 
     argv = [_VARIABLE.sub(expand, a) for a in argv]
-    argv = [str(store_path) if a == "todo.db" else str(mail_log) if a == "todo-mail.log" else a for a in argv]
+    argv = [str(store_path) if a == "todo.db" else str(mail_log) if a == "todo-mail.log" else a
+            for a in argv]
     if argv[0] == "curl":
         method, data, show_headers, url, headers = None, None, False, None, {}
         write_out, discard_body = None, False
@@ -1127,7 +1194,8 @@ def _run_readme_command(argv, client, store_path, mail_log, variables=None) -> t
             resp = e
         with resp:
             body = resp.read().decode()
-            head = [f"HTTP/1.1 {resp.status} {resp.reason}", *(f"{k}: {v}" for k, v in resp.headers.items())]
+            head = [f"HTTP/1.1 {resp.status} {resp.reason}",
+                    *(f"{k}: {v}" for k, v in resp.headers.items())]
         assert resp.status < 500, (argv, body)
         output = "\n".join(head) + "\n\n" + body if show_headers else body
         if discard_body:
@@ -1136,13 +1204,15 @@ def _run_readme_command(argv, client, store_path, mail_log, variables=None) -> t
             output += _write_out(write_out, resp.status, resp.headers)
         return output, method == "GET"
     if argv[:3] in (["python", "-m", "eventsourcery"], ["python3", "-m", "eventsourcery"]):
-        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # full lines, as in the README
-        p = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=60)
+        # full lines, as in the README
+        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+        p = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=60)
         assert p.returncode == 0, (argv, p.stdout, p.stderr)
         return p.stdout, True
     if argv[0] in ("cat", "tail"):
-        lines = pathlib.Path(argv[-1]).read_text().splitlines(keepends=True) if os.path.exists(argv[-1]) else []
+        lines = (pathlib.Path(argv[-1]).read_text().splitlines(keepends=True)
+                 if os.path.exists(argv[-1]) else [])
         if argv[0] == "tail":
             lines = lines[-int(argv[argv.index("-n") + 1]):]
         return "".join(lines), True
@@ -1220,14 +1290,16 @@ def test_forget_me_erases_the_todo_and_every_read_model_forgets_it(tmp_path):
     def catch_up():
         for processor in (*projectors, notifier):
             events = [e for e in store.get_next_from(processor.last_processed_event_id + 1)
-                      if processor.processes_event_types is None or e.type in processor.processes_event_types]
+                      if processor.processes_event_types is None
+                      or e.type in processor.processes_event_types]
             if events:
                 processor.process_batch(events)
 
     app = TodoApp(store, lambda: sqlite3.connect(projections_db))
     secret = "forget.me@example.com"
     for todo_id in ("forget-1", "keep-1"):
-        body = json.dumps({"title": "t", "due_date": "2030-01-01", "stakeholder_email": secret}).encode()
+        body = json.dumps({"title": "t", "due_date": "2030-01-01",
+                           "stakeholder_email": secret}).encode()
         assert app.dispatch("POST", f"/todo/{todo_id}", body).status == 201
     catch_up()
     assert {t["todo_id"] for t in app.query("outstanding")} == {"forget-1", "keep-1"}
@@ -1236,8 +1308,10 @@ def test_forget_me_erases_the_todo_and_every_read_model_forgets_it(tmp_path):
     for name in ("outstanding", "scheduled", "completed"):
         assert "forget-1" not in {t["todo_id"] for t in app.query(name)}
     assert [t["todo_id"] for t in app.query("outstanding")] == ["keep-1"]
-    assert notifier.db.execute("SELECT todo_id FROM reactor_todo_completed_notifier").fetchall() == [("keep-1",)]
-    assert all(secret not in json.dumps(e.body) for e in store.get_events_for_aggregate_id("forget-1"))
+    assert (notifier.db.execute("SELECT todo_id FROM reactor_todo_completed_notifier").fetchall()
+            == [("keep-1",)])
+    assert all(secret not in json.dumps(e.body)
+               for e in store.get_events_for_aggregate_id("forget-1"))
     response = app.dispatch("POST", "/todo/forget-1/complete", b'{"completed_on": "2030-01-01"}')
     assert (response.status, response.body) == (410, b"Gone: this todo was forgotten\n")
     assert app.dispatch("DELETE", "/todo/forget-1").status == 200  # forgetting again is harmless
@@ -1250,7 +1324,8 @@ def test_forget_me_erases_the_todo_and_every_read_model_forgets_it(tmp_path):
 
 def test_resetting_the_notifier_re_sends_no_mail_and_emits_nothing_again(sqlite_store, tmp_path):
     todo_id = new_id()
-    sqlite_store.sink(TodoAdded(aggregate_id=todo_id, title="Once", stakeholder_email="a@example.com"))
+    sqlite_store.sink(TodoAdded(aggregate_id=todo_id, title="Once",
+                                stakeholder_email="a@example.com"))
     sqlite_store.sink(TodoCompleted(aggregate_id=todo_id, completed_on=D(2017, 6, 13)))
     reactor = _notifier(sqlite_store, tmp_path)
     reactor.subscribe_to(sqlite_store, stop=lambda: reactor.last_processed_event_id >= 3)
@@ -1267,7 +1342,8 @@ def test_resetting_the_notifier_re_sends_no_mail_and_emits_nothing_again(sqlite_
 # Read-your-writes: a write answers with Eventsourcery-Event-Id, a query sent with it waits
 
 
-BAD_EVENT_ID = f"Bad Request: {EVENT_ID_HEADER} must be an event id, a whole number from 0 to {2**63 - 1}"
+BAD_EVENT_ID = (
+    f"Bad Request: {EVENT_ID_HEADER} must be an event id, a whole number from 0 to {2**63 - 1}")
 
 
 @pytest.fixture
@@ -1299,15 +1375,18 @@ def test_writes_answer_with_the_id_of_the_last_event_they_stored(ryw):
     assert app.dispatch("PUT", "/todo/a", b'{"title": "y"}').headers == {EVENT_ID_HEADER: "3"}
     assert app.dispatch("POST", "/todo/a/complete", b'{"completed_on": "2017-07-13"}').headers == {
         EVENT_ID_HEADER: "4"}
-    assert app.dispatch("DELETE", "/todo/a").headers == {EVENT_ID_HEADER: "5"}  # the AggregateErased
+    # the AggregateErased
+    assert app.dispatch("DELETE", "/todo/a").headers == {EVENT_ID_HEADER: "5"}
     assert app.dispatch("DELETE", "/todo/a").headers == {EVENT_ID_HEADER: "5"}  # forgotten already
-    assert EVENT_ID_HEADER not in app.dispatch("POST", "/todo/other", b'{"title": "x"}').headers  # a 422
+    # a 422
+    assert EVENT_ID_HEADER not in app.dispatch("POST", "/todo/other", b'{"title": "x"}').headers
 
 
 def test_a_query_sent_with_the_id_waits_until_its_projection_has_the_event(ryw):
     app, store, running = ryw
     written = app.dispatch("POST", "/todo/a", b'{"title": "x"}').headers[EVENT_ID_HEADER]
-    assert _todo_ids(app.dispatch("GET", "/todos/outstanding")) == []  # nothing runs the projector yet
+    # nothing runs the projector yet
+    assert _todo_ids(app.dispatch("GET", "/todos/outstanding")) == []
 
     def run_projector_later():
         time.sleep(0.3)
@@ -1326,7 +1405,8 @@ def test_a_query_sent_with_the_id_waits_until_its_projection_has_the_event(ryw):
     app.dispatch("POST", "/todo/b", b'{"title": "x"}')
     _run(running, store)
     assert _todo_ids(app.dispatch("GET", "/todos/outstanding")) == ["b"]
-    assert _todo_ids(app.dispatch("HEAD", "/todos/outstanding", headers={"eventsourcery-event-id": "3"})) == ["b"]
+    assert _todo_ids(app.dispatch("HEAD", "/todos/outstanding",
+                                  headers={"eventsourcery-event-id": "3"})) == ["b"]
 
 
 def test_a_query_whose_projection_stays_behind_answers_with_the_behind_marker(ryw):
@@ -1354,7 +1434,8 @@ def test_a_query_whose_projection_stays_behind_answers_with_the_behind_marker(ry
                                    "\u0661", str(2**63), "9" * 30, "9" * 5000])
 def test_a_bad_event_id_header_is_a_400(value, ryw):
     app, store, _ = ryw
-    for path in ("/todos/outstanding", "/todos/completed"):  # with or without a projector to wait for
+    # with or without a projector to wait for
+    for path in ("/todos/outstanding", "/todos/completed"):
         response = app.dispatch("GET", path, headers={EVENT_ID_HEADER: value})
         assert (response.status, response.body.decode()) == (400, BAD_EVENT_ID + "\n"), value
     assert wanted_event_id({}) is None and wanted_event_id(None) is None
@@ -1364,7 +1445,8 @@ class KeepAlive:
     """One keep-alive HTTP connection: (status, headers, body text) per request."""
 
     def __init__(self, base: str):
-        self.conn = http.client.HTTPConnection(urlsplit(base).hostname, urlsplit(base).port, timeout=30)
+        self.conn = http.client.HTTPConnection(urlsplit(base).hostname, urlsplit(base).port,
+                                               timeout=30)
 
     def __call__(self, method, path, payload=None, headers=None):
         body = None if payload is None else json.dumps(payload).encode()
@@ -1380,25 +1462,30 @@ def test_read_your_writes_over_http(running_app):
     last = 0
     for i in range(20):
         todo_id = f"ryw-{i}"
-        status, headers, _ = call("POST", f"/todo/{todo_id}", {"title": "x", "due_date": "2030-01-01"})
+        status, headers, _ = call("POST", f"/todo/{todo_id}",
+                                  {"title": "x", "due_date": "2030-01-01"})
         assert status == 201
         written = int(headers[EVENT_ID_HEADER])
         assert written > last
         last = written
-        status, headers, body = call("GET", "/todos/scheduled", headers={EVENT_ID_HEADER: str(written)})
+        status, headers, body = call("GET", "/todos/scheduled",
+                                     headers={EVENT_ID_HEADER: str(written)})
         assert status == 200 and BEHIND_HEADER not in headers, headers
         assert todo_id in [t["todo_id"] for t in json.loads(body)]
         if i % 2:
-            status, headers, _ = call("POST", f"/todo/{todo_id}/complete", {"completed_on": "2030-01-02"})
+            status, headers, _ = call("POST", f"/todo/{todo_id}/complete",
+                                      {"completed_on": "2030-01-02"})
             assert status == 200
             written = last = int(headers[EVENT_ID_HEADER])
-            status, headers, body = call("GET", "/todos/completed", headers={EVENT_ID_HEADER: str(written)})
+            status, headers, body = call("GET", "/todos/completed",
+                                         headers={EVENT_ID_HEADER: str(written)})
             assert status == 200 and BEHIND_HEADER not in headers, headers
             assert todo_id in [t["todo_id"] for t in json.loads(body)]
             _, _, body = call("GET", "/todos/outstanding", headers={EVENT_ID_HEADER: str(written)})
             assert todo_id not in [t["todo_id"] for t in json.loads(body)]
     # far in the future: answered with the marker (the position reached), not after a wait for ever
-    status, headers, body = call("GET", "/todos/outstanding", headers={EVENT_ID_HEADER: str(2**63 - 1)})
+    status, headers, body = call("GET", "/todos/outstanding",
+                                 headers={EVENT_ID_HEADER: str(2**63 - 1)})
     assert status == 200 and int(headers[BEHIND_HEADER]) >= last, headers
     assert len(json.loads(body)) == 10
     for value in ("-1", "x", str(2**63)):
@@ -1411,7 +1498,8 @@ def test_read_your_writes_over_http(running_app):
 @pytest.mark.parametrize("rows", [
     [],
     [{"todo_id": "a", "title": "x", "description": None, "due_date": "2017-07-13", "added": 12}],
-    [{"todo_id": "a\"b\\c\n\t\x01\x7f", "title": "\u20ac \u2028 \U0001f600 \ud800"}, {"todo_id": "b"}],
+    [{"todo_id": "a\"b\\c\n\t\x01\x7f", "title": "\u20ac \u2028 \U0001f600 \ud800"},
+     {"todo_id": "b"}],
     [{"a": 1}, {}],  # an empty object: json.dumps's own
     [{"a": True, "b": 1.5, "c": [1, {"d": None}]}],  # other values: json.dumps's own
     [{1: "x"}],
@@ -1426,12 +1514,14 @@ def test_wait_timeout_out_of_range_is_a_usage_error(seconds, tmp_path, capsys):
         app_main.main(["--wait-timeout", seconds, "--store", str(tmp_path / "todo.db")])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --wait-timeout: invalid number of seconds" in err and "Traceback" not in err, err
+    assert ("argument --wait-timeout: invalid number of seconds" in err
+            and "Traceback" not in err), err
     assert not (tmp_path / "todo.db").exists()
 
 
 def test_sqlite_queries_built_by_the_database_match_the_rows_read_one_by_one(tmp_path):
-    """On SQLite the queries' JSON is built in the database (one row to step through): the same answer."""
+    """On SQLite the queries' JSON is built in the database (one row to step through): the same
+    answer."""
     from examples.todo.projections import TODO_COLUMNS, _plain_rows
 
     projector = CompletedTodos(tmp_path / "projections.db")
@@ -1440,8 +1530,8 @@ def test_sqlite_queries_built_by_the_database_match_the_rows_read_one_by_one(tmp
     with contextlib.closing(sqlite3.connect(tmp_path / "projections.db")) as db:
         for i, text in enumerate(odd):  # added in the reverse order of their ids
             db.execute("INSERT INTO query_completed_todos VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (f"t{i}", 100 - i, text, None if i % 2 else text, "2017-07-13" if i % 3 else None,
-                        text, "2017-07-14"))
+                       (f"t{i}", 100 - i, text, None if i % 2 else text,
+                        "2017-07-13" if i % 3 else None, text, "2017-07-14"))
         db.commit()
         got = completed_todos(db)
         statement = (f"SELECT {', '.join(TODO_COLUMNS)}, completed_on FROM query_completed_todos"

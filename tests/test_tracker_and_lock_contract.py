@@ -51,7 +51,8 @@ def store_url(store) -> str:
 
 
 class Recorder(es.EventStreamProcessor):
-    """Records the ids it handles; its name is given per instance (``subscribe_to`` uses ``self.processor_name``)."""
+    """Records the ids it handles; its name is given per instance (``subscribe_to`` uses
+    ``self.processor_name``)."""
 
     def __init__(self, name="recorder", tracker=None):
         super().__init__(tracker)
@@ -74,7 +75,8 @@ def run_until_caught_up(processor, store, latest=None):
 
 
 class TrackerCase:
-    """A tracker under test, and how to open further trackers on other connections to its database."""
+    """A tracker under test, and how to open further trackers on other connections to its
+    database."""
 
     def __init__(self, tracker, others, closers):
         self.tracker = tracker
@@ -82,7 +84,8 @@ class TrackerCase:
         self._closers = closers
 
     def others(self):
-        """[(label, tracker)], each on a connection of its own to the same database (none in memory)."""
+        """[(label, tracker)], each on a connection of its own to the same database (none in
+        memory)."""
         made = []
         for label, factory in self._others:
             tracker, close = factory()
@@ -129,9 +132,11 @@ def tracker_case(request, store, tmp_path):
             import eventsourcery_pg as es_pg
 
             url, schema = store.conninfo, store.schema
-            others = [("PostgresTracker(conninfo, schema=)", lambda: _pg_tracker(es_pg, url, schema)),
+            others = [("PostgresTracker(conninfo, schema=)",
+                       lambda: _pg_tracker(es_pg, url, schema)),
                       ("another store object", lambda: _other_store_tracker(store_url(store))),
-                      ("DatabaseTracker(open_database(url))", lambda: _database_tracker(store_url(store)))]
+                      ("DatabaseTracker(open_database(url))",
+                       lambda: _database_tracker(store_url(store)))]
     elif isinstance(store, es.MemoryEventStore):
         tracker, others = es.MemoryTracker(), []
     elif isinstance(store, es.SQLiteEventStore):
@@ -139,7 +144,8 @@ def tracker_case(request, store, tmp_path):
         tracker, close = _sqlite_tracker(path)
         closers.append(close)
         others = [("SQLiteTracker(path)", lambda: _sqlite_tracker(path)),
-                  ("SQLiteTracker(sqlite3.Connection)", lambda: _sqlite_tracker_on_a_connection(path)),
+                  ("SQLiteTracker(sqlite3.Connection)",
+                   lambda: _sqlite_tracker_on_a_connection(path)),
                   ("DatabaseTracker(open_database(path))", lambda: _database_tracker(path))]
     else:
         import eventsourcery_pg as es_pg
@@ -147,9 +153,12 @@ def tracker_case(request, store, tmp_path):
         schema = pg.new_schema()
         tracker, close = _pg_tracker(es_pg, pg.require_postgres(), schema)
         closers.append(close)
-        others = [("PostgresTracker(conninfo, schema=)", lambda: _pg_tracker(es_pg, pg.require_postgres(), schema)),
-                  ("PostgresTracker(url?schema=)", lambda: _pg_tracker(es_pg, pg.store_url(schema), None)),
-                  ("DatabaseTracker(open_database(url))", lambda: _database_tracker(pg.store_url(schema)))]
+        others = [("PostgresTracker(conninfo, schema=)",
+                   lambda: _pg_tracker(es_pg, pg.require_postgres(), schema)),
+                  ("PostgresTracker(url?schema=)",
+                   lambda: _pg_tracker(es_pg, pg.store_url(schema), None)),
+                  ("DatabaseTracker(open_database(url))",
+                   lambda: _database_tracker(pg.store_url(schema)))]
     case = TrackerCase(tracker, others, closers)
     yield case
     for close in reversed(closers):
@@ -245,7 +254,8 @@ def test_the_store_trackers_writes_commit_or_roll_back_with_the_store_transactio
         with store.transaction():
             (event,) = store.sink(Tick(aggregate_id="t", n=1))
             tracker.processed_event("proc", event.id)
-            assert tracker.last_processed_event_id("proc") == event.id  # seen inside the transaction
+            # seen inside the transaction
+            assert tracker.last_processed_event_id("proc") == event.id
             raise RuntimeError("roll back")
     assert store.latest_event_id() == 0
     assert tracker.positions() == {"proc": 0}
@@ -365,7 +375,8 @@ def test_subscribe_to_raises_while_the_lock_is_held_whatever_the_tracker(store, 
     ticks(store, 3)
 
     def processor():
-        return Recorder("locked_out", tracker=store.tracker() if tracker == "store_tracker" else None)
+        return Recorder("locked_out",
+                        tracker=store.tracker() if tracker == "store_tracker" else None)
 
     with store.lock("locked_out"):
         p = processor()
@@ -404,7 +415,8 @@ def test_a_running_processor_holds_its_lock_until_subscribe_to_returns(store):
     assert not thread.is_alive(), "subscribe_to did not return after stop"
     assert errors == []
     assert not store.is_running("runner")
-    assert [(s.name, s.position, s.running) for s in es.processor_statuses(store)] == [("runner", 2, False)]
+    assert ([(s.name, s.position, s.running) for s in es.processor_statuses(store)]
+            == [("runner", 2, False)])
 
 
 def test_processor_statuses_report_position_lag_and_running(store, monkeypatch):
@@ -419,7 +431,8 @@ def test_processor_statuses_report_position_lag_and_running(store, monkeypatch):
         statuses = {s.name: s for s in es.processor_statuses(store)}
         assert (statuses["lagging"].running, statuses["idle"].running) == (True, False)
     assert not any(s.running for s in es.processor_statuses(store))
-    other = es.MemoryTracker()  # statuses of a tracker other than the store's; running is still the store's
+    # statuses of a tracker other than the store's; running is still the store's
+    other = es.MemoryTracker()
     other.processed_event("lagging", 1)
     with store.lock("lagging"):
         (status,) = es.processor_statuses(store, other)
@@ -428,7 +441,8 @@ def test_processor_statuses_report_position_lag_and_running(store, monkeypatch):
 
 
 def test_probing_is_running_while_the_lock_is_taken_never_makes_it_fail(store):
-    """processor_statuses() and the CLI probe locks while processors start: a start must still succeed."""
+    """processor_statuses() and the CLI probe locks while processors start: a start must still
+    succeed."""
     stop = threading.Event()
     probes = []
 
@@ -459,15 +473,16 @@ def start_holder(url, name, workdir, how):
     proc = SPAWN.Process(target=ps.hold_lock, args=(url, name, workdir, how), daemon=True)
     proc.start()
     pid_file = os.path.join(workdir, f"{name}.pid")
-    assert wait_until(lambda: ps.read_pid(pid_file) == proc.pid or not proc.is_alive(), timeout=WAIT), (
-        "the holder never took the lock")
+    assert wait_until(lambda: ps.read_pid(pid_file) == proc.pid or not proc.is_alive(),
+                      timeout=WAIT), ("the holder never took the lock")
     assert proc.is_alive(), f"the lock holder died with exit code {proc.exitcode}"
     return proc
 
 
 @pytest.mark.parametrize("how", ps.HOLD_LOCK_WAYS)
 @pytest.mark.parametrize("store_kind", SHARED_STORES)
-def test_a_holder_in_another_process_has_the_lock_until_it_is_killed_with_sigkill(store, make_store, tmp_path, how):
+def test_a_holder_in_another_process_has_the_lock_until_it_is_killed_with_sigkill(
+        store, make_store, tmp_path, how):
     name = "held_elsewhere"
     ticks(store, 1)
     store.tracker().setup(name)  # so processor_statuses() lists it, whoever holds the lock
@@ -488,7 +503,8 @@ def test_a_holder_in_another_process_has_the_lock_until_it_is_killed_with_sigkil
         assert {s.name: s.running for s in es.processor_statuses(store)} == {name: True}
         with store.lock("another_processor"):
             assert store.is_running("another_processor")
-        other_store = make_store()  # the same name on another store (file, schema) is another processor
+        # the same name on another store (file, schema) is another processor
+        other_store = make_store()
         assert not other_store.is_running(name)
         with other_store.lock(name):
             assert other_store.is_running(name)
@@ -497,12 +513,14 @@ def test_a_holder_in_another_process_has_the_lock_until_it_is_killed_with_sigkil
         holder.join(WAIT)
     assert not holder.is_alive(), "the holder survived SIGKILL"
     assert holder.exitcode == -9
-    assert wait_until(lambda: not store.is_running(name), timeout=WAIT), "the dead holder's lock was kept"
+    assert wait_until(lambda: not store.is_running(name),
+                      timeout=WAIT), "the dead holder's lock was kept"
     assert {s.name: s.running for s in es.processor_statuses(store)} == {name: False}
     with store.lock(name):
         assert store.is_running(name)
     assert not store.is_running(name)
-    left_at = store.tracker().last_processed_event_id(name)  # a holder with the store's tracker may have run
+    # a holder with the store's tracker may have run
+    left_at = store.tracker().last_processed_event_id(name)
     assert left_at in ((0, 1) if how == "store_tracker" else (0,))
     ticks(store, 1, start=2)
     after = Recorder(name, tracker=store.tracker())
@@ -511,7 +529,8 @@ def test_a_holder_in_another_process_has_the_lock_until_it_is_killed_with_sigkil
     assert store.tracker().last_processed_event_id(name) == 2
 
 
-@pytest.mark.parametrize("a, b", [("\u03b1", ";1"), ("x" * 300, "x" * 301), ("a b", "a_b"), ("a%3b", "a;")])
+@pytest.mark.parametrize("a, b", [("\u03b1", ";1"), ("x" * 300, "x" * 301), ("a b", "a_b"),
+                                  ("a%3b", "a;")])
 def test_lock_names_that_look_alike_are_different_locks_and_long_ones_work(store, a, b):
     with store.lock(a):
         assert store.is_running(a) and not store.is_running(b)
@@ -535,4 +554,5 @@ def test_a_pickled_memory_tracker_carries_its_records():
     assert copy.records() == tracker.records()
     assert copy.record("carried").tables == ("rows", "totals")
     copy.commit_position("carried", 8, generation)  # the copy's own: the original stays
-    assert (copy.last_processed_event_id("carried"), tracker.last_processed_event_id("carried")) == (8, 7)
+    assert ((copy.last_processed_event_id("carried"),
+             tracker.last_processed_event_id("carried")) == (8, 7))

@@ -79,7 +79,8 @@ def configure(store: str, mail_log: str | None = None) -> Config:
 
 
 def projectors(config: Config) -> list:
-    """The three projectors, on the projections' database (a SQLite file, or the Postgres database)."""
+    """The three projectors, on the projections' database (a SQLite file, or the Postgres
+    database)."""
     return [cls(config.projections) for cls in projections.PROJECTORS]
 
 
@@ -122,17 +123,20 @@ def main(argv=None) -> int:
         prog="python -m examples.todo",
         description="The eventsourcery todo example: a JSON API plus its projectors and reactor.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=_port, default=8000,
                         help="port to listen on (default: %(default)s; 0 picks a free one)")
     parser.add_argument("--store", default="todo.db",
-                        help="event store: a SQLite file (default: %(default)s) or a postgresql:// URL")
-    parser.add_argument("--mail-log", help="where the notifier 'sends' its mails "
-                        "(default: <store>-mail.log next to a SQLite store, ./todo-postgres-mail.log for Postgres)")
+                        help="event store: a SQLite file (default: %(default)s) or a postgresql:// "
+                             "URL")
+    parser.add_argument("--mail-log", help="where the notifier 'sends' its mails (default: "
+                                           "<store>-mail.log next to a SQLite store, "
+                                           "./todo-postgres-mail.log for Postgres)")
     parser.add_argument("--quiet", action="store_true", help="do not log each HTTP request")
     parser.add_argument("--wait-timeout", type=_seconds, default=5.0, metavar="SECONDS",
-                        help="how long a query sent with an Eventsourcery-Event-Id header waits for its "
-                        "projection to process that event (default: %(default)s)")
+                        help="how long a query sent with an Eventsourcery-Event-Id header waits "
+                             "for its projection to process that event (default: %(default)s)")
     args = parser.parse_args(argv)
 
     config = configure(args.store, args.mail_log)
@@ -150,7 +154,8 @@ def _port(text: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: not a number from 0 to 65535") from None
+        raise argparse.ArgumentTypeError(
+            f"invalid port {text!r}: not a number from 0 to 65535") from None
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"invalid port {port}: not a number from 0 to 65535")
     return port
@@ -188,13 +193,15 @@ def _run(args, config: Config) -> int:
             server = make_server(app, args.host, args.port, quiet=args.quiet)
         except OSError as e:
             app.close()
-            print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+            print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}",
+                  file=sys.stderr)
             return 1
         try:
             host, port = server.server_address[:2]
             threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
             print(f"Todo app on http://{host}:{port}/  ({config.describe()})", flush=True)
-            print(f"Stakeholder mails are appended to {os.path.abspath(config.mail_log)}", flush=True)
+            print(f"Stakeholder mails are appended to {os.path.abspath(config.mail_log)}",
+                  flush=True)
             print("Press Ctrl-C to stop.", flush=True)
 
             store = es.open_store(config.store_url)  # the runner hands it to its children

@@ -44,7 +44,8 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 #: The longest todo id, in characters: ids go into the stores' and projections' indexes
 #: (Postgres refuses index entries over about 2.7 kB; 200 characters are at most 800 bytes).
 MAX_TODO_ID_LENGTH = 200
-# control characters (NUL, newlines, escapes, DEL, C1) and lone surrogates: no store takes all of them
+# control characters (NUL, newlines, escapes, DEL, C1) and lone surrogates: no store takes all of
+# them
 _ODD_ID_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 

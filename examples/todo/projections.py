@@ -55,13 +55,16 @@ class TodoTableProjector(es.Projector):
         names = [name for name in event.amended_fields if name in fields]
         if not names:
             return
-        values = [iso(event.due_date) if name == "due_date" else getattr(event, name) for name in names]
+        values = [iso(event.due_date) if name == "due_date" else getattr(event, name)
+                  for name in names]
         p = self.placeholder
         assignments = ", ".join(f"{name} = {p}" for name in names)
-        self.db.execute(f"UPDATE {table} SET {assignments} WHERE todo_id = {p}", (*values, event.aggregate_id))
+        self.db.execute(f"UPDATE {table} SET {assignments} WHERE todo_id = {p}",
+                        (*values, event.aggregate_id))
 
     def delete_todo(self, table: str, event) -> None:
-        self.db.execute(f"DELETE FROM {table} WHERE todo_id = {self.placeholder}", (event.aggregate_id,))
+        self.db.execute(f"DELETE FROM {table} WHERE todo_id = {self.placeholder}",
+                        (event.aggregate_id,))
 
     @es.on(es.AggregateErased)
     def _erased(self, event):
@@ -173,7 +176,8 @@ def _rows(db, statement: str, columns) -> list[dict]:
     """
     if isinstance(db, sqlite3.Connection):
         pairs = ", ".join(f"'{name}', {name}" for name in columns)
-        (text,) = db.execute(f"SELECT json_group_array(json_object({pairs})) FROM ({statement})").fetchone()
+        (text,) = db.execute(
+            f"SELECT json_group_array(json_object({pairs})) FROM ({statement})").fetchone()
         return json.loads(text)
     return _plain_rows(db, statement, columns)
 

@@ -92,8 +92,8 @@ class TodoCompletedNotifier(es.Reactor):
         self._forget(event.aggregate_id)
 
     def _forget(self, todo_id: str) -> None:
-        self.db.execute(f"DELETE FROM reactor_todo_completed_notifier WHERE todo_id = {self.placeholder}",
-                        (todo_id,))
+        self.db.execute("DELETE FROM reactor_todo_completed_notifier WHERE todo_id = "
+                        f"{self.placeholder}", (todo_id,))
 
     @es.on(TodoCompleted)
     def _completed(self, event):
@@ -104,7 +104,8 @@ class TodoCompletedNotifier(es.Reactor):
         ).fetchone()
         if row is not None:
             title, email = row
-            if email and email.strip() and not self.replaying:  # after a reset: the mail was sent before
+            # after a reset: the mail was sent before
+            if email and email.strip() and not self.replaying:
                 now = self.clock()
                 send_email(self.mail_log, email=email,
                            message=f"Your todo item {title} has been completed!",

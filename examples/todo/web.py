@@ -55,7 +55,9 @@ import traceback
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C string encoder, when built
+
+# the C string encoder, when built
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from urllib.parse import unquote, urlsplit
 
 import eventsourcery as es
@@ -85,7 +87,8 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
 
-#: On a write's answer: the id of the last event it stored. On a query: wait until the projection has it.
+#: On a write's answer: the id of the last event it stored. On a query: wait until the projection
+#: has it.
 EVENT_ID_HEADER = "Eventsourcery-Event-Id"
 #: On a query's answer when the wait timed out: the position the projection had reached.
 BEHIND_HEADER = "Eventsourcery-Behind"
@@ -106,7 +109,8 @@ class Response:
 
     def __init__(self, status, body=b"", content_type=JSON_TYPE, headers=None):
         self.status = HTTPStatus(status)
-        # backslashreplace: an error message may quote a caller's str that is no UTF-8 (a lone surrogate)
+        # backslashreplace: an error message may quote a caller's str that is no UTF-8 (a lone
+        # surrogate)
         self.body = body.encode("utf-8", "backslashreplace") if isinstance(body, str) else body
         self.content_type = content_type
         self.headers = headers or {}
@@ -151,9 +155,10 @@ class TodoApp:
         self._answers: dict[str, tuple[int, bytes]] = {}  # query name -> (position, encoded rows)
         self._answer_locks = {name: threading.Lock() for name in QUERIES}
 
-    def dispatch(self, method: str, target: str, body: bytes | None = None, headers=None) -> Response:
-        """Answer one request. ``headers`` is the request's headers: a mapping of names to values, or
-        an ``email.message.Message`` (as ``http.server`` gives), or None."""
+    def dispatch(self, method: str, target: str, body: bytes | None = None,
+                 headers=None) -> Response:
+        """Answer one request. ``headers`` is the request's headers: a mapping of names to values,
+        or an ``email.message.Message`` (as ``http.server`` gives), or None."""
         try:
             return self._dispatch(method, target, body, headers)
         except HTTPError as e:
@@ -181,7 +186,8 @@ class TodoApp:
             if action in _COMMAND_ROUTES:
                 allowed = _COMMAND_ROUTES[action]
                 if method not in allowed:
-                    raise _not_allowed(method, target, [*allowed, "DELETE"] if action == "todo" else allowed)
+                    raise _not_allowed(method, target,
+                                       [*allowed, "DELETE"] if action == "todo" else allowed)
                 command_class, status = allowed[method]
                 todo_id = _path_segment(segments[1])
                 params = _json_object(body)
@@ -198,7 +204,8 @@ class TodoApp:
 
     def _written(self, event_id: int | None) -> dict[str, str]:
         """The headers of a write's answer: the id to wait for to read what it did (or saw)."""
-        if event_id is None:  # nothing stored (an amend that changed nothing): what it saw is in the store
+        # nothing stored (an amend that changed nothing): what it saw is in the store
+        if event_id is None:
             event_id = self.store.latest_event_id()
         return {EVENT_ID_HEADER: str(event_id)}
 
@@ -215,8 +222,9 @@ class TodoApp:
         return Response(HTTPStatus.OK, headers=self._written(erased.id))
 
     def answer(self, name: str, wanted: int | None = None) -> Response:
-        """The query's answer (200, its rows as indented JSON), once its projector has processed event
-        ``wanted`` (if given), or after ``wait_timeout`` seconds with the ``Eventsourcery-Behind`` header."""
+        """The query's answer (200, its rows as indented JSON), once its projector has processed
+        event ``wanted`` (if given), or after ``wait_timeout`` seconds with the
+        ``Eventsourcery-Behind`` header."""
         projector = self.projectors.get(name)
         if projector is None:
             return Response(HTTPStatus.OK, encode_rows(self.query(name)))
@@ -240,7 +248,8 @@ class TodoApp:
         kept = self._answers.get(name)
         if kept is not None and kept[0] == position:
             return kept[1]
-        with self._answer_locks[name]:  # one thread reads and encodes; the others wait for its answer
+        # one thread reads and encodes; the others wait for its answer
+        with self._answer_locks[name]:
             kept = self._answers.get(name)
             if kept is not None and kept[0] == position:
                 return kept[1]
@@ -277,7 +286,8 @@ class TodoApp:
 
 
 def encode_rows(rows: list[dict]) -> str:
-    """A query's rows as the API answers them: JSON, indented by 2, non-ASCII kept, with a final newline.
+    """A query's rows as the API answers them: JSON, indented by 2, non-ASCII kept, with a final
+    newline.
 
     The same text as ``json.dumps(rows, indent=2, ensure_ascii=False) + "\\n"``, made faster for
     what the queries return (dicts of text, None and ints): ``json`` encodes indented output in
@@ -322,7 +332,8 @@ def _header_values(headers, name: str) -> list[str]:
 
 
 def wanted_event_id(headers) -> int | None:
-    """The highest event id named by the request's ``Eventsourcery-Event-Id`` headers (None without any).
+    """The highest event id named by the request's ``Eventsourcery-Event-Id`` headers (None without
+    any).
 
     Each value is a comma-separated list of whole numbers from 0 to 2**63 - 1; anything else
     (a sign, a fraction, an empty item, a larger number) is a BadRequest.
@@ -333,7 +344,8 @@ def wanted_event_id(headers) -> int | None:
     ids = []
     for item in (i.strip() for value in values for i in str(value).split(",")):
         if not _EVENT_ID.fullmatch(item) or int(item) > MAX_EVENT_ID:
-            raise BadRequest(f"{EVENT_ID_HEADER} must be an event id, a whole number from 0 to {MAX_EVENT_ID}")
+            raise BadRequest(f"{EVENT_ID_HEADER} must be an event id, a whole number from 0 to "
+                             f"{MAX_EVENT_ID}")
         ids.append(int(item))
     return max(ids)
 
@@ -407,8 +419,10 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
     server_version = "eventsourcery-todo/1.0"
     protocol_version = "HTTP/1.1"
     timeout = 60  # seconds a client may stay silent
-    disable_nagle_algorithm = True  # TCP_NODELAY: an answer goes out at once, not after the client's ACK
-    _too_large = 0  # a well-formed Content-Length over the limit, which _read_body drains (up to _DRAIN_LIMIT)
+    # TCP_NODELAY: an answer goes out at once, not after the client's ACK
+    disable_nagle_algorithm = True
+    # a well-formed Content-Length over the limit, which _read_body drains (up to _DRAIN_LIMIT)
+    _too_large = 0
 
     def do_GET(self):
         self._serve()
@@ -447,11 +461,13 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
         if not values:
             return None
         texts = [v.strip() for value in values for v in value.split(",")]
-        lengths = {t.lstrip("0") or "0" for t in texts}  # "5, 5" (or two headers) is 5; "5, 6" is not
+        # "5, 5" (or two headers) is 5; "5, 6" is not
+        lengths = {t.lstrip("0") or "0" for t in texts}
         if len(lengths) != 1 or not all(_CONTENT_LENGTH.fullmatch(t) for t in texts):
             return self._refuse(_error(HTTPStatus.BAD_REQUEST, "invalid Content-Length header"))
         text = lengths.pop()
-        too_large = _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body exceeds {MAX_BODY_BYTES} bytes")
+        too_large = _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                           f"request body exceeds {MAX_BODY_BYTES} bytes")
         if len(text) > 20:  # past any real length (and int() refuses more than 4300 digits)
             return self._refuse(too_large)
         length = int(text)
@@ -461,7 +477,8 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
         return length
 
     def _content_length(self):
-        """The declared body length (None when there is none), or an error Response (no body read)."""
+        """The declared body length (None when there is none), or an error Response (no body
+        read)."""
         if self.headers.get_all("Transfer-Encoding"):
             return self._transfer_encoding()
         return self._declared_length()
@@ -471,13 +488,15 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
         codings = [c.strip().lower() for value in self.headers.get_all("Transfer-Encoding")
                    for c in value.split(",") if c.strip()]
         if codings != ["chunked"]:
-            return self._refuse(_error(HTTPStatus.BAD_REQUEST, "unsupported Transfer-Encoding (only chunked)"))
+            return self._refuse(_error(HTTPStatus.BAD_REQUEST,
+                                       "unsupported Transfer-Encoding (only chunked)"))
         if "Content-Length" in self.headers:  # chunked wins (RFC 9112), but this client is odd
             self.close_connection = True
         return None
 
     def _refuse(self, response: Response) -> Response:
-        self.close_connection = True  # the rest of the stream cannot be trusted to be a next request
+        # the rest of the stream cannot be trusted to be a next request
+        self.close_connection = True
         return response
 
     def _read_body(self):
@@ -486,7 +505,8 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
         length = self._content_length()
         if isinstance(length, Response):
             if 0 < self._too_large <= _DRAIN_LIMIT:
-                self._discard(self._too_large)  # a well-formed size, just too big: so the client can read our answer
+                # a well-formed size, just too big: so the client can read our answer
+                self._discard(self._too_large)
             return length
         if self.headers.get_all("Transfer-Encoding"):
             return self._read_chunked()
@@ -494,7 +514,8 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
             return b""
         body = self.rfile.read(length)
         if len(body) < length:
-            return self._refuse(_error(HTTPStatus.BAD_REQUEST, "request body shorter than Content-Length"))
+            return self._refuse(_error(HTTPStatus.BAD_REQUEST,
+                                       "request body shorter than Content-Length"))
         return body
 
     def _read_chunked(self):
@@ -515,7 +536,8 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
             body += chunk
 
     def _chunk_size(self) -> int | None:
-        """The next chunk's size: hex digits (then maybe ``;extensions``) on a line; None if not that."""
+        """The next chunk's size: hex digits (then maybe ``;extensions``) on a line; None if not
+        that."""
         line = self.rfile.readline(_LINE_LIMIT + 1)
         if len(line) > _LINE_LIMIT or not line.endswith(b"\n"):
             return None
@@ -528,7 +550,8 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
         return int(digits, 16)
 
     def _read_trailers(self) -> bool:
-        """Skip the trailer lines up to the empty line that ends the body; False if there is none."""
+        """Skip the trailer lines up to the empty line that ends the body; False if there is
+        none."""
         for _ in range(_MAX_TRAILER_LINES + 1):
             line = self.rfile.readline(_LINE_LIMIT + 1)
             if len(line) > _LINE_LIMIT or not line.endswith(b"\n"):
@@ -556,7 +579,8 @@ class TodoRequestHandler(BaseHTTPRequestHandler):
             elif target is None:
                 response = _error(HTTPStatus.BAD_REQUEST, "the path is not UTF-8 text")
             else:
-                response = self.server.app.dispatch("GET" if head else self.command, target, body, self.headers)
+                response = self.server.app.dispatch("GET" if head else self.command, target, body,
+                                                    self.headers)
             self._send(response, head=head)
         except (TimeoutError, ConnectionError):
             self.close_connection = True
@@ -620,7 +644,8 @@ class TodoHTTPServer(ThreadingHTTPServer):
     """The threaded HTTP server around a TodoApp: a thread per connection."""
 
     daemon_threads = True
-    request_queue_size = 128  # the listen backlog: 5 (the default) drops connections a burst of clients opens
+    # the listen backlog: 5 (the default) drops connections a burst of clients opens
+    request_queue_size = 128
 
     def __init__(self, address, app: TodoApp, *, quiet=False):
         self.app = app
