@@ -2105,8 +2105,9 @@ class Reactor(TableProcessor):
                     f"{cls.__qualname__}.emits_events: {item!r} is not an Event subclass")
         cls.emits_events = classes
 
-    def __init__(self, store: EventStore, db: str | os.PathLike[str] | sqlite3.Connection | Database
-                 | None = None, *, batch_size: int | None = None) -> None:
+    def __init__(self, store: EventStore,
+                 db: str | os.PathLike[str] | sqlite3.Connection | Database | None = None, *,
+                 batch_size: int | None = None) -> None:
         self.store = store
         tracker: Tracker
         if db is None:
@@ -2212,8 +2213,9 @@ class Reactor(TableProcessor):
                 f"not in emits_events {[c.__name__ for c in self.emits_events]}")
         cause = self._current_event
         if cause is not None:
-            event = _with_fields(event, causation_id=cause.uuid, correlation_id=cause.correlation_id
-                                 or cause.uuid, metadata={**cause.metadata, **event.metadata})
+            event = _with_fields(event, causation_id=cause.uuid,
+                                 correlation_id=cause.correlation_id or cause.uuid,
+                                 metadata={**cause.metadata, **event.metadata})
         if self.replaying:
             return event
         if self._emitted is not None:
@@ -2689,6 +2691,10 @@ class _RestartBackoff:
         return self.delay
 
 
+#: ``after_subprocess_termination(processor, runner, exit_code)``: called for every child that ends.
+_Termination = Callable[["EventStreamProcessor", "ESPRunner", int], None]
+
+
 class ESPRunner:
     """Runs each processor in its own process until SIGTERM/SIGINT or ``shutdown()``.
 
@@ -2722,8 +2728,7 @@ class ESPRunner:
     def __init__(self, processors: Iterable[EventStreamProcessor], store: EventStore, *,
                  max_seconds_for_processes_to_terminate: float = 30,
                  after_fork: Callable[[EventStreamProcessor], None] | None = None,
-                 after_subprocess_termination: Callable[[EventStreamProcessor, ESPRunner, int],
-                                                        None] | None = None,
+                 after_subprocess_termination: _Termination | None = None,
                  restart: bool = True, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
                  restart_reset_after: float = 60.0, start_method: str | None = None) -> None:
         if not store.shared_between_processes:
