@@ -8,6 +8,7 @@ Every name it uses comes from ``import eventsourcery as es``; nothing is ``# typ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -140,17 +141,35 @@ def testing_helpers() -> None:
     assert projection.rows("SELECT chore_id FROM open_chores") == [("c-2",)]
 
 
-# --- async API (SPEC 7): its use goes here once it is merged ---------------------------------
-# An ``async def async_commands(folder: str) -> None`` with es.AsyncEventStore, es.AsyncRepository,
-# ``async for batch in astore.subscribe(...)`` and ``await projector.wait_for_async(...)``, run by
-# ``asyncio.run(...)`` in main(); and a misuse of it in app_wrong.py, marked ``# expected error``.
-# ---------------------------------------------------------------------------------------------
+async def async_commands(folder: str) -> list[str]:
+    """The asyncio API (SPEC 7): a command through AsyncRepository, read-your-writes with
+    wait_for_async, and a subscription read from an async for."""
+    store = es.open_store(os.path.join(folder, "async.db"))
+    async with es.AsyncEventStore(store) as astore:
+        arepo = es.AsyncRepository(astore)
+        chore: Chore = await arepo.load(Chore, "chore-a")
+        chore.add("cook")
+        stored: list[es.Event] = await arepo.save(chore)
+        last_id = stored[-1].id
+        assert last_id is not None
+        projector = OpenChores(":memory:")
+        projector.setup()
+        projector.process_batch(await astore.get_next_from(1))
+        assert await projector.wait_for_async(last_id, timeout=5)
+        titles: list[str] = []
+        async for batch in astore.subscribe(1, event_types=[ChoreAdded]):
+            titles += [event.title for event in batch if isinstance(event, ChoreAdded)]
+            break
+        version: int = await astore.aggregate_version("chore-a")
+        assert version == 1
+        return titles
 
 
 def main() -> None:
     """Run it all; raises AssertionError if anything is off."""
     with tempfile.TemporaryDirectory() as folder:
         assert read_your_writes(folder) == ["wash up"]
+        assert asyncio.run(async_commands(folder)) == ["cook"]
     testing_helpers()
     print("typed app: ok")
 

@@ -39,6 +39,13 @@ def wrong(store: es.EventStore) -> None:
     print(notebook, saved, latest)
 
 
+async def wrong_async(store: es.EventStore) -> None:
+    """The asyncio API's results are typed as the store's."""
+    arepo = es.AsyncRepository(es.AsyncEventStore(store))
+    n: int = await arepo.save(Notebook("n-1"))  # expected error
+    print(n)
+
+
 def wrong_testing() -> None:
     """The testing helpers are generic in the aggregate or processor they were given."""
     es.given(Notebook).aggregate.erase()  # expected error
