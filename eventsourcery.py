@@ -2732,10 +2732,10 @@ class ESPRunner:
                  restart: bool = True, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
                  restart_reset_after: float = 60.0, start_method: str | None = None) -> None:
         if not store.shared_between_processes:
-            raise TypeError(f"ESPRunner cannot run processors against a {type(store).__name__}: "
-                            "each processor runs in a child process, which would never see the "
-                            "events this process sinks; use an SQLiteEventStore or a "
-                            "PostgresEventStore (or run_processor in a thread)")
+            raise TypeError(f"ESPRunner cannot run processors against {store!r}: its events are "
+                            "in this process's memory, and each processor runs in a child process, "
+                            "which would never see them; use an SQLite file or a Postgres store "
+                            "(or run_processor in a thread)")
         if not 0 < restart_delay <= max_restart_delay:
             raise ValueError(f"ESPRunner: restart_delay must be more than 0 and at most "
                              f"max_restart_delay; got restart_delay={restart_delay!r}, "

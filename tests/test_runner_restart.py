@@ -139,10 +139,10 @@ def test_backoff_doubles_while_a_child_keeps_dying_up_to_its_maximum_and_resets_
     assert backoff.deaths == 1
 
 
-def test_each_child_backs_off_on_its_own():
+def test_each_child_backs_off_on_its_own(tmp_path):
     runner = es.ESPRunner(
         [ps.CountingProjector(":memory:"), ps.OtherCounter(":memory:")],
-        es.SQLiteEventStore(":memory:"),
+        es.SQLiteEventStore(tmp_path / "events.db"),
         restart_delay=1.0,
         max_restart_delay=8.0,
     )
