@@ -1,8 +1,9 @@
 """Build hook: install each top-level module as a typed package (PEP 561).
 
 Everything else is in pyproject.toml. The source tree keeps the modules a user
-vendors as single files (``eventsourcery.py``, ``eventsourcery_pg.py``: the
-``py-modules`` list there; adding a module is adding its name to that list).
+vendors as single files (``eventsourcery.py``, ``eventsourcery_pg.py``,
+``eventsourcery_web.py``: the ``py-modules`` list there; adding a module is adding its
+name to that list).
 PEP 561 marks packages, not single modules, so a type checker ignores a lone
 ``py.typed`` beside them. The build therefore lays each module ``NAME.py`` out
 as a package ``NAME/``:

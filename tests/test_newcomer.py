@@ -53,7 +53,7 @@ def test_emits_events_list_is_stored_as_a_tuple() -> None:
 
 def test_emits_events_accepts_any_iterable() -> None:
     class FromGenerator(es.Reactor):
-        emits_events = (c for c in [NcStakeholderNotified, NcOther])  # type: ignore[assignment]
+        emits_events = (c for c in [NcStakeholderNotified, NcOther])
 
     assert FromGenerator.emits_events == (NcStakeholderNotified, NcOther)
 
