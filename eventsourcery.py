@@ -1446,6 +1446,47 @@ def _not_running(tracker: Tracker, name: str) -> str | None:
     return None
 
 
+class _Wait:
+    """One wait for a processor's position (``wait_for`` and ``wait_for_async`` alike): whether
+    it has been reached, how long to pause before reading it again, and the warning, once a wait,
+    that no instance runs the processor."""
+
+    def __init__(self, processor: EventStreamProcessor, event_id: int,
+                 timeout: float | None) -> None:
+        self.processor = processor
+        self.event_id = check_position("event_id", event_id)
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.interval = 0.002
+        self.check_owner_at: float | None = time.monotonic()  # now, then each second till a warning
+
+    def reached(self) -> bool:
+        """Whether the position, as the processor's tracker keeps it, has reached the event."""
+        return self.processor.last_processed_event_id >= self.event_id
+
+    def pause(self) -> float | None:
+        """Seconds to pause before reading again (growing to 50 ms); None once time is up."""
+        left = None if self.deadline is None else self.deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None
+        seconds = self.interval if left is None else min(self.interval, left)
+        self.interval = min(self.interval * 2, 0.05)
+        return seconds
+
+    def owner_check_due(self) -> bool:
+        """Whether to look (again) whether an instance runs the processor."""
+        return self.check_owner_at is not None and time.monotonic() >= self.check_owner_at
+
+    def check_owner(self) -> None:
+        """Warn, once a wait, when the tracker records no instance that runs the processor."""
+        self.check_owner_at = time.monotonic() + 1.0
+        name = self.processor.processor_name
+        why = _not_running(self.processor.tracker, name)
+        if why is not None:
+            self.check_owner_at = None
+            config.logger.warning("[%s] wait_for(%d): %s, so the wait will run out unless an "
+                                  "instance starts", name, self.event_id, why)
+
+
 class EventStreamProcessor:
     """Base class of processors: handlers marked with ``@es.on(...)`` receive events in id order.
 
@@ -1596,42 +1637,30 @@ class EventStreamProcessor:
         (the tracker records no live owner, and no standby about to take over) a wait that has to
         wait logs a warning naming the processor, once per wait, through ``es.config.logger``.
         """
-        event_id = check_position("event_id", event_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.002
-        check_owner_at: float | None = time.monotonic()  # now, then once a second until it warned
-        while self.last_processed_event_id < event_id:
-            now = time.monotonic()
-            left = None if deadline is None else deadline - now
-            if left is not None and left <= 0:
+        wait = _Wait(self, event_id, timeout)
+        while not wait.reached():
+            seconds = wait.pause()
+            if seconds is None:
                 return False
-            if check_owner_at is not None and now >= check_owner_at:
-                check_owner_at = now + 1.0
-                why = _not_running(self.tracker, self.processor_name)
-                if why is not None:
-                    check_owner_at = None
-                    config.logger.warning("[%s] wait_for(%d): %s, so the wait will run out "
-                                          "unless an instance starts", self.processor_name,
-                                          event_id, why)
-            time.sleep(interval if left is None else min(interval, left))
-            interval = min(interval * 2, 0.05)
+            if wait.owner_check_due():
+                wait.check_owner()
+            time.sleep(seconds)
         return True
 
     async def wait_for_async(self, event_id: int, timeout: float | None = None) -> bool:
-        """``wait_for`` as a coroutine: the position is read on a worker thread (the loop's
-        default executor) and the pauses between reads are the loop's, so the loop is never
-        blocked; cancelling the awaiting task ends the wait."""
+        """``wait_for`` as a coroutine: the position (and who runs the processor) is read on a
+        worker thread (the loop's default executor) and the pauses between reads are the loop's,
+        so the loop is never blocked; cancelling the awaiting task ends the wait."""
         import asyncio
 
-        event_id = check_position("event_id", event_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.002
-        while await asyncio.to_thread(lambda: self.last_processed_event_id) < event_id:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+        wait = _Wait(self, event_id, timeout)
+        while not await asyncio.to_thread(wait.reached):
+            seconds = wait.pause()
+            if seconds is None:
                 return False
-            await asyncio.sleep(interval if left is None else min(interval, left))
-            interval = min(interval * 2, 0.05)
+            if wait.owner_check_due():
+                await asyncio.to_thread(wait.check_owner)
+            await asyncio.sleep(seconds)
         return True
 
     def subscribe_to(self, store: EventStore, stop: StopSignal = None) -> None:
@@ -6876,6 +6905,34 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _tables_to_reset(record: TrackerRecord, *, keep_tables: bool = False,
+                     command: str = "python -m eventsourcery STORE reset NAME") -> tuple[str, ...]:
+    """The tables a reset of processor ``record.name`` drops with its position (none with
+    ``keep_tables``), as its own ``reset()`` would; ValueError, naming ``command`` (the reset
+    command line) among what to do, when they are not recorded or include the store's own."""
+    name = record.name
+    # A processor with a schema lists its tables in its record, beside them: they go with the
+    # position, as its reset() drops them, so that it rebuilds them from event 1.
+    if keep_tables:
+        return ()
+    if record.tables is None and record.kind in ("projector", "reactor"):
+        raise ValueError(
+            f"not reset: the tables of {record.kind} {name!r} are not recorded in its tracker (it "
+            "last ran with an older eventsourcery), so the command line cannot drop them, and a "
+            "position of 0 over its old rows would fail or double them; either call reset() on "
+            f"the {record.kind} in your code (it drops its tables and its position), or run it "
+            "once with this eventsourcery (it records its tables as it starts) and then: "
+            f"{command}; or drop its tables yourself and then: {command} --keep-tables")
+    tables = record.tables or ()
+    store_own = [t for t in tables
+                 if t.lower() == "events" or t.lower().startswith("eventsourcery_")]
+    if store_own and not record.location:
+        raise ValueError(f"not reset: {name!r} lists the store's own tables "
+                         f"{', '.join(store_own)} as its tables; the command line does not drop "
+                         "those")
+    return tables
+
+
 def _reset_processor(store: EventStore, record: TrackerRecord,
                      tables: Sequence[str] = ()) -> None:
     """Set the position of processor ``record.name`` (a located record) back to 0 where it is
@@ -6908,23 +6965,11 @@ def _cli_reset(store: EventStore, args: argparse.Namespace) -> int:
         raise _CLIError(f"not reset: {name!r} keeps its position and tables in "
                         f"{record.location!r}, which cannot be opened now; nothing changed")
     position = record.position
-    # A processor with a schema lists its tables in its record, beside them: they go with the
-    # position, as its reset() drops them, so that it rebuilds them from event 1.
-    tables: tuple[str, ...] = () if args.keep_tables else record.tables or ()
-    if record.tables is None and record.kind in ("projector", "reactor") and not args.keep_tables:
-        command = f"python -m eventsourcery {shlex.quote(args.store)} reset {shlex.quote(name)}"
-        raise _CLIError(
-            f"not reset: the tables of {record.kind} {name!r} are not recorded in its tracker (it "
-            "last ran with an older eventsourcery), so the command line cannot drop them, and a "
-            "position of 0 over its old rows would fail or double them; either call reset() on "
-            f"the {record.kind} in your code (it drops its tables and its position), or run it "
-            "once with this eventsourcery (it records its tables as it starts) and then: "
-            f"{command}; or drop its tables yourself and then: {command} --keep-tables")
-    store_own = [t for t in tables
-                 if t.lower() == "events" or t.lower().startswith("eventsourcery_")]
-    if store_own and not record.location:
-        raise _CLIError(f"not reset: {name!r} lists the store's own tables {', '.join(store_own)} "
-                        "as its tables; the command line does not drop those")
+    command = f"python -m eventsourcery {shlex.quote(args.store)} reset {shlex.quote(name)}"
+    try:
+        tables = _tables_to_reset(record, keep_tables=args.keep_tables, command=command)
+    except ValueError as exc:
+        raise _CLIError(str(exc)) from exc
     dropping = _cli_safe(f" and drop its tables {', '.join(tables)}" if tables else "")
     question = f"Reset processor {shown} (position {position}){dropping}?"
     if not args.yes and not _cli_confirm(question):

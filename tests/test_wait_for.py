@@ -129,3 +129,22 @@ def test_a_tracker_that_keeps_no_owners_never_warns(caplog: pytest.LogCaptureFix
     processor = es.EventStreamProcessor(PositionsOnly())
     assert processor.wait_for(1, timeout=0.05) is False
     assert [r for r in caplog.records if "wait_for" in r.getMessage()] == []
+
+
+def test_wait_for_async_waits_and_warns_as_wait_for_does(
+        store: es.EventStore, caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    caplog.set_level(logging.WARNING, logger="eventsourcery")
+    store.sink(WfSeen(aggregate_id="w-1"))
+    watcher = WfWatcher(store)
+    watcher.setup()
+    assert asyncio.run(watcher.wait_for_async(1, timeout=1.3)) is False
+    assert _warnings(caplog) == ["[wf_watcher] wait_for(1): no instance runs it (it never ran "
+                                 "here), so the wait will run out unless an instance starts"]
+    with pytest.raises(TypeError):
+        asyncio.run(watcher.wait_for_async("1"))  # type: ignore[arg-type]
+    _run_until_stopped(watcher, store)
+    caplog.clear()
+    assert asyncio.run(watcher.wait_for_async(1, timeout=5)) is True
+    assert _warnings(caplog) == []
