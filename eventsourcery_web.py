@@ -308,12 +308,9 @@ class EventBrowser:
             if name not in records:
                 raise BrowserError(404, f"unknown processor {name!r}")
             record = es._located_record(records[name])
-            if record.tables is None and record.kind in ("projector", "reactor"):
-                raise BrowserError(409, f"not reset: the tables of {record.kind} {name!r} are not "
-                                   "recorded in its tracker (it last ran with an older "
-                                   "eventsourcery); run it once, or use the command line's reset")
-            es._reset_processor(store, record, record.tables or ())
-            dropped = f" and dropped its tables {', '.join(record.tables)}" if record.tables else ""
+            tables = es._tables_to_reset(record)  # (ValueError: 409, like a refused skip)
+            es._reset_processor(store, record, tables)
+            dropped = f" and dropped its tables {', '.join(tables)}" if tables else ""
             return (f"reset {name}: position {record.position} -> 0{dropped}; its next run "
                     "processes every event again")
         function = _optional(action.replace("-", "_"))
