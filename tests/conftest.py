@@ -59,8 +59,15 @@ def db_path(tmp_path) -> pathlib.Path:
 
 
 @pytest.fixture
-def store(store_kind, db_path):
-    s = STORE_FACTORIES[store_kind](db_path)
+def store_factory(store_kind):
+    """How ``store`` and ``make_store`` make a store of the current kind (a test module may
+    override it, e.g. to drive the stores through the async layer)."""
+    return STORE_FACTORIES[store_kind]
+
+
+@pytest.fixture
+def store(store_factory, db_path):
+    s = store_factory(db_path)
     try:
         yield s
     finally:
@@ -68,13 +75,13 @@ def store(store_kind, db_path):
 
 
 @pytest.fixture
-def make_store(store_kind, tmp_path):
+def make_store(store_factory, tmp_path):
     """A factory of further empty stores of the current kind, closed after the test."""
     made = []
     counter = itertools.count()
 
     def make():
-        s = STORE_FACTORIES[store_kind](tmp_path / f"events-{next(counter)}.db")
+        s = store_factory(tmp_path / f"events-{next(counter)}.db")
         made.append(s)
         return s
 

@@ -10,8 +10,6 @@ per-type body round trips (``test_round_trip_of_every_type_in_one_event`` sends 
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from tests import conftest
@@ -44,34 +42,13 @@ five_versions = contract.five_versions
 one_event = bad_input.one_event
 
 
-def _facade(kind: str, path):
-    return SyncFacade(conftest.STORE_FACTORIES[kind](path))
-
-
 @pytest.fixture(params=list(conftest.STORE_FACTORIES), ids=lambda kind: f"async-{kind}")
 def store_kind(request) -> str:
     return request.param
 
 
 @pytest.fixture
-def store(store_kind, db_path):
-    s = _facade(store_kind, db_path)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
-def make_store(store_kind, tmp_path):
-    made = []
-    counter = itertools.count()
-
-    def make():
-        s = _facade(store_kind, tmp_path / f"events-{next(counter)}.db")
-        made.append(s)
-        return s
-
-    yield make
-    for s in reversed(made):
-        s.close()
+def store_factory(store_kind):
+    """conftest's ``store`` and ``make_store`` make the facade over the async layer."""
+    make = conftest.STORE_FACTORIES[store_kind]
+    return lambda path: SyncFacade(make(path))
