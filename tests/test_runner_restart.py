@@ -464,16 +464,14 @@ def test_sigterm_to_the_runner_during_a_restart_wait_stops_it_without_a_restart(
 # --- a standby: another runner holds the processor's name -----------------------------------------
 
 
-def test_two_runners_a_killed_owner_hands_over_to_the_standby_and_comes_back_as_a_standby(
-    tmp_path, runners
-):
-    """Runner A's child owns the processor, runner B's waits as a standby. kill -9 of A's child: B's
-    takes over (as a rule), A restarts its child, which waits as a standby in its turn (it neither
-    dies again nor processes anything twice)."""
+def _two_runners_on_one_store(tmp_path):
+    """A store, a projection, a folder for each of two runners (a and b), and their runner spec:
+    one counting projector, restarted quickly."""
     store_path = str(tmp_path / "events.db")
-    store = es.SQLiteEventStore(store_path)
     projection = str(tmp_path / "projection.db")
     dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
     spec = {
         "store": store_path,
         "start_method": "spawn",
@@ -483,8 +481,16 @@ def test_two_runners_a_killed_owner_hands_over_to_the_standby_and_comes_back_as_
         "max_restart_delay": 0.2,
         "processors": [{"kind": "counter", "db": projection, "error_handler": "constant"}],
     }
-    for d in dirs:
-        d.mkdir()
+    return es.SQLiteEventStore(store_path), projection, dirs, spec
+
+
+def test_two_runners_a_killed_owner_hands_over_to_the_standby_and_comes_back_as_a_standby(
+    tmp_path, runners
+):
+    """Runner A's child owns the processor, runner B's waits as a standby. kill -9 of A's child: B's
+    takes over (as a rule), A restarts its child, which waits as a standby in its turn (it neither
+    dies again nor processes anything twice)."""
+    store, projection, dirs, spec = _two_runners_on_one_store(tmp_path)
     a = runners(dirs[0], **spec)
     assert wait_until(lambda: a.child_pid() is not None, timeout=LONG), a.diagnostics()
     b = runners(dirs[1], **spec)
@@ -524,26 +530,12 @@ def test_a_child_fenced_by_another_instance_is_restarted_and_waits_as_a_standby(
     from runner A's. A's child is fenced at its next commit (exit status 1), is restarted, and waits
     as a standby until B's child is killed; then one of them takes over. Every event is counted
     once."""
-    store_path = str(tmp_path / "events.db")
-    store = es.SQLiteEventStore(store_path)
-    projection = str(tmp_path / "projection.db")
-    dirs = [tmp_path / "a", tmp_path / "b"]
-    spec = {
-        "store": store_path,
-        "start_method": "spawn",
-        "max_seconds": 30,
-        "restart": True,
-        "restart_delay": 0.05,
-        "max_restart_delay": 0.2,
-        "processors": [{"kind": "counter", "db": projection, "error_handler": "constant"}],
-    }
-    for d in dirs:
-        d.mkdir()
+    store, projection, dirs, spec = _two_runners_on_one_store(tmp_path)
     a = runners(dirs[0], **spec)
     assert wait_until(lambda: a.child_pid() is not None, timeout=LONG), a.diagnostics()
     first = store.sink([Tick(aggregate_id="t", n=i) for i in range(50)])
     assert wait_until(lambda: ps.projection_position(projection) == first[-1].id, timeout=LONG)
-    shutil.rmtree(f"{store_path}.locks")
+    shutil.rmtree(spec["store"] + ".locks")
     b = runners(dirs[1], **spec)
     assert wait_until(lambda: b.child_pid() is not None, timeout=LONG), (
         b.diagnostics()
