@@ -2462,17 +2462,20 @@ class _Partitions:
         """Take a member lock (the lowest free): this instance's slot; None when stopped first."""
         waiting = False
         while not self.stopper.is_set():
-            for slot in range(self.count):
-                try:
-                    membership.enter_context(self.store.lock(f"{self.name}@{slot}"))
-                except UnableToLockProcessorError:
-                    continue
-                config.logger.info("[%s] joined as instance %d", self.name, slot)
-                return slot
-            if not waiting:
-                config.logger.warning("[%s] standby: each of its %d partitions has an instance; "
-                                      "waiting for one to stop", self.name, self.count)
-                waiting = True
+            try:
+                for slot in range(self.count):
+                    with contextlib.suppress(UnableToLockProcessorError):
+                        membership.enter_context(self.store.lock(f"{self.name}@{slot}"))
+                        config.logger.info("[%s] joined as instance %d", self.name, slot)
+                        return slot
+                if not waiting:
+                    config.logger.warning("[%s] standby: each of its %d partitions has an "
+                                          "instance; waiting for one to stop", self.name,
+                                          self.count)
+                    waiting = True
+            except StoreError as exc:  # out of reach: try again in a while
+                config.logger.warning("[%s] could not join the other instances: %s", self.name,
+                                      exc)
             self.stopper.sleep(self.tick * 4)
         return None
 
@@ -2641,20 +2644,21 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
 def _status(store: EventStore, tracker: Tracker, registration: TrackerRecord,
             latest: int) -> ProcessorStatus:
     """One processor's status (what its registration says when its database is out of reach)."""
-    record, parts, parked = registration, [registration], 0
+    record, parts, parked, split = registration, [registration], 0, False
     try:
         with _kept_at(tracker, registration, read_only=True) as kept:
             record = kept.record(registration.name) if registration.location else registration
             names = _partition_names(record.name, record.partitions or 1)
-            parts = [record] if names == [record.name] else [kept.record(n) for n in names]
+            found = [kept.record(n) for n in names] if len(names) > 1 else [record]
             parked = sum(len(kept.parked_events(n)) for n in names)
+            parts, split = found, len(names) > 1
     except Exception:  # noqa: BLE001 - unreachable now: its status says what the registration says
         pass
     record = dataclasses.replace(record, kind=record.kind or registration.kind,
                                  location=registration.location)
     running = [store.is_running(part.name) for part in parts]
     states = [_state(part, is_running) for part, is_running in zip(parts, running, strict=True)]
-    partitions = () if parts == [record] else tuple(
+    partitions = () if not split else tuple(
         PartitionStatus(number, part.position, max(latest - part.position, 0),
                         part.owner if is_running else None, state)
         for number, (part, is_running, state) in enumerate(zip(parts, running, states,
@@ -2671,11 +2675,11 @@ def _status(store: EventStore, tracker: Tracker, registration: TrackerRecord,
     else:
         state = "stopped"
     position = min(part.position for part in parts)
-    owners = sorted({p.owner for p in partitions if p.owner}) if partitions else []
+    owners = sorted({p.owner for p in partitions if p.owner})
     return ProcessorStatus(
         record.name, position, max(latest - position, 0), any(running), state,
         failing.last_error if failing else None, failing.failing_event_id if failing else None,
-        (", ".join(owners) or None) if partitions else record.owner,
+        (", ".join(owners) or None) if split else record.owner,
         record.standby if recent_standby else None,
         max(part.horizon for part in parts), record.kind, parked, partitions)
 
