@@ -30,11 +30,12 @@ events, replays them, and feeds them to projectors and reactors::
 The sections below follow that story, as a user meets it: errors, serialisation
 and configuration, events, aggregates and the repository, the event store
 contract, event processing (projectors, reactors, trackers, error handlers),
-the multiprocess runner, testing helpers and asyncio. Then the machinery: the
-backend interface (rows, group commit, Database and trackers in a database:
-what a store module such as eventsourcery_pg builds on), the SQL store base,
-the memory store, the SQLite backend, opening stores by URL, and last the
-command line (``python -m eventsourcery STORE COMMAND``).
+partitions shared by a processor's instances, the multiprocess runner, testing
+helpers and asyncio. Then the machinery: the backend interface (rows, group
+commit, Database and trackers in a database: what a store module such as
+eventsourcery_pg builds on), the SQL store base, the memory store, the SQLite
+backend, opening stores by URL, and last the command line (``python -m
+eventsourcery STORE COMMAND``).
 """
 
 from __future__ import annotations
@@ -2373,176 +2374,6 @@ class Reactor(TableProcessor):
         return self.store.sink(event)[0]
 
 
-# ---------------------------------------------------------------------------
-# Partitions: how the instances of a processor split into partitions share them.
-# ---------------------------------------------------------------------------
-
-class _Partitions:
-    """One instance's share of a processor's partitions (``EventStreamProcessor.partitions``).
-
-    Instances find each other through the store's locks: each holds one member
-    lock, ``name@j`` for the lowest free ``j`` below the partition count (an
-    instance that finds them all taken waits for one), so the live instances
-    are the member locks held, and a dead instance's lock goes with its process
-    (or its Postgres session). Every ``tick`` seconds an instance counts them
-    and keeps ``ceil(partitions / live)`` partitions: it gives up those over
-    that (each stops between batches and lets its lock go), and takes free
-    ones under it, starting from a block of its own so that instances rarely
-    reach for the same one. A partition is run by a copy of the processor on a
-    thread of its own (``_PartitionRun``), which takes the store's lock of
-    ``name#p`` and a new generation of that partition's tracker record as a
-    whole processor takes its name: one owner at a time, fenced. A copy that
-    lost its partition (its lock session ended, its lock file removed) stops,
-    and the partition is taken again, by whichever instance is under its share.
-    """
-
-    tick = 0.5
-
-    def __init__(self, processor: EventStreamProcessor, store: EventStore, stopper: Stopper,
-                 handler: ErrorHandler | None) -> None:
-        self.processor = processor
-        self.store = store
-        self.stopper = stopper
-        self.handler = handler
-        self.name = processor.processor_name
-        self.count = processor.partitions
-        self.turn = threading.Lock()  # one batch at a time in this instance
-        self.runs: dict[int, _PartitionRun] = {}
-        self.owned: list[int] = []  # as last logged
-
-    def run(self) -> None:
-        """Set up, join the instances, and keep this instance's share until ``stopper``; a
-        partition's error that its handler gave up on (or any, without a handler) is raised."""
-        if not self._set_up():
-            return
-        with contextlib.ExitStack() as membership:
-            slot = self._join(membership)
-            if slot is None:
-                return
-            try:
-                while not self.stopper.is_set():
-                    self._reap()
-                    try:
-                        self._balance(slot)
-                    except StoreError as exc:  # (a store out of reach: its partitions carry on)
-                        config.logger.warning("[%s] could not look at the other instances: %s",
-                                              self.name, exc)
-                    self.stopper.sleep(self.tick)
-            finally:
-                for run in self.runs.values():
-                    run.stop.set()
-                for run in self.runs.values():
-                    run.thread.join()
-            self._reap()
-
-    def _set_up(self) -> bool:
-        """The processor's tables and records (an Error when ``partitions`` changed under
-        positions); where ``start_from = "end"``, the partitions that have no position start after
-        the latest event now. Retried as the handler says while the store is out of reach."""
-        processor = self.processor
-        while True:
-            try:
-                processor.setup()
-                processor._register(self.store)
-                if processor.start_from == "end":
-                    processor.tracker.start_fresh(processor._tracked_names(),
-                                                  self.store.latest_event_id())
-                return True
-            except StoreError as exc:
-                interval = None if self.handler is None else self.handler.handle(
-                    exc, self.name, store=self.store)
-                if interval is None:
-                    raise
-                (self.handler.sleep if self.handler and self.handler.sleep
-                 else self.stopper.sleep)(interval)
-                if self.stopper.is_set():
-                    return False
-
-    def _join(self, membership: contextlib.ExitStack) -> int | None:
-        """Take a member lock (the lowest free): this instance's slot; None when stopped first."""
-        waiting = False
-        while not self.stopper.is_set():
-            try:
-                for slot in range(self.count):
-                    with contextlib.suppress(UnableToLockProcessorError):
-                        membership.enter_context(self.store.lock(f"{self.name}@{slot}"))
-                        config.logger.info("[%s] joined as instance %d", self.name, slot)
-                        return slot
-                if not waiting:
-                    config.logger.warning("[%s] standby: each of its %d partitions has an "
-                                          "instance; waiting for one to stop", self.name,
-                                          self.count)
-                    waiting = True
-            except StoreError as exc:  # out of reach: try again in a while
-                config.logger.warning("[%s] could not join the other instances: %s", self.name,
-                                      exc)
-            self.stopper.sleep(self.tick * 4)
-        return None
-
-    def _balance(self, slot: int) -> None:
-        """Give up the partitions over this instance's share, and take free ones under it."""
-        live = 1 + sum(self.store.is_running(f"{self.name}@{other}")
-                       for other in range(self.count) if other != slot)
-        share = -(-self.count // live)
-        start = slot * share
-        preferred = sorted(range(self.count), key=lambda p: (p - start) % self.count)
-        running = [p for p in preferred if p in self.runs and not self.runs[p].stop.is_set()]
-        for partition in running[share:]:
-            self.runs[partition].stop.set()  # it stops between batches, and lets go
-        for partition in preferred:
-            if len(self.runs) >= share:
-                break
-            if partition not in self.runs and not self.store.is_running(
-                    f"{self.name}#{partition}"):
-                self.runs[partition] = _PartitionRun(self, partition)
-        owned = sorted(self.runs)
-        if owned != self.owned:
-            self.owned = owned
-            config.logger.info("[%s] %d live instance(s); this one runs partitions %s", self.name,
-                               live, owned)
-
-    def _reap(self) -> None:
-        """Forget the partition runs that ended; raise the error one stopped at."""
-        for partition, run in list(self.runs.items()):
-            if run.thread.is_alive():
-                continue
-            del self.runs[partition]
-            if run.error is not None:
-                for other in self.runs.values():
-                    other.stop.set()
-                for other in self.runs.values():
-                    other.thread.join()
-                self.runs.clear()
-                raise run.error
-
-
-class _PartitionRun:
-    """One partition run by a copy of the processor on a thread of its own, until ``stop`` (or
-    until it finds the partition taken, or loses it)."""
-
-    def __init__(self, partitions: _Partitions, partition: int) -> None:
-        self.processor = partitions.processor._partition_copy(partition, partitions.turn)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self._partitions = partitions
-        self.thread = threading.Thread(target=self._main, daemon=True,
-                                       name=f"eventsourcery {self.processor.processor_name}")
-        self.thread.start()
-
-    def _main(self) -> None:
-        partitions = self._partitions
-        try:
-            self.processor._run(partitions.store, Stopper(self.stop), partitions.handler,
-                                standby=False)
-        except UnableToLockProcessorError:
-            pass  # another instance took it first
-        except ProcessorFencedError as exc:
-            config.logger.warning("[%s] %s; this instance gives the partition up",
-                                  self.processor.processor_name, exc)
-        except BaseException as exc:  # raised by the instance (_Partitions._reap)
-            self.error = exc
-
-
 @dataclasses.dataclass(frozen=True)
 class ProcessorStatus:
     """One processor that has run against a store: its position, how many events it is behind,
@@ -2980,6 +2811,176 @@ def run_processor(processor: EventStreamProcessor, store: EventStore, *, stop: S
     stopper = Stopper(stop)
     if not stopper.is_set():
         processor._run(stopper=stopper, store=store, handler=error_handler or _make_error_handler())
+
+
+# ---------------------------------------------------------------------------
+# Partitions: how the instances of a processor split into partitions share them.
+# ---------------------------------------------------------------------------
+
+class _Partitions:
+    """One instance's share of a processor's partitions (``EventStreamProcessor.partitions``).
+
+    Instances find each other through the store's locks: each holds one member
+    lock, ``name@j`` for the lowest free ``j`` below the partition count (an
+    instance that finds them all taken waits for one), so the live instances
+    are the member locks held, and a dead instance's lock goes with its process
+    (or its Postgres session). Every ``tick`` seconds an instance counts them
+    and keeps ``ceil(partitions / live)`` partitions: it gives up those over
+    that (each stops between batches and lets its lock go), and takes free
+    ones under it, starting from a block of its own so that instances rarely
+    reach for the same one. A partition is run by a copy of the processor on a
+    thread of its own (``_PartitionRun``), which takes the store's lock of
+    ``name#p`` and a new generation of that partition's tracker record as a
+    whole processor takes its name: one owner at a time, fenced. A copy that
+    lost its partition (its lock session ended, its lock file removed) stops,
+    and the partition is taken again, by whichever instance is under its share.
+    """
+
+    tick = 0.5
+
+    def __init__(self, processor: EventStreamProcessor, store: EventStore, stopper: Stopper,
+                 handler: ErrorHandler | None) -> None:
+        self.processor = processor
+        self.store = store
+        self.stopper = stopper
+        self.handler = handler
+        self.name = processor.processor_name
+        self.count = processor.partitions
+        self.turn = threading.Lock()  # one batch at a time in this instance
+        self.runs: dict[int, _PartitionRun] = {}
+        self.owned: list[int] = []  # as last logged
+
+    def run(self) -> None:
+        """Set up, join the instances, and keep this instance's share until ``stopper``; a
+        partition's error that its handler gave up on (or any, without a handler) is raised."""
+        if not self._set_up():
+            return
+        with contextlib.ExitStack() as membership:
+            slot = self._join(membership)
+            if slot is None:
+                return
+            try:
+                while not self.stopper.is_set():
+                    self._reap()
+                    try:
+                        self._balance(slot)
+                    except StoreError as exc:  # (a store out of reach: its partitions carry on)
+                        config.logger.warning("[%s] could not look at the other instances: %s",
+                                              self.name, exc)
+                    self.stopper.sleep(self.tick)
+            finally:
+                for run in self.runs.values():
+                    run.stop.set()
+                for run in self.runs.values():
+                    run.thread.join()
+            self._reap()
+
+    def _set_up(self) -> bool:
+        """The processor's tables and records (an Error when ``partitions`` changed under
+        positions); where ``start_from = "end"``, the partitions that have no position start after
+        the latest event now. Retried as the handler says while the store is out of reach."""
+        processor = self.processor
+        while True:
+            try:
+                processor.setup()
+                processor._register(self.store)
+                if processor.start_from == "end":
+                    processor.tracker.start_fresh(processor._tracked_names(),
+                                                  self.store.latest_event_id())
+                return True
+            except StoreError as exc:
+                interval = None if self.handler is None else self.handler.handle(
+                    exc, self.name, store=self.store)
+                if interval is None:
+                    raise
+                (self.handler.sleep if self.handler and self.handler.sleep
+                 else self.stopper.sleep)(interval)
+                if self.stopper.is_set():
+                    return False
+
+    def _join(self, membership: contextlib.ExitStack) -> int | None:
+        """Take a member lock (the lowest free): this instance's slot; None when stopped first."""
+        waiting = False
+        while not self.stopper.is_set():
+            try:
+                for slot in range(self.count):
+                    with contextlib.suppress(UnableToLockProcessorError):
+                        membership.enter_context(self.store.lock(f"{self.name}@{slot}"))
+                        config.logger.info("[%s] joined as instance %d", self.name, slot)
+                        return slot
+                if not waiting:
+                    config.logger.warning("[%s] standby: each of its %d partitions has an "
+                                          "instance; waiting for one to stop", self.name,
+                                          self.count)
+                    waiting = True
+            except StoreError as exc:  # out of reach: try again in a while
+                config.logger.warning("[%s] could not join the other instances: %s", self.name,
+                                      exc)
+            self.stopper.sleep(self.tick * 4)
+        return None
+
+    def _balance(self, slot: int) -> None:
+        """Give up the partitions over this instance's share, and take free ones under it."""
+        live = 1 + sum(self.store.is_running(f"{self.name}@{other}")
+                       for other in range(self.count) if other != slot)
+        share = -(-self.count // live)
+        start = slot * share
+        preferred = sorted(range(self.count), key=lambda p: (p - start) % self.count)
+        running = [p for p in preferred if p in self.runs and not self.runs[p].stop.is_set()]
+        for partition in running[share:]:
+            self.runs[partition].stop.set()  # it stops between batches, and lets go
+        for partition in preferred:
+            if len(self.runs) >= share:
+                break
+            if partition not in self.runs and not self.store.is_running(
+                    f"{self.name}#{partition}"):
+                self.runs[partition] = _PartitionRun(self, partition)
+        owned = sorted(self.runs)
+        if owned != self.owned:
+            self.owned = owned
+            config.logger.info("[%s] %d live instance(s); this one runs partitions %s", self.name,
+                               live, owned)
+
+    def _reap(self) -> None:
+        """Forget the partition runs that ended; raise the error one stopped at."""
+        for partition, run in list(self.runs.items()):
+            if run.thread.is_alive():
+                continue
+            del self.runs[partition]
+            if run.error is not None:
+                for other in self.runs.values():
+                    other.stop.set()
+                for other in self.runs.values():
+                    other.thread.join()
+                self.runs.clear()
+                raise run.error
+
+
+class _PartitionRun:
+    """One partition run by a copy of the processor on a thread of its own, until ``stop`` (or
+    until it finds the partition taken, or loses it)."""
+
+    def __init__(self, partitions: _Partitions, partition: int) -> None:
+        self.processor = partitions.processor._partition_copy(partition, partitions.turn)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self._partitions = partitions
+        self.thread = threading.Thread(target=self._main, daemon=True,
+                                       name=f"eventsourcery {self.processor.processor_name}")
+        self.thread.start()
+
+    def _main(self) -> None:
+        partitions = self._partitions
+        try:
+            self.processor._run(partitions.store, Stopper(self.stop), partitions.handler,
+                                standby=False)
+        except UnableToLockProcessorError:
+            pass  # another instance took it first
+        except ProcessorFencedError as exc:
+            config.logger.warning("[%s] %s; this instance gives the partition up",
+                                  self.processor.processor_name, exc)
+        except BaseException as exc:  # raised by the instance (_Partitions._reap)
+            self.error = exc
 
 
 # ---------------------------------------------------------------------------
