@@ -1589,6 +1589,7 @@ class EventStreamProcessor:
     partitions: ClassVar[int] = 1
     _partition: int | None = None  # on a copy running one partition: which
     _turn: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()  # taken per batch
+    _pages: _SharedPages | None = None  # the pages the partitions of one instance read
     _kind: ClassVar[str] = "processor"
     _dispatch: ClassVar[dict[str, tuple[Callable[..., Any], ...]]] = {}
     _catch_all: ClassVar[tuple[Callable[..., Any], ...]] = ()
@@ -1687,6 +1688,13 @@ class EventStreamProcessor:
         finally:
             if done is not None:
                 self._commit(done.id)  # type: ignore[arg-type]
+
+    def _read(self, store: EventStore, from_id: int, types: tuple[str, ...] | None,
+              limit: int) -> list[Event]:
+        """A page of events to catch up on (shared by the partitions of one instance)."""
+        if self._pages is not None:
+            return self._pages.read(store, from_id, types, limit)
+        return store.get_next_from(from_id, types, limit=limit)
 
     def _handle(self, events: list[Event]) -> None:
         """``process_batch``, on its instance's turn (the partitions of one instance take turns)."""
@@ -1846,13 +1854,14 @@ class EventStreamProcessor:
             self._register(store)
         self._generation = self.tracker.acquire(self.processor_name, _instance_name(), self._kind)
 
-    def _partition_copy(self, partition: int,
-                        turn: contextlib.AbstractContextManager[Any]) -> EventStreamProcessor:
+    def _partition_copy(self, partition: int, turn: contextlib.AbstractContextManager[Any],
+                        pages: _SharedPages) -> EventStreamProcessor:
         """A copy of this processor (sharing its attributes' values) that runs one partition: its
-        own name (``name#partition``), run state and fencing, taking ``turn`` for each batch."""
+        own name (``name#partition``), run state and fencing, taking ``turn`` for each batch and
+        reading through ``pages``."""
         clone = copy.copy(self)
         vars(clone).update(processor_name=f"{self.processor_name}#{partition}",
-                           _partition=partition, _turn=turn, _current_event=None,
+                           _partition=partition, _turn=turn, _pages=pages, _current_event=None,
                            _generation=None, _horizon=0, _replaying=False, _stopper=None,
                            _parked_aggregates={}, _unparking=False, _retry_checked_at=0.0)
         return clone
@@ -2004,9 +2013,8 @@ class EventStreamProcessor:
         one_by_one = False
         while position < last_id and not stopper.is_set():
             try:
-                page = store.get_next_from(position + 1, types,
-                                           limit=1 if one_by_one
-                                               else min(batch_size(), last_id - position))
+                page = self._read(store, position + 1, types,
+                                  1 if one_by_one else min(batch_size(), last_id - position))
             except CorruptEventError as exc:
                 if exc.event_id != last_id + 1:
                     raise  # another damaged event, before it
@@ -2046,7 +2054,7 @@ class EventStreamProcessor:
             size = batch_size()
             while not stopper.is_set():
                 latest = store.latest_event_id()
-                events = store.get_next_from(position + 1, types, limit=size)
+                events = self._read(store, position + 1, types, size)
                 if events:
                     self._handle(events)
                     if stopper.is_set():  # it may have stopped inside the batch
@@ -2847,6 +2855,7 @@ class _Partitions:
         self.name = processor.processor_name
         self.count = processor.partitions
         self.turn = threading.Lock()  # one batch at a time in this instance
+        self.pages = _SharedPages(2 * self.count)
         self.runs: dict[int, _PartitionRun] = {}
         self.owned: list[int] = []  # as last logged
 
@@ -2956,12 +2965,40 @@ class _Partitions:
                 raise run.error
 
 
+class _SharedPages:
+    """The full pages of events one partition of an instance read while catching up, kept for
+    its other partitions, which read the same pages (each handles its own events of them). Only a
+    full page is kept: it holds the same events whenever it is read (ids become visible in order),
+    where a shorter one may since have grown."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pages: dict[tuple[int, tuple[str, ...] | None, int], list[Event]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, store: EventStore, from_id: int, types: tuple[str, ...] | None,
+             limit: int) -> list[Event]:
+        """``store.get_next_from(from_id, types, limit=limit)``, read once for the partitions."""
+        key = (from_id, types, limit)
+        with self._lock:
+            page = self._pages.get(key)
+        if page is None:
+            page = store.get_next_from(from_id, types, limit=limit)
+            if len(page) == limit:
+                with self._lock:
+                    self._pages[key] = page
+                    while len(self._pages) > self._size:
+                        del self._pages[next(iter(self._pages))]  # the oldest
+        return page
+
+
 class _PartitionRun:
     """One partition run by a copy of the processor on a thread of its own, until ``stop`` (or
     until it finds the partition taken, or loses it)."""
 
     def __init__(self, partitions: _Partitions, partition: int) -> None:
-        self.processor = partitions.processor._partition_copy(partition, partitions.turn)
+        self.processor = partitions.processor._partition_copy(partition, partitions.turn,
+                                                              partitions.pages)
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self._partitions = partitions
