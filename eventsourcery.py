@@ -2530,11 +2530,17 @@ def _state(record: TrackerRecord, running: bool) -> str:
     return "running" if running else "stopped"
 
 
-def _skip_target(store: EventStore, processor_name: str, event_id: int) -> TrackerRecord:
+def _skip_target(store: EventStore, processor_name: str,
+                 event_id: int) -> tuple[TrackerRecord, list[TrackerRecord]]:
     """The record of the processor a skip of ``event_id`` would move (read where its position
-    lives); ValueError when the skip would be refused (see ``skip_event``)."""
+    lives), and the records it moves: its own, or those of its partitions at ``event_id - 1``;
+    ValueError when the skip would be refused (see ``skip_event``)."""
     event_id = _skip_id(event_id)
     records = {r.name: r for r in store.tracker().records()}
+    base, mark, number = processor_name.rpartition("#")
+    if processor_name not in records and mark and number.isdigit() and base in records:
+        # one partition of a processor whose positions live in its own database
+        records[processor_name] = dataclasses.replace(records[base], name=processor_name)
     if processor_name not in records:
         raise ValueError(f"cannot skip event {event_id}: unknown processor {processor_name!r} "
                          f"(processors in this store: {', '.join(sorted(records)) or 'none'})")
@@ -2543,9 +2549,20 @@ def _skip_target(store: EventStore, processor_name: str, event_id: int) -> Track
         raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: it is not "
                          f"stored (the latest event is {latest}); nothing changed")
     record = _located_record(records[processor_name])
-    if not record.partitions:  # (a split one: checked per partition, as it skips)
+    if not record.partitions:
         _check_skip(record, event_id)
-    return record
+        return record, [record]
+    with _kept_at(store.tracker(), records[processor_name], read_only=True) as tracker:
+        parts = [dataclasses.replace(tracker.record(name), location=record.location)
+                 for name in _partition_names(processor_name, record.partitions)]
+    due = [part for part in parts if part.position == event_id - 1]
+    if not due:
+        positions = ", ".join(f"{part.name} at {part.position}" for part in parts)
+        raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: none "
+                         f"of its partitions is at {event_id - 1} ({positions}); only the next "
+                         "event of a partition can be skipped; nothing changed")
+    failing = [part for part in due if part.failing_event_id == event_id]
+    return (failing or due)[0], due
 
 
 def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
@@ -2575,22 +2592,11 @@ def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
     each partition whose position is ``event_id - 1`` (the one its aggregate
     belongs to does not handle it; the others would only pass it).
     """
-    record = _skip_target(store, processor_name, event_id)
+    record, moved = _skip_target(store, processor_name, event_id)
     with _kept_at(store.tracker(), record) as tracker:
-        names = _partition_names(processor_name, record.partitions or 1)
-        if len(names) > 1:
-            parts = [tracker.record(name) for name in names]
-            due = [part.name for part in parts if part.position == event_id - 1]
-            if not due:
-                positions = ", ".join(f"{part.name} at {part.position}" for part in parts)
-                raise ValueError(f"cannot skip event {event_id} of processor "
-                                 f"{processor_name!r}: none of its partitions is at "
-                                 f"{event_id - 1} ({positions}); only the next event of a "
-                                 "partition can be skipped; nothing changed")
-            names = due
-        for name in names:
+        for part in moved:
             with _NO_SAVEPOINT if record.location else store.transaction():
-                tracker.skip_event(name, event_id)
+                tracker.skip_event(part.name, event_id)
     config.logger.warning("[%s] skipped event %d: position %d -> %d; that event will not be "
                           "processed", processor_name, event_id, event_id - 1, event_id)
 
@@ -7487,7 +7493,7 @@ def _cli_skip(store: EventStore, args: argparse.Namespace) -> int:
     name, event_id = args.name, args.event_id
     shown = _cli_safe(name)
     try:  # refused before asking, when it would be refused after
-        record = _skip_target(store, name, event_id)
+        record, _ = _skip_target(store, name, event_id)
     except ValueError as exc:
         raise _CLIError(_cli_safe(str(exc))) from exc
     try:
