@@ -98,9 +98,8 @@ __all__ = [
     # processing and the runner
     "EventStreamProcessor", "TableProcessor", "Projector", "Reactor", "partition_of",
     "ProcessorStatus", "PartitionStatus", "processor_statuses", "skip_event", "ParkedEvent",
-    "parked_events", "retry_parked",
-    "drop_parked", "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry",
-    "run_processor", "ESPRunner",
+    "parked_events", "retry_parked", "drop_parked", "ErrorHandler", "NoRetry", "ConstantRetry",
+    "ExponentialBackoffRetry", "run_processor", "ESPRunner",
     # asyncio
     "AsyncEventStore", "AsyncRepository",
     # testing helpers
@@ -1303,7 +1302,8 @@ class Tracker(abc.ABC):
 
     def start_fresh(self, names: Iterable[str], event_id: int) -> None:
         """Move each of ``names`` whose record is fresh (no position recorded since it was set up
-        or reset) to ``event_id``, in one transaction: where ``start_from = "end"`` starts."""
+        or reset) to ``event_id`` (where ``start_from = "end"`` starts), each only while it is
+        fresh: a DatabaseTracker checks and moves in one statement."""
         for name in names:
             if self.record(name).fresh:
                 self.processed_event(name, event_id)
