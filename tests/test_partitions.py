@@ -25,6 +25,7 @@ import random
 import sqlite3
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -239,7 +240,7 @@ def balanced(store: es.EventStore, handled_by: Callable[[], dict[int, str]], liv
 
 def test_partition_of_is_crc32_of_the_utf8_id_modulo_the_partitions() -> None:
     rng = random.Random(7)
-    ids = [f"agg-{i}" for i in range(500)] + ["", "ünïcode-✓", "a" * 1000, "\x00", "😀"]
+    ids = [f"agg-{i}" for i in range(500)] + ["", "ünïcode-✓", "a" * 1000, "\x7f", "😀"]
     ids += ["".join(chr(rng.randint(32, 0x2FFF)) for _ in range(rng.randint(1, 20)))
             for _ in range(200)]
     for n in (1, 2, 3, 7, 8, 64, 1000):
@@ -247,10 +248,14 @@ def test_partition_of_is_crc32_of_the_utf8_id_modulo_the_partitions() -> None:
             expected = zlib.crc32(aggregate_id.encode("utf-8")) % n
             assert es.partition_of(aggregate_id, n) == expected, (aggregate_id, n)
     assert {es.partition_of(f"agg-{i}", 8) for i in range(500)} == set(range(8))
+    for _ in range(100):  # a UUID is its string
+        key = uuid.UUID(int=rng.getrandbits(128))
+        assert es.partition_of(key, 7) == zlib.crc32(str(key).encode("utf-8")) % 7
 
 
-@pytest.mark.parametrize("args", [(b"agg", 4), (7, 4), (None, 4), ("agg", 0), ("agg", -2),
-                                  ("agg", 2.0), ("agg", "4"), ("agg", None)])
+@pytest.mark.parametrize("args", [(b"agg", 4), (7, 4), (None, 4), ("a\x00b", 4), ("\ud800", 4),
+                                  ("agg", 0), ("agg", -2), ("agg", 2.0), ("agg", "4"),
+                                  ("agg", None), ("agg", True)])
 def test_partition_of_refuses_bad_input(args: tuple[object, object]) -> None:
     with pytest.raises((TypeError, ValueError)):
         es.partition_of(*args)
@@ -324,7 +329,7 @@ def test_each_partition_keeps_its_own_position_and_lock_and_the_status_lists_the
     statuses = {s.name: s for s in es.processor_statuses(store)}
     assert set(statuses) == {NAME, "unpartitioned_recorder"}  # no name#p of their own
     assert statuses["unpartitioned_recorder"].partitions == ()
-    assert {e.state for e in statuses[NAME].partitions} == {"stopped"}
+    assert {(e.state, e.owner) for e in statuses[NAME].partitions} == {("stopped", None)}
     assert not statuses[NAME].running and statuses[NAME].state == "stopped"
 
 
@@ -773,18 +778,39 @@ def test_the_command_line_lists_each_partition_of_a_partitioned_processor(db_sto
     for aggregate_id in AGGREGATES:
         add(db_store, aggregate_id)
     latest = db_store.latest_event_id()
-    recorder = Recorder(db_store.tracker())
-    es.run_processor(recorder, db_store, stop=lambda: recorder.last_processed_event_id >= latest)
-    add(db_store, AGGREGATES[0])
     location = store_location(db_store)
-    table = cli(location, "processors")
-    assert table.returncode == 0, table.stderr
-    assert NAME in table.stdout
-    (found,) = [s for s in json_lines(cli(location, "processors", "--json").stdout)
-                if s["name"] == NAME]
-    assert found["position"] == latest and found["lag"] == 1
-    partitions = found["partitions"]
-    assert [e["partition"] for e in partitions] == list(range(N))
-    for entry in partitions:
-        assert (entry["position"], entry["lag"], entry["state"]) == (latest, 1, "stopped")
-        assert entry["owner"] == es._instance_name()
+    here = es._instance_name()
+    pid, _, host = here.partition("@")
+
+    def listed() -> tuple[list[str], dict]:
+        table = cli(location, "processors")
+        assert table.returncode == 0, table.stderr
+        found = [s for s in json_lines(cli(location, "processors", "--json").stdout)
+                 if s["name"] == NAME]
+        assert len(found) == 1, found  # one line for it, none per partition
+        return table.stdout.splitlines(), found[0]
+
+    recorder = Recorder(db_store.tracker())
+    running = Background(recorder, db_store)
+    try:
+        assert recorder.wait_for(latest, timeout=WAIT)
+        lines, found = listed()
+        assert (found["position"], found["lag"], found["running"], found["state"]) == (
+            latest, 0, True, "running")
+        assert found["partitions"] == [{"partition": p, "position": latest, "lag": 0,
+                                        "owner": here, "state": "running"} for p in range(N)]
+        for p in range(N):
+            assert (f"  partition {p}: position {latest}, lag 0, running, owner pid {pid} on "
+                    f"host {host}") in lines
+    finally:
+        running.finish()
+    assert running.error is None
+    add(db_store, AGGREGATES[0])
+    lines, found = listed()
+    assert (found["position"], found["lag"], found["running"], found["state"]) == (
+        latest, 1, False, "stopped")
+    assert found["partitions"] == [{"partition": p, "position": latest, "lag": 1, "owner": None,
+                                    "state": "stopped"} for p in range(N)]
+    assert [line.split()[0] for line in lines if not line.startswith(" ")] == ["name", NAME]
+    assert [line for line in lines if line.startswith("  partition")] == [
+        f"  partition {p}: position {latest}, lag 1, stopped" for p in range(N)]
