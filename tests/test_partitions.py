@@ -102,14 +102,16 @@ class Handled:
 class Recorder(es.EventStreamProcessor):
     """A partitioned processor (position in its store's tracker) that appends what it handles to a
     log shared by its instances; fails on the titles in ``failing``; an item titled ``gate`` waits
-    for ``gate`` to be set (holding up its instance)."""
+    for ``gate`` to be set (holding up its instance); each item takes ``pause`` seconds."""
 
     processor_name = NAME
     partitions = N
 
     def __init__(self, tracker: es.Tracker, label: str = "A", log: list[Handled] | None = None,
-                 failing: tuple[str, ...] = (), gate: threading.Event | None = None) -> None:
+                 failing: tuple[str, ...] = (), gate: threading.Event | None = None,
+                 pause: float = 0.0) -> None:
         super().__init__(tracker)
+        self.pause = pause
         self.label = label
         self.log: list[Handled] = log if log is not None else []
         self.failing = set(failing)
@@ -122,6 +124,7 @@ class Recorder(es.EventStreamProcessor):
         with self.guard:
             if event.title == "gate" and self.gate is not None:
                 self.gate.wait(WAIT)
+            time.sleep(self.pause)
             if event.title in self.failing:
                 self.attempts[event.id or 0] += 1
                 raise RuntimeError(f"cannot handle {event.title}")
@@ -331,6 +334,16 @@ def test_each_partition_keeps_its_own_position_and_lock_and_the_status_lists_the
     assert statuses["unpartitioned_recorder"].partitions == ()
     assert {(e.state, e.owner) for e in statuses[NAME].partitions} == {("stopped", None)}
     assert not statuses[NAME].running and statuses[NAME].state == "stopped"
+
+
+def test_the_handlers_of_one_instance_never_run_concurrently(store) -> None:
+    rng = random.Random(11)
+    sink_work(store, rng, 150)
+    latest = store.latest_event_id()
+    recorder = Recorder(store.tracker(), pause=0.001)  # no database of its own to wait for
+    es.run_processor(recorder, store, stop=lambda: recorder.last_processed_event_id >= latest)
+    assert sorted(handled_ids(recorder.log)) == list(range(1, latest + 1))
+    assert recorder.guard.overlaps == 0
 
 
 # =================================================================================================
@@ -656,25 +669,23 @@ def make_repartitioned(partitions: int) -> type[Recorder]:
                 {"processor_name": "repartitioned", "partitions": partitions})
 
 
-def run_once(processor: es.EventStreamProcessor, store: es.EventStore,
-             until: int) -> BaseException | None:
-    """Run ``processor`` (NoRetry) until it has reached ``until``, or it raised (returned)."""
+def run_once(processor: Recorder, store: es.EventStore, handled: int) -> BaseException | None:
+    """Run ``processor`` (NoRetry) until it has handled ``handled`` items, or it raised (returned);
+    a bounded wait (WAIT), reached only when it does neither."""
     failure: list[BaseException] = []
-    stop = threading.Event()
+    deadline = time.monotonic() + WAIT
 
     def run() -> None:
         try:
             es.run_processor(processor, store, error_handler=es.NoRetry(),
-                             stop=lambda: stop.is_set()
-                             or processor.last_processed_event_id >= until)
+                             stop=lambda: len(processor.log) >= handled
+                             or time.monotonic() > deadline)
         except BaseException as exc:  # noqa: BLE001 - the test looks at it
             failure.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    thread.join(WAIT)
-    stop.set()
-    thread.join(WAIT)
+    thread.join(WAIT * 2)
     assert not thread.is_alive()
     return failure[0] if failure else None
 
@@ -687,13 +698,14 @@ def test_changing_partitions_of_a_processor_with_positions_is_refused_until_it_i
     latest = store.latest_event_id()
     old = make_repartitioned(before)(store.tracker())
     assert run_once(old, store, latest) is None
+    assert old.wait_for(latest, timeout=WAIT)
     new = make_repartitioned(after)(store.tracker())
-    refused = run_once(new, store, latest)
+    refused = run_once(new, store, 1)  # (not refused, it would handle nothing: it stops at WAIT)
     assert isinstance(refused, (es.Error, ValueError)), refused
     assert "reset" in str(refused) and "repartitioned" in str(refused)
     assert new.log == [] and status(store, "repartitioned").position == latest
     new.reset()
-    assert run_once(new, store, latest) is None
+    assert run_once(new, store, latest) is None and new.wait_for(latest, timeout=WAIT)
     assert sorted(handled_ids(new.log)) == list(range(1, latest + 1))
     partitions = status(store, "repartitioned").partitions
     assert [e.partition for e in partitions] == (list(range(after)) if after > 1 else [])
