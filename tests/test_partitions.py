@@ -139,6 +139,14 @@ def status(store: es.EventStore, name: str = NAME) -> es.ProcessorStatus:
     return {s.name: s for s in es.processor_statuses(store)}[name]
 
 
+def failing_at(store: es.EventStore, event_id: int, name: str = NAME) -> bool:
+    """Whether ``name`` is listed as failing at ``event_id``, its other partitions caught up."""
+    found = {s.name: s for s in es.processor_statuses(store)}.get(name)
+    return (found is not None and found.failing_event_id == event_id
+            and found.position == event_id - 1
+            and sum(e.position < store.latest_event_id() for e in found.partitions) == 1)
+
+
 # --- instances: each a processor object of its own, run in a thread ------------------------------
 
 
@@ -214,14 +222,15 @@ def instances(store: es.EventStore) -> Iterator[Callable[..., Instances]]:
 
 
 def balanced(store: es.EventStore, handled_by: Callable[[], dict[int, str]], live: set[str],
-             since: float) -> dict[int, str]:
+             since: float, n: int = N) -> dict[int, str]:
     """Sink one probe per partition, again and again, until the probes show the ``live`` instances
-    owning all N partitions, at most ceil(N / k) each; fails when a round begun ``BALANCE``
+    owning all ``n`` partitions, at most ceil(n / k) each; fails when a round begun ``BALANCE``
     seconds after ``since`` (a join or leave) still shows otherwise. Returns partition -> owner."""
-    most = math.ceil(N / len(live))
+    most = math.ceil(n / len(live))
+    aggregates = PROBES if n == N else [aggregate_in(p, "probe", n) for p in range(n)]
     while True:
         began = time.monotonic()
-        probes = {p: add(store, PROBES[p], "probe") for p in range(N)}
+        probes = {p: add(store, aggregates[p], "probe") for p in range(n)}
         wanted = set(probes.values())
         assert wait_until(lambda: wanted <= set(handled_by()), WAIT, 0.02), (  # noqa: B023
             f"probes {probes} not all handled: some partition has no owner")
@@ -449,6 +458,34 @@ def test_instances_share_the_partitions_through_joins_and_leaves_each_item_once_
     now = status(store, "chain_projector")
     assert (now.position, now.lag, now.kind, now.running) == (latest, 0, "projector", False)
     assert [(e.partition, e.position) for e in now.partitions] == [(p, latest) for p in range(N)]
+
+
+def test_with_more_instances_than_partitions_one_waits_and_takes_over_when_an_owner_leaves(
+        store, instances) -> None:
+    class TwoPartitions(Recorder):
+        processor_name = "two_partitions"
+        partitions = 2
+
+    log: list[Handled] = []
+    group = instances(lambda own, label: TwoPartitions(own.tracker(), label, log))
+
+    def handled_by() -> dict[int, str]:
+        return {h.event_id: h.instance for h in log}
+
+    since = time.monotonic()
+    for label in "ABC":
+        group.start(label)
+    owners = balanced(store, handled_by, {"A", "B", "C"}, since, n=2)
+    assert len(set(owners.values())) == 2  # one each; the third waits
+    since = time.monotonic()
+    group.stop(owners[0])
+    owners = balanced(store, handled_by, group.live(), since, n=2)
+    assert set(owners.values()) == group.live()  # the one that waited has joined
+    latest = store.latest_event_id()
+    assert group.processors[owners[0]].wait_for(latest, timeout=WAIT)
+    group.close()
+    assert set(group.errors.values()) == {None}
+    assert sorted(handled_ids(log)) == list(range(1, latest + 1))
 
 
 def _chain_child(url: str, location: str, stop, parent: int) -> None:
@@ -724,8 +761,12 @@ def test_skip_event_by_the_base_name_moves_the_events_partition_past_it(store) -
     recorder = Recorder(store.tracker(), failing=("bad",))
     running = Background(recorder, store, es.ConstantRetry(0.01))
     try:
-        assert wait_until(lambda: recorder.attempts[stuck] >= 2)
-        with pytest.raises(ValueError):
+        assert wait_until(lambda: failing_at(store, stuck))
+        failing = status(store)
+        assert (failing.failing_event_id, failing.position) == (stuck, first)
+        assert "cannot handle bad" in (failing.last_error or "")
+        assert [e.state for e in failing.partitions] == ["failing"] + ["running"] * (N - 1)
+        with pytest.raises(ValueError, match="none of its partitions is at 0"):
             es.skip_event(store, NAME, first)  # its partition is past it already
         es.skip_event(store, NAME, stuck)
         assert recorder.wait_for(others[-1], timeout=WAIT)
@@ -733,7 +774,52 @@ def test_skip_event_by_the_base_name_moves_the_events_partition_past_it(store) -
         running.finish()
     assert running.error is None
     assert sorted(handled_ids(recorder.log)) == sorted([first, *others])
-    assert status(store).position == others[-1] and status(store).state == "stopped"
+    after = status(store)
+    assert (after.position, after.state, after.last_error) == (others[-1], "stopped", None)
+
+
+class ItemsProjector(es.Projector):
+    """A partitioned projector in a database of its own: the items it handled; fails on ``bad``."""
+
+    processor_name = "items_projector"
+    partitions = N
+    schema = "CREATE TABLE IF NOT EXISTS items (event_id BIGINT NOT NULL)"
+
+    @es.on(ItemAdded)
+    def _added(self, event: ItemAdded) -> None:
+        if event.title == "bad":
+            raise RuntimeError("bad item")
+        self.db.execute(f"INSERT INTO items VALUES ({self.placeholder})", (event.id,))
+
+
+def test_a_projector_in_its_own_database_is_skipped_and_parked_through_the_store(
+        store, tmp_path) -> None:
+    name = ItemsProjector.processor_name
+    a, c = AGGREGATES[0], AGGREGATES[2]  # partitions 0 and 2
+    first, stuck, later = add(store, a), add(store, a, "bad"), add(store, c)
+    projector = ItemsProjector(str(tmp_path / "items.db"))
+    running = Background(projector, store, es.ConstantRetry(0.01))
+    try:
+        assert wait_until(lambda: failing_at(store, stuck, name))
+        es.skip_event(store, name, stuck)
+        assert projector.wait_for(later, timeout=WAIT)
+    finally:
+        running.finish()
+    parking = Background(projector, store, es.ConstantRetry(0.01, park_after=2))
+    try:
+        bad, behind, other = add(store, c, "bad"), add(store, c), add(store, a)
+        assert projector.wait_for(other, timeout=WAIT)
+        assert [(p.event_id, p.behind) for p in es.parked_events(store, name)] == [
+            (bad, None), (behind, bad)]
+        assert status(store, name).parked == 2
+        es.drop_parked(store, name, bad)
+        assert wait_until(lambda: es.parked_events(store, name) == [])
+    finally:
+        parking.finish()
+        rows = sorted(r[0] for r in projector.db.execute("SELECT event_id FROM items"))
+        projector.close()
+    assert (running.error, parking.error) == (None, None)
+    assert rows == [first, later, behind, other]
 
 
 def test_an_aggregates_later_events_park_behind_its_parked_one_under_two_instances(
@@ -785,7 +871,7 @@ def test_an_aggregates_later_events_park_behind_its_parked_one_under_two_instanc
 
 
 def test_the_command_line_lists_each_partition_of_a_partitioned_processor(db_store) -> None:
-    from tests.test_cli import cli, json_lines
+    from tests.test_cli import assert_one_line_error, cli, json_lines
 
     for aggregate_id in AGGREGATES:
         add(db_store, aggregate_id)
@@ -814,6 +900,7 @@ def test_the_command_line_lists_each_partition_of_a_partitioned_processor(db_sto
         for p in range(N):
             assert (f"  partition {p}: position {latest}, lag 0, running, owner pid {pid} on "
                     f"host {host}") in lines
+        assert_one_line_error(cli(location, "reset", NAME, "--yes"), NAME, "running")
     finally:
         running.finish()
     assert running.error is None
@@ -826,3 +913,7 @@ def test_the_command_line_lists_each_partition_of_a_partitioned_processor(db_sto
     assert [line.split()[0] for line in lines if not line.startswith(" ")] == ["name", NAME]
     assert [line for line in lines if line.startswith("  partition")] == [
         f"  partition {p}: position {latest}, lag 1, stopped" for p in range(N)]
+    reset = cli(location, "reset", NAME, "--yes")
+    assert reset.returncode == 0, reset.stderr
+    after = status(db_store)
+    assert [(e.position, e.state) for e in after.partitions] == [(0, "stopped")] * N
