@@ -920,3 +920,4 @@ def test_the_command_line_lists_each_partition_of_a_partitioned_processor(db_sto
     assert reset.returncode == 0, reset.stderr
     after = status(db_store)
     assert [(e.position, e.state) for e in after.partitions] == [(0, "stopped")] * N
+
