@@ -487,6 +487,45 @@ def test_with_more_instances_than_partitions_one_waits_and_takes_over_when_an_ow
     assert sorted(handled_ids(log)) == list(range(1, latest + 1))
 
 
+def test_processors_named_like_a_partitioned_ones_instances_and_partitions_leave_it_alone(
+) -> None:
+    """Names are any text: ``partitioned_recorder@1`` is another processor, not an instance of
+    ``partitioned_recorder``, and ``partitioned_recorder#3`` is not one of its partitions (their
+    locks and tracker records are their own). Refusing such names when the class is made would
+    do too. (The store does not matter here: the memory store's.)"""
+    try:
+        class AtOne(Recorder):
+            processor_name = f"{NAME}@1"
+            partitions = 1
+
+        class HashThree(Recorder):
+            processor_name = f"{NAME}#3"
+            partitions = 1
+    except (TypeError, ValueError):
+        return  # refused
+    store = es.MemoryEventStore()
+    errors: list[str] = []
+    es.configure(on_event_processor_error=lambda exc, name: errors.append(f"{name}: {exc!r}"))
+    for aggregate_id in AGGREGATES:
+        add(store, aggregate_id)
+    latest = store.latest_event_id()
+    others = [Background(cls(store.tracker()), store) for cls in (AtOne, HashThree)]
+    try:
+        assert all(o.processor.wait_for(latest, timeout=WAIT) for o in others)
+        recorder = Recorder(store.tracker())
+        running = Background(recorder, store)
+        try:
+            assert wait_until(lambda: errors or recorder.last_processed_event_id >= latest)
+        finally:
+            running.finish()
+    finally:
+        for other in others:
+            other.finish()
+    assert errors == []
+    assert sorted(handled_ids(recorder.log)) == list(range(1, latest + 1)), (
+        [(e.partition, e.position, e.state) for e in status(store).partitions])
+
+
 def _chain_child(url: str, location: str, stop, parent: int) -> None:
     """A ChainProjector instance labelled ``child``, in a process of its own, until ``stop``."""
     store = es.open_store(url)
