@@ -98,9 +98,8 @@ __all__ = [
     # processing and the runner
     "EventStreamProcessor", "TableProcessor", "Projector", "Reactor", "partition_of",
     "ProcessorStatus", "PartitionStatus", "processor_statuses", "skip_event", "ParkedEvent",
-    "parked_events", "retry_parked",
-    "drop_parked", "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry",
-    "run_processor", "ESPRunner",
+    "parked_events", "retry_parked", "drop_parked", "ErrorHandler", "NoRetry", "ConstantRetry",
+    "ExponentialBackoffRetry", "run_processor", "ESPRunner",
     # asyncio
     "AsyncEventStore", "AsyncRepository",
     # testing helpers
@@ -1303,7 +1302,8 @@ class Tracker(abc.ABC):
 
     def start_fresh(self, names: Iterable[str], event_id: int) -> None:
         """Move each of ``names`` whose record is fresh (no position recorded since it was set up
-        or reset) to ``event_id``, in one transaction: where ``start_from = "end"`` starts."""
+        or reset) to ``event_id`` (where ``start_from = "end"`` starts), each only while it is
+        fresh: a DatabaseTracker checks and moves in one statement."""
         for name in names:
             if self.record(name).fresh:
                 self.processed_event(name, event_id)
@@ -1589,6 +1589,7 @@ class EventStreamProcessor:
     partitions: ClassVar[int] = 1
     _partition: int | None = None  # on a copy running one partition: which
     _turn: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()  # taken per batch
+    _pages: _SharedPages | None = None  # the pages the partitions of one instance read
     _kind: ClassVar[str] = "processor"
     _dispatch: ClassVar[dict[str, tuple[Callable[..., Any], ...]]] = {}
     _catch_all: ClassVar[tuple[Callable[..., Any], ...]] = ()
@@ -1687,6 +1688,13 @@ class EventStreamProcessor:
         finally:
             if done is not None:
                 self._commit(done.id)  # type: ignore[arg-type]
+
+    def _read(self, store: EventStore, from_id: int, types: tuple[str, ...] | None,
+              limit: int) -> list[Event]:
+        """A page of events to catch up on (shared by the partitions of one instance)."""
+        if self._pages is not None:
+            return self._pages.read(store, from_id, types, limit)
+        return store.get_next_from(from_id, types, limit=limit)
 
     def _handle(self, events: list[Event]) -> None:
         """``process_batch``, on its instance's turn (the partitions of one instance take turns)."""
@@ -1846,13 +1854,14 @@ class EventStreamProcessor:
             self._register(store)
         self._generation = self.tracker.acquire(self.processor_name, _instance_name(), self._kind)
 
-    def _partition_copy(self, partition: int,
-                        turn: contextlib.AbstractContextManager[Any]) -> EventStreamProcessor:
+    def _partition_copy(self, partition: int, turn: contextlib.AbstractContextManager[Any],
+                        pages: _SharedPages) -> EventStreamProcessor:
         """A copy of this processor (sharing its attributes' values) that runs one partition: its
-        own name (``name#partition``), run state and fencing, taking ``turn`` for each batch."""
+        own name (``name#partition``), run state and fencing, taking ``turn`` for each batch and
+        reading through ``pages``."""
         clone = copy.copy(self)
         vars(clone).update(processor_name=f"{self.processor_name}#{partition}",
-                           _partition=partition, _turn=turn, _current_event=None,
+                           _partition=partition, _turn=turn, _pages=pages, _current_event=None,
                            _generation=None, _horizon=0, _replaying=False, _stopper=None,
                            _parked_aggregates={}, _unparking=False, _retry_checked_at=0.0)
         return clone
@@ -2004,9 +2013,8 @@ class EventStreamProcessor:
         one_by_one = False
         while position < last_id and not stopper.is_set():
             try:
-                page = store.get_next_from(position + 1, types,
-                                           limit=1 if one_by_one
-                                               else min(batch_size(), last_id - position))
+                page = self._read(store, position + 1, types,
+                                  1 if one_by_one else min(batch_size(), last_id - position))
             except CorruptEventError as exc:
                 if exc.event_id != last_id + 1:
                     raise  # another damaged event, before it
@@ -2046,7 +2054,7 @@ class EventStreamProcessor:
             size = batch_size()
             while not stopper.is_set():
                 latest = store.latest_event_id()
-                events = store.get_next_from(position + 1, types, limit=size)
+                events = self._read(store, position + 1, types, size)
                 if events:
                     self._handle(events)
                     if stopper.is_set():  # it may have stopped inside the batch
@@ -2522,11 +2530,17 @@ def _state(record: TrackerRecord, running: bool) -> str:
     return "running" if running else "stopped"
 
 
-def _skip_target(store: EventStore, processor_name: str, event_id: int) -> TrackerRecord:
+def _skip_target(store: EventStore, processor_name: str,
+                 event_id: int) -> tuple[TrackerRecord, list[TrackerRecord]]:
     """The record of the processor a skip of ``event_id`` would move (read where its position
-    lives); ValueError when the skip would be refused (see ``skip_event``)."""
+    lives), and the records it moves: its own, or those of its partitions at ``event_id - 1``;
+    ValueError when the skip would be refused (see ``skip_event``)."""
     event_id = _skip_id(event_id)
     records = {r.name: r for r in store.tracker().records()}
+    base, mark, number = processor_name.rpartition("#")
+    if processor_name not in records and mark and number.isdigit() and base in records:
+        # one partition of a processor whose positions live in its own database
+        records[processor_name] = dataclasses.replace(records[base], name=processor_name)
     if processor_name not in records:
         raise ValueError(f"cannot skip event {event_id}: unknown processor {processor_name!r} "
                          f"(processors in this store: {', '.join(sorted(records)) or 'none'})")
@@ -2535,9 +2549,20 @@ def _skip_target(store: EventStore, processor_name: str, event_id: int) -> Track
         raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: it is not "
                          f"stored (the latest event is {latest}); nothing changed")
     record = _located_record(records[processor_name])
-    if not record.partitions:  # (a split one: checked per partition, as it skips)
+    if not record.partitions:
         _check_skip(record, event_id)
-    return record
+        return record, [record]
+    with _kept_at(store.tracker(), records[processor_name], read_only=True) as tracker:
+        parts = [dataclasses.replace(tracker.record(name), location=record.location)
+                 for name in _partition_names(processor_name, record.partitions)]
+    due = [part for part in parts if part.position == event_id - 1]
+    if not due:
+        positions = ", ".join(f"{part.name} at {part.position}" for part in parts)
+        raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: none "
+                         f"of its partitions is at {event_id - 1} ({positions}); only the next "
+                         "event of a partition can be skipped; nothing changed")
+    failing = [part for part in due if part.failing_event_id == event_id]
+    return (failing or due)[0], due
 
 
 def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
@@ -2567,22 +2592,11 @@ def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
     each partition whose position is ``event_id - 1`` (the one its aggregate
     belongs to does not handle it; the others would only pass it).
     """
-    record = _skip_target(store, processor_name, event_id)
+    record, moved = _skip_target(store, processor_name, event_id)
     with _kept_at(store.tracker(), record) as tracker:
-        names = _partition_names(processor_name, record.partitions or 1)
-        if len(names) > 1:
-            parts = [tracker.record(name) for name in names]
-            due = [part.name for part in parts if part.position == event_id - 1]
-            if not due:
-                positions = ", ".join(f"{part.name} at {part.position}" for part in parts)
-                raise ValueError(f"cannot skip event {event_id} of processor "
-                                 f"{processor_name!r}: none of its partitions is at "
-                                 f"{event_id - 1} ({positions}); only the next event of a "
-                                 "partition can be skipped; nothing changed")
-            names = due
-        for name in names:
+        for part in moved:
             with _NO_SAVEPOINT if record.location else store.transaction():
-                tracker.skip_event(name, event_id)
+                tracker.skip_event(part.name, event_id)
     config.logger.warning("[%s] skipped event %d: position %d -> %d; that event will not be "
                           "processed", processor_name, event_id, event_id - 1, event_id)
 
@@ -2847,6 +2861,7 @@ class _Partitions:
         self.name = processor.processor_name
         self.count = processor.partitions
         self.turn = threading.Lock()  # one batch at a time in this instance
+        self.pages = _SharedPages(2 * self.count)
         self.runs: dict[int, _PartitionRun] = {}
         self.owned: list[int] = []  # as last logged
 
@@ -2956,12 +2971,40 @@ class _Partitions:
                 raise run.error
 
 
+class _SharedPages:
+    """The full pages of events one partition of an instance read while catching up, kept for
+    its other partitions, which read the same pages (each handles its own events of them). Only a
+    full page is kept: it holds the same events whenever it is read (ids become visible in order),
+    where a shorter one may since have grown."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pages: dict[tuple[int, tuple[str, ...] | None, int], list[Event]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, store: EventStore, from_id: int, types: tuple[str, ...] | None,
+             limit: int) -> list[Event]:
+        """``store.get_next_from(from_id, types, limit=limit)``, read once for the partitions."""
+        key = (from_id, types, limit)
+        with self._lock:
+            page = self._pages.get(key)
+        if page is None:
+            page = store.get_next_from(from_id, types, limit=limit)
+            if len(page) == limit:
+                with self._lock:
+                    self._pages[key] = page
+                    while len(self._pages) > self._size:
+                        del self._pages[next(iter(self._pages))]  # the oldest
+        return page
+
+
 class _PartitionRun:
     """One partition run by a copy of the processor on a thread of its own, until ``stop`` (or
     until it finds the partition taken, or loses it)."""
 
     def __init__(self, partitions: _Partitions, partition: int) -> None:
-        self.processor = partitions.processor._partition_copy(partition, partitions.turn)
+        self.processor = partitions.processor._partition_copy(partition, partitions.turn,
+                                                              partitions.pages)
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self._partitions = partitions
@@ -7450,7 +7493,7 @@ def _cli_skip(store: EventStore, args: argparse.Namespace) -> int:
     name, event_id = args.name, args.event_id
     shown = _cli_safe(name)
     try:  # refused before asking, when it would be refused after
-        record = _skip_target(store, name, event_id)
+        record, _ = _skip_target(store, name, event_id)
     except ValueError as exc:
         raise _CLIError(_cli_safe(str(exc))) from exc
     try:
