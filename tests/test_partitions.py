@@ -840,7 +840,7 @@ def test_a_projector_in_its_own_database_is_skipped_and_parked_through_the_store
     running = Background(projector, store, es.ConstantRetry(0.01))
     try:
         assert wait_until(lambda: failing_at(store, stuck, name))
-        es.skip_event(store, name, stuck)
+        es.skip_event(store, f"{name}#{es.partition_of(a, N)}", stuck)  # or by a partition's name
         assert projector.wait_for(later, timeout=WAIT)
     finally:
         running.finish()
