@@ -123,7 +123,7 @@ __backend__ = [
     "EventRow", "EVENT_COLUMNS", "Snapshot", "SNAPSHOT_COLUMNS", "encode_events", "stored_copies",
     "decode_rows", "type_names", "check_position", "check_limit", "check_text",
     "check_aggregate_id", "version_range", "batch_size", "check_pool_arguments", "MAX_POSITION",
-    "MAX_BODY_DEPTH", "EventTypes", "StopSignal", "Stopper", "Converter",
+    "MAX_BODY_DEPTH", "EventTypes", "StopSignal", "Stopper", "Converter", "LockHeld",
     # SQL databases and the store base they share
     "Database", "SQLiteDatabase", "DatabaseTracker", "SQLEventStore", "GroupCommit",
     "TRACKER_TABLE", "tracker_table_ddl", "SQLITE_SCHEMA_VERSION",
@@ -1005,6 +1005,10 @@ StopSignal = Union[threading.Event, Callable[[], bool], None]
 EventTypes = Union[Iterable[Union[str, type[Event]]], str, type[Event], None]
 
 
+#: What ``EventStore.lock`` gives: whether the lock is still held (cheap: asked at every commit).
+LockHeld = Callable[[], bool]
+
+
 class EventStore(abc.ABC):
     """The contract every event store keeps (see each method).
 
@@ -1110,11 +1114,14 @@ class EventStore(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+    def lock(self, name: str) -> contextlib.AbstractContextManager[LockHeld | None]:
         """Hold the single-instance lock of processor ``name`` on this store, or raise
         UnableToLockProcessorError.
 
         The lock is released when the context exits or its holder dies, even by ``kill -9``.
+        The context gives a function that says whether the lock is still held (False once it
+        was lost behind the holder's back: its session ended, its file was removed), or None
+        where the store cannot tell.
         """
 
     @abc.abstractmethod
@@ -1407,6 +1414,10 @@ def _partition_names(name: str, partitions: int) -> list[str]:
     return [name] if partitions == 1 else [f"{name}#{p}" for p in range(partitions)]
 
 
+class _LockLost(ProcessorFencedError):
+    """The instance lost the store's lock of its name, and no other has taken the name yet."""
+
+
 def _fenced(name: str, generation: int | None) -> ProcessorFencedError:
     return ProcessorFencedError(f"processor {name!r}: another instance has taken over (this "
                                 f"instance's generation {generation} is no longer current); its "
@@ -1588,7 +1599,7 @@ class EventStreamProcessor:
     #: How many partitions the work is split into, by aggregate (see the class docstring).
     partitions: ClassVar[int] = 1
     _partition: int | None = None  # on a copy running one partition: which
-    _turn: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()  # taken per batch
+    _turn: threading.Lock | None = None  # on a copy: its instance's, taken for each batch
     _pages: _SharedPages | None = None  # the pages the partitions of one instance read
     _kind: ClassVar[str] = "processor"
     _dispatch: ClassVar[dict[str, tuple[Callable[..., Any], ...]]] = {}
@@ -1625,6 +1636,7 @@ class EventStreamProcessor:
         self.tracker: Tracker = tracker if tracker is not None else MemoryTracker()
         self._current_event: Event | None = None
         self._generation: int | None = None  # this instance's ownership of its name, while it runs
+        self._lock_held: LockHeld | None = None  # while it runs: whether it holds the store's lock
         self._horizon = 0  # the replay horizon, read when it starts and after reset()
         self._replaying = False
         self._stopper: Stopper | None = None  # while it runs: a long batch may stop between events
@@ -1671,10 +1683,23 @@ class EventStreamProcessor:
             self._current_event = None
             self._replaying = False
 
+    def _check_lock(self) -> None:
+        """Raise ProcessorFencedError when this instance no longer holds the store's lock of its
+        name (its lock session ended, its lock file was removed), so that it writes nothing more
+        as its owner: _LockLost while no other instance has taken the name meanwhile (it may
+        take it again), else the generation's fencing error."""
+        if self._lock_held is not None and not self._lock_held():
+            self.tracker.check_owner(self.processor_name, self._generation)
+            raise _LockLost(
+                f"processor {self.processor_name!r}: this instance lost the store's lock of its "
+                "name (its lock session ended, or its lock file was removed); its last writes "
+                "were rolled back")
+
     def _commit(self, event_id: int) -> None:
-        """Record the position, fenced by this instance's generation (inside the caller's
-        transaction); while a parked event is retried, unpark it instead (the position is past
-        it already)."""
+        """Record the position, fenced by this instance's lock and generation (inside the
+        caller's transaction); while a parked event is retried, unpark it instead (the position is
+        past it already)."""
+        self._check_lock()
         if self._unparking:
             self.tracker.unpark(self.processor_name, event_id, self._generation)
             return
@@ -1700,10 +1725,21 @@ class EventStreamProcessor:
             return self._pages.read(store, from_id, types, limit)
         return store.get_next_from(from_id, types, limit=limit)
 
-    def _handle(self, events: list[Event]) -> None:
-        """``process_batch``, on its instance's turn (the partitions of one instance take turns)."""
-        with self._turn:
+    def _handle(self, events: list[Event]) -> bool:
+        """``process_batch``, on its instance's turn (the partitions of one instance take turns);
+        False, with nothing done, when told to stop while it waits for its turn."""
+        turn = self._turn
+        if turn is None:
             self.process_batch(events)
+            return True
+        while not turn.acquire(timeout=0.05):
+            if self._stopper is not None and self._stopper.is_set():
+                return False
+        try:
+            self.process_batch(events)
+        finally:
+            turn.release()
+        return True
 
     def _advance(self, event_id: int) -> None:
         """Move the position to ``event_id`` over events this processor does not handle."""
@@ -1809,7 +1845,8 @@ class EventStreamProcessor:
             while True:
                 try:
                     if self._generation is None:
-                        held.enter_context(store.lock(name))  # one instance per name and store
+                        # one instance per name and store
+                        self._lock_held = held.enter_context(store.lock(name))
                         held.callback(self._release)
                         self._take(store, stopper)
                         standby_logged = False
@@ -1817,6 +1854,11 @@ class EventStreamProcessor:
                         self.tracker.check_owner(name, self._generation)
                     self._follow(store, stopper, stuck_at)
                     return
+                except _LockLost as exc:
+                    if handler is None:
+                        raise
+                    log.warning("[%s] %s; taking the name again", name, exc)
+                    held.close()  # gives up its generation: it takes the name anew, or waits
                 except ProcessorFencedError as exc:
                     if handler is not None:
                         log.error("[%s] %s; stopping", name, exc)
@@ -1858,7 +1900,7 @@ class EventStreamProcessor:
             self._register(store)
         self._generation = self.tracker.acquire(self.processor_name, _instance_name(), self._kind)
 
-    def _partition_copy(self, partition: int, turn: contextlib.AbstractContextManager[Any],
+    def _partition_copy(self, partition: int, turn: threading.Lock,
                         pages: _SharedPages) -> EventStreamProcessor:
         """A copy of this processor (sharing its attributes' values) that runs one partition: its
         own name (``name#partition``), run state and fencing, taking ``turn`` for each batch and
@@ -1866,7 +1908,8 @@ class EventStreamProcessor:
         clone = copy.copy(self)
         vars(clone).update(processor_name=f"{self.processor_name}#{partition}",
                            _partition=partition, _turn=turn, _pages=pages, _current_event=None,
-                           _generation=None, _horizon=0, _replaying=False, _stopper=None,
+                           _generation=None, _lock_held=None, _horizon=0, _replaying=False,
+                           _stopper=None,
                            _parked_aggregates={}, _unparking=False, _retry_checked_at=0.0)
         return clone
 
@@ -1881,6 +1924,7 @@ class EventStreamProcessor:
     def _release(self) -> None:
         """Give the name up (the store's lock is released next): it is stopped."""
         generation, self._generation = self._generation, None
+        self._lock_held = None
         self._stopper = None  # (a stop callable need not pickle: the processor must, once stopped)
         if generation is None:
             return  # it never took it
@@ -1969,7 +2013,8 @@ class EventStreamProcessor:
         self._unparking = True
         try:
             if found and found[0].id == event_id:
-                self._handle(found)
+                if not self._handle(found):
+                    return False  # (told to stop: it stays parked, asked to retry)
             else:  # gone from the store (erased): nothing to handle
                 self.tracker.unpark(self.processor_name, event_id, self._generation)
         except EventProcessingError as exc:
@@ -2313,7 +2358,9 @@ class Reactor(TableProcessor):
         past the events it does not handle with the next commit. Stops between events once told to.
         A failing event's writes and emissions roll back alone, after the events before it commit.
         """
-        self.tracker.check_owner(self.processor_name, self._generation)  # before any outside effect
+        # before any outside effect
+        self._check_lock()
+        self.tracker.check_owner(self.processor_name, self._generation)
         i = 0
         while i < len(events):
             if i and self._stopper is not None and self._stopper.is_set():
@@ -2945,6 +2992,9 @@ class _Partitions:
         share = -(-self.count // live)
         start = slot * share
         preferred = sorted(range(self.count), key=lambda p: (p - start) % self.count)
+        for run in self.runs.values():
+            if run.lost():
+                run.stop.set()  # it writes nothing more, and lets the partition go
         running = [p for p in preferred if p in self.runs and not self.runs[p].stop.is_set()]
         for partition in running[share:]:
             self.runs[partition].stop.set()  # it stops between batches, and lets go
@@ -3015,6 +3065,11 @@ class _PartitionRun:
         self.thread = threading.Thread(target=self._main, daemon=True,
                                        name=f"eventsourcery {self.processor.processor_name}")
         self.thread.start()
+
+    def lost(self) -> bool:
+        """Whether it took the partition's lock and has lost it since."""
+        held = self.processor._lock_held
+        return held is not None and not held()
 
     def _main(self) -> None:
         partitions = self._partitions
@@ -5923,14 +5978,14 @@ class _ProcessLocks:
         self.__init__()  # type: ignore[misc]
 
     @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str) -> Iterator[LockHeld]:
         with self._mutex:
             if name in self._held:
                 raise UnableToLockProcessorError(
                     f"processor {name!r} is already running in this process")
             self._held.add(name)
         try:
-            yield
+            yield lambda: True  # (nothing can take it away)
         finally:
             with self._mutex:
                 self._held.discard(name)
@@ -6125,7 +6180,7 @@ class MemoryEventStore(EventStore):
     def tracker(self) -> Tracker:
         return self._tracker
 
-    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+    def lock(self, name: str) -> contextlib.AbstractContextManager[LockHeld]:
         return self._locks.lock(name)
 
     def is_running(self, name: str) -> bool:
@@ -6765,7 +6820,7 @@ class _FileLocks:
         return fd
 
     @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str) -> Iterator[LockHeld]:
         fd = self._try(name)
         deadline = time.monotonic() + 0.25
         while fd is None and time.monotonic() < deadline:
@@ -6774,10 +6829,19 @@ class _FileLocks:
         if fd is None:
             raise UnableToLockProcessorError(f"processor {name!r} is already running against this "
                                              f"store (lock file {self._path(name)})")
+        path = self._path(name)
+
+        def held() -> bool:  # the file locked is still the one at that path
+            try:
+                here, ours = os.stat(path), os.fstat(fd)
+            except OSError:
+                return False
+            return (here.st_ino, here.st_dev) == (ours.st_ino, ours.st_dev)
+
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-            yield
+            yield held
         finally:
             os.close(fd)
 
@@ -6839,7 +6903,7 @@ class SQLiteEventStore(SQLEventStore[SQLiteDatabase]):
     def shared_between_processes(self) -> bool:  # type: ignore[override]
         return _is_file_path(self.path)  # (":memory:" and a "file:" URI are this process's)
 
-    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+    def lock(self, name: str) -> contextlib.AbstractContextManager[LockHeld]:
         return self._locks.lock(name)
 
     def is_running(self, name: str) -> bool:

@@ -688,10 +688,26 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
         return _advisory_key("processor", self.schema, name)
 
     @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str) -> Iterator[es.LockHeld]:
         key = self._lock_key(name)
         conn = _connect(self.conninfo, application_name=f"eventsourcery processor {name}",
                         keepalives=True)
+
+        def held() -> bool:
+            """The lock's session is still there: its idle connection has nothing to read (a
+            server that ends a session says so first), or answers."""
+            try:
+                readable, _, _ = select.select([conn.fileno()], [], [], 0)
+            except (OSError, ValueError, psycopg.Error):  # closed
+                return False
+            if not readable:
+                return True
+            try:  # a notice or a parameter's new value, perhaps: ask
+                conn.execute("SELECT 1")
+            except psycopg.Error:
+                return False
+            return True
+
         try:
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
             if row != (True,):
@@ -699,7 +715,7 @@ class PostgresEventStore(es.SQLEventStore["_StoreDatabase"]):
                     f"processor {name!r} is already running against "
                     f"{describe_conninfo(self.conninfo)} (schema {self.schema!r})")
             try:
-                yield
+                yield held
             finally:
                 with contextlib.suppress(psycopg.Error):
                     # released now, not when the session ends
