@@ -232,7 +232,7 @@ PARTITIONS = 6
 class PartitionedRecorder(Instrumented, es.Projector):
     """A partitioned projector (SQLite or Postgres): one row per committed handling of a Tick or
     Slow event, in commit order (``seq``), with who handled it (``pid/label``) and a token of that
-    handling. A Slow event first appends its token to ``<workdir>/<name>.slow.jsonl``, then
+    handling. A Slow event first appends its token to ``<workdir>/slow.jsonl``, then
     sleeps. ``name`` overrides the processor name (a Postgres lock session is found by it)."""
 
     processor_name = "pf_recorder"
@@ -262,7 +262,7 @@ class PartitionedRecorder(Instrumented, es.Projector):
     def _record(self, event):
         token = uuid.uuid4().hex
         if isinstance(event, Slow):
-            append_json_line(os.path.join(self.workdir, f"{self.processor_name}.slow.jsonl"),
+            append_json_line(os.path.join(self.workdir, "slow.jsonl"),
                              {"event_id": event.id, "token": token, "who": self._who(),
                               "at": time.time()})
             time.sleep(event.seconds)
@@ -273,6 +273,28 @@ class PartitionedRecorder(Instrumented, es.Projector):
 
     def _who(self) -> str:
         return f"{os.getpid()}/{self.label}"
+
+
+def run_recorder(store_url: str, projection: str, workdir: str, name: str, label: str,
+                 parent_pid: int) -> None:
+    """A process running one instance of PartitionedRecorder (``name``, ``label``) with
+    run_processor until ``<workdir>/stop`` exists or its parent is gone; it logs to
+    ``<workdir>/<label>.log``, and an error it raises goes to ``<workdir>/<label>.error``."""
+    try:
+        handler = logging.FileHandler(os.path.join(workdir, f"{label}.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(message)s"))
+        logger = logging.getLogger("eventsourcery")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        store = es.open_store(store_url)
+        recorder = PartitionedRecorder(projection, workdir=workdir, name=name, label=label)
+        stop_path = os.path.join(workdir, "stop")
+        es.run_processor(recorder, store, error_handler=es.ConstantRetry(0.02),
+                         stop=lambda: os.path.exists(stop_path) or os.getppid() != parent_pid)
+        store.close()
+    except BaseException:
+        write_atomically(os.path.join(workdir, f"{label}.error"), traceback.format_exc())
+        raise
 
 
 def recorded_rows(db: str) -> list[tuple[int, int, str, str, str]]:
