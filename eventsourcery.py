@@ -1598,6 +1598,10 @@ class EventStreamProcessor:
         super().__init_subclass__(**kwargs)
         if "processor_name" not in cls.__dict__:
             cls.processor_name = _snake_case(cls.__name__)
+        if not isinstance(cls.processor_name, str) or set(cls.processor_name) & {"#", "@"}:
+            raise ValueError(f"{cls.__qualname__}.processor_name must be a str without '#' or "
+                             f"'@' (they name the partitions and instances of a processor: "
+                             f"name#3, name@1), not {cls.processor_name!r}")
         if cls.start_from not in ("beginning", "end"):
             raise ValueError(f"{cls.__qualname__}.start_from must be 'beginning' or 'end', not "
                              f"{cls.start_from!r}")
