@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 import traceback
+import uuid
 
 import eventsourcery as es
 
@@ -222,12 +223,129 @@ class LockHolder(Instrumented, es.EventStreamProcessor):
         pass
 
 
+# --- partitioned processors (tests/test_partitions_faults.py) -------------------------------------
+
+#: how many partitions the partitioned processors below have
+PARTITIONS = 6
+
+
+class PartitionedRecorder(Instrumented, es.Projector):
+    """A partitioned projector (SQLite or Postgres): one row per committed handling of a Tick or
+    Slow event, in commit order (``seq``), with who handled it (``pid/label``) and a token of that
+    handling. A Slow event first appends its token to ``<workdir>/slow.jsonl``, then
+    sleeps. ``name`` overrides the processor name (a Postgres lock session is found by it)."""
+
+    processor_name = "pf_recorder"
+    partitions = PARTITIONS
+    schema = """CREATE TABLE IF NOT EXISTS pf_handled (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id INTEGER NOT NULL,
+                    aggregate_id TEXT NOT NULL, who TEXT NOT NULL, token TEXT NOT NULL)"""
+    pg_schema = """CREATE TABLE IF NOT EXISTS pf_handled (
+                       seq BIGSERIAL PRIMARY KEY, event_id BIGINT NOT NULL,
+                       aggregate_id TEXT NOT NULL, who TEXT NOT NULL, token TEXT NOT NULL)"""
+
+    def __init__(self, db, *, workdir=None, error_handler_name=None, name=None, label=""):
+        if name is not None:
+            self.processor_name = name  # type: ignore[misc]
+        super().__init__(db)
+        if self.placeholder == "%s":
+            self.schema = self.pg_schema  # type: ignore[misc]
+        self.workdir = workdir
+        self.error_handler_name = error_handler_name
+        self.label = label
+
+    def setup(self):
+        super().setup()
+        self._announce()
+
+    @es.on(Tick, Slow)
+    def _record(self, event):
+        token = uuid.uuid4().hex
+        if isinstance(event, Slow):
+            append_json_line(os.path.join(self.workdir, "slow.jsonl"),
+                             {"event_id": event.id, "token": token, "who": self._who(),
+                              "at": time.time()})
+            time.sleep(event.seconds)
+        p = self.placeholder
+        self.db.execute(f"INSERT INTO pf_handled (event_id, aggregate_id, who, token) "
+                        f"VALUES ({p}, {p}, {p}, {p})",
+                        (event.id, event.aggregate_id, self._who(), token))
+
+    def _who(self) -> str:
+        return f"{os.getpid()}/{self.label}"
+
+
+def run_recorder(store_url: str, projection: str, workdir: str, name: str, label: str,
+                 parent_pid: int) -> None:
+    """A process running one instance of PartitionedRecorder (``name``, ``label``) with
+    run_processor until ``<workdir>/stop`` exists or its parent is gone; it logs to
+    ``<workdir>/<label>.log``, and an error it raises goes to ``<workdir>/<label>.error``."""
+    try:
+        handler = logging.FileHandler(os.path.join(workdir, f"{label}.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(message)s"))
+        logger = logging.getLogger("eventsourcery")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        store = es.open_store(store_url)
+        recorder = PartitionedRecorder(projection, workdir=workdir, name=name, label=label)
+        stop_path = os.path.join(workdir, "stop")
+        es.run_processor(recorder, store, error_handler=es.ConstantRetry(0.02),
+                         stop=lambda: os.path.exists(stop_path) or os.getppid() != parent_pid)
+        store.close()
+    except BaseException:
+        write_atomically(os.path.join(workdir, f"{label}.error"), traceback.format_exc())
+        raise
+
+
+def recorded_rows(db: str) -> list[tuple[int, int, str, str, str]]:
+    """PartitionedRecorder's committed rows (seq, event_id, aggregate_id, who, token), in commit
+    order."""
+    import sqlite3
+
+    sql = "SELECT seq, event_id, aggregate_id, who, token FROM {s}pf_handled ORDER BY seq"
+    if db.startswith("postgresql://"):
+        from tests import pg_support
+        return [tuple(r) for r in pg_support._query(db, sql.replace("{s}", "{s}."))]
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return [tuple(r) for r in conn.execute(sql.format(s=""))]
+    finally:
+        conn.close()
+
+
+class PartitionedPonger(Instrumented, es.Reactor):
+    """A partitioned reactor (its positions in the event store): answers every Ping with one Pong
+    whose metadata names the pid that handled it. A Ping with ``n < 0`` is poison: its handler
+    fails until ``<workdir>/healed`` exists."""
+
+    processor_name = "pf_ponger"
+    partitions = PARTITIONS
+    emits_events = (Pong,)
+
+    def __init__(self, store, *, workdir=None, error_handler_name=None):
+        super().__init__(store)
+        self.workdir = workdir
+        self.error_handler_name = error_handler_name
+
+    def setup(self):
+        super().setup()
+        self._announce()
+
+    @es.on(Ping)
+    def _ping(self, event):
+        if event.n < 0 and not os.path.exists(os.path.join(self.workdir or ".", "healed")):
+            raise RuntimeError(f"poison event {event.id}")
+        self.emit_event(Pong(aggregate_id=f"pong-{event.aggregate_id}", ping_id=event.id,
+                             metadata={"pid": os.getpid()}))
+
+
 # --- child configuration (ESPRunner after_fork) ---------------------------------------------------
 
 ERROR_HANDLERS = {
     None: None,
     "none": es.NoRetry,
     "constant": lambda: es.ConstantRetry(0.05),
+    "parking": lambda: es.ConstantRetry(interval=0.01, park_after=2),
 }
 
 
@@ -271,19 +389,21 @@ def configure_child(processor) -> None:
 
 
 def append_events(store_path: str, kind: str, total: int, n_aggregates: int, seed: int,
-                  done_path: str, pause: float = 0.0) -> None:
-    """Append ``total`` events in batches of random sizes to random aggregates; then write
-    ``done_path``."""
+                  done_path: str, pause: float = 0.0, max_batch: int = 100) -> None:
+    """Append ``total`` events in batches of random sizes (up to ``max_batch``) to random
+    aggregates; then write ``done_path``. ``kind``: one of EVENT_KINDS, or several joined by ``+``
+    (each batch is of one of them, at random)."""
     try:
-        cls = EVENT_KINDS[kind]
+        classes = [EVENT_KINDS[k] for k in kind.split("+")]
         rng = random.Random(seed)
         store = (es.open_store(store_path) if store_path.startswith("postgresql://")
                  else es.SQLiteEventStore(store_path, synchronous="NORMAL"))
         aggregates = [f"{kind}-agg-{i}" for i in range(n_aggregates)]
         written = 0
         while written < total:
-            size = min(rng.randint(1, 100), total - written)
+            size = min(rng.randint(1, max_batch), total - written)
             aggregate_id = rng.choice(aggregates)
+            cls = rng.choice(classes) if len(classes) > 1 else classes[0]
             store.sink([cls(aggregate_id=aggregate_id, n=written + i) for i in range(size)])
             written += size
             if pause:
@@ -336,6 +456,12 @@ def build_processor(spec: dict, store):
     if kind == "ping_reactor":
         return PingReactor(store, workdir=spec["workdir"],
                            error_handler_name=spec.get("error_handler"))
+    if kind == "partitioned_recorder":
+        return PartitionedRecorder(spec["db"], workdir=spec["workdir"],
+                                   error_handler_name=spec.get("error_handler"))
+    if kind == "partitioned_ponger":
+        return PartitionedPonger(store, workdir=spec["workdir"],
+                                 error_handler_name=spec.get("error_handler"))
     raise ValueError(kind)
 
 
@@ -364,6 +490,8 @@ def runner_main(spec_path: str) -> None:
                        max_restart_delay=spec.get("max_restart_delay", 0.2))
     elif "restart" in spec:
         options.update(restart=False)
+    if "instances" in spec:
+        options.update(instances=spec["instances"])
     runner = es.ESPRunner(processors, store,
                           max_seconds_for_processes_to_terminate=spec["max_seconds"],
                           after_fork=configure_child,
