@@ -44,6 +44,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import datetime as _dt
 import decimal
@@ -70,6 +71,7 @@ import typing
 import urllib.parse
 import uuid as _uuid
 import weakref
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar, Union
 
@@ -93,8 +95,9 @@ __all__ = [
     "EventStore", "MemoryEventStore", "SQLiteEventStore", "open_store",
     "Tracker", "TrackerRecord", "MemoryTracker", "SQLiteTracker",
     # processing and the runner
-    "EventStreamProcessor", "TableProcessor", "Projector", "Reactor", "ProcessorStatus",
-    "processor_statuses", "skip_event", "ParkedEvent", "parked_events", "retry_parked",
+    "EventStreamProcessor", "TableProcessor", "Projector", "Reactor", "partition_of",
+    "ProcessorStatus", "PartitionStatus", "processor_statuses", "skip_event", "ParkedEvent",
+    "parked_events", "retry_parked",
     "drop_parked", "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry",
     "run_processor", "ESPRunner",
     # asyncio
@@ -1222,6 +1225,8 @@ class TrackerRecord:
     in another database (the URL or path of that database). ``tables``: the
     tables of a processor with a ``schema`` (in the database this record
     lives in), which its ``reset()`` drops; None when it has not said.
+    ``partitions``: how many partitions a processor's work is split into (its
+    partitions' records are named ``name#0``, ``name#1``, ...); None for one.
     """
 
     name: str
@@ -1238,6 +1243,7 @@ class TrackerRecord:
     kind: str | None = None
     location: str | None = None
     tables: tuple[str, ...] | None = None
+    partitions: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1293,6 +1299,26 @@ class Tracker(abc.ABC):
         """Everything kept about every tracked name, by name."""
         return [TrackerRecord(name, position)
                 for name, position in sorted(self.positions().items())]
+
+    def start_fresh(self, names: Iterable[str], event_id: int) -> None:
+        """Move each of ``names`` whose record is fresh (no position recorded since it was set up
+        or reset) to ``event_id``, in one transaction: where ``start_from = "end"`` starts."""
+        for name in names:
+            if self.record(name).fresh:
+                self.processed_event(name, event_id)
+
+    def set_partitions(self, name: str, partitions: int) -> None:
+        """Record that the work of ``name`` is split into ``partitions`` (1: not split), each with a
+        record of its own; an Error, changing nothing, when it has positions under another count.
+        This tracker keeps no partitions: only 1."""
+        if partitions != 1:
+            raise Error(f"processor {name!r} has partitions = {partitions}, which its tracker "
+                        f"({type(self).__name__}) cannot keep; use a DatabaseTracker")
+
+    def partition_names(self, name: str) -> list[str]:
+        """The names of the records that hold the positions of ``name``: its partitions', or
+        ``name`` itself when its work is not split."""
+        return _partition_names(name, self.record(name).partitions or 1)
 
     def record(self, name: str) -> TrackerRecord:
         """Everything kept about ``name`` (a fresh record when it is not tracked)."""
@@ -1375,6 +1401,11 @@ class Tracker(abc.ABC):
         raise ValueError(f"processor {name!r} has no parked event {event_id}")
 
 
+def _partition_names(name: str, partitions: int) -> list[str]:
+    """The tracker names of the partitions of processor ``name`` (``name`` itself for 1)."""
+    return [name] if partitions == 1 else [f"{name}#{p}" for p in range(partitions)]
+
+
 def _fenced(name: str, generation: int | None) -> ProcessorFencedError:
     return ProcessorFencedError(f"processor {name!r}: another instance has taken over (this "
                                 f"instance's generation {generation} is no longer current); its "
@@ -1409,6 +1440,34 @@ def _check_skip(record: TrackerRecord, event_id: int) -> None:
 # batches and keep their position in a tracker; error handlers decide what
 # happens when a handler fails.
 # ---------------------------------------------------------------------------
+
+def partition_of(aggregate_id: str | _uuid.UUID, partitions: int) -> int:
+    """The partition (0 to ``partitions - 1``) the events of ``aggregate_id`` belong to, in a
+    processor whose work is split into ``partitions``: ``zlib.crc32`` of the id's UTF-8 bytes,
+    modulo ``partitions`` (the same in every process and on every host)."""
+    _check_partitions("partitions", partitions)
+    if isinstance(aggregate_id, _uuid.UUID):
+        aggregate_id = str(aggregate_id)
+    if not isinstance(aggregate_id, str):
+        raise TypeError(f"aggregate_id must be a str or UUID, not {type(aggregate_id).__name__} "
+                        f"({aggregate_id!r})")
+    return zlib.crc32(check_text("aggregate_id", aggregate_id).encode("utf-8")) % partitions
+
+
+def _partition(event: Event, partitions: int) -> int:
+    """``partition_of`` for a stored event (its aggregate id checked when it was stored)."""
+    return zlib.crc32(event.aggregate_id.encode("utf-8")) % partitions
+
+
+def _check_partitions(what: str, partitions: object) -> int:
+    """A partition count checked: TypeError unless an int, ValueError below 1."""
+    if isinstance(partitions, bool) or not isinstance(partitions, int):
+        raise TypeError(f"{what} must be an int, not {type(partitions).__name__} "
+                        f"({partitions!r})")
+    if partitions < 1:
+        raise ValueError(f"{what} must be at least 1, not {partitions}")
+    return partitions
+
 
 def _failing_event_id(error: BaseException) -> int | None:
     """The id of the event a processor is stuck at after ``error``: the one whose handler failed, or
@@ -1480,7 +1539,9 @@ class _Wait:
         """Warn, once a wait, when the tracker records no instance that runs the processor."""
         self.check_owner_at = time.monotonic() + 1.0
         name = self.processor.processor_name
-        why = _not_running(self.processor.tracker, name)
+        tracker = self.processor.tracker
+        reasons = [_not_running(tracker, each) for each in self.processor._tracked_names()]
+        why = None if None in reasons else reasons[0]
         if why is not None:
             self.check_owner_at = None
             config.logger.warning("[%s] wait_for(%d): %s, so the wait will run out unless an "
@@ -1506,11 +1567,27 @@ class EventStreamProcessor:
     A processor stops at an event whose handler fails, or at a damaged event
     its reader cannot decode (CorruptEventError), with every event before it
     processed; ``es.skip_event`` moves it past that one event deliberately.
+
+    ``partitions = N`` (default 1) splits the work by aggregate: an event
+    belongs to partition ``es.partition_of(event.aggregate_id, N)``; each
+    partition has a position of its own and is owned by one instance at a time
+    (the store's lock of ``name#p``, fenced by its own generation). The
+    instances that run the processor (in threads, processes or on other hosts)
+    share the partitions: each takes at most ``ceil(N / k)`` of them once ``k``
+    are live, and gives up the ones over that between batches. An instance
+    handles its partitions on a thread each, one batch at a time (its handlers
+    never run concurrently), on copies of the processor that share its
+    attributes' values; in a handler ``self.processor_name`` is the
+    partition's, ``name#p``.
     """
 
     processor_name: ClassVar[str] = "event_stream_processor"
     processes_event_types: ClassVar[tuple[str, ...] | None] = None
     start_from: ClassVar[str] = "beginning"
+    #: How many partitions the work is split into, by aggregate (see the class docstring).
+    partitions: ClassVar[int] = 1
+    _partition: int | None = None  # on a copy running one partition: which
+    _turn: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()  # taken per batch
     _kind: ClassVar[str] = "processor"
     _dispatch: ClassVar[dict[str, tuple[Callable[..., Any], ...]]] = {}
     _catch_all: ClassVar[tuple[Callable[..., Any], ...]] = ()
@@ -1522,6 +1599,7 @@ class EventStreamProcessor:
         if cls.start_from not in ("beginning", "end"):
             raise ValueError(f"{cls.__qualname__}.start_from must be 'beginning' or 'end', not "
                              f"{cls.start_from!r}")
+        _check_partitions(f"{cls.__qualname__}.partitions", cls.partitions)
         dispatch: dict[str, list[Callable[..., Any]]] = {}
         catch_all: list[Callable[..., Any]] = []
         for names, fn in _collect_handlers(cls):
@@ -1559,13 +1637,15 @@ class EventStreamProcessor:
         return self._replaying
 
     def _handles(self, event: Event) -> bool:
-        return bool(self._dispatch.get(event.type, self._catch_all))
+        return bool(self._dispatch.get(event.type, self._catch_all)) and (
+            self._partition is None or _partition(event, self.partitions) == self._partition)
 
     def process(self, event: Event) -> None:
         """Run this processor's handlers for one event; a handler's error is raised as
         EventProcessingError."""
         handlers = self._dispatch.get(event.type, self._catch_all)
-        if not handlers:
+        if not handlers or (self._partition is not None
+                            and _partition(event, self.partitions) != self._partition):
             return
         if self._parked_aggregates and not self._unparking:
             first = self._parked_aggregates.get(event.aggregate_id)
@@ -1607,13 +1687,21 @@ class EventStreamProcessor:
             if done is not None:
                 self._commit(done.id)  # type: ignore[arg-type]
 
+    def _handle(self, events: list[Event]) -> None:
+        """``process_batch``, on its instance's turn (the partitions of one instance take turns)."""
+        with self._turn:
+            self.process_batch(events)
+
     def _advance(self, event_id: int) -> None:
         """Move the position to ``event_id`` over events this processor does not handle."""
         self._commit(event_id)
 
     def setup(self) -> None:
-        """Prepare for processing (create tables, tracker row); keeps an existing position."""
+        """Prepare for processing (create tables, tracker row); keeps an existing position. An
+        Error when ``partitions`` is not what the processor has positions for."""
         self.tracker.setup(self.processor_name)
+        if self._partition is None:
+            self.tracker.set_partitions(self.processor_name, self.partitions)
 
     def reset(self) -> None:
         """Forget the position, so the next run processes every event again (a replay, up to the
@@ -1624,8 +1712,15 @@ class EventStreamProcessor:
 
     @property
     def last_processed_event_id(self) -> int:
-        """The id of the last event this processor has processed (0 if none)."""
-        return self.tracker.last_processed_event_id(self.processor_name)
+        """The id of the last event this processor has processed (0 if none); split into
+        partitions: the lowest of their positions."""
+        return min(map(self.tracker.last_processed_event_id, self._tracked_names()))
+
+    def _tracked_names(self) -> list[str]:
+        """The tracker names of this processor's positions: its partitions', or its own."""
+        if self._partition is not None:
+            return [self.processor_name]
+        return _partition_names(self.processor_name, self.partitions)
 
     def wait_for(self, event_id: int, timeout: float | None = None) -> bool:
         """Wait until this processor's position, as its tracker keeps it (whichever process runs
@@ -1680,12 +1775,18 @@ class EventStreamProcessor:
             return None  # the store's own tracker table, opened through another Database object
         return location
 
-    def _run(self, store: EventStore, stopper: Stopper, handler: ErrorHandler | None) -> None:
+    def _run(self, store: EventStore, stopper: Stopper, handler: ErrorHandler | None, *,
+             standby: bool = True) -> None:
         """Take the name (the store's lock, setup, a new generation), then follow the stream until
         ``stopper``. The one retry loop: after an error, ``handler`` (None: raise it) reports it and
         says how long to wait before trying again, holding the name while it has it (a failing
         processor is ``failing``, not stopped), or whether to raise it. An instance that finds the
-        name taken waits as a standby; one that has lost it (ProcessorFencedError) raises."""
+        name taken waits as a standby (unless ``standby`` is False: it raises); one that has lost
+        it (ProcessorFencedError) raises. Split into partitions, it shares them with the other
+        instances (_Partitions)."""
+        if self.partitions > 1 and self._partition is None:
+            _Partitions(self, store, stopper, handler).run()
+            return
         log = config.logger
         name = self.processor_name
         held = contextlib.ExitStack()  # the store's lock of the name, and this instance's ownership
@@ -1713,6 +1814,8 @@ class EventStreamProcessor:
                     if self._generation is None:
                         held.close()  # it did not take the name: let go of the lock while it waits
                     if isinstance(exc, UnableToLockProcessorError):
+                        if not standby:
+                            raise
                         interval = handler.retry_interval(exc)
                         if interval is None:
                             handler.handle(exc, name, store=store)
@@ -1738,11 +1841,28 @@ class EventStreamProcessor:
         """Set up and take ownership of the name (a new generation), holding the store's lock."""
         self._stopper = stopper
         self.setup()
+        if self._partition is None:
+            self._register(store)
+        self._generation = self.tracker.acquire(self.processor_name, _instance_name(), self._kind)
+
+    def _partition_copy(self, partition: int,
+                        turn: contextlib.AbstractContextManager[Any]) -> EventStreamProcessor:
+        """A copy of this processor (sharing its attributes' values) that runs one partition: its
+        own name (``name#partition``), run state and fencing, taking ``turn`` for each batch."""
+        clone = copy.copy(self)
+        vars(clone).update(processor_name=f"{self.processor_name}#{partition}",
+                           _partition=partition, _turn=turn, _current_event=None,
+                           _generation=None, _horizon=0, _replaying=False, _stopper=None,
+                           _parked_aggregates={}, _unparking=False, _retry_checked_at=0.0)
+        return clone
+
+    def _register(self, store: EventStore) -> None:
+        """Register the processor in ``store`` when its position lives elsewhere, so that
+        processor_statuses(store) lists it."""
         location = self._location(store)
-        if location is not None:  # so that processor_statuses(store) lists it
+        if location is not None:
             with contextlib.suppress(Error):
                 store.tracker().register(self.processor_name, self._kind, location)
-        self._generation = self.tracker.acquire(self.processor_name, _instance_name(), self._kind)
 
     def _release(self) -> None:
         """Give the name up (the store's lock is released next): it is stopped."""
@@ -1835,7 +1955,7 @@ class EventStreamProcessor:
         self._unparking = True
         try:
             if found and found[0].id == event_id:
-                self.process_batch(found)
+                self._handle(found)
             else:  # gone from the store (erased): nothing to handle
                 self.tracker.unpark(self.processor_name, event_id, self._generation)
         except EventProcessingError as exc:
@@ -1896,7 +2016,7 @@ class EventStreamProcessor:
             page = [event for event in page if (event.id or 0) <= last_id]
             if not page:
                 break
-            self.process_batch(page)
+            self._handle(page)
             position = page[-1].id or position
         if not stopper.is_set() and self.last_processed_event_id < last_id:
             self._advance(last_id)  # past the events it does not handle
@@ -1927,7 +2047,7 @@ class EventStreamProcessor:
                 latest = store.latest_event_id()
                 events = store.get_next_from(position + 1, types, limit=size)
                 if events:
-                    self.process_batch(events)
+                    self._handle(events)
                     if stopper.is_set():  # it may have stopped inside the batch
                         return
                     position = events[-1].id or position
@@ -1943,7 +2063,7 @@ class EventStreamProcessor:
             for batch in store.subscribe(position + 1, stop=live_until):
                 if self._retry_due():
                     self._retry_parked(store)
-                self.process_batch(batch)
+                self._handle(batch)
                 position = batch[-1].id or position
                 log.info("[%s] processed up to event %d", name, batch[-1].id)
             if not stopper.is_set():
@@ -2253,6 +2373,173 @@ class Reactor(TableProcessor):
         return self.store.sink(event)[0]
 
 
+# ---------------------------------------------------------------------------
+# Partitions: how the instances of a processor split into partitions share them.
+# ---------------------------------------------------------------------------
+
+class _Partitions:
+    """One instance's share of a processor's partitions (``EventStreamProcessor.partitions``).
+
+    Instances find each other through the store's locks: each holds one member
+    lock, ``name@j`` for the lowest free ``j`` below the partition count (an
+    instance that finds them all taken waits for one), so the live instances
+    are the member locks held, and a dead instance's lock goes with its process
+    (or its Postgres session). Every ``tick`` seconds an instance counts them
+    and keeps ``ceil(partitions / live)`` partitions: it gives up those over
+    that (each stops between batches and lets its lock go), and takes free
+    ones under it, starting from a block of its own so that instances rarely
+    reach for the same one. A partition is run by a copy of the processor on a
+    thread of its own (``_PartitionRun``), which takes the store's lock of
+    ``name#p`` and a new generation of that partition's tracker record as a
+    whole processor takes its name: one owner at a time, fenced. A copy that
+    lost its partition (its lock session ended, its lock file removed) stops,
+    and the partition is taken again, by whichever instance is under its share.
+    """
+
+    tick = 0.5
+
+    def __init__(self, processor: EventStreamProcessor, store: EventStore, stopper: Stopper,
+                 handler: ErrorHandler | None) -> None:
+        self.processor = processor
+        self.store = store
+        self.stopper = stopper
+        self.handler = handler
+        self.name = processor.processor_name
+        self.count = processor.partitions
+        self.turn = threading.Lock()  # one batch at a time in this instance
+        self.runs: dict[int, _PartitionRun] = {}
+        self.owned: list[int] = []  # as last logged
+
+    def run(self) -> None:
+        """Set up, join the instances, and keep this instance's share until ``stopper``; a
+        partition's error that its handler gave up on (or any, without a handler) is raised."""
+        if not self._set_up():
+            return
+        with contextlib.ExitStack() as membership:
+            slot = self._join(membership)
+            if slot is None:
+                return
+            try:
+                while not self.stopper.is_set():
+                    self._reap()
+                    try:
+                        self._balance(slot)
+                    except StoreError as exc:  # (a store out of reach: its partitions carry on)
+                        config.logger.warning("[%s] could not look at the other instances: %s",
+                                              self.name, exc)
+                    self.stopper.sleep(self.tick)
+            finally:
+                for run in self.runs.values():
+                    run.stop.set()
+                for run in self.runs.values():
+                    run.thread.join()
+            self._reap()
+
+    def _set_up(self) -> bool:
+        """The processor's tables and records (an Error when ``partitions`` changed under
+        positions); where ``start_from = "end"``, the partitions that have no position start after
+        the latest event now. Retried as the handler says while the store is out of reach."""
+        processor = self.processor
+        while True:
+            try:
+                processor.setup()
+                processor._register(self.store)
+                if processor.start_from == "end":
+                    processor.tracker.start_fresh(processor._tracked_names(),
+                                                  self.store.latest_event_id())
+                return True
+            except StoreError as exc:
+                interval = None if self.handler is None else self.handler.handle(
+                    exc, self.name, store=self.store)
+                if interval is None:
+                    raise
+                (self.handler.sleep if self.handler and self.handler.sleep
+                 else self.stopper.sleep)(interval)
+                if self.stopper.is_set():
+                    return False
+
+    def _join(self, membership: contextlib.ExitStack) -> int | None:
+        """Take a member lock (the lowest free): this instance's slot; None when stopped first."""
+        waiting = False
+        while not self.stopper.is_set():
+            for slot in range(self.count):
+                try:
+                    membership.enter_context(self.store.lock(f"{self.name}@{slot}"))
+                except UnableToLockProcessorError:
+                    continue
+                config.logger.info("[%s] joined as instance %d", self.name, slot)
+                return slot
+            if not waiting:
+                config.logger.warning("[%s] standby: each of its %d partitions has an instance; "
+                                      "waiting for one to stop", self.name, self.count)
+                waiting = True
+            self.stopper.sleep(self.tick * 4)
+        return None
+
+    def _balance(self, slot: int) -> None:
+        """Give up the partitions over this instance's share, and take free ones under it."""
+        live = 1 + sum(self.store.is_running(f"{self.name}@{other}")
+                       for other in range(self.count) if other != slot)
+        share = -(-self.count // live)
+        start = slot * share
+        preferred = sorted(range(self.count), key=lambda p: (p - start) % self.count)
+        running = [p for p in preferred if p in self.runs and not self.runs[p].stop.is_set()]
+        for partition in running[share:]:
+            self.runs[partition].stop.set()  # it stops between batches, and lets go
+        for partition in preferred:
+            if len(self.runs) >= share:
+                break
+            if partition not in self.runs and not self.store.is_running(
+                    f"{self.name}#{partition}"):
+                self.runs[partition] = _PartitionRun(self, partition)
+        owned = sorted(self.runs)
+        if owned != self.owned:
+            self.owned = owned
+            config.logger.info("[%s] %d live instance(s); this one runs partitions %s", self.name,
+                               live, owned)
+
+    def _reap(self) -> None:
+        """Forget the partition runs that ended; raise the error one stopped at."""
+        for partition, run in list(self.runs.items()):
+            if run.thread.is_alive():
+                continue
+            del self.runs[partition]
+            if run.error is not None:
+                for other in self.runs.values():
+                    other.stop.set()
+                for other in self.runs.values():
+                    other.thread.join()
+                self.runs.clear()
+                raise run.error
+
+
+class _PartitionRun:
+    """One partition run by a copy of the processor on a thread of its own, until ``stop`` (or
+    until it finds the partition taken, or loses it)."""
+
+    def __init__(self, partitions: _Partitions, partition: int) -> None:
+        self.processor = partitions.processor._partition_copy(partition, partitions.turn)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self._partitions = partitions
+        self.thread = threading.Thread(target=self._main, daemon=True,
+                                       name=f"eventsourcery {self.processor.processor_name}")
+        self.thread.start()
+
+    def _main(self) -> None:
+        partitions = self._partitions
+        try:
+            self.processor._run(partitions.store, Stopper(self.stop), partitions.handler,
+                                standby=False)
+        except UnableToLockProcessorError:
+            pass  # another instance took it first
+        except ProcessorFencedError as exc:
+            config.logger.warning("[%s] %s; this instance gives the partition up",
+                                  self.processor.processor_name, exc)
+        except BaseException as exc:  # raised by the instance (_Partitions._reap)
+            self.error = exc
+
+
 @dataclasses.dataclass(frozen=True)
 class ProcessorStatus:
     """One processor that has run against a store: its position, how many events it is behind,
@@ -2274,6 +2561,20 @@ class ProcessorStatus:
     replay_horizon: int = 0
     kind: str | None = None
     parked: int = 0  # how many events it has parked (see es.parked_events)
+    partitions: tuple[PartitionStatus, ...] = ()  # one per partition, when split into partitions
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionStatus:
+    """One partition of a processor split into partitions: its ``position``, how many events it
+    is behind (``lag``), the ``pid@host`` of the instance that owns it now (``owner``, None when
+    none does) and its ``state``: ``running``, ``failing`` or ``stopped``."""
+
+    partition: int
+    position: int
+    lag: int
+    owner: str | None
+    state: str
 
 
 #: How recently (seconds) a standby instance must have tried to take a name for ``state`` to say
@@ -2281,39 +2582,42 @@ class ProcessorStatus:
 STANDBY_FRESHNESS = 10.0
 
 
+@contextlib.contextmanager
+def _kept_at(tracker: Tracker | None, record: TrackerRecord, *,
+             read_only: bool = False) -> Iterator[Tracker]:
+    """The tracker that keeps ``record``'s positions and parked events: ``tracker``, or (for a
+    processor registered there whose position lives in its own database) one on that database,
+    opened read-only with ``read_only``, and closed afterwards."""
+    if not record.location:
+        if tracker is None:
+            raise ValueError(f"processor {record.name!r}: no tracker keeps it")
+        yield tracker
+        return
+    database = open_database(record.location, read_only=read_only)
+    try:
+        yield DatabaseTracker(database)
+    finally:
+        with contextlib.suppress(Exception):
+            database.close()
+
+
 def _located_record(record: TrackerRecord, *, read_only: bool = False) -> TrackerRecord:
     """The record kept where a registered processor's position lives (the registration when
     unreachable); ``read_only``: the database there is opened read-only."""
     if not record.location:
         return record
-    database: Database | None = None
     try:
-        database = open_database(record.location, read_only=read_only)
-        found = DatabaseTracker(database).record(record.name)
+        with _kept_at(None, record, read_only=read_only) as kept:
+            found = kept.record(record.name)
     except Exception:  # a database we cannot reach now: what the registration says
         return record
-    finally:
-        if database is not None:
-            with contextlib.suppress(Exception):
-                database.close()
     return dataclasses.replace(found, kind=found.kind or record.kind, location=record.location)
 
 
-def _parked_count(tracker: Tracker, record: TrackerRecord) -> int:
-    """How many events ``record``'s processor has parked, read where its position lives (0 when that
-    cannot be read now)."""
-    if not record.location:
-        return len(tracker.parked_events(record.name))
-    database: Database | None = None
-    try:
-        database = open_database(record.location, read_only=True)
-        return len(DatabaseTracker(database).parked_events(record.name))
-    except Exception:  # noqa: BLE001 - unreachable now: its status says what the registration says
-        return 0
-    finally:
-        if database is not None:
-            with contextlib.suppress(Exception):
-                database.close()
+def _is_partition_of(record: TrackerRecord, split: Mapping[str, int]) -> bool:
+    """Whether ``record`` keeps a partition of one of the processors ``split`` (name: count)."""
+    base, mark, number = record.name.rpartition("#")
+    return bool(mark) and number.isdigit() and int(number) < split.get(base, 0)
 
 
 def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> list[ProcessorStatus]:
@@ -2323,31 +2627,64 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
 
     ``lag`` counts the events after the position (a processor's position moves past the events it
     does not handle once it has read past them); ``running`` says whether a live process holds the
-    processor's lock on this store.
+    processor's lock on this store. A processor split into partitions has one status, with one
+    PartitionStatus per partition: its ``position`` is their lowest, its ``lag`` their highest.
     """
     tracker = tracker or store.tracker()
     latest = store.latest_event_id()
-    statuses = []
-    for record in tracker.records():
-        parked = _parked_count(tracker, record)
-        record = _located_record(record, read_only=True)
-        running = store.is_running(record.name)
-        recent_standby = (record.standby_at is not None
-                          and time.time() - record.standby_at < STANDBY_FRESHNESS)
-        if record.last_error is not None:
-            state = "failing"
-        elif running:
-            state = "running"
-        elif recent_standby:
-            state = "standby"
-        else:
-            state = "stopped"
-        statuses.append(ProcessorStatus(
-            record.name, record.position, max(latest - record.position, 0), running, state,
-            record.last_error, record.failing_event_id, record.owner,
-            record.standby if recent_standby else None,
-            record.horizon, record.kind, parked))
-    return statuses
+    records = tracker.records()
+    split = {r.name: r.partitions for r in records if r.partitions}
+    return [_status(store, tracker, record, latest)
+            for record in records if not _is_partition_of(record, split)]
+
+
+def _status(store: EventStore, tracker: Tracker, registration: TrackerRecord,
+            latest: int) -> ProcessorStatus:
+    """One processor's status (what its registration says when its database is out of reach)."""
+    record, parts, parked = registration, [registration], 0
+    try:
+        with _kept_at(tracker, registration, read_only=True) as kept:
+            record = kept.record(registration.name) if registration.location else registration
+            names = _partition_names(record.name, record.partitions or 1)
+            parts = [record] if names == [record.name] else [kept.record(n) for n in names]
+            parked = sum(len(kept.parked_events(n)) for n in names)
+    except Exception:  # noqa: BLE001 - unreachable now: its status says what the registration says
+        pass
+    record = dataclasses.replace(record, kind=record.kind or registration.kind,
+                                 location=registration.location)
+    running = [store.is_running(part.name) for part in parts]
+    states = [_state(part, is_running) for part, is_running in zip(parts, running, strict=True)]
+    partitions = () if parts == [record] else tuple(
+        PartitionStatus(number, part.position, max(latest - part.position, 0),
+                        part.owner if is_running else None, state)
+        for number, (part, is_running, state) in enumerate(zip(parts, running, states,
+                                                               strict=True)))
+    failing = next((part for part in parts if part.last_error is not None), None)
+    recent_standby = (record.standby_at is not None
+                      and time.time() - record.standby_at < STANDBY_FRESHNESS)
+    if failing is not None:
+        state = "failing"
+    elif any(running):
+        state = "running"
+    elif recent_standby:
+        state = "standby"
+    else:
+        state = "stopped"
+    position = min(part.position for part in parts)
+    owners = sorted({p.owner for p in partitions if p.owner}) if partitions else []
+    return ProcessorStatus(
+        record.name, position, max(latest - position, 0), any(running), state,
+        failing.last_error if failing else None, failing.failing_event_id if failing else None,
+        (", ".join(owners) or None) if partitions else record.owner,
+        record.standby if recent_standby else None,
+        max(part.horizon for part in parts), record.kind, parked, partitions)
+
+
+def _state(record: TrackerRecord, running: bool) -> str:
+    """The state of one tracker record: ``failing``, ``running`` or ``stopped``."""
+    if record.last_error is not None:
+        return "failing"
+    return "running" if running else "stopped"
 
 
 def _skip_target(store: EventStore, processor_name: str, event_id: int) -> TrackerRecord:
@@ -2363,7 +2700,8 @@ def _skip_target(store: EventStore, processor_name: str, event_id: int) -> Track
         raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: it is not "
                          f"stored (the latest event is {latest}); nothing changed")
     record = _located_record(records[processor_name])
-    _check_skip(record, event_id)
+    if not record.partitions:  # (a split one: checked per partition, as it skips)
+        _check_skip(record, event_id)
     return record
 
 
@@ -2390,18 +2728,26 @@ def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
     that happens to succeed on a retry at the very moment of the skip may
     have processed the event after all; nothing else can. A projector whose
     position lives in its own database is found through its registration in
-    the store.
+    the store. A processor split into partitions is moved past the event in
+    each partition whose position is ``event_id - 1`` (the one its aggregate
+    belongs to does not handle it; the others would only pass it).
     """
     record = _skip_target(store, processor_name, event_id)
-    if record.location:  # a projector whose position lives in its own database
-        database = open_database(record.location)
-        try:
-            DatabaseTracker(database).skip_event(processor_name, event_id)
-        finally:
-            database.close()
-    else:
-        with store.transaction():
-            store.tracker().skip_event(processor_name, event_id)
+    with _kept_at(store.tracker(), record) as tracker:
+        names = _partition_names(processor_name, record.partitions or 1)
+        if len(names) > 1:
+            parts = [tracker.record(name) for name in names]
+            due = [part.name for part in parts if part.position == event_id - 1]
+            if not due:
+                positions = ", ".join(f"{part.name} at {part.position}" for part in parts)
+                raise ValueError(f"cannot skip event {event_id} of processor "
+                                 f"{processor_name!r}: none of its partitions is at "
+                                 f"{event_id - 1} ({positions}); only the next event of a "
+                                 "partition can be skipped; nothing changed")
+            names = due
+        for name in names:
+            with _NO_SAVEPOINT if record.location else store.transaction():
+                tracker.skip_event(name, event_id)
     config.logger.warning("[%s] skipped event %d: position %d -> %d; that event will not be "
                           "processed", processor_name, event_id, event_id - 1, event_id)
 
@@ -2416,15 +2762,22 @@ def _parking_tracker(store: EventStore, processor_name: str, *,
     if processor_name not in records:
         raise ValueError(f"unknown processor {processor_name!r} (processors in this store: "
                          f"{', '.join(sorted(records)) or 'none'})")
-    location = records[processor_name].location
-    if not location:
-        yield store.tracker()
-        return
-    database = open_database(location, read_only=read_only)
-    try:
-        yield DatabaseTracker(database)
-    finally:
-        database.close()
+    with _kept_at(store.tracker(), records[processor_name], read_only=read_only) as tracker:
+        yield tracker
+
+
+def _parked_everywhere(tracker: Tracker, processor_name: str) -> list[ParkedEvent]:
+    """The parked events of ``processor_name`` in every one of its partitions, by id."""
+    return sorted((parked for name in tracker.partition_names(processor_name)
+                   for parked in tracker.parked_events(name)), key=lambda p: p.event_id)
+
+
+def _parked_in(tracker: Tracker, processor_name: str, event_id: int) -> str:
+    """The tracker name (the processor's, or its partition's) that keeps parked ``event_id``; the
+    processor's own when none does (its tracker then says it is not parked)."""
+    names = tracker.partition_names(processor_name)
+    return next((name for name in names
+                 if any(p.event_id == event_id for p in tracker.parked_events(name))), names[0])
 
 
 def _parked_id(event_id: object) -> int:
@@ -2447,7 +2800,7 @@ def parked_events(store: EventStore, processor_name: str) -> list[ParkedEvent]:
     position lives in its own database is found through its registration in the store.
     """
     with _parking_tracker(store, processor_name, read_only=True) as tracker:
-        return tracker.parked_events(processor_name)
+        return _parked_everywhere(tracker, processor_name)
 
 
 def retry_parked(store: EventStore, processor_name: str, event_id: int | None = None) -> list[int]:
@@ -2460,7 +2813,11 @@ def retry_parked(store: EventStore, processor_name: str, event_id: int | None = 
     if event_id is not None:
         event_id = _parked_id(event_id)
     with _parking_tracker(store, processor_name) as tracker:
-        ids = tracker.request_retry(processor_name, event_id)
+        if event_id is not None:
+            ids = tracker.request_retry(_parked_in(tracker, processor_name, event_id), event_id)
+        else:
+            ids = sorted(i for name in tracker.partition_names(processor_name)
+                         for i in tracker.request_retry(name))
     config.logger.warning("[%s] asked to retry parked events %s", processor_name,
                           ", ".join(map(str, ids)) or "(none parked)")
     return ids
@@ -2472,7 +2829,7 @@ def drop_parked(store: EventStore, processor_name: str, event_id: int) -> None:
     ``retry_parked`` does). ValueError (nothing changed) when it is not parked."""
     event_id = _parked_id(event_id)
     with _parking_tracker(store, processor_name) as tracker:
-        tracker.drop_parked(processor_name, event_id)
+        tracker.drop_parked(_parked_in(tracker, processor_name, event_id), event_id)
     config.logger.warning("[%s] dropped parked event %d: it will not be handled", processor_name,
                           event_id)
 
@@ -2744,6 +3101,11 @@ class ESPRunner:
     error handler gave up (``NoRetry``: status 3). ``restart=False`` only reports deaths.
     A restart never happens once shutdown was requested, also during a wait.
 
+    ``instances`` (an int for every processor, or a mapping of processor name to int; default 1)
+    starts that many children per processor, each restarted on its own. The instances of a
+    processor with ``partitions = N`` share its partitions (see EventStreamProcessor); of one
+    without, one runs it and the others wait as standbys, taking over when it dies.
+
     ``start()`` returns
     True only if every child ended cleanly (exit status 0); ``exit_statuses`` lists every end, by
     processor name. ``after_subprocess_termination(processor, runner, exit_status)`` is
@@ -2759,7 +3121,8 @@ class ESPRunner:
                  after_fork: Callable[[EventStreamProcessor], None] | None = None,
                  after_subprocess_termination: _Termination | None = None,
                  restart: bool = True, restart_delay: float = 1.0, max_restart_delay: float = 30.0,
-                 restart_reset_after: float = 60.0, start_method: str | None = None) -> None:
+                 restart_reset_after: float = 60.0, start_method: str | None = None,
+                 instances: int | Mapping[str, int] = 1) -> None:
         if not store.shared_between_processes:
             raise TypeError(f"ESPRunner cannot run processors against {store!r}: its events are "
                             "in this process's memory, and each processor runs in a child process, "
@@ -2788,14 +3151,41 @@ class ESPRunner:
         self._context: Any = multiprocessing.get_context(start_method)
         self._shutdown = threading.Event()  # set by shutdown(), from any thread
         self._signalled = False  # set by the signal handler (which must not touch locks)
-        # By child key: the processor name (one child per processor); each has its own backoff.
-        self._children = {p.processor_name: self._new_child(p) for p in self.processors}
+        self.instances = self._check_instances(instances, names)
+        # By child key: the processor name, and ``name/2``, ``name/3``... for its further
+        # instances; each child has its own backoff.
+        self._children: dict[str, _Child] = {}
+        for processor in self.processors:
+            self._add_children(processor)
         self.exit_statuses: dict[str, list[int]] = {n: [] for n in names}
 
-    def _new_child(self, processor: EventStreamProcessor) -> _Child:
-        backoff = _RestartBackoff(self.restart_delay, self.max_restart_delay,
-                                  self.restart_reset_after)
-        return _Child(processor.processor_name, processor, backoff)
+    @staticmethod
+    def _check_instances(instances: object, names: list[str]) -> dict[str, int]:
+        """``instances`` as a count per processor name (ValueError or TypeError naming what is
+        wrong)."""
+        counts = dict(instances) if isinstance(instances, Mapping) else dict.fromkeys(names,
+                                                                                     instances)
+        unknown = sorted(set(counts) - set(names))
+        if unknown:
+            raise ValueError(f"ESPRunner: instances names processors it does not run: {unknown} "
+                             f"(its processors: {names})")
+        return {name: _check_partitions(f"ESPRunner: instances of {name!r}", count)
+                for name, count in counts.items()}
+
+    def _add_children(self, processor: EventStreamProcessor) -> list[_Child]:
+        """The children of ``processor`` (one per instance), made when missing."""
+        name = processor.processor_name
+        children = []
+        for number in range(self.instances.get(name, 1)):
+            key = name if number == 0 else f"{name}/{number + 1}"
+            child = self._children.get(key)
+            if child is None:
+                backoff = _RestartBackoff(self.restart_delay, self.max_restart_delay,
+                                          self.restart_reset_after)
+                child = self._children[key] = _Child(key, processor, backoff)
+            child.processor = processor
+            children.append(child)
+        return children
 
     def shutdown(self) -> None:
         """Ask the runner to stop its children and return from start()."""
@@ -2809,17 +3199,13 @@ class ESPRunner:
         self._signalled = True
 
     def start_processor(self, processor: EventStreamProcessor) -> None:
-        """Start one child process for ``processor``."""
-        name = processor.processor_name
-        child = self._children.get(name)
-        if child is None:
-            child = self._children[name] = self._new_child(processor)
-        child.processor = processor
-        self.exit_statuses.setdefault(name, [])
-        self._start_child(child)
+        """Start the child processes of ``processor``: one per instance (``instances``)."""
+        self.exit_statuses.setdefault(processor.processor_name, [])
+        for child in self._add_children(processor):
+            self._start_child(child)
 
     def _start_child(self, child: _Child) -> None:
-        name = child.processor.processor_name
+        name = child.key
         proc = self._context.Process(
             target=_child_main, args=(child.processor, self.store, self.after_fork, os.getpid()),
             name=f"eventsourcery:{name}", daemon=False)
@@ -4926,7 +5312,8 @@ _TRACKER_COLUMNS = (
     ("generation", "BIGINT NOT NULL DEFAULT 0"), ("horizon", "BIGINT NOT NULL DEFAULT 0"),
     ("fresh", "INTEGER NOT NULL DEFAULT 0"), ("state", "TEXT"), ("last_error", "TEXT"),
     ("failing_event_id", "BIGINT"), ("owner", "TEXT"), ("standby", "TEXT"),
-    ("standby_at", "DOUBLE PRECISION"), ("kind", "TEXT"), ("location", "TEXT"), ("tables", "TEXT"))
+    ("standby_at", "DOUBLE PRECISION"), ("kind", "TEXT"), ("location", "TEXT"), ("tables", "TEXT"),
+    ("partitions", "INTEGER"))
 #: Every column of a tracker row, as TrackerRecord names them.
 _TRACKER_FIELDS = ("name", "position", *(column for column, _ in _TRACKER_COLUMNS))
 
@@ -5047,15 +5434,53 @@ class DatabaseTracker(Tracker):
                     "UPDATE SET position = excluded.position, fresh = 0", (name, event_id))
 
     def reset(self, name: str) -> None:
+        """Set the positions of ``name`` (of each of its partitions) back to 0, each keeping the
+        position it had as its replay horizon, and forget its parked events."""
         with self.database.transaction():
-            self._write("INSERT INTO {t} (name, position, fresh) VALUES ({p}, 0, 1) "
-                        "ON CONFLICT (name) DO UPDATE SET "
-                        f"horizon = CASE WHEN {TRACKER_TABLE}.position > {TRACKER_TABLE}.horizon "
-                        f"THEN {TRACKER_TABLE}.position ELSE {TRACKER_TABLE}.horizon END, "
-                        "position = 0, fresh = 1, last_error = NULL, failing_event_id = NULL",
-                        (name,))
-            if self._has_parked:
-                self._write("DELETE FROM {q} WHERE name = {p}", (name,))
+            for each in {name, *self.partition_names(name)}:
+                self._write("INSERT INTO {t} (name, position, fresh) VALUES ({p}, 0, 1) "
+                            "ON CONFLICT (name) DO UPDATE SET "
+                            f"horizon = CASE WHEN {TRACKER_TABLE}.position > "
+                            f"{TRACKER_TABLE}.horizon THEN {TRACKER_TABLE}.position ELSE "
+                            f"{TRACKER_TABLE}.horizon END, position = 0, fresh = 1, "
+                            "last_error = NULL, failing_event_id = NULL", (each,))
+                if self._has_parked:
+                    self._write("DELETE FROM {q} WHERE name = {p}", (each,))
+
+    def start_fresh(self, names: Iterable[str], event_id: int) -> None:
+        with self.database.transaction():
+            for name in names:
+                self._write("UPDATE {t} SET position = {p}, fresh = 0 WHERE name = {p} AND "
+                            "fresh = 1", (event_id, name))
+
+    def set_partitions(self, name: str, partitions: int) -> None:
+        with self.database.transaction():
+            self.setup(name)
+            self._take_turn(name)  # one instance at a time looks and changes
+            recorded = self.record(name).partitions or 1
+            if recorded == partitions:
+                return
+            old = [self.record(each) for each in {name, *_partition_names(name, recorded)}]
+            used = sorted(r.name for r in old if not r.fresh)
+            if used:
+                raise Error(
+                    f"processor {name!r} has positions for {recorded} partition(s) "
+                    f"({', '.join(used[:8])}), and its partitions is now {partitions}: events "
+                    f"would be handled twice or never; reset it first (processor.reset(), or "
+                    f"python -m eventsourcery STORE reset {name}), or set partitions back to "
+                    f"{recorded}; nothing changed")
+            # A new split (none has run since its reset): each partition replays up to the
+            # furthest any had reached.
+            horizon = max(r.horizon for r in old)
+            for r in old:
+                if r.name != name:
+                    self._write("DELETE FROM {t} WHERE name = {p}", (r.name,))
+            self._write("UPDATE {t} SET partitions = {p}, horizon = {p} WHERE name = {p}",
+                        (None if partitions == 1 else partitions, horizon, name))
+            for each in _partition_names(name, partitions):
+                if each != name:
+                    self._write("INSERT INTO {t} (name, position, fresh, horizon) VALUES "
+                                "({p}, 0, 1, {p})", (each, horizon))
 
     def positions(self) -> dict[str, int]:
         return {r.name: r.position for r in self.records()}
@@ -5073,6 +5498,8 @@ class DatabaseTracker(Tracker):
             values["tables"] = None if tables is None else tuple(json.loads(tables))
             for key in ("position", "generation", "horizon"):
                 values[key] = int(values.get(key) or 0)
+            if values.get("partitions") is not None:
+                values["partitions"] = int(values["partitions"])
             out.append(TrackerRecord(**values))
         return out
 
@@ -6902,6 +7329,11 @@ def _cli_processors(store: EventStore, args: argparse.Namespace) -> int:
                        f"{shlex.quote(status.name)}")
             sys.stdout.write(f"  parked: {status.parked} event{'s' if status.parked != 1 else ''} "
                              f"(see {_cli_safe(command)})\n")
+        for part in status.partitions if status is not None else ():
+            owner = (f", owner pid {_cli_safe(part.owner.replace('@', ' on host '))}"
+                     if part.owner else "")
+            sys.stdout.write(f"  partition {part.partition}: position {part.position}, lag "
+                             f"{part.lag}, {part.state}{owner}\n")
     return 0
 
 
@@ -6940,7 +7372,9 @@ def _reset_processor(store: EventStore, record: TrackerRecord,
     (UnableToLockProcessorError while it runs)."""
     database = open_database(record.location) if record.location else store.database
     try:
-        with store.lock(record.name):
+        with contextlib.ExitStack() as locks:  # (each partition's, of one split into partitions)
+            for name in _partition_names(record.name, record.partitions or 1):
+                locks.enter_context(store.lock(name))
             if database is None:  # a store without an SQL database (none the command line opens)
                 store.tracker().reset(record.name)
             else:
