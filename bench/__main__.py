@@ -794,11 +794,12 @@ class Harness:
             if r and r.get("speedup_vs_1") is not None:
                 check("(p) 20 ms reactor, events/s of 4 instances / 1", backend, r["speedup_vs_1"],
                       ">=", 3.5, "x")
-            for variant, what in (("join2", "join, 1 -> 2"), ("join4", "join, 2 -> 4"),
-                                  ("kill3", "kill -9, 4 -> 3"), ("kill1", "kill -9, 2 -> 1")):
+            for variant, what in (("join2", "join 1 -> 2"), ("join4", "join 2 -> 4"),
+                                  ("busy2", "busy join 1 -> 2"),
+                                  ("kill3", "kill -9 4 -> 3"), ("kill1", "kill -9 2 -> 1")):
                 r = row("p", backend, variant)
                 if r and r.get("median_ms") is not None:
-                    check(f"(p) rebalanced after a {what} instances", backend,
+                    check(f"(p) rebalance after {what} instances", backend,
                           r["median_ms"] / 1e3, "<=", 15.0, " s")
             one, many = row("l", backend, "get01"), row("l", backend, "get32")
             if one and one.get("p50_ms") is not None:

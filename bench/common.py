@@ -48,6 +48,7 @@ class Sizes:
             self.p_react_events, self.p_react_instances = 80, (1, 4)
             self.p_proj_events, self.p_proj_instances = 800, (1, 4)
             self.p_join_instances = (1,)
+            self.p_load_events = 0  # no join under load
             self.p_runs = runs or 1
         else:
             self.runs = runs or 5
@@ -66,6 +67,7 @@ class Sizes:
             self.p_react_events, self.p_react_instances = 2_000, (1, 2, 4)
             self.p_proj_events, self.p_proj_instances = 100_000, (1, 4)
             self.p_join_instances = (1, 2)  # runners joining the first: 2, then 4 instances
+            self.p_load_events = 8_000  # (p.join2busy) the backlog the first instance works on
             self.p_runs = runs or 1  # (p) takes minutes a run: one run unless --runs says more
         self.d_page = 1_000  # page size for every system's catch-up read
         self.e_interval = (0.005, 0.025)  # appender sleeps uniform(lo, hi) between events

@@ -115,6 +115,13 @@ if es_pg is not None:
                             (event.id, event.aggregate_id, cpu_work()))
 
 
+    class WholeCPUProjector(CPUProjector):
+        """The same projector not split (partitions = 1): (p.whole1), the cost of the split."""
+
+        processor_name = "bench_cpu_projector_whole"
+        partitions = 1
+
+
 def make_processor(kind: str, store, spec: str, log_dir: str | None):
     if kind == "react":
         p = SlowReactor(store)
@@ -124,6 +131,8 @@ def make_processor(kind: str, store, spec: str, log_dir: str | None):
         return IdleReactor(store)
     if kind == "proj":
         return CPUProjector(spec)
+    if kind == "projwhole":
+        return WholeCPUProjector(spec)
     raise ValueError(f"unknown processor kind {kind!r}")
 
 
@@ -413,13 +422,13 @@ def proj(harness, t, backend: str) -> None:
     template, latest = built_store(harness, t, backend, n, 10, prefix=0x9)
     rows = {}
     try:
-        for k in s.p_proj_instances:
+        for k, whole in [(1, True), *((k, False) for k in s.p_proj_instances)]:
             times = []
             for _ in range(s.p_runs):
                 spec = fresh_copy(harness, t, backend, template)
-                runner = Runner(harness.tmp, backend, spec, "proj", k)
+                runner = Runner(harness.tmp, backend, spec, "projwhole" if whole else "proj", k)
                 try:
-                    waiter = CPUProjector(spec)
+                    waiter = WholeCPUProjector(spec) if whole else CPUProjector(spec)
                     t0 = runner.start()
                     done = wait_drained(waiter, latest, [runner], timeout=n * 0.003 + 120)
                     times.append(done - t0)
@@ -433,16 +442,19 @@ def proj(harness, t, backend: str) -> None:
                 finally:
                     runner.stop()
                     t.drop_store(spec)
-            rows[k] = harness.add("p", backend, "eventsourcery", n, times, variant=f"proj{k}",
-                                  rank=1, instances=k, partitions=PARTITIONS, work_us=work_us,
-                                  work_iters=WORK_ITERS)
-            harness.log(f"  p.proj{k}: {rows[k]['events_per_s']:,.0f} events/s")
+            variant = "whole1" if whole else f"proj{k}"
+            rows[variant] = harness.add(
+                "p", backend, "eventsourcery", n, times, variant=variant, rank=1, instances=k,
+                partitions=1 if whole else PARTITIONS, work_us=work_us, work_iters=WORK_ITERS)
+            harness.log(f"  p.{variant}: {rows[variant]['events_per_s']:,.0f} events/s")
     finally:
         t.drop_store(template)
-    one = rows.get(1)
+    one, whole = rows.get("proj1"), rows.get("whole1")
     for row in rows.values():
         if one and row.get("events_per_s") and one.get("events_per_s"):
             row["speedup_vs_1"] = row["events_per_s"] / one["events_per_s"]
+        if whole and row.get("events_per_s") and whole.get("events_per_s"):
+            row["vs_whole"] = row["events_per_s"] / whole["events_per_s"]
 
 
 def rebalance(harness, t, backend: str) -> None:
@@ -451,10 +463,10 @@ def rebalance(harness, t, backend: str) -> None:
     s = harness.sizes
     runs = [rebalance_once(harness, t, backend) for _ in range(s.p_runs)]
 
-    def add(variant, key, **extra):
-        xs = [r[key] for r in runs]
+    def add(variant, key, xs=None, **extra):
+        xs = xs if xs is not None else [r[key] for r in runs]
         row = harness.add("p", backend, "eventsourcery", PARTITIONS, xs, variant=variant,
-                          rank=2 if variant.startswith("join") else 3, partitions=PARTITIONS,
+                          rank=3 if variant.startswith("kill") else 2, partitions=PARTITIONS,
                           **extra)
         row["events_per_s"] = row["us_per_event"] = None  # a time, not a rate
         harness.log(f"  p.{variant}: {row['median_ms'] / 1e3:.2f}s")
@@ -468,6 +480,41 @@ def rebalance(harness, t, backend: str) -> None:
             start_s=C.median([r["start"] for r in runs]))
     add(f"kill{k - 1}", "kill", instances=k - 1,
         balanced_s=C.median([r["kill_balanced"] for r in runs]))
+    if not s.p_load_events:
+        harness.skip("p", backend, "eventsourcery", "p.busy2 (a join while the 20 ms reactor "
+                     "works through a backlog) is not part of --quick")
+        return
+    busy = [join_busy_once(harness, t, backend) for _ in range(s.p_runs)]
+    add("busy2", "join", instances=2, first_owned_s=C.median([r["first"] for r in busy]),
+              backlog=s.p_load_events, xs=[r["join"] for r in busy])
+
+
+def join_busy_once(harness, t, backend: str) -> dict:
+    """A runner with 1 instance of the 20 ms reactor works through a backlog for 3 s; then a second
+    runner (1 instance) joins: the time until they share the partitions 4 and 4."""
+    name = SlowReactor.processor_name
+    spec, _ = built_store(harness, t, backend, harness.sizes.p_load_events, 10, prefix=0x6)
+    runners: list[Runner] = []
+    try:
+        with t.open(spec) as store:
+            first = Runner(harness.tmp, backend, spec, "react", 1)
+            runners.append(first)
+            first.start()
+            wait_owners(store, name, lambda o: balanced(o, 1), runners, what="owned by one")
+            time.sleep(3.0)
+            joining = Runner(harness.tmp, backend, spec, "react", 1)
+            runners.append(joining)
+            before = set(partition_owners(store, name))
+            t0 = joining.start()
+            t_any, _ = wait_owners(store, name, lambda o: bool(set(o) - before - {None}), runners,
+                                   what="owned by the joining instance")
+            t1, _ = wait_owners(store, name, lambda o: balanced(o, 2), runners,
+                                what="balanced over 2 instances")
+            return {"join": t1 - t0, "first": t_any - t0}
+    finally:
+        for r in reversed(runners):
+            r.stop()
+        t.drop_store(spec)
 
 
 def rebalance_once(harness, t, backend: str) -> dict:
@@ -531,11 +578,19 @@ def notes(row: dict) -> str:
             text += (f"  x{row['speedup_vs_1']:.2f} events/s of 1 instance, drain "
                      f"x{row['drain_speedup_vs_1']:.2f}")
         return text
-    if v.startswith("proj"):
+    if v.startswith("proj") or v == "whole1":
         text = f"{row['median_ms'] / 1e3:.1f} s to catch up, {row['work_us']:.0f} us work/event"
+        if v == "whole1":
+            return text + "; partitions = 1"
         if row.get("speedup_vs_1") and row["instances"] > 1:
             text += f"  x{row['speedup_vs_1']:.2f} of 1 instance"
+        if row.get("vs_whole"):
+            text += f"  x{row['vs_whole']:.2f} of partitions = 1"
         return text
+    if v == "busy2":
+        return (f"balanced over 2 instances {row['median_ms'] / 1e3:.2f} s after the runner "
+                f"started (its first partition at {row['first_owned_s']:.2f} s), while the first "
+                f"instance worked through a backlog of {row['backlog']:,} 20 ms events")
     if v.startswith("join"):
         return (f"balanced over {row['instances']} instances {row['median_ms'] / 1e3:.2f} s after "
                 f"the runner started (its first partition at {row['first_owned_s']:.2f} s; one "

@@ -136,7 +136,8 @@ def test_bench_quick_p_partition_rows(tmp_path, backend):
     sizes = doc["sizes"]
     rows = {r["variant"]: r for r in doc["results"] if r["workload"] == "p"}
     assert all(r["backend"] == backend and r["system"] == "eventsourcery" for r in rows.values())
-    proj = [f"proj{k}" for k in sizes["p_proj_instances"]] if backend == "postgres" else []
+    proj = ([f"proj{k}" for k in sizes["p_proj_instances"]] + ["whole1"]
+            if backend == "postgres" else [])
     assert set(rows) == ({f"react{k}" for k in sizes["p_react_instances"]} | set(proj)
                          | {"join2", "kill1"})
     for k in sizes["p_react_instances"]:
