@@ -30,11 +30,12 @@ events, replays them, and feeds them to projectors and reactors::
 The sections below follow that story, as a user meets it: errors, serialisation
 and configuration, events, aggregates and the repository, the event store
 contract, event processing (projectors, reactors, trackers, error handlers),
-the multiprocess runner, testing helpers and asyncio. Then the machinery: the
-backend interface (rows, group commit, Database and trackers in a database:
-what a store module such as eventsourcery_pg builds on), the SQL store base,
-the memory store, the SQLite backend, opening stores by URL, and last the
-command line (``python -m eventsourcery STORE COMMAND``).
+partitions shared by a processor's instances, the multiprocess runner, testing
+helpers and asyncio. Then the machinery: the backend interface (rows, group
+commit, Database and trackers in a database: what a store module such as
+eventsourcery_pg builds on), the SQL store base, the memory store, the SQLite
+backend, opening stores by URL, and last the command line (``python -m
+eventsourcery STORE COMMAND``).
 """
 
 from __future__ import annotations
@@ -97,9 +98,8 @@ __all__ = [
     # processing and the runner
     "EventStreamProcessor", "TableProcessor", "Projector", "Reactor", "partition_of",
     "ProcessorStatus", "PartitionStatus", "processor_statuses", "skip_event", "ParkedEvent",
-    "parked_events", "retry_parked",
-    "drop_parked", "ErrorHandler", "NoRetry", "ConstantRetry", "ExponentialBackoffRetry",
-    "run_processor", "ESPRunner",
+    "parked_events", "retry_parked", "drop_parked", "ErrorHandler", "NoRetry", "ConstantRetry",
+    "ExponentialBackoffRetry", "run_processor", "ESPRunner",
     # asyncio
     "AsyncEventStore", "AsyncRepository",
     # testing helpers
@@ -1302,7 +1302,8 @@ class Tracker(abc.ABC):
 
     def start_fresh(self, names: Iterable[str], event_id: int) -> None:
         """Move each of ``names`` whose record is fresh (no position recorded since it was set up
-        or reset) to ``event_id``, in one transaction: where ``start_from = "end"`` starts."""
+        or reset) to ``event_id`` (where ``start_from = "end"`` starts), each only while it is
+        fresh: a DatabaseTracker checks and moves in one statement."""
         for name in names:
             if self.record(name).fresh:
                 self.processed_event(name, event_id)
@@ -1588,6 +1589,7 @@ class EventStreamProcessor:
     partitions: ClassVar[int] = 1
     _partition: int | None = None  # on a copy running one partition: which
     _turn: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()  # taken per batch
+    _pages: _SharedPages | None = None  # the pages the partitions of one instance read
     _kind: ClassVar[str] = "processor"
     _dispatch: ClassVar[dict[str, tuple[Callable[..., Any], ...]]] = {}
     _catch_all: ClassVar[tuple[Callable[..., Any], ...]] = ()
@@ -1596,6 +1598,10 @@ class EventStreamProcessor:
         super().__init_subclass__(**kwargs)
         if "processor_name" not in cls.__dict__:
             cls.processor_name = _snake_case(cls.__name__)
+        if not isinstance(cls.processor_name, str) or set(cls.processor_name) & {"#", "@"}:
+            raise ValueError(f"{cls.__qualname__}.processor_name must be a str without '#' or "
+                             f"'@' (they name the partitions and instances of a processor: "
+                             f"name#3, name@1), not {cls.processor_name!r}")
         if cls.start_from not in ("beginning", "end"):
             raise ValueError(f"{cls.__qualname__}.start_from must be 'beginning' or 'end', not "
                              f"{cls.start_from!r}")
@@ -1686,6 +1692,13 @@ class EventStreamProcessor:
         finally:
             if done is not None:
                 self._commit(done.id)  # type: ignore[arg-type]
+
+    def _read(self, store: EventStore, from_id: int, types: tuple[str, ...] | None,
+              limit: int) -> list[Event]:
+        """A page of events to catch up on (shared by the partitions of one instance)."""
+        if self._pages is not None:
+            return self._pages.read(store, from_id, types, limit)
+        return store.get_next_from(from_id, types, limit=limit)
 
     def _handle(self, events: list[Event]) -> None:
         """``process_batch``, on its instance's turn (the partitions of one instance take turns)."""
@@ -1845,13 +1858,14 @@ class EventStreamProcessor:
             self._register(store)
         self._generation = self.tracker.acquire(self.processor_name, _instance_name(), self._kind)
 
-    def _partition_copy(self, partition: int,
-                        turn: contextlib.AbstractContextManager[Any]) -> EventStreamProcessor:
+    def _partition_copy(self, partition: int, turn: contextlib.AbstractContextManager[Any],
+                        pages: _SharedPages) -> EventStreamProcessor:
         """A copy of this processor (sharing its attributes' values) that runs one partition: its
-        own name (``name#partition``), run state and fencing, taking ``turn`` for each batch."""
+        own name (``name#partition``), run state and fencing, taking ``turn`` for each batch and
+        reading through ``pages``."""
         clone = copy.copy(self)
         vars(clone).update(processor_name=f"{self.processor_name}#{partition}",
-                           _partition=partition, _turn=turn, _current_event=None,
+                           _partition=partition, _turn=turn, _pages=pages, _current_event=None,
                            _generation=None, _horizon=0, _replaying=False, _stopper=None,
                            _parked_aggregates={}, _unparking=False, _retry_checked_at=0.0)
         return clone
@@ -2003,9 +2017,8 @@ class EventStreamProcessor:
         one_by_one = False
         while position < last_id and not stopper.is_set():
             try:
-                page = store.get_next_from(position + 1, types,
-                                           limit=1 if one_by_one
-                                               else min(batch_size(), last_id - position))
+                page = self._read(store, position + 1, types,
+                                  1 if one_by_one else min(batch_size(), last_id - position))
             except CorruptEventError as exc:
                 if exc.event_id != last_id + 1:
                     raise  # another damaged event, before it
@@ -2045,7 +2058,7 @@ class EventStreamProcessor:
             size = batch_size()
             while not stopper.is_set():
                 latest = store.latest_event_id()
-                events = store.get_next_from(position + 1, types, limit=size)
+                events = self._read(store, position + 1, types, size)
                 if events:
                     self._handle(events)
                     if stopper.is_set():  # it may have stopped inside the batch
@@ -2373,173 +2386,6 @@ class Reactor(TableProcessor):
         return self.store.sink(event)[0]
 
 
-# ---------------------------------------------------------------------------
-# Partitions: how the instances of a processor split into partitions share them.
-# ---------------------------------------------------------------------------
-
-class _Partitions:
-    """One instance's share of a processor's partitions (``EventStreamProcessor.partitions``).
-
-    Instances find each other through the store's locks: each holds one member
-    lock, ``name@j`` for the lowest free ``j`` below the partition count (an
-    instance that finds them all taken waits for one), so the live instances
-    are the member locks held, and a dead instance's lock goes with its process
-    (or its Postgres session). Every ``tick`` seconds an instance counts them
-    and keeps ``ceil(partitions / live)`` partitions: it gives up those over
-    that (each stops between batches and lets its lock go), and takes free
-    ones under it, starting from a block of its own so that instances rarely
-    reach for the same one. A partition is run by a copy of the processor on a
-    thread of its own (``_PartitionRun``), which takes the store's lock of
-    ``name#p`` and a new generation of that partition's tracker record as a
-    whole processor takes its name: one owner at a time, fenced. A copy that
-    lost its partition (its lock session ended, its lock file removed) stops,
-    and the partition is taken again, by whichever instance is under its share.
-    """
-
-    tick = 0.5
-
-    def __init__(self, processor: EventStreamProcessor, store: EventStore, stopper: Stopper,
-                 handler: ErrorHandler | None) -> None:
-        self.processor = processor
-        self.store = store
-        self.stopper = stopper
-        self.handler = handler
-        self.name = processor.processor_name
-        self.count = processor.partitions
-        self.turn = threading.Lock()  # one batch at a time in this instance
-        self.runs: dict[int, _PartitionRun] = {}
-        self.owned: list[int] = []  # as last logged
-
-    def run(self) -> None:
-        """Set up, join the instances, and keep this instance's share until ``stopper``; a
-        partition's error that its handler gave up on (or any, without a handler) is raised."""
-        if not self._set_up():
-            return
-        with contextlib.ExitStack() as membership:
-            slot = self._join(membership)
-            if slot is None:
-                return
-            try:
-                while not self.stopper.is_set():
-                    self._reap()
-                    try:
-                        self._balance(slot)
-                    except StoreError as exc:  # (a store out of reach: its partitions carry on)
-                        config.logger.warning("[%s] could not look at the other instances: %s",
-                                              self.name, exc)
-                    self.stopper.sleep(self.tick)
-            finally:
-                for run in self.runs.values():
-                    run.stop.set()
-                for run in self.runs.values():
-                    run.thread.join()
-            self._reap()
-
-    def _set_up(self) -> bool:
-        """The processor's tables and records (an Error when ``partitions`` changed under
-        positions); where ``start_from = "end"``, the partitions that have no position start after
-        the latest event now. Retried as the handler says while the store is out of reach."""
-        processor = self.processor
-        while True:
-            try:
-                processor.setup()
-                processor._register(self.store)
-                if processor.start_from == "end":
-                    processor.tracker.start_fresh(processor._tracked_names(),
-                                                  self.store.latest_event_id())
-                return True
-            except StoreError as exc:
-                interval = None if self.handler is None else self.handler.handle(
-                    exc, self.name, store=self.store)
-                if interval is None:
-                    raise
-                (self.handler.sleep if self.handler and self.handler.sleep
-                 else self.stopper.sleep)(interval)
-                if self.stopper.is_set():
-                    return False
-
-    def _join(self, membership: contextlib.ExitStack) -> int | None:
-        """Take a member lock (the lowest free): this instance's slot; None when stopped first."""
-        waiting = False
-        while not self.stopper.is_set():
-            for slot in range(self.count):
-                try:
-                    membership.enter_context(self.store.lock(f"{self.name}@{slot}"))
-                except UnableToLockProcessorError:
-                    continue
-                config.logger.info("[%s] joined as instance %d", self.name, slot)
-                return slot
-            if not waiting:
-                config.logger.warning("[%s] standby: each of its %d partitions has an instance; "
-                                      "waiting for one to stop", self.name, self.count)
-                waiting = True
-            self.stopper.sleep(self.tick * 4)
-        return None
-
-    def _balance(self, slot: int) -> None:
-        """Give up the partitions over this instance's share, and take free ones under it."""
-        live = 1 + sum(self.store.is_running(f"{self.name}@{other}")
-                       for other in range(self.count) if other != slot)
-        share = -(-self.count // live)
-        start = slot * share
-        preferred = sorted(range(self.count), key=lambda p: (p - start) % self.count)
-        running = [p for p in preferred if p in self.runs and not self.runs[p].stop.is_set()]
-        for partition in running[share:]:
-            self.runs[partition].stop.set()  # it stops between batches, and lets go
-        for partition in preferred:
-            if len(self.runs) >= share:
-                break
-            if partition not in self.runs and not self.store.is_running(
-                    f"{self.name}#{partition}"):
-                self.runs[partition] = _PartitionRun(self, partition)
-        owned = sorted(self.runs)
-        if owned != self.owned:
-            self.owned = owned
-            config.logger.info("[%s] %d live instance(s); this one runs partitions %s", self.name,
-                               live, owned)
-
-    def _reap(self) -> None:
-        """Forget the partition runs that ended; raise the error one stopped at."""
-        for partition, run in list(self.runs.items()):
-            if run.thread.is_alive():
-                continue
-            del self.runs[partition]
-            if run.error is not None:
-                for other in self.runs.values():
-                    other.stop.set()
-                for other in self.runs.values():
-                    other.thread.join()
-                self.runs.clear()
-                raise run.error
-
-
-class _PartitionRun:
-    """One partition run by a copy of the processor on a thread of its own, until ``stop`` (or
-    until it finds the partition taken, or loses it)."""
-
-    def __init__(self, partitions: _Partitions, partition: int) -> None:
-        self.processor = partitions.processor._partition_copy(partition, partitions.turn)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self._partitions = partitions
-        self.thread = threading.Thread(target=self._main, daemon=True,
-                                       name=f"eventsourcery {self.processor.processor_name}")
-        self.thread.start()
-
-    def _main(self) -> None:
-        partitions = self._partitions
-        try:
-            self.processor._run(partitions.store, Stopper(self.stop), partitions.handler,
-                                standby=False)
-        except UnableToLockProcessorError:
-            pass  # another instance took it first
-        except ProcessorFencedError as exc:
-            config.logger.warning("[%s] %s; this instance gives the partition up",
-                                  self.processor.processor_name, exc)
-        except BaseException as exc:  # raised by the instance (_Partitions._reap)
-            self.error = exc
-
-
 @dataclasses.dataclass(frozen=True)
 class ProcessorStatus:
     """One processor that has run against a store: its position, how many events it is behind,
@@ -2641,20 +2487,21 @@ def processor_statuses(store: EventStore, tracker: Tracker | None = None) -> lis
 def _status(store: EventStore, tracker: Tracker, registration: TrackerRecord,
             latest: int) -> ProcessorStatus:
     """One processor's status (what its registration says when its database is out of reach)."""
-    record, parts, parked = registration, [registration], 0
+    record, parts, parked, split = registration, [registration], 0, False
     try:
         with _kept_at(tracker, registration, read_only=True) as kept:
             record = kept.record(registration.name) if registration.location else registration
             names = _partition_names(record.name, record.partitions or 1)
-            parts = [record] if names == [record.name] else [kept.record(n) for n in names]
+            found = [kept.record(n) for n in names] if len(names) > 1 else [record]
             parked = sum(len(kept.parked_events(n)) for n in names)
+            parts, split = found, len(names) > 1
     except Exception:  # noqa: BLE001 - unreachable now: its status says what the registration says
         pass
     record = dataclasses.replace(record, kind=record.kind or registration.kind,
                                  location=registration.location)
     running = [store.is_running(part.name) for part in parts]
     states = [_state(part, is_running) for part, is_running in zip(parts, running, strict=True)]
-    partitions = () if parts == [record] else tuple(
+    partitions = () if not split else tuple(
         PartitionStatus(number, part.position, max(latest - part.position, 0),
                         part.owner if is_running else None, state)
         for number, (part, is_running, state) in enumerate(zip(parts, running, states,
@@ -2671,11 +2518,11 @@ def _status(store: EventStore, tracker: Tracker, registration: TrackerRecord,
     else:
         state = "stopped"
     position = min(part.position for part in parts)
-    owners = sorted({p.owner for p in partitions if p.owner}) if partitions else []
+    owners = sorted({p.owner for p in partitions if p.owner})
     return ProcessorStatus(
         record.name, position, max(latest - position, 0), any(running), state,
         failing.last_error if failing else None, failing.failing_event_id if failing else None,
-        (", ".join(owners) or None) if partitions else record.owner,
+        (", ".join(owners) or None) if split else record.owner,
         record.standby if recent_standby else None,
         max(part.horizon for part in parts), record.kind, parked, partitions)
 
@@ -2687,11 +2534,17 @@ def _state(record: TrackerRecord, running: bool) -> str:
     return "running" if running else "stopped"
 
 
-def _skip_target(store: EventStore, processor_name: str, event_id: int) -> TrackerRecord:
+def _skip_target(store: EventStore, processor_name: str,
+                 event_id: int) -> tuple[TrackerRecord, list[TrackerRecord]]:
     """The record of the processor a skip of ``event_id`` would move (read where its position
-    lives); ValueError when the skip would be refused (see ``skip_event``)."""
+    lives), and the records it moves: its own, or those of its partitions at ``event_id - 1``;
+    ValueError when the skip would be refused (see ``skip_event``)."""
     event_id = _skip_id(event_id)
     records = {r.name: r for r in store.tracker().records()}
+    base, mark, number = processor_name.rpartition("#")
+    if processor_name not in records and mark and number.isdigit() and base in records:
+        # one partition of a processor whose positions live in its own database
+        records[processor_name] = dataclasses.replace(records[base], name=processor_name)
     if processor_name not in records:
         raise ValueError(f"cannot skip event {event_id}: unknown processor {processor_name!r} "
                          f"(processors in this store: {', '.join(sorted(records)) or 'none'})")
@@ -2700,9 +2553,20 @@ def _skip_target(store: EventStore, processor_name: str, event_id: int) -> Track
         raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: it is not "
                          f"stored (the latest event is {latest}); nothing changed")
     record = _located_record(records[processor_name])
-    if not record.partitions:  # (a split one: checked per partition, as it skips)
+    if not record.partitions:
         _check_skip(record, event_id)
-    return record
+        return record, [record]
+    with _kept_at(store.tracker(), records[processor_name], read_only=True) as tracker:
+        parts = [dataclasses.replace(tracker.record(name), location=record.location)
+                 for name in _partition_names(processor_name, record.partitions)]
+    due = [part for part in parts if part.position == event_id - 1]
+    if not due:
+        positions = ", ".join(f"{part.name} at {part.position}" for part in parts)
+        raise ValueError(f"cannot skip event {event_id} of processor {processor_name!r}: none "
+                         f"of its partitions is at {event_id - 1} ({positions}); only the next "
+                         "event of a partition can be skipped; nothing changed")
+    failing = [part for part in due if part.failing_event_id == event_id]
+    return (failing or due)[0], due
 
 
 def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
@@ -2732,22 +2596,11 @@ def skip_event(store: EventStore, processor_name: str, event_id: int) -> None:
     each partition whose position is ``event_id - 1`` (the one its aggregate
     belongs to does not handle it; the others would only pass it).
     """
-    record = _skip_target(store, processor_name, event_id)
+    record, moved = _skip_target(store, processor_name, event_id)
     with _kept_at(store.tracker(), record) as tracker:
-        names = _partition_names(processor_name, record.partitions or 1)
-        if len(names) > 1:
-            parts = [tracker.record(name) for name in names]
-            due = [part.name for part in parts if part.position == event_id - 1]
-            if not due:
-                positions = ", ".join(f"{part.name} at {part.position}" for part in parts)
-                raise ValueError(f"cannot skip event {event_id} of processor "
-                                 f"{processor_name!r}: none of its partitions is at "
-                                 f"{event_id - 1} ({positions}); only the next event of a "
-                                 "partition can be skipped; nothing changed")
-            names = due
-        for name in names:
+        for part in moved:
             with _NO_SAVEPOINT if record.location else store.transaction():
-                tracker.skip_event(name, event_id)
+                tracker.skip_event(part.name, event_id)
     config.logger.warning("[%s] skipped event %d: position %d -> %d; that event will not be "
                           "processed", processor_name, event_id, event_id - 1, event_id)
 
@@ -2976,6 +2829,205 @@ def run_processor(processor: EventStreamProcessor, store: EventStore, *, stop: S
     stopper = Stopper(stop)
     if not stopper.is_set():
         processor._run(stopper=stopper, store=store, handler=error_handler or _make_error_handler())
+
+
+# ---------------------------------------------------------------------------
+# Partitions: how the instances of a processor split into partitions share them.
+# ---------------------------------------------------------------------------
+
+class _Partitions:
+    """One instance's share of a processor's partitions (``EventStreamProcessor.partitions``).
+
+    Instances find each other through the store's locks: each holds one member
+    lock, ``name@j`` for the lowest free ``j`` below the partition count (an
+    instance that finds them all taken waits for one), so the live instances
+    are the member locks held, and a dead instance's lock goes with its process
+    (or its Postgres session). Every ``tick`` seconds an instance counts them
+    and keeps ``ceil(partitions / live)`` partitions: it gives up those over
+    that (each stops between batches and lets its lock go), and takes free
+    ones under it, starting from a block of its own so that instances rarely
+    reach for the same one. A partition is run by a copy of the processor on a
+    thread of its own (``_PartitionRun``), which takes the store's lock of
+    ``name#p`` and a new generation of that partition's tracker record as a
+    whole processor takes its name: one owner at a time, fenced. A copy that
+    lost its partition (its lock session ended, its lock file removed) stops,
+    and the partition is taken again, by whichever instance is under its share.
+    """
+
+    tick = 0.5
+
+    def __init__(self, processor: EventStreamProcessor, store: EventStore, stopper: Stopper,
+                 handler: ErrorHandler | None) -> None:
+        self.processor = processor
+        self.store = store
+        self.stopper = stopper
+        self.handler = handler
+        self.name = processor.processor_name
+        self.count = processor.partitions
+        self.turn = threading.Lock()  # one batch at a time in this instance
+        self.pages = _SharedPages(2 * self.count)
+        self.runs: dict[int, _PartitionRun] = {}
+        self.owned: list[int] = []  # as last logged
+
+    def run(self) -> None:
+        """Set up, join the instances, and keep this instance's share until ``stopper``; a
+        partition's error that its handler gave up on (or any, without a handler) is raised."""
+        if not self._set_up():
+            return
+        with contextlib.ExitStack() as membership:
+            slot = self._join(membership)
+            if slot is None:
+                return
+            try:
+                while not self.stopper.is_set():
+                    self._reap()
+                    try:
+                        self._balance(slot)
+                    except StoreError as exc:  # (a store out of reach: its partitions carry on)
+                        config.logger.warning("[%s] could not look at the other instances: %s",
+                                              self.name, exc)
+                    self.stopper.sleep(self.tick)
+            finally:
+                for run in self.runs.values():
+                    run.stop.set()
+                for run in self.runs.values():
+                    run.thread.join()
+            self._reap()
+
+    def _set_up(self) -> bool:
+        """The processor's tables and records (an Error when ``partitions`` changed under
+        positions); where ``start_from = "end"``, the partitions that have no position start after
+        the latest event now. Retried as the handler says while the store is out of reach."""
+        processor = self.processor
+        while True:
+            try:
+                processor.setup()
+                processor._register(self.store)
+                if processor.start_from == "end":
+                    processor.tracker.start_fresh(processor._tracked_names(),
+                                                  self.store.latest_event_id())
+                return True
+            except StoreError as exc:
+                interval = None if self.handler is None else self.handler.handle(
+                    exc, self.name, store=self.store)
+                if interval is None:
+                    raise
+                (self.handler.sleep if self.handler and self.handler.sleep
+                 else self.stopper.sleep)(interval)
+                if self.stopper.is_set():
+                    return False
+
+    def _join(self, membership: contextlib.ExitStack) -> int | None:
+        """Take a member lock (the lowest free): this instance's slot; None when stopped first."""
+        waiting = False
+        while not self.stopper.is_set():
+            try:
+                for slot in range(self.count):
+                    with contextlib.suppress(UnableToLockProcessorError):
+                        membership.enter_context(self.store.lock(f"{self.name}@{slot}"))
+                        config.logger.info("[%s] joined as instance %d", self.name, slot)
+                        return slot
+                if not waiting:
+                    config.logger.warning("[%s] standby: each of its %d partitions has an "
+                                          "instance; waiting for one to stop", self.name,
+                                          self.count)
+                    waiting = True
+            except StoreError as exc:  # out of reach: try again in a while
+                config.logger.warning("[%s] could not join the other instances: %s", self.name,
+                                      exc)
+            self.stopper.sleep(self.tick * 4)
+        return None
+
+    def _balance(self, slot: int) -> None:
+        """Give up the partitions over this instance's share, and take free ones under it."""
+        live = 1 + sum(self.store.is_running(f"{self.name}@{other}")
+                       for other in range(self.count) if other != slot)
+        share = -(-self.count // live)
+        start = slot * share
+        preferred = sorted(range(self.count), key=lambda p: (p - start) % self.count)
+        running = [p for p in preferred if p in self.runs and not self.runs[p].stop.is_set()]
+        for partition in running[share:]:
+            self.runs[partition].stop.set()  # it stops between batches, and lets go
+        for partition in preferred:
+            if len(self.runs) >= share:
+                break
+            if partition not in self.runs and not self.store.is_running(
+                    f"{self.name}#{partition}"):
+                self.runs[partition] = _PartitionRun(self, partition)
+        owned = sorted(self.runs)
+        if owned != self.owned:
+            self.owned = owned
+            config.logger.info("[%s] %d live instance(s); this one runs partitions %s", self.name,
+                               live, owned)
+
+    def _reap(self) -> None:
+        """Forget the partition runs that ended; raise the error one stopped at."""
+        for partition, run in list(self.runs.items()):
+            if run.thread.is_alive():
+                continue
+            del self.runs[partition]
+            if run.error is not None:
+                for other in self.runs.values():
+                    other.stop.set()
+                for other in self.runs.values():
+                    other.thread.join()
+                self.runs.clear()
+                raise run.error
+
+
+class _SharedPages:
+    """The full pages of events one partition of an instance read while catching up, kept for
+    its other partitions, which read the same pages (each handles its own events of them). Only a
+    full page is kept: it holds the same events whenever it is read (ids become visible in order),
+    where a shorter one may since have grown."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pages: dict[tuple[int, tuple[str, ...] | None, int], list[Event]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, store: EventStore, from_id: int, types: tuple[str, ...] | None,
+             limit: int) -> list[Event]:
+        """``store.get_next_from(from_id, types, limit=limit)``, read once for the partitions."""
+        key = (from_id, types, limit)
+        with self._lock:
+            page = self._pages.get(key)
+        if page is None:
+            page = store.get_next_from(from_id, types, limit=limit)
+            if len(page) == limit:
+                with self._lock:
+                    self._pages[key] = page
+                    while len(self._pages) > self._size:
+                        del self._pages[next(iter(self._pages))]  # the oldest
+        return page
+
+
+class _PartitionRun:
+    """One partition run by a copy of the processor on a thread of its own, until ``stop`` (or
+    until it finds the partition taken, or loses it)."""
+
+    def __init__(self, partitions: _Partitions, partition: int) -> None:
+        self.processor = partitions.processor._partition_copy(partition, partitions.turn,
+                                                              partitions.pages)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self._partitions = partitions
+        self.thread = threading.Thread(target=self._main, daemon=True,
+                                       name=f"eventsourcery {self.processor.processor_name}")
+        self.thread.start()
+
+    def _main(self) -> None:
+        partitions = self._partitions
+        try:
+            self.processor._run(partitions.store, Stopper(self.stop), partitions.handler,
+                                standby=False)
+        except UnableToLockProcessorError:
+            pass  # another instance took it first
+        except ProcessorFencedError as exc:
+            config.logger.warning("[%s] %s; this instance gives the partition up",
+                                  self.processor.processor_name, exc)
+        except BaseException as exc:  # raised by the instance (_Partitions._reap)
+            self.error = exc
 
 
 # ---------------------------------------------------------------------------
@@ -7445,7 +7497,7 @@ def _cli_skip(store: EventStore, args: argparse.Namespace) -> int:
     name, event_id = args.name, args.event_id
     shown = _cli_safe(name)
     try:  # refused before asking, when it would be refused after
-        record = _skip_target(store, name, event_id)
+        record, _ = _skip_target(store, name, event_id)
     except ValueError as exc:
         raise _CLIError(_cli_safe(str(exc))) from exc
     try:
