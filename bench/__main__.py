@@ -28,7 +28,7 @@ from bench import common as C  # noqa: E402
 
 UNITS = {"a": "commands", "b": "events", "c": "events", "d": "events", "e": "events",
          "f": "events", "g": "events", "h": "events", "i": "commands", "j": "reads",
-         "k": "commands", "l": "requests", "web": "events", "aio": "commands"}
+         "k": "commands", "l": "requests", "web": "events", "aio": "commands", "p": "events"}
 TITLES = {
     "a": "commands: load + 1 event + save",
     "b": "batch append to 1 aggregate",
@@ -46,6 +46,8 @@ TITLES = {
          "connections",
     "web": "event browser: a page of 50 events of a 1,000,000-event store, by HTTP (web_pages.py)",
     "aio": "8 asyncio tasks (tsk8, AsyncRepository) against 8 threads (thr8, Repository): commands",
+    "p": "partitioned processors (8 partitions) run by k instances: a 20 ms reactor's backlog "
+         "(react), a CPU-bound projector's catch-up (proj), rebalancing (join, kill)",
 }
 
 
@@ -596,6 +598,10 @@ class Harness:
         from bench.async_cmds import workload
         workload(self, backend)
 
+    def w_p(self, backend):
+        from bench.partitions import workload
+        workload(self, backend)
+
     def w_k(self, backend):
         """N processes on one store, started together, each running its share of k_commands on 10
         aggregates of its own; commands/s over the span from the first start to the last end."""
@@ -784,6 +790,17 @@ class Harness:
                       ">=", 0.8, "x")
                 check("(aio) command p99, 8 tasks / 8 threads", backend, r["p99_vs_threads"],
                       "<=", 2.0, "x")
+            r = row("p", backend, "react4")
+            if r and r.get("speedup_vs_1") is not None:
+                check("(p) 20 ms reactor, events/s of 4 instances / 1", backend, r["speedup_vs_1"],
+                      ">=", 3.5, "x")
+            for variant, what in (("join2", "join 1 -> 2"), ("join4", "join 2 -> 4"),
+                                  ("busy2", "busy join 1 -> 2"),
+                                  ("kill3", "kill -9 4 -> 3"), ("kill1", "kill -9 2 -> 1")):
+                r = row("p", backend, variant)
+                if r and r.get("median_ms") is not None:
+                    check(f"(p) rebalance after {what} instances", backend,
+                          r["median_ms"] / 1e3, "<=", 15.0, " s")
             one, many = row("l", backend, "get01"), row("l", backend, "get32")
             if one and one.get("p50_ms") is not None:
                 check("(l) keep-alive GET p50, 1 connection", backend, one["p50_ms"], "<", 2.0,
@@ -803,7 +820,8 @@ class Harness:
         order = {w: i for i, w in enumerate(C.WORKLOADS)}
         border = {"sqlite": 0, "postgres": 1}
         rows = sorted(self.results, key=lambda r: (order[r["workload"]], border[r["backend"]],
-                                                   r.get("prefilled", 0), r["variant"],
+                                                   r.get("prefilled", 0), r.get("rank", 0),
+                                                   r["variant"],
                                                    C.SYSTEMS.index(r["system"])))
         last = None
         for r in rows:
@@ -846,6 +864,9 @@ class Harness:
             elif r["workload"] == "aio":
                 from bench.async_cmds import notes as async_notes
                 notes = async_notes(r)
+            elif r["workload"] == "p":
+                from bench.partitions import notes as partition_notes
+                notes = partition_notes(r)
             elif r["workload"] in ("i", "j", "k") and r.get("p50_ms") is not None:
                 notes = (f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max "
                          f"{r['max_ms']:.1f} ms")

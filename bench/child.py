@@ -12,6 +12,10 @@ parent's -O setting):
   k SYSTEM BACKEND SPEC N PREFIX       one of (k)'s processes: prints READY, waits for a line on
                                        stdin, runs N commands on 10 aggregates of its own (ids
                                        start with PREFIX); JSON with its start, end and latencies
+  p-runner BACKEND SPEC KIND K LOGDIR RESTART
+                                       (p): an ESPRunner with K instances of one partitioned
+                                       processor (KIND: react, idle or proj; see partitions.py),
+                                       until SIGTERM
 """
 
 from __future__ import annotations
@@ -127,10 +131,15 @@ def k(system, backend, spec, n, prefix):
     print(json.dumps({"start": end - wall, "end": end, "latencies": lat}), flush=True)
 
 
+def p_runner(*args):
+    from .partitions import run_runner
+    run_runner(*args)
+
+
 def main(argv):
     cmd, *rest = argv
     {"e-sub": e_sub, "e-append": e_append, "g": g, "baseline": baseline, "writer": writer,
-     "k": k}[cmd](*rest)
+     "k": k, "p-runner": p_runner}[cmd](*rest)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ DEFAULT_PG = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 PG_ENV = "EVENTSOURCERY_TEST_POSTGRES"
 
 SYSTEMS = ("eventsourcery", "eventsourcing", "raw")
-WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "web", "aio")
+WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "web", "aio", "p")
 
 TITLE = "benchmark item"  # the payload every event carries: {"title": TITLE, "amount": i}
 
@@ -44,6 +44,12 @@ class Sizes:
             self.i_threads, self.i_commands = (1, 4, 16), 400
             self.j_reads = 200
             self.k_processes, self.k_commands = (1, 4), 400
+            # (p): a smoke run of each partition row, small backlogs, one run each
+            self.p_react_events, self.p_react_instances = 80, (1, 4)
+            self.p_proj_events, self.p_proj_instances = 800, (1, 4)
+            self.p_join_instances = (1,)
+            self.p_load_events = 0  # no join under load
+            self.p_runs = runs or 1
         else:
             self.runs = runs or 5
             self.a_commands, self.a_aggregates = 20_000, 1_000
@@ -58,6 +64,11 @@ class Sizes:
             self.i_threads, self.i_commands = (1, 2, 4, 8, 16), 2_000
             self.j_reads = 1_000
             self.k_processes, self.k_commands = (1, 2, 4, 8), 2_000
+            self.p_react_events, self.p_react_instances = 2_000, (1, 2, 4)
+            self.p_proj_events, self.p_proj_instances = 100_000, (1, 4)
+            self.p_join_instances = (1, 2)  # runners joining the first: 2, then 4 instances
+            self.p_load_events = 8_000  # (p.join2busy) the backlog the first instance works on
+            self.p_runs = runs or 1  # (p) takes minutes a run: one run unless --runs says more
         self.d_page = 1_000  # page size for every system's catch-up read
         self.e_interval = (0.005, 0.025)  # appender sleeps uniform(lo, hi) between events
         # (h): one aggregate of 10,050 events saved 100 at a time, snapshot_every=100: the latest
@@ -355,6 +366,19 @@ class PGDatabases:
         finally:
             with self.psycopg.connect(self.base, autocommit=True) as con:
                 con.execute(f'ALTER DATABASE "{name}" RESET synchronous_commit')
+
+    def clone(self, conninfo: str) -> str:
+        """A fresh database copied from the one at conninfo (CREATE DATABASE ... TEMPLATE it; no
+        session may be connected to it meanwhile)."""
+        from psycopg.conninfo import conninfo_to_dict
+        source = conninfo_to_dict(conninfo)["dbname"]
+        self.n += 1
+        name = f"{self.tag}_{self.n}"
+        with self.psycopg.connect(self.base, autocommit=True) as con:
+            con.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            con.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+        self.created.append(name)
+        return self.make(self.base, dbname=name)
 
     def drop(self, conninfo: str) -> None:
         from psycopg.conninfo import conninfo_to_dict

@@ -121,3 +121,43 @@ def test_bench_quick_k_runs_processes_together(tmp_path):
         assert r["events"] == sizes["k_commands"] // r["processes"] * r["processes"]
         assert r["median_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
     assert "(k) N processes" in p.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_bench_quick_p_partition_rows(tmp_path, backend):
+    """(p): the partitioned reactor's rows per instance count (every backlog event handled, the
+    speed-up over one instance given), the projector's rows on Postgres only, and the rebalance
+    rows after a join and a kill -9 (times, never a rate); never a speed."""
+    if backend == "postgres":
+        from tests.pg_support import require_postgres
+        require_postgres()
+    p, doc = run_quick_bench(tmp_path, "--only", "p", "--backend", backend, timeout=240)
+    assert doc["errors"] == []
+    sizes = doc["sizes"]
+    rows = {r["variant"]: r for r in doc["results"] if r["workload"] == "p"}
+    assert all(r["backend"] == backend and r["system"] == "eventsourcery" for r in rows.values())
+    proj = ([f"proj{k}" for k in sizes["p_proj_instances"]] + ["whole1"]
+            if backend == "postgres" else [])
+    assert set(rows) == ({f"react{k}" for k in sizes["p_react_instances"]} | set(proj)
+                         | {"join2", "kill1"})
+    for k in sizes["p_react_instances"]:
+        r = rows[f"react{k}"]
+        assert r["instances"] == k and r["partitions"] == 8
+        assert r["events"] == sizes["p_react_events"] and r["events_per_s"] > 0
+        assert all(calls >= r["events"] for calls in r["handler_calls"])
+        assert r["drain_median_s"] > r["first_handled_s"] > 0
+        assert 1 <= len(r["starts_s"]) <= k and min(r["starts_s"]) > 0
+        assert r["speedup_vs_1"] > 0 and r["drain_speedup_vs_1"] > 0
+    for variant in proj:
+        assert rows[variant]["events"] == sizes["p_proj_events"]
+        assert rows[variant]["median_ms"] > 0 and rows[variant]["work_us"] > 0
+    if backend == "sqlite":
+        assert any(s["workload"] == "p" and "Postgres only" in s["reason"] for s in doc["skipped"])
+    join, kill = rows["join2"], rows["kill1"]
+    assert join["instances"] == 2 and kill["instances"] == 1
+    assert join["median_ms"] / 1e3 >= join["first_owned_s"] > 0 and join["start_s"] > 0
+    assert kill["balanced_s"] >= kill["median_ms"] / 1e3 > 0
+    assert join["events_per_s"] is None and kill["events_per_s"] is None
+    goals = {g["goal"]: g for g in doc["goals"] if g["goal"].startswith("(p)")}
+    assert goals["(p) 20 ms reactor, events/s of 4 instances / 1"]["target"] == ">= 3.5x"
+    assert "(p) partitioned processors" in p.stdout and "p.react4" in p.stdout
