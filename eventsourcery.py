@@ -2925,6 +2925,9 @@ class _Partitions:
             slot = self._join(membership)
             if slot is None:
                 return
+            # Instances started together (a runner's) join within moments of each other: waiting
+            # for them spares taking partitions only to give them up again.
+            self.stopper.sleep(self.tick)
             try:
                 while not self.stopper.is_set():
                     self._reap()
