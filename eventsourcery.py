@@ -2973,6 +2973,8 @@ class _Partitions:
         while not self.stopper.is_set():
             try:
                 for slot in range(self.count):
+                    if self.store.is_running(f"{self.name}@{slot}"):
+                        continue  # (asked first: a store may take a while to refuse a lock)
                     with contextlib.suppress(UnableToLockProcessorError):
                         membership.enter_context(self.store.lock(f"{self.name}@{slot}"))
                         config.logger.info("[%s] joined as instance %d", self.name, slot)
