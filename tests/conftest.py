@@ -104,3 +104,14 @@ def _restore_config():
     yield
     for name, value in saved.items():
         setattr(es.config, name, value)
+
+
+@pytest.fixture
+def runners():
+    """Runners in subprocesses of their own (test_runner.RunnerProcess), cleaned up afterwards."""
+    from tests.test_runner import RunnerProcess
+
+    started: list[RunnerProcess] = []
+    yield lambda workdir, **spec: started.append(RunnerProcess(workdir, **spec)) or started[-1]
+    for r in started:
+        r.cleanup()

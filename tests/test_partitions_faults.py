@@ -46,15 +46,6 @@ N_CHILD_KILLS = 9
 INSTANCES = 3
 
 
-@pytest.fixture
-def runners():
-    """Runners in subprocesses of their own (test_runner.RunnerProcess), cleaned up afterwards."""
-    started: list[RunnerProcess] = []
-    yield lambda workdir, **spec: started.append(RunnerProcess(workdir, **spec)) or started[-1]
-    for r in started:
-        r.cleanup()
-
-
 def runner_spec(store_url: str, processors: list[dict], instances) -> dict:
     """The JSON spec of ps.runner_main: children forked, restarted quickly after a death."""
     return {"store": store_url, "start_method": "fork", "max_seconds": 30, "restart": True,

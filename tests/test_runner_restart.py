@@ -33,7 +33,6 @@ from tests.processing_support import Tick
 from tests.test_runner import (
     COUNTER,
     LONG,
-    RunnerProcess,
     locations,
     read_text,
     run_in_this_process,
@@ -41,15 +40,6 @@ from tests.test_runner import (
 
 N_KILLS = 5
 RESTARTING = re.compile(r"restarting it in ([0-9.e+-]+) s \(death (\d+) in a row\)")
-
-
-@pytest.fixture
-def runners():
-    """Runners in subprocesses of their own (test_runner.RunnerProcess), cleaned up afterwards."""
-    started: list[RunnerProcess] = []
-    yield lambda workdir, **spec: started.append(RunnerProcess(workdir, **spec)) or started[-1]
-    for r in started:
-        r.cleanup()
 
 
 def runner_log(caplog) -> list[str]:
