@@ -2897,8 +2897,10 @@ class _Partitions:
     thread of its own (``_PartitionRun``), which takes the store's lock of
     ``name#p`` and a new generation of that partition's tracker record as a
     whole processor takes its name: one owner at a time, fenced. A copy that
-    lost its partition (its lock session ended, its lock file removed) stops,
-    and the partition is taken again, by whichever instance is under its share.
+    lost the partition's lock (its lock session ended, its lock file removed)
+    writes nothing more under it: it takes the partition anew at its next
+    commit if no other instance has, and an idle one is stopped here, so that
+    the partition is taken again by whichever instance is under its share.
     """
 
     tick = 0.5
