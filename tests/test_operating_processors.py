@@ -166,7 +166,9 @@ def test_removing_the_sqlite_lock_directory_lets_a_second_instance_in_but_never_
     writer = es.SQLiteEventStore(path)
     sink_pings(writer, 1, 10)
     first = Background(CountingPonger(es.SQLiteEventStore(path)), es.SQLiteEventStore(path))
-    assert wait_until(lambda: first.processor.last_processed_event_id >= 10)
+    # past its own pongs too: idle, it commits nothing (a commit would see its lock gone, and it
+    # would take the name again itself: the next test)
+    assert wait_until(lambda: first.processor.last_processed_event_id >= writer.latest_event_id())
     shutil.rmtree(f"{path}.locks")  # a tmp cleaner does this
     with caplog.at_level(logging.ERROR, logger="eventsourcery"):
         second = Background(CountingPonger(es.SQLiteEventStore(path)), es.SQLiteEventStore(path))
@@ -182,6 +184,29 @@ def test_removing_the_sqlite_lock_directory_lets_a_second_instance_in_but_never_
     assert pongs_per_ping(writer) == {n: 1 for n in range(1, 41)}
 
 
+def test_an_instance_whose_lock_file_was_removed_writes_nothing_under_it_and_takes_it_again(
+        tmp_path, caplog):
+    """Alone, an instance that finds at a commit that its lock file was removed rolls that commit
+    back and takes the name again (a new lock file, a new generation), then redoes the work: each
+    ping answered once."""
+    path = tmp_path / "events.db"
+    writer = es.SQLiteEventStore(path)
+    sink_pings(writer, 1, 10)
+    first = Background(CountingPonger(es.SQLiteEventStore(path)), es.SQLiteEventStore(path))
+    assert wait_until(lambda: first.processor.last_processed_event_id >= writer.latest_event_id())
+    shutil.rmtree(f"{path}.locks")
+    with caplog.at_level(logging.WARNING, logger="eventsourcery"):
+        sink_pings(writer, 11, 40)
+        assert wait_until(lambda: first.processor.last_processed_event_id
+                          >= writer.latest_event_id([Ping]))
+    assert first.thread.is_alive() and first.error is None
+    assert first.processor.tracker.record("counting_ponger").generation == 2
+    assert any("lost the store's lock" in r.getMessage() for r in caplog.records)
+    assert writer.is_running("counting_ponger")  # under the new lock file
+    first.finish()
+    assert pongs_per_ping(writer) == {n: 1 for n in range(1, 41)}
+
+
 def test_a_postgres_lock_session_killed_by_the_server_fences_the_old_instance(tmp_path):
     from tests.pg_support import postgres_store
 
@@ -193,6 +218,7 @@ def test_a_postgres_lock_session_killed_by_the_server_fences_the_old_instance(tm
     first = Background(Ponger(store), store)
     sink_pings(store, 1, 10)
     assert wait_until(lambda: first.processor.last_processed_event_id >= 10)
+    assert wait_until(lambda: first.processor.last_processed_event_id >= store.latest_event_id())
     other = type(store)(store.conninfo, schema=store.schema)
     second = Background(Ponger(other), other)
     assert wait_until(lambda: first.processor.tracker.record(Ponger.processor_name).standby
