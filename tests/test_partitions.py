@@ -957,3 +957,28 @@ def test_the_command_line_lists_each_partition_of_a_partitioned_processor(db_sto
     after = status(db_store)
     assert [(e.position, e.state) for e in after.partitions] == [(0, "stopped")] * N
 
+
+
+@pytest.mark.parametrize(("instances", "error", "says"), [
+    (0, ValueError, "at least 1"), (-1, ValueError, "at least 1"), ("2", TypeError, "an int"),
+    (True, TypeError, "an int"), (2.0, TypeError, "an int"),
+    ({"items_projector": 0}, ValueError, "at least 1"),
+    ({"no_such_processor": 2}, ValueError, "no_such_processor"),
+])
+def test_esprunner_refuses_bad_instances_naming_what_is_wrong(
+        tmp_path, instances, error, says) -> None:
+    store = es.SQLiteEventStore(str(tmp_path / "events.db"))
+    projector = ItemsProjector(str(tmp_path / "items.db"))
+    with pytest.raises(error, match=says):
+        es.ESPRunner([projector], store, instances=instances)
+    store.close()
+
+
+def test_esprunner_makes_one_child_per_instance(tmp_path) -> None:
+    store = es.SQLiteEventStore(str(tmp_path / "events.db"))
+    projector = ItemsProjector(str(tmp_path / "items.db"))
+    runner = es.ESPRunner([projector], store, instances={"items_projector": 3})
+    assert sorted(runner._children) == ["items_projector", "items_projector/2",
+                                        "items_projector/3"]
+    assert es.ESPRunner([projector], store)._children.keys() == {"items_projector"}
+    store.close()
